@@ -1,0 +1,14 @@
+//! periscope: eBPF auto-instrumentation. The data path, in module order:
+//! probes (kernel programs) -> capture (ring buffer events) -> connections
+//! (per-socket state) -> protocols (pure parsers) -> spans / metrics -> export.
+pub mod capture;
+pub mod config;
+pub mod connections;
+pub mod discovery;
+pub mod export;
+pub mod metrics;
+pub mod pipeline;
+pub mod probes;
+pub mod protocols;
+pub mod spans;
+pub mod telemetry;

@@ -1,0 +1,214 @@
+//! Loading and attaching the kernel programs, and the agent's handles on
+//! their maps. Everything that needs privileges happens here, and every
+//! failure says in one line what is missing.
+pub mod wire;
+
+use std::{fmt, io, path::Path};
+
+use aya::{
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, RawTracePoint, TracePoint},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use thiserror::Error;
+
+use wire::{periscope_conn_key, periscope_pid_config};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/periscope.bpf.o"));
+
+/// (program, tracepoint category, tracepoint name). Raw tracepoints have no category.
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("handle_enter_read", "syscalls", "sys_enter_read"),
+    ("handle_exit_read", "syscalls", "sys_exit_read"),
+    ("handle_enter_readv", "syscalls", "sys_enter_readv"),
+    ("handle_exit_readv", "syscalls", "sys_exit_readv"),
+    ("handle_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("handle_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+    ("handle_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+    ("handle_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
+    ("handle_enter_write", "syscalls", "sys_enter_write"),
+    ("handle_exit_write", "syscalls", "sys_exit_write"),
+    ("handle_enter_writev", "syscalls", "sys_enter_writev"),
+    ("handle_exit_writev", "syscalls", "sys_exit_writev"),
+    ("handle_enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("handle_exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("handle_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("handle_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+    ("handle_enter_sendfile", "syscalls", "sys_enter_sendfile64"),
+    ("handle_exit_sendfile", "syscalls", "sys_exit_sendfile64"),
+    ("handle_enter_accept", "syscalls", "sys_enter_accept"),
+    ("handle_exit_accept", "syscalls", "sys_exit_accept"),
+    ("handle_enter_accept4", "syscalls", "sys_enter_accept4"),
+    ("handle_exit_accept4", "syscalls", "sys_exit_accept4"),
+    ("handle_enter_connect", "syscalls", "sys_enter_connect"),
+    ("handle_exit_connect", "syscalls", "sys_exit_connect"),
+    ("handle_enter_close", "syscalls", "sys_enter_close"),
+    ("handle_enter_dup2", "syscalls", "sys_enter_dup2"),
+    ("handle_enter_dup3", "syscalls", "sys_enter_dup3"),
+    ("handle_exit", "sched", "sched_process_exit"),
+    ("handle_exec", "sched", "sched_process_exec"),
+];
+const RAW_TRACEPOINTS: &[(&str, &str)] = &[("handle_fork", "sched_process_fork")];
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0}); run as root or mount it: mount -t tracefs nodev /sys/kernel/tracing")]
+    NoTracefs(io::Error),
+    #[error("loading the eBPF object failed: {0} (periscope needs root or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE, and a kernel with BTF at /sys/kernel/btf/vmlinux)")]
+    Load(#[source] EbpfError),
+    #[error("program {program} is missing from the eBPF object")]
+    MissingProgram { program: &'static str },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("loading program {program} failed: {source}")]
+    ProgramLoad { program: &'static str, source: ProgramError },
+    #[error("attaching {program} to tracepoint {tracepoint} failed: {source}")]
+    Attach { program: &'static str, tracepoint: String, source: ProgramError },
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+}
+
+/// Load-time settings of the kernel side.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// Bytes captured per syscall (1..=PERISCOPE_MAX_CAPTURE).
+    pub capture_size: u32,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+}
+
+/// The loaded and attached kernel side. Dropping it detaches everything.
+pub struct Probes {
+    ebpf: Ebpf,
+    tracked: HashMap<MapData, u32, periscope_pid_config>,
+    conns: HashMap<MapData, periscope_conn_key, [u8; CONN_INFO_SIZE]>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// Size of `struct conn_info` in ebpf/src/maps.h (tuple + 8): the agent only
+/// deletes keys of this map, never interprets its values.
+const CONN_INFO_SIZE: usize = std::mem::size_of::<wire::periscope_tuple>() + 8;
+
+impl fmt::Debug for Probes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Probes").finish_non_exhaustive()
+    }
+}
+
+pub fn ensure_tracefs() -> Result<(), ProbeError> {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return Ok(());
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: constant C strings, no pointers retained by the kernel.
+    let rc = unsafe {
+        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(ProbeError::NoTracefs(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+impl Probes {
+    /// Loads the object, attaches every program, and hands back the ring buffer.
+    pub fn load(config: &ProbeConfig) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        ensure_tracefs()?;
+        let capture = config.capture_size.clamp(1, wire::PERISCOPE_MAX_CAPTURE);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("capture_size", &capture, true)
+            .map_max_entries("events", config.ring_buffer_bytes)
+            .load(OBJECT)
+            .map_err(ProbeError::Load)?;
+
+        for &(program, category, name) in TRACEPOINTS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::MissingProgram { program })?
+                .try_into()
+                .map_err(|source| ProbeError::ProgramLoad { program, source })?;
+            prog.load().map_err(|source| ProbeError::ProgramLoad { program, source })?;
+            prog.attach(category, name).map_err(|source| ProbeError::Attach {
+                program,
+                tracepoint: format!("{category}:{name}"),
+                source,
+            })?;
+        }
+        for &(program, name) in RAW_TRACEPOINTS {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::MissingProgram { program })?
+                .try_into()
+                .map_err(|source| ProbeError::ProgramLoad { program, source })?;
+            prog.load().map_err(|source| ProbeError::ProgramLoad { program, source })?;
+            prog.attach(name).map_err(|source| ProbeError::Attach {
+                program,
+                tracepoint: format!("raw:{name}"),
+                source,
+            })?;
+        }
+
+        let ring = RingBuf::try_from(take(&mut ebpf, "events")?)
+            .map_err(|source| ProbeError::Map { map: "events", source })?;
+        let tracked = HashMap::try_from(take(&mut ebpf, "tracked_pids")?)
+            .map_err(|source| ProbeError::Map { map: "tracked_pids", source })?;
+        let conns = HashMap::try_from(take(&mut ebpf, "conns")?)
+            .map_err(|source| ProbeError::Map { map: "conns", source })?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "counters")?)
+            .map_err(|source| ProbeError::Map { map: "counters", source })?;
+        Ok((Self { ebpf, tracked, conns, counters }, ring))
+    }
+
+    /// Starts producing socket events for `pid` (its children follow in the kernel).
+    pub fn track(&mut self, pid: u32) -> Result<(), ProbeError> {
+        self.tracked
+            .insert(pid, periscope_pid_config::default(), 0)
+            .map_err(|source| ProbeError::Map { map: "tracked_pids", source })
+    }
+
+    /// Stops tracking `pid` and drops every cached connection of it.
+    pub fn untrack(&mut self, pid: u32) {
+        // Already gone when the kernel saw the exit: not an error.
+        let _ = self.tracked.remove(&pid);
+        self.purge_connections(pid);
+    }
+
+    /// Deletes the kernel's cached fd descriptions of `pid` (after exit or exec).
+    pub fn purge_connections(&mut self, pid: u32) {
+        let stale: Vec<periscope_conn_key> =
+            self.conns.keys().filter_map(Result::ok).filter(|k| k.pid == pid).collect();
+        for key in stale {
+            let _ = self.conns.remove(&key);
+        }
+    }
+
+    /// Pids the kernel currently tracks (including children it added itself).
+    pub fn tracked_pids(&self) -> Vec<u32> {
+        self.tracked.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Number of cached fd descriptions (for tests and the reliability suite).
+    pub fn cached_connections(&self) -> usize {
+        self.conns.keys().filter_map(Result::ok).count()
+    }
+
+    /// Sum over CPUs of each kernel counter (index = enum periscope_counter).
+    pub fn kernel_counters(&self) -> [u64; wire::periscope_counter::PERISCOPE_CNT__MAX as usize] {
+        let mut out = [0u64; wire::periscope_counter::PERISCOPE_CNT__MAX as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.counters.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Names of the attached programs (for diagnostics).
+    pub fn program_names(&self) -> Vec<String> {
+        self.ebpf.programs().map(|(name, _)| name.to_owned()).collect()
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}

@@ -1,0 +1,8 @@
+//! From protocol exchanges to finished spans: ids and W3C context, routes,
+//! and the per-protocol span builders.
+pub mod http;
+pub mod model;
+pub mod routes;
+pub mod traceparent;
+
+pub use model::*;

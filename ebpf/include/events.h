@@ -1,0 +1,127 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * The only definition of the structs, enums and limits shared by the kernel
+ * programs and the agent. The agent's Rust types are generated from this file
+ * by bindgen at build time (agent/build.rs); never retype them by hand.
+ *
+ * Kernel -> user: records in the `events` ring buffer. Every record starts with
+ * `struct periscope_event_header`; `kind` says which struct follows.
+ * User -> kernel: `struct periscope_pid_config` values in `tracked_pids`.
+ */
+#ifndef PERISCOPE_EVENTS_H
+#define PERISCOPE_EVENTS_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Upper bound of the configurable per-syscall capture (power of two). */
+#define PERISCOPE_MAX_CAPTURE 4096
+/* Default bytes captured per syscall when the agent does not override it. */
+#define PERISCOPE_DEFAULT_CAPTURE 512
+/* iovec entries walked per readv/writev/recvmsg/sendmsg call. */
+#define PERISCOPE_MAX_IOV 8
+
+enum periscope_event_kind {
+	PERISCOPE_EV_DATA = 1,       /* struct periscope_data_event */
+	PERISCOPE_EV_CONN_OPEN = 2,  /* struct periscope_conn_event: accept/connect */
+	PERISCOPE_EV_CONN_CLOSE = 3, /* struct periscope_conn_event: close */
+	PERISCOPE_EV_PROC_FORK = 4,  /* struct periscope_proc_event: child of a tracked pid */
+	PERISCOPE_EV_PROC_EXIT = 5,  /* struct periscope_proc_event: tracked pid exited */
+	PERISCOPE_EV_PROC_EXEC = 6,  /* struct periscope_proc_event: any exec */
+};
+
+enum periscope_direction {
+	PERISCOPE_DIR_INGRESS = 0, /* the process read these bytes */
+	PERISCOPE_DIR_EGRESS = 1,  /* the process wrote these bytes */
+};
+
+/* Which end of the connection the tracked process is. */
+enum periscope_role {
+	PERISCOPE_ROLE_UNKNOWN = 0, /* socket predates tracking: userspace infers */
+	PERISCOPE_ROLE_SERVER = 1,  /* accepted */
+	PERISCOPE_ROLE_CLIENT = 2,  /* connected */
+};
+
+enum periscope_syscall {
+	PERISCOPE_SYS_READ = 0,
+	PERISCOPE_SYS_READV = 1,
+	PERISCOPE_SYS_RECVFROM = 2,
+	PERISCOPE_SYS_RECVMSG = 3,
+	PERISCOPE_SYS_WRITE = 4,
+	PERISCOPE_SYS_WRITEV = 5,
+	PERISCOPE_SYS_SENDTO = 6,
+	PERISCOPE_SYS_SENDMSG = 7,
+	PERISCOPE_SYS_SENDFILE = 8,
+};
+
+/* Indexes of the per-CPU `counters` array; the agent exports each one. */
+enum periscope_counter {
+	PERISCOPE_CNT_RINGBUF_FULL = 0,  /* event dropped: ring buffer reservation failed */
+	PERISCOPE_CNT_PENDING_FULL = 1,  /* syscall not followed: pending-args map full */
+	PERISCOPE_CNT_CONN_FULL = 2,     /* connection not cached: map update failed */
+	PERISCOPE_CNT_IOV_TRUNCATED = 3, /* more than PERISCOPE_MAX_IOV iovecs */
+	PERISCOPE_CNT_READ_FAILED = 4,   /* bpf_probe_read_user of a buffer failed */
+	PERISCOPE_CNT_DATA_EVENTS = 5,   /* data events submitted */
+	PERISCOPE_CNT__MAX = 6,
+};
+
+/* A TCP connection seen from the tracked process. IPv4 addresses are stored
+ * IPv4-mapped (::ffff:a.b.c.d); ports are in host byte order. */
+struct periscope_tuple {
+	__u8 local_addr[16];
+	__u8 remote_addr[16];
+	__u16 local_port;
+	__u16 remote_port;
+	__u16 family; /* AF_INET or AF_INET6 of the socket itself */
+	__u16 _pad;
+};
+
+struct periscope_event_header {
+	__u32 kind; /* enum periscope_event_kind */
+	__u32 pid;  /* tgid */
+	__u32 tid;
+	__s32 fd;
+	__u64 ts_enter_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns) at syscall entry */
+	__u64 ts_exit_ns;  /* ... at syscall exit */
+};
+
+struct periscope_data_event {
+	struct periscope_event_header hdr;
+	struct periscope_tuple tuple;
+	__s64 bytes;    /* what the syscall returned: bytes transferred */
+	__u32 captured; /* bytes of data[] that follow (<= bytes, <= capture size) */
+	__u8 direction; /* enum periscope_direction */
+	__u8 role;      /* enum periscope_role */
+	__u8 syscall;   /* enum periscope_syscall */
+	__u8 _pad;
+	__u8 data[PERISCOPE_MAX_CAPTURE]; /* only `captured` bytes are sent */
+};
+
+struct periscope_conn_event {
+	struct periscope_event_header hdr;
+	struct periscope_tuple tuple;
+	__u8 role;
+	__u8 _pad[7];
+};
+
+struct periscope_proc_event {
+	struct periscope_event_header hdr; /* pid = the process concerned */
+	__u32 ppid;                        /* fork: the tracked parent */
+	__u32 _pad;
+	char comm[16];
+};
+
+/* Key of the kernel's `conns` cache; the agent purges a process's keys when it
+ * exits or execs (its fds vanish without close()). */
+struct periscope_conn_key {
+	__u32 pid; /* tgid */
+	__s32 fd;
+};
+
+/* Value of `tracked_pids` (key: tgid). */
+struct periscope_pid_config {
+	__u32 flags; /* reserved */
+};
+
+#endif /* PERISCOPE_EVENTS_H */

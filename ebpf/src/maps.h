@@ -1,0 +1,101 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/* Maps and small helpers shared by the periscope kernel programs. */
+#pragma once
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "events.h"
+
+/* Set by the agent before load (EbpfLoader::override_global). */
+const volatile __u32 capture_size = PERISCOPE_DEFAULT_CAPTURE;
+
+/* tgid -> config: only these processes produce socket events. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct periscope_pid_config);
+} tracked_pids SEC(".maps");
+
+/* Arguments of a syscall in flight, keyed by pid_tgid, kept from entry to exit. */
+struct pending_io {
+	__u64 ts_enter_ns;
+	__u64 buf;    /* user pointer: data, iovec array, or msghdr */
+	__u32 iovcnt; /* iovec entries when kind is IOV */
+	__s32 fd;
+	__u8 kind;    /* enum pending_kind */
+	__u8 syscall; /* enum periscope_syscall */
+	__u8 direction;
+	__u8 _pad[5];
+};
+
+enum pending_kind {
+	PENDING_PLAIN = 0, /* buf is the data */
+	PENDING_IOV = 1,   /* buf is a struct iovec array */
+	PENDING_MSG = 2,   /* buf is a struct user_msghdr */
+	PENDING_NONE = 3,  /* no user buffer (sendfile): count bytes only */
+	PENDING_ACCEPT = 4,
+	PENDING_CONNECT = 5,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct pending_io);
+} pending SEC(".maps");
+
+/* (tgid, fd) of a tracked process -> what that fd is. Negative entries
+ * (is_tcp = 0) keep files and pipes from being looked up again. */
+struct conn_info {
+	struct periscope_tuple tuple;
+	__u8 is_tcp;
+	__u8 role;
+	__u8 _pad[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct periscope_conn_key);
+	__type(value, struct conn_info);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 * 1024 * 1024); /* the agent may override */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PERISCOPE_CNT__MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* A data event plus slack, so that bounded writes at a variable offset below
+ * PERISCOPE_MAX_CAPTURE stay inside the map value for the verifier. */
+struct scratch_event {
+	struct periscope_data_event ev;
+	__u8 slack[PERISCOPE_MAX_CAPTURE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch_event);
+} scratch SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int is_tracked(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&tracked_pids, &tgid) != NULL;
+}

@@ -1,0 +1,346 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/* Socket I/O on syscall tracepoints: remember the arguments at entry, and at
+ * exit send the bytes the syscall moved (first `capture_size` of them). */
+#pragma once
+
+#include "conn.h"
+
+/* Layout of syscalls:sys_enter_* / sys_exit_* records (stable tracepoint ABI). */
+struct sys_enter_ctx {
+	__u64 common;
+	__s64 syscall_nr;
+	__u64 args[6];
+};
+
+struct sys_exit_ctx {
+	__u64 common;
+	__s64 syscall_nr;
+	__s64 ret;
+};
+
+struct ps_iovec {
+	__u64 base;
+	__u64 len;
+};
+
+static __always_inline int remember(struct sys_enter_ctx *ctx, __u8 kind, __u8 syscall,
+				    __u8 direction, __u64 buf, __u32 iovcnt)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_tracked(id >> 32))
+		return 0;
+	struct pending_io p = {
+		.ts_enter_ns = bpf_ktime_get_ns(),
+		.buf = buf,
+		.iovcnt = iovcnt,
+		.fd = (__s32)ctx->args[0],
+		.kind = kind,
+		.syscall = syscall,
+		.direction = direction,
+	};
+	if (bpf_map_update_elem(&pending, &id, &p, BPF_ANY))
+		count(PERISCOPE_CNT_PENDING_FULL);
+	return 0;
+}
+
+/* Copies up to `limit` bytes from an iovec array into data[], returns bytes copied. */
+static __always_inline __u32 copy_iov(__u8 *data, __u64 iov_ptr, __u32 iovcnt, __u64 limit)
+{
+	__u32 copied = 0;
+	if (iovcnt > PERISCOPE_MAX_IOV) {
+		count(PERISCOPE_CNT_IOV_TRUNCATED);
+		iovcnt = PERISCOPE_MAX_IOV;
+	}
+#pragma unroll
+	for (int i = 0; i < PERISCOPE_MAX_IOV; i++) {
+		if (i >= iovcnt || copied >= limit)
+			break;
+		struct ps_iovec iov;
+		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(iov_ptr + i * sizeof(iov))))
+			break;
+		__u64 len = iov.len;
+		if (len > limit - copied)
+			len = limit - copied;
+		if (len > PERISCOPE_MAX_CAPTURE)
+			len = PERISCOPE_MAX_CAPTURE;
+		__u32 off = copied & (PERISCOPE_MAX_CAPTURE - 1);
+		if (len == 0)
+			continue;
+		if (bpf_probe_read_user(data + off, len, (void *)iov.base)) {
+			count(PERISCOPE_CNT_READ_FAILED);
+			break;
+		}
+		copied += len;
+	}
+	return copied;
+}
+
+static __always_inline void fill_header(struct periscope_event_header *h, __u32 kind, __u64 id,
+					__s32 fd, __u64 ts_enter)
+{
+	h->kind = kind;
+	h->pid = id >> 32;
+	h->tid = (__u32)id;
+	h->fd = fd;
+	h->ts_enter_ns = ts_enter;
+	h->ts_exit_ns = bpf_ktime_get_ns();
+}
+
+static __always_inline void emit_conn_event(__u32 kind, __u64 id, __s32 fd, __u64 ts_enter,
+					    struct conn_info *info)
+{
+	struct periscope_conn_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(PERISCOPE_CNT_RINGBUF_FULL);
+		return;
+	}
+	fill_header(&e->hdr, kind, id, fd, ts_enter);
+	e->tuple = info->tuple;
+	e->role = info->role;
+	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int handle_io_exit(struct sys_exit_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pending_io *p = bpf_map_lookup_elem(&pending, &id);
+	if (!p)
+		return 0;
+	struct pending_io args = *p;
+	bpf_map_delete_elem(&pending, &id);
+
+	__s64 ret = ctx->ret;
+	if (ret <= 0)
+		return 0;
+	struct conn_info *info = lookup_conn(id >> 32, args.fd);
+	if (!info || !info->is_tcp)
+		return 0;
+
+	__u32 zero = 0;
+	struct scratch_event *s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return 0;
+	struct periscope_data_event *e = &s->ev;
+	fill_header(&e->hdr, PERISCOPE_EV_DATA, id, args.fd, args.ts_enter_ns);
+	e->tuple = info->tuple;
+	e->bytes = ret;
+	e->direction = args.direction;
+	e->role = info->role;
+	e->syscall = args.syscall;
+	e->_pad = 0;
+
+	__u64 limit = capture_size;
+	if (limit > PERISCOPE_MAX_CAPTURE)
+		limit = PERISCOPE_MAX_CAPTURE;
+	if (limit > (__u64)ret)
+		limit = ret;
+
+	__u32 captured = 0;
+	if (args.kind == PENDING_PLAIN) {
+		if (limit > 0 && bpf_probe_read_user(e->data, limit, (void *)args.buf) == 0)
+			captured = limit;
+		else if (limit > 0)
+			count(PERISCOPE_CNT_READ_FAILED);
+	} else if (args.kind == PENDING_IOV) {
+		captured = copy_iov(e->data, args.buf, args.iovcnt, limit);
+	} else if (args.kind == PENDING_MSG) {
+		struct user_msghdr msg;
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)args.buf) == 0)
+			captured = copy_iov(e->data, (__u64)msg.msg_iov, msg.msg_iovlen, limit);
+		else
+			count(PERISCOPE_CNT_READ_FAILED);
+	}
+	if (captured > PERISCOPE_MAX_CAPTURE)
+		captured = PERISCOPE_MAX_CAPTURE;
+	e->captured = captured;
+
+	__u64 size = offsetof(struct periscope_data_event, data) + captured;
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+	if (bpf_ringbuf_output(&events, e, size, 0))
+		count(PERISCOPE_CNT_RINGBUF_FULL);
+	else
+		count(PERISCOPE_CNT_DATA_EVENTS);
+	return 0;
+}
+
+/* --- entries --- */
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int handle_enter_read(struct sys_enter_ctx *ctx)
+{
+	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_READ, PERISCOPE_DIR_INGRESS, ctx->args[1], 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_readv")
+int handle_enter_readv(struct sys_enter_ctx *ctx)
+{
+	return remember(ctx, PENDING_IOV, PERISCOPE_SYS_READV, PERISCOPE_DIR_INGRESS, ctx->args[1],
+			ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int handle_enter_recvfrom(struct sys_enter_ctx *ctx)
+{
+	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_RECVFROM, PERISCOPE_DIR_INGRESS,
+			ctx->args[1], 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int handle_enter_recvmsg(struct sys_enter_ctx *ctx)
+{
+	return remember(ctx, PENDING_MSG, PERISCOPE_SYS_RECVMSG, PERISCOPE_DIR_INGRESS, ctx->args[1],
+			0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int handle_enter_write(struct sys_enter_ctx *ctx)
+{
+	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_WRITE, PERISCOPE_DIR_EGRESS, ctx->args[1], 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int handle_enter_writev(struct sys_enter_ctx *ctx)
+{
+	return remember(ctx, PENDING_IOV, PERISCOPE_SYS_WRITEV, PERISCOPE_DIR_EGRESS, ctx->args[1],
+			ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int handle_enter_sendto(struct sys_enter_ctx *ctx)
+{
+	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_SENDTO, PERISCOPE_DIR_EGRESS, ctx->args[1],
+			0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int handle_enter_sendmsg(struct sys_enter_ctx *ctx)
+{
+	return remember(ctx, PENDING_MSG, PERISCOPE_SYS_SENDMSG, PERISCOPE_DIR_EGRESS, ctx->args[1], 0);
+}
+
+/* sendfile64(out_fd, in_fd, offset, count): bytes only, no user buffer. */
+SEC("tracepoint/syscalls/sys_enter_sendfile64")
+int handle_enter_sendfile(struct sys_enter_ctx *ctx)
+{
+	return remember(ctx, PENDING_NONE, PERISCOPE_SYS_SENDFILE, PERISCOPE_DIR_EGRESS, 0, 0);
+}
+
+/* --- exits --- */
+
+SEC("tracepoint/syscalls/sys_exit_read")
+int handle_exit_read(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+SEC("tracepoint/syscalls/sys_exit_readv")
+int handle_exit_readv(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int handle_exit_recvfrom(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int handle_exit_recvmsg(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+SEC("tracepoint/syscalls/sys_exit_write")
+int handle_exit_write(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+SEC("tracepoint/syscalls/sys_exit_writev")
+int handle_exit_writev(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int handle_exit_sendto(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int handle_exit_sendmsg(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+SEC("tracepoint/syscalls/sys_exit_sendfile64")
+int handle_exit_sendfile(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+
+/* --- connection lifecycle --- */
+
+SEC("tracepoint/syscalls/sys_enter_accept")
+int handle_enter_accept(struct sys_enter_ctx *ctx)
+{
+	return remember(ctx, PENDING_ACCEPT, 0, 0, 0, 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int handle_enter_accept4(struct sys_enter_ctx *ctx)
+{
+	return remember(ctx, PENDING_ACCEPT, 0, 0, 0, 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int handle_enter_connect(struct sys_enter_ctx *ctx)
+{
+	return remember(ctx, PENDING_CONNECT, 0, 0, 0, 0);
+}
+
+#define PS_EINPROGRESS 115
+
+static __always_inline int handle_open_exit(struct sys_exit_ctx *ctx, __u8 expect_kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pending_io *p = bpf_map_lookup_elem(&pending, &id);
+	if (!p)
+		return 0;
+	struct pending_io args = *p;
+	bpf_map_delete_elem(&pending, &id);
+	if (args.kind != expect_kind)
+		return 0;
+
+	__s32 fd;
+	__u8 role;
+	if (expect_kind == PENDING_ACCEPT) {
+		if (ctx->ret < 0)
+			return 0;
+		fd = (__s32)ctx->ret;
+		role = PERISCOPE_ROLE_SERVER;
+	} else {
+		if (ctx->ret != 0 && ctx->ret != -PS_EINPROGRESS)
+			return 0;
+		fd = args.fd;
+		role = PERISCOPE_ROLE_CLIENT;
+	}
+	struct conn_info info = {};
+	describe_fd(fd, &info);
+	if (!info.is_tcp)
+		return 0;
+	info.role = role;
+	struct periscope_conn_key key = { .pid = id >> 32, .fd = fd };
+	if (bpf_map_update_elem(&conns, &key, &info, BPF_ANY))
+		count(PERISCOPE_CNT_CONN_FULL);
+	emit_conn_event(PERISCOPE_EV_CONN_OPEN, id, fd, args.ts_enter_ns, &info);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int handle_exit_accept(struct sys_exit_ctx *ctx) { return handle_open_exit(ctx, PENDING_ACCEPT); }
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int handle_exit_accept4(struct sys_exit_ctx *ctx) { return handle_open_exit(ctx, PENDING_ACCEPT); }
+SEC("tracepoint/syscalls/sys_exit_connect")
+int handle_exit_connect(struct sys_exit_ctx *ctx) { return handle_open_exit(ctx, PENDING_CONNECT); }
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int handle_enter_close(struct sys_enter_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_tracked(id >> 32))
+		return 0;
+	struct periscope_conn_key key = { .pid = id >> 32, .fd = (__s32)ctx->args[0] };
+	struct conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	if (!info)
+		return 0;
+	if (info->is_tcp)
+		emit_conn_event(PERISCOPE_EV_CONN_CLOSE, id, key.fd, bpf_ktime_get_ns(), info);
+	bpf_map_delete_elem(&conns, &key);
+	return 0;
+}
+
+/* dup2/dup3 silently close the target fd: forget what it was. */
+static __always_inline int forget_fd(__s32 fd)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_tracked(id >> 32))
+		return 0;
+	struct periscope_conn_key key = { .pid = id >> 32, .fd = fd };
+	bpf_map_delete_elem(&conns, &key);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_dup2")
+int handle_enter_dup2(struct sys_enter_ctx *ctx) { return forget_fd((__s32)ctx->args[1]); }
+SEC("tracepoint/syscalls/sys_enter_dup3")
+int handle_enter_dup3(struct sys_enter_ctx *ctx) { return forget_fd((__s32)ctx->args[1]); }
