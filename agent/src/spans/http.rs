@@ -1,1 +1,256 @@
-//! (being written)
+//! HTTP/1 exchanges -> SERVER and CLIENT spans (semantic conventions 1.2x,
+//! plus the old names when OTEL_SEMCONV_STABILITY_OPT_IN says `http/dup`).
+use std::net::SocketAddr;
+
+use super::{
+    clock::Clock,
+    model::{Attr, ServiceRef, Span, SpanId, SpanKind, SpanStatus, TraceId},
+    routes::Route,
+    traceparent::TraceParent,
+};
+use crate::protocols::http1::Exchange;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpSpanOptions {
+    /// Also emit http.method, http.target, http.status_code, http.url, net.peer.name.
+    pub old_semconv: bool,
+    /// Keep the query string in url.query / url.full / http.target.
+    pub include_query: bool,
+}
+
+/// Where the exchange happened.
+#[derive(Clone, Debug)]
+pub struct HttpContext<'a> {
+    pub service: &'a ServiceRef,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The tracked process answered (SERVER) rather than asked (CLIENT).
+    pub server_side: bool,
+}
+
+/// Splits a request target into path and query; absolute-form targets
+/// (`http://host/path?q`) lose their scheme and authority.
+pub fn split_target(target: &str) -> (&str, Option<&str>) {
+    let path = match target.find("://") {
+        Some(i) => {
+            let rest = &target[i + 3..];
+            rest.find('/').map_or("/", |j| &rest[j..])
+        }
+        None => target,
+    };
+    match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    }
+}
+
+/// Host and port from a Host header, if it has them.
+fn host_port(host: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((h, p)) = rest.split_once(']') {
+            return (h, p.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
+        _ => (host, None),
+    }
+}
+
+pub fn build(
+    ex: &Exchange,
+    ctx: &HttpContext<'_>,
+    route: &Route,
+    clock: &Clock,
+    opts: HttpSpanOptions,
+) -> Span {
+    let method = ex.request.method.as_str();
+    let status = ex.response.status;
+    let (path, query) = split_target(&ex.request.target);
+    let query = query.filter(|_| opts.include_query);
+    let target_shown = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let route_str = match route {
+        Route::Some(r) => Some(r.as_str()),
+        Route::Overflow => Some(super::routes::OVERFLOW_ROUTE),
+        Route::None | Route::Ignored => None,
+    };
+    let name = match route_str {
+        Some(r) => format!("{method} {r}"),
+        None => method.to_owned(),
+    };
+    let host_header = ex.request.headers.host.as_deref().map(host_port);
+
+    let mut attrs = Vec::with_capacity(20);
+    attrs.push(Attr::new("http.request.method", method));
+    attrs.push(Attr::new("http.response.status_code", i64::from(status)));
+    attrs.push(Attr::new("network.protocol.name", "http"));
+    attrs.push(Attr::new("network.protocol.version", if ex.request.version == 0 { "1.0" } else { "1.1" }));
+    if let Some(r) = route_str {
+        attrs.push(Attr::new("http.route", r));
+    }
+    attrs.push(Attr::new("http.request.body.size", ex.request_body_bytes as i64));
+    attrs.push(Attr::new("http.response.body.size", ex.response_body_bytes as i64));
+    if let Some(ua) = &ex.request.headers.user_agent {
+        attrs.push(Attr::new("user_agent.original", ua.as_str()));
+    }
+
+    let (kind, start, end, server_addr, server_port) = if ctx.server_side {
+        attrs.push(Attr::new("url.path", path));
+        attrs.push(Attr::new("url.scheme", "http"));
+        if let Some(q) = query {
+            attrs.push(Attr::new("url.query", q));
+        }
+        attrs.push(Attr::new("client.address", ctx.remote.ip().to_string()));
+        attrs.push(Attr::new("network.peer.address", ctx.remote.ip().to_string()));
+        attrs.push(Attr::new("network.peer.port", ctx.remote.port()));
+        let addr = host_header.map_or_else(|| ctx.local.ip().to_string(), |(h, _)| h.to_owned());
+        // The request starts when its first byte was read (exit of that read:
+        // a blocking read may have waited long before anything arrived).
+        (SpanKind::Server, ex.request_start_exit, ex.response_end, addr, ctx.local.port())
+    } else {
+        let addr = host_header.map_or_else(|| ctx.remote.ip().to_string(), |(h, _)| h.to_owned());
+        let port = host_header.and_then(|(_, p)| p).unwrap_or(ctx.remote.port());
+        let full = format!("http://{}{target_shown}", ex.request.headers.host.as_deref().unwrap_or(&addr));
+        attrs.push(Attr::new("url.full", full.as_str()));
+        attrs.push(Attr::new("network.peer.address", ctx.remote.ip().to_string()));
+        attrs.push(Attr::new("network.peer.port", ctx.remote.port()));
+        if opts.old_semconv {
+            attrs.push(Attr::new("http.url", full));
+        }
+        (SpanKind::Client, ex.request_start_enter, ex.response_end, addr, port)
+    };
+    attrs.push(Attr::new("server.address", server_addr.as_str()));
+    attrs.push(Attr::new("server.port", server_port));
+
+    let error = if ctx.server_side { status >= 500 } else { status >= 400 };
+    if error {
+        attrs.push(Attr::new("error.type", status.to_string()));
+    }
+    if opts.old_semconv {
+        attrs.push(Attr::new("http.method", method));
+        attrs.push(Attr::new("http.status_code", i64::from(status)));
+        attrs.push(Attr::new("http.target", target_shown.as_str()));
+        attrs.push(Attr::new("http.scheme", "http"));
+        attrs.push(Attr::new("net.peer.name", server_addr.as_str()));
+    }
+
+    // An incoming traceparent makes the server span its child. On the client
+    // side an outgoing traceparent names the span the callee will see as its
+    // parent, so the client span takes exactly that id.
+    let tp = ex.request.headers.traceparent.as_deref().and_then(TraceParent::parse);
+    let (trace_id, span_id, parent, flags) = match (tp, ctx.server_side) {
+        (Some(tp), true) => (tp.trace_id, SpanId::random(), Some(tp.parent_id), tp.flags),
+        (Some(tp), false) => (tp.trace_id, tp.parent_id, None, tp.flags),
+        (None, _) => (TraceId::random(), SpanId::random(), None, 1),
+    };
+
+    Span {
+        service: ctx.service.clone(),
+        trace_id,
+        span_id,
+        parent_span_id: parent,
+        trace_flags: flags,
+        trace_state: if tp.is_some() { ex.request.headers.tracestate.clone() } else { None },
+        name,
+        kind,
+        start_unix_nanos: clock.to_unix(start),
+        end_unix_nanos: clock.to_unix(end.max(start)),
+        attributes: attrs,
+        status: if error { SpanStatus::Error(format!("HTTP {status}")) } else { SpanStatus::Unset },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocols::http1::head::{Headers, RequestHead, ResponseHead};
+    use crate::spans::model::{AttrValue, Service};
+    use std::sync::Arc;
+
+    fn exchange(target: &str, status: u16, traceparent: Option<&str>) -> Exchange {
+        Exchange {
+            request: RequestHead {
+                method: "GET".into(),
+                target: target.into(),
+                version: 1,
+                headers: Headers {
+                    host: Some("shop:8080".into()),
+                    traceparent: traceparent.map(str::to_owned),
+                    ..Headers::default()
+                },
+                truncated: false,
+            },
+            response: ResponseHead { status, version: 1, headers: Headers::default(), truncated: false },
+            request_start_enter: 1_000,
+            request_start_exit: 2_000,
+            request_end: 2_000,
+            response_start_enter: 5_000,
+            response_end: 9_000,
+            request_body_bytes: 0,
+            response_body_bytes: 42,
+        }
+    }
+
+    fn service() -> ServiceRef {
+        Arc::new(Service { name: "shop".into(), namespace: None, instance_id: "i".into(), attributes: vec![] })
+    }
+
+    fn ctx(svc: &ServiceRef, server_side: bool) -> HttpContext<'_> {
+        HttpContext {
+            service: svc,
+            local: "10.0.0.1:8080".parse().unwrap(),
+            remote: "10.0.0.2:40000".parse().unwrap(),
+            server_side,
+        }
+    }
+
+    #[test]
+    fn server_span_from_exchange() {
+        let svc = service();
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let ex = exchange("/users/7?token=secret", 503, Some(tp));
+        let route = Route::Some("/users/*".into());
+        let span = build(&ex, &ctx(&svc, true), &route, &Clock::with_offset(0), HttpSpanOptions::default());
+        assert_eq!(span.name, "GET /users/*");
+        assert_eq!(span.kind, SpanKind::Server);
+        assert_eq!((span.start_unix_nanos, span.end_unix_nanos), (2_000, 9_000));
+        assert_eq!(span.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(span.parent_span_id.unwrap().to_string(), "b7ad6b7169203331");
+        assert_eq!(span.attr("url.path"), Some(&AttrValue::Str("/users/7".into())));
+        assert_eq!(span.attr("server.address"), Some(&AttrValue::Str("shop".into())));
+        assert_eq!(span.attr("client.address"), Some(&AttrValue::Str("10.0.0.2".into())));
+        assert_eq!(span.attr("http.response.status_code"), Some(&AttrValue::Int(503)));
+        assert!(matches!(span.status, SpanStatus::Error(_)));
+        assert!(span.attributes.iter().all(|a| !a.value.to_string().contains("secret")));
+        assert!(span.attr("http.target").is_none(), "old names only when opted in");
+    }
+
+    #[test]
+    fn client_span_and_old_semconv() {
+        let svc = service();
+        let ex = exchange("/q?x=1", 404, None);
+        let opts = HttpSpanOptions { old_semconv: true, include_query: true };
+        let span = build(&ex, &ctx(&svc, false), &Route::None, &Clock::with_offset(10), opts);
+        assert_eq!(span.name, "GET");
+        assert_eq!(span.kind, SpanKind::Client);
+        assert_eq!(span.start_unix_nanos, 1_010, "client spans start when the request is written");
+        assert!(span.parent_span_id.is_none());
+        assert_eq!(span.attr("url.full"), Some(&AttrValue::Str("http://shop:8080/q?x=1".into())));
+        assert_eq!(span.attr("server.port"), Some(&AttrValue::Int(8080)));
+        assert_eq!(span.attr("http.target"), Some(&AttrValue::Str("/q?x=1".into())));
+        assert_eq!(span.attr("http.status_code"), Some(&AttrValue::Int(404)));
+        assert!(matches!(span.status, SpanStatus::Error(_)), "4xx is an error for clients");
+    }
+
+    #[test]
+    fn targets_split() {
+        assert_eq!(split_target("/a?b=c"), ("/a", Some("b=c")));
+        assert_eq!(split_target("http://h:1/p/q?z"), ("/p/q", Some("z")));
+        assert_eq!(split_target("http://h"), ("/", None));
+        assert_eq!(host_port("[::1]:80"), ("::1", Some(80)));
+        assert_eq!(host_port("h"), ("h", None));
+    }
+}

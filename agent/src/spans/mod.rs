@@ -1,5 +1,6 @@
 //! From protocol exchanges to finished spans: ids and W3C context, routes,
 //! and the per-protocol span builders.
+pub mod clock;
 pub mod http;
 pub mod model;
 pub mod routes;

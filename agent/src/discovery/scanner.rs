@@ -1,0 +1,233 @@
+//! One pass over `/proc`: which running processes match a [`Selector`].
+use std::{collections::HashMap, fs::File, path::PathBuf, rc::Rc};
+
+use super::{
+    procfs::{is_go_elf, ProcFs, Stat},
+    service::Language,
+    DiscoveryError, ProcessInfo, Selector,
+};
+
+/// LISTEN sockets of one network namespace: socket inode -> port.
+type ListenTable = Rc<HashMap<u64, u16>>;
+
+/// Listen tables read during one scan, keyed by network-namespace inode, so
+/// `/proc/PID/net/tcp{,6}` is read once per namespace, not once per process.
+#[derive(Default)]
+struct NetCache {
+    by_ns: HashMap<u64, ListenTable>,
+}
+
+impl NetCache {
+    fn table(
+        &mut self,
+        fs: &ProcFs,
+        pid: u32,
+        netns: Option<u64>,
+    ) -> Result<ListenTable, DiscoveryError> {
+        if let Some(ns) = netns {
+            if let Some(t) = self.by_ns.get(&ns) {
+                return Ok(t.clone());
+            }
+        }
+        // Failures (process gone) are not cached: the next process of the
+        // namespace tries again.
+        let t = Rc::new(fs.listen_table(pid)?);
+        if let Some(ns) = netns {
+            self.by_ns.insert(ns, t.clone());
+        }
+        Ok(t)
+    }
+}
+
+fn ports_of(table: &HashMap<u64, u16>, socket_inodes: &[u64]) -> Vec<u16> {
+    let mut ports: Vec<u16> = socket_inodes
+        .iter()
+        .filter_map(|i| table.get(i).copied())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Fills the rest of a `ProcessInfo` once a process is known to be wanted.
+/// Ends by re-reading the start time: a process that exited (or whose pid was
+/// reused) during the read is `Gone`, never a mix of two processes.
+fn complete(
+    fs: &ProcFs,
+    pid: u32,
+    stat: Stat,
+    exe_path: Option<PathBuf>,
+    netns_inode: Option<u64>,
+    listening_ports: Option<Vec<u16>>,
+    cache: &mut NetCache,
+) -> Result<ProcessInfo, DiscoveryError> {
+    let cmdline = fs.cmdline(pid)?;
+    let (env_name, env_attrs) = fs.otel_env(pid)?;
+    let listening_ports = match listening_ports {
+        Some(p) => p,
+        None => {
+            let inodes = fs.socket_inodes(pid)?;
+            if inodes.is_empty() {
+                Vec::new()
+            } else {
+                ports_of(&*cache.table(fs, pid, netns_inode)?, &inodes)
+            }
+        }
+    };
+    let exe_name = exe_path
+        .as_deref()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| stat.comm.clone());
+    let mut language = Language::from_exe_name(&exe_name);
+    if language == Language::Unknown && exe_path.is_some() {
+        if let Ok(mut f) = File::open(fs.exe_link_path(pid)) {
+            if is_go_elf(&mut f).unwrap_or(false) {
+                language = Language::Go;
+            }
+        }
+    }
+    match fs.stat(pid) {
+        Ok(again) if again.start_time == stat.start_time && !again.is_dead() => {}
+        Ok(_) | Err(DiscoveryError::Gone { .. }) => return Err(DiscoveryError::Gone { pid }),
+        Err(e) => return Err(e),
+    }
+    Ok(ProcessInfo {
+        pid,
+        ppid: stat.ppid,
+        comm: stat.comm,
+        exe_path,
+        exe_name,
+        cmdline,
+        listening_ports,
+        env_service_name: env_name.filter(|n| !n.trim().is_empty()),
+        env_resource_attrs: env_attrs
+            .as_deref()
+            .map(super::parse_resource_attributes)
+            .unwrap_or_default(),
+        start_time_ticks: stat.start_time,
+        netns_inode,
+        language,
+    })
+}
+
+fn read_process_in(fs: &ProcFs, pid: u32) -> Result<ProcessInfo, DiscoveryError> {
+    let stat = fs.stat(pid)?;
+    if stat.is_kernel_thread() {
+        return Err(DiscoveryError::KernelThread { pid });
+    }
+    if stat.is_dead() {
+        return Err(DiscoveryError::Gone { pid });
+    }
+    let exe = fs.exe(pid);
+    let netns = fs.netns(pid);
+    complete(fs, pid, stat, exe, netns, None, &mut NetCache::default())
+}
+
+/// Everything discovery knows about one process (e.g. right after an exec
+/// event). A process that is gone or exits mid-read gives
+/// [`DiscoveryError::Gone`]; a kernel thread gives `KernelThread`.
+pub fn read_process(pid: u32) -> Result<ProcessInfo, DiscoveryError> {
+    read_process_in(&ProcFs::default(), pid)
+}
+
+/// The outcome of one [`Scanner::scan`].
+#[derive(Debug, Default, Clone)]
+pub struct ScanResult {
+    /// Matching processes, in pid order.
+    pub matched: Vec<ProcessInfo>,
+    /// Processes that could not be read (mostly: exited during the scan).
+    /// Informational; they never fail the scan.
+    pub skipped: usize,
+}
+
+/// Lists running processes matching a [`Selector`]. Skips the agent itself,
+/// kernel threads and zombies.
+#[derive(Debug, Clone)]
+pub struct Scanner {
+    fs: ProcFs,
+    self_pid: u32,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scanner {
+    pub fn new() -> Self {
+        Self {
+            fs: ProcFs::default(),
+            self_pid: std::process::id(),
+        }
+    }
+
+    /// A scanner over another procfs mount (e.g. the host's `/proc` mounted
+    /// at `/host/proc` when the agent runs in a container).
+    pub fn with_proc_root(root: impl Into<PathBuf>) -> Self {
+        Self {
+            fs: ProcFs::new(root),
+            self_pid: std::process::id(),
+        }
+    }
+
+    /// One pass over `/proc`. Cost: a `stat` and `exe` read per process; net
+    /// tables once per network namespace (only when ports are selected); fd
+    /// links only for processes in a namespace that has a listening socket on
+    /// a selected port, and for processes already matched (to fill
+    /// `listening_ports`).
+    pub fn scan(&mut self, selector: &Selector) -> ScanResult {
+        let mut res = ScanResult::default();
+        if selector.is_empty() {
+            return res;
+        }
+        let Ok(pids) = self.fs.pids() else {
+            return res;
+        };
+        let mut cache = NetCache::default();
+        for pid in pids {
+            if pid == self.self_pid {
+                continue;
+            }
+            match self.consider(pid, selector, &mut cache) {
+                Ok(Some(info)) => res.matched.push(info),
+                Ok(None) => {}
+                Err(_) => res.skipped += 1,
+            }
+        }
+        res
+    }
+
+    fn consider(
+        &self,
+        pid: u32,
+        selector: &Selector,
+        cache: &mut NetCache,
+    ) -> Result<Option<ProcessInfo>, DiscoveryError> {
+        let stat = self.fs.stat(pid)?;
+        if stat.is_kernel_thread() || stat.is_dead() {
+            return Ok(None);
+        }
+        let exe = self.fs.exe(pid);
+        let netns = self.fs.netns(pid);
+        let direct =
+            selector.matches_pid(pid) || exe.as_deref().is_some_and(|p| selector.matches_exe(p));
+        let mut ports = None;
+        if !direct {
+            let Some(set) = selector.open_ports.as_ref() else {
+                return Ok(None);
+            };
+            let table = cache.table(&self.fs, pid, netns)?;
+            if !table.values().any(|&p| set.contains(p)) {
+                return Ok(None);
+            }
+            let p = ports_of(&table, &self.fs.socket_inodes(pid)?);
+            if !p.iter().any(|&x| set.contains(x)) {
+                return Ok(None);
+            }
+            ports = Some(p);
+        }
+        complete(&self.fs, pid, stat, exe, netns, ports, cache).map(Some)
+    }
+}
