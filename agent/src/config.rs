@@ -1,1 +1,343 @@
-//! (being written)
+//! Configuration: command-line flags, each with an environment variable
+//! (`PERISCOPE_*` or the standard `OTEL_*`), and an optional YAML file.
+//! Precedence: flag > environment > YAML file > default.
+use std::{ffi::OsString, path::PathBuf};
+
+use clap::{CommandFactory, Parser, ValueEnum};
+use thiserror::Error;
+
+use crate::discovery::{PortSet, Selector};
+use crate::spans::routes::Unmatched;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrinterMode {
+    Text,
+    Json,
+    Off,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "periscope",
+    version,
+    about = "eBPF auto-instrumentation: HTTP and SQL spans and RED metrics of unmodified processes",
+    args_override_self = true
+)]
+pub struct Config {
+    /// YAML file with any of these options (keys: flag names, `-` or `_`).
+    #[arg(long, env = "PERISCOPE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Watch processes listening on these TCP ports: "80,443,8000-8999".
+    #[arg(long, env = "PERISCOPE_OPEN_PORT", value_name = "PORTS")]
+    pub open_port: Option<String>,
+
+    /// Watch processes whose executable path matches a glob (comma-separated).
+    #[arg(long, env = "PERISCOPE_EXE_PATH", value_name = "GLOB", value_delimiter = ',')]
+    pub exe_path: Vec<String>,
+
+    /// Watch these process ids (comma-separated).
+    #[arg(long, env = "PERISCOPE_PID", value_name = "PID", value_delimiter = ',')]
+    pub pid: Vec<u32>,
+
+    /// service.name for every watched process, instead of the one found in
+    /// the process's own OTEL_SERVICE_NAME or its executable name.
+    #[arg(long, env = "PERISCOPE_SERVICE_NAME")]
+    pub service_name: Option<String>,
+
+    /// service.namespace of watched processes that do not set their own.
+    #[arg(long, env = "PERISCOPE_SERVICE_NAMESPACE")]
+    pub service_namespace: Option<String>,
+
+    /// Print spans on stdout: text or json; defaults to text when no OTLP endpoint is set.
+    #[arg(long, env = "PERISCOPE_TRACE_PRINTER", value_enum)]
+    pub trace_printer: Option<PrinterMode>,
+
+    /// Serve Prometheus metrics on this port (/metrics, plus /targets and /healthz).
+    #[arg(long, env = "PERISCOPE_PROMETHEUS_PORT")]
+    pub prometheus_port: Option<u16>,
+
+    /// Address the Prometheus endpoint binds to.
+    #[arg(long, env = "PERISCOPE_PROMETHEUS_ADDRESS", default_value = "0.0.0.0")]
+    pub prometheus_address: std::net::IpAddr,
+
+    /// OTLP endpoint for traces and metrics (http://host:4317 is gRPC, :4318 HTTP).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otlp_traces_endpoint: Option<String>,
+
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")]
+    pub otlp_metrics_endpoint: Option<String>,
+
+    /// grpc or http/protobuf.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+
+    /// Extra headers: "k=v,k2=v2".
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS")]
+    pub otlp_headers: Option<String>,
+
+    /// Milliseconds between metric exports.
+    #[arg(long, env = "OTEL_METRIC_EXPORT_INTERVAL")]
+    pub metric_export_interval: Option<String>,
+
+    /// Comma-separated: `http/dup` adds the old HTTP attribute names, `database/dup` the old DB names.
+    #[arg(long, env = "OTEL_SEMCONV_STABILITY_OPT_IN", default_value = "")]
+    pub semconv_stability_opt_in: String,
+
+    /// Bytes captured per syscall (1-4096). Larger sees longer heads, costs more.
+    #[arg(long, env = "PERISCOPE_CAPTURE_SIZE", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub capture_size: u32,
+
+    /// Kernel ring buffer size in bytes (power of two).
+    #[arg(long, env = "PERISCOPE_RING_BUFFER_SIZE", default_value_t = 8 * 1024 * 1024)]
+    pub ring_buffer_size: u32,
+
+    /// Route patterns, e.g. "/users/{id},/static/**".
+    #[arg(long, env = "PERISCOPE_ROUTES", value_delimiter = ',')]
+    pub routes: Vec<String>,
+
+    /// Paths for which no span or metric is made, e.g. "/health,/metrics".
+    #[arg(long, env = "PERISCOPE_IGNORED_ROUTES", value_delimiter = ',')]
+    pub ignored_routes: Vec<String>,
+
+    /// What http.route is for paths no pattern matches: heuristic, path, wildcard, unset.
+    #[arg(long, env = "PERISCOPE_ROUTE_UNMATCHED", default_value = "heuristic")]
+    pub route_unmatched: Unmatched,
+
+    /// Distinct routes per service before new ones are folded into "/**".
+    #[arg(long, env = "PERISCOPE_MAX_ROUTES", default_value_t = 200)]
+    pub max_routes: usize,
+
+    /// Keep URL query strings (redacted by default).
+    #[arg(long, env = "PERISCOPE_INCLUDE_QUERY_STRING", default_value_t = false, action = clap::ArgAction::Set)]
+    pub include_query_string: bool,
+
+    /// Attribute sets per metric and service before folding into otel.metric.overflow.
+    #[arg(long, env = "PERISCOPE_METRIC_CARDINALITY_LIMIT", default_value_t = 2000)]
+    pub metric_cardinality_limit: usize,
+
+    /// Spans waiting for export before new ones are dropped (and counted).
+    #[arg(long, env = "PERISCOPE_EXPORT_QUEUE_SIZE", default_value_t = 8192)]
+    pub export_queue_size: usize,
+
+    /// Milliseconds between scans for new processes to watch.
+    #[arg(long, env = "PERISCOPE_DISCOVERY_INTERVAL", default_value_t = 500)]
+    pub discovery_interval: u64,
+
+    /// Connections tracked at once (oldest evicted beyond).
+    #[arg(long, env = "PERISCOPE_MAX_CONNECTIONS", default_value_t = 65536)]
+    pub max_connections: usize,
+
+    /// Log filter (error, warn, info, debug, or a tracing EnvFilter).
+    #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The parsed and validated configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub raw: Config,
+    pub selector: Selector,
+    pub old_http_semconv: bool,
+    pub old_db_semconv: bool,
+}
+
+impl Settings {
+    pub fn printer(&self, has_otlp: bool) -> PrinterMode {
+        self.raw.trace_printer.unwrap_or(if has_otlp { PrinterMode::Off } else { PrinterMode::Text })
+    }
+
+    /// Value of an OTEL_* variable, as given by flag, environment or file.
+    pub fn otel_var(&self, name: &str) -> Option<String> {
+        let c = &self.raw;
+        let v = match name {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => c.otlp_endpoint.clone(),
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => c.otlp_traces_endpoint.clone(),
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT" => c.otlp_metrics_endpoint.clone(),
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => c.otlp_protocol.clone(),
+            "OTEL_EXPORTER_OTLP_HEADERS" => c.otlp_headers.clone(),
+            "OTEL_METRIC_EXPORT_INTERVAL" => c.metric_export_interval.clone(),
+            _ => None,
+        };
+        v.or_else(|| std::env::var(name).ok()).filter(|s| !s.is_empty())
+    }
+}
+
+/// Turns one YAML value into the text of a flag's value.
+fn yaml_text(key: &str, v: &serde_yaml_ng::Value) -> Result<String, String> {
+    use serde_yaml_ng::Value;
+    Ok(match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Sequence(items) => items.iter().map(|i| yaml_text(key, i)).collect::<Result<Vec<_>, _>>()?.join(","),
+        Value::Null => return Err(format!("key {key:?} has no value")),
+        _ => return Err(format!("key {key:?} must be a string, number, boolean or list")),
+    })
+}
+
+/// Flags from the YAML file, for options that no flag or env var sets.
+fn file_args(path: &PathBuf, cli: &[OsString]) -> Result<Vec<OsString>, ConfigError> {
+    let err = |message: String| ConfigError::File { path: path.clone(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(|e| err(format!("not valid YAML: {e}")))?;
+    let map = match doc {
+        serde_yaml_ng::Value::Mapping(m) => m,
+        serde_yaml_ng::Value::Null => return Ok(Vec::new()),
+        _ => return Err(err("the top level must be a mapping of option: value".into())),
+    };
+    let cmd = Config::command();
+    let mut out = Vec::new();
+    for (k, v) in map {
+        let key = k.as_str().ok_or_else(|| err("keys must be strings".into()))?.replace('_', "-");
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && key != "config")
+            .ok_or_else(|| err(format!("unknown key {key:?}")))?;
+        let flag = format!("--{key}");
+        let on_cli = cli.iter().any(|a| a.to_str().is_some_and(|a| a == flag || a.starts_with(&format!("{flag}="))));
+        let in_env = arg.get_env().is_some_and(|e| std::env::var_os(e).is_some());
+        if on_cli || in_env {
+            continue;
+        }
+        out.push(OsString::from(format!("{flag}={}", yaml_text(&key, &v).map_err(err)?)));
+    }
+    Ok(out)
+}
+
+impl Settings {
+    pub fn from_args<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let first = Config::try_parse_from(&args)?;
+        let raw = match &first.config {
+            Some(path) => {
+                let mut merged = vec![args.first().cloned().unwrap_or_else(|| "periscope".into())];
+                merged.extend(file_args(path, &args[1.min(args.len())..])?);
+                merged.extend(args.iter().skip(1).cloned());
+                Config::try_parse_from(merged).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string().trim().to_owned(),
+                })?
+            }
+            None => first,
+        };
+        Self::validate(raw)
+    }
+
+    fn validate(raw: Config) -> Result<Self, ConfigError> {
+        let open_port = raw
+            .open_port
+            .as_deref()
+            .map(|p| p.parse::<PortSet>())
+            .transpose()
+            .map_err(|e| ConfigError::Invalid { key: "open-port", message: e.to_string() })?;
+        let selector = Selector::from_parts(raw.open_port.as_deref(), &raw.exe_path, &raw.pid)
+            .map_err(|e| ConfigError::Invalid { key: "exe-path", message: e.to_string() })?;
+        debug_assert_eq!(open_port.is_some(), selector.open_ports.is_some());
+        if selector.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "open-port",
+                message: "nothing to watch: give --open-port, --exe-path or --pid".into(),
+            });
+        }
+        crate::spans::routes::Router::new(&raw.routes, &raw.ignored_routes, raw.route_unmatched, raw.max_routes)
+            .map_err(|message| ConfigError::Invalid { key: "routes", message })?;
+        if !raw.ring_buffer_size.is_power_of_two() || raw.ring_buffer_size < 4096 {
+            return Err(ConfigError::Invalid {
+                key: "ring-buffer-size",
+                message: format!("{} is not a power of two of at least 4096", raw.ring_buffer_size),
+            });
+        }
+        let opt_in: Vec<&str> = raw.semconv_stability_opt_in.split(',').map(str::trim).collect();
+        Ok(Self {
+            old_http_semconv: opt_in.contains(&"http/dup"),
+            old_db_semconv: opt_in.contains(&"database/dup"),
+            selector,
+            raw,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn yaml(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::write(text)
+    }
+
+    /// A tiny self-cleaning temp file, to avoid a dependency for two tests.
+    mod tempfile_path {
+        use std::path::PathBuf;
+        pub struct TempPath(pub PathBuf);
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        pub fn write(text: &str) -> TempPath {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("periscope-cfg-{}-{n}.yaml", std::process::id()));
+            let mut f = std::fs::File::create(&p).unwrap();
+            super::Write::write_all(&mut f, text.as_bytes()).unwrap();
+            TempPath(p)
+        }
+    }
+
+    #[test]
+    fn flags_parse_and_validate() {
+        let s = Settings::from_args(["periscope", "--open-port", "8080,9000-9010", "--capture-size", "1024"]).unwrap();
+        assert!(s.selector.matches_port(9005));
+        assert_eq!(s.raw.capture_size, 1024);
+        assert!(!s.old_http_semconv);
+        let err = Settings::from_args(["periscope", "--open-port", "70000"]).unwrap_err().to_string();
+        assert!(err.contains("open-port"), "{err}");
+        let err = Settings::from_args(["periscope", "--pid", "1", "--capture-size", "9000"]).unwrap_err().to_string();
+        assert!(err.contains("capture-size"), "{err}");
+        let err = Settings::from_args(["periscope"]).unwrap_err().to_string();
+        assert!(err.contains("nothing to watch"), "{err}");
+    }
+
+    #[test]
+    fn yaml_file_fills_what_flags_do_not_set() {
+        let f = yaml("open_port: 8080\nroutes: [\"/users/{id}\", \"/a\"]\ncapture-size: 256\nsemconv_stability_opt_in: http/dup\n");
+        let path = f.0.to_str().unwrap().to_owned();
+        let s = Settings::from_args(["periscope", "--config", &path, "--capture-size", "128"]).unwrap();
+        assert!(s.selector.matches_port(8080));
+        assert_eq!(s.raw.routes, ["/users/{id}", "/a"]);
+        assert_eq!(s.raw.capture_size, 128, "the flag beats the file");
+        assert!(s.old_http_semconv);
+    }
+
+    #[test]
+    fn bad_yaml_names_the_key() {
+        let f = yaml("open_port: 8080\ncapture_sise: 10\n");
+        let err = Settings::from_args(["periscope", "--config", f.0.to_str().unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("capture-sise") && err.contains("unknown key"), "{err}");
+        let f = yaml("open_port: 8080\ncapture_size: lots\n");
+        let err = Settings::from_args(["periscope", "--config", f.0.to_str().unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("capture-size"), "{err}");
+        let err = Settings::from_args(["periscope", "--config", "/nonexistent.yaml"]).unwrap_err().to_string();
+        assert!(err.contains("cannot read"), "{err}");
+    }
+}

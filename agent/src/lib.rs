@@ -9,6 +9,7 @@ pub mod export;
 pub mod metrics;
 pub mod pipeline;
 pub mod probes;
+pub mod run;
 pub mod protocols;
 pub mod spans;
 pub mod telemetry;

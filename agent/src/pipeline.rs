@@ -1,1 +1,345 @@
-//! (being written)
+//! The running agent: one task owns the kernel handles, the connection table
+//! and the targets, and moves every event through
+//! capture -> connections -> protocols -> spans -> sinks.
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::{
+    capture::{self, reader::RingReader, Event},
+    config::Settings,
+    connections::{ConnKey, ConnectionTable, Outcome},
+    discovery::{self, ProcessInfo, Scanner, ServiceOptions},
+    probes::{wire::periscope_counter, Probes},
+    protocols::Chunk,
+    spans::{
+        clock::{monotonic_now, Clock},
+        http::{self as http_spans, HttpContext, HttpSpanOptions},
+        routes::{Route, Router},
+        Service, ServiceRef, Span,
+    },
+    telemetry::{Counter, Telemetry},
+};
+
+/// Somewhere finished spans go (printer, OTLP queue, metrics). Must not block.
+pub trait SpanSink: Send {
+    fn submit(&mut self, span: &Span);
+}
+
+/// A watched process, as shown on /targets.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetView {
+    pub pid: u32,
+    pub service_name: String,
+    pub service_namespace: Option<String>,
+    pub instance_id: String,
+    pub exe: String,
+}
+
+pub type TargetsView = Arc<Mutex<Vec<TargetView>>>;
+
+struct Target {
+    service: ServiceRef,
+    start_time: u64,
+    exe: String,
+}
+
+/// Connections idle this long end their open-ended responses.
+const IDLE_NS: u64 = 2_000_000_000;
+/// Connections idle this long are forgotten.
+const EXPIRE_NS: u64 = 600_000_000_000;
+
+pub struct Pipeline {
+    settings: Settings,
+    probes: Probes,
+    table: ConnectionTable,
+    targets: HashMap<u32, Target>,
+    router: Router,
+    clock: Clock,
+    telemetry: Arc<Telemetry>,
+    sinks: Vec<Box<dyn SpanSink>>,
+    outcomes: Vec<Outcome>,
+    view: TargetsView,
+    service_opts: ServiceOptions,
+    http_opts: HttpSpanOptions,
+}
+
+impl Pipeline {
+    pub fn new(
+        settings: Settings,
+        probes: Probes,
+        telemetry: Arc<Telemetry>,
+        sinks: Vec<Box<dyn SpanSink>>,
+        view: TargetsView,
+    ) -> Result<Self, String> {
+        let raw = &settings.raw;
+        let router = Router::new(&raw.routes, &raw.ignored_routes, raw.route_unmatched, raw.max_routes)?;
+        let service_opts = ServiceOptions {
+            namespace: raw.service_namespace.clone(),
+            name_override: raw.service_name.clone(),
+            host_name: discovery::host_name(),
+        };
+        let http_opts =
+            HttpSpanOptions { old_semconv: settings.old_http_semconv, include_query: raw.include_query_string };
+        Ok(Self {
+            table: ConnectionTable::new(raw.max_connections),
+            settings,
+            probes,
+            targets: HashMap::new(),
+            router,
+            clock: Clock::new(),
+            telemetry,
+            sinks,
+            outcomes: Vec::new(),
+            view,
+            service_opts,
+            http_opts,
+        })
+    }
+
+    /// Runs until `shutdown` resolves. Discovery scans run on their own thread.
+    pub async fn run(
+        mut self,
+        mut reader: RingReader,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let (scan_tx, mut scan_rx) = mpsc::channel::<Vec<ProcessInfo>>(2);
+        let selector = self.settings.selector.clone();
+        let interval = Duration::from_millis(self.settings.raw.discovery_interval.max(50));
+        std::thread::Builder::new().name("discovery".into()).spawn(move || {
+            let mut scanner = Scanner::new();
+            loop {
+                let found = scanner.scan(&selector).matched;
+                if scan_tx.blocking_send(found).is_err() {
+                    return; // the pipeline is gone
+                }
+                std::thread::sleep(interval);
+            }
+        })?;
+
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                ready = reader.wait() => {
+                    ready?;
+                    reader.drain(|record| self.on_record(record));
+                }
+                Some(found) = scan_rx.recv() => self.on_scan(found),
+                _ = tick.tick() => self.on_tick(),
+                () = &mut shutdown => break,
+            }
+        }
+        // Last records, then everything the close of the agent completes.
+        reader.drain(|record| self.on_record(record));
+        let pids: Vec<u32> = self.targets.keys().copied().collect();
+        for pid in pids {
+            self.table.forget_process(pid, &mut self.outcomes, &self.telemetry);
+        }
+        self.flush_outcomes();
+        self.on_tick();
+        Ok(())
+    }
+
+    fn on_record(&mut self, record: &[u8]) {
+        self.telemetry.inc(Counter::EventsReceived);
+        let event = match capture::decode(record) {
+            Ok(e) => e,
+            Err(_) => {
+                self.telemetry.inc(Counter::EventsMalformed);
+                return;
+            }
+        };
+        match event {
+            Event::Data(d) => {
+                if !self.targets.contains_key(&d.header.pid) {
+                    self.telemetry.inc(Counter::EventsUntracked);
+                    return;
+                }
+                let key = ConnKey { pid: d.header.pid, fd: d.header.fd };
+                let chunk = Chunk {
+                    direction: d.direction,
+                    data: d.data,
+                    total: d.bytes,
+                    ts_enter: d.header.ts_enter,
+                    ts_exit: d.header.ts_exit,
+                };
+                self.table.data(key, d.tuple, d.role, &chunk, &mut self.outcomes, &self.telemetry);
+            }
+            Event::ConnOpen(c) => {
+                let key = ConnKey { pid: c.header.pid, fd: c.header.fd };
+                self.table.open(key, c.tuple, c.role, c.header.ts_exit, &mut self.outcomes, &self.telemetry);
+            }
+            Event::ConnClose(c) => {
+                let key = ConnKey { pid: c.header.pid, fd: c.header.fd };
+                self.table.close(key, &mut self.outcomes, &self.telemetry);
+            }
+            Event::ProcFork(p) => self.on_fork(p.header.pid, p.ppid),
+            Event::ProcExit(p) => self.forget(p.header.pid),
+            Event::ProcExec(p) => self.on_exec(p.header.pid),
+        }
+        self.flush_outcomes();
+    }
+
+    fn flush_outcomes(&mut self) {
+        for outcome in std::mem::take(&mut self.outcomes) {
+            let Outcome::Http { key, tuple, server_side, exchange } = outcome;
+            let Some(target) = self.targets.get(&key.pid) else { continue };
+            let (path, _) = http_spans::split_target(&exchange.request.target);
+            let route = self.router.route(&target.service.instance_id, path);
+            match route {
+                Route::Ignored => continue,
+                Route::Overflow => self.telemetry.inc(Counter::RouteOverflow),
+                _ => {}
+            }
+            let ctx = HttpContext { service: &target.service, local: tuple.local, remote: tuple.remote, server_side };
+            let span = http_spans::build(&exchange, &ctx, &route, &self.clock, self.http_opts);
+            self.emit(span);
+        }
+    }
+
+    fn emit(&mut self, span: Span) {
+        self.telemetry.inc(Counter::SpansProduced);
+        for sink in &mut self.sinks {
+            sink.submit(&span);
+        }
+    }
+
+    fn on_scan(&mut self, found: Vec<ProcessInfo>) {
+        let mut changed = false;
+        for info in found {
+            match self.targets.get(&info.pid) {
+                Some(t) if t.start_time == info.start_time_ticks => continue,
+                Some(_) => self.forget(info.pid), // pid reused by a new process
+                None => {}
+            }
+            changed |= self.track(&info);
+        }
+        if changed {
+            self.publish_view();
+        }
+    }
+
+    fn track(&mut self, info: &ProcessInfo) -> bool {
+        if let Err(e) = self.probes.track(info.pid) {
+            tracing::warn!(pid = info.pid, "cannot track process: {e}");
+            return false;
+        }
+        let service = Arc::new(discovery::build_service(info, &self.service_opts));
+        tracing::info!(
+            pid = info.pid,
+            exe = %info.exe_name,
+            service = %service.name,
+            "watching process"
+        );
+        self.telemetry.inc(Counter::ProcessesTracked);
+        self.targets.insert(
+            info.pid,
+            Target { service, start_time: info.start_time_ticks, exe: info.exe_name.clone() },
+        );
+        true
+    }
+
+    fn on_fork(&mut self, pid: u32, ppid: u32) {
+        // The kernel already tracks the child; give it a service of its own.
+        match discovery::read_process(pid) {
+            Ok(info) => {
+                self.track(&info);
+            }
+            Err(_) => {
+                let Some(parent) = self.targets.get(&ppid) else { return };
+                let mut service: Service = (*parent.service).clone();
+                service.instance_id = format!("{}-{pid}", self.service_opts.host_name);
+                let exe = parent.exe.clone();
+                self.telemetry.inc(Counter::ProcessesTracked);
+                self.targets.insert(pid, Target { service: Arc::new(service), start_time: 0, exe });
+            }
+        }
+        self.publish_view();
+    }
+
+    fn on_exec(&mut self, pid: u32) {
+        if self.targets.contains_key(&pid) {
+            // Its fds may have been closed by O_CLOEXEC without close().
+            self.table.forget_process(pid, &mut self.outcomes, &self.telemetry);
+            self.probes.purge_connections(pid);
+            if let Ok(info) = discovery::read_process(pid) {
+                let service = Arc::new(discovery::build_service(&info, &self.service_opts));
+                self.targets.insert(pid, Target { service, start_time: info.start_time_ticks, exe: info.exe_name });
+                self.publish_view();
+            }
+            return;
+        }
+        if self.settings.selector.exe_globs.is_none() {
+            return;
+        }
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return };
+        if self.settings.selector.matches_exe(&exe) {
+            if let Ok(info) = discovery::read_process(pid) {
+                if self.track(&info) {
+                    self.publish_view();
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, pid: u32) {
+        if !self.targets.contains_key(&pid) {
+            return;
+        }
+        // What the exit completes still becomes spans of this target.
+        self.table.forget_process(pid, &mut self.outcomes, &self.telemetry);
+        self.flush_outcomes();
+        let Some(target) = self.targets.remove(&pid) else { return };
+        self.probes.untrack(pid);
+        self.router.forget(&target.service.instance_id);
+        self.telemetry.inc(Counter::ProcessesForgotten);
+        tracing::info!(pid, service = %target.service.name, "process exited");
+        self.publish_view();
+    }
+
+    fn on_tick(&mut self) {
+        self.clock = Clock::new();
+        let k = self.probes.kernel_counters();
+        let t = &self.telemetry;
+        t.set(Counter::EventsLostRingbuf, k[periscope_counter::PERISCOPE_CNT_RINGBUF_FULL as usize]);
+        t.set(Counter::EventsLostPending, k[periscope_counter::PERISCOPE_CNT_PENDING_FULL as usize]);
+        t.set(Counter::KernelConnMapFull, k[periscope_counter::PERISCOPE_CNT_CONN_FULL as usize]);
+        t.set(Counter::KernelIovTruncated, k[periscope_counter::PERISCOPE_CNT_IOV_TRUNCATED as usize]);
+        t.set(Counter::KernelReadFailed, k[periscope_counter::PERISCOPE_CNT_READ_FAILED as usize]);
+
+        self.table.sweep(monotonic_now(), IDLE_NS, EXPIRE_NS, &mut self.outcomes, &self.telemetry);
+        self.flush_outcomes();
+
+        // Exits whose event was lost (ring buffer full) are caught here.
+        let gone: Vec<u32> =
+            self.targets.keys().copied().filter(|pid| !Path::new(&format!("/proc/{pid}")).exists()).collect();
+        for pid in gone {
+            self.forget(pid);
+        }
+    }
+
+    fn publish_view(&self) {
+        let mut v: Vec<TargetView> = self
+            .targets
+            .iter()
+            .map(|(pid, t)| TargetView {
+                pid: *pid,
+                service_name: t.service.name.clone(),
+                service_namespace: t.service.namespace.clone(),
+                instance_id: t.service.instance_id.clone(),
+                exe: t.exe.clone(),
+            })
+            .collect();
+        v.sort_by_key(|t| t.pid);
+        if let Ok(mut view) = self.view.lock() {
+            *view = v;
+        }
+    }
+}

@@ -17,17 +17,23 @@ impl RingReader {
         Ok(Self { fd })
     }
 
-    /// Waits until records are available, then hands each one to `on_record`.
-    /// Returns the number of records drained.
-    pub async fn drain(&mut self, mut on_record: impl FnMut(&[u8])) -> io::Result<usize> {
+    /// Waits until the kernel signals new records.
+    pub async fn wait(&mut self) -> io::Result<()> {
         let mut guard = self.fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
+        // Clear before draining: records that arrive after the drain raise
+        // readiness again, so none is left behind.
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Hands every available record to `on_record`; returns how many.
+    pub fn drain(&mut self, mut on_record: impl FnMut(&[u8])) -> usize {
+        let ring = self.fd.get_mut();
         let mut n = 0;
         while let Some(item) = ring.next() {
             on_record(&item);
             n += 1;
         }
-        guard.clear_ready();
-        Ok(n)
+        n
     }
 }

@@ -1,0 +1,139 @@
+//! Wiring: builds the sinks, loads the probes, runs the pipeline until
+//! SIGINT/SIGTERM, then flushes the exporters.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+
+use crate::{
+    capture::reader::RingReader,
+    config::{PrinterMode, Settings},
+    export::{
+        otlp::{spawn_metrics_exporter, spawn_trace_exporter, OtlpConfig, SpanSink as OtlpQueue},
+        printer::{PrinterMode as PrintFormat, TracePrinter},
+        prometheus::{PrometheusServer, PrometheusState},
+    },
+    metrics::{Metrics, MetricsConfig},
+    pipeline::{Pipeline, SpanSink, TargetsView},
+    probes::{ProbeConfig, Probes},
+    spans::Span,
+    telemetry::Telemetry,
+};
+
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout belongs to the trace printer.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+impl SpanSink for TracePrinter {
+    fn submit(&mut self, span: &Span) {
+        self.print(span);
+    }
+}
+
+impl SpanSink for OtlpQueue {
+    fn submit(&mut self, span: &Span) {
+        OtlpQueue::submit(self, span.clone());
+    }
+}
+
+struct MetricsSink(Arc<Metrics>);
+
+impl SpanSink for MetricsSink {
+    fn submit(&mut self, span: &Span) {
+        self.0.record_span(span);
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let telemetry = Arc::new(Telemetry::default());
+    let metrics = Arc::new(Metrics::new(
+        MetricsConfig { max_attribute_sets: settings.raw.metric_cardinality_limit },
+        telemetry.clone(),
+    ));
+    let otlp = OtlpConfig::from_env_values(|name| settings.otel_var(name))
+        .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?
+        .map(|mut c| {
+            c.batch.queue_capacity = settings.raw.export_queue_size;
+            c
+        });
+
+    let mut sinks: Vec<Box<dyn SpanSink>> = vec![Box::new(MetricsSink(metrics.clone()))];
+    let printer = settings.printer(otlp.as_ref().is_some_and(|c| c.traces.is_some()));
+    match printer {
+        PrinterMode::Text => sinks.push(Box::new(TracePrinter::new(PrintFormat::Text, Box::new(std::io::stdout())))),
+        PrinterMode::Json => sinks.push(Box::new(TracePrinter::new(PrintFormat::Json, Box::new(std::io::stdout())))),
+        PrinterMode::Off => {}
+    }
+    let mut trace_queue = None;
+    let mut metrics_exporter = None;
+    if let Some(cfg) = &otlp {
+        if cfg.traces.is_some() {
+            let q = spawn_trace_exporter(cfg, telemetry.clone()).context("starting the OTLP trace exporter")?;
+            sinks.push(Box::new(q.clone()));
+            trace_queue = Some(q);
+        }
+        if cfg.metrics.is_some() {
+            metrics_exporter = Some(
+                spawn_metrics_exporter(cfg, metrics.clone(), telemetry.clone())
+                    .context("starting the OTLP metrics exporter")?,
+            );
+        }
+    }
+
+    let view: TargetsView = Arc::new(Mutex::new(Vec::new()));
+    if let Some(port) = settings.raw.prometheus_port {
+        let addr = SocketAddr::new(settings.raw.prometheus_address, port);
+        let targets = view.clone();
+        let state = PrometheusState::new(metrics.clone(), telemetry.clone()).with_targets(move || {
+            let list = targets.lock().map(|v| v.clone()).unwrap_or_default();
+            serde_json::to_value(list).unwrap_or_default()
+        });
+        let server = PrometheusServer::bind(addr, state)
+            .await
+            .with_context(|| format!("cannot serve Prometheus metrics on {addr}"))?;
+        tracing::info!(%addr, "serving /metrics");
+        tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!("Prometheus endpoint stopped: {e}");
+            }
+        });
+    }
+
+    let probe_cfg = ProbeConfig {
+        capture_size: settings.raw.capture_size,
+        ring_buffer_bytes: settings.raw.ring_buffer_size,
+    };
+    let (probes, ring) = Probes::load(&probe_cfg)?;
+    tracing::info!(programs = probes.program_names().len(), "kernel programs attached");
+    let reader = RingReader::new(ring).context("watching the ring buffer")?;
+    let pipeline = Pipeline::new(settings, probes, telemetry.clone(), sinks, view)
+        .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?;
+    pipeline.run(reader, shutdown_signal()).await.context("event pipeline failed")?;
+
+    if let Some(q) = trace_queue {
+        q.shutdown(Duration::from_secs(5)).await;
+    }
+    if let Some(m) = metrics_exporter {
+        m.shutdown(Duration::from_secs(5)).await;
+    }
+    Ok(())
+}
