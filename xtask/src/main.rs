@@ -1,1 +1,25 @@
-fn main() {}
+//! `cargo xtask <command>`: project chores. Each command lives in its own module.
+mod demo;
+mod deps;
+mod test;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "periscope build, demo and test helpers")]
+enum Command {
+    /// Install what building and testing need (apt packages, tracefs).
+    Deps(deps::Options),
+    /// Run the whole test suite, kernel tests included (needs root).
+    Test(test::Options),
+    /// Watch real uninstrumented services and show their spans and RED metrics.
+    Demo(demo::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Command::parse() {
+        Command::Deps(o) => deps::run(o),
+        Command::Test(o) => test::run(o),
+        Command::Demo(o) => demo::run(o),
+    }
+}

@@ -1,1 +1,434 @@
-//! (being written)
+//! RED metrics derived from finished spans, aggregated in the agent with
+//! cumulative temporality and exported by the OTLP and Prometheus sinks.
+mod histogram;
+
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+pub use histogram::{HistogramData, BODY_SIZE_BOUNDS, DURATION_BOUNDS};
+
+use crate::{
+    spans::model::{AttrValue, ServiceRef, Span, SpanKind},
+    telemetry::{Counter, Telemetry},
+};
+
+/// Attribute that marks the series absorbing measurements over the cap.
+pub const OVERFLOW_ATTRIBUTE: &str = "otel.metric.overflow";
+
+/// One histogram instrument the agent produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Instrument {
+    HttpServerDuration,
+    HttpClientDuration,
+    DbClientDuration,
+    MessagingClientDuration,
+    MessagingProcessDuration,
+    HttpServerRequestBodySize,
+    HttpServerResponseBodySize,
+    HttpClientRequestBodySize,
+    HttpClientResponseBodySize,
+}
+
+const HTTP_SERVER_ATTRS: &[&str] = &[
+    "http.request.method",
+    "url.scheme",
+    "http.response.status_code",
+    "http.route",
+    "server.address",
+    "server.port",
+    "error.type",
+    "http.method",
+    "http.status_code",
+];
+const HTTP_CLIENT_ATTRS: &[&str] = &[
+    "http.request.method",
+    "http.response.status_code",
+    "server.address",
+    "server.port",
+    "error.type",
+    "http.method",
+    "http.status_code",
+];
+const DB_ATTRS: &[&str] = &[
+    "db.system.name",
+    "db.operation.name",
+    "db.collection.name",
+    "server.address",
+    "server.port",
+    "error.type",
+    "db.response.status_code",
+];
+const MESSAGING_ATTRS: &[&str] = &[
+    "messaging.system",
+    "messaging.operation.name",
+    "messaging.destination.name",
+    "server.address",
+    "error.type",
+];
+
+impl Instrument {
+    pub const ALL: [Instrument; 9] = [
+        Instrument::HttpServerDuration,
+        Instrument::HttpClientDuration,
+        Instrument::DbClientDuration,
+        Instrument::MessagingClientDuration,
+        Instrument::MessagingProcessDuration,
+        Instrument::HttpServerRequestBodySize,
+        Instrument::HttpServerResponseBodySize,
+        Instrument::HttpClientRequestBodySize,
+        Instrument::HttpClientResponseBodySize,
+    ];
+
+    /// OTel semantic-convention name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Instrument::HttpServerDuration => "http.server.request.duration",
+            Instrument::HttpClientDuration => "http.client.request.duration",
+            Instrument::DbClientDuration => "db.client.operation.duration",
+            Instrument::MessagingClientDuration => "messaging.client.operation.duration",
+            Instrument::MessagingProcessDuration => "messaging.process.duration",
+            Instrument::HttpServerRequestBodySize => "http.server.request.body.size",
+            Instrument::HttpServerResponseBodySize => "http.server.response.body.size",
+            Instrument::HttpClientRequestBodySize => "http.client.request.body.size",
+            Instrument::HttpClientResponseBodySize => "http.client.response.body.size",
+        }
+    }
+
+    /// UCUM unit: `s` or `By`.
+    pub fn unit(self) -> &'static str {
+        if self.is_duration() {
+            "s"
+        } else {
+            "By"
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Instrument::HttpServerDuration => "Duration of HTTP server requests.",
+            Instrument::HttpClientDuration => "Duration of HTTP client requests.",
+            Instrument::DbClientDuration => "Duration of database client operations.",
+            Instrument::MessagingClientDuration => "Duration of messaging operations initiated by a producer or consumer client.",
+            Instrument::MessagingProcessDuration => "Duration of processing operations.",
+            Instrument::HttpServerRequestBodySize => "Size of HTTP server request bodies.",
+            Instrument::HttpServerResponseBodySize => "Size of HTTP server response bodies.",
+            Instrument::HttpClientRequestBodySize => "Size of HTTP client request bodies.",
+            Instrument::HttpClientResponseBodySize => "Size of HTTP client response bodies.",
+        }
+    }
+
+    fn is_duration(self) -> bool {
+        matches!(
+            self,
+            Instrument::HttpServerDuration
+                | Instrument::HttpClientDuration
+                | Instrument::DbClientDuration
+                | Instrument::MessagingClientDuration
+                | Instrument::MessagingProcessDuration
+        )
+    }
+
+    pub fn bounds(self) -> &'static [f64] {
+        if self.is_duration() {
+            DURATION_BOUNDS
+        } else {
+            BODY_SIZE_BOUNDS
+        }
+    }
+
+    /// Span attributes copied onto the metric, in this order.
+    pub fn attribute_keys(self) -> &'static [&'static str] {
+        match self {
+            Instrument::HttpServerDuration
+            | Instrument::HttpServerRequestBodySize
+            | Instrument::HttpServerResponseBodySize => HTTP_SERVER_ATTRS,
+            Instrument::HttpClientDuration
+            | Instrument::HttpClientRequestBodySize
+            | Instrument::HttpClientResponseBodySize => HTTP_CLIENT_ATTRS,
+            Instrument::DbClientDuration => DB_ATTRS,
+            Instrument::MessagingClientDuration | Instrument::MessagingProcessDuration => {
+                MESSAGING_ATTRS
+            }
+        }
+    }
+
+    /// Prometheus metric family name (without `_bucket`/`_sum`/`_count`):
+    /// dots become underscores and the unit is appended (`_seconds`, `_bytes`).
+    pub fn prometheus_name(self) -> String {
+        let base = self.name().replace('.', "_");
+        if self.is_duration() {
+            format!("{base}_seconds")
+        } else {
+            format!("{base}_bytes")
+        }
+    }
+}
+
+/// Which measurements one span produces: (instrument, value).
+pub fn measurements(span: &Span) -> Vec<(Instrument, f64)> {
+    let mut out = Vec::with_capacity(3);
+    let is_http = span.attr("http.request.method").is_some();
+    let int_attr = |k: &str| match span.attr(k) {
+        Some(AttrValue::Int(i)) => Some(*i as f64),
+        _ => None,
+    };
+    let dur = span.duration_secs();
+    match span.kind {
+        SpanKind::Server if is_http => {
+            out.push((Instrument::HttpServerDuration, dur));
+            if let Some(v) = int_attr("http.request.body.size") {
+                out.push((Instrument::HttpServerRequestBodySize, v));
+            }
+            if let Some(v) = int_attr("http.response.body.size") {
+                out.push((Instrument::HttpServerResponseBodySize, v));
+            }
+        }
+        SpanKind::Client if is_http => {
+            out.push((Instrument::HttpClientDuration, dur));
+            if let Some(v) = int_attr("http.request.body.size") {
+                out.push((Instrument::HttpClientRequestBodySize, v));
+            }
+            if let Some(v) = int_attr("http.response.body.size") {
+                out.push((Instrument::HttpClientResponseBodySize, v));
+            }
+        }
+        SpanKind::Client if span.attr("db.system.name").is_some() => {
+            out.push((Instrument::DbClientDuration, dur));
+        }
+        SpanKind::Producer if span.attr("messaging.system").is_some() => {
+            out.push((Instrument::MessagingClientDuration, dur));
+        }
+        SpanKind::Consumer if span.attr("messaging.system").is_some() => {
+            out.push((Instrument::MessagingProcessDuration, dur));
+        }
+        _ => {}
+    }
+    out
+}
+
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    /// Distinct attribute sets per metric per service before new sets are
+    /// folded into the `otel.metric.overflow=true` series.
+    pub max_attribute_sets: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { max_attribute_sets: 2000 }
+    }
+}
+
+/// Metric attributes of one series.
+pub type AttributeSet = Vec<(&'static str, AttrValue)>;
+
+/// Hashable wrapper (doubles compared by bit pattern).
+#[derive(Clone, Debug)]
+struct SetKey(AttributeSet);
+
+impl PartialEq for SetKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self.0.iter().zip(&other.0).all(|((ka, va), (kb, vb))| {
+                ka == kb
+                    && match (va, vb) {
+                        (AttrValue::Double(a), AttrValue::Double(b)) => a.to_bits() == b.to_bits(),
+                        _ => va == vb,
+                    }
+            })
+    }
+}
+impl Eq for SetKey {}
+impl Hash for SetKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        for (k, v) in &self.0 {
+            k.hash(h);
+            match v {
+                AttrValue::Str(s) => (0u8, s).hash(h),
+                AttrValue::Int(i) => (1u8, i).hash(h),
+                AttrValue::Bool(b) => (2u8, b).hash(h),
+                AttrValue::Double(d) => (3u8, d.to_bits()).hash(h),
+            }
+        }
+    }
+}
+
+/// One series of a snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesPoint {
+    pub attributes: AttributeSet,
+    /// When the series was first seen (unix nanos): the cumulative start time.
+    pub start_unix_nanos: u64,
+    pub data: HistogramData,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricPoints {
+    pub instrument: Instrument,
+    /// Series in first-seen order; the overflow series (if any) last.
+    pub series: Vec<SeriesPoint>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceMetrics {
+    pub service: ServiceRef,
+    /// Only instruments with at least one series, in `Instrument::ALL` order.
+    pub metrics: Vec<MetricPoints>,
+}
+
+#[derive(Clone, Debug)]
+pub struct MetricsSnapshot {
+    /// When the snapshot was taken (unix nanos).
+    pub time_unix_nanos: u64,
+    /// Services in first-seen order.
+    pub services: Vec<ServiceMetrics>,
+}
+
+impl MetricsSnapshot {
+    /// The metric of one service (by `service.instance.id`), if any.
+    pub fn find(&self, instance_id: &str, instrument: Instrument) -> Option<&MetricPoints> {
+        self.services
+            .iter()
+            .find(|s| s.service.instance_id == instance_id)?
+            .metrics
+            .iter()
+            .find(|m| m.instrument == instrument)
+    }
+}
+
+#[derive(Default)]
+struct InstrumentState {
+    index: HashMap<SetKey, usize>,
+    series: Vec<SeriesPoint>,
+    overflow: Option<SeriesPoint>,
+}
+
+struct ServiceState {
+    service: ServiceRef,
+    instruments: HashMap<Instrument, InstrumentState>,
+}
+
+#[derive(Default)]
+struct State {
+    index: HashMap<String, usize>,
+    services: Vec<ServiceState>,
+}
+
+/// The agent's span-metrics aggregator.
+pub struct Metrics {
+    cfg: MetricsConfig,
+    telemetry: Arc<Telemetry>,
+    state: Mutex<State>,
+}
+
+pub(crate) fn now_unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl Metrics {
+    pub fn new(cfg: MetricsConfig, telemetry: Arc<Telemetry>) -> Self {
+        Self { cfg, telemetry, state: Mutex::new(State::default()) }
+    }
+
+    /// Feeds the span's measurements (none for spans of no known kind).
+    pub fn record_span(&self, span: &Span) {
+        let ms = measurements(span);
+        if ms.is_empty() {
+            return;
+        }
+        let now = now_unix_nanos();
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = &mut *guard;
+        let idx = match state.index.get(&span.service.instance_id) {
+            Some(&i) => i,
+            None => {
+                state.services.push(ServiceState {
+                    service: span.service.clone(),
+                    instruments: HashMap::new(),
+                });
+                let i = state.services.len() - 1;
+                state.index.insert(span.service.instance_id.clone(), i);
+                i
+            }
+        };
+        let svc = &mut state.services[idx];
+        if !Arc::ptr_eq(&svc.service, &span.service) {
+            // Keep the newest resource description of the instance.
+            svc.service = span.service.clone();
+        }
+        for (instrument, value) in ms {
+            let key = SetKey(
+                instrument
+                    .attribute_keys()
+                    .iter()
+                    .filter_map(|k| span.attr(k).map(|v| (*k, v.clone())))
+                    .collect(),
+            );
+            let st = svc.instruments.entry(instrument).or_default();
+            if let Some(&i) = st.index.get(&key) {
+                st.series[i].data.record(value);
+            } else if st.series.len() < self.cfg.max_attribute_sets {
+                let mut data = HistogramData::new(instrument.bounds());
+                data.record(value);
+                st.series.push(SeriesPoint { attributes: key.0.clone(), start_unix_nanos: now, data });
+                st.index.insert(key, st.series.len() - 1);
+            } else {
+                self.telemetry.inc(Counter::MetricOverflow);
+                st.overflow
+                    .get_or_insert_with(|| SeriesPoint {
+                        attributes: vec![(OVERFLOW_ATTRIBUTE, AttrValue::Bool(true))],
+                        start_unix_nanos: now,
+                        data: HistogramData::new(instrument.bounds()),
+                    })
+                    .data
+                    .record(value);
+            }
+        }
+    }
+
+    /// Drops every series of a service (e.g. once its process is forgotten and
+    /// its last values had a chance to be exported).
+    pub fn forget_service(&self, instance_id: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = state.index.remove(instance_id) {
+            state.services.remove(i);
+            for v in state.index.values_mut() {
+                if *v > i {
+                    *v -= 1;
+                }
+            }
+        }
+    }
+
+    /// Cumulative copy of every series so far.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let services = state
+            .services
+            .iter()
+            .map(|s| ServiceMetrics {
+                service: s.service.clone(),
+                metrics: Instrument::ALL
+                    .iter()
+                    .filter_map(|i| {
+                        let st = s.instruments.get(i)?;
+                        let series: Vec<_> =
+                            st.series.iter().chain(st.overflow.iter()).cloned().collect();
+                        (!series.is_empty()).then_some(MetricPoints { instrument: *i, series })
+                    })
+                    .collect(),
+            })
+            .collect();
+        MetricsSnapshot { time_unix_nanos: now_unix_nanos(), services }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -16,6 +16,11 @@ use wire::{periscope_conn_key, periscope_pid_config};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/periscope.bpf.o"));
 
+/// The compiled kernel object embedded in the agent.
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
 /// (program, tracepoint category, tracepoint name). Raw tracepoints have no category.
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("handle_enter_read", "syscalls", "sys_enter_read"),

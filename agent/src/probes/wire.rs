@@ -8,3 +8,63 @@ include!(concat!(env!("OUT_DIR"), "/events.rs"));
 // the kernel reads (every field is written explicitly), valid for any bytes.
 unsafe impl aya::Pod for periscope_pid_config {}
 unsafe impl aya::Pod for periscope_conn_key {}
+
+#[cfg(test)]
+mod layout_tests {
+    //! The kernel object's BTF (what clang laid out for the BPF target) must
+    //! agree with the Rust layout bindgen produced for the host, member by member.
+    use std::{collections::HashMap, mem::offset_of, process::Command};
+
+    use super::*;
+
+    /// struct name -> (size, member -> byte offset), from `bpftool btf dump`.
+    fn btf_structs() -> HashMap<String, (usize, HashMap<String, usize>)> {
+        let path = std::env::temp_dir().join(format!("periscope-layout-{}.o", std::process::id()));
+        std::fs::write(&path, crate::probes::object()).unwrap();
+        let out = Command::new("bpftool")
+            .args(["btf", "dump", "file", path.to_str().unwrap(), "format", "raw"])
+            .output()
+            .expect("bpftool is needed for this test (cargo xtask deps installs it)");
+        let _ = std::fs::remove_file(&path);
+        assert!(out.status.success(), "bpftool failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut structs = HashMap::new();
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if line.starts_with('[') {
+                current = None;
+                if let Some(rest) = line.split_once("] STRUCT '").map(|(_, r)| r) {
+                    let (name, tail) = rest.split_once('\'').unwrap();
+                    let size = tail.split("size=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+                    structs.insert(name.to_owned(), (size, HashMap::new()));
+                    current = Some(name.to_owned());
+                }
+            } else if let (Some(name), Some(member)) = (&current, line.trim().strip_prefix('\'')) {
+                let (field, tail) = member.split_once('\'').unwrap();
+                let bits: usize = tail.split("bits_offset=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+                structs.get_mut(name).unwrap().1.insert(field.to_owned(), bits / 8);
+            }
+        }
+        structs
+    }
+
+    macro_rules! check {
+        ($btf:expr, $ty:ident { $($field:ident),* }) => {{
+            let (size, members) = $btf.get(stringify!($ty)).unwrap_or_else(|| panic!("{} missing from BTF", stringify!($ty)));
+            assert_eq!(*size, std::mem::size_of::<$ty>(), "size of {}", stringify!($ty));
+            $(assert_eq!(members[stringify!($field)], offset_of!($ty, $field), "{}.{}", stringify!($ty), stringify!($field));)*
+        }};
+    }
+
+    #[test]
+    fn kernel_and_agent_agree_on_every_shared_struct() {
+        let btf = btf_structs();
+        check!(btf, periscope_event_header { kind, pid, tid, fd, ts_enter_ns, ts_exit_ns });
+        check!(btf, periscope_tuple { local_addr, remote_addr, local_port, remote_port, family });
+        check!(btf, periscope_data_event { hdr, tuple, bytes, captured, direction, role, syscall, data });
+        check!(btf, periscope_conn_event { hdr, tuple, role });
+        check!(btf, periscope_proc_event { hdr, ppid, comm });
+        check!(btf, periscope_conn_key { pid, fd });
+        check!(btf, periscope_pid_config { flags });
+    }
+}

@@ -1,0 +1,205 @@
+//! Periodic metrics export: span-derived histograms per service plus the
+//! agent's own counters under `service.name=periscope`.
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::metrics::v1::ExportMetricsServiceRequest,
+    metrics::v1::{
+        metric::Data, number_data_point, AggregationTemporality, Histogram, HistogramDataPoint, Metric,
+        NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    },
+    resource::v1::Resource,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use super::{
+    config::{OtlpConfig, Signal},
+    convert::{key_value, resource, scope},
+    transport::{deliver, Backoff, Outbox, Payload, Pending, Transport},
+    ExportError,
+};
+use crate::{
+    metrics::{now_unix_nanos, Metrics, MetricsSnapshot},
+    spans::model::AttrValue,
+    telemetry::{Counter, Telemetry},
+};
+
+/// Cumulative snapshots supersede each other: keep only the latest two while failing.
+const MAX_PENDING_METRIC_REQUESTS: usize = 2;
+
+/// The histograms of a snapshot, one ResourceMetrics per service.
+pub fn snapshot_to_resource_metrics(snap: &MetricsSnapshot) -> Vec<ResourceMetrics> {
+    snap.services
+        .iter()
+        .map(|svc| ResourceMetrics {
+            resource: Some(resource(&svc.service)),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(scope()),
+                metrics: svc
+                    .metrics
+                    .iter()
+                    .map(|m| Metric {
+                        name: m.instrument.name().to_owned(),
+                        description: m.instrument.description().to_owned(),
+                        unit: m.instrument.unit().to_owned(),
+                        data: Some(Data::Histogram(Histogram {
+                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                            data_points: m
+                                .series
+                                .iter()
+                                .map(|s| HistogramDataPoint {
+                                    attributes: s.attributes.iter().map(|(k, v)| key_value(k, v)).collect(),
+                                    start_time_unix_nano: s.start_unix_nanos,
+                                    time_unix_nano: snap.time_unix_nanos,
+                                    count: s.data.count,
+                                    sum: Some(s.data.sum),
+                                    bucket_counts: s.data.bucket_counts.clone(),
+                                    explicit_bounds: s.data.bounds.to_vec(),
+                                    min: s.data.min,
+                                    max: s.data.max,
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        })),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The agent's own counters as monotonic cumulative sums (names without `_total`).
+pub fn telemetry_resource_metrics(counters: &[(Counter, u64)], start: u64, now: u64) -> ResourceMetrics {
+    ResourceMetrics {
+        resource: Some(Resource {
+            attributes: vec![
+                key_value("service.name", &AttrValue::Str("periscope".into())),
+                key_value("service.version", &AttrValue::Str(env!("CARGO_PKG_VERSION").into())),
+            ],
+            ..Default::default()
+        }),
+        scope_metrics: vec![ScopeMetrics {
+            scope: Some(scope()),
+            metrics: counters
+                .iter()
+                .map(|(c, v)| Metric {
+                    name: c.name().trim_end_matches("_total").to_owned(),
+                    description: c.help().to_owned(),
+                    unit: "1".to_owned(),
+                    data: Some(Data::Sum(Sum {
+                        data_points: vec![NumberDataPoint {
+                            start_time_unix_nano: start,
+                            time_unix_nano: now,
+                            value: Some(number_data_point::Value::AsInt(i64::try_from(*v).unwrap_or(i64::MAX))),
+                            ..Default::default()
+                        }],
+                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                        is_monotonic: true,
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Handle of the running metrics exporter.
+pub struct MetricsExporter {
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    ticker: Mutex<Option<JoinHandle<()>>>,
+    sender: Mutex<Option<JoinHandle<()>>>,
+    outbox: Arc<Outbox>,
+}
+
+/// Exports a snapshot every `metric_export_interval` (first one after one interval).
+pub fn spawn_metrics_exporter(
+    cfg: &OtlpConfig,
+    metrics: Arc<Metrics>,
+    telemetry: Arc<Telemetry>,
+) -> Result<MetricsExporter, ExportError> {
+    let signal_cfg = cfg.metrics.as_ref().ok_or(ExportError::NotConfigured(Signal::Metrics))?;
+    let transport = Transport::new(signal_cfg)?;
+    let outbox = Outbox::new(MAX_PENDING_METRIC_REQUESTS, telemetry.clone());
+    let (shutdown_tx, mut shutdown_rx) = oneshot::channel::<()>();
+    let interval = cfg.metric_export_interval;
+    let start = now_unix_nanos();
+    let ob = outbox.clone();
+    let ticker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown_rx => break,
+                _ = tick.tick() => ob.push(collect(&metrics, &telemetry, start)),
+            }
+        }
+        // Final export on shutdown.
+        ob.push(collect(&metrics, &telemetry, start));
+        ob.close();
+    });
+    let sender = tokio::spawn(deliver(
+        outbox.clone(),
+        transport,
+        Backoff::new(cfg.batch.backoff_initial, cfg.batch.backoff_max),
+        Signal::Metrics,
+    ));
+    Ok(MetricsExporter {
+        shutdown: Mutex::new(Some(shutdown_tx)),
+        ticker: Mutex::new(Some(ticker)),
+        sender: Mutex::new(Some(sender)),
+        outbox,
+    })
+}
+
+fn collect(metrics: &Metrics, telemetry: &Telemetry, start: u64) -> Pending {
+    let snap = metrics.snapshot();
+    let mut resource_metrics = snapshot_to_resource_metrics(&snap);
+    resource_metrics.push(telemetry_resource_metrics(&telemetry.snapshot(), start, snap.time_unix_nanos));
+    let items = resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .map(|m| match &m.data {
+            Some(Data::Histogram(h)) => h.data_points.len() as u64,
+            _ => 1,
+        })
+        .sum();
+    Pending { payload: Payload::Metrics(ExportMetricsServiceRequest { resource_metrics }), items }
+}
+
+impl MetricsExporter {
+    /// Sends one last snapshot and waits for delivery up to `deadline`.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let take = |m: &Mutex<Option<JoinHandle<()>>>| m.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = self.shutdown.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = s.send(());
+        }
+        let (ticker, sender) = (take(&self.ticker), take(&self.sender));
+        let abort = sender.as_ref().map(|s| s.abort_handle());
+        let work = async {
+            if let Some(t) = ticker {
+                let _ = t.await;
+            }
+            if let Some(s) = sender {
+                let _ = s.await;
+            }
+        };
+        if tokio::time::timeout(deadline, work).await.is_err() {
+            tracing::warn!("OTLP metrics export did not finish before the shutdown deadline");
+            if let Some(a) = abort {
+                a.abort();
+            }
+            self.outbox.close();
+            self.outbox.discard_all();
+        }
+    }
+}

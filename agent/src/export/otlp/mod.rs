@@ -1,0 +1,20 @@
+//! OTLP export of spans and metrics over gRPC or HTTP/protobuf.
+mod config;
+mod convert;
+mod metrics;
+mod traces;
+mod transport;
+
+pub use config::{BatchConfig, ConfigError, OtlpConfig, Protocol, Signal, SignalConfig};
+pub use convert::{resource, SCOPE_NAME};
+pub use metrics::{snapshot_to_resource_metrics, spawn_metrics_exporter, telemetry_resource_metrics, MetricsExporter};
+pub use traces::{build_request, span_to_otlp, spawn_trace_exporter, SpanSink};
+pub use transport::TransportError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("no OTLP endpoint configured for {}", .0.as_str())]
+    NotConfigured(Signal),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
