@@ -116,6 +116,10 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_INCLUDE_QUERY_STRING", default_value_t = false, action = clap::ArgAction::Set)]
     pub include_query_string: bool,
 
+    /// Put the sanitized SQL text (literals replaced by `?`) in db.query.text.
+    #[arg(long, env = "PERISCOPE_DB_QUERY_TEXT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub db_query_text: bool,
+
     /// Attribute sets per metric and service before folding into otel.metric.overflow.
     #[arg(long, env = "PERISCOPE_METRIC_CARDINALITY_LIMIT", default_value_t = 2000)]
     pub metric_cardinality_limit: usize,

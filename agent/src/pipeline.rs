@@ -22,6 +22,7 @@ use crate::{
         clock::{monotonic_now, Clock},
         http::{self as http_spans, HttpContext, HttpSpanOptions},
         routes::{Route, Router},
+        sql::{self as sql_spans, SqlContext, SqlSpanOptions},
         Service, ServiceRef, Span,
     },
     telemetry::{Counter, Telemetry},
@@ -68,6 +69,7 @@ pub struct Pipeline {
     view: TargetsView,
     service_opts: ServiceOptions,
     http_opts: HttpSpanOptions,
+    sql_opts: SqlSpanOptions,
 }
 
 impl Pipeline {
@@ -87,7 +89,9 @@ impl Pipeline {
         };
         let http_opts =
             HttpSpanOptions { old_semconv: settings.old_http_semconv, include_query: raw.include_query_string };
+        let sql_opts = SqlSpanOptions { query_text: raw.db_query_text, old_semconv: settings.old_db_semconv };
         Ok(Self {
+            sql_opts,
             table: ConnectionTable::new(raw.max_connections),
             settings,
             probes,
@@ -189,7 +193,16 @@ impl Pipeline {
 
     fn flush_outcomes(&mut self) {
         for outcome in std::mem::take(&mut self.outcomes) {
-            let Outcome::Http { key, tuple, server_side, exchange } = outcome;
+            let (key, tuple, server_side, exchange) = match outcome {
+                Outcome::Http { key, tuple, server_side, exchange } => (key, tuple, server_side, exchange),
+                Outcome::Sql { key, tuple, server_side, call } => {
+                    let Some(target) = self.targets.get(&key.pid) else { continue };
+                    let ctx = SqlContext { service: &target.service, local: tuple.local, remote: tuple.remote, server_side };
+                    let span = sql_spans::build(&call, &ctx, &self.clock, self.sql_opts);
+                    self.emit(span);
+                    continue;
+                }
+            };
             let Some(target) = self.targets.get(&key.pid) else { continue };
             let (path, _) = http_spans::split_target(&exchange.request.target);
             let route = self.router.route(&target.service.instance_id, path);

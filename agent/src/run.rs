@@ -99,6 +99,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
 
+    // Probes first: /healthz answering means the kernel side is attached.
+    let probe_cfg = ProbeConfig {
+        capture_size: settings.raw.capture_size,
+        ring_buffer_bytes: settings.raw.ring_buffer_size,
+    };
+    let (probes, ring) = Probes::load(&probe_cfg)?;
+    tracing::info!(programs = probes.program_names().len(), "kernel programs attached");
     let view: TargetsView = Arc::new(Mutex::new(Vec::new()));
     if let Some(port) = settings.raw.prometheus_port {
         let addr = SocketAddr::new(settings.raw.prometheus_address, port);
@@ -118,12 +125,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         });
     }
 
-    let probe_cfg = ProbeConfig {
-        capture_size: settings.raw.capture_size,
-        ring_buffer_bytes: settings.raw.ring_buffer_size,
-    };
-    let (probes, ring) = Probes::load(&probe_cfg)?;
-    tracing::info!(programs = probes.program_names().len(), "kernel programs attached");
     let reader = RingReader::new(ring).context("watching the ring buffer")?;
     let pipeline = Pipeline::new(settings, probes, telemetry.clone(), sinks, view)
         .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?;

@@ -136,7 +136,7 @@ async fn python_http_server_and_curl_over_grpc() {
         assert_eq!(s.service_name(), Some("http.server"));
         assert_eq!(s.attr_str("client.address").as_deref(), Some("127.0.0.1"));
         assert_eq!(s.attr_int("server.port"), Some(port as i64));
-        assert_eq!(s.attr_str("network.protocol.version").as_deref(), Some("1.0"), "curl speaks 1.1, python answers 1.0");
+        assert_eq!(s.attr_str("network.protocol.version").as_deref(), Some("1.1"), "curl's requests are HTTP/1.1");
         assert!(s.span.end_time_unix_nano >= s.span.start_time_unix_nano);
     }
     let metrics = agent.metrics();
@@ -191,7 +191,8 @@ function raw(parts, expectResponses) {
     let got = '';
     s.on('data', (d) => {
       got += d;
-      if ((got.match(/HTTP\/1\.1 /g) || []).length >= expectResponses && got.endsWith('\r\n\r\n') === false) { s.end(); resolve(); }
+      // Every response here is chunked: count the last-chunk markers.
+      if ((got.match(/\r\n0\r\n\r\n/g) || []).length >= expectResponses) { s.end(); resolve(); }
     });
   });
 }
@@ -329,6 +330,8 @@ async fn nginx_and_a_rust_client() {
         &["--open-port", &port.to_string(), "--pid", &std::process::id().to_string()],
         &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", rx.grpc_endpoint()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into())],
     );
+    // Fork tracking: this test process is watched (--pid) before it starts the client.
+    agent.wait_tracked(std::process::id());
     let mut client = gated(
         Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "rust_client_entry", "--nocapture", "--test-threads=1"])

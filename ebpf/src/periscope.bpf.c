@@ -4,3 +4,18 @@
 #include "process.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Never used at run time: puts every shared struct in the object's BTF, where
+ * a test compares its layout with the agent's generated Rust types. */
+struct wire_types {
+	struct periscope_conn_event conn;
+	struct periscope_proc_event proc;
+	struct periscope_event_header header;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct wire_types);
+} wire_types SEC(".maps");

@@ -3,7 +3,12 @@
 use std::collections::HashMap;
 
 use crate::capture::{Role, Tuple};
-use crate::protocols::{http1, Chunk, Direction};
+use crate::protocols::{
+    http1, mysql,
+    postgres,
+    sql::{self, SqlCall},
+    Chunk, Direction,
+};
 use crate::telemetry::{Counter, Telemetry};
 
 /// Chunks a connection may show before we give up recognising its protocol
@@ -16,12 +21,25 @@ pub struct ConnKey {
     pub fd: i32,
 }
 
-#[derive(Debug)]
 pub enum Protocol {
     Detecting { attempts: u8 },
     Http1(http1::Http1Session),
+    Postgres(postgres::PgSession),
+    MySql(mysql::MySqlSession),
     /// Not a protocol we parse (TLS, HTTP/2, ...): ignored until closed.
     Unknown,
+}
+
+impl std::fmt::Debug for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Detecting { .. } => "detecting",
+            Protocol::Http1(_) => "http1",
+            Protocol::Postgres(_) => "postgresql",
+            Protocol::MySql(_) => "mysql",
+            Protocol::Unknown => "unknown",
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -31,13 +49,40 @@ pub struct Connection {
     pub protocol: Protocol,
     pub last_activity: u64,
     /// Stats already added to the agent counters (the sessions keep totals).
-    reported: http1::Http1Stats,
+    reported: Stats,
+}
+
+/// What a protocol session counted, in the agent's terms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Stats {
+    parse_errors: u64,
+    desyncs: u64,
+    unmatched: u64,
+    skipped: u64,
+}
+
+impl From<&http1::Http1Stats> for Stats {
+    fn from(s: &http1::Http1Stats) -> Self {
+        Self { parse_errors: s.parse_errors, desyncs: s.desyncs, unmatched: s.unmatched, skipped: 0 }
+    }
+}
+
+impl From<&sql::SqlStats> for Stats {
+    fn from(s: &sql::SqlStats) -> Self {
+        Self {
+            parse_errors: s.parse_errors,
+            desyncs: s.desyncs,
+            unmatched: s.orphan_responses + s.calls_dropped,
+            skipped: s.skipped,
+        }
+    }
 }
 
 /// What a connection produced: one finished exchange with where it happened.
 #[derive(Debug)]
 pub enum Outcome {
     Http { key: ConnKey, tuple: Tuple, server_side: bool, exchange: http1::Exchange },
+    Sql { key: ConnKey, tuple: Tuple, server_side: bool, call: SqlCall },
 }
 
 #[derive(Debug)]
@@ -45,20 +90,36 @@ pub struct ConnectionTable {
     conns: HashMap<ConnKey, Connection>,
     max: usize,
     scratch: Vec<http1::Exchange>,
+    sql_scratch: Vec<SqlCall>,
 }
 
-/// Decides the protocol of a connection from its first captured bytes.
+/// Decides the protocol of a connection from its first captured bytes, by
+/// content and never by port: the role follows from who sent what.
 fn detect(chunk: &Chunk<'_>) -> Option<Protocol> {
-    if http1::looks_like_request(chunk.data) {
+    let data = chunk.data;
+    let we_sent = chunk.direction == Direction::Egress;
+    let role = |client: bool| if client { sql::Role::Client } else { sql::Role::Server };
+    if http1::looks_like_request(data) {
         // Whoever sends the request is the client.
         return Some(Protocol::Http1(http1::Http1Session::new(chunk.direction)));
+    }
+    if postgres::looks_like_postgres(data, chunk.direction) {
+        // Frontend messages come from the client.
+        return Some(Protocol::Postgres(postgres::PgSession::new(role(we_sent))));
+    }
+    if mysql::looks_like_mysql_server_greeting(data) {
+        // The server speaks first.
+        return Some(Protocol::MySql(mysql::MySqlSession::new(role(!we_sent))));
+    }
+    if mysql::looks_like_mysql_command(data) {
+        return Some(Protocol::MySql(mysql::MySqlSession::new(role(we_sent))));
     }
     None
 }
 
 impl ConnectionTable {
     pub fn new(max: usize) -> Self {
-        Self { conns: HashMap::new(), max, scratch: Vec::new() }
+        Self { conns: HashMap::new(), max, scratch: Vec::new(), sql_scratch: Vec::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -91,7 +152,7 @@ impl ConnectionTable {
                 role,
                 protocol: Protocol::Detecting { attempts: 0 },
                 last_activity: now,
-                reported: http1::Http1Stats::default(),
+                reported: Stats::default(),
             },
         );
     }
@@ -125,11 +186,21 @@ impl ConnectionTable {
                 None => conn.protocol = Protocol::Detecting { attempts: attempts + 1 },
             }
         }
-        let Protocol::Http1(session) = &mut conn.protocol else { return };
-        session.on_chunk(chunk, &mut self.scratch);
-        let server_side = session.requests_direction() == Direction::Ingress;
+        match &mut conn.protocol {
+            Protocol::Http1(session) => session.on_chunk(chunk, &mut self.scratch),
+            Protocol::Postgres(session) => session.on_chunk(chunk, &mut self.sql_scratch),
+            Protocol::MySql(session) => session.on_chunk(chunk, &mut self.sql_scratch),
+            Protocol::Detecting { .. } | Protocol::Unknown => return,
+        }
         report(conn, t);
+        let server_side = conn_side(conn);
+        self.collect(key, server_side, tuple, out);
+    }
+
+    /// Moves what the sessions produced into `out`.
+    fn collect(&mut self, key: ConnKey, server_side: bool, tuple: Tuple, out: &mut Vec<Outcome>) {
         out.extend(self.scratch.drain(..).map(|exchange| Outcome::Http { key, tuple, server_side, exchange }));
+        out.extend(self.sql_scratch.drain(..).map(|call| Outcome::Sql { key, tuple, server_side, call }));
     }
 
     /// The fd was closed: flush what the close completes and forget it.
@@ -137,11 +208,9 @@ impl ConnectionTable {
         let Some(mut conn) = self.conns.remove(&key) else { return };
         if let Protocol::Http1(session) = &mut conn.protocol {
             session.on_close(&mut self.scratch);
-            let server_side = session.requests_direction() == Direction::Ingress;
-            let tuple = conn.tuple;
-            report(&mut conn, t);
-            out.extend(self.scratch.drain(..).map(|exchange| Outcome::Http { key, tuple, server_side, exchange }));
         }
+        report(&mut conn, t);
+        self.collect(key, conn_side(&conn), conn.tuple, out);
     }
 
     /// Forget every connection of a process that exited.
@@ -163,8 +232,7 @@ impl ConnectionTable {
             } else if quiet >= idle_ns {
                 if let Protocol::Http1(session) = &mut conn.protocol {
                     session.on_idle(&mut self.scratch);
-                    let server_side = session.requests_direction() == Direction::Ingress;
-                    let (key, tuple) = (*key, conn.tuple);
+                    let (key, tuple, server_side) = (*key, conn.tuple, conn_side(conn));
                     out.extend(self.scratch.drain(..).map(|exchange| Outcome::Http { key, tuple, server_side, exchange }));
                 }
             }
@@ -175,13 +243,29 @@ impl ConnectionTable {
     }
 }
 
+/// Is the tracked process the server end of this connection?
+fn conn_side(conn: &Connection) -> bool {
+    match &conn.protocol {
+        Protocol::Http1(s) => s.requests_direction() == Direction::Ingress,
+        Protocol::Postgres(s) => s.role() == sql::Role::Server,
+        Protocol::MySql(s) => s.role() == sql::Role::Server,
+        Protocol::Detecting { .. } | Protocol::Unknown => conn.role == Role::Server,
+    }
+}
+
 /// Adds what a session counted since the last report to the agent counters.
 fn report(conn: &mut Connection, t: &Telemetry) {
-    let Protocol::Http1(session) = &conn.protocol else { return };
-    let now = session.stats().clone();
-    t.add(Counter::ParseErrors, now.parse_errors - conn.reported.parse_errors);
-    t.add(Counter::ProtocolDesync, now.desyncs - conn.reported.desyncs);
-    t.add(Counter::RequestsUnmatched, now.unmatched - conn.reported.unmatched);
+    let now = match &conn.protocol {
+        Protocol::Http1(s) => Stats::from(s.stats()),
+        Protocol::Postgres(s) => Stats::from(s.stats()),
+        Protocol::MySql(s) => Stats::from(s.stats()),
+        Protocol::Detecting { .. } | Protocol::Unknown => return,
+    };
+    let was = conn.reported;
+    t.add(Counter::ParseErrors, now.parse_errors.saturating_sub(was.parse_errors));
+    t.add(Counter::ProtocolDesync, now.desyncs.saturating_sub(was.desyncs));
+    t.add(Counter::RequestsUnmatched, now.unmatched.saturating_sub(was.unmatched));
+    t.add(Counter::SkippedMessages, now.skipped.saturating_sub(was.skipped));
     conn.reported = now;
 }
 
@@ -246,7 +330,7 @@ mod tests {
         table.data(key, tuple(1), Role::Unknown, &chunk(Direction::Ingress, b"GET /a HTTP/1.1\r\n\r\n", 1), &mut out, &t);
         table.data(key, tuple(2), Role::Unknown, &chunk(Direction::Ingress, b"GET /b HTTP/1.1\r\n\r\n", 2), &mut out, &t);
         table.data(key, tuple(2), Role::Unknown, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3), &mut out, &t);
-        let Outcome::Http { exchange, .. } = &out[0];
+        let Outcome::Http { exchange, .. } = &out[0] else { panic!("not http") };
         assert_eq!(exchange.request.target, "/b");
         assert_eq!(t.get(Counter::RequestsUnmatched), 1, "the /a request lost its connection");
     }

@@ -2,6 +2,9 @@
 //! here does I/O, reads clocks or touches global state, so every parser is
 //! unit-tested on split, truncated, interleaved and garbage input.
 pub mod http1;
+pub mod mysql;
+pub mod postgres;
+pub mod sql;
 
 /// Which way bytes moved, seen from the tracked process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

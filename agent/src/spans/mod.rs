@@ -4,6 +4,7 @@ pub mod clock;
 pub mod http;
 pub mod model;
 pub mod routes;
+pub mod sql;
 pub mod traceparent;
 
 pub use model::*;

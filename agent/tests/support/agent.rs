@@ -84,7 +84,8 @@ impl Agent {
     /// Waits until the agent watches `pid`.
     pub fn wait_tracked(&self, pid: u32) {
         wait_for(&format!("periscope to watch pid {pid}"), Duration::from_secs(20), || {
-            self.targets().contains(&format!("\"pid\":{pid},")).then_some(())
+            let compact: String = self.targets().chars().filter(|c| !c.is_whitespace()).collect();
+            compact.contains(&format!("\"pid\":{pid},")).then_some(())
         });
     }
 

@@ -1,0 +1,726 @@
+//! PostgreSQL frontend/backend protocol v3: turns one connection's captured
+//! chunks into [`SqlCall`]s (simple and extended query protocol, pipelining,
+//! COPY, TLS/GSS negotiation, cancel requests).
+//!
+//! Frontend = messages the client sends, backend = messages the server
+//! sends. With [`Role::Client`] Egress chunks are frontend; with
+//! [`Role::Server`] Ingress chunks are.
+
+use std::collections::VecDeque;
+
+use super::sql::framing::{BoundedMap, Frame, FrameSink, Framer};
+use super::sql::{
+    analyze_for, looks_like_sql_text, operation_from_tag, split_statements, DbSystem, Role,
+    SqlCall, SqlOutcome, SqlStats,
+};
+use super::{Chunk, Direction};
+
+/// Longest SQL text kept from a Query/Parse message.
+pub const MAX_QUERY_BYTES: usize = 16 * 1024;
+/// Prepared statements remembered per connection.
+pub const MAX_STATEMENTS: usize = 256;
+const MAX_PORTALS: usize = 64;
+/// Outstanding Query/Sync groups kept (requests without responses).
+const MAX_GROUPS: usize = 1024;
+/// Calls per group (pipelined executes before one Sync).
+const MAX_CALLS_PER_GROUP: usize = 4096;
+/// Largest message length accepted by the framing (the server's own limit
+/// is 1 GiB).
+const MAX_MSG_LEN: usize = 1 << 30;
+/// Largest startup-phase message.
+const MAX_STARTUP_LEN: usize = 10_000;
+
+const SSL_REQUEST: u32 = 80877103;
+const GSSENC_REQUEST: u32 = 80877104;
+const CANCEL_REQUEST: u32 = 80877102;
+
+const FRONTEND_TYPES: &[u8] = b"QPBDESCHXdcfpF";
+const BACKEND_TYPES: &[u8] = b"RSKZCEI123ntTDsNAGHWdcVv";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FrontMode {
+    /// Not known yet (attached mid-connection): decided by the first chunk.
+    Unknown,
+    /// Untyped startup-phase messages (StartupMessage, SSLRequest...).
+    Startup,
+    Typed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BackMode {
+    Typed,
+    /// The single-byte answer to SSLRequest/GSSENCRequest.
+    SslAnswer,
+}
+
+struct Pending {
+    /// None when the statement was prepared before we started watching.
+    query: Option<String>,
+    start_ns: u64,
+    prepared: bool,
+    data_rows: u64,
+}
+
+/// The requests answered by one ReadyForQuery: one simple Query, or the
+/// extended-protocol messages up to and including a Sync.
+struct Group {
+    calls: VecDeque<Pending>,
+    /// Sync (or Query) seen: later extended messages start a new group.
+    closed: bool,
+    /// An ErrorResponse arrived: the rest of the group is not executed.
+    failed: bool,
+}
+
+struct State {
+    front_mode: FrontMode,
+    back_mode: BackMode,
+    encrypted: bool,
+    namespace: Option<String>,
+    statements: BoundedMap<String, String>,
+    /// portal -> SQL of the statement bound to it (None: unknown statement).
+    portals: BoundedMap<String, Option<String>>,
+    /// Start of the current Parse/Bind/Describe/Execute sequence.
+    batch_start: Option<u64>,
+    groups: VecDeque<Group>,
+    stats: SqlStats,
+}
+
+/// Parser state of one PostgreSQL connection.
+pub struct PgSession {
+    role: Role,
+    front: Framer,
+    back: Framer,
+    st: State,
+}
+
+impl PgSession {
+    /// A session for a connection whose start we see (or not: the first
+    /// chunk in each direction must look like a message boundary, so a
+    /// session created mid-connection works from the next boundary).
+    pub fn new(role: Role) -> Self {
+        PgSession {
+            role,
+            front: Framer::new(false),
+            back: Framer::new(false),
+            st: State {
+                front_mode: FrontMode::Unknown,
+                back_mode: BackMode::Typed,
+                encrypted: false,
+                namespace: None,
+                statements: BoundedMap::new(MAX_STATEMENTS),
+                portals: BoundedMap::new(MAX_PORTALS),
+                batch_start: None,
+                groups: VecDeque::new(),
+                stats: SqlStats::default(),
+            },
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn stats(&self) -> &SqlStats {
+        &self.st.stats
+    }
+
+    /// Database name (StartupMessage `database`, defaulting to `user`).
+    pub fn namespace(&self) -> Option<&str> {
+        self.st.namespace.as_deref()
+    }
+
+    /// Whether the connection switched to TLS/GSS (nothing more is parsed).
+    pub fn encrypted(&self) -> bool {
+        self.st.encrypted
+    }
+
+    /// Feeds one syscall's bytes; completed statements are appended to `out`.
+    pub fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<SqlCall>) {
+        if self.st.encrypted {
+            self.st.stats.skipped += 1;
+            return;
+        }
+        let frontend = matches!(
+            (self.role, chunk.direction),
+            (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress)
+        );
+        if frontend {
+            let mut sink = FrontSink { st: &mut self.st };
+            self.front.feed(chunk, &mut sink);
+        } else {
+            let mut sink = BackSink {
+                st: &mut self.st,
+                out,
+            };
+            self.back.feed(chunk, &mut sink);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small readers
+// ---------------------------------------------------------------------------
+
+fn be32(b: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?))
+}
+
+/// NUL-terminated string at the start of `b` (the rest of `b` when the NUL
+/// was not captured) and what follows it.
+fn cstr(b: &[u8]) -> (&[u8], &[u8]) {
+    match b.iter().position(|&c| c == 0) {
+        Some(p) => (&b[..p], &b[p + 1..]),
+        None => (b, &[]),
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Rows from a CommandComplete tag: the last word when numeric
+/// (`SELECT 5`, `INSERT 0 1`, `UPDATE 3`, `COPY 10`).
+fn rows_from_tag(tag: &str) -> Option<u64> {
+    let mut words = tag.split_ascii_whitespace();
+    let first = words.next()?;
+    let last = words.last()?;
+    let _ = first;
+    last.parse().ok()
+}
+
+// ---------------------------------------------------------------------------
+// Frontend
+// ---------------------------------------------------------------------------
+
+struct FrontSink<'a> {
+    st: &'a mut State,
+}
+
+fn startup_code(data: &[u8]) -> Option<(usize, u32)> {
+    let len = be32(data)? as usize;
+    let code = be32(data.get(4..)?)?;
+    let ok = match code {
+        SSL_REQUEST | GSSENC_REQUEST => len == 8,
+        CANCEL_REQUEST => len == 16,
+        c if c >> 16 == 3 => (8..=MAX_STARTUP_LEN).contains(&len),
+        _ => false,
+    };
+    ok.then_some((len, code))
+}
+
+/// Length sanity per frontend message type.
+fn front_len_ok(ty: u8, len: usize) -> bool {
+    if !(4..=MAX_MSG_LEN).contains(&len) {
+        return false;
+    }
+    match ty {
+        b'S' | b'H' | b'X' | b'c' => len == 4,
+        b'Q' | b'f' => len >= 5,
+        b'P' => len >= 8,
+        b'B' => len >= 12,
+        b'E' => len >= 9,
+        b'D' | b'C' => len >= 6,
+        _ => FRONTEND_TYPES.contains(&ty),
+    }
+}
+
+fn back_len_ok(ty: u8, len: usize) -> bool {
+    if !(4..=MAX_MSG_LEN).contains(&len) {
+        return false;
+    }
+    match ty {
+        b'Z' => len == 5,
+        b'1' | b'2' | b'3' | b'n' | b'I' | b'c' => len == 4,
+        b'K' => len >= 12,
+        b'R' => len >= 8,
+        b'C' => len >= 5,
+        b'T' | b'D' | b't' => len >= 6,
+        _ => BACKEND_TYPES.contains(&ty),
+    }
+}
+
+impl FrontSink<'_> {
+    fn open_group(&mut self) -> &mut Group {
+        let need_new = self.st.groups.back().is_none_or(|g| g.closed);
+        if need_new {
+            push_group(self.st, false);
+        }
+        self.st.groups.back_mut().expect("group just ensured")
+    }
+
+    fn on_startup(&mut self, f: &Frame<'_>) {
+        let Some(code) = be32(f.body) else {
+            self.st.stats.parse_errors += 1;
+            return;
+        };
+        match code {
+            SSL_REQUEST | GSSENC_REQUEST => self.st.back_mode = BackMode::SslAnswer,
+            CANCEL_REQUEST => self.st.stats.skipped += 1,
+            c if c >> 16 == 3 => {
+                let mut rest = &f.body[4..];
+                let (mut user, mut db) = (None, None);
+                while !rest.is_empty() && rest[0] != 0 {
+                    let (k, r) = cstr(rest);
+                    let (v, r) = cstr(r);
+                    match k {
+                        b"user" => user = Some(text(v)),
+                        b"database" => db = Some(text(v)),
+                        _ => {}
+                    }
+                    rest = r;
+                }
+                self.st.namespace = db.filter(|d| !d.is_empty()).or(user);
+                self.st.front_mode = FrontMode::Typed;
+            }
+            _ => self.st.stats.parse_errors += 1,
+        }
+    }
+
+    fn on_typed(&mut self, f: &Frame<'_>) {
+        let start = f.first.request_start();
+        let body = f.body;
+        match f.header[0] {
+            b'Q' => {
+                let (q, _) = cstr(body);
+                let sql = text(q);
+                let calls: VecDeque<Pending> = split_statements(&sql)
+                    .into_iter()
+                    .take(MAX_CALLS_PER_GROUP)
+                    .map(|s| Pending {
+                        query: Some(s),
+                        start_ns: start,
+                        prepared: false,
+                        data_rows: 0,
+                    })
+                    .collect();
+                // A Query inside an unsynced extended batch is answered
+                // by the same ReadyForQuery: merge into that group.
+                if let Some(g) = self.st.groups.back_mut().filter(|g| !g.closed) {
+                    if !g.failed {
+                        g.calls.extend(calls);
+                    }
+                    g.closed = true;
+                } else {
+                    push_group(self.st, true);
+                    if let Some(g) = self.st.groups.back_mut() {
+                        g.calls = calls;
+                    }
+                }
+                self.st.batch_start = None;
+            }
+            b'P' => {
+                let (name, rest) = cstr(body);
+                let (q, _) = cstr(rest);
+                self.st.statements.insert(text(name), text(q));
+                self.st.batch_start.get_or_insert(start);
+                self.open_group();
+            }
+            b'B' => {
+                let (portal, rest) = cstr(body);
+                let (stmt, _) = cstr(rest);
+                let sql = self.st.statements.get(&text(stmt)).cloned();
+                self.st.portals.insert(text(portal), sql);
+                self.st.batch_start.get_or_insert(start);
+                self.open_group();
+            }
+            b'D' => {
+                self.st.batch_start.get_or_insert(start);
+                self.open_group();
+            }
+            b'E' => {
+                let (portal, _) = cstr(body);
+                let query = self.st.portals.get(&text(portal)).cloned().flatten();
+                let start_ns = self.st.batch_start.take().unwrap_or(start);
+                let g = self.open_group();
+                if !g.failed && g.calls.len() < MAX_CALLS_PER_GROUP {
+                    g.calls.push_back(Pending {
+                        query,
+                        start_ns,
+                        prepared: true,
+                        data_rows: 0,
+                    });
+                }
+            }
+            b'C' => {
+                let kind = body.first().copied();
+                let (name, _) = cstr(body.get(1..).unwrap_or(&[]));
+                match kind {
+                    Some(b'S') => self.st.statements.remove(&text(name)),
+                    Some(b'P') => self.st.portals.remove(&text(name)),
+                    _ => self.st.stats.parse_errors += 1,
+                }
+                self.open_group();
+            }
+            b'S' => {
+                self.open_group().closed = true;
+                self.st.batch_start = None;
+            }
+            b'F' => {
+                // FunctionCall: answered by FunctionCallResponse + ReadyForQuery.
+                push_group(self.st, true);
+            }
+            b'd' | b'c' | b'f' => self.st.stats.skipped += 1,
+            // Flush, Terminate, password/SASL messages.
+            b'H' | b'X' | b'p' => {}
+            _ => self.st.stats.parse_errors += 1,
+        }
+    }
+}
+
+fn push_group(st: &mut State, closed: bool) {
+    if st.groups.len() >= MAX_GROUPS {
+        let dropped = st.groups.pop_front().map_or(0, |g| g.calls.len());
+        st.stats.calls_dropped += dropped as u64;
+    }
+    st.groups.push_back(Group {
+        calls: VecDeque::new(),
+        closed,
+        failed: false,
+    });
+}
+
+fn drop_all_groups(st: &mut State) {
+    for g in st.groups.drain(..) {
+        if !g.failed {
+            st.stats.calls_dropped += g.calls.len() as u64;
+        }
+    }
+    st.batch_start = None;
+}
+
+impl FrameSink for FrontSink<'_> {
+    fn header_len(&self) -> usize {
+        match self.st.front_mode {
+            FrontMode::Typed => 5,
+            _ => 4,
+        }
+    }
+
+    fn parse_header(&mut self, h: &[u8]) -> Option<(usize, usize)> {
+        if self.st.front_mode == FrontMode::Typed {
+            let len = be32(&h[1..])? as usize;
+            if !front_len_ok(h[0], len) {
+                return None;
+            }
+            let keep = match h[0] {
+                b'Q' | b'P' => MAX_QUERY_BYTES + 256,
+                b'B' | b'E' | b'C' | b'D' => 1024,
+                _ => 0,
+            };
+            Some((len - 4, keep))
+        } else {
+            let len = be32(h)? as usize;
+            (8..=MAX_STARTUP_LEN)
+                .contains(&len)
+                .then_some((len - 4, len - 4))
+        }
+    }
+
+    fn plausible_start(&mut self, data: &[u8]) -> Option<bool> {
+        let first = *data.first()?;
+        if self.st.front_mode != FrontMode::Typed && first == 0 {
+            // Startup-phase messages are short: the length's high byte is 0
+            // (and no message type byte is 0).
+            if data.len() < 8 {
+                return None;
+            }
+            let ok = startup_code(data).is_some();
+            if ok {
+                self.st.front_mode = FrontMode::Startup;
+            }
+            return Some(ok);
+        }
+        if self.st.front_mode == FrontMode::Startup || !FRONTEND_TYPES.contains(&first) {
+            return Some(false);
+        }
+        if data.len() < 5 {
+            return None;
+        }
+        let ok = be32(&data[1..]).is_some_and(|l| front_len_ok(first, l as usize));
+        if ok {
+            self.st.front_mode = FrontMode::Typed;
+        }
+        Some(ok)
+    }
+
+    fn on_frame(&mut self, f: Frame<'_>) {
+        self.st.stats.messages += 1;
+        if f.header.len() == 4 {
+            self.on_startup(&f);
+        } else {
+            self.on_typed(&f);
+        }
+    }
+
+    fn on_desync(&mut self) {
+        self.st.stats.desyncs += 1;
+        // Requests may have been lost: responses can no longer be matched.
+        drop_all_groups(self.st);
+    }
+
+    fn on_dropped_chunk(&mut self) {
+        self.st.stats.chunks_dropped += 1;
+    }
+
+    fn stopped(&self) -> bool {
+        self.st.encrypted
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backend
+// ---------------------------------------------------------------------------
+
+struct BackSink<'a> {
+    st: &'a mut State,
+    out: &'a mut Vec<SqlCall>,
+}
+
+/// ErrorResponse fields: (SQLSTATE, message).
+fn error_fields(mut b: &[u8]) -> (String, String) {
+    let (mut code, mut msg) = (String::new(), String::new());
+    while let Some((&t, rest)) = b.split_first() {
+        if t == 0 {
+            break;
+        }
+        let (v, r) = cstr(rest);
+        match t {
+            b'C' => code = text(v),
+            b'M' => msg = text(v),
+            _ => {}
+        }
+        b = r;
+    }
+    (code, msg)
+}
+
+impl BackSink<'_> {
+    fn emit(&mut self, p: Pending, end_ns: u64, outcome: SqlOutcome, tag: Option<&str>) {
+        let query = p.query.unwrap_or_default();
+        let mut info = if query.is_empty() {
+            Default::default()
+        } else {
+            analyze_for(DbSystem::Postgresql, &query)
+        };
+        if info.operation.is_none() {
+            info.operation = tag.and_then(operation_from_tag);
+        }
+        self.out.push(SqlCall {
+            system: DbSystem::Postgresql,
+            query,
+            operation: info.operation,
+            collection: info.collection,
+            namespace: self.st.namespace.clone(),
+            start_ns: p.start_ns,
+            end_ns,
+            outcome,
+            prepared: p.prepared,
+        });
+    }
+
+    /// The call the next completion belongs to.
+    fn next_call(&mut self) -> Option<Pending> {
+        let g = self.st.groups.front_mut()?;
+        if g.failed {
+            return None;
+        }
+        g.calls.pop_front()
+    }
+}
+
+impl FrameSink for BackSink<'_> {
+    fn header_len(&self) -> usize {
+        match self.st.back_mode {
+            BackMode::Typed => 5,
+            BackMode::SslAnswer => 1,
+        }
+    }
+
+    fn parse_header(&mut self, h: &[u8]) -> Option<(usize, usize)> {
+        if self.st.back_mode == BackMode::SslAnswer {
+            return matches!(h[0], b'S' | b'N' | b'G').then_some((0, 0));
+        }
+        let len = be32(&h[1..])? as usize;
+        if !back_len_ok(h[0], len) {
+            return None;
+        }
+        let keep = match h[0] {
+            b'C' => 256,
+            b'E' => 4096,
+            _ => 0,
+        };
+        Some((len - 4, keep))
+    }
+
+    fn plausible_start(&mut self, data: &[u8]) -> Option<bool> {
+        let first = *data.first()?;
+        if self.st.back_mode == BackMode::SslAnswer {
+            return Some(matches!(first, b'S' | b'N' | b'G'));
+        }
+        if !BACKEND_TYPES.contains(&first) {
+            return Some(false);
+        }
+        if data.len() < 5 {
+            return None;
+        }
+        Some(be32(&data[1..]).is_some_and(|l| back_len_ok(first, l as usize)))
+    }
+
+    fn on_frame(&mut self, f: Frame<'_>) {
+        self.st.stats.messages += 1;
+        let end = f.last.ts_exit;
+        if self.st.back_mode == BackMode::SslAnswer {
+            self.st.back_mode = BackMode::Typed;
+            if f.header[0] != b'N' {
+                self.st.encrypted = true;
+            }
+            return;
+        }
+        match f.header[0] {
+            b'C' => {
+                let (t, _) = cstr(f.body);
+                let tag = text(t);
+                match self.next_call() {
+                    Some(p) => {
+                        let rows = rows_from_tag(&tag);
+                        self.emit(p, end, SqlOutcome::Ok { rows }, Some(&tag));
+                    }
+                    None => self.st.stats.orphan_responses += 1,
+                }
+            }
+            b'E' => {
+                let (code, message) = error_fields(f.body);
+                let call = self.next_call();
+                if let Some(g) = self.st.groups.front_mut() {
+                    g.failed = true;
+                    g.calls.clear();
+                }
+                if let Some(p) = call {
+                    let outcome = SqlOutcome::Error {
+                        code,
+                        message,
+                        mysql_errno: None,
+                    };
+                    self.emit(p, end, outcome, None);
+                }
+            }
+            b'I'
+                // Empty query: nothing worth a span.
+                if self.next_call().is_none() => {
+                    // Normal for an empty simple Query string.
+                }
+            b's' => {
+                if let Some(p) = self.next_call() {
+                    let rows = Some(p.data_rows);
+                    self.emit(p, end, SqlOutcome::Ok { rows }, None);
+                }
+            }
+            b'D' => {
+                if let Some(p) = self
+                    .st
+                    .groups
+                    .front_mut()
+                    .and_then(|g| g.calls.front_mut())
+                {
+                    p.data_rows += 1;
+                }
+            }
+            b'Z' => {
+                match self.st.groups.pop_front() {
+                    Some(g) if !g.failed => self.st.stats.calls_dropped += g.calls.len() as u64,
+                    _ => {}
+                }
+            }
+            b'A' | b'G' | b'H' | b'W' | b'd' | b'c' => self.st.stats.skipped += 1,
+            // Authentication, ParameterStatus, BackendKeyData, ParseComplete,
+            // BindComplete, CloseComplete, NoData, RowDescription,
+            // ParameterDescription, NoticeResponse, FunctionCallResponse,
+            // NegotiateProtocolVersion.
+            _ => {}
+        }
+    }
+
+    fn on_desync(&mut self) {
+        self.st.stats.desyncs += 1;
+        // Completions may have been lost: drop what waits for them. Late
+        // ReadyForQuery messages of dropped groups find an empty queue.
+        drop_all_groups(self.st);
+    }
+
+    fn on_dropped_chunk(&mut self) {
+        self.st.stats.chunks_dropped += 1;
+    }
+
+    fn stopped(&self) -> bool {
+        self.st.encrypted
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Detection
+// ---------------------------------------------------------------------------
+
+/// Whether `first` (the first bytes seen on a connection, frontend bytes:
+/// written by a client (Egress) or read by a server (Ingress)) look like
+/// PostgreSQL: a StartupMessage (protocol 3.x), SSLRequest, GSSENCRequest or
+/// CancelRequest; or, for connections already open, a plausible Query,
+/// Parse or Bind message.
+pub fn looks_like_postgres(first: &[u8], direction: Direction) -> bool {
+    let _ = direction; // frontend bytes either way
+    if let Some((len, code)) = startup_code(first) {
+        if code >> 16 != 3 {
+            return true; // SSL / GSS / cancel: exact lengths were checked
+        }
+        // Startup parameters: NUL-separated printable key/value pairs,
+        // starting with a known-looking key.
+        let body = &first[8..first.len().min(len)];
+        return body
+            .first()
+            .is_some_and(|c| c.is_ascii_lowercase() || *c == b'_')
+            && body
+                .iter()
+                .all(|&c| c == 0 || (0x20..0x7f).contains(&c) || c >= 0x80);
+    }
+    if first.len() < 6 {
+        return false;
+    }
+    let ty = first[0];
+    let Some(len) = be32(&first[1..]).map(|l| l as usize) else {
+        return false;
+    };
+    if !front_len_ok(ty, len) || len > 64 * 1024 * 1024 {
+        return false;
+    }
+    let body = &first[5..first.len().min(1 + len)];
+    match ty {
+        b'Q' => {
+            if first.len() > len && first[len] != 0 {
+                return false; // Query text must end with its NUL
+            }
+            looks_like_sql_text(cstr(body).0)
+        }
+        b'P' => {
+            let (name, rest) = cstr(body);
+            name.len() <= 64
+                && name.iter().all(|c| c.is_ascii_graphic())
+                && body.len() > name.len()
+                && looks_like_sql_text(cstr(rest).0)
+        }
+        b'B' => {
+            let (portal, rest) = cstr(body);
+            let (stmt, rest) = cstr(rest);
+            let names_ok = portal.len() <= 64
+                && stmt.len() <= 64
+                && portal.iter().chain(stmt).all(|c| c.is_ascii_graphic());
+            // Parameter format code count follows: small.
+            names_ok
+                && body.len() >= portal.len() + stmt.len() + 4
+                && rest.len() >= 2
+                && u16::from_be_bytes([rest[0], rest[1]]) <= 1024
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
