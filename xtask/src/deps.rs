@@ -25,8 +25,18 @@ pub fn run(_: Options) -> anyhow::Result<()> {
 }
 
 pub fn ensure() -> anyhow::Result<()> {
+    ensure_packages(PACKAGES)?;
+    if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
+        eprintln!("xtask: mounting tracefs");
+        sh("mount -t tracefs nodev /sys/kernel/tracing")?;
+    }
+    Ok(())
+}
+
+/// Installs the Debian packages of `packages` that are missing.
+pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     // node may come from the machine image rather than Debian's package.
-    let missing: Vec<&str> = PACKAGES
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !installed(p) && !(*p == "nodejs" && have("node")) && !(*p == "python3" && have("python3")))
@@ -35,10 +45,6 @@ pub fn ensure() -> anyhow::Result<()> {
         eprintln!("xtask: installing with apt-get: {}", missing.join(" "));
         sh("apt-get update -qq")?;
         sh(&format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {} >/dev/null", missing.join(" ")))?;
-    }
-    if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
-        eprintln!("xtask: mounting tracefs");
-        sh("mount -t tracefs nodev /sys/kernel/tracing")?;
     }
     Ok(())
 }

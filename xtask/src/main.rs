@@ -1,4 +1,5 @@
 //! `cargo xtask <command>`: project chores. Each command lives in its own module.
+mod bench;
 mod demo;
 mod deps;
 mod test;
@@ -12,6 +13,8 @@ enum Command {
     Deps(deps::Options),
     /// Run the whole test suite, kernel tests included (needs root).
     Test(test::Options),
+    /// Measure the agent's overhead with interleaved A/B runs.
+    Bench(bench::Options),
     /// Watch real uninstrumented services and show their spans and RED metrics.
     Demo(demo::Options),
 }
@@ -21,5 +24,6 @@ fn main() -> anyhow::Result<()> {
         Command::Deps(o) => deps::run(o),
         Command::Test(o) => test::run(o),
         Command::Demo(o) => demo::run(o),
+        Command::Bench(o) => bench::run(o),
     }
 }

@@ -18,6 +18,6 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     let filter = o.filter.unwrap_or_default();
     sh(&format!("cargo test --workspace --lib --bins -- {filter}"))?;
-    sh(&format!("cargo test -p periscope --tests -- --test-threads=1 {filter}"))?;
+    sh(&format!("cargo test -p periscope --test '*' -- --test-threads=1 {filter}"))?;
     Ok(())
 }
