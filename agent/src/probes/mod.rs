@@ -59,6 +59,10 @@ const RAW_TRACEPOINTS: &[(&str, &str)] = &[("handle_fork", "sched_process_fork")
 pub enum ProbeError {
     #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0}); run as root or mount it: mount -t tracefs nodev /sys/kernel/tracing")]
     NoTracefs(io::Error),
+    #[error("missing privileges: {0}; periscope needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE + CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH")]
+    NoPrivilege(String),
+    #[error("unsupported kernel: {0}")]
+    Kernel(String),
     #[error("loading the eBPF object failed: {0} (periscope needs root or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE, and a kernel with BTF at /sys/kernel/btf/vmlinux)")]
     Load(#[source] EbpfError),
     #[error("program {program} is missing from the eBPF object")]
@@ -101,8 +105,12 @@ impl fmt::Debug for Probes {
 }
 
 pub fn ensure_tracefs() -> Result<(), ProbeError> {
-    if Path::new("/sys/kernel/tracing/events").exists() {
-        return Ok(());
+    match std::fs::metadata("/sys/kernel/tracing/events") {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(ProbeError::NoPrivilege(format!("cannot read /sys/kernel/tracing ({e})")));
+        }
+        Err(_) => {}
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: constant C strings, no pointers retained by the kernel.
@@ -110,7 +118,11 @@ pub fn ensure_tracefs() -> Result<(), ProbeError> {
         libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
     };
     if rc != 0 {
-        return Err(ProbeError::NoTracefs(io::Error::last_os_error()));
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            return Err(ProbeError::NoPrivilege(format!("cannot mount tracefs ({e})")));
+        }
+        return Err(ProbeError::NoTracefs(e));
     }
     Ok(())
 }
@@ -118,6 +130,11 @@ pub fn ensure_tracefs() -> Result<(), ProbeError> {
 impl Probes {
     /// Loads the object, attaches every program, and hands back the ring buffer.
     pub fn load(config: &ProbeConfig) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(ProbeError::Kernel(
+                "no BTF at /sys/kernel/btf/vmlinux (a kernel built with CONFIG_DEBUG_INFO_BTF is needed)".into(),
+            ));
+        }
         ensure_tracefs()?;
         let capture = config.capture_size.clamp(1, wire::PERISCOPE_MAX_CAPTURE);
         let mut ebpf = EbpfLoader::new()

@@ -73,6 +73,10 @@ impl Agent {
         agent
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn metrics(&self) -> String {
         http_get(self.metrics_port, "/metrics").unwrap_or_default()
     }

@@ -1,0 +1,137 @@
+//! Process lifecycle against the real kernel: processes that start after the
+//! agent are picked up with the Resource they ask for in their own
+//! environment, processes that exit are forgotten (agent state and kernel
+//! maps), and missing privileges give one clear line. Needs root.
+mod support;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use support::agent::{free_port, http_get, wait_for, wait_listening, Agent, Proc};
+use support::otlp_receiver::{Receiver, Val};
+
+/// Keys of every `tracked_pids` map in the kernel (any periscope running).
+fn kernel_tracked_pids() -> Vec<u32> {
+    let out = Command::new("bpftool").args(["-j", "map", "dump", "name", "tracked_pids"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `"formatted":{"key":1234,` — one per entry, across all maps of that name.
+    text.match_indices("\"formatted\":{\"key\":")
+        .filter_map(|(i, m)| {
+            let rest = &text[i + m.len()..];
+            rest[..rest.find(',')?].parse().ok()
+        })
+        .collect()
+}
+
+fn not_listed(agent: &Agent, pid: u32) -> Option<()> {
+    let compact: String = agent.targets().chars().filter(|c| !c.is_whitespace()).collect();
+    (!compact.contains(&format!("\"pid\":{pid},"))).then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_processes_are_found_named_by_their_env_and_forgotten_on_exit() {
+    let rx = Receiver::start().await;
+    let port = free_port();
+    let agent = Agent::start(
+        &["--open-port", &port.to_string(), "--service-namespace", "fallback-ns"],
+        &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", rx.grpc_endpoint()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into())],
+    );
+    // Started after the agent: found by the periodic scan once it listens.
+    let server = Proc(
+        Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+            .current_dir(std::env::temp_dir())
+            .env("OTEL_SERVICE_NAME", "catalog")
+            .env("OTEL_RESOURCE_ATTRIBUTES", "service.namespace=shop,deployment.environment=test%20env")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = server.pid();
+    wait_listening(port);
+    agent.wait_tracked(pid);
+    assert!(kernel_tracked_pids().contains(&pid), "pid in the kernel map while watched");
+    http_get(port, "/does-not-exist").unwrap();
+
+    let spans = rx.wait_for_spans(1, Duration::from_secs(20)).await;
+    let r = &spans[0].resource;
+    assert_eq!(r.get("service.name"), Some(&Val::Str("catalog".into())));
+    assert_eq!(r.get("service.namespace"), Some(&Val::Str("shop".into())), "the process's own namespace wins");
+    assert_eq!(r.get("deployment.environment"), Some(&Val::Str("test env".into())));
+    assert_eq!(r.get("process.pid"), Some(&Val::Int(pid as i64)));
+    assert_eq!(r.get("telemetry.sdk.name"), Some(&Val::Str("periscope".into())));
+    assert!(matches!(r.get("host.name"), Some(Val::Str(h)) if !h.is_empty()));
+    assert_eq!(spans[0].attr_int("http.response.status_code"), Some(404));
+
+    drop(server); // kill + reap
+    wait_for("the exited server to be forgotten", Duration::from_secs(10), || not_listed(&agent, pid));
+    assert!(!kernel_tracked_pids().contains(&pid), "no stale kernel map entry");
+    let forgotten = agent.sample_sum("periscope_processes_forgotten_total", &[]);
+    assert_eq!(forgotten, 1.0);
+}
+
+#[test]
+fn short_lived_processes_leave_nothing_behind() {
+    let agent = Agent::start(&["--exe-path", "*/sleep"], &[]);
+    // Each one execs sleep: matched on its exec event, then exits.
+    let mut children: Vec<_> = (0..20).map(|_| Command::new("sleep").arg("0.3").spawn().unwrap()).collect();
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    wait_for("some sleeps to be tracked", Duration::from_secs(10), || {
+        (agent.sample_sum("periscope_processes_tracked_total", &[]) >= 1.0).then_some(())
+    });
+    wait_for("every sleep to exit and be forgotten", Duration::from_secs(20), || {
+        let tracked = agent.sample_sum("periscope_processes_tracked_total", &[]);
+        let forgotten = agent.sample_sum("periscope_processes_forgotten_total", &[]);
+        (tracked == forgotten && pids.iter().all(|p| not_listed(&agent, *p).is_some())).then_some(())
+    });
+    let stale: Vec<u32> = kernel_tracked_pids().into_iter().filter(|p| pids.contains(p)).collect();
+    assert!(stale.is_empty(), "stale kernel entries: {stale:?}");
+    for c in &mut children {
+        c.wait().unwrap();
+    }
+}
+
+#[test]
+fn missing_privileges_give_one_clear_line() {
+    let bin = std::env::temp_dir().join(format!("periscope-unpriv-{}", std::process::id()));
+    std::fs::copy(env!("CARGO_BIN_EXE_periscope"), &bin).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(&bin)
+        .args(["--pid", "1"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&bin);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("missing privileges") && err.contains("CAP_BPF"), "{err}");
+}
+
+#[test]
+fn sigterm_detaches_every_program() {
+    // Program ids the process holds open, from /proc/PID/fdinfo (prog_id: N).
+    let ids_of = |pid: u32| -> Vec<u64> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+            let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            ids.extend(info.lines().filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()));
+        }
+        ids
+    };
+    let all_ids = || -> Vec<u64> {
+        let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("{\"id\":").skip(1).filter_map(|p| p[..p.find(',')?].parse().ok()).collect()
+    };
+    let mut agent = Agent::start(&["--pid", "1"], &[]);
+    let ids = ids_of(agent.pid());
+    assert!(ids.len() >= 30, "programs attached while running: {ids:?}");
+    assert!(agent.stop(), "clean exit on SIGTERM");
+    wait_for("programs to be unloaded", Duration::from_secs(10), || {
+        let live = all_ids();
+        ids.iter().all(|id| !live.contains(id)).then_some(())
+    });
+}
