@@ -14,6 +14,31 @@ use crate::telemetry::{Counter, Telemetry};
 /// Chunks a connection may show before we give up recognising its protocol
 /// (a socket watched mid-stream may start in the middle of a body).
 const DETECT_ATTEMPTS: u8 = 4;
+/// A request trickled in tiny pieces (slowloris, byte-wise writers) is held
+/// while it can still become a request line, up to these bounds.
+const HOLD_BYTES: usize = 512;
+const HOLD_CHUNKS: usize = 64;
+
+/// A chunk kept while the protocol is undecided, replayed once it is.
+#[derive(Debug)]
+pub struct HeldChunk {
+    direction: Direction,
+    data: Vec<u8>,
+    ts_enter: u64,
+    ts_exit: u64,
+}
+
+impl HeldChunk {
+    fn as_chunk(&self) -> Chunk<'_> {
+        Chunk {
+            direction: self.direction,
+            data: &self.data,
+            total: self.data.len(),
+            ts_enter: self.ts_enter,
+            ts_exit: self.ts_exit,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {
@@ -22,7 +47,8 @@ pub struct ConnKey {
 }
 
 pub enum Protocol {
-    Detecting { attempts: u8 },
+    /// Not decided yet; small chunks are held until enough bytes decide.
+    Detecting { attempts: u8, held: Vec<HeldChunk> },
     Http1(http1::Http1Session),
     Postgres(postgres::PgSession),
     MySql(mysql::MySqlSession),
@@ -150,7 +176,7 @@ impl ConnectionTable {
             Connection {
                 tuple,
                 role,
-                protocol: Protocol::Detecting { attempts: 0 },
+                protocol: Protocol::Detecting { attempts: 0, held: Vec::new() },
                 last_activity: now,
                 reported: Stats::default(),
             },
@@ -176,22 +202,51 @@ impl ConnectionTable {
         }
         let Some(conn) = self.conns.get_mut(&key) else { return };
         conn.last_activity = chunk.ts_exit;
-        if let Protocol::Detecting { attempts } = conn.protocol {
-            match detect(chunk) {
-                Some(p) => conn.protocol = p,
-                None if attempts + 1 >= DETECT_ATTEMPTS => {
+        if let Protocol::Detecting { attempts, held } = &mut conn.protocol {
+            if held.first().is_some_and(|h| h.direction != chunk.direction) {
+                held.clear(); // the other side spoke: what was held was not a message start
+            }
+            let joined: Vec<u8>;
+            let probe = if held.is_empty() {
+                *chunk
+            } else {
+                joined = held.iter().flat_map(|h| h.data.iter()).chain(chunk.data).copied().collect();
+                Chunk { data: &joined, ..*chunk }
+            };
+            match detect(&probe) {
+                Some(p) => {
+                    let replay = std::mem::take(held);
+                    conn.protocol = p;
+                    for h in &replay {
+                        feed(&mut conn.protocol, &h.as_chunk(), &mut self.scratch, &mut self.sql_scratch);
+                    }
+                }
+                None if http1::may_become_request(probe.data)
+                    && probe.data.len() < HOLD_BYTES
+                    && held.len() < HOLD_CHUNKS
+                    && chunk.missing() == 0 =>
+                {
+                    held.push(HeldChunk {
+                        direction: chunk.direction,
+                        data: chunk.data.to_vec(),
+                        ts_enter: chunk.ts_enter,
+                        ts_exit: chunk.ts_exit,
+                    });
+                    return;
+                }
+                None if *attempts + 1 >= DETECT_ATTEMPTS => {
                     conn.protocol = Protocol::Unknown;
                     t.inc(Counter::UnknownProtocol);
+                    return;
                 }
-                None => conn.protocol = Protocol::Detecting { attempts: attempts + 1 },
+                None => {
+                    *attempts += 1;
+                    held.clear();
+                    return;
+                }
             }
         }
-        match &mut conn.protocol {
-            Protocol::Http1(session) => session.on_chunk(chunk, &mut self.scratch),
-            Protocol::Postgres(session) => session.on_chunk(chunk, &mut self.sql_scratch),
-            Protocol::MySql(session) => session.on_chunk(chunk, &mut self.sql_scratch),
-            Protocol::Detecting { .. } | Protocol::Unknown => return,
-        }
+        feed(&mut conn.protocol, chunk, &mut self.scratch, &mut self.sql_scratch);
         report(conn, t);
         let server_side = conn_side(conn);
         self.collect(key, server_side, tuple, out);
@@ -206,8 +261,13 @@ impl ConnectionTable {
     /// The fd was closed: flush what the close completes and forget it.
     pub fn close(&mut self, key: ConnKey, out: &mut Vec<Outcome>, t: &Telemetry) {
         let Some(mut conn) = self.conns.remove(&key) else { return };
-        if let Protocol::Http1(session) = &mut conn.protocol {
-            session.on_close(&mut self.scratch);
+        match &mut conn.protocol {
+            Protocol::Http1(session) => session.on_close(&mut self.scratch),
+            // Bytes were seen and none made sense: this was not a protocol we know.
+            Protocol::Detecting { attempts, held } if *attempts > 0 || !held.is_empty() => {
+                t.inc(Counter::UnknownProtocol);
+            }
+            _ => {}
         }
         report(&mut conn, t);
         self.collect(key, conn_side(&conn), conn.tuple, out);
@@ -240,6 +300,16 @@ impl ConnectionTable {
         for key in expired {
             self.close(key, out, t);
         }
+    }
+}
+
+/// Hands a chunk to the connection's protocol session.
+fn feed(protocol: &mut Protocol, chunk: &Chunk<'_>, http: &mut Vec<http1::Exchange>, sql: &mut Vec<SqlCall>) {
+    match protocol {
+        Protocol::Http1(session) => session.on_chunk(chunk, http),
+        Protocol::Postgres(session) => session.on_chunk(chunk, sql),
+        Protocol::MySql(session) => session.on_chunk(chunk, sql),
+        Protocol::Detecting { .. } | Protocol::Unknown => {}
     }
 }
 
@@ -292,6 +362,22 @@ mod tests {
         assert!(matches!(&out[..], [Outcome::Http { server_side: true, .. }]));
         table.close(key, &mut out, &t);
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_request_trickled_byte_by_byte_is_still_recognised() {
+        let t = Telemetry::default();
+        let mut table = ConnectionTable::new(16);
+        let mut out = Vec::new();
+        let key = ConnKey { pid: 1, fd: 5 };
+        for (i, b) in b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n".iter().enumerate() {
+            table.data(key, tuple(1), Role::Unknown, &chunk(Direction::Ingress, std::slice::from_ref(b), 10 + i as u64), &mut out, &t);
+        }
+        table.data(key, tuple(1), Role::Unknown, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 100), &mut out, &t);
+        let [Outcome::Http { exchange, server_side: true, .. }] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(exchange.request.target, "/slow");
+        assert_eq!(exchange.request_start_exit, 11, "starts at the first byte");
+        assert_eq!(t.get(Counter::UnknownProtocol), 0);
     }
 
     #[test]

@@ -65,6 +65,21 @@ pub fn looks_like_request(buf: &[u8]) -> bool {
     }) && (buf.len() < 16 || buf[..buf.len().min(8192)].windows(6).any(|w| w == b"HTTP/1"))
 }
 
+/// Could more bytes still make this the start of a request? True for a
+/// prefix of a method token, or a method and target whose line has not ended.
+pub fn may_become_request(buf: &[u8]) -> bool {
+    !buf.is_empty()
+        && !buf.contains(&b'\n')
+        && METHODS.iter().any(|m| {
+            let token = m.len() + 1;
+            if buf.len() <= token {
+                m.as_bytes().iter().chain(b" ").zip(buf).all(|(a, b)| a == b)
+            } else {
+                buf.starts_with(m.as_bytes()) && buf[m.len()] == b' '
+            }
+        })
+}
+
 /// Does it start like a response status line?
 pub fn looks_like_response(buf: &[u8]) -> bool {
     buf.len() >= 12
@@ -261,6 +276,8 @@ traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\nhell
         assert!(!looks_like_request(b"\x00\x00\x00\x08\x04\xd2\x16\x2f"));
         assert!(!looks_like_request(b"GET something that is long but never says the version"));
         assert!(looks_like_response(b"HTTP/1.1 204 No Content\r\n"));
+        assert!(may_become_request(b"G") && may_become_request(b"POS") && may_become_request(b"GET /a/b"));
+        assert!(!may_become_request(b"GX") && !may_become_request(b"\x16\x03") && !may_become_request(b""));
         assert!(!looks_like_response(b"HTTP/2 200"));
     }
 }

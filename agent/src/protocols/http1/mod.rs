@@ -7,7 +7,7 @@ pub mod head;
 use std::collections::VecDeque;
 
 use chunked::{ChunkedDecoder, Progress};
-pub use head::{looks_like_request, looks_like_response, RequestHead, ResponseHead};
+pub use head::{looks_like_request, looks_like_response, may_become_request, RequestHead, ResponseHead};
 use head::{Parsed, MAX_HEAD};
 
 use super::{Chunk, Direction};
