@@ -31,7 +31,14 @@ use crate::{
 /// Somewhere finished spans go (printer, OTLP queue, metrics). Must not block.
 pub trait SpanSink: Send {
     fn submit(&mut self, span: &Span);
+
+    /// A service's process exited a while ago: drop what is kept for it.
+    fn forget_service(&mut self, _instance_id: &str) {}
 }
+
+/// How long a dead process's metric series stay, so that the last values are
+/// exported and scraped before they go.
+const SERVICE_GRACE: Duration = Duration::from_secs(120);
 
 /// A watched process, as shown on /targets.
 #[derive(Clone, Debug, Serialize)]
@@ -70,6 +77,8 @@ pub struct Pipeline {
     service_opts: ServiceOptions,
     http_opts: HttpSpanOptions,
     sql_opts: SqlSpanOptions,
+    /// Instance ids of exited processes, with when they exited.
+    departed: std::collections::VecDeque<(std::time::Instant, String)>,
 }
 
 impl Pipeline {
@@ -91,6 +100,7 @@ impl Pipeline {
             HttpSpanOptions { old_semconv: settings.old_http_semconv, include_query: raw.include_query_string };
         let sql_opts = SqlSpanOptions { query_text: raw.db_query_text, old_semconv: settings.old_db_semconv };
         Ok(Self {
+            departed: std::collections::VecDeque::new(),
             sql_opts,
             table: ConnectionTable::new(raw.max_connections),
             settings,
@@ -312,6 +322,7 @@ impl Pipeline {
         let Some(target) = self.targets.remove(&pid) else { return };
         self.probes.untrack(pid);
         self.router.forget(&target.service.instance_id);
+        self.departed.push_back((std::time::Instant::now(), target.service.instance_id.clone()));
         self.telemetry.inc(Counter::ProcessesForgotten);
         tracing::info!(pid, service = %target.service.name, "process exited");
         self.publish_view();
@@ -335,6 +346,15 @@ impl Pipeline {
             self.targets.keys().copied().filter(|pid| !Path::new(&format!("/proc/{pid}")).exists()).collect();
         for pid in gone {
             self.forget(pid);
+        }
+        while let Some((since, _)) = self.departed.front() {
+            if since.elapsed() < SERVICE_GRACE {
+                break;
+            }
+            let Some((_, instance)) = self.departed.pop_front() else { break };
+            for sink in &mut self.sinks {
+                sink.forget_service(&instance);
+            }
         }
     }
 

@@ -48,6 +48,10 @@ impl SpanSink for MetricsSink {
     fn submit(&mut self, span: &Span) {
         self.0.record_span(span);
     }
+
+    fn forget_service(&mut self, instance_id: &str) {
+        self.0.forget_service(instance_id);
+    }
 }
 
 async fn shutdown_signal() {
