@@ -1,4 +1,6 @@
-//! Installs the build and test dependencies with apt-get (Debian), once.
+//! Installs the build and test dependencies with apt-get (Debian), once;
+//! plus the SQL tests' client libraries (npm into the fixtures directory,
+//! psycopg for python3). Quick when everything is already there.
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -7,7 +9,27 @@ use anyhow::{bail, Context};
 pub struct Options {}
 
 /// Debian packages the build and the tests use.
-const PACKAGES: &[&str] = &["clang-19", "llvm-19", "libbpf-dev", "bpftool", "nginx-light", "curl", "python3", "nodejs"];
+const PACKAGES: &[&str] = &[
+    "clang-19",
+    "llvm-19",
+    "libbpf-dev",
+    "bpftool",
+    "nginx-light",
+    "curl",
+    "python3",
+    "nodejs",
+    "npm",
+    // SQL tests: servers started by the tests themselves (never the system's
+    // own clusters/services), psql and the mariadb CLI, libpq for psycopg.
+    "postgresql",
+    "mariadb-server",
+    "mariadb-client",
+    "libpq5",
+];
+
+/// Node packages of the SQL tests, from the committed package-lock.json.
+const SQL_FIXTURES: &str = "agent/tests/fixtures/sql";
+const NODE_MODULES: &[&str] = &["pg", "mysql2"];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -26,6 +48,8 @@ pub fn run(_: Options) -> anyhow::Result<()> {
 
 pub fn ensure() -> anyhow::Result<()> {
     ensure_packages(PACKAGES)?;
+    ensure_node_modules()?;
+    ensure_psycopg()?;
     if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
         eprintln!("xtask: mounting tracefs");
         sh("mount -t tracefs nodev /sys/kernel/tracing")?;
@@ -39,12 +63,55 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
-        .filter(|p| !installed(p) && !(*p == "nodejs" && have("node")) && !(*p == "python3" && have("python3")))
+        .filter(|p| {
+            !installed(p)
+                && !(*p == "nodejs" && have("node"))
+                && !(*p == "npm" && have("npm"))
+                && !(*p == "python3" && have("python3"))
+        })
         .collect();
     if !missing.is_empty() {
         eprintln!("xtask: installing with apt-get: {}", missing.join(" "));
         sh("apt-get update -qq")?;
         sh(&format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {} >/dev/null", missing.join(" ")))?;
+    }
+    Ok(())
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// `npm install` in the SQL fixtures when a module is missing.
+fn ensure_node_modules() -> anyhow::Result<()> {
+    let dir = workspace_root().join(SQL_FIXTURES);
+    let missing = NODE_MODULES.iter().any(|m| !dir.join("node_modules").join(m).join("package.json").exists());
+    if missing {
+        eprintln!("xtask: npm install in {}", dir.display());
+        sh(&format!("cd '{}' && npm install --no-audit --no-fund --loglevel=error", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// psycopg 3 for the `python3` on PATH: pip (psycopg[binary]), or Debian's
+/// python3-psycopg (over libpq5) when pip refuses an externally managed
+/// system Python.
+fn ensure_psycopg() -> anyhow::Result<()> {
+    let ok = || {
+        Command::new("python3")
+            .args(["-c", "import psycopg; psycopg.pq.version()"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ok() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing psycopg for python3");
+    if sh("python3 -m pip install --quiet 'psycopg[binary]'").is_err() || !ok() {
+        ensure_packages(&["python3-psycopg"])?;
+    }
+    if !ok() {
+        bail!("python3 cannot import psycopg after installing it");
     }
     Ok(())
 }
