@@ -410,9 +410,12 @@ impl FrameSink for FrontSink<'_> {
             Some((len - 4, keep))
         } else {
             let len = be32(h)? as usize;
+            // `then`, not `then_some`: the argument of `then_some` is
+            // evaluated even when the length is out of range (found by
+            // fuzzing: a length below 4 overflowed).
             (8..=MAX_STARTUP_LEN)
                 .contains(&len)
-                .then_some((len - 4, len - 4))
+                .then(|| (len - 4, len - 4))
         }
     }
 

@@ -149,8 +149,11 @@ pub fn split_statements_for(system: DbSystem, sql: &str) -> Vec<String> {
     for l in &lexemes {
         match l.kind {
             LexKind::Punct if &sql[l.start..l.end] == ";" => {
-                if significant {
-                    out.push(sql[start..l.start].trim().to_string());
+                // `trim` also drops Unicode whitespace the lexer keeps as
+                // text (\x0b, U+00A0...): such a statement is empty too.
+                let stmt = sql[start..l.start].trim();
+                if significant && !stmt.is_empty() {
+                    out.push(stmt.to_string());
                 }
                 start = l.end;
                 significant = false;
@@ -159,8 +162,9 @@ pub fn split_statements_for(system: DbSystem, sql: &str) -> Vec<String> {
             _ => significant = true,
         }
     }
-    if significant {
-        out.push(sql[start..].trim().to_string());
+    let stmt = sql[start..].trim();
+    if significant && !stmt.is_empty() {
+        out.push(stmt.to_string());
     }
     out
 }

@@ -806,6 +806,24 @@ fn garbage_never_panics() {
     }
 }
 
+/// Found by fuzzing (fuzz/ postgres_session): after SSLRequest and `N`, a
+/// startup-phase length below 4 overflowed while being rejected.
+#[test]
+fn startup_length_below_four_is_rejected() {
+    for role in [Role::Server, Role::Client] {
+        let front = if role == Role::Server { I } else { E };
+        let mut s = PgSession::new(role);
+        let mut out = Vec::new();
+        let ssl = b"\0\0\0\x08\x04\xd2\x16\x2f";
+        let bad = b"\0\0\0\x02\x02\x02\x02\x02\x02\x02\x02\x02";
+        for (dir, data) in [(front, &ssl[..]), (front.flip(), &b"N"[..]), (front, &bad[..])] {
+            let c = Chunk { direction: dir, data, total: data.len(), ts_enter: 1, ts_exit: 2 };
+            s.on_chunk(&c, &mut out);
+        }
+        assert!(out.is_empty());
+    }
+}
+
 #[test]
 fn detection() {
     assert!(looks_like_postgres(STARTUP_BOB_SHOP, E));

@@ -139,6 +139,10 @@ fn split_respects_quotes_comments_dollars() {
         2
     );
     assert_eq!(split_statements("-- nothing\n"), Vec::<String>::new());
+    // Found by fuzzing (fuzz/ sql_text): whitespace to `trim` but not to the
+    // lexer made an empty statement.
+    assert_eq!(split_statements("\x0b"), Vec::<String>::new());
+    assert_eq!(split_statements("SELECT 1;\u{a0};\x0b"), vec!["SELECT 1"]);
     // MySQL: backslash escapes and # comments.
     assert_eq!(
         split_statements_for(DbSystem::Mysql, "SELECT 'it\\'s; x'; # c;\nSELECT 2"),

@@ -1,0 +1,24 @@
+//! Decoding kernel ring buffer records from arbitrary bytes.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use periscope::capture::{decode, Event};
+
+fuzz_target!(|record: &[u8]| {
+    if let Ok(ev) = decode(record) {
+        match ev {
+            Event::Data(d) => {
+                assert!(d.data.len() <= record.len());
+                // The data slice is the tail of the record it borrows from.
+                let start = d.data.as_ptr() as usize - record.as_ptr() as usize;
+                assert!(start + d.data.len() <= record.len());
+                let _ = (d.tuple.local.to_string(), d.tuple.remote.to_string());
+            }
+            Event::ConnOpen(c) | Event::ConnClose(c) => {
+                let _ = c.tuple.remote.to_string();
+            }
+            Event::ProcFork(p) | Event::ProcExit(p) | Event::ProcExec(p) => {
+                let _ = p.comm().len();
+            }
+        }
+    }
+});
