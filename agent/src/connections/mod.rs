@@ -263,6 +263,8 @@ impl ConnectionTable {
         let Some(mut conn) = self.conns.remove(&key) else { return };
         match &mut conn.protocol {
             Protocol::Http1(session) => session.on_close(&mut self.scratch),
+            Protocol::Postgres(session) => session.on_close(&mut self.sql_scratch),
+            Protocol::MySql(session) => session.on_close(&mut self.sql_scratch),
             // Bytes were seen and none made sense: this was not a protocol we know.
             Protocol::Detecting { attempts, held } if *attempts > 0 || !held.is_empty() => {
                 t.inc(Counter::UnknownProtocol);

@@ -125,6 +125,17 @@ struct State {
     /// Next packet in this direction continues a 16 MiB packet.
     front_cont: bool,
     back_cont: bool,
+    /// A statement whose result set was under way when the response framing
+    /// was lost (rows past the capture of a large read): completed when the
+    /// client sends its next command, which it does once it read the rest.
+    truncated: Option<Current>,
+    /// The response framing was lost since the last command.
+    back_lost: bool,
+    /// Restart the response framing at the next chunk (it answers the
+    /// command just sent, so it starts at a packet boundary).
+    back_realign: bool,
+    /// Exit time of the last server -> client chunk.
+    last_back_ns: u64,
     stats: SqlStats,
 }
 
@@ -164,6 +175,10 @@ impl MySqlSession {
                 infile: false,
                 front_cont: false,
                 back_cont: false,
+                truncated: None,
+                back_lost: false,
+                back_realign: false,
+                last_back_ns: 0,
                 stats: SqlStats::default(),
             },
         }
@@ -197,8 +212,12 @@ impl MySqlSession {
             (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress)
         );
         if client_side {
-            self.front.feed(chunk, &mut FrontSink { st: &mut self.st });
+            self.front.feed(chunk, &mut FrontSink { st: &mut self.st, out });
         } else {
+            if std::mem::take(&mut self.st.back_realign) {
+                self.back = Framer::new(true);
+            }
+            self.st.last_back_ns = chunk.ts_exit;
             let mut sink = BackSink {
                 st: &mut self.st,
                 out,
@@ -206,6 +225,23 @@ impl MySqlSession {
             self.back.feed(chunk, &mut sink);
         }
     }
+
+    /// The connection closed: a statement whose response end was not
+    /// captured ends with the last response bytes.
+    pub fn on_close(&mut self, out: &mut Vec<SqlCall>) {
+        settle_truncated(&mut self.st, out);
+    }
+}
+
+/// Completes the statement whose result set lost its framing, at the last
+/// response bytes seen (its row count is unknown).
+fn settle_truncated(st: &mut State, out: &mut Vec<SqlCall>) {
+    let Some(mut t) = st.truncated.take() else { return };
+    let query = t.stmts.pop_front().flatten();
+    // Later statements of a multi-statement query: their outcome is unknown.
+    st.stats.calls_dropped += t.stmts.len() as u64;
+    let end = st.last_back_ns;
+    push_call(st, out, query, t.start_ns, t.prepared, end, SqlOutcome::Ok { rows: None });
 }
 
 // ---------------------------------------------------------------------------
@@ -214,6 +250,7 @@ impl MySqlSession {
 
 struct FrontSink<'a> {
     st: &'a mut State,
+    out: &'a mut Vec<SqlCall>,
 }
 
 impl FrontSink<'_> {
@@ -259,6 +296,11 @@ impl FrontSink<'_> {
             self.st.stats.parse_errors += 1;
             return;
         };
+        // No pipelining: the client read the previous response to its end.
+        settle_truncated(self.st, self.out);
+        if std::mem::take(&mut self.st.back_lost) {
+            self.st.back_realign = true;
+        }
         if let Some(prev) = self.st.current.take() {
             // No pipelining in this protocol: the previous response ended
             // without us seeing its end.
@@ -481,28 +523,7 @@ impl BackSink<'_> {
         } else {
             self.st.current = None;
         }
-        let query = query.unwrap_or_default();
-        let info = if query.is_empty() {
-            Default::default()
-        } else {
-            analyze_for(DbSystem::Mysql, &query)
-        };
-        if !error && info.operation.as_deref() == Some("USE") {
-            if let Some(db) = info.collection.clone().or_else(|| use_target(&query)) {
-                self.st.namespace = Some(db);
-            }
-        }
-        self.out.push(SqlCall {
-            system: DbSystem::Mysql,
-            query,
-            operation: info.operation,
-            collection: info.collection,
-            namespace: self.st.namespace.clone(),
-            start_ns,
-            end_ns,
-            outcome,
-            prepared,
-        });
+        push_call(self.st, self.out, query, start_ns, prepared, end_ns, outcome);
     }
 
     fn error_outcome(b: &[u8]) -> SqlOutcome {
@@ -692,6 +713,41 @@ impl BackSink<'_> {
     }
 }
 
+/// One finished statement: analysed, `USE` followed, appended to `out`.
+fn push_call(
+    st: &mut State,
+    out: &mut Vec<SqlCall>,
+    query: Option<String>,
+    start_ns: u64,
+    prepared: bool,
+    end_ns: u64,
+    outcome: SqlOutcome,
+) {
+    let error = matches!(outcome, SqlOutcome::Error { .. });
+    let query = query.unwrap_or_default();
+    let info = if query.is_empty() {
+        Default::default()
+    } else {
+        analyze_for(DbSystem::Mysql, &query)
+    };
+    if !error && info.operation.as_deref() == Some("USE") {
+        if let Some(db) = info.collection.clone().or_else(|| use_target(&query)) {
+            st.namespace = Some(db);
+        }
+    }
+    out.push(SqlCall {
+        system: DbSystem::Mysql,
+        query,
+        operation: info.operation,
+        collection: info.collection,
+        namespace: st.namespace.clone(),
+        start_ns,
+        end_ns: end_ns.max(start_ns),
+        outcome,
+        prepared,
+    });
+}
+
 fn next_block(mut blocks: VecDeque<u16>) -> Option<Resp> {
     let n = blocks.pop_front()?;
     Some(Resp::PrepareDefs {
@@ -775,7 +831,22 @@ impl FrameSink for BackSink<'_> {
     fn on_desync(&mut self) {
         self.st.stats.desyncs += 1;
         self.st.back_cont = false;
-        drop_current(self.st);
+        self.st.back_lost = true;
+        match self.st.current.take() {
+            // A result set under way: only its end went missing.
+            Some(c)
+                if c.kind == Kind::Statement
+                    && matches!(c.resp, Resp::Columns(_) | Resp::ColumnsEnd | Resp::Rows) =>
+            {
+                if let Some(old) = self.st.truncated.replace(c) {
+                    self.st.stats.calls_dropped += old.stmts.len() as u64;
+                }
+            }
+            other => {
+                self.st.current = other;
+                drop_current(self.st);
+            }
+        }
     }
 
     fn on_dropped_chunk(&mut self) {

@@ -82,6 +82,17 @@ struct State {
     /// Start of the current Parse/Bind/Describe/Execute sequence.
     batch_start: Option<u64>,
     groups: VecDeque<Group>,
+    /// A call whose response was under way when the backend framing was
+    /// lost (typically rows past the capture of a large read): completed
+    /// when the client, having waited for the rest, sends its next request.
+    truncated: Option<Pending>,
+    /// The backend framing was lost since the last request.
+    back_lost: bool,
+    /// Restart the backend framing at the next chunk (it answers the request
+    /// just sent, so it starts at a message boundary).
+    back_realign: bool,
+    /// Exit time of the last backend chunk.
+    last_back_ns: u64,
     stats: SqlStats,
 }
 
@@ -111,6 +122,10 @@ impl PgSession {
                 portals: BoundedMap::new(MAX_PORTALS),
                 batch_start: None,
                 groups: VecDeque::new(),
+                truncated: None,
+                back_lost: false,
+                back_realign: false,
+                last_back_ns: 0,
                 stats: SqlStats::default(),
             },
         }
@@ -145,14 +160,29 @@ impl PgSession {
             (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress)
         );
         if frontend {
-            let mut sink = FrontSink { st: &mut self.st };
+            let mut sink = FrontSink { st: &mut self.st, out };
             self.front.feed(chunk, &mut sink);
         } else {
+            if std::mem::take(&mut self.st.back_realign) {
+                self.back = Framer::new(true);
+            }
+            self.st.last_back_ns = chunk.ts_exit;
             let mut sink = BackSink {
                 st: &mut self.st,
                 out,
             };
             self.back.feed(chunk, &mut sink);
+        }
+    }
+
+    /// The connection closed: a call whose response end was not captured
+    /// ends with the last response bytes.
+    pub fn on_close(&mut self, out: &mut Vec<SqlCall>) {
+        if self.st.groups.is_empty() {
+            if let Some(p) = self.st.truncated.take() {
+                let end = self.st.last_back_ns;
+                emit(&self.st, out, p, end, SqlOutcome::Ok { rows: None }, None);
+            }
         }
     }
 }
@@ -194,6 +224,7 @@ fn rows_from_tag(tag: &str) -> Option<u64> {
 
 struct FrontSink<'a> {
     st: &'a mut State,
+    out: &'a mut Vec<SqlCall>,
 }
 
 fn startup_code(data: &[u8]) -> Option<(usize, u32)> {
@@ -240,9 +271,27 @@ fn back_len_ok(ty: u8, len: usize) -> bool {
 }
 
 impl FrontSink<'_> {
+    /// A new request group starts. When nothing else is outstanding the
+    /// client has read the previous response to its end: a call whose
+    /// response end was lost ends with the last response bytes, and the
+    /// response to this request starts at a message boundary.
+    fn new_request(&mut self) {
+        if !self.st.groups.is_empty() {
+            return;
+        }
+        if let Some(p) = self.st.truncated.take() {
+            let end = self.st.last_back_ns;
+            emit(self.st, self.out, p, end, SqlOutcome::Ok { rows: None }, None);
+        }
+        if std::mem::take(&mut self.st.back_lost) {
+            self.st.back_realign = true;
+        }
+    }
+
     fn open_group(&mut self) -> &mut Group {
         let need_new = self.st.groups.back().is_none_or(|g| g.closed);
         if need_new {
+            self.new_request();
             push_group(self.st, false);
         }
         self.st.groups.back_mut().expect("group just ensured")
@@ -301,6 +350,7 @@ impl FrontSink<'_> {
                     }
                     g.closed = true;
                 } else {
+                    self.new_request();
                     push_group(self.st, true);
                     if let Some(g) = self.st.groups.back_mut() {
                         g.calls = calls;
@@ -357,6 +407,7 @@ impl FrontSink<'_> {
             }
             b'F' => {
                 // FunctionCall: answered by FunctionCallResponse + ReadyForQuery.
+                self.new_request();
                 push_group(self.st, true);
             }
             b'd' | b'c' | b'f' => self.st.stats.skipped += 1,
@@ -497,28 +548,39 @@ fn error_fields(mut b: &[u8]) -> (String, String) {
     (code, msg)
 }
 
+fn emit(
+    st: &State,
+    out: &mut Vec<SqlCall>,
+    p: Pending,
+    end_ns: u64,
+    outcome: SqlOutcome,
+    tag: Option<&str>,
+) {
+    let query = p.query.unwrap_or_default();
+    let mut info = if query.is_empty() {
+        Default::default()
+    } else {
+        analyze_for(DbSystem::Postgresql, &query)
+    };
+    if info.operation.is_none() {
+        info.operation = tag.and_then(operation_from_tag);
+    }
+    out.push(SqlCall {
+        system: DbSystem::Postgresql,
+        query,
+        operation: info.operation,
+        collection: info.collection,
+        namespace: st.namespace.clone(),
+        start_ns: p.start_ns,
+        end_ns: end_ns.max(p.start_ns),
+        outcome,
+        prepared: p.prepared,
+    });
+}
+
 impl BackSink<'_> {
     fn emit(&mut self, p: Pending, end_ns: u64, outcome: SqlOutcome, tag: Option<&str>) {
-        let query = p.query.unwrap_or_default();
-        let mut info = if query.is_empty() {
-            Default::default()
-        } else {
-            analyze_for(DbSystem::Postgresql, &query)
-        };
-        if info.operation.is_none() {
-            info.operation = tag.and_then(operation_from_tag);
-        }
-        self.out.push(SqlCall {
-            system: DbSystem::Postgresql,
-            query,
-            operation: info.operation,
-            collection: info.collection,
-            namespace: self.st.namespace.clone(),
-            start_ns: p.start_ns,
-            end_ns,
-            outcome,
-            prepared: p.prepared,
-        });
+        emit(self.st, self.out, p, end_ns, outcome, tag);
     }
 
     /// The call the next completion belongs to.
@@ -645,6 +707,19 @@ impl FrameSink for BackSink<'_> {
 
     fn on_desync(&mut self) {
         self.st.stats.desyncs += 1;
+        self.st.back_lost = true;
+        // Rows were arriving for the first call: its response started and
+        // only its end went missing (a large result past the capture). Keep
+        // it until the client's next request tells the response is over.
+        if let Some(g) = self.st.groups.front_mut().filter(|g| !g.failed) {
+            if g.calls.front().is_some_and(|p| p.data_rows > 0) {
+                if let Some(old) = self.st.truncated.take() {
+                    self.st.stats.calls_dropped += 1;
+                    drop(old);
+                }
+                self.st.truncated = g.calls.pop_front();
+            }
+        }
         // Completions may have been lost: drop what waits for them. Late
         // ReadyForQuery messages of dropped groups find an empty queue.
         drop_all_groups(self.st);

@@ -148,12 +148,17 @@ impl Conv {
     }
 
     fn send(&mut self, dir: Direction, data: &[u8]) -> u64 {
+        self.send_partial(dir, data, data.len())
+    }
+
+    /// A chunk of which only `data` (the first bytes of `total`) was captured.
+    fn send_partial(&mut self, dir: Direction, data: &[u8], total: usize) -> u64 {
         self.n += 1;
         let ts = self.n * 100;
         let c = Chunk {
             direction: dir,
             data,
-            total: data.len(),
+            total,
             ts_enter: ts,
             ts_exit: ts + 10,
         };
@@ -621,6 +626,41 @@ fn big_row_skipped_by_length() {
     assert_eq!(c.calls.len(), 1);
     assert_eq!(ok_rows(&c.calls[0]), Some(1));
     assert_eq!(c.s.stats().desyncs, 0);
+}
+
+/// mysql2 reading 3000 rows of ~110 bytes in 64 KiB reads of which 512
+/// bytes are captured: rows past the capture cannot be framed and a later
+/// read may start with bytes that look like a packet header. The large
+/// SELECT still becomes a call (ended by the last response bytes, when the
+/// client sends its next command), and so does everything after it.
+#[test]
+fn many_rows_past_the_capture_like_mysql2() {
+    let mut c = Conv::client();
+    c.connect(true, Some("shop"));
+    let t0 = c.send(E, &com_query("SELECT seq, REPEAT('x', 100) FROM seq_1_to_3000"));
+    let mut resp = cat(&[&pkt(1, b"\x01"), &coldef(2)]);
+    for i in 0..3000u32 {
+        let v = format!("{i:>4}{}", "x".repeat(100));
+        resp.extend(text_row((3 + i) as u8, &v));
+    }
+    resp.extend(ok_eof(3u32.wrapping_add(3000) as u8, AUTOCOMMIT));
+    let mut t_last = 0;
+    for chunk in resp.chunks(65536) {
+        t_last = c.send_partial(I, &chunk[..chunk.len().min(512)], chunk.len());
+    }
+    assert!(c.calls.is_empty());
+    c.send(E, &com_query("INSERT INTO t (id) VALUES (1)"));
+    c.send(I, &ok(1, 1, AUTOCOMMIT));
+    c.send(E, &com_query("SELECT * FROM dragon"));
+    c.send(I, &err(1, 1146, "42S02", "Table 'shop.dragon' doesn't exist"));
+    assert_eq!(c.calls.len(), 3, "{:?}", c.calls);
+    assert_eq!(c.calls[0].collection.as_deref(), Some("seq_1_to_3000"));
+    assert_eq!(c.calls[0].outcome, SqlOutcome::Ok { rows: None });
+    assert_eq!((c.calls[0].start_ns, c.calls[0].end_ns), (t0, t_last + 10));
+    assert_eq!(c.calls[1].operation.as_deref(), Some("INSERT"));
+    assert_eq!(ok_rows(&c.calls[1]), Some(1));
+    assert!(matches!(&c.calls[2].outcome, SqlOutcome::Error { code, .. } if code == "42S02"));
+    assert_eq!(c.s.stats().calls_dropped, 0);
 }
 
 #[test]

@@ -635,22 +635,62 @@ fn big_data_row_skipped_by_length() {
 fn gap_past_message_end_desyncs_and_recovers() {
     let mut c = Conv::client();
     c.startup();
-    c.send(E, &query("SELECT blob FROM files"));
+    let t0 = c.send(E, &query("SELECT blob FROM files"));
     let big = data_row(&"x".repeat(5000));
     let rest = cat(&[&complete("SELECT 1"), READY_IDLE]);
     // One read returning the row, CommandComplete and ReadyForQuery, of
     // which only 100 bytes were captured: framing after the row is lost.
     c.send_partial(I, &big[..100], big.len() + rest.len());
     assert_eq!(c.s.stats().desyncs, 1);
-    assert_eq!(c.s.stats().calls_dropped, 1);
     // A chunk that does not start at a boundary is dropped...
-    c.send(I, b"xx\0garbage");
+    let t_last = c.send(I, b"xx\0garbage");
     assert_eq!(c.s.stats().chunks_dropped, 1);
-    // ...the next round trip works.
+    assert!(c.calls.is_empty(), "the end of the rows was not seen yet");
+    // ...the next request says the client read the whole response: the
+    // first call ends with the last response bytes, and the next round
+    // trip works.
     c.send(E, &query("SELECT 2"));
     c.send(I, &cat(&[&complete("SELECT 1"), READY_IDLE]));
-    assert_eq!(c.calls.len(), 1);
-    assert_eq!(c.calls[0].query, "SELECT 2");
+    assert_eq!(c.calls.len(), 2);
+    assert_eq!(c.calls[0].query, "SELECT blob FROM files");
+    assert_eq!((c.calls[0].start_ns, c.calls[0].end_ns), (t0, t_last + 10));
+    assert_eq!(c.calls[0].outcome, SqlOutcome::Ok { rows: None });
+    assert_eq!(c.calls[1].query, "SELECT 2");
+    assert_eq!(c.s.stats().calls_dropped, 0);
+}
+
+/// node-postgres reading 3000 rows of ~110 bytes in 64 KiB reads of which
+/// 512 bytes are captured: rows past the capture cannot be framed, the last
+/// read (CommandComplete, ReadyForQuery) is not captured at all, and a
+/// later read may start with bytes that look like a message header. The
+/// large SELECT still becomes a call, and so does everything after it.
+#[test]
+fn many_rows_past_the_capture_like_node_postgres() {
+    let mut c = Conv::client();
+    c.startup();
+    let t0 = c.send(E, &query("SELECT g, repeat('x', 100) FROM generate_series(1, 3000) g"));
+    let mut resp = row_desc();
+    for i in 0..3000 {
+        resp.extend(data_row(&format!("{i:>4}{}", "x".repeat(100))));
+    }
+    resp.extend(complete("SELECT 3000"));
+    resp.extend_from_slice(READY_IDLE);
+    let mut t_last = 0;
+    for chunk in resp.chunks(65536) {
+        t_last = c.send_partial(I, &chunk[..chunk.len().min(512)], chunk.len());
+    }
+    assert!(c.calls.is_empty());
+    c.send(E, &query("SELECT 2"));
+    c.send(I, &cat(&[&row_desc(), &data_row("2"), &complete("SELECT 1"), READY_IDLE]));
+    c.send(E, &query("SELECT * FROM dragon"));
+    c.send(I, &cat(&[&error("42P01", "relation does not exist"), READY_IDLE]));
+    let got: Vec<(&str, &SqlOutcome)> = c.calls.iter().map(|c| (c.query.as_str(), &c.outcome)).collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].1, &SqlOutcome::Ok { rows: None });
+    assert_eq!((c.calls[0].start_ns, c.calls[0].end_ns), (t0, t_last + 10));
+    assert_eq!(got[1], ("SELECT 2", &SqlOutcome::Ok { rows: Some(1) }));
+    assert_eq!(got[2].0, "SELECT * FROM dragon");
+    assert_eq!(c.s.stats().calls_dropped, 0);
 }
 
 #[test]
