@@ -93,6 +93,9 @@ struct State {
     back_realign: bool,
     /// Exit time of the last backend chunk.
     last_back_ns: u64,
+    /// The last frontend message was a Parse, Bind or Describe: the SQL an
+    /// Execute following it would run.
+    ext_tail: Option<Option<String>>,
     stats: SqlStats,
 }
 
@@ -126,6 +129,7 @@ impl PgSession {
                 back_lost: false,
                 back_realign: false,
                 last_back_ns: 0,
+                ext_tail: None,
                 stats: SqlStats::default(),
             },
         }
@@ -328,6 +332,7 @@ impl FrontSink<'_> {
     fn on_typed(&mut self, f: &Frame<'_>) {
         let start = f.first.request_start();
         let body = f.body;
+        let tail = self.st.ext_tail.take();
         match f.header[0] {
             b'Q' => {
                 let (q, _) = cstr(body);
@@ -362,6 +367,7 @@ impl FrontSink<'_> {
                 let (name, rest) = cstr(body);
                 let (q, _) = cstr(rest);
                 self.st.statements.insert(text(name), text(q));
+                self.st.ext_tail = Some(Some(text(q)));
                 self.st.batch_start.get_or_insert(start);
                 self.open_group();
             }
@@ -369,11 +375,13 @@ impl FrontSink<'_> {
                 let (portal, rest) = cstr(body);
                 let (stmt, _) = cstr(rest);
                 let sql = self.st.statements.get(&text(stmt)).cloned();
+                self.st.ext_tail = Some(sql.clone());
                 self.st.portals.insert(text(portal), sql);
                 self.st.batch_start.get_or_insert(start);
                 self.open_group();
             }
             b'D' => {
+                self.st.ext_tail = tail;
                 self.st.batch_start.get_or_insert(start);
                 self.open_group();
             }
@@ -508,6 +516,26 @@ impl FrameSink for FrontSink<'_> {
 
     fn on_desync(&mut self) {
         self.st.stats.desyncs += 1;
+        if let Some(query) = self.st.ext_tail.take() {
+            // The capture ended inside a Parse/Bind/Describe of a long
+            // statement, and the write went on: drivers write the whole
+            // batch at once, so the rest is Bind/Describe/Execute/Sync.
+            // Expect one execution answered by one ReadyForQuery (if there
+            // was no Execute, no CommandComplete comes and ReadyForQuery
+            // drops the guess). Earlier requests were framed: kept.
+            let start_ns = self.st.batch_start.take().unwrap_or(self.st.last_back_ns);
+            let g = self.open_group();
+            if !g.failed && g.calls.len() < MAX_CALLS_PER_GROUP {
+                g.calls.push_back(Pending {
+                    query,
+                    start_ns,
+                    prepared: true,
+                    data_rows: 0,
+                });
+            }
+            g.closed = true;
+            return;
+        }
         // Requests may have been lost: responses can no longer be matched.
         drop_all_groups(self.st);
     }

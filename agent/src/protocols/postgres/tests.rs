@@ -693,6 +693,32 @@ fn many_rows_past_the_capture_like_node_postgres() {
     assert_eq!(c.s.stats().calls_dropped, 0);
 }
 
+/// node-postgres writes Parse, Bind, Describe, Execute and Sync at once; a
+/// statement longer than the capture leaves everything after the Parse
+/// uncaptured. The execution is still a call, and so is the next one.
+#[test]
+fn long_extended_statement_past_the_capture() {
+    let mut c = Conv::client();
+    c.startup();
+    let many: Vec<String> = (0..300).map(|i| format!("'n{i}'")).collect();
+    let sql = format!("SELECT name FROM unicorn WHERE name = $1 OR name IN ({})", many.join(", "));
+    let batch = cat(&[&parse("", &sql), &bind("", ""), &describe_portal(""), &execute(""), SYNC]);
+    let t0 = c.send_partial(E, &batch[..512], batch.len());
+    let t1 = c.send(I, &cat(&[PARSE_COMPLETE, BIND_COMPLETE, &row_desc(), &data_row("bob"), &complete("SELECT 1"), READY_IDLE]));
+    // A prepare-only batch (no Execute) of a long statement: no call.
+    let prep = cat(&[&parse("s1", &sql), &describe_portal(""), SYNC]);
+    c.send_partial(E, &prep[..512], prep.len());
+    c.send(I, &cat(&[PARSE_COMPLETE, NO_DATA, READY_IDLE]));
+    c.send(E, &query("SELECT 2"));
+    c.send(I, &cat(&[&complete("SELECT 1"), READY_IDLE]));
+    assert_eq!(c.calls.len(), 2, "{:?}", c.calls);
+    assert!(sql.starts_with(&c.calls[0].query) && c.calls[0].query.len() > 400);
+    assert_eq!(c.calls[0].collection.as_deref(), Some("unicorn"));
+    assert_eq!((c.calls[0].start_ns, c.calls[0].end_ns), (t0, t1 + 10));
+    assert_eq!(ok_rows(&c.calls[0]), Some(1));
+    assert_eq!(c.calls[1].query, "SELECT 2");
+}
+
 #[test]
 fn huge_query_text_is_truncated() {
     let mut c = Conv::client();
