@@ -192,12 +192,14 @@ fn check_common(spans: &[ReceivedSpan], system: &str, port: u16) {
     }
 }
 
-/// The text of span `i`, a `... name IN ('n0', ..., 'n299')` statement
-/// longer than the capture: kept as far as captured, literals masked.
-fn long_statement(spans: &[ReceivedSpan], i: usize) -> String {
+/// The text of span `i`, a statement with 300 literals, longer than the
+/// capture: kept as far as captured, starting with `prefix`, every literal
+/// masked (`'n0'`...`'n299'`: no `n` followed by a digit).
+fn long_statement(spans: &[ReceivedSpan], i: usize, prefix: &str) -> String {
     let text = spans.get(i).and_then(|s| s.attr_str("db.query.text")).unwrap_or_default();
-    assert!(text.starts_with("SELECT name FROM unicorn WHERE name IN (?, ?, ?, ?"), "long statement: {text:?}");
-    assert!(text.len() < 1024 && !text.contains('n') || text.matches('n').count() == "SELECT name FROM unicorn WHERE name IN".matches('n').count(), "{text:?}");
+    assert!(text.starts_with(prefix), "long statement {i}: {text:?}");
+    assert!(text.len() < 1024, "{text:?}");
+    assert!(!regex::Regex::new("n[0-9]").unwrap().is_match(&text), "literal leaked: {text:?}");
     text
 }
 
@@ -257,8 +259,9 @@ async fn node_pg_simple_extended_and_named_statements() {
     // What the client itself saw: the scenario really produced these errors.
     assert_eq!(out.trim(), "23505 42601 42P01");
 
-    let spans = wait_sql(&rx, &agent, CLIENT, Some(client.pid()), 12).await;
-    let long = long_statement(&spans, 6);
+    let spans = wait_sql(&rx, &agent, CLIENT, Some(client.pid()), 13).await;
+    let long = long_statement(&spans, 6, "SELECT name FROM unicorn WHERE name IN (?, ?, ?, ?");
+    let long_ext = long_statement(&spans, 7, "SELECT name FROM unicorn WHERE name = $1 OR name IN (?, ?, ?, ?");
     assert_eq!(
         summary(&spans),
         expect(&[
@@ -269,6 +272,7 @@ async fn node_pg_simple_extended_and_named_statements() {
             ("SELECT unicorn", "SELECT id, name FROM unicorn WHERE name = $1", ""),
             ("SELECT unicorn", "SELECT id, name FROM unicorn WHERE name = $1", ""),
             ("SELECT unicorn", &long, ""),
+            ("SELECT unicorn", &long_ext, ""),
             ("SELECT", "SELECT g, repeat(?, ?) AS pad FROM generate_series(?, ?) g", ""),
             ("INSERT unicorn", "INSERT INTO unicorn (name) VALUES (?)", "23505"),
             ("SELEC", "SELEC ?", "42601"),
@@ -288,18 +292,19 @@ async fn node_pg_simple_extended_and_named_statements() {
     }
     assert_eq!(spans[0].attr_str("db.collection.name").as_deref(), Some("unicorn"));
     // The end of 3000 rows lies past the capture: rows, when known, are right.
-    assert!(spans[7].attr_int("db.response.returned_rows").is_none_or(|r| r == 3000));
+    assert!(spans[8].attr_int("db.response.returned_rows").is_none_or(|r| r == 3000));
     assert_eq!(spans[1].attr_int("db.response.returned_rows"), Some(1));
-    let sleep = &spans[11];
+    assert_eq!(spans[7].attr_int("db.response.returned_rows"), Some(1), "the long extended statement found bob");
+    let sleep = &spans[12];
     assert!((200.0..2000.0).contains(&duration_ms(sleep)), "pg_sleep(0.2) span lasted {} ms", duration_ms(sleep));
-    for s in &spans[..11] {
+    for s in &spans[..12] {
         assert!(duration_ms(s) < 200.0, "{:?} lasted {} ms", s.span.name, duration_ms(s));
     }
 
     let svc = "service_name=\"pg_client\"";
-    assert_eq!(db_histogram_count(&agent, &[svc], 12.0), 12.0, "histogram count = statements:\n{}", agent.metrics());
+    assert_eq!(db_histogram_count(&agent, &[svc], 13.0), 13.0, "histogram count = statements:\n{}", agent.metrics());
     assert_eq!(agent.sample_sum("db_client_operation_duration_seconds_count", &[svc, "error_type=\"23505\""]), 1.0);
-    assert_eq!(agent.sample_sum("db_client_operation_duration_seconds_count", &[svc, "db_collection_name=\"unicorn\""]), 8.0);
+    assert_eq!(agent.sample_sum("db_client_operation_duration_seconds_count", &[svc, "db_collection_name=\"unicorn\""]), 9.0);
     assert_eq!(agent.sample_sum("periscope_parse_errors_total", &[]), 0.0);
 }
 
@@ -606,7 +611,7 @@ async fn mariadb_cli_and_node_mysql2() {
     assert_eq!(finish(&mut node).trim(), "1062/23000 1064/42000 1146/42S02");
     let by_name = ("SELECT unicorn", "SELECT id, name FROM unicorn WHERE name = ?", "");
     let spans = wait_sql(&rx, &agent, CLIENT, Some(node.pid()), 13).await;
-    let long = long_statement(&spans, 6);
+    let long = long_statement(&spans, 6, "SELECT name FROM unicorn WHERE name IN (?, ?, ?, ?");
     let seq = ("SELECT seq_1_to_3000", "SELECT seq, REPEAT(?, ?) AS pad FROM seq_1_to_3000", "");
     assert_eq!(
         summary(&spans),
