@@ -125,6 +125,12 @@ fn tuple(t: &periscope_tuple) -> Tuple {
     Tuple { local: addr(t.local_addr, t.local_port), remote: addr(t.remote_addr, t.remote_port) }
 }
 
+// decode() reads direction, role and syscall as three adjacent bytes.
+const _: () = assert!(
+    std::mem::offset_of!(periscope_data_event, role) == std::mem::offset_of!(periscope_data_event, direction) + 1
+        && std::mem::offset_of!(periscope_data_event, syscall) == std::mem::offset_of!(periscope_data_event, direction) + 2
+);
+
 /// Decodes one ring buffer record. The data slice borrows from `record`.
 pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     let h: periscope_event_header = read(record, "header")?;
@@ -134,27 +140,31 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             if record.len() < prefix {
                 return Err(DecodeError::Short { what: "data event", len: record.len(), need: prefix });
             }
-            // Read the fixed part field by field: the record is shorter than
-            // the full struct (only `captured` bytes of data[] are sent).
-            let mut fixed = [0u8; std::mem::size_of::<periscope_data_event>()];
-            fixed[..prefix].copy_from_slice(&record[..prefix]);
-            let e: periscope_data_event = read(&fixed, "data event")?;
-            let captured = e.captured as usize;
+            // The record is shorter than the full struct (only `captured`
+            // bytes of data[] are sent): read the fixed fields in place.
+            let at = |offset: usize| &record[offset..];
+            let hdr: periscope_event_header = read(record, "header")?;
+            let tup: periscope_tuple = read(at(std::mem::offset_of!(periscope_data_event, tuple)), "tuple")?;
+            let bytes: i64 = read(at(std::mem::offset_of!(periscope_data_event, bytes)), "byte count")?;
+            let captured: u32 = read(at(std::mem::offset_of!(periscope_data_event, captured)), "capture size")?;
+            let flags: [u8; 3] = read(at(std::mem::offset_of!(periscope_data_event, direction)), "flags")?;
+            let captured = captured as usize;
             let data = record.get(prefix..prefix + captured).ok_or(DecodeError::BadCapture {
                 captured,
                 len: record.len() - prefix,
             })?;
-            let direction = if u32::from(e.direction) == periscope_direction::PERISCOPE_DIR_EGRESS as u32 {
+            let (e_direction, e_role) = (flags[0], flags[1]);
+            let direction = if u32::from(e_direction) == periscope_direction::PERISCOPE_DIR_EGRESS as u32 {
                 Direction::Egress
             } else {
                 Direction::Ingress
             };
             Ok(Event::Data(DataEvent {
-                header: header(&e.hdr),
-                tuple: tuple(&e.tuple),
-                role: role(e.role),
+                header: header(&hdr),
+                tuple: tuple(&tup),
+                role: role(e_role),
                 direction,
-                bytes: e.bytes.max(0) as usize,
+                bytes: bytes.max(0) as usize,
                 data,
             }))
         }

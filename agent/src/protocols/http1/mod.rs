@@ -210,18 +210,28 @@ impl Http1Session {
                 }
                 State::Head { mut buf, start_enter, start_exit } => {
                     let before = buf.len();
-                    let room = MAX_HEAD.saturating_sub(before);
-                    buf.extend_from_slice(&data[..data.len().min(room)]);
+                    // The common case, a whole head in one chunk, parses in
+                    // place; only a split head is copied.
+                    let view: &[u8] = if before == 0 && data.len() <= MAX_HEAD {
+                        data
+                    } else {
+                        let room = MAX_HEAD.saturating_sub(before);
+                        buf.extend_from_slice(&data[..data.len().min(room)]);
+                        &buf
+                    };
                     let parsed = match msg {
-                        Msg::Request => head::parse_request(&buf).map(|p| match p {
+                        Msg::Request => head::parse_request(view).map(|p| match p {
                             Parsed::Complete(h, n) => Some((Head::Request(h), n)),
                             Parsed::Partial => None,
                         }),
-                        Msg::Response => head::parse_response(&buf).map(|p| match p {
+                        Msg::Response => head::parse_response(view).map(|p| match p {
                             Parsed::Complete(h, n) => Some((Head::Response(h), n)),
                             Parsed::Partial => None,
                         }),
                     };
+                    if view.as_ptr() == data.as_ptr() && !matches!(parsed, Ok(Some(_))) {
+                        buf.extend_from_slice(data);
+                    }
                     match parsed {
                         Ok(Some((h, len))) => {
                             data = &data[len - before..];
