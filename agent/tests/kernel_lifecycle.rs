@@ -74,9 +74,15 @@ async fn late_processes_are_found_named_by_their_env_and_forgotten_on_exit() {
 
 #[test]
 fn short_lived_processes_leave_nothing_behind() {
-    let agent = Agent::start(&["--exe-path", "*/sleep"], &[]);
-    // Each one execs sleep: matched on its exec event, then exits.
-    let mut children: Vec<_> = (0..20).map(|_| Command::new("sleep").arg("0.3").spawn().unwrap()).collect();
+    // A private copy of sleep, so that no other sleep on the machine matches.
+    let dir = std::env::temp_dir().join(format!("periscope-napper-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let napper = dir.join("napper");
+    std::fs::copy("/bin/sleep", &napper).unwrap();
+    let glob = format!("{}/napper", dir.display());
+    let agent = Agent::start(&["--exe-path", &glob], &[]);
+    // Each one execs the napper: matched on its exec event, then exits.
+    let mut children: Vec<_> = (0..20).map(|_| Command::new(&napper).arg("0.3").spawn().unwrap()).collect();
     let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
     wait_for("some sleeps to be tracked", Duration::from_secs(10), || {
         (agent.sample_sum("periscope_processes_tracked_total", &[]) >= 1.0).then_some(())
@@ -91,6 +97,7 @@ fn short_lived_processes_leave_nothing_behind() {
     for c in &mut children {
         c.wait().unwrap();
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

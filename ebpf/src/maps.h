@@ -39,8 +39,11 @@ enum pending_kind {
 	PENDING_CONNECT = 5,
 };
 
+/* A plain preallocated hash: cheaper than LRU on every syscall. Entries live
+ * from entry to exit; a thread that dies inside a syscall has its entry
+ * removed by the sched_process_exit handler. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct pending_io);

@@ -60,10 +60,11 @@ int handle_exit(struct sched_exit_ctx *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
+	/* A thread dying inside a blocking syscall never reaches sys_exit; done
+	 * for every thread, since its process may have been untracked meanwhile. */
+	bpf_map_delete_elem(&pending, &id);
 	if (!is_tracked(tgid))
 		return 0;
-	/* a thread dying inside a blocking syscall never reaches sys_exit */
-	bpf_map_delete_elem(&pending, &id);
 	if (!ctx->group_dead)
 		return 0;
 	bpf_map_delete_elem(&tracked_pids, &tgid);

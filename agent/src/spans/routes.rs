@@ -163,14 +163,18 @@ impl Router {
                 Unmatched::Unset => return Route::None,
             },
         };
-        let seen = self.seen.entry(service.to_owned()).or_default();
-        if seen.contains(&route) {
+        // Known routes (the hot path) allocate nothing more.
+        if let Some(seen) = self.seen.get_mut(service) {
+            if seen.contains(&route) {
+                return Route::Some(route);
+            }
+            if seen.len() >= self.max_routes {
+                return Route::Overflow;
+            }
+            seen.insert(route.clone());
             return Route::Some(route);
         }
-        if seen.len() >= self.max_routes {
-            return Route::Overflow;
-        }
-        seen.insert(route.clone());
+        self.seen.entry(service.to_owned()).or_default().insert(route.clone());
         Route::Some(route)
     }
 
