@@ -120,6 +120,10 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_DB_QUERY_TEXT", default_value_t = true, action = clap::ArgAction::Set)]
     pub db_query_text: bool,
 
+    /// Keep SQL literals in db.query.text and error messages (privacy: off by default).
+    #[arg(long, env = "PERISCOPE_DB_QUERY_LITERALS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub db_query_literals: bool,
+
     /// Attribute sets per metric and service before folding into otel.metric.overflow.
     #[arg(long, env = "PERISCOPE_METRIC_CARDINALITY_LIMIT", default_value_t = 2000)]
     pub metric_cardinality_limit: usize,

@@ -98,7 +98,11 @@ impl Pipeline {
         };
         let http_opts =
             HttpSpanOptions { old_semconv: settings.old_http_semconv, include_query: raw.include_query_string };
-        let sql_opts = SqlSpanOptions { query_text: raw.db_query_text, old_semconv: settings.old_db_semconv };
+        let sql_opts = SqlSpanOptions {
+            query_text: raw.db_query_text,
+            old_semconv: settings.old_db_semconv,
+            query_text_literals: raw.db_query_literals,
+        };
         Ok(Self {
             departed: std::collections::VecDeque::new(),
             sql_opts,

@@ -14,11 +14,13 @@ pub struct SqlSpanOptions {
     pub query_text: bool,
     /// Also emit db.statement, db.name, db.system, db.operation, db.sql.table.
     pub old_semconv: bool,
+    /// Keep values quoted in server error messages (off: redacted like query text).
+    pub query_text_literals: bool,
 }
 
 impl Default for SqlSpanOptions {
     fn default() -> Self {
-        Self { query_text: true, old_semconv: false }
+        Self { query_text: true, old_semconv: false, query_text_literals: false }
     }
 }
 
@@ -29,10 +31,26 @@ pub struct SqlContext<'a> {
     pub server_side: bool,
 }
 
+/// Statement keywords accepted as db.operation.name. Anything else (a typo,
+/// garbage) would mint span names and metric series at will.
+const OPERATIONS: &[&str] = &[
+    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "REPLACE", "CREATE", "DROP", "ALTER",
+    "TRUNCATE", "BEGIN", "START", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "SET", "SHOW", "USE",
+    "CALL", "EXEC", "EXECUTE", "PREPARE", "DEALLOCATE", "COPY", "LOCK", "UNLOCK", "GRANT", "REVOKE",
+    "EXPLAIN", "ANALYZE", "VACUUM", "WITH", "VALUES", "LISTEN", "NOTIFY", "UNLISTEN", "DECLARE",
+    "FETCH", "CLOSE", "MOVE", "DISCARD", "RESET", "CHECKPOINT", "REINDEX", "CLUSTER", "COMMENT", "DO",
+    "LOAD", "HANDLER", "DESCRIBE", "DESC", "OPTIMIZE", "REFRESH", "TABLE", "RENAME",
+];
+
+/// The call's operation, if it is a known statement keyword.
+fn operation(call: &SqlCall) -> Option<&str> {
+    call.operation.as_deref().filter(|op| OPERATIONS.contains(op))
+}
+
 pub fn span_name(call: &SqlCall) -> String {
-    match (&call.operation, &call.collection) {
+    match (operation(call), &call.collection) {
         (Some(op), Some(table)) => format!("{op} {table}"),
-        (Some(op), None) => op.clone(),
+        (Some(op), None) => op.to_owned(),
         _ => "SQL".to_owned(),
     }
 }
@@ -42,8 +60,8 @@ pub fn build(call: &SqlCall, ctx: &SqlContext<'_>, clock: &Clock, opts: SqlSpanO
     let server = if ctx.server_side { ctx.local } else { ctx.remote };
     let mut attrs = Vec::with_capacity(14);
     attrs.push(Attr::new("db.system.name", system));
-    if let Some(op) = &call.operation {
-        attrs.push(Attr::new("db.operation.name", op.as_str()));
+    if let Some(op) = operation(call) {
+        attrs.push(Attr::new("db.operation.name", op));
     }
     if let Some(table) = &call.collection {
         attrs.push(Attr::new("db.collection.name", table.as_str()));
@@ -51,7 +69,13 @@ pub fn build(call: &SqlCall, ctx: &SqlContext<'_>, clock: &Clock, opts: SqlSpanO
     if let Some(ns) = &call.namespace {
         attrs.push(Attr::new("db.namespace", ns.as_str()));
     }
-    let text = (opts.query_text && !call.query.is_empty()).then(|| sanitize_for(call.system, &call.query));
+    let text = (opts.query_text && !call.query.is_empty()).then(|| {
+        if opts.query_text_literals {
+            call.query.clone()
+        } else {
+            sanitize_for(call.system, &call.query)
+        }
+    });
     if let Some(text) = &text {
         attrs.push(Attr::new("db.query.text", text.as_str()));
     }
@@ -62,12 +86,16 @@ pub fn build(call: &SqlCall, ctx: &SqlContext<'_>, clock: &Clock, opts: SqlSpanO
     }
     let mut status = SpanStatus::Unset;
     match &call.outcome {
-        SqlOutcome::Ok { rows: Some(rows) } => attrs.push(Attr::new("db.response.returned_rows", *rows as i64)),
-        SqlOutcome::Ok { rows: None } => {}
+        // Row counts of INSERT/UPDATE/DELETE are affected rows, not returned ones.
+        SqlOutcome::Ok { rows: Some(rows) } if operation(call) == Some("SELECT") => {
+            attrs.push(Attr::new("db.response.returned_rows", *rows as i64));
+        }
+        SqlOutcome::Ok { .. } => {}
         SqlOutcome::Error { code, message, .. } => {
             attrs.push(Attr::new("db.response.status_code", code.as_str()));
             attrs.push(Attr::new("error.type", code.as_str()));
-            status = SpanStatus::Error(message.clone());
+            // Server messages quote values ("Duplicate entry 'bob'"): redact them too.
+            status = SpanStatus::Error(if opts.query_text_literals { message.clone() } else { sanitize_for(call.system, message) });
         }
     }
     if opts.old_semconv {
@@ -75,8 +103,8 @@ pub fn build(call: &SqlCall, ctx: &SqlContext<'_>, clock: &Clock, opts: SqlSpanO
         if let Some(ns) = &call.namespace {
             attrs.push(Attr::new("db.name", ns.as_str()));
         }
-        if let Some(op) = &call.operation {
-            attrs.push(Attr::new("db.operation", op.as_str()));
+        if let Some(op) = operation(call) {
+            attrs.push(Attr::new("db.operation", op));
         }
         if let Some(table) = &call.collection {
             attrs.push(Attr::new("db.sql.table", table.as_str()));
@@ -136,7 +164,7 @@ mod tests {
             server_side: false,
         };
         let failed = SqlOutcome::Error { code: "42P01".into(), message: "relation does not exist".into(), mysql_errno: None };
-        let span = build(&call(failed), &ctx, &Clock::with_offset(0), SqlSpanOptions { query_text: true, old_semconv: true });
+        let span = build(&call(failed), &ctx, &Clock::with_offset(0), SqlSpanOptions { query_text: true, old_semconv: true, query_text_literals: false });
         assert_eq!(span.name, "SELECT unicorn");
         assert_eq!(span.kind, SpanKind::Client);
         let text = span.attr("db.query.text").unwrap().to_string();
@@ -147,8 +175,29 @@ mod tests {
         assert_eq!(span.attr("server.port"), Some(&AttrValue::Int(5432)));
         assert!(matches!(span.status, SpanStatus::Error(_)));
         assert_eq!((span.start_unix_nanos, span.end_unix_nanos), (100, 350));
-        let quiet = build(&call(SqlOutcome::Ok { rows: Some(1) }), &ctx, &Clock::with_offset(0), SqlSpanOptions { query_text: false, old_semconv: false });
+        let quiet = build(&call(SqlOutcome::Ok { rows: Some(1) }), &ctx, &Clock::with_offset(0), SqlSpanOptions { query_text: false, ..SqlSpanOptions::default() });
         assert!(quiet.attr("db.query.text").is_none() && quiet.attr("db.statement").is_none());
+    }
+
+    #[test]
+    fn error_messages_are_redacted_and_garbage_operations_dropped() {
+        let s = svc();
+        let ctx = SqlContext {
+            service: &s,
+            local: "127.0.0.1:50000".parse().unwrap(),
+            remote: "127.0.0.1:3306".parse().unwrap(),
+            server_side: false,
+        };
+        let dup = SqlOutcome::Error { code: "23000".into(), message: "Duplicate entry 'bob' for key 'name'".into(), mysql_errno: Some(1062) };
+        let span = build(&call(dup), &ctx, &Clock::with_offset(0), SqlSpanOptions::default());
+        let SpanStatus::Error(msg) = &span.status else { panic!() };
+        assert!(!msg.contains("bob") && msg.contains("Duplicate entry"), "{msg}");
+        let mut typo = call(SqlOutcome::Ok { rows: Some(3) });
+        typo.operation = Some("SELEC".into());
+        let span = build(&typo, &ctx, &Clock::with_offset(0), SqlSpanOptions::default());
+        assert_eq!(span.name, "SQL");
+        assert!(span.attr("db.operation.name").is_none());
+        assert!(span.attr("db.response.returned_rows").is_none());
     }
 
     #[test]
