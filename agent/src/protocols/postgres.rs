@@ -292,6 +292,15 @@ impl FrontSink<'_> {
         }
     }
 
+    /// An Execute was sent: its answer is expected in the open group, unless
+    /// the group already failed (the server skips to Sync) or is full.
+    fn expect_execution(&mut self, query: Option<String>, start_ns: u64) {
+        let g = self.open_group();
+        if !g.failed && g.calls.len() < MAX_CALLS_PER_GROUP {
+            g.calls.push_back(Pending { query, start_ns, prepared: true, data_rows: 0 });
+        }
+    }
+
     fn open_group(&mut self) -> &mut Group {
         let need_new = self.st.groups.back().is_none_or(|g| g.closed);
         if need_new {
@@ -389,15 +398,7 @@ impl FrontSink<'_> {
                 let (portal, _) = cstr(body);
                 let query = self.st.portals.get(&text(portal)).cloned().flatten();
                 let start_ns = self.st.batch_start.take().unwrap_or(start);
-                let g = self.open_group();
-                if !g.failed && g.calls.len() < MAX_CALLS_PER_GROUP {
-                    g.calls.push_back(Pending {
-                        query,
-                        start_ns,
-                        prepared: true,
-                        data_rows: 0,
-                    });
-                }
+                self.expect_execution(query, start_ns);
             }
             b'C' => {
                 let kind = body.first().copied();
@@ -524,16 +525,8 @@ impl FrameSink for FrontSink<'_> {
             // was no Execute, no CommandComplete comes and ReadyForQuery
             // drops the guess). Earlier requests were framed: kept.
             let start_ns = self.st.batch_start.take().unwrap_or(self.st.last_back_ns);
-            let g = self.open_group();
-            if !g.failed && g.calls.len() < MAX_CALLS_PER_GROUP {
-                g.calls.push_back(Pending {
-                    query,
-                    start_ns,
-                    prepared: true,
-                    data_rows: 0,
-                });
-            }
-            g.closed = true;
+            self.expect_execution(query, start_ns);
+            self.open_group().closed = true;
             return;
         }
         // Requests may have been lost: responses can no longer be matched.
