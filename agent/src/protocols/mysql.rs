@@ -275,7 +275,9 @@ impl FrontSink<'_> {
         let rest = b.get(32..).unwrap_or(&[]);
         let (_user, rest) = cstr(rest);
         let rest = if caps & CLIENT_PLUGIN_AUTH_LENENC != 0 {
-            lenenc(rest, 0).and_then(|(n, used)| rest.get(used + n as usize..))
+            // A length near u64::MAX must not overflow the offset (found
+            // by fuzzing).
+            lenenc(rest, 0).and_then(|(n, used)| rest.get(used.checked_add(usize::try_from(n).ok()?)?..))
         } else if caps & CLIENT_SECURE_CONNECTION != 0 {
             rest.first().and_then(|&n| rest.get(1 + n as usize..))
         } else {

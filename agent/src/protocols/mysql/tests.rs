@@ -187,6 +187,27 @@ fn ok_rows(c: &SqlCall) -> Option<u64> {
     }
 }
 
+/// Found by fuzzing (fuzz/ mysql_session): a length-encoded auth response
+/// length near u64::MAX overflowed the offset of the database name.
+#[test]
+fn huge_lenenc_auth_length_in_handshake() {
+    let mut c = Conv::client();
+    c.send(I, &greeting(0xdfff));
+    let caps = CAPS | CLIENT_CONNECT_WITH_DB;
+    let body = cat(&[
+        &caps.to_le_bytes(),
+        b"\x00\x00\x00\x01",
+        b"\xff",
+        &[0u8; 23],
+        b"app\0",
+        b"\xfe",
+        &[0xff; 8],
+        b"shop\0",
+    ]);
+    c.send(E, &pkt(1, &body));
+    assert_eq!(c.s.namespace(), None);
+}
+
 #[test]
 fn handshake_with_database() {
     let mut c = Conv::client();
