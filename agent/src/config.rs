@@ -96,6 +96,15 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_RING_BUFFER_SIZE", default_value_t = 8 * 1024 * 1024)]
     pub ring_buffer_size: u32,
 
+    /// Bytes of events waiting in the ring buffer before the kernel wakes the agent.
+    #[arg(long, env = "PERISCOPE_RING_BUFFER_WAKEUP_BYTES", default_value_t = 64 * 1024)]
+    pub ring_buffer_wakeup_bytes: u32,
+
+    /// Milliseconds between drains of the ring buffer when the kernel does not wake the agent.
+    #[arg(long, env = "PERISCOPE_RING_BUFFER_DRAIN_INTERVAL", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub ring_buffer_drain_interval: u64,
+
     /// Route patterns, e.g. "/users/{id},/static/**".
     #[arg(long, env = "PERISCOPE_ROUTES", value_delimiter = ',')]
     pub routes: Vec<String>,

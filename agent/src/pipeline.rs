@@ -142,11 +142,17 @@ impl Pipeline {
         })?;
 
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Data events wake us only when many are waiting; the rest is drained here.
+        let mut drain = tokio::time::interval(Duration::from_millis(self.settings.raw.ring_buffer_drain_interval));
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 ready = reader.wait() => {
                     ready?;
+                    reader.drain(|record| self.on_record(record));
+                }
+                _ = drain.tick() => {
                     reader.drain(|record| self.on_record(record));
                 }
                 Some(found) = scan_rx.recv() => self.on_scan(found),

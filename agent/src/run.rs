@@ -107,6 +107,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let probe_cfg = ProbeConfig {
         capture_size: settings.raw.capture_size,
         ring_buffer_bytes: settings.raw.ring_buffer_size,
+        wakeup_bytes: settings.raw.ring_buffer_wakeup_bytes,
     };
     let (probes, ring) = Probes::load(&probe_cfg)?;
     tracing::info!(programs = probes.program_names().len(), "kernel programs attached");

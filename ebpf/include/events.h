@@ -19,6 +19,8 @@
 #define PERISCOPE_MAX_CAPTURE 4096
 /* Default bytes captured per syscall when the agent does not override it. */
 #define PERISCOPE_DEFAULT_CAPTURE 512
+/* Bytes waiting in the ring buffer before a data event wakes the agent. */
+#define PERISCOPE_DEFAULT_WAKEUP_BYTES (64 * 1024)
 /* iovec entries walked per readv/writev/recvmsg/sendmsg call. */
 #define PERISCOPE_MAX_IOV 8
 

@@ -9,6 +9,10 @@
 
 /* Set by the agent before load (EbpfLoader::override_global). */
 const volatile __u32 capture_size = PERISCOPE_DEFAULT_CAPTURE;
+/* Data events wake the agent only once this many bytes wait in the ring
+ * buffer; the agent also drains on a short timer. Waking it on every event
+ * costs an irq_work per syscall and a wakeup per event in the agent. */
+const volatile __u32 wakeup_bytes = PERISCOPE_DEFAULT_WAKEUP_BYTES;
 
 /* tgid -> config: only these processes produce socket events. */
 struct {

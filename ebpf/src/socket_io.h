@@ -158,7 +158,9 @@ static __always_inline int handle_io_exit(struct sys_exit_ctx *ctx)
 	__u64 size = offsetof(struct periscope_data_event, data) + captured;
 	if (size > sizeof(*e))
 		size = sizeof(*e);
-	if (bpf_ringbuf_output(&events, e, size, 0))
+	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+										     : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&events, e, size, flags))
 		count(PERISCOPE_CNT_RINGBUF_FULL);
 	else
 		count(PERISCOPE_CNT_DATA_EVENTS);

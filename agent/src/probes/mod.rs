@@ -84,6 +84,8 @@ pub struct ProbeConfig {
     pub capture_size: u32,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
+    /// Bytes waiting before a data event wakes the agent (it also drains on a timer).
+    pub wakeup_bytes: u32,
 }
 
 /// The loaded and attached kernel side. Dropping it detaches everything.
@@ -139,6 +141,7 @@ impl Probes {
         let capture = config.capture_size.clamp(1, wire::PERISCOPE_MAX_CAPTURE);
         let mut ebpf = EbpfLoader::new()
             .override_global("capture_size", &capture, true)
+            .override_global("wakeup_bytes", &config.wakeup_bytes.min(config.ring_buffer_bytes / 4), true)
             .map_max_entries("events", config.ring_buffer_bytes)
             .load(OBJECT)
             .map_err(ProbeError::Load)?;
