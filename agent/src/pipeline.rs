@@ -40,6 +40,20 @@ pub trait SpanSink: Send {
 /// exported and scraped before they go.
 const SERVICE_GRACE: Duration = Duration::from_secs(120);
 
+/// The Resource of a forked child: its parent's, with its own pid and instance id.
+fn child_service(parent: &Service, pid: u32, host: &str) -> Service {
+    let mut service = parent.clone();
+    service.instance_id = format!("{host}-{pid}");
+    for (key, value) in &mut service.attributes {
+        match key.as_str() {
+            "service.instance.id" => *value = service.instance_id.clone().into(),
+            "process.pid" => *value = i64::from(pid).into(),
+            _ => {}
+        }
+    }
+    service
+}
+
 /// A watched process, as shown on /targets.
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetView {
@@ -247,8 +261,13 @@ impl Pipeline {
     fn on_scan(&mut self, found: Vec<ProcessInfo>) {
         let mut changed = false;
         for info in found {
-            match self.targets.get(&info.pid) {
+            match self.targets.get_mut(&info.pid) {
                 Some(t) if t.start_time == info.start_time_ticks => continue,
+                // A child tracked from its fork before /proc could be read.
+                Some(t) if t.start_time == 0 => {
+                    t.start_time = info.start_time_ticks;
+                    continue;
+                }
                 Some(_) => self.forget(info.pid), // pid reused by a new process
                 None => {}
             }
@@ -286,9 +305,9 @@ impl Pipeline {
                 self.track(&info);
             }
             Err(_) => {
+                // Too early or too late to read /proc: the child is its parent's copy.
                 let Some(parent) = self.targets.get(&ppid) else { return };
-                let mut service: Service = (*parent.service).clone();
-                service.instance_id = format!("{}-{pid}", self.service_opts.host_name);
+                let service = child_service(&parent.service, pid, &self.service_opts.host_name);
                 let exe = parent.exe.clone();
                 self.telemetry.inc(Counter::ProcessesTracked);
                 self.targets.insert(pid, Target { service: Arc::new(service), start_time: 0, exe });
@@ -384,5 +403,30 @@ impl Pipeline {
         if let Ok(mut view) = self.view.lock() {
             *view = v;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spans::AttrValue;
+
+    #[test]
+    fn a_forked_child_gets_its_own_pid_and_instance() {
+        let parent = Service {
+            name: "postgres".into(),
+            namespace: None,
+            instance_id: "box-10".into(),
+            attributes: vec![
+                ("service.name".into(), "postgres".into()),
+                ("service.instance.id".into(), "box-10".into()),
+                ("process.pid".into(), AttrValue::Int(10)),
+            ],
+        };
+        let child = child_service(&parent, 11, "box");
+        assert_eq!(child.instance_id, "box-11");
+        assert_eq!(child.attributes[1].1, AttrValue::Str("box-11".into()));
+        assert_eq!(child.attributes[2].1, AttrValue::Int(11));
+        assert_eq!(child.name, "postgres");
     }
 }
