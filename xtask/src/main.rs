@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: project chores. Each command lives in its own module.
 mod bench;
 mod demo;
+mod fuzz;
 mod deps;
 mod test;
 
@@ -13,6 +14,8 @@ enum Command {
     Deps(deps::Options),
     /// Run the whole test suite, kernel tests included (needs root).
     Test(test::Options),
+    /// Fuzz the protocol parsers (cargo-fuzz / libFuzzer).
+    Fuzz(fuzz::Options),
     /// Measure the agent's overhead with interleaved A/B runs.
     Bench(bench::Options),
     /// Watch real uninstrumented services and show their spans and RED metrics.
@@ -25,5 +28,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(o) => test::run(o),
         Command::Demo(o) => demo::run(o),
         Command::Bench(o) => bench::run(o),
+        Command::Fuzz(o) => fuzz::run(o),
     }
 }

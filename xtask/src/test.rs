@@ -19,5 +19,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let filter = o.filter.unwrap_or_default();
     sh(&format!("cargo test --workspace --lib --bins -- {filter}"))?;
     sh(&format!("cargo test -p periscope --test '*' -- --test-threads=1 {filter}"))?;
+    if filter.is_empty() {
+        // A short run of every fuzz target (the long runs: cargo xtask fuzz --runs N).
+        sh("cargo xtask fuzz")?;
+    }
     Ok(())
 }
