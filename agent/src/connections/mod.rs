@@ -1,6 +1,6 @@
 //! Per-connection state: which protocol a socket speaks, its parser state,
 //! and when it was last active. Keyed by (pid, fd); bounded in size.
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::capture::{Role, Tuple};
 use crate::protocols::{
@@ -113,7 +113,7 @@ pub enum Outcome {
 
 #[derive(Debug)]
 pub struct ConnectionTable {
-    conns: HashMap<ConnKey, Connection>,
+    conns: FxHashMap<ConnKey, Connection>,
     max: usize,
     scratch: Vec<http1::Exchange>,
     sql_scratch: Vec<SqlCall>,
@@ -145,7 +145,7 @@ fn detect(chunk: &Chunk<'_>) -> Option<Protocol> {
 
 impl ConnectionTable {
     pub fn new(max: usize) -> Self {
-        Self { conns: HashMap::new(), max, scratch: Vec::new(), sql_scratch: Vec::new() }
+        Self { conns: FxHashMap::default(), max, scratch: Vec::new(), sql_scratch: Vec::new() }
     }
 
     pub fn len(&self) -> usize {

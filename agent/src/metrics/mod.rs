@@ -2,8 +2,10 @@
 //! cumulative temporality and exported by the OTLP and Prometheus sinks.
 mod histogram;
 
+// Fast non-cryptographic hashing: keys are our own attribute sets, not attacker-chosen
+// in a way that matters (the cardinality cap bounds every map).
+use rustc_hash::FxHashMap;
 use std::{
-    collections::HashMap,
     hash::{Hash, Hasher},
     sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
@@ -226,35 +228,38 @@ impl Default for MetricsConfig {
 /// Metric attributes of one series.
 pub type AttributeSet = Vec<(&'static str, AttrValue)>;
 
-/// Hashable wrapper (doubles compared by bit pattern).
-#[derive(Clone, Debug)]
-struct SetKey(AttributeSet);
+/// The attribute values of one measurement, borrowed from its span.
+type BorrowedSet<'a> = Vec<(&'static str, &'a AttrValue)>;
 
-impl PartialEq for SetKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.len() == other.0.len()
-            && self.0.iter().zip(&other.0).all(|((ka, va), (kb, vb))| {
-                ka == kb
-                    && match (va, vb) {
-                        (AttrValue::Double(a), AttrValue::Double(b)) => a.to_bits() == b.to_bits(),
-                        _ => va == vb,
-                    }
-            })
+fn hash_value<H: Hasher>(v: &AttrValue, h: &mut H) {
+    match v {
+        AttrValue::Str(s) => (0u8, s).hash(h),
+        AttrValue::Int(i) => (1u8, i).hash(h),
+        AttrValue::Bool(b) => (2u8, b).hash(h),
+        AttrValue::Double(d) => (3u8, d.to_bits()).hash(h),
     }
 }
-impl Eq for SetKey {}
-impl Hash for SetKey {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        for (k, v) in &self.0 {
-            k.hash(h);
-            match v {
-                AttrValue::Str(s) => (0u8, s).hash(h),
-                AttrValue::Int(i) => (1u8, i).hash(h),
-                AttrValue::Bool(b) => (2u8, b).hash(h),
-                AttrValue::Double(d) => (3u8, d.to_bits()).hash(h),
-            }
-        }
+
+fn same_value(a: &AttrValue, b: &AttrValue) -> bool {
+    match (a, b) {
+        (AttrValue::Double(a), AttrValue::Double(b)) => a.to_bits() == b.to_bits(),
+        _ => a == b,
     }
+}
+
+/// Hash of an attribute set; equal sets hash equally whether owned or borrowed.
+fn set_hash<'a>(set: impl Iterator<Item = (&'static str, &'a AttrValue)>) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    for (k, v) in set {
+        k.hash(&mut h);
+        hash_value(v, &mut h);
+    }
+    h.finish()
+}
+
+fn same_set(owned: &AttributeSet, borrowed: &BorrowedSet<'_>) -> bool {
+    owned.len() == borrowed.len()
+        && owned.iter().zip(borrowed).all(|((ka, va), (kb, vb))| ka == kb && same_value(va, vb))
 }
 
 /// One series of a snapshot.
@@ -302,19 +307,20 @@ impl MetricsSnapshot {
 
 #[derive(Default)]
 struct InstrumentState {
-    index: HashMap<SetKey, usize>,
+    /// Hash of a series' attribute set -> indexes of the series with that hash.
+    index: FxHashMap<u64, Vec<usize>>,
     series: Vec<SeriesPoint>,
     overflow: Option<SeriesPoint>,
 }
 
 struct ServiceState {
     service: ServiceRef,
-    instruments: HashMap<Instrument, InstrumentState>,
+    instruments: FxHashMap<Instrument, InstrumentState>,
 }
 
 #[derive(Default)]
 struct State {
-    index: HashMap<String, usize>,
+    index: FxHashMap<String, usize>,
     services: Vec<ServiceState>,
 }
 
@@ -351,7 +357,7 @@ impl Metrics {
             None => {
                 state.services.push(ServiceState {
                     service: span.service.clone(),
-                    instruments: HashMap::new(),
+                    instruments: FxHashMap::default(),
                 });
                 let i = state.services.len() - 1;
                 state.index.insert(span.service.instance_id.clone(), i);
@@ -364,21 +370,21 @@ impl Metrics {
             svc.service = span.service.clone();
         }
         for (instrument, value) in ms {
-            let key = SetKey(
-                instrument
-                    .attribute_keys()
-                    .iter()
-                    .filter_map(|k| span.attr(k).map(|v| (*k, v.clone())))
-                    .collect(),
-            );
+            // Look the series up with borrowed values: nothing is cloned
+            // unless this attribute set is new.
+            let set: BorrowedSet<'_> =
+                instrument.attribute_keys().iter().filter_map(|k| span.attr(k).map(|v| (*k, v))).collect();
+            let hash = set_hash(set.iter().copied());
             let st = svc.instruments.entry(instrument).or_default();
-            if let Some(&i) = st.index.get(&key) {
+            let found = st.index.get(&hash).and_then(|ids| ids.iter().copied().find(|&i| same_set(&st.series[i].attributes, &set)));
+            if let Some(i) = found {
                 st.series[i].data.record(value);
             } else if st.series.len() < self.cfg.max_attribute_sets {
                 let mut data = HistogramData::new(instrument.bounds());
                 data.record(value);
-                st.series.push(SeriesPoint { attributes: key.0.clone(), start_unix_nanos: now, data });
-                st.index.insert(key, st.series.len() - 1);
+                let attributes: AttributeSet = set.iter().map(|(k, v)| (*k, (*v).clone())).collect();
+                st.series.push(SeriesPoint { attributes, start_unix_nanos: now, data });
+                st.index.entry(hash).or_default().push(st.series.len() - 1);
             } else {
                 self.telemetry.inc(Counter::MetricOverflow);
                 st.overflow

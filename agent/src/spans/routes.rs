@@ -1,6 +1,6 @@
 //! `http.route`: user patterns first (`/users/{id}`), then a heuristic that
 //! folds identifiers into `*`; a per-service cap keeps cardinality bounded.
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// Route given to requests once a service has used up its distinct routes.
 pub const OVERFLOW_ROUTE: &str = "/**";
@@ -145,7 +145,7 @@ impl Router {
             ignored: ignored.iter().map(|p| Pattern::parse(p)).collect::<Result<_, _>>()?,
             unmatched,
             max_routes,
-            seen: HashMap::new(),
+            seen: HashMap::default(),
         })
     }
 
