@@ -158,8 +158,12 @@ static __always_inline int handle_io_exit(struct sys_exit_ctx *ctx)
 	__u64 size = offsetof(struct periscope_data_event, data) + captured;
 	if (size > sizeof(*e))
 		size = sizeof(*e);
-	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-										     : BPF_RB_NO_WAKEUP;
+	/* Wake the agent once, when this record makes the backlog cross the
+	 * threshold: forcing a wakeup on every record while the agent lags
+	 * would cost an irq_work per syscall exactly when the host is busiest. */
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 flags = (avail < wakeup_bytes && avail + size >= wakeup_bytes) ? BPF_RB_FORCE_WAKEUP
+									     : BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_output(&events, e, size, flags))
 		count(PERISCOPE_CNT_RINGBUF_FULL);
 	else

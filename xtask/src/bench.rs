@@ -10,12 +10,12 @@
 //! (kernel.bpf_stats_enabled), the agent's CPU and peak RSS, and its
 //! /metrics counters (lost events, spans produced).
 //! Results: `bench/results.md` and `bench/results.json`.
-mod agent;
-mod load;
-mod report;
-mod services;
-mod sink;
-mod util;
+pub(crate) mod agent;
+pub(crate) mod load;
+pub(crate) mod report;
+pub(crate) mod services;
+pub(crate) mod sink;
+pub(crate) mod util;
 
 use std::{
     io::Write,

@@ -2,6 +2,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod soak;
 mod deps;
 mod test;
 
@@ -16,6 +17,8 @@ enum Command {
     Test(test::Options),
     /// Fuzz the protocol parsers (cargo-fuzz / libFuzzer).
     Fuzz(fuzz::Options),
+    /// Long reliability runs: a dead OTLP endpoint for minutes, 1000 short-lived processes.
+    Soak(soak::Options),
     /// Measure the agent's overhead with interleaved A/B runs.
     Bench(bench::Options),
     /// Watch real uninstrumented services and show their spans and RED metrics.
@@ -29,5 +32,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(o) => demo::run(o),
         Command::Bench(o) => bench::run(o),
         Command::Fuzz(o) => fuzz::run(o),
+        Command::Soak(o) => soak::run(o),
     }
 }

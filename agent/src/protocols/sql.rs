@@ -187,7 +187,46 @@ pub fn analyze_for(system: DbSystem, sql: &str) -> SqlInfo {
 /// based guess is used instead): bounded CPU per statement.
 const MAX_PARSE_LEN: usize = 64 * 1024;
 
+/// Distinct statement shapes remembered per thread (cleared when full), and
+/// the longest statement cached: at most 4096 x 2 KiB per thread.
+const ANALYSIS_CACHE: usize = 4096;
+const CACHED_LEN: usize = 2048;
+
+thread_local! {
+    static CACHE: std::cell::RefCell<std::collections::HashMap<(u8, String), SqlInfo>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Statements that differ only in their literals (`... WHERE aid = 17`) have
+/// the same operation and table: the full parse runs once per shape.
 fn analyze_impl(system: Option<DbSystem>, sql: &str) -> SqlInfo {
+    if sql.len() > CACHED_LEN {
+        return analyze_uncached(system, sql);
+    }
+    let tag = match system {
+        None => 0,
+        Some(DbSystem::Postgresql) => 1,
+        Some(DbSystem::Mysql) => 2,
+    };
+    let shape = (tag, match system {
+        Some(s) => sanitize_for(s, sql),
+        None => sanitize(sql),
+    });
+    if let Some(hit) = CACHE.with(|c| c.borrow().get(&shape).cloned()) {
+        return hit;
+    }
+    let info = analyze_uncached(system, sql);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= ANALYSIS_CACHE {
+            c.clear();
+        }
+        c.insert(shape, info.clone());
+    });
+    info
+}
+
+fn analyze_uncached(system: Option<DbSystem>, sql: &str) -> SqlInfo {
     let lexemes = lex::lex(sql, is_mysql(system));
     let words = lex::significant(sql, &lexemes);
     let operation = operation_from_tokens(&words);
