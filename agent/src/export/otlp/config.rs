@@ -65,7 +65,8 @@ pub struct BatchConfig {
     pub max_batch_size: usize,
     /// Longest a span waits for its batch to fill (`OTEL_BSP_SCHEDULE_DELAY`, default 1 s).
     pub max_batch_delay: Duration,
-    /// Sealed trace batches kept while the endpoint is failing (default 64); the oldest goes first.
+    /// Sealed trace batches kept while the endpoint is failing (default 8: about 4096 spans,
+    /// ~20 MB); the oldest goes first, counted.
     pub max_pending_batches: usize,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -77,7 +78,7 @@ impl Default for BatchConfig {
             queue_capacity: 8192,
             max_batch_size: 512,
             max_batch_delay: Duration::from_secs(1),
-            max_pending_batches: 64,
+            max_pending_batches: 8,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
         }
