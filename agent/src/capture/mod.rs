@@ -235,8 +235,7 @@ mod tests {
     #[test]
     fn rejects_short_and_unknown_records() {
         assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::Short { .. })));
-        let mut h = periscope_event_header::default();
-        h.kind = 99;
+        let h = periscope_event_header { kind: 99, ..Default::default() };
         assert!(matches!(decode(bytes_of(&h)), Err(DecodeError::UnknownKind(99))));
         let mut e = periscope_data_event::default();
         e.hdr.kind = periscope_event_kind::PERISCOPE_EV_DATA as u32;

@@ -171,9 +171,12 @@ pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, HeadError> {
     }
 }
 
+/// `name: value` pairs of a head's complete header lines.
+type HeaderLines<'a> = Box<dyn Iterator<Item = (&'a str, &'a [u8])> + 'a>;
+
 /// The complete lines of a head that was cut short: first line plus every
 /// whole `name: value` line before the cut.
-fn lenient_lines(buf: &[u8]) -> Option<(&[u8], impl Iterator<Item = (&str, &[u8])>)> {
+fn lenient_lines(buf: &[u8]) -> Option<(&[u8], HeaderLines<'_>)> {
     let mut lines = buf.split(|&b| b == b'\n');
     let first = lines.next()?;
     if first.len() == buf.len() {
@@ -187,7 +190,7 @@ fn lenient_lines(buf: &[u8]) -> Option<(&[u8], impl Iterator<Item = (&str, &[u8]
         let name = str::from_utf8(&line[..colon]).ok()?;
         Some((name.trim(), &line[colon + 1..]))
     });
-    Some((first.strip_suffix(b"\r").unwrap_or(first), headers))
+    Some((first.strip_suffix(b"\r").unwrap_or(first), Box::new(headers)))
 }
 
 /// Reads a request head whose end was never captured.
