@@ -226,7 +226,9 @@ impl Pipeline {
     }
 
     fn flush_outcomes(&mut self) {
-        for outcome in std::mem::take(&mut self.outcomes) {
+        // Reuse the buffer: no allocation per record on the hot path.
+        let mut pending = std::mem::take(&mut self.outcomes);
+        for outcome in pending.drain(..) {
             let (key, tuple, server_side, exchange) = match outcome {
                 Outcome::Http { key, tuple, server_side, exchange } => (key, tuple, server_side, exchange),
                 Outcome::Sql { key, tuple, server_side, call } => {
@@ -248,6 +250,9 @@ impl Pipeline {
             let ctx = HttpContext { service: &target.service, local: tuple.local, remote: tuple.remote, server_side };
             let span = http_spans::build(&exchange, &ctx, &route, &self.clock, self.http_opts);
             self.emit(span);
+        }
+        if self.outcomes.is_empty() {
+            self.outcomes = pending;
         }
     }
 

@@ -243,6 +243,27 @@ fn grpc_env(rx: &Receiver) -> Vec<(&'static str, String)> {
 
 /// node-postgres, tracked by `--exe-path '*/node'`: simple protocol (no
 /// parameters), extended protocol ($1) and a named statement run 3 times.
+/// What fixtures/sql/psycopg_client.py runs, as (span name, query text, error code):
+/// the same from the client's side and from the server's.
+fn psycopg_script_spans() -> Vec<(String, String, String)> {
+    let by_id = ("SELECT unicorn", "SELECT name FROM unicorn WHERE id = $1", "");
+    expect(&[
+        ("SELECT unicorn", "SELECT count(*) FROM unicorn", ""),
+        ("INSERT unicorn", "INSERT INTO unicorn (name) VALUES ($1)", ""),
+        by_id,
+        by_id,
+        by_id,
+        by_id,
+        by_id,
+        by_id,
+        by_id,
+        ("BEGIN", "BEGIN", ""),
+        ("UPDATE unicorn", "UPDATE unicorn SET name = ? WHERE name = $1", ""),
+        ("COMMIT", "COMMIT", ""),
+        ("SELECT dragon", "SELECT * FROM dragon", "42P01"),
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_pg_simple_extended_and_named_statements() {
     let fixtures = fixtures();
@@ -326,26 +347,8 @@ async fn python_psycopg() {
     release(&mut client);
     assert_eq!(finish(&mut client).trim(), "42P01");
 
-    let by_id = ("SELECT unicorn", "SELECT name FROM unicorn WHERE id = $1", "");
     let spans = wait_sql(&rx, &agent, CLIENT, Some(client.pid()), 13).await;
-    assert_eq!(
-        summary(&spans),
-        expect(&[
-            ("SELECT unicorn", "SELECT count(*) FROM unicorn", ""),
-            ("INSERT unicorn", "INSERT INTO unicorn (name) VALUES ($1)", ""),
-            by_id,
-            by_id,
-            by_id,
-            by_id,
-            by_id,
-            by_id,
-            by_id,
-            ("BEGIN", "BEGIN", ""),
-            ("UPDATE unicorn", "UPDATE unicorn SET name = ? WHERE name = $1", ""),
-            ("COMMIT", "COMMIT", ""),
-            ("SELECT dragon", "SELECT * FROM dragon", "42P01"),
-        ])
-    );
+    assert_eq!(summary(&spans), psycopg_script_spans());
     check_common(&spans, "postgresql", pg.port);
     assert_no_literals(&spans, &["psy"]);
     assert_eq!(
@@ -525,25 +528,7 @@ async fn postgres_server_side_spans() {
     assert_eq!(finish(&mut client).trim(), "42P01");
 
     let spans = wait_sql(&rx, &agent, SERVER, None, 13).await;
-    let by_id = ("SELECT unicorn", "SELECT name FROM unicorn WHERE id = $1", "");
-    assert_eq!(
-        summary(&spans),
-        expect(&[
-            ("SELECT unicorn", "SELECT count(*) FROM unicorn", ""),
-            ("INSERT unicorn", "INSERT INTO unicorn (name) VALUES ($1)", ""),
-            by_id,
-            by_id,
-            by_id,
-            by_id,
-            by_id,
-            by_id,
-            by_id,
-            ("BEGIN", "BEGIN", ""),
-            ("UPDATE unicorn", "UPDATE unicorn SET name = ? WHERE name = $1", ""),
-            ("COMMIT", "COMMIT", ""),
-            ("SELECT dragon", "SELECT * FROM dragon", "42P01"),
-        ])
-    );
+    assert_eq!(summary(&spans), psycopg_script_spans());
     // The backend is a child of the postmaster, not the postmaster itself.
     let backend = pid_of(&spans[0]).unwrap();
     assert_ne!(backend, pg.pid());

@@ -38,7 +38,7 @@ impl Drop for Procs {
     fn drop(&mut self) {
         for c in &mut self.0 {
             // SIGTERM first so periscope detaches cleanly.
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            crate::bench::util::send_signal(c.id(), libc::SIGTERM);
         }
         std::thread::sleep(Duration::from_millis(500));
         for c in &mut self.0 {

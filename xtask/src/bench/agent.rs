@@ -208,17 +208,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            send_signal(self.child.id(), libc::SIGTERM);
-            for _ in 0..100 {
-                if !matches!(self.child.try_wait(), Ok(None)) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        super::util::stop_child(&mut self.child, libc::SIGTERM);
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use super::util::{children, send_signal, wait_port};
+use super::util::{children, wait_port};
 
 pub struct Nginx {
     child: Child,
@@ -58,15 +58,7 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGQUIT: graceful stop of master and worker.
-        send_signal(self.child.id(), libc::SIGQUIT);
-        for _ in 0..100 {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::util::stop_child(&mut self.child, libc::SIGQUIT);
     }
 }
 

@@ -107,6 +107,22 @@ pub fn send_signal(pid: u32, sig: i32) {
     }
 }
 
+/// Sends `sig` to `child`, waits up to 5 s for it to exit, then kills it.
+pub fn stop_child(child: &mut std::process::Child, sig: i32) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    send_signal(child.id(), sig);
+    for _ in 0..100 {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
