@@ -149,6 +149,29 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_MAX_CONNECTIONS", default_value_t = 65536)]
     pub max_connections: usize,
 
+    // --- trace context: linking and sampling ---
+    /// Head sampler, as in the OpenTelemetry SDKs: always_on, always_off,
+    /// traceidratio, parentbased_always_on (default), parentbased_always_off,
+    /// parentbased_traceidratio. Metrics always count every request.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", default_value = "parentbased_always_on")]
+    pub traces_sampler: String,
+
+    /// The sampler's argument (the ratio for the *traceidratio samplers).
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub traces_sampler_arg: Option<String>,
+
+    /// Milliseconds a server span waits for its caller's client span when the
+    /// caller is another tracked process on this host (late partners are counted).
+    #[arg(long, env = "PERISCOPE_TRACE_LINK_WAIT", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub trace_link_wait: u64,
+
+    /// Milliseconds at most that a request's finished child spans are held
+    /// back until the request's trace id is known.
+    #[arg(long, env = "PERISCOPE_TRACE_MAX_WAIT", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub trace_max_wait: u64,
+
     /// Log filter (error, warn, info, debug, or a tracing EnvFilter).
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -171,6 +194,7 @@ pub struct Settings {
     pub selector: Selector,
     pub old_http_semconv: bool,
     pub old_db_semconv: bool,
+    pub sampler: crate::context::sampler::Sampler,
 }
 
 impl Settings {
@@ -283,8 +307,11 @@ impl Settings {
                 message: format!("{} is not a power of two of at least 4096", raw.ring_buffer_size),
             });
         }
+        let sampler = crate::context::sampler::Sampler::parse(&raw.traces_sampler, raw.traces_sampler_arg.as_deref())
+            .map_err(|e| ConfigError::Invalid { key: "traces-sampler", message: e.to_string() })?;
         let opt_in: Vec<&str> = raw.semconv_stability_opt_in.split(',').map(str::trim).collect();
         Ok(Self {
+            sampler,
             old_http_semconv: opt_in.contains(&"http/dup"),
             old_db_semconv: opt_in.contains(&"database/dup"),
             selector,
@@ -344,6 +371,17 @@ mod tests {
         assert_eq!(s.raw.routes, ["/users/{id}", "/a"]);
         assert_eq!(s.raw.capture_size, 128, "the flag beats the file");
         assert!(s.old_http_semconv);
+    }
+
+    #[test]
+    fn sampler_comes_from_the_sdk_variables_and_bad_values_are_named() {
+        let s = Settings::from_args(["periscope", "--pid", "1"]).unwrap();
+        assert_eq!(s.sampler, crate::context::sampler::Sampler::default());
+        let s = Settings::from_args(["periscope", "--pid", "1", "--traces-sampler", "traceidratio", "--traces-sampler-arg", "0.1"])
+            .unwrap();
+        assert_eq!(s.sampler, crate::context::sampler::Sampler::TraceIdRatio(0.1));
+        let err = Settings::from_args(["periscope", "--pid", "1", "--traces-sampler", "sometimes"]).unwrap_err().to_string();
+        assert!(err.starts_with("traces-sampler: unknown OTEL_TRACES_SAMPLER"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod config;
 pub mod connections;
+pub mod context;
 pub mod discovery;
 pub mod export;
 pub mod metrics;

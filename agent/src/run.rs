@@ -49,6 +49,10 @@ impl SpanSink for MetricsSink {
         self.0.record_span(span);
     }
 
+    fn sees_every_span(&self) -> bool {
+        true
+    }
+
     fn forget_service(&mut self, instance_id: &str) {
         self.0.forget_service(instance_id);
     }

@@ -28,10 +28,17 @@ pub enum Counter {
     RouteOverflow,
     ProcessesTracked,
     ProcessesForgotten,
+    ContextMissing,
+    ContextThreadsReset,
+    ContextExpired,
+    ContextForced,
+    LinkPartnerLate,
+    SpansLinked,
+    SpansSampledOut,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 30] = [
         Counter::EventsReceived,
         Counter::EventsLostRingbuf,
         Counter::EventsLostPending,
@@ -55,6 +62,13 @@ impl Counter {
         Counter::RouteOverflow,
         Counter::ProcessesTracked,
         Counter::ProcessesForgotten,
+        Counter::ContextMissing,
+        Counter::ContextThreadsReset,
+        Counter::ContextExpired,
+        Counter::ContextForced,
+        Counter::LinkPartnerLate,
+        Counter::SpansLinked,
+        Counter::SpansSampledOut,
     ];
 
     /// Prometheus name (with the `_total` suffix).
@@ -83,6 +97,13 @@ impl Counter {
             Counter::RouteOverflow => "periscope_route_overflow_total",
             Counter::ProcessesTracked => "periscope_processes_tracked_total",
             Counter::ProcessesForgotten => "periscope_processes_forgotten_total",
+            Counter::ContextMissing => "periscope_context_missing_total",
+            Counter::ContextThreadsReset => "periscope_context_threads_reset_total",
+            Counter::ContextExpired => "periscope_context_expired_total",
+            Counter::ContextForced => "periscope_context_forced_total",
+            Counter::LinkPartnerLate => "periscope_link_partner_late_total",
+            Counter::SpansLinked => "periscope_spans_linked_total",
+            Counter::SpansSampledOut => "periscope_spans_sampled_out_total",
         }
     }
 
@@ -111,6 +132,13 @@ impl Counter {
             Counter::RouteOverflow => "Routes folded into the catch-all because of the per-service route cap.",
             Counter::ProcessesTracked => "Processes that started being tracked.",
             Counter::ProcessesForgotten => "Tracked processes that exited and were forgotten.",
+            Counter::ContextMissing => "Exchanges whose start was not seen as such (mid-stream, pipelined): made roots of their own traces.",
+            Counter::ContextThreadsReset => "Per-thread current requests dropped because the thread table was full.",
+            Counter::ContextExpired => "Spans whose trace group was already forgotten: exported as roots of new traces.",
+            Counter::ContextForced => "Trace groups decided before they were complete (waited too long, or too many held).",
+            Counter::LinkPartnerLate => "Server spans whose tracked caller's request was not seen within the link wait: not linked.",
+            Counter::SpansLinked => "Server spans made children of a tracked caller's client span on this host.",
+            Counter::SpansSampledOut => "Spans not exported because their trace was not sampled (metrics still count them).",
         }
     }
 }
