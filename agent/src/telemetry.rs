@@ -35,10 +35,11 @@ pub enum Counter {
     LinkPartnerLate,
     SpansLinked,
     SpansSampledOut,
+    ContextHandoffs,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 30] = [
+    pub const ALL: [Counter; 31] = [
         Counter::EventsReceived,
         Counter::EventsLostRingbuf,
         Counter::EventsLostPending,
@@ -69,6 +70,7 @@ impl Counter {
         Counter::LinkPartnerLate,
         Counter::SpansLinked,
         Counter::SpansSampledOut,
+        Counter::ContextHandoffs,
     ];
 
     /// Prometheus name (with the `_total` suffix).
@@ -104,6 +106,7 @@ impl Counter {
             Counter::LinkPartnerLate => "periscope_link_partner_late_total",
             Counter::SpansLinked => "periscope_spans_linked_total",
             Counter::SpansSampledOut => "periscope_spans_sampled_out_total",
+            Counter::ContextHandoffs => "periscope_context_handoffs_total",
         }
     }
 
@@ -139,6 +142,7 @@ impl Counter {
             Counter::LinkPartnerLate => "Server spans whose tracked caller's request was not seen within the link wait: not linked.",
             Counter::SpansLinked => "Server spans made children of a tracked caller's client span on this host.",
             Counter::SpansSampledOut => "Spans not exported because their trace was not sampled (metrics still count them).",
+            Counter::ContextHandoffs => "Client requests attributed to a queued request of the thread (a connection handed on by an in-process queue).",
         }
     }
 }

@@ -201,7 +201,7 @@ impl ConnectionTable {
             if let Some(oldest) = self.conns.iter().min_by_key(|(_, c)| c.last_activity).map(|(k, _)| *k) {
                 if let Some(mut gone) = self.conns.remove(&oldest) {
                     self.by_tuple.remove(&gone.tuple);
-                    self.tracker.on_close(&mut gone.trace, t);
+                    self.tracker.on_close(&mut gone.trace, oldest.pid, t);
                 }
                 t.inc(Counter::ConnectionsEvicted);
             }
@@ -259,7 +259,7 @@ impl ConnectionTable {
                     let server_side = conn_side(conn);
                     for h in &replay {
                         let c = h.as_chunk();
-                        self.tracker.on_chunk(&mut conn.trace, server_side, thread, &c, t);
+                        self.tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, &c, t);
                         feed(&mut conn.protocol, &c, &mut self.scratch, &mut self.sql_scratch);
                     }
                 }
@@ -292,7 +292,7 @@ impl ConnectionTable {
             return;
         }
         let server_side = conn_side(conn);
-        self.tracker.on_chunk(&mut conn.trace, server_side, thread, chunk, t);
+        self.tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, chunk, t);
         feed(&mut conn.protocol, chunk, &mut self.scratch, &mut self.sql_scratch);
         report(conn, t);
         collect(&mut self.tracker, &mut self.scratch, &mut self.sql_scratch, key, conn, out, t);
@@ -316,7 +316,7 @@ impl ConnectionTable {
         }
         report(&mut conn, t);
         collect(&mut self.tracker, &mut self.scratch, &mut self.sql_scratch, key, &mut conn, out, t);
-        self.tracker.on_close(&mut conn.trace, t);
+        self.tracker.on_close(&mut conn.trace, key.pid, t);
     }
 
     /// Forget every connection of a process that exited.
@@ -361,11 +361,11 @@ fn collect(
     let (tuple, server_side) = (conn.tuple, conn_side(conn));
     for exchange in http.drain(..) {
         let start = if server_side { exchange.request_start_exit } else { exchange.request_start_enter };
-        let started = tracker.take_started(&mut conn.trace, server_side, start, exchange.response_end, t);
+        let started = tracker.take_started(&mut conn.trace, server_side, key.pid, start, exchange.response_end, t);
         out.push(Outcome::Http { key, tuple, server_side, started, exchange });
     }
     for call in sql.drain(..) {
-        let started = tracker.take_started(&mut conn.trace, server_side, call.start_ns, call.end_ns, t);
+        let started = tracker.take_started(&mut conn.trace, server_side, key.pid, call.start_ns, call.end_ns, t);
         out.push(Outcome::Sql { key, tuple, server_side, started, call });
     }
 }

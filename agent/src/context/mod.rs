@@ -13,7 +13,15 @@
 //!   callback started by a timer has none;
 //! - a connection opened while a request was current remembers it, so a
 //!   request written later from a "connected" callback (no read before it)
-//!   still finds its parent.
+//!   still finds its parent;
+//! - queues inside the process (one shared database connection, a pool that
+//!   is full, an HTTP agent at maxSockets) hand a connection to the next
+//!   waiting request in the callback that read the previous answer: a
+//!   request written on a connection right after that connection's previous
+//!   answer was read (same loop iteration, no other read in between) goes to
+//!   the oldest request of
+//!   the thread that is waiting on nothing we can see (no call in flight, no
+//!   answer begun), when there is one — a FIFO queue's order.
 //!
 //! Trace ids are decided late (see `assembly`): span ids are fixed when an
 //! exchange starts, trace ids when the local part of a trace is complete and
@@ -71,6 +79,16 @@ pub struct ConnTrace {
     requests: u32,
     pending: VecDeque<Started>,
     recent: VecDeque<Finished>,
+    /// Client side: the thread and loop iteration that read the last answer.
+    last_answer: Option<(u32, u32)>,
+    /// Server side: the thread that reads the requests.
+    server_tid: Option<u32>,
+    /// Client side: the thread whose request's connect is still a call in flight.
+    connect_tid: Option<u32>,
+    /// Client side: exchanges completed, and how many when the last request
+    /// was written (handshakes complete nothing: they are no hand-off).
+    completed: u32,
+    completed_before: u32,
 }
 
 impl ConnTrace {
@@ -101,10 +119,26 @@ pub struct ThreadKey {
     pub loop_seq: u32,
 }
 
+/// A server request a thread read and has not begun to answer.
 #[derive(Clone, Copy, Debug)]
+struct Waiting {
+    ctx: SpanCtx,
+    /// Its client requests in flight.
+    calls: u16,
+}
+
+/// Server requests tracked per thread for queue hand-offs, beyond which the
+/// oldest are dropped from that bookkeeping.
+const MAX_WAITING: usize = 1024;
+
+#[derive(Debug, Default)]
 struct Current {
     ctx: Option<SpanCtx>,
     loop_seq: u32,
+    /// The fd the thread last read from, and in which loop iteration.
+    last_read: Option<(i32, u32)>,
+    /// In the order they were read.
+    waiting: VecDeque<Waiting>,
 }
 
 /// Per-thread current requests, bounded.
@@ -119,13 +153,39 @@ impl Threads {
         self.map.get(&(t.pid, t.tid)).filter(|c| c.loop_seq == t.loop_seq).and_then(|c| c.ctx)
     }
 
-    fn set(&mut self, t: ThreadKey, ctx: Option<SpanCtx>, telemetry: &Telemetry) {
-        if self.map.len() >= self.max && !self.map.contains_key(&(t.pid, t.tid)) {
+    fn entry(&mut self, pid: u32, tid: u32, telemetry: &Telemetry) -> &mut Current {
+        if self.map.len() >= self.max && !self.map.contains_key(&(pid, tid)) {
             // Threads that ended without their process exiting: start over.
             telemetry.add(Counter::ContextThreadsReset, self.map.len() as u64);
             self.map.clear();
         }
-        self.map.insert((t.pid, t.tid), Current { ctx, loop_seq: t.loop_seq });
+        self.map.entry((pid, tid)).or_default()
+    }
+
+    fn set(&mut self, t: ThreadKey, ctx: Option<SpanCtx>, telemetry: &Telemetry) {
+        let c = self.entry(t.pid, t.tid, telemetry);
+        c.ctx = ctx;
+        c.loop_seq = t.loop_seq;
+    }
+
+    fn last_read(&self, t: ThreadKey) -> Option<(i32, u32)> {
+        self.map.get(&(t.pid, t.tid)).and_then(|c| c.last_read)
+    }
+
+    fn waiting_mut(&mut self, pid: u32, tid: u32, span: SpanId) -> Option<&mut Waiting> {
+        self.map.get_mut(&(pid, tid))?.waiting.iter_mut().find(|w| w.ctx.span_id == span)
+    }
+
+    fn stop_waiting(&mut self, pid: u32, tid: u32, span: SpanId) {
+        if let Some(c) = self.map.get_mut(&(pid, tid)) {
+            c.waiting.retain(|w| w.ctx.span_id != span);
+        }
+    }
+
+    /// The oldest request of the thread waiting on nothing we can see.
+    fn oldest_stalled(&self, t: ThreadKey, except: Option<SpanCtx>) -> Option<SpanCtx> {
+        let c = self.map.get(&(t.pid, t.tid))?;
+        c.waiting.iter().find(|w| w.calls == 0 && Some(w.ctx) != except).map(|w| w.ctx)
     }
 }
 
@@ -145,18 +205,44 @@ impl Tracker {
     pub fn on_open(&mut self, trace: &mut ConnTrace, thread: ThreadKey, client: bool) {
         if client {
             trace.connect_ctx = self.threads.current(thread);
+            // A connection being opened is a call in flight: its request
+            // is not waiting in a queue.
+            if let Some(c) = trace.connect_ctx {
+                if let Some(w) = self.threads.waiting_mut(thread.pid, thread.tid, c.span_id) {
+                    w.calls = w.calls.saturating_add(1);
+                    trace.connect_tid = Some(thread.tid);
+                }
+            }
+        }
+    }
+
+    /// The call a connect stood for is over (its first request or its close).
+    fn connect_done(&mut self, trace: &mut ConnTrace, pid: u32) {
+        if let (Some(tid), Some(c)) = (trace.connect_tid.take(), trace.connect_ctx) {
+            if let Some(w) = self.threads.waiting_mut(pid, tid, c.span_id) {
+                w.calls = w.calls.saturating_sub(1);
+            }
         }
     }
 
     /// A chunk of a connection whose protocol is known, before it is parsed.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_chunk(
         &mut self,
         trace: &mut ConnTrace,
         server_side: bool,
         thread: ThreadKey,
+        fd: i32,
         chunk: &Chunk<'_>,
         telemetry: &Telemetry,
     ) {
+        // Checked before this chunk counts as the thread's last read.
+        let handoff = chunk.direction == Direction::Egress
+            && thread.loop_seq != 0
+            && self.threads.last_read(thread) == Some((fd, thread.loop_seq));
+        if chunk.direction == Direction::Ingress {
+            self.threads.entry(thread.pid, thread.tid, telemetry).last_read = Some((fd, thread.loop_seq));
+        }
         let request_dir = if server_side { Direction::Ingress } else { Direction::Egress };
         let new_request = chunk.direction == request_dir && trace.last_dir != Some(request_dir);
         trace.last_dir = Some(chunk.direction);
@@ -170,6 +256,18 @@ impl Tracker {
                     ts_exit: chunk.ts_exit,
                 };
                 self.push(trace, started, telemetry);
+                trace.server_tid = Some(thread.tid);
+                let waiting = &mut self.threads.entry(thread.pid, thread.tid, telemetry).waiting;
+                if waiting.len() >= MAX_WAITING {
+                    waiting.pop_front();
+                }
+                waiting.push_back(Waiting { ctx: started.ctx, calls: 0 });
+                tracing::trace!(tid = thread.tid, seq = thread.loop_seq, fd, span = ?started.ctx.span_id, "server request");
+            } else if chunk.direction == Direction::Egress {
+                // Its answer begins: no longer waiting for anything.
+                if let Some(s) = trace.pending.front() {
+                    self.threads.stop_waiting(thread.pid, thread.tid, s.ctx.span_id);
+                }
             }
             // Reading a request or writing its response: working for it.
             let ctx = trace.pending.back().map(|s| s.ctx);
@@ -182,11 +280,31 @@ impl Tracker {
             let current = self.threads.current(thread);
             // A request written from a "connected" callback has no read before
             // it in its loop iteration: the connect's request is its parent.
-            let parent = if trace.requests == 0 { trace.connect_ctx.or(current) } else { current };
+            let mut parent = if trace.requests == 0 { trace.connect_ctx.or(current) } else { current };
+            self.connect_done(trace, thread.pid);
+            // Written in the callback that read this connection's previous
+            // answer (no other read in between): a queue inside the process
+            // handing the connection on.
+            let completed_one = std::mem::replace(&mut trace.completed_before, trace.completed) != trace.completed;
+            if handoff && completed_one && trace.last_answer == Some((thread.tid, thread.loop_seq)) {
+                if let Some(next) = self.threads.oldest_stalled(thread, current) {
+                    parent = Some(next);
+                    telemetry.inc(Counter::ContextHandoffs);
+                }
+            }
+            if let Some(p) = parent {
+                if let Some(w) = self.threads.waiting_mut(thread.pid, thread.tid, p.span_id) {
+                    w.calls = w.calls.saturating_add(1);
+                }
+            }
             let group = match parent {
                 Some(p) => p.group,
                 None => self.assembly.new_group(chunk.ts_enter, telemetry),
             };
+            tracing::trace!(
+                tid = thread.tid, seq = thread.loop_seq, fd, handoff, current = ?current.map(|c| c.span_id),
+                parent = ?parent.map(|c| c.span_id), last_answer = ?trace.last_answer, "client request"
+            );
             trace.requests = trace.requests.saturating_add(1);
             let started = Started {
                 ctx: SpanCtx { span_id: SpanId::random(), group },
@@ -197,6 +315,8 @@ impl Tracker {
             self.push(trace, started, telemetry);
         } else if chunk.direction == Direction::Ingress {
             // A response: the code reading it continues the work of whoever asked.
+            trace.last_answer = Some((thread.tid, thread.loop_seq));
+            tracing::trace!(tid = thread.tid, seq = thread.loop_seq, fd, bytes = chunk.total, "answer read");
             if let Some(s) = trace.pending.front() {
                 self.threads.set(thread, s.parent, telemetry);
             }
@@ -216,10 +336,12 @@ impl Tracker {
     /// An exchange that started at `start` (ns, the entry or exit of its first
     /// syscall) completed at `end`: its identity. Exchanges started before it
     /// that produced nothing (handshakes, authentication) are given up.
+    #[allow(clippy::too_many_arguments)]
     pub fn take_started(
         &mut self,
         trace: &mut ConnTrace,
         server_side: bool,
+        pid: u32,
         start: u64,
         end: u64,
         telemetry: &Telemetry,
@@ -245,18 +367,33 @@ impl Tracker {
             self.assembly.open(group);
             Started { ctx: SpanCtx { span_id: SpanId::random(), group }, parent: None, ts_enter: start, ts_exit: start }
         });
-        if !server_side {
+        if server_side {
+            if let Some(tid) = trace.server_tid {
+                self.threads.stop_waiting(pid, tid, started.ctx.span_id);
+            }
+        } else {
             if trace.recent.len() >= MAX_RECENT {
                 trace.recent.pop_front();
             }
             trace.recent.push_back(Finished { started, end });
+            trace.completed = trace.completed.wrapping_add(1);
+            // Its parent has one call less in flight.
+            if let (Some(p), Some((tid, _))) = (started.parent, trace.last_answer) {
+                if let Some(w) = self.threads.waiting_mut(pid, tid, p.span_id) {
+                    w.calls = w.calls.saturating_sub(1);
+                }
+            }
         }
         started
     }
 
     /// The connection is gone: exchanges that never completed are given up.
-    pub fn on_close(&mut self, trace: &mut ConnTrace, telemetry: &Telemetry) {
+    pub fn on_close(&mut self, trace: &mut ConnTrace, pid: u32, telemetry: &Telemetry) {
+        self.connect_done(trace, pid);
         for old in trace.pending.drain(..) {
+            if let Some(tid) = trace.server_tid {
+                self.threads.stop_waiting(pid, tid, old.ctx.span_id);
+            }
             self.assembly.abandon(old.ctx.group, telemetry);
         }
     }

@@ -179,3 +179,42 @@ fn handshakes_that_produce_no_span_do_not_shift_identities() {
     assert_eq!(sql[0].3, Some(a));
     assert_eq!(w.t.get(Counter::ContextMissing), 0);
 }
+
+#[test]
+fn a_shared_connection_handed_on_by_a_queue_goes_to_the_oldest_waiting_request() {
+    let mut w = World::new();
+    // Iteration 1: three requests arrive; only the first one's query is sent,
+    // the others queue inside the process (no syscall).
+    w.server_io(1, 1, 5, IN, REQ);
+    w.client_io(1, 1, 7, OUT, REQ); // the shared connection, busy from now on
+    w.server_io(1, 1, 6, IN, REQ);
+    w.server_io(1, 1, 8, IN, REQ);
+    // Iteration 2: the answer for request 5; the queue sends request 6's
+    // query at once, then request 5 goes on and calls fd 10.
+    w.client_io(1, 2, 7, IN, RESP);
+    w.client_io(1, 2, 7, OUT, REQ);
+    w.client_io(1, 2, 10, OUT, REQ);
+    // Iteration 3: the answer for request 6; request 8's query is sent;
+    // request 6 calls fd 11; fd 10 answers; request 5 answers.
+    w.client_io(1, 3, 7, IN, RESP);
+    w.client_io(1, 3, 7, OUT, REQ);
+    w.client_io(1, 3, 11, OUT, REQ);
+    w.client_io(1, 3, 10, IN, RESP);
+    w.server_io(1, 3, 5, OUT, RESP);
+    // Iteration 4: request 8's answer; it calls fd 12; all answer.
+    w.client_io(1, 4, 7, IN, RESP);
+    w.client_io(1, 4, 12, OUT, REQ);
+    w.client_io(1, 4, 11, IN, RESP);
+    w.server_io(1, 4, 6, OUT, RESP);
+    w.client_io(1, 5, 12, IN, RESP);
+    w.server_io(1, 5, 8, OUT, RESP);
+    let (r5, _) = w.span_of(5, true, 0);
+    let (r6, _) = w.span_of(6, true, 0);
+    let (r8, _) = w.span_of(8, true, 0);
+    let queries: Vec<_> = (0..3).map(|i| w.span_of(7, false, i).1).collect();
+    assert_eq!(queries, [Some(r5), Some(r6), Some(r8)]);
+    assert_eq!(w.span_of(10, false, 0).1, Some(r5));
+    assert_eq!(w.span_of(11, false, 0).1, Some(r6));
+    assert_eq!(w.span_of(12, false, 0).1, Some(r8));
+    assert_eq!(w.t.get(Counter::ContextHandoffs), 2);
+}
