@@ -137,6 +137,25 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_METRIC_CARDINALITY_LIMIT", default_value_t = 2000)]
     pub metric_cardinality_limit: usize,
 
+    // Trace-derived metrics (Tempo's names): off unless set here, or unless
+    // BEYLA_OTEL_METRIC_FEATURES / BEYLA_PROMETHEUS_FEATURES name them
+    // (`application_span`, `application_service_graph`); see `beyla_feature_args`.
+    /// Tempo-compatible span metrics: traces_spanmetrics_calls_total, traces_spanmetrics_latency.
+    #[arg(long, env = "PERISCOPE_SPAN_METRICS", num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    pub span_metrics: Option<bool>,
+
+    /// Tempo-compatible service-graph metrics: traces_service_graph_request_*.
+    #[arg(long, env = "PERISCOPE_SERVICE_GRAPH_METRICS", num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    pub service_graph_metrics: Option<bool>,
+
+    /// Span (else resource) attributes that become span-metrics labels, dots as underscores.
+    /// http.target is the route, never the raw path.
+    #[arg(long, env = "PERISCOPE_SPAN_METRICS_DIMENSIONS", value_delimiter = ',',
+          default_value = "http.method,http.target,http.status_code,service.version")]
+    pub span_metrics_dimensions: Vec<String>,
+
     /// Spans waiting for export before new ones are dropped (and counted).
     #[arg(long, env = "PERISCOPE_EXPORT_QUEUE_SIZE", default_value_t = 8192)]
     pub export_queue_size: usize,
@@ -171,6 +190,33 @@ pub struct Settings {
     pub selector: Selector,
     pub old_http_semconv: bool,
     pub old_db_semconv: bool,
+    /// `Some` when span metrics are on.
+    pub span_metrics: Option<crate::metrics::SpanMetricsConfig>,
+    /// `Some` when service-graph metrics are on.
+    pub service_graph: Option<crate::metrics::ServiceGraphConfig>,
+}
+
+/// Beyla's switches for trace-derived metrics: `--span-metrics=true` /
+/// `--service-graph-metrics=true` when a Beyla feature list names them and
+/// neither the flag nor its PERISCOPE_* variable is given. Placed as flags so
+/// they beat the YAML file, as environment variables do.
+fn beyla_feature_args(cli: &[OsString], get: &dyn Fn(&str) -> Option<String>) -> Vec<OsString> {
+    let features: Vec<String> = ["BEYLA_OTEL_METRIC_FEATURES", "BEYLA_PROMETHEUS_FEATURES"]
+        .iter()
+        .filter_map(|v| get(v))
+        .flat_map(|list| list.split(',').map(|f| f.trim().to_owned()).collect::<Vec<_>>())
+        .collect();
+    let mut out = Vec::new();
+    for (flag, env, feature) in [
+        ("--span-metrics", "PERISCOPE_SPAN_METRICS", "application_span"),
+        ("--service-graph-metrics", "PERISCOPE_SERVICE_GRAPH_METRICS", "application_service_graph"),
+    ] {
+        let on_cli = cli.iter().any(|a| a.to_str().is_some_and(|a| a == flag || a.starts_with(&format!("{flag}="))));
+        if !on_cli && get(env).is_none() && features.iter().any(|f| f == feature) {
+            out.push(OsString::from(format!("{flag}=true")));
+        }
+    }
+    out
 }
 
 impl Settings {
@@ -242,7 +288,18 @@ impl Settings {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        Self::from_args_env(args, &|name| std::env::var(name).ok())
+    }
+
+    /// `from_args` with the variables that are not clap's own read through `get`.
+    fn from_args_env<I, T>(args: I, get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let extra = beyla_feature_args(&args[1.min(args.len())..], get);
+        args.splice(1.min(args.len())..1.min(args.len()), extra);
         let first = Config::try_parse_from(&args)?;
         let raw = match &first.config {
             Some(path) => {
@@ -284,9 +341,18 @@ impl Settings {
             });
         }
         let opt_in: Vec<&str> = raw.semconv_stability_opt_in.split(',').map(str::trim).collect();
+        let span_metrics = match raw.span_metrics {
+            Some(true) => Some(
+                crate::metrics::SpanMetricsConfig::new(&raw.span_metrics_dimensions)
+                    .map_err(|message| ConfigError::Invalid { key: "span-metrics-dimensions", message })?,
+            ),
+            _ => None,
+        };
         Ok(Self {
             old_http_semconv: opt_in.contains(&"http/dup"),
             old_db_semconv: opt_in.contains(&"database/dup"),
+            span_metrics,
+            service_graph: (raw.service_graph_metrics == Some(true)).then(Default::default),
             selector,
             raw,
         })

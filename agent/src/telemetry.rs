@@ -28,10 +28,12 @@ pub enum Counter {
     RouteOverflow,
     ProcessesTracked,
     ProcessesForgotten,
+    ServiceGraphExpired,
+    ServiceGraphDropped,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 25] = [
         Counter::EventsReceived,
         Counter::EventsLostRingbuf,
         Counter::EventsLostPending,
@@ -55,6 +57,8 @@ impl Counter {
         Counter::RouteOverflow,
         Counter::ProcessesTracked,
         Counter::ProcessesForgotten,
+        Counter::ServiceGraphExpired,
+        Counter::ServiceGraphDropped,
     ];
 
     /// Prometheus name (with the `_total` suffix).
@@ -83,6 +87,8 @@ impl Counter {
             Counter::RouteOverflow => "periscope_route_overflow_total",
             Counter::ProcessesTracked => "periscope_processes_tracked_total",
             Counter::ProcessesForgotten => "periscope_processes_forgotten_total",
+            Counter::ServiceGraphExpired => "periscope_service_graph_expired_total",
+            Counter::ServiceGraphDropped => "periscope_service_graph_dropped_total",
         }
     }
 
@@ -111,6 +117,8 @@ impl Counter {
             Counter::RouteOverflow => "Routes folded into the catch-all because of the per-service route cap.",
             Counter::ProcessesTracked => "Processes that started being tracked.",
             Counter::ProcessesForgotten => "Tracked processes that exited and were forgotten.",
+            Counter::ServiceGraphExpired => "Service-graph spans whose partner span did not arrive in time (a client span with a known peer still counts as an edge to a virtual node).",
+            Counter::ServiceGraphDropped => "Service-graph spans not paired because too many spans were waiting for their partner.",
         }
     }
 }

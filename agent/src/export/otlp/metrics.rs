@@ -7,6 +7,7 @@ use std::{
 
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
+    common::v1::KeyValue,
     metrics::v1::{
         metric::Data, number_data_point, AggregationTemporality, Histogram, HistogramDataPoint, Metric,
         NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
@@ -22,13 +23,114 @@ use super::{
     ExportError,
 };
 use crate::{
-    metrics::{now_unix_nanos, Metrics, MetricsSnapshot},
+    metrics::{now_unix_nanos, service_graph, span_metrics, HistogramData, Metrics, MetricsSnapshot, ServiceMetrics},
     spans::model::AttrValue,
     telemetry::{Counter, Telemetry},
 };
 
 /// Cumulative snapshots supersede each other: keep only the latest two while failing.
 const MAX_PENDING_METRIC_REQUESTS: usize = 2;
+
+fn string_attributes(labels: &[(String, String)]) -> Vec<KeyValue> {
+    labels.iter().map(|(k, v)| key_value(k, &AttrValue::Str(v.clone()))).collect()
+}
+
+fn histogram_point(labels: &[(String, String)], start: u64, now: u64, h: &HistogramData) -> HistogramDataPoint {
+    HistogramDataPoint {
+        attributes: string_attributes(labels),
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        count: h.count,
+        sum: Some(h.sum),
+        bucket_counts: h.bucket_counts.clone(),
+        explicit_bounds: h.bounds.to_vec(),
+        min: h.min,
+        max: h.max,
+        ..Default::default()
+    }
+}
+
+fn counter_point(labels: &[(String, String)], start: u64, now: u64, v: u64) -> NumberDataPoint {
+    NumberDataPoint {
+        attributes: string_attributes(labels),
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        value: Some(number_data_point::Value::AsInt(i64::try_from(v).unwrap_or(i64::MAX))),
+        ..Default::default()
+    }
+}
+
+fn histogram_metric(name: &str, description: &str, points: Vec<HistogramDataPoint>) -> Metric {
+    Metric {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        data: Some(Data::Histogram(Histogram {
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            data_points: points,
+        })),
+        ..Default::default()
+    }
+}
+
+fn counter_metric(name: &str, description: &str, points: Vec<NumberDataPoint>) -> Metric {
+    Metric {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        data: Some(Data::Sum(Sum {
+            data_points: points,
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    }
+}
+
+/// The Tempo-compatible metrics of one service. Names are the Prometheus
+/// names Tempo writes, attribute keys its label names, and the unit is left
+/// empty: translated with `add_metric_suffixes=false` (Alloy in the lab) or
+/// `true` (a counter already ends in `_total`, and no unit adds `_seconds` to
+/// `traces_spanmetrics_latency`), the series come out exactly as scraped from
+/// /metrics, with job/instance from the resource.
+pub fn trace_metrics(svc: &ServiceMetrics, now: u64) -> Vec<Metric> {
+    let mut out = Vec::new();
+    if !svc.span_metrics.is_empty() {
+        let sm = &svc.span_metrics;
+        out.push(counter_metric(
+            span_metrics::CALLS_NAME,
+            "Spans, by service, name, kind, status and dimensions.",
+            sm.iter().map(|p| counter_point(&p.labels, p.start_unix_nanos, now, p.latency.count)).collect(),
+        ));
+        out.push(histogram_metric(
+            span_metrics::LATENCY_NAME,
+            "Span durations in seconds.",
+            sm.iter().map(|p| histogram_point(&p.labels, p.start_unix_nanos, now, &p.latency)).collect(),
+        ));
+    }
+    if !svc.service_graph.is_empty() {
+        let g = &svc.service_graph;
+        out.push(counter_metric(
+            service_graph::REQUEST_TOTAL_NAME,
+            "Requests between two nodes of the service graph.",
+            g.iter().map(|p| counter_point(&p.labels, p.start_unix_nanos, now, p.client.count)).collect(),
+        ));
+        out.push(counter_metric(
+            service_graph::REQUEST_FAILED_NAME,
+            "Failed requests between two nodes of the service graph.",
+            g.iter().map(|p| counter_point(&p.labels, p.start_unix_nanos, now, p.failed)).collect(),
+        ));
+        out.push(histogram_metric(
+            service_graph::CLIENT_SECONDS_NAME,
+            "Request durations seen by the client, in seconds.",
+            g.iter().map(|p| histogram_point(&p.labels, p.start_unix_nanos, now, &p.client)).collect(),
+        ));
+        out.push(histogram_metric(
+            service_graph::SERVER_SECONDS_NAME,
+            "Request durations seen by the server, in seconds.",
+            g.iter().map(|p| histogram_point(&p.labels, p.start_unix_nanos, now, &p.server)).collect(),
+        ));
+    }
+    out
+}
 
 /// The histograms of a snapshot, one ResourceMetrics per service.
 pub fn snapshot_to_resource_metrics(snap: &MetricsSnapshot) -> Vec<ResourceMetrics> {
@@ -66,6 +168,7 @@ pub fn snapshot_to_resource_metrics(snap: &MetricsSnapshot) -> Vec<ResourceMetri
                         })),
                         ..Default::default()
                     })
+                    .chain(trace_metrics(svc, snap.time_unix_nanos))
                     .collect(),
                 ..Default::default()
             }],
@@ -170,6 +273,7 @@ fn collect(metrics: &Metrics, telemetry: &Telemetry, start: u64) -> Pending {
         .flat_map(|s| &s.metrics)
         .map(|m| match &m.data {
             Some(Data::Histogram(h)) => h.data_points.len() as u64,
+            Some(Data::Sum(s)) => s.data_points.len() as u64,
             _ => 1,
         })
         .sum();
