@@ -413,6 +413,80 @@ mod tests {
     }
 
     #[test]
+    fn trace_metrics_are_off_by_default_and_switch_on_by_flag_yaml_or_beyla_features() {
+        let none = |_: &str| None;
+        let s = Settings::from_args_env(["periscope", "--pid", "1"], &none).unwrap();
+        assert!(s.span_metrics.is_none() && s.service_graph.is_none());
+        assert_eq!(s.raw.span_metrics_dimensions, ["http.method", "http.target", "http.status_code", "service.version"]);
+
+        let s = Settings::from_args_env(["periscope", "--pid", "1", "--span-metrics", "--service-graph-metrics"], &none).unwrap();
+        let labels: Vec<_> = s.span_metrics.unwrap().dimensions.into_iter().map(|d| d.label).collect();
+        assert_eq!(labels, ["http_method", "http_target", "http_status_code", "service_version"]);
+        assert!(s.service_graph.is_some());
+
+        let s = Settings::from_args_env(
+            ["periscope", "--pid", "1", "--span-metrics=true", "--span-metrics-dimensions", "db.name,k8s.pod.name"],
+            &none,
+        )
+        .unwrap();
+        let labels: Vec<_> = s.span_metrics.unwrap().dimensions.into_iter().map(|d| d.label).collect();
+        assert_eq!(labels, ["db_name", "k8s_pod_name"]);
+        let many = (0..17).map(|i| format!("a{i}")).collect::<Vec<_>>().join(",");
+        let err = Settings::from_args_env(["periscope", "--pid", "1", "--span-metrics", "--span-metrics-dimensions", &many], &none)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("span-metrics-dimensions"), "{err}");
+
+        // Beyla's feature lists, either exporter's.
+        let beyla = |name: &str| match name {
+            "BEYLA_OTEL_METRIC_FEATURES" => Some("application, application_span".to_owned()),
+            "BEYLA_PROMETHEUS_FEATURES" => Some("application_service_graph".to_owned()),
+            _ => None,
+        };
+        let s = Settings::from_args_env(["periscope", "--pid", "1"], &beyla).unwrap();
+        assert!(s.span_metrics.is_some() && s.service_graph.is_some());
+        // The flag beats them.
+        let s = Settings::from_args_env(["periscope", "--pid", "1", "--span-metrics=false"], &beyla).unwrap();
+        assert!(s.span_metrics.is_none() && s.service_graph.is_some());
+        // So does the agent's own variable.
+        let ours = |name: &str| match name {
+            "PERISCOPE_SPAN_METRICS" => Some("false".to_owned()),
+            other => beyla(other),
+        };
+        let s = Settings::from_args_env(["periscope", "--pid", "1"], &ours).unwrap();
+        assert!(s.span_metrics.is_none());
+
+        trace_metrics_yaml_precedence();
+
+        // The agent's variable (read by clap) beats the YAML file. Only this
+        // test touches it, after its other assertions, so none can see it set.
+        let f = yaml("pid: 1\nservice_graph_metrics: false\n");
+        std::env::set_var("PERISCOPE_SERVICE_GRAPH_METRICS", "true");
+        let s = Settings::from_args_env(["periscope", "--config", f.0.to_str().unwrap()], &none);
+        std::env::remove_var("PERISCOPE_SERVICE_GRAPH_METRICS");
+        assert!(s.unwrap().service_graph.is_some());
+    }
+
+    /// Flag and Beyla variables over the YAML file (run by the test below, so
+    /// that no test sees PERISCOPE_SERVICE_GRAPH_METRICS set).
+    fn trace_metrics_yaml_precedence() {
+        let f = yaml("pid: 1\nspan_metrics: true\nservice-graph-metrics: false\nspan_metrics_dimensions: [http.route, db.namespace]\n");
+        let path = f.0.to_str().unwrap().to_owned();
+        let none = |_: &str| None;
+        let s = Settings::from_args_env(["periscope", "--config", &path], &none).unwrap();
+        let labels: Vec<_> = s.span_metrics.unwrap().dimensions.into_iter().map(|d| d.label).collect();
+        assert_eq!(labels, ["http_route", "db_namespace"]);
+        assert!(s.service_graph.is_none());
+        // A flag beats the file.
+        let s = Settings::from_args_env(["periscope", "--config", &path, "--span-metrics=false"], &none).unwrap();
+        assert!(s.span_metrics.is_none());
+        // A Beyla feature list is an environment variable: it beats the file too.
+        let beyla = |name: &str| (name == "BEYLA_OTEL_METRIC_FEATURES").then(|| "application_service_graph".to_owned());
+        let s = Settings::from_args_env(["periscope", "--config", &path], &beyla).unwrap();
+        assert!(s.service_graph.is_some());
+    }
+
+    #[test]
     fn bad_yaml_names_the_key() {
         let f = yaml("open_port: 8080\ncapture_sise: 10\n");
         let err = Settings::from_args(["periscope", "--config", f.0.to_str().unwrap()]).unwrap_err().to_string();
