@@ -328,11 +328,7 @@ impl Pipeline {
         explicit: Option<Explicit>,
     ) {
         self.telemetry.inc(Counter::SpansProduced);
-        for sink in self.sinks.iter_mut().filter(|s| s.sees_every_span()) {
-            sink.submit(&span);
-        }
         let group = started.ctx.group;
-        let assembly = &mut self.table.tracker.assembly;
         if !server_side {
             // A traceparent the process wrote itself names this span (the
             // callee will call it its parent): the span keeps those ids.
@@ -341,14 +337,14 @@ impl Pipeline {
                 span.span_id = started.ctx.span_id;
             }
             span.parent_span_id = started.parent.map(|p| p.span_id);
-            assembly.finish(group, span, pinned, &self.telemetry);
+            self.finish(group, span, pinned);
             return;
         }
         span.span_id = started.ctx.span_id;
         if let Some(e) = explicit {
             // The caller said who it is: that wins over anything we infer.
-            assembly.set_explicit(group, e);
-            assembly.finish(group, span, false, &self.telemetry);
+            self.table.tracker.assembly.set_explicit(group, e);
+            self.finish(group, span, false);
             return;
         }
         let wait = LinkWait { span, started, tuple, request_start, due: 0 };
@@ -356,7 +352,7 @@ impl Pipeline {
             if self.link_wait_ns == 0 || self.link_waits.len() >= MAX_LINK_WAITS {
                 self.telemetry.inc(Counter::LinkPartnerLate);
                 let LinkWait { span, started, .. } = wait;
-                self.table.tracker.assembly.finish(started.ctx.group, span, false, &self.telemetry);
+                self.finish(started.ctx.group, span, false);
             } else {
                 self.link_waits.push_back(LinkWait { due: monotonic_now() + self.link_wait_ns, ..wait });
             }
@@ -376,14 +372,22 @@ impl Pipeline {
             },
         };
         let LinkWait { mut span, started, .. } = wait;
-        let assembly = &mut self.table.tracker.assembly;
         if let Some(caller) = caller {
             span.parent_span_id = Some(caller.span_id);
-            assembly.join(started.ctx.group, caller.group, &self.telemetry);
+            self.table.tracker.assembly.join(started.ctx.group, caller.group, &self.telemetry);
             self.telemetry.inc(Counter::SpansLinked);
         }
-        assembly.finish(started.ctx.group, span, false, &self.telemetry);
+        self.finish(started.ctx.group, span, false);
         None
+    }
+
+    /// A span with its final span id and parent: metrics see it now, the
+    /// trace sinks once its trace id is decided.
+    fn finish(&mut self, group: crate::context::GroupId, span: Span, pinned: bool) {
+        for sink in self.sinks.iter_mut().filter(|s| s.sees_every_span()) {
+            sink.submit(&span);
+        }
+        self.table.tracker.assembly.finish(group, span, pinned, &self.telemetry);
     }
 
     /// Retries waiting links; those past their time (or all, at the end) go unlinked.
@@ -394,7 +398,7 @@ impl Pipeline {
             if all || wait.due <= now {
                 self.telemetry.inc(Counter::LinkPartnerLate);
                 let LinkWait { span, started, .. } = wait;
-                self.table.tracker.assembly.finish(started.ctx.group, span, false, &self.telemetry);
+                self.finish(started.ctx.group, span, false);
             } else {
                 self.link_waits.push_back(wait);
             }

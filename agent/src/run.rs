@@ -74,7 +74,11 @@ async fn shutdown_signal() {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let telemetry = Arc::new(Telemetry::default());
     let metrics = Arc::new(Metrics::new(
-        MetricsConfig { max_attribute_sets: settings.raw.metric_cardinality_limit },
+        MetricsConfig {
+            max_attribute_sets: settings.raw.metric_cardinality_limit,
+            span_metrics: settings.span_metrics.clone(),
+            service_graph: settings.service_graph.clone(),
+        },
         telemetry.clone(),
     ));
     let otlp = OtlpConfig::from_env_values(|name| settings.otel_var(name))

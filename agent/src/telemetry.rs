@@ -36,10 +36,12 @@ pub enum Counter {
     SpansLinked,
     SpansSampledOut,
     ContextHandoffs,
+    ServiceGraphExpired,
+    ServiceGraphDropped,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 31] = [
+    pub const ALL: [Counter; 33] = [
         Counter::EventsReceived,
         Counter::EventsLostRingbuf,
         Counter::EventsLostPending,
@@ -71,6 +73,8 @@ impl Counter {
         Counter::SpansLinked,
         Counter::SpansSampledOut,
         Counter::ContextHandoffs,
+        Counter::ServiceGraphExpired,
+        Counter::ServiceGraphDropped,
     ];
 
     /// Prometheus name (with the `_total` suffix).
@@ -107,6 +111,8 @@ impl Counter {
             Counter::SpansLinked => "periscope_spans_linked_total",
             Counter::SpansSampledOut => "periscope_spans_sampled_out_total",
             Counter::ContextHandoffs => "periscope_context_handoffs_total",
+            Counter::ServiceGraphExpired => "periscope_service_graph_expired_total",
+            Counter::ServiceGraphDropped => "periscope_service_graph_dropped_total",
         }
     }
 
@@ -143,14 +149,22 @@ impl Counter {
             Counter::SpansLinked => "Server spans made children of a tracked caller's client span on this host.",
             Counter::SpansSampledOut => "Spans not exported because their trace was not sampled (metrics still count them).",
             Counter::ContextHandoffs => "Client requests attributed to a queued request of the thread (a connection handed on by an in-process queue).",
+            Counter::ServiceGraphExpired => "Service-graph spans whose partner span did not arrive in time (a client span with a known peer still counts as an edge to a virtual node).",
+            Counter::ServiceGraphDropped => "Service-graph spans not paired because too many spans were waiting for their partner.",
         }
     }
 }
 
 /// Process-wide counters: relaxed atomics, cheap enough for the hot path.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Telemetry {
     values: [AtomicU64; Counter::ALL.len()],
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self { values: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
 }
 
 impl Telemetry {
