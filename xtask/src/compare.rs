@@ -1,0 +1,4 @@
+//! placeholder
+#[derive(clap::Args)]
+pub struct Options {}
+pub fn run(_: Options) -> anyhow::Result<()> { Ok(()) }
