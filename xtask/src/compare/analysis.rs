@@ -28,7 +28,7 @@ pub enum Parent {
     /// periscope made a root where the SDK has a parent.
     Missing,
     /// periscope's parent has no SDK counterpart.
-    ParentUnmatched,
+    NoCounterpart,
     /// A different parent.
     Wrong,
     /// The parent id is in neither side's spans (e.g. a hand-made header).
@@ -36,7 +36,7 @@ pub enum Parent {
 }
 
 pub const PARENT_KINDS: [Parent; 6] =
-    [Parent::Agree, Parent::AgreeViaSdkHeader, Parent::Missing, Parent::ParentUnmatched, Parent::Wrong, Parent::Unknown];
+    [Parent::Agree, Parent::AgreeViaSdkHeader, Parent::Missing, Parent::NoCounterpart, Parent::Wrong, Parent::Unknown];
 
 #[derive(Default, Debug)]
 pub struct Row {
@@ -182,7 +182,7 @@ pub fn analyze(sdk: Vec<Span>, periscope: Vec<Span>, window: (u64, u64)) -> Anal
             Some(id) => {
                 if let Some(&pp) = p_by_id.get(&id) {
                     match counterpart[pp] {
-                        None => Parent::ParentUnmatched,
+                        None => Parent::NoCounterpart,
                         Some(sp) if Some(sp) == anchor => Parent::Agree,
                         Some(_) => Parent::Wrong,
                     }

@@ -25,7 +25,7 @@ fn parent_label(p: Parent) -> &'static str {
         Parent::Agree => "agree",
         Parent::AgreeViaSdkHeader => "agree via SDK header",
         Parent::Missing => "root where SDK has a parent",
-        Parent::ParentUnmatched => "parent without SDK counterpart",
+        Parent::NoCounterpart => "parent without SDK counterpart",
         Parent::Wrong => "different parent",
         Parent::Unknown => "parent id unknown to both",
     }
