@@ -1,7 +1,10 @@
 //! `cargo xtask <command>`: project chores. Each command lives in its own module.
 mod bench;
+mod compare;
 mod demo;
 mod fuzz;
+mod mythical;
+mod otlp_sink;
 mod soak;
 mod deps;
 mod test;
@@ -23,6 +26,8 @@ enum Command {
     Bench(bench::Options),
     /// Watch real uninstrumented services and show their spans and RED metrics.
     Demo(demo::Options),
+    /// The Mythical services under the OpenTelemetry Node SDK and periscope at once: spans compared.
+    Compare(compare::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(o) => bench::run(o),
         Command::Fuzz(o) => fuzz::run(o),
         Command::Soak(o) => soak::run(o),
+        Command::Compare(o) => compare::run(o),
     }
 }
