@@ -152,6 +152,10 @@ pub struct Config {
     /// Log filter (error, warn, info, debug, or a tracing EnvFilter).
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// `--kubernetes*` flags and the `kubernetes:` YAML block (kubernetes/config.rs).
+    #[command(flatten)]
+    pub kubernetes: crate::kubernetes::KubernetesArgs,
 }
 
 #[derive(Debug, Error)]
@@ -171,6 +175,7 @@ pub struct Settings {
     pub selector: Selector,
     pub old_http_semconv: bool,
     pub old_db_semconv: bool,
+    pub kubernetes: crate::kubernetes::KubernetesSettings,
 }
 
 impl Settings {
@@ -219,7 +224,7 @@ fn file_args(path: &PathBuf, cli: &[OsString]) -> Result<Vec<OsString>, ConfigEr
     };
     let cmd = Config::command();
     let mut out = Vec::new();
-    for (k, v) in map {
+    for (k, v) in crate::kubernetes::config::flatten_yaml(map).map_err(err)? {
         let key = k.as_str().ok_or_else(|| err("keys must be strings".into()))?.replace('_', "-");
         let arg = cmd
             .get_arguments()
@@ -266,13 +271,19 @@ impl Settings {
             .map(|p| p.parse::<PortSet>())
             .transpose()
             .map_err(|e| ConfigError::Invalid { key: "open-port", message: e.to_string() })?;
-        let selector = Selector::from_parts(raw.open_port.as_deref(), &raw.exe_path, &raw.pid)
+        let mut selector = Selector::from_parts(raw.open_port.as_deref(), &raw.exe_path, &raw.pid)
             .map_err(|e| ConfigError::Invalid { key: "exe-path", message: e.to_string() })?;
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let kubernetes = raw
+            .kubernetes
+            .resolve(in_cluster, crate::discovery::host_name)
+            .map_err(|e| ConfigError::Invalid { key: "kubernetes", message: e.to_string() })?;
+        selector.pods = kubernetes.pod_selector.clone();
         debug_assert_eq!(open_port.is_some(), selector.open_ports.is_some());
         if selector.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "open-port",
-                message: "nothing to watch: give --open-port, --exe-path or --pid".into(),
+                message: "nothing to watch: give --open-port, --exe-path, --pid or --kubernetes-namespace/-pod-label/-owner-name".into(),
             });
         }
         crate::spans::routes::Router::new(&raw.routes, &raw.ignored_routes, raw.route_unmatched, raw.max_routes)
@@ -287,6 +298,7 @@ impl Settings {
         Ok(Self {
             old_http_semconv: opt_in.contains(&"http/dup"),
             old_db_semconv: opt_in.contains(&"database/dup"),
+            kubernetes,
             selector,
             raw,
         })

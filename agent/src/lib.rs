@@ -6,6 +6,7 @@ pub mod config;
 pub mod connections;
 pub mod discovery;
 pub mod export;
+pub mod kubernetes;
 pub mod metrics;
 pub mod pipeline;
 pub mod probes;

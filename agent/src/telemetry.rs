@@ -28,10 +28,12 @@ pub enum Counter {
     RouteOverflow,
     ProcessesTracked,
     ProcessesForgotten,
+    KubernetesApiErrors,
+    KubernetesObjectsDropped,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 25] = [
         Counter::EventsReceived,
         Counter::EventsLostRingbuf,
         Counter::EventsLostPending,
@@ -55,6 +57,8 @@ impl Counter {
         Counter::RouteOverflow,
         Counter::ProcessesTracked,
         Counter::ProcessesForgotten,
+        Counter::KubernetesApiErrors,
+        Counter::KubernetesObjectsDropped,
     ];
 
     /// Prometheus name (with the `_total` suffix).
@@ -83,6 +87,8 @@ impl Counter {
             Counter::RouteOverflow => "periscope_route_overflow_total",
             Counter::ProcessesTracked => "periscope_processes_tracked_total",
             Counter::ProcessesForgotten => "periscope_processes_forgotten_total",
+            Counter::KubernetesApiErrors => "periscope_kubernetes_api_errors_total",
+            Counter::KubernetesObjectsDropped => "periscope_kubernetes_objects_dropped_total",
         }
     }
 
@@ -111,6 +117,8 @@ impl Counter {
             Counter::RouteOverflow => "Routes folded into the catch-all because of the per-service route cap.",
             Counter::ProcessesTracked => "Processes that started being tracked.",
             Counter::ProcessesForgotten => "Tracked processes that exited and were forgotten.",
+            Counter::KubernetesApiErrors => "Failed Kubernetes API list/watch calls (retried with backoff; the last known metadata is kept).",
+            Counter::KubernetesObjectsDropped => "Pods or ReplicaSets not kept because the Kubernetes metadata store was full.",
         }
     }
 }

@@ -1,6 +1,8 @@
 //! One pass over `/proc`: which running processes match a [`Selector`].
 use std::{collections::HashMap, fs::File, path::PathBuf, rc::Rc};
 
+use crate::kubernetes::{ContainerRef, KubernetesMetadata};
+
 use super::{
     procfs::{is_go_elf, ProcFs, Stat},
     service::Language,
@@ -87,6 +89,7 @@ fn complete(
             }
         }
     }
+    let container = fs.container(pid);
     match fs.stat(pid) {
         Ok(again) if again.start_time == stat.start_time && !again.is_dead() => {}
         Ok(_) | Err(DiscoveryError::Gone { .. }) => return Err(DiscoveryError::Gone { pid }),
@@ -108,6 +111,7 @@ fn complete(
         start_time_ticks: stat.start_time,
         netns_inode,
         language,
+        container,
     })
 }
 
@@ -147,6 +151,11 @@ pub struct ScanResult {
 pub struct Scanner {
     fs: ProcFs,
     self_pid: u32,
+    kubernetes: Option<KubernetesMetadata>,
+    /// Container of each process seen by the last scan, `(pid, start time)`
+    /// -> container: the pod criterion reads `/proc/PID/cgroup` once per
+    /// process, not once per scan.
+    containers: HashMap<(u32, u64), Option<ContainerRef>>,
 }
 
 impl Default for Scanner {
@@ -157,10 +166,13 @@ impl Default for Scanner {
 
 impl Scanner {
     pub fn new() -> Self {
-        Self {
-            fs: ProcFs::default(),
-            self_pid: std::process::id(),
-        }
+        Self::with_proc_root("/proc")
+    }
+
+    /// Pods known to this metadata make the selector's pod criterion work.
+    pub fn with_kubernetes(mut self, kubernetes: KubernetesMetadata) -> Self {
+        self.kubernetes = Some(kubernetes);
+        self
     }
 
     /// A scanner over another procfs mount (e.g. the host's `/proc` mounted
@@ -169,6 +181,8 @@ impl Scanner {
         Self {
             fs: ProcFs::new(root),
             self_pid: std::process::id(),
+            kubernetes: None,
+            containers: HashMap::new(),
         }
     }
 
@@ -186,11 +200,12 @@ impl Scanner {
             return res;
         };
         let mut cache = NetCache::default();
+        let mut previous = std::mem::take(&mut self.containers);
         for pid in pids {
             if pid == self.self_pid {
                 continue;
             }
-            match self.consider(pid, selector, &mut cache) {
+            match self.consider(pid, selector, &mut cache, &mut previous) {
                 Ok(Some(info)) => res.matched.push(info),
                 Ok(None) => {}
                 Err(_) => res.skipped += 1,
@@ -199,11 +214,36 @@ impl Scanner {
         res
     }
 
+    /// The pod criterion: the process's pod is known and selected.
+    fn matches_pod(
+        &mut self,
+        pid: u32,
+        start_time: u64,
+        selector: &Selector,
+        previous: &mut HashMap<(u32, u64), Option<ContainerRef>>,
+    ) -> bool {
+        let (Some(kubernetes), Some(_)) = (&self.kubernetes, &selector.pods) else {
+            return false;
+        };
+        let key = (pid, start_time);
+        let container = match previous.remove(&key) {
+            Some(c) => c,
+            None => self.fs.container(pid),
+        };
+        let matched = container
+            .as_ref()
+            .and_then(|c| kubernetes.find(c))
+            .is_some_and(|pod| selector.matches_pod(&pod));
+        self.containers.insert(key, container);
+        matched
+    }
+
     fn consider(
-        &self,
+        &mut self,
         pid: u32,
         selector: &Selector,
         cache: &mut NetCache,
+        previous: &mut HashMap<(u32, u64), Option<ContainerRef>>,
     ) -> Result<Option<ProcessInfo>, DiscoveryError> {
         let stat = self.fs.stat(pid)?;
         if stat.is_kernel_thread() || stat.is_dead() {
@@ -211,8 +251,9 @@ impl Scanner {
         }
         let exe = self.fs.exe(pid);
         let netns = self.fs.netns(pid);
-        let direct =
-            selector.matches_pid(pid) || exe.as_deref().is_some_and(|p| selector.matches_exe(p));
+        let direct = selector.matches_pid(pid)
+            || exe.as_deref().is_some_and(|p| selector.matches_exe(p))
+            || self.matches_pod(pid, stat.start_time, selector, previous);
         let mut ports = None;
         if !direct {
             let Some(set) = selector.open_ports.as_ref() else {
