@@ -272,3 +272,61 @@ impl Scanner {
         complete(&self.fs, pid, stat, exe, netns, ports, cache).map(Some)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, sync::Arc};
+
+    use super::*;
+    use crate::{
+        kubernetes::{store::ContainerMeta, MetadataStore, PodMeta, PodSelector, StoreLimits},
+        telemetry::Telemetry,
+    };
+
+    const ID: &str = "3f2a9c1d7e6b5a4f8c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b";
+
+    /// A fake `/proc/PID` with what the scanner reads.
+    fn fake_process(root: &Path, pid: u32, cgroup: &str) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(dir.join("fd")).unwrap();
+        let stat = format!("{pid} (app) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0\n");
+        std::fs::write(dir.join("stat"), stat).unwrap();
+        std::fs::write(dir.join("cmdline"), b"app\0").unwrap();
+        std::fs::write(dir.join("environ"), b"").unwrap();
+        std::fs::write(dir.join("cgroup"), cgroup).unwrap();
+    }
+
+    #[test]
+    fn pod_criterion_selects_processes_of_known_pods() {
+        let root = std::env::temp_dir().join(format!("periscope-scan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        fake_process(&root, 4242, &format!("0::/kubepods/besteffort/pod7e4f3b1a-2c6d-4e8f-9a0b-1c2d3e4f5a6b/{ID}\n"));
+        fake_process(&root, 4343, "0::/user.slice/user-1000.slice/session-2.scope\n");
+
+        let store = MetadataStore::new(StoreLimits::default(), Arc::new(Telemetry::default()));
+        let meta = crate::kubernetes::KubernetesMetadata::new(store.clone(), "worker-1", None);
+        let mut scanner = Scanner::with_proc_root(&root).with_kubernetes(meta);
+        let selector = Selector {
+            pods: Some(PodSelector::new(&["shop"], &[], &[]).unwrap()),
+            ..Selector::default()
+        };
+        assert!(scanner.scan(&selector).matched.is_empty(), "pod not known yet");
+
+        store.apply_pod(PodMeta {
+            uid: "7e4f3b1a-2c6d-4e8f-9a0b-1c2d3e4f5a6b".into(),
+            name: "api-0".into(),
+            namespace: "shop".into(),
+            containers: vec![ContainerMeta { id: ID.into(), name: "api".into() }],
+            ..PodMeta::default()
+        });
+        let found = scanner.scan(&selector).matched;
+        assert_eq!(found.iter().map(|i| i.pid).collect::<Vec<_>>(), [4242]);
+        assert_eq!(found[0].container.as_ref().and_then(|c| c.container_id.as_deref()), Some(ID));
+
+        let other = Selector { pods: Some(PodSelector::new(&["other"], &[], &[]).unwrap()), ..Selector::default() };
+        assert!(scanner.scan(&other).matched.is_empty());
+        // Without metadata the pod criterion matches nothing.
+        assert!(Scanner::with_proc_root(&root).scan(&selector).matched.is_empty());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -871,6 +871,39 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_part_of_the_resource() {
+        let k8s = KubernetesResource {
+            service_name: "checkout".into(),
+            service_namespace: "shop".into(),
+            attributes: vec![
+                ("k8s.namespace.name".into(), "shop".into()),
+                ("k8s.pod.name".into(), "checkout-7d9f8b6c5-x2x9q".into()),
+                ("container.id".into(), "c1".into()),
+            ],
+        };
+        let mut info = proc_info("/usr/bin/node", &["node", "server.js"]);
+        info.env_resource_attrs = pairs(&[("k8s.pod.name", "spoofed"), ("team", "a")]);
+        let o = ServiceOptions { name_override: Some("ovr".into()), namespace: Some("cli-ns".into()), ..opts() };
+        let svc = build_service_in_pod(&info, &o, Some(&k8s));
+        assert_eq!((svc.name.as_str(), svc.namespace.as_deref()), ("checkout", Some("shop")), "the pod beats the flags");
+        let keys: Vec<&str> = svc.attributes.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(&keys[10..], ["telemetry.sdk.language", "k8s.namespace.name", "k8s.pod.name", "container.id", "team"]);
+        assert_eq!(attr(&svc, "k8s.pod.name"), Some(&AttrValue::from("checkout-7d9f8b6c5-x2x9q")));
+        // The process's own environment beats the pod.
+        info.env_service_name = Some("from-env".into());
+        info.env_resource_attrs.push(("service.namespace".into(), "env-ns".into()));
+        let svc = build_service_in_pod(&info, &o, Some(&k8s));
+        assert_eq!((svc.name.as_str(), svc.namespace.as_deref()), ("from-env", Some("env-ns")));
+        // Not in a known pod: container.id alone, when in a container.
+        info.container = Some(crate::kubernetes::ContainerRef { container_id: Some("c2".into()), pod_uid: None });
+        let svc = build_service(&info, &o);
+        assert_eq!(attr(&svc, "container.id"), Some(&AttrValue::from("c2")));
+        assert_eq!(attr(&svc, "k8s.pod.name"), Some(&AttrValue::from("spoofed")), "only the env's own");
+        let resolved = resolve_service(&info, &o, None);
+        assert!(!resolved.awaiting_kubernetes);
+    }
+
+    #[test]
     fn host_name_is_set() {
         let h = host_name();
         assert!(!h.is_empty() && !h.contains('\n'));

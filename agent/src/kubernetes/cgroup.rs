@@ -106,7 +106,9 @@ fn parse_path(path: &str) -> Option<ContainerRef> {
 pub fn parse_cgroup(text: &str) -> Option<ContainerRef> {
     let mut pod_only = None;
     for line in text.lines() {
-        let Some(path) = line.splitn(3, ':').nth(2) else { continue };
+        let Some(path) = line.splitn(3, ':').nth(2) else {
+            continue;
+        };
         match parse_path(path) {
             Some(r) if r.container_id.is_some() => return Some(r),
             Some(r) if pod_only.is_none() => pod_only = Some(r),
@@ -130,13 +132,20 @@ mod tests {
     const UID: &str = "7e4f3b1a-2c6d-4e8f-9a0b-1c2d3e4f5a6b";
 
     fn both() -> Option<ContainerRef> {
-        Some(ContainerRef { container_id: Some(ID.into()), pod_uid: Some(UID.into()) })
+        Some(ContainerRef {
+            container_id: Some(ID.into()),
+            pod_uid: Some(UID.into()),
+        })
     }
 
     #[test]
     fn cgroup_v2_systemd_slices() {
         let uid_ = UID.replace('-', "_");
-        for qos in ["kubepods-burstable.slice/kubepods-burstable-", "kubepods-besteffort.slice/kubepods-besteffort-", "kubepods-"] {
+        for qos in [
+            "kubepods-burstable.slice/kubepods-burstable-",
+            "kubepods-besteffort.slice/kubepods-besteffort-",
+            "kubepods-",
+        ] {
             for scope in ["cri-containerd-", "crio-", "docker-"] {
                 let text = format!("0::/kubepods.slice/{qos}pod{uid_}.slice/{scope}{ID}.scope\n");
                 assert_eq!(parse_cgroup(&text), both(), "{text}");
@@ -169,7 +178,13 @@ mod tests {
         // The pod cgroup alone (the pause process of some runtimes, or a
         // controller the runtime does not set up per container).
         let text = format!("5:pids:/kubepods/burstable/pod{UID}\n0::/\n");
-        assert_eq!(parse_cgroup(&text), Some(ContainerRef { container_id: None, pod_uid: Some(UID.into()) }));
+        assert_eq!(
+            parse_cgroup(&text),
+            Some(ContainerRef {
+                container_id: None,
+                pod_uid: Some(UID.into())
+            })
+        );
     }
 
     #[test]
@@ -195,7 +210,10 @@ mod tests {
         ] {
             assert_eq!(
                 parse_cgroup(&text),
-                Some(ContainerRef { container_id: Some(ID.into()), pod_uid: None }),
+                Some(ContainerRef {
+                    container_id: Some(ID.into()),
+                    pod_uid: None
+                }),
                 "{text}"
             );
         }
@@ -208,7 +226,13 @@ mod tests {
         assert_eq!(parse_cgroup(&text).unwrap().pod_uid.as_deref(), Some(hash));
         let uid_ = UID.replace('-', "_");
         let text = format!("0::/kubepods.slice/kubepods-pod{uid_}.slice/crio-conmon-{ID}.scope\n");
-        assert_eq!(parse_cgroup(&text), Some(ContainerRef { container_id: None, pod_uid: Some(UID.into()) }));
+        assert_eq!(
+            parse_cgroup(&text),
+            Some(ContainerRef {
+                container_id: None,
+                pod_uid: Some(UID.into())
+            })
+        );
     }
 
     #[test]

@@ -39,19 +39,31 @@ pub struct KubernetesArgs {
     pub cluster_name: Option<String>,
 
     /// Watch processes of pods in these namespaces (globs, comma-separated).
-    #[arg(long = "kubernetes-namespace", env = "PERISCOPE_KUBERNETES_NAMESPACE", value_delimiter = ',',
-          value_name = "GLOB")]
+    #[arg(
+        long = "kubernetes-namespace",
+        env = "PERISCOPE_KUBERNETES_NAMESPACE",
+        value_delimiter = ',',
+        value_name = "GLOB"
+    )]
     pub namespace: Vec<String>,
 
     /// Watch processes of pods with these labels (key=glob, comma-separated; all must match).
-    #[arg(long = "kubernetes-pod-label", env = "PERISCOPE_KUBERNETES_POD_LABEL", value_delimiter = ',',
-          value_name = "KEY=GLOB")]
+    #[arg(
+        long = "kubernetes-pod-label",
+        env = "PERISCOPE_KUBERNETES_POD_LABEL",
+        value_delimiter = ',',
+        value_name = "KEY=GLOB"
+    )]
     pub pod_label: Vec<String>,
 
     /// Watch processes of pods owned by these workloads (Deployment, ReplicaSet,
     /// StatefulSet, DaemonSet, Job names; globs, comma-separated).
-    #[arg(long = "kubernetes-owner-name", env = "PERISCOPE_KUBERNETES_OWNER_NAME", value_delimiter = ',',
-          value_name = "GLOB")]
+    #[arg(
+        long = "kubernetes-owner-name",
+        env = "PERISCOPE_KUBERNETES_OWNER_NAME",
+        value_delimiter = ',',
+        value_name = "GLOB"
+    )]
     pub owner_name: Vec<String>,
 }
 
@@ -71,7 +83,11 @@ pub struct KubernetesSettings {
 
 impl KubernetesArgs {
     /// `in_cluster`: whether `KUBERNETES_SERVICE_HOST` is set.
-    pub fn resolve(&self, in_cluster: bool, host_name: impl FnOnce() -> String) -> Result<KubernetesSettings, KubernetesError> {
+    pub fn resolve(
+        &self,
+        in_cluster: bool,
+        host_name: impl FnOnce() -> String,
+    ) -> Result<KubernetesSettings, KubernetesError> {
         let enabled = match self.enable {
             Enable::Auto => in_cluster,
             Enable::True => true,
@@ -128,7 +144,10 @@ pub fn flatten_yaml(map: serde_yaml_ng::Mapping) -> Result<Vec<(serde_yaml_ng::V
             }
         };
         for (sub, value) in block {
-            let sub = sub.as_str().ok_or("keys of the kubernetes block must be strings")?.replace('-', "_");
+            let sub = sub
+                .as_str()
+                .ok_or("keys of the kubernetes block must be strings")?
+                .replace('-', "_");
             let flag = YAML_KEYS
                 .iter()
                 .find(|(key, _)| *key == sub)
@@ -173,7 +192,10 @@ mod tests {
     fn pod_selector_needs_metadata() {
         let mut a = args(Enable::False);
         a.namespace = vec!["shop".into()];
-        assert!(matches!(a.resolve(false, String::new), Err(KubernetesError::SelectorWithoutMetadata)));
+        assert!(matches!(
+            a.resolve(false, String::new),
+            Err(KubernetesError::SelectorWithoutMetadata)
+        ));
         a.enable = Enable::True;
         assert!(a.resolve(false, String::new).unwrap().pod_selector.is_some());
         a.pod_label = vec!["bad".into()];
@@ -188,10 +210,63 @@ mod tests {
         .unwrap();
         let flat = flatten_yaml(doc).unwrap();
         let keys: Vec<&str> = flat.iter().map(|(k, _)| k.as_str().unwrap()).collect();
-        assert_eq!(keys, ["open_port", "kubernetes", "kubernetes-node-name", "kubernetes-namespace"]);
+        assert_eq!(
+            keys,
+            [
+                "open_port",
+                "kubernetes",
+                "kubernetes-node-name",
+                "kubernetes-namespace"
+            ]
+        );
         let doc: serde_yaml_ng::Mapping = serde_yaml_ng::from_str("kubernetes:\n  nod_name: w1\n").unwrap();
         assert!(flatten_yaml(doc).unwrap_err().contains("nod_name"));
         let doc: serde_yaml_ng::Mapping = serde_yaml_ng::from_str("kubernetes: false\n").unwrap();
         assert_eq!(flatten_yaml(doc).unwrap().len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use crate::config::Settings;
+
+    #[test]
+    fn flags_and_yaml_block_reach_the_settings() {
+        let s = Settings::from_args([
+            "periscope",
+            "--kubernetes",
+            "--kubernetes-node-name",
+            "worker-1",
+            "--kubernetes-namespace",
+            "shop,team-*",
+        ])
+        .unwrap();
+        assert!(s.kubernetes.enabled);
+        assert_eq!(s.kubernetes.node_name, "worker-1");
+        assert!(
+            s.selector.pods.is_some() && !s.selector.is_empty(),
+            "a pod selector alone is something to watch"
+        );
+
+        let path = std::env::temp_dir().join(format!("periscope-k8s-{}.yaml", std::process::id()));
+        std::fs::write(
+            &path,
+            "open_port: 8080\nkubernetes:\n  enable: true\n  node_name: worker-2\n  cluster_name: lab\n  pod_labels: [\"app=web*\"]\n",
+        )
+        .unwrap();
+        let s = Settings::from_args(["periscope", "--config", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&path);
+        let s = s.unwrap();
+        assert!(s.kubernetes.enabled);
+        assert_eq!(
+            (s.kubernetes.node_name.as_str(), s.kubernetes.cluster_name.as_deref()),
+            ("worker-2", Some("lab"))
+        );
+        assert!(s.selector.pods.is_some());
+
+        let err = Settings::from_args(["periscope", "--kubernetes=false", "--kubernetes-namespace", "shop"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("need Kubernetes metadata"), "{err}");
     }
 }

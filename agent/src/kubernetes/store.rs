@@ -65,10 +65,18 @@ pub struct PodMeta {
     pub mirror_hash: Option<String>,
 }
 
-fn controller_of(refs: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>) -> Option<OwnerRef> {
+fn controller_of(
+    refs: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
+) -> Option<OwnerRef> {
     let refs = refs?;
-    let r = refs.iter().find(|r| r.controller == Some(true)).or_else(|| refs.first())?;
-    Some(OwnerRef { kind: r.kind.clone(), name: r.name.clone() })
+    let r = refs
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .or_else(|| refs.first())?;
+    Some(OwnerRef {
+        kind: r.kind.clone(),
+        name: r.name.clone(),
+    })
 }
 
 impl PodMeta {
@@ -86,10 +94,22 @@ impl PodMeta {
             .collect();
         let mut containers = Vec::new();
         if let Some(status) = &pod.status {
-            let all = [&status.container_statuses, &status.init_container_statuses, &status.ephemeral_container_statuses];
+            let all = [
+                &status.container_statuses,
+                &status.init_container_statuses,
+                &status.ephemeral_container_statuses,
+            ];
             for cs in all.into_iter().flatten().flatten() {
-                if let Some(id) = cs.container_id.as_deref().map(strip_runtime_scheme).filter(|i| !i.is_empty()) {
-                    containers.push(ContainerMeta { id: id.to_owned(), name: cs.name.clone() });
+                if let Some(id) = cs
+                    .container_id
+                    .as_deref()
+                    .map(strip_runtime_scheme)
+                    .filter(|i| !i.is_empty())
+                {
+                    containers.push(ContainerMeta {
+                        id: id.to_owned(),
+                        name: cs.name.clone(),
+                    });
                 }
             }
         }
@@ -125,7 +145,10 @@ pub struct StoreLimits {
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        Self { max_pods: 1024, max_replicasets: 100_000 }
+        Self {
+            max_pods: 1024,
+            max_replicasets: 100_000,
+        }
     }
 }
 
@@ -172,7 +195,8 @@ impl Inner {
 
     fn index(&mut self, pod: &PodMeta) {
         for c in &pod.containers {
-            self.by_container.insert(c.id.clone(), (pod.uid.clone(), c.name.clone()));
+            self.by_container
+                .insert(c.id.clone(), (pod.uid.clone(), c.name.clone()));
         }
         if let Some(h) = &pod.mirror_hash {
             self.by_mirror.insert(h.clone(), pod.uid.clone());
@@ -212,7 +236,10 @@ pub struct MetadataStore {
 
 impl std::fmt::Debug for MetadataStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetadataStore").field("generation", &self.generation()).field("limits", &self.limits).finish()
+        f.debug_struct("MetadataStore")
+            .field("generation", &self.generation())
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 
@@ -327,7 +354,9 @@ impl MetadataStore {
     pub fn on_replicaset_event(&self, event: Event<PartialObjectMeta<ReplicaSet>>) {
         match event {
             Event::Apply(rs) => {
-                let Some((key, deployment)) = rs_deployment(&rs) else { return };
+                let Some((key, deployment)) = rs_deployment(&rs) else {
+                    return;
+                };
                 let mut inner = self.write();
                 if !inner.replicasets.contains_key(&key) && inner.replicasets.len() >= self.limits.max_replicasets {
                     drop(inner);
@@ -348,7 +377,9 @@ impl MetadataStore {
             }
             Event::Init => self.write().rs_relist = Some(HashMap::new()),
             Event::InitApply(rs) => {
-                let Some((key, deployment)) = rs_deployment(&rs) else { return };
+                let Some((key, deployment)) = rs_deployment(&rs) else {
+                    return;
+                };
                 let mut inner = self.write();
                 let Some(buf) = inner.rs_relist.as_mut() else { return };
                 if buf.len() >= self.limits.max_replicasets && !buf.contains_key(&key) {
@@ -446,18 +477,36 @@ mod tests {
             name: name.into(),
             namespace: "shop".into(),
             node_name: "worker-1".into(),
-            containers: containers.iter().map(|(id, n)| ContainerMeta { id: (*id).into(), name: (*n).into() }).collect(),
+            containers: containers
+                .iter()
+                .map(|(id, n)| ContainerMeta {
+                    id: (*id).into(),
+                    name: (*n).into(),
+                })
+                .collect(),
             ..PodMeta::default()
         }
     }
 
     fn cref(id: Option<&str>, uid: Option<&str>) -> ContainerRef {
-        ContainerRef { container_id: id.map(Into::into), pod_uid: uid.map(Into::into) }
+        ContainerRef {
+            container_id: id.map(Into::into),
+            pod_uid: uid.map(Into::into),
+        }
     }
 
     fn store(max_pods: usize) -> (MetadataStore, Arc<Telemetry>) {
         let t = Arc::new(Telemetry::default());
-        (MetadataStore::new(StoreLimits { max_pods, max_replicasets: 2 }, t.clone()), t)
+        (
+            MetadataStore::new(
+                StoreLimits {
+                    max_pods,
+                    max_replicasets: 2,
+                },
+                t.clone(),
+            ),
+            t,
+        )
     }
 
     #[test]
