@@ -64,6 +64,8 @@ struct ApiState {
     /// Collection name (`pods`, `replicasets`, `nodes`) -> list body.
     lists: Mutex<HashMap<&'static str, String>>,
     requests: Mutex<Vec<Seen>>,
+    /// Collection -> the events its first watch starts with.
+    recorded: Mutex<HashMap<&'static str, String>>,
     /// Collections whose recorded watch stream was already served.
     watched: Mutex<HashSet<&'static str>>,
     pushed: broadcast::Sender<(&'static str, String)>,
@@ -174,13 +176,9 @@ async fn api(State(st): State<Arc<ApiState>>, req: Request) -> Response {
     // A watch: the recorded events on the first one, then pushed events,
     // until the server dies.
     let first = st.watched.lock().unwrap().insert(name);
-    let recorded: VecDeque<String> = if first {
-        fixture(&format!("{name}-watch.jsonl"))
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    } else {
-        VecDeque::new()
+    let recorded: VecDeque<String> = match first {
+        true => st.recorded.lock().unwrap()[name].lines().map(str::to_owned).collect(),
+        false => VecDeque::new(),
     };
     let rx = st.pushed.subscribe();
     let dead = st.dead.clone();
@@ -211,20 +209,34 @@ async fn api(State(st): State<Arc<ApiState>>, req: Request) -> Response {
 
 impl ApiServer {
     async fn start() -> Self {
-        let lists = HashMap::from([
+        Self::start_on("127.0.0.1:0".parse().unwrap(), &[], &[]).await
+    }
+
+    /// A server on `addr` whose lists and first watch events are the
+    /// recorded ones except for the overrides (collection, body).
+    async fn start_on(addr: SocketAddr, lists: &[(&'static str, String)], watches: &[(&'static str, String)]) -> Self {
+        let overrides = lists;
+        let mut lists = HashMap::from([
             ("pods", fixture("pods-list.json")),
             ("replicasets", fixture("replicasets-list.json")),
             ("nodes", fixture("nodes-list.json")),
         ]);
+        lists.extend(overrides.iter().cloned());
+        let mut recorded: HashMap<&'static str, String> = ["pods", "replicasets", "nodes"]
+            .into_iter()
+            .map(|c| (c, fixture(&format!("{c}-watch.jsonl"))))
+            .collect();
+        recorded.extend(watches.iter().cloned());
         let (kill, dead) = watch::channel(false);
         let state = Arc::new(ApiState {
             lists: Mutex::new(lists),
+            recorded: Mutex::new(recorded),
             requests: Mutex::new(Vec::new()),
             watched: Mutex::new(HashSet::new()),
             pushed: broadcast::channel(64).0,
             dead: dead.clone(),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Router::new().fallback(api).with_state(state.clone());
         let mut dead_signal = dead;
@@ -508,6 +520,7 @@ async fn api_outage_keeps_the_last_known_metadata_and_counts_errors() {
     wait_until("the watches", || server.state.watched.lock().unwrap().len() == 3).await;
     assert_eq!(agent.telemetry.get(Counter::KubernetesApiErrors), 0);
 
+    let addr = server.addr;
     server.die().await;
     // The watches end, the watchers retry against a closed port.
     wait_until("API errors", || agent.telemetry.get(Counter::KubernetesApiErrors) >= 3).await;
@@ -520,6 +533,23 @@ async fn api_outage_keeps_the_last_known_metadata_and_counts_errors() {
         Some("5b1e0c1a-7d2f-4e3b-9a8c-6d5e4f3a2b1c")
     );
     assert_eq!(m.store().pod_count(), 6);
+
+    // The API comes back (same address) after the pod watch's resourceVersion
+    // was compacted: the resumed watch gets 410 Gone, the watcher re-lists
+    // and catches up with what changed meanwhile.
+    let back = ApiServer::start_on(
+        addr,
+        &[("pods", fixture("pods-relist.json"))],
+        &[("pods", fixture("pods-watch-gone.json"))],
+    )
+    .await;
+    wait_until("the re-list after the outage", || m.resource(&by_id(LEGACY)).is_none()).await;
+    assert_eq!(m.store().pod_count(), 5);
+    assert!(m.resource(&by_id(CHECKOUT)).is_some());
+    assert!(back
+        .requests()
+        .iter()
+        .any(|s| s.path == "/api/v1/pods" && !s.query.contains_key("watch")));
 }
 
 #[tokio::test]

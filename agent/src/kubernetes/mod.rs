@@ -15,6 +15,15 @@
 //! Only processes in containers get Kubernetes attributes; a process seen
 //! before its pod's metadata arrived gets them on a later discovery scan
 //! (see [`KubernetesMetadata::generation`]).
+//!
+//! What the DaemonSet needs: `NODE_NAME` from the downward API
+//! (`fieldRef: spec.nodeName`); `hostPID: true` (to read other pods'
+//! `/proc/PID/cgroup`); a ClusterRole allowing `list` and `watch` on `pods`
+//! and `nodes` (core group) and `replicasets` (`apps`). Without the
+//! ReplicaSet permission the Deployment name still comes from the pods'
+//! `pod-template-hash` label; the refused watch is counted as API errors.
+//! No Namespace watch: nothing in the Resource or the selectors needs more
+//! than a pod's own namespace name.
 use std::sync::Arc;
 
 pub mod attributes;
