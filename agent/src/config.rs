@@ -194,6 +194,10 @@ pub struct Config {
     /// Log filter (error, warn, info, debug, or a tracing EnvFilter).
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// `--kubernetes*` flags and the `kubernetes:` YAML block (kubernetes/config.rs).
+    #[command(flatten)]
+    pub kubernetes: crate::kubernetes::KubernetesArgs,
 }
 
 #[derive(Debug, Error)]
@@ -218,6 +222,7 @@ pub struct Settings {
     pub span_metrics: Option<crate::metrics::SpanMetricsConfig>,
     /// `Some` when service-graph metrics are on.
     pub service_graph: Option<crate::metrics::ServiceGraphConfig>,
+    pub kubernetes: crate::kubernetes::KubernetesSettings,
 }
 
 /// Beyla's switches for trace-derived metrics: `--span-metrics=true` /
@@ -289,7 +294,7 @@ fn file_args(path: &PathBuf, cli: &[OsString]) -> Result<Vec<OsString>, ConfigEr
     };
     let cmd = Config::command();
     let mut out = Vec::new();
-    for (k, v) in map {
+    for (k, v) in crate::kubernetes::config::flatten_yaml(map).map_err(err)? {
         let key = k.as_str().ok_or_else(|| err("keys must be strings".into()))?.replace('_', "-");
         let arg = cmd
             .get_arguments()
@@ -347,13 +352,19 @@ impl Settings {
             .map(|p| p.parse::<PortSet>())
             .transpose()
             .map_err(|e| ConfigError::Invalid { key: "open-port", message: e.to_string() })?;
-        let selector = Selector::from_parts(raw.open_port.as_deref(), &raw.exe_path, &raw.pid)
+        let mut selector = Selector::from_parts(raw.open_port.as_deref(), &raw.exe_path, &raw.pid)
             .map_err(|e| ConfigError::Invalid { key: "exe-path", message: e.to_string() })?;
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let kubernetes = raw
+            .kubernetes
+            .resolve(in_cluster, crate::discovery::host_name)
+            .map_err(|e| ConfigError::Invalid { key: "kubernetes", message: e.to_string() })?;
+        selector.pods = kubernetes.pod_selector.clone();
         debug_assert_eq!(open_port.is_some(), selector.open_ports.is_some());
         if selector.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "open-port",
-                message: "nothing to watch: give --open-port, --exe-path or --pid".into(),
+                message: "nothing to watch: give --open-port, --exe-path, --pid or --kubernetes-namespace/-pod-label/-owner-name".into(),
             });
         }
         crate::spans::routes::Router::new(&raw.routes, &raw.ignored_routes, raw.route_unmatched, raw.max_routes)
@@ -380,6 +391,7 @@ impl Settings {
             old_db_semconv: opt_in.contains(&"database/dup"),
             span_metrics,
             service_graph: (raw.service_graph_metrics == Some(true)).then(Default::default),
+            kubernetes,
             selector,
             raw,
         })

@@ -7,6 +7,7 @@ pub mod connections;
 pub mod context;
 pub mod discovery;
 pub mod export;
+pub mod kubernetes;
 pub mod metrics;
 pub mod pipeline;
 pub mod probes;

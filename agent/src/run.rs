@@ -138,10 +138,32 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         });
     }
 
+    // Kubernetes metadata: watchers fill the store in the background. Failing
+    // to reach the API is not fatal: processes are still watched, unnamed by k8s.
+    let kubernetes = if settings.kubernetes.enabled {
+        let k = &settings.kubernetes;
+        match crate::kubernetes::Kubernetes::start(k, telemetry.clone()).await {
+            Ok(kube) => {
+                tracing::info!(node = %k.node_name, guessed = k.node_name_guessed, "watching Kubernetes metadata of this node's pods");
+                Some(kube)
+            }
+            Err(e) => {
+                tracing::warn!("continuing without Kubernetes metadata: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let reader = RingReader::new(ring).context("watching the ring buffer")?;
     let pipeline = Pipeline::new(settings, probes, telemetry.clone(), sinks, view)
         .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?;
     pipeline.run(reader, shutdown_signal()).await.context("event pipeline failed")?;
+    // Not yet handed to the pipeline (pipeline.rs is being rewritten): the
+    // lead's merge passes `kubernetes.metadata` to the Scanner and to
+    // `discovery::resolve_service`. Until then the watchers run, unused.
+    drop(kubernetes);
 
     if let Some(q) = trace_queue {
         q.shutdown(Duration::from_secs(5)).await;

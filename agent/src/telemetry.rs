@@ -38,10 +38,12 @@ pub enum Counter {
     ContextHandoffs,
     ServiceGraphExpired,
     ServiceGraphDropped,
+    KubernetesApiErrors,
+    KubernetesObjectsDropped,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 33] = [
+    pub const ALL: [Counter; 35] = [
         Counter::EventsReceived,
         Counter::EventsLostRingbuf,
         Counter::EventsLostPending,
@@ -75,6 +77,8 @@ impl Counter {
         Counter::ContextHandoffs,
         Counter::ServiceGraphExpired,
         Counter::ServiceGraphDropped,
+        Counter::KubernetesApiErrors,
+        Counter::KubernetesObjectsDropped,
     ];
 
     /// Prometheus name (with the `_total` suffix).
@@ -113,6 +117,8 @@ impl Counter {
             Counter::ContextHandoffs => "periscope_context_handoffs_total",
             Counter::ServiceGraphExpired => "periscope_service_graph_expired_total",
             Counter::ServiceGraphDropped => "periscope_service_graph_dropped_total",
+            Counter::KubernetesApiErrors => "periscope_kubernetes_api_errors_total",
+            Counter::KubernetesObjectsDropped => "periscope_kubernetes_objects_dropped_total",
         }
     }
 
@@ -151,6 +157,8 @@ impl Counter {
             Counter::ContextHandoffs => "Client requests attributed to a queued request of the thread (a connection handed on by an in-process queue).",
             Counter::ServiceGraphExpired => "Service-graph spans whose partner span did not arrive in time (a client span with a known peer still counts as an edge to a virtual node).",
             Counter::ServiceGraphDropped => "Service-graph spans not paired because too many spans were waiting for their partner.",
+            Counter::KubernetesApiErrors => "Failed Kubernetes API list/watch calls (retried with backoff; the last known metadata is kept).",
+            Counter::KubernetesObjectsDropped => "Pods or ReplicaSets not kept because the Kubernetes metadata store was full.",
         }
     }
 }

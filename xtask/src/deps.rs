@@ -72,10 +72,12 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
         .iter()
         .copied()
         .filter(|p| {
-            !installed(p)
-                && !(*p == "nodejs" && have("node"))
-                && !(*p == "npm" && have("npm"))
-                && !(*p == "python3" && have("python3"))
+            let provided = match *p {
+                "nodejs" => have("node"),
+                "npm" | "python3" => have(p),
+                _ => false,
+            };
+            !installed(p) && !provided
         })
         .collect();
     if !missing.is_empty() {
