@@ -38,6 +38,7 @@ const MAX_PENDING_REQUESTS: usize = 32;
 const METHOD_KEEP: usize = 2048;
 /// Content-header bytes kept (properties, with the headers table).
 const HEADER_KEEP: usize = 8 * 1024;
+const BASIC_CLASS: u16 = 60;
 /// frame_max assumed before connection.tune is seen (RabbitMQ's default).
 const DEFAULT_FRAME_MAX: usize = 131_072;
 
@@ -476,7 +477,7 @@ impl Sink<'_> {
             self.st.stats.orphan_content += 1;
             return;
         };
-        let Some(h) = content_header(f.payload) else {
+        let Some(h) = content_header(f.payload).filter(|h| h.class == BASIC_CLASS) else {
             ch.content[side] = None;
             self.st.stats.parse_errors += 1;
             self.st.stats.messages_incomplete += 1;

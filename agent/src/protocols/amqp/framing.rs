@@ -115,13 +115,12 @@ pub(crate) struct Framer {
     probe_ts: Ts,
 }
 
-/// Most bytes collected while deciding where a frame starts.
-const PROBE_MAX: usize = 64;
-/// Bytes wanted to judge a frame start: header, class and method ids.
+/// Bytes wanted to judge a frame start (header, class and method ids):
+/// shorter chunks are collected until there are this many.
 const PROBE_WANT: usize = 11;
 
-/// Whether a frame header could start at `d` (at least 7 bytes); `end`
-/// tells whether the frame-end octet must be present in `d`.
+/// Whether a frame header could start at `d` (at least 7 bytes); `need_end`:
+/// the frame-end octet must be in `d` (else it is checked only when there).
 pub(crate) fn plausible_frame(d: &[u8], need_end: bool, max_size: usize) -> bool {
     if d.len() < FRAME_HEADER_LEN {
         return false;
