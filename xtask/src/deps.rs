@@ -1,6 +1,6 @@
 //! Installs the build and test dependencies with apt-get (Debian), once;
-//! plus the SQL tests' client libraries (npm into the fixtures directory,
-//! psycopg for python3). Quick when everything is already there.
+//! plus the tests' client libraries (npm into the SQL and AMQP fixtures
+//! directories, psycopg for python3). Quick when everything is already there.
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -25,11 +25,15 @@ const PACKAGES: &[&str] = &[
     "mariadb-server",
     "mariadb-client",
     "libpq5",
+    // AMQP tests: a private node per test (agent/tests/support/rabbitmq.rs),
+    // never the system's own.
+    "rabbitmq-server",
 ];
 
-/// Node packages of the SQL tests, from the committed package-lock.json.
-const SQL_FIXTURES: &str = "agent/tests/fixtures/sql";
-const NODE_MODULES: &[&str] = &["pg", "mysql2"];
+/// Node packages of the tests, per fixtures directory, from its committed
+/// package-lock.json.
+const NODE_FIXTURES: &[(&str, &[&str])] =
+    &[("agent/tests/fixtures/sql", &["pg", "mysql2"]), ("agent/tests/fixtures/amqp", &["amqplib"])];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -82,13 +86,15 @@ fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
-/// `npm install` in the SQL fixtures when a module is missing.
+/// `npm install` in each fixtures directory where a module is missing.
 fn ensure_node_modules() -> anyhow::Result<()> {
-    let dir = workspace_root().join(SQL_FIXTURES);
-    let missing = NODE_MODULES.iter().any(|m| !dir.join("node_modules").join(m).join("package.json").exists());
-    if missing {
-        eprintln!("xtask: npm install in {}", dir.display());
-        sh(&format!("cd '{}' && npm install --no-audit --no-fund --loglevel=error", dir.display()))?;
+    for (fixtures, modules) in NODE_FIXTURES {
+        let dir = workspace_root().join(fixtures);
+        let missing = modules.iter().any(|m| !dir.join("node_modules").join(m).join("package.json").exists());
+        if missing {
+            eprintln!("xtask: npm install in {}", dir.display());
+            sh(&format!("cd '{}' && npm install --no-audit --no-fund --loglevel=error", dir.display()))?;
+        }
     }
     Ok(())
 }

@@ -21,8 +21,8 @@ pub(crate) const FRAME_END: u8 = 0xCE;
 pub(crate) const FRAME_HEADER_LEN: usize = 7;
 /// Header + frame-end octet.
 pub(crate) const FRAME_OVERHEAD: usize = 8;
-/// Largest payload accepted before frame_max is known (RabbitMQ refuses
-/// frame_max above 128 MiB... and uses 128 KiB by default).
+/// Largest payload accepted when frame_max is not known: a sanity bound
+/// far above RabbitMQ's 128 KiB default.
 pub(crate) const MAX_FRAME_SIZE: usize = 128 << 20;
 /// The client's protocol header, AMQP 0-9-1.
 pub(crate) const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";

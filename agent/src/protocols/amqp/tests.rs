@@ -164,12 +164,15 @@ fn producer_fixture_publishes() {
     assert_eq!(s.channels_tracked(), 0, "closed channels are forgotten");
 }
 
+/// channel, delivery tag, queue, exchange, routing key, no-ack, via get.
+type DeliveryRow<'a> = (u16, u64, Option<&'a str>, &'a str, &'a str, bool, bool);
+
 #[test]
 fn consumer_fixture_deliveries_and_settles() {
     let (ev, s) = replay(CONSUMER);
     assert_clean(&s);
     let d = deliveries(&ev);
-    let got: Vec<(u16, u64, Option<&str>, &str, &str, bool, bool)> = d
+    let got: Vec<DeliveryRow<'_>> = d
         .iter()
         .map(|d| {
             (d.channel, d.delivery_tag, d.queue.as_deref(), d.exchange.as_str(), d.routing_key.as_str(), d.no_ack, d.via_get)
