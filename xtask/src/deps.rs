@@ -1,6 +1,6 @@
 //! Installs the build and test dependencies with apt-get (Debian), once;
-//! plus the SQL tests' client libraries (npm into the fixtures directory,
-//! psycopg for python3). Quick when everything is already there.
+//! plus the tests' client libraries (npm into the SQL and AMQP fixtures
+//! directories, psycopg for python3). Quick when everything is already there.
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -36,6 +36,7 @@ const PACKAGES: &[&str] = &[
 /// the Mythical services of the demo and the comparison.
 const NODE_PROJECTS: &[(&str, &[&str])] = &[
     ("agent/tests/fixtures/sql", &["pg", "mysql2"]),
+    ("agent/tests/fixtures/amqp", &["amqplib"]),
     ("deploy/mythical", &["express", "pg", "amqplib", "@opentelemetry/sdk-node", "@opentelemetry/auto-instrumentations-node"]),
 ];
 
