@@ -20,6 +20,7 @@ use crate::{
         Assembler, Started, ThreadKey, Tracker,
     },
     discovery::{self, ProcessInfo, Scanner, ServiceOptions},
+    kubernetes::KubernetesMetadata,
     probes::{wire::periscope_counter, Probes},
     protocols::Chunk,
     spans::{
@@ -82,6 +83,10 @@ struct Target {
     service: ServiceRef,
     start_time: u64,
     exe: String,
+    /// The process is in a pod whose metadata had not arrived at this
+    /// generation of the metadata store: resolve its Resource again once the
+    /// store has changed.
+    awaiting_kubernetes: Option<u64>,
 }
 
 /// Connections idle this long end their open-ended responses.
@@ -121,6 +126,7 @@ pub struct Pipeline {
     departed: std::collections::VecDeque<(std::time::Instant, String)>,
     link_waits: std::collections::VecDeque<LinkWait>,
     link_wait_ns: u64,
+    kubernetes: Option<KubernetesMetadata>,
 }
 
 impl Pipeline {
@@ -130,6 +136,7 @@ impl Pipeline {
         telemetry: Arc<Telemetry>,
         sinks: Vec<Box<dyn SpanSink>>,
         view: TargetsView,
+        kubernetes: Option<KubernetesMetadata>,
     ) -> Result<Self, String> {
         let raw = &settings.raw;
         let router = Router::new(&raw.routes, &raw.ignored_routes, raw.route_unmatched, raw.max_routes)?;
@@ -153,6 +160,7 @@ impl Pipeline {
             departed: std::collections::VecDeque::new(),
             link_waits: std::collections::VecDeque::new(),
             link_wait_ns: raw.trace_link_wait * 1_000_000,
+            kubernetes,
             sql_opts,
             table: ConnectionTable::new(raw.max_connections, Tracker::new(assembly, MAX_THREADS)),
             settings,
@@ -178,8 +186,12 @@ impl Pipeline {
         let (scan_tx, mut scan_rx) = mpsc::channel::<Vec<ProcessInfo>>(2);
         let selector = self.settings.selector.clone();
         let interval = Duration::from_millis(self.settings.raw.discovery_interval.max(50));
+        let kubernetes = self.kubernetes.clone();
         std::thread::Builder::new().name("discovery".into()).spawn(move || {
             let mut scanner = Scanner::new();
+            if let Some(k) = kubernetes {
+                scanner = scanner.with_kubernetes(k);
+            }
             loop {
                 let found = scanner.scan(&selector).matched;
                 if scan_tx.blocking_send(found).is_err() {
@@ -423,7 +435,10 @@ impl Pipeline {
         let mut changed = false;
         for info in found {
             match self.targets.get_mut(&info.pid) {
-                Some(t) if t.start_time == info.start_time_ticks => continue,
+                Some(t) if t.start_time == info.start_time_ticks => {
+                    changed |= self.retry_kubernetes(&info);
+                    continue;
+                }
                 // A child tracked from its fork before /proc could be read.
                 Some(t) if t.start_time == 0 => {
                     t.start_time = info.start_time_ticks;
@@ -444,7 +459,8 @@ impl Pipeline {
             tracing::warn!(pid = info.pid, "cannot track process: {e}");
             return false;
         }
-        let service = Arc::new(discovery::build_service(info, &self.service_opts));
+        let (service, awaiting_kubernetes) = self.resolve(info);
+        let service = Arc::new(service);
         tracing::info!(
             pid = info.pid,
             exe = %info.exe_name,
@@ -454,8 +470,33 @@ impl Pipeline {
         self.telemetry.inc(Counter::ProcessesTracked);
         self.targets.insert(
             info.pid,
-            Target { service, start_time: info.start_time_ticks, exe: info.exe_name.clone() },
+            Target { service, start_time: info.start_time_ticks, exe: info.exe_name.clone(), awaiting_kubernetes },
         );
+        true
+    }
+
+    /// The Resource of a process; with the metadata store's generation when
+    /// its pod's metadata has not arrived yet.
+    fn resolve(&self, info: &ProcessInfo) -> (Service, Option<u64>) {
+        let generation = self.kubernetes.as_ref().map_or(0, KubernetesMetadata::generation);
+        let r = discovery::resolve_service(info, &self.service_opts, self.kubernetes.as_ref());
+        (r.service, r.awaiting_kubernetes.then_some(generation))
+    }
+
+    /// A tracked process still waiting for its pod's metadata: once the store
+    /// changed, resolve its Resource again (same instance id).
+    fn retry_kubernetes(&mut self, info: &ProcessInfo) -> bool {
+        let Some(k) = &self.kubernetes else { return false };
+        let Some(target) = self.targets.get(&info.pid) else { return false };
+        match target.awaiting_kubernetes {
+            Some(seen) if seen != k.generation() => {}
+            _ => return false,
+        }
+        let (service, awaiting) = self.resolve(info);
+        if let Some(t) = self.targets.get_mut(&info.pid) {
+            t.service = Arc::new(service);
+            t.awaiting_kubernetes = awaiting;
+        }
         true
     }
 
@@ -471,7 +512,7 @@ impl Pipeline {
                 let service = child_service(&parent.service, pid, &self.service_opts.host_name);
                 let exe = parent.exe.clone();
                 self.telemetry.inc(Counter::ProcessesTracked);
-                self.targets.insert(pid, Target { service: Arc::new(service), start_time: 0, exe });
+                self.targets.insert(pid, Target { service: Arc::new(service), start_time: 0, exe, awaiting_kubernetes: None });
             }
         }
         self.publish_view();
@@ -483,8 +524,10 @@ impl Pipeline {
             self.table.forget_process(pid, &mut self.outcomes, &self.telemetry);
             self.probes.purge_connections(pid);
             if let Ok(info) = discovery::read_process(pid) {
-                let service = Arc::new(discovery::build_service(&info, &self.service_opts));
-                self.targets.insert(pid, Target { service, start_time: info.start_time_ticks, exe: info.exe_name });
+                let (service, awaiting_kubernetes) = self.resolve(&info);
+                let target =
+                    Target { service: Arc::new(service), start_time: info.start_time_ticks, exe: info.exe_name, awaiting_kubernetes };
+                self.targets.insert(pid, target);
                 self.publish_view();
             }
             return;

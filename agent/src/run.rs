@@ -157,12 +157,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
 
     let reader = RingReader::new(ring).context("watching the ring buffer")?;
-    let pipeline = Pipeline::new(settings, probes, telemetry.clone(), sinks, view)
+    let metadata = kubernetes.as_ref().map(|k| k.metadata.clone());
+    let pipeline = Pipeline::new(settings, probes, telemetry.clone(), sinks, view, metadata)
         .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?;
     pipeline.run(reader, shutdown_signal()).await.context("event pipeline failed")?;
-    // Not yet handed to the pipeline (pipeline.rs is being rewritten): the
-    // lead's merge passes `kubernetes.metadata` to the Scanner and to
-    // `discovery::resolve_service`. Until then the watchers run, unused.
     drop(kubernetes);
 
     if let Some(q) = trace_queue {
