@@ -17,15 +17,16 @@ use crate::{
     connections::{ConnKey, ConnectionTable, Outcome},
     context::{
         assembly::{AssemblyOptions, Explicit},
-        Assembler, Started, ThreadKey, Tracker,
+        Assembler, SpanCtx, Started, ThreadKey, Tracker,
     },
     discovery::{self, ProcessInfo, Scanner, ServiceOptions},
     kubernetes::KubernetesMetadata,
     probes::{wire::periscope_counter, Probes},
-    protocols::Chunk,
+    protocols::{amqp::Publish, Chunk},
     spans::{
         clock::{monotonic_now, Clock},
         http::{self as http_spans, HttpContext, HttpSpanOptions},
+        messaging::{self, ConsumedMessage, MessagingContext, PublishContexts},
         routes::{Route, Router},
         sql::{self as sql_spans, SqlContext, SqlSpanOptions},
         traceparent::TraceParent,
@@ -95,6 +96,8 @@ const IDLE_NS: u64 = 2_000_000_000;
 const EXPIRE_NS: u64 = 600_000_000_000;
 /// Threads whose current request is remembered at once.
 const MAX_THREADS: usize = 65_536;
+/// Publishes remembered for consumers on this host.
+const MAX_PUBLISHES: usize = 8192;
 /// Server spans waiting for their caller's client span at once.
 const MAX_LINK_WAITS: usize = 4096;
 
@@ -127,6 +130,8 @@ pub struct Pipeline {
     link_waits: std::collections::VecDeque<LinkWait>,
     link_wait_ns: u64,
     kubernetes: Option<KubernetesMetadata>,
+    /// Recent publishes by message fingerprint, for consumers on this host.
+    published: PublishContexts<SpanCtx>,
 }
 
 impl Pipeline {
@@ -161,6 +166,7 @@ impl Pipeline {
             link_waits: std::collections::VecDeque::new(),
             link_wait_ns: raw.trace_link_wait * 1_000_000,
             kubernetes,
+            published: PublishContexts::new(MAX_PUBLISHES),
             sql_opts,
             table: ConnectionTable::new(raw.max_connections, Tracker::new(assembly, MAX_THREADS)),
             settings,
@@ -284,6 +290,14 @@ impl Pipeline {
                 Outcome::Http { key, tuple, server_side, started, exchange } => {
                     (key, tuple, server_side, started, exchange)
                 }
+                Outcome::Published { key, tuple, started, publish } => {
+                    self.on_published(key, tuple, started, &publish);
+                    continue;
+                }
+                Outcome::Consumed { key, tuple, started, message } => {
+                    self.on_consumed(key, tuple, started, &message);
+                    continue;
+                }
                 Outcome::Sql { key, tuple, server_side, started, call } => {
                     let Some(target) = self.targets.get(&key.pid) else {
                         self.table.tracker.assembly.abandon(started.ctx.group, &self.telemetry);
@@ -326,6 +340,55 @@ impl Pipeline {
         if !self.table.tracker.assembly.out.is_empty() {
             self.emit_assembled();
         }
+    }
+
+    /// PRODUCER span: a child of the request that published; remembered by the
+    /// message's fingerprint, so a consumer on this host can find it.
+    fn on_published(&mut self, key: ConnKey, tuple: Tuple, started: Started, publish: &Publish) {
+        let Some(target) = self.targets.get(&key.pid) else {
+            self.table.tracker.assembly.abandon(started.ctx.group, &self.telemetry);
+            return;
+        };
+        let ctx = MessagingContext { service: &target.service, local: tuple.local, remote: tuple.remote };
+        let mut span = messaging::build_publish(publish, &ctx, &self.clock).span;
+        self.telemetry.inc(Counter::SpansProduced);
+        // A traceparent the process put in the message names this span.
+        let pinned = publish.traceparent.as_deref().and_then(TraceParent::parse).is_some();
+        if !pinned {
+            span.span_id = started.ctx.span_id;
+        }
+        span.parent_span_id = started.parent.map(|p| p.span_id);
+        self.published.remember(publish, SpanCtx { span_id: span.span_id, group: started.ctx.group });
+        self.finish(started.ctx.group, span, pinned);
+    }
+
+    /// CONSUMER span: its parent is the message's traceparent, else the
+    /// PRODUCER span of the same message when it was published on this host.
+    fn on_consumed(&mut self, key: ConnKey, tuple: Tuple, started: Started, message: &ConsumedMessage) {
+        let Some(target) = self.targets.get(&key.pid) else {
+            self.table.tracker.assembly.abandon(started.ctx.group, &self.telemetry);
+            return;
+        };
+        let ctx = MessagingContext { service: &target.service, local: tuple.local, remote: tuple.remote };
+        let mut span = messaging::build_consumed(message, &ctx, &self.clock, None).span;
+        self.telemetry.inc(Counter::SpansProduced);
+        span.span_id = started.ctx.span_id;
+        let group = started.ctx.group;
+        let d = &message.delivery;
+        match d.traceparent.as_deref().and_then(TraceParent::parse) {
+            Some(tp) => {
+                let e = Explicit { trace_id: tp.trace_id, sampled: tp.flags & 1 == 1, trace_state: d.tracestate.clone() };
+                self.table.tracker.assembly.set_explicit(group, e);
+            }
+            None => {
+                if let Some(producer) = self.published.take(d) {
+                    span.parent_span_id = Some(producer.span_id);
+                    self.table.tracker.assembly.join(group, producer.group, &self.telemetry);
+                    self.telemetry.inc(Counter::SpansLinked);
+                }
+            }
+        }
+        self.finish(group, span, false);
     }
 
     /// Gives a finished span its ids and parent, and hands it to its trace group.

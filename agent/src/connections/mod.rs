@@ -4,7 +4,9 @@ use rustc_hash::FxHashMap;
 
 use crate::capture::{Role, Tuple};
 use crate::context::{ConnTrace, Started, ThreadKey, Tracker};
+use crate::spans::messaging::{ConsumedMessage, Deliveries};
 use crate::protocols::{
+    amqp::{self, AmqpEvent, AmqpSession, Publish},
     http1, mysql,
     postgres,
     sql::{self, SqlCall},
@@ -53,6 +55,7 @@ pub enum Protocol {
     Http1(http1::Http1Session),
     Postgres(postgres::PgSession),
     MySql(mysql::MySqlSession),
+    Amqp(Box<AmqpConn>),
     /// Not a protocol we parse (TLS, HTTP/2, ...): ignored until closed.
     Unknown,
 }
@@ -64,8 +67,42 @@ impl std::fmt::Debug for Protocol {
             Protocol::Http1(_) => "http1",
             Protocol::Postgres(_) => "postgresql",
             Protocol::MySql(_) => "mysql",
+            Protocol::Amqp(_) => "amqp",
             Protocol::Unknown => "unknown",
         })
+    }
+}
+
+/// An AMQP 0-9-1 client connection: the frames, the deliveries awaiting
+/// their ack, and the identities given to deliveries when they arrived.
+pub struct AmqpConn {
+    session: AmqpSession,
+    deliveries: Deliveries,
+    events: Vec<AmqpEvent>,
+    consumed: Vec<ConsumedMessage>,
+    /// (channel, delivery tag) -> identity of its CONSUMER span.
+    started: FxHashMap<(u16, u64), Started>,
+}
+
+/// Deliveries remembered per connection until settled (beyond: the oldest
+/// identities are dropped and the span becomes a root).
+const MAX_AMQP_STARTED: usize = 4096;
+
+impl AmqpConn {
+    fn new(role: sql::Role) -> Self {
+        Self {
+            session: AmqpSession::new(role),
+            deliveries: Deliveries::new(),
+            events: Vec::new(),
+            consumed: Vec::new(),
+            started: FxHashMap::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AmqpConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpConn").field("pending", &self.deliveries.pending()).finish()
     }
 }
 
@@ -96,6 +133,17 @@ impl From<&http1::Http1Stats> for Stats {
     }
 }
 
+impl From<&amqp::AmqpStats> for Stats {
+    fn from(s: &amqp::AmqpStats) -> Self {
+        Self {
+            parse_errors: s.parse_errors,
+            desyncs: s.desyncs,
+            unmatched: s.messages_incomplete + s.orphan_content + s.requests_dropped,
+            skipped: s.chunks_dropped,
+        }
+    }
+}
+
 impl From<&sql::SqlStats> for Stats {
     fn from(s: &sql::SqlStats) -> Self {
         Self {
@@ -112,6 +160,8 @@ impl From<&sql::SqlStats> for Stats {
 pub enum Outcome {
     Http { key: ConnKey, tuple: Tuple, server_side: bool, started: Started, exchange: http1::Exchange },
     Sql { key: ConnKey, tuple: Tuple, server_side: bool, started: Started, call: SqlCall },
+    Published { key: ConnKey, tuple: Tuple, started: Started, publish: Publish },
+    Consumed { key: ConnKey, tuple: Tuple, started: Started, message: ConsumedMessage },
 }
 
 #[derive(Debug)]
@@ -127,7 +177,7 @@ pub struct ConnectionTable {
 
 /// Decides the protocol of a connection from its first captured bytes, by
 /// content and never by port: the role follows from who sent what.
-fn detect(chunk: &Chunk<'_>) -> Option<Protocol> {
+fn detect(chunk: &Chunk<'_>, conn_role: Role, tuple: &Tuple) -> Option<Protocol> {
     let data = chunk.data;
     let we_sent = chunk.direction == Direction::Egress;
     let role = |client: bool| if client { sql::Role::Client } else { sql::Role::Server };
@@ -145,6 +195,21 @@ fn detect(chunk: &Chunk<'_>) -> Option<Protocol> {
     }
     if mysql::looks_like_mysql_command(data) {
         return Some(Protocol::MySql(mysql::MySqlSession::new(role(we_sent))));
+    }
+    if amqp::looks_like_amqp(data, chunk.direction) {
+        // The client opens with the protocol header. Mid-stream (a socket
+        // older than the agent) the kernel's accept/connect role decides, and
+        // without it the broker is the one on AMQP's port.
+        let client = if data.starts_with(b"AMQP") {
+            we_sent
+        } else {
+            match conn_role {
+                Role::Client => true,
+                Role::Server => false,
+                Role::Unknown => !matches!(tuple.local.port(), 5671 | 5672),
+            }
+        };
+        return Some(Protocol::Amqp(Box::new(AmqpConn::new(role(client)))));
     }
     None
 }
@@ -252,13 +317,17 @@ impl ConnectionTable {
                 joined = held.iter().flat_map(|h| h.data.iter()).chain(chunk.data).copied().collect();
                 Chunk { data: &joined, ..*chunk }
             };
-            match detect(&probe) {
+            match detect(&probe, conn.role, &conn.tuple) {
                 Some(p) => {
                     let replay = std::mem::take(held);
                     conn.protocol = p;
                     let server_side = conn_side(conn);
                     for h in &replay {
                         let c = h.as_chunk();
+                        if let Protocol::Amqp(a) = &mut conn.protocol {
+                            on_amqp(&mut self.tracker, a, !server_side, key, tuple, thread, &c, out, t);
+                            continue;
+                        }
                         self.tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, &c, t);
                         feed(&mut conn.protocol, &c, &mut self.scratch, &mut self.sql_scratch);
                     }
@@ -291,6 +360,12 @@ impl ConnectionTable {
         if matches!(conn.protocol, Protocol::Unknown) {
             return;
         }
+        if let Protocol::Amqp(a) = &mut conn.protocol {
+            let (tuple, client) = (conn.tuple, a.session.role() == sql::Role::Client);
+            on_amqp(&mut self.tracker, a, client, key, tuple, thread, chunk, out, t);
+            report(conn, t);
+            return;
+        }
         let server_side = conn_side(conn);
         self.tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, chunk, t);
         feed(&mut conn.protocol, chunk, &mut self.scratch, &mut self.sql_scratch);
@@ -308,6 +383,13 @@ impl ConnectionTable {
             Protocol::Http1(session) => session.on_close(&mut self.scratch),
             Protocol::Postgres(session) => session.on_close(&mut self.sql_scratch),
             Protocol::MySql(session) => session.on_close(&mut self.sql_scratch),
+            Protocol::Amqp(a) => {
+                let client = a.session.role() == sql::Role::Client;
+                let mut ignored = Vec::new();
+                a.session.on_close(&mut ignored);
+                a.deliveries.on_closed(None, &mut a.consumed);
+                finish_consumed(&mut self.tracker, a, client, key, conn.tuple, out, t);
+            }
             // Bytes were seen and none made sense: this was not a protocol we know.
             Protocol::Detecting { attempts, held } if *attempts > 0 || !held.is_empty() => {
                 t.inc(Counter::UnknownProtocol);
@@ -348,6 +430,88 @@ impl ConnectionTable {
     }
 }
 
+/// One chunk of an AMQP connection: publishes become children of the
+/// thread's current request; a delivery makes its CONSUMER span the thread's
+/// current request until its ack.
+#[allow(clippy::too_many_arguments)]
+fn on_amqp(
+    tracker: &mut Tracker,
+    a: &mut AmqpConn,
+    client: bool,
+    key: ConnKey,
+    tuple: Tuple,
+    thread: ThreadKey,
+    chunk: &Chunk<'_>,
+    out: &mut Vec<Outcome>,
+    t: &Telemetry,
+) {
+    a.session.on_chunk(chunk, &mut a.events);
+    let mut events = std::mem::take(&mut a.events);
+    for event in events.drain(..) {
+        match event {
+            // The broker's side of a connection (a tracked RabbitMQ): no spans.
+            _ if !client => {}
+            AmqpEvent::Publish(publish) => {
+                let started = tracker.started_publish(thread, publish.ts_start, t);
+                out.push(Outcome::Published { key, tuple, started, publish });
+            }
+            AmqpEvent::Deliver(d) => {
+                if a.started.len() >= MAX_AMQP_STARTED {
+                    a.started.clear();
+                    t.inc(Counter::ContextMissing);
+                }
+                let started = tracker.started_delivery(thread, d.ts_received, t);
+                if let Some(old) = a.started.insert((d.channel, d.delivery_tag), started) {
+                    tracker.assembly.abandon(old.ctx.group, t);
+                }
+                a.deliveries.on_delivery(d, &mut a.consumed);
+            }
+            AmqpEvent::Settle(s) => a.deliveries.on_settle(&s, &mut a.consumed),
+            AmqpEvent::Close(c) => {
+                let channel = (c.channel != 0).then_some(c.channel);
+                a.deliveries.on_closed(channel, &mut a.consumed);
+            }
+            AmqpEvent::Confirm(_) | AmqpEvent::Return(_) => {}
+        }
+    }
+    a.events = events;
+    finish_consumed(tracker, a, client, key, tuple, out, t);
+}
+
+/// Deliveries whose handling is over (settled, or never will be) become outcomes.
+fn finish_consumed(
+    tracker: &mut Tracker,
+    a: &mut AmqpConn,
+    client: bool,
+    key: ConnKey,
+    tuple: Tuple,
+    out: &mut Vec<Outcome>,
+    t: &Telemetry,
+) {
+    for message in a.consumed.drain(..) {
+        let id = (message.delivery.channel, message.delivery.delivery_tag);
+        let started = match a.started.remove(&id) {
+            Some(s) => s,
+            None => {
+                t.inc(Counter::ContextMissing);
+                let ts = message.delivery.ts_received;
+                let group = tracker.assembly.new_group(ts, t);
+                tracker.assembly.open(group);
+                let ctx = crate::context::SpanCtx { span_id: crate::spans::SpanId::random(), group };
+                Started { ctx, parent: None, ts_enter: ts, ts_exit: ts }
+            }
+        };
+        if client {
+            out.push(Outcome::Consumed { key, tuple, started, message });
+        }
+    }
+    if !client {
+        for (_, s) in a.started.drain() {
+            tracker.assembly.abandon(s.ctx.group, t);
+        }
+    }
+}
+
 /// Moves what the sessions produced into `out`, each with its identity.
 fn collect(
     tracker: &mut Tracker,
@@ -376,7 +540,8 @@ fn feed(protocol: &mut Protocol, chunk: &Chunk<'_>, http: &mut Vec<http1::Exchan
         Protocol::Http1(session) => session.on_chunk(chunk, http),
         Protocol::Postgres(session) => session.on_chunk(chunk, sql),
         Protocol::MySql(session) => session.on_chunk(chunk, sql),
-        Protocol::Detecting { .. } | Protocol::Unknown => {}
+        // Fed by on_amqp, with the thread's context.
+        Protocol::Amqp(_) | Protocol::Detecting { .. } | Protocol::Unknown => {}
     }
 }
 
@@ -386,6 +551,7 @@ fn conn_side(conn: &Connection) -> bool {
         Protocol::Http1(s) => s.requests_direction() == Direction::Ingress,
         Protocol::Postgres(s) => s.role() == sql::Role::Server,
         Protocol::MySql(s) => s.role() == sql::Role::Server,
+        Protocol::Amqp(a) => a.session.role() == sql::Role::Server,
         Protocol::Detecting { .. } | Protocol::Unknown => conn.role == Role::Server,
     }
 }
@@ -396,6 +562,13 @@ fn report(conn: &mut Connection, t: &Telemetry) {
         Protocol::Http1(s) => Stats::from(s.stats()),
         Protocol::Postgres(s) => Stats::from(s.stats()),
         Protocol::MySql(s) => Stats::from(s.stats()),
+        Protocol::Amqp(a) => {
+            let mut st = Stats::from(a.session.stats());
+            // Acks of deliveries never seen (their frames were beyond the
+            // captured bytes of a read): messages we lost.
+            st.unmatched += a.deliveries.stats().unmatched_settles + a.deliveries.stats().evicted;
+            st
+        }
         Protocol::Detecting { .. } | Protocol::Unknown => return,
     };
     let was = conn.reported;

@@ -398,6 +398,27 @@ impl Tracker {
         }
     }
 
+    /// A message was published by `thread`: a child of its current request.
+    pub fn started_publish(&mut self, thread: ThreadKey, ts: u64, telemetry: &Telemetry) -> Started {
+        let parent = self.threads.current(thread);
+        let group = match parent {
+            Some(p) => p.group,
+            None => self.assembly.new_group(ts, telemetry),
+        };
+        self.assembly.open(group);
+        Started { ctx: SpanCtx { span_id: SpanId::random(), group }, parent, ts_enter: ts, ts_exit: ts }
+    }
+
+    /// A message was delivered to `thread`: the code that handles it works
+    /// for its CONSUMER span, whose own parent is the message's creator.
+    pub fn started_delivery(&mut self, thread: ThreadKey, ts: u64, telemetry: &Telemetry) -> Started {
+        let group = self.assembly.new_group(ts, telemetry);
+        self.assembly.open(group);
+        let ctx = SpanCtx { span_id: SpanId::random(), group };
+        self.threads.set(thread, Some(ctx), telemetry);
+        Started { ctx, parent: None, ts_enter: ts, ts_exit: ts }
+    }
+
     /// A process exited: forget its threads.
     pub fn forget_process(&mut self, pid: u32) {
         self.threads.map.retain(|(p, _), _| *p != pid);

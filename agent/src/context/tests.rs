@@ -61,6 +61,9 @@ impl World {
                 Outcome::Http { key, server_side, started, .. } | Outcome::Sql { key, server_side, started, .. } => {
                     (key.fd, *server_side, started.ctx.span_id, started.parent.map(|p| p.span_id))
                 }
+                Outcome::Published { key, started, .. } | Outcome::Consumed { key, started, .. } => {
+                    (key.fd, false, started.ctx.span_id, started.parent.map(|p| p.span_id))
+                }
             })
             .collect()
     }

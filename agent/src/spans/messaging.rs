@@ -207,40 +207,38 @@ pub struct ConsumedMessage {
     pub settlement: Settlement,
 }
 
-/// Creation contexts of recently published messages by body fingerprint,
-/// for deliveries that carry no traceparent (both ends on this host).
+/// What is known of recently published messages, by body fingerprint, for
+/// deliveries that carry no traceparent (both ends on this host). `T` is
+/// the publish span's context (the pipeline keeps span id and trace group).
 /// Bounded: the oldest entry goes first.
-pub struct PublishContexts {
-    map: HashMap<u64, (TraceId, SpanId, u8)>,
+pub struct PublishContexts<T> {
+    map: HashMap<u64, T>,
     order: VecDeque<u64>,
     cap: usize,
 }
 
-impl PublishContexts {
+impl<T> PublishContexts<T> {
     pub fn new(cap: usize) -> Self {
         PublishContexts { map: HashMap::new(), order: VecDeque::new(), cap: cap.max(1) }
     }
 
-    /// Remembers the context of a publish span.
-    pub fn remember(&mut self, p: &Publish, span: &Span) {
+    /// Remembers the context of a publish.
+    pub fn remember(&mut self, p: &Publish, ctx: T) {
         let Some(fp) = p.fingerprint else { return };
-        if self.map.insert(fp, (span.trace_id, span.span_id, span.trace_flags)).is_none() {
+        if self.map.insert(fp, ctx).is_none() {
             self.order.push_back(fp);
         }
-        while self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
-            }
+        // Taken entries stay in `order` until they come up: no scan per take.
+        while self.map.len() > self.cap || self.order.len() > 2 * self.cap {
+            let Some(old) = self.order.pop_front() else { break };
+            self.map.remove(&old);
         }
     }
 
     /// The context of the publish this delivery most likely came from
     /// (consumed: a message is matched once).
-    pub fn take(&mut self, d: &Delivery) -> Option<TraceParent> {
-        let fp = d.fingerprint?;
-        let (trace_id, parent_id, flags) = self.map.remove(&fp)?;
-        self.order.retain(|&f| f != fp);
-        Some(TraceParent { trace_id, parent_id, flags })
+    pub fn take(&mut self, d: &Delivery) -> Option<T> {
+        self.map.remove(&d.fingerprint?)
     }
 
     pub fn len(&self) -> usize {

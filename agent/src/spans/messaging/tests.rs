@@ -192,7 +192,8 @@ fn fingerprints_link_deliveries_without_traceparent() {
     let mut contexts = PublishContexts::new(16);
     let pubs = publish_spans(&s);
     for (p, m) in &pubs {
-        contexts.remember(p, &m.span);
+        let tp = TraceParent { trace_id: m.span.trace_id, parent_id: m.span.span_id, flags: m.span.trace_flags };
+        contexts.remember(p, tp);
     }
     let (msgs, _) = consumed(CONSUMER);
     let batch: Vec<&ConsumedMessage> =
