@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod export;
 pub mod metrics;
 pub mod pipeline;
+pub mod preflight;
 pub mod probes;
 pub mod run;
 pub mod protocols;

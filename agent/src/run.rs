@@ -68,6 +68,7 @@ async fn shutdown_signal() {
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    crate::preflight::check()?;
     let telemetry = Arc::new(Telemetry::default());
     let metrics = Arc::new(Metrics::new(
         MetricsConfig { max_attribute_sets: settings.raw.metric_cardinality_limit },
