@@ -235,7 +235,7 @@ pub fn evaluate(h: &HostFacts) -> Vec<Finding> {
             )));
         }
     }
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
 

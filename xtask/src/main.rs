@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: project chores. Each command lives in its own module.
 mod bench;
 mod demo;
+mod deploy_check;
 mod fuzz;
 mod soak;
 mod deps;
@@ -23,6 +24,8 @@ enum Command {
     Bench(bench::Options),
     /// Watch real uninstrumented services and show their spans and RED metrics.
     Demo(demo::Options),
+    /// Lint and validate deploy/ (Dockerfile, compose, Kubernetes, dashboards) without Docker.
+    DeployCheck(deploy_check::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(o) => bench::run(o),
         Command::Fuzz(o) => fuzz::run(o),
         Command::Soak(o) => soak::run(o),
+        Command::DeployCheck(o) => deploy_check::run(o),
     }
 }
