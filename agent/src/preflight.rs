@@ -17,6 +17,7 @@ pub mod cap {
     pub const DAC_READ_SEARCH: u32 = 2;
     pub const SYS_PTRACE: u32 = 19;
     pub const SYS_ADMIN: u32 = 21;
+    pub const SYS_RESOURCE: u32 = 24;
     pub const PERFMON: u32 = 38;
     pub const BPF: u32 = 39;
 }
@@ -183,6 +184,11 @@ pub fn evaluate(h: &HostFacts) -> Vec<Finding> {
             if !admin && !has(caps, cap::PERFMON) {
                 out.push(Finding::error(
                     "missing capability CAP_PERFMON: cannot load tracing programs or attach them to tracepoints (add PERFMON, or run privileged)",
+                ));
+            }
+            if h.kernel.is_some_and(|k| k < (5, 11)) && !has(caps, cap::SYS_RESOURCE) {
+                out.push(Finding::warning(
+                    "kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK: without CAP_SYS_RESOURCE the limit cannot be raised; add SYS_RESOURCE or set the memlock limit to unlimited",
                 ));
             }
             if !has(caps, cap::SYS_PTRACE) {

@@ -119,6 +119,20 @@ fn kernel_features() {
 }
 
 #[test]
+fn memlock_matters_only_before_5_11() {
+    let mut h = host(RECOMMENDED);
+    h.kernel = Some((5, 10));
+    let w = evaluate(&h);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].severity == Severity::Warning && w[0].message.contains("RLIMIT_MEMLOCK"));
+    h.cap_eff = Some(RECOMMENDED | (1 << cap::SYS_RESOURCE));
+    assert_eq!(evaluate(&h), Vec::new());
+    h.kernel = Some((5, 11));
+    h.cap_eff = Some(RECOMMENDED);
+    assert_eq!(evaluate(&h), Vec::new());
+}
+
+#[test]
 fn tracefs_without_sys_admin_must_be_mounted_by_the_runtime() {
     let mut h = host(RECOMMENDED);
     h.tracefs = Tracefs::NotMounted;
