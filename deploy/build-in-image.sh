@@ -22,11 +22,15 @@ deps() {
 
 build() {
     local out="${1:?usage: build-in-image.sh build OUT_DIR}"
+    # The image is always release; CI runs this step with PERISCOPE_PROFILE=dev
+    # (already built by the tests) to exercise it without a long release build.
+    local profile="${PERISCOPE_PROFILE:-release}" dir
+    if [ "$profile" = dev ]; then dir=debug; else dir="$profile"; fi
     cargo --version
-    cargo build --release --locked -p periscope
+    cargo build --profile "$profile" --locked -p periscope
     mkdir -p "$out"
     # Keep the symbol table (profilers, backtraces), drop DWARF: ~5x smaller.
-    objcopy --strip-debug target/release/periscope "$out/periscope"
+    objcopy --strip-debug "target/$dir/periscope" "$out/periscope"
     "$out/periscope" --version
 }
 

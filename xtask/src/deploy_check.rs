@@ -50,6 +50,11 @@ pub fn check(with_rust_test: bool) -> anyhow::Result<()> {
     sh(&format!("bash -n {0} && {1} {0}", q(&script), tool("shellcheck")))?;
     let metadata = cargo_metadata(&root)?;
     check_dockerfile(&root, &metadata)?;
+    // The image's build step itself, with the dev profile the tests already built.
+    let out = root.join("target/deploy-check");
+    sh(&format!("cd {} && PERISCOPE_PROFILE=dev {} build {} >/dev/null", q(&root), q(&script), q(&out)))?;
+    let version = Command::new(out.join("periscope")).arg("--version").output()?;
+    ensure!(version.status.success(), "the binary built by build-in-image.sh does not run");
 
     eprintln!("deploy-check: compose files");
     let compose: Vec<PathBuf> = files(&deploy.join("compose"), "yml")?;
@@ -286,9 +291,11 @@ fn check_dockerfile_text(
         .find(|l| l.starts_with("cargo build"))
         .context("build-in-image.sh runs no `cargo build`")?;
     let words: Vec<&str> = cargo.split_whitespace().collect();
-    for flag in ["--release", "--locked"] {
-        ensure!(words.contains(&flag), "`{cargo}` lacks {flag}");
-    }
+    ensure!(words.contains(&"--locked"), "`{cargo}` lacks --locked");
+    ensure!(
+        words.contains(&"--release") || script.contains("PERISCOPE_PROFILE:-release}"),
+        "`{cargo}` does not build the release profile by default"
+    );
     let package = words.iter().position(|w| *w == "-p").and_then(|i| words.get(i + 1)).context("`cargo build` names no package")?;
     ensure!(meta.packages.contains(*package), "`cargo build -p {package}`: no such workspace package");
     let list = script
@@ -325,7 +332,7 @@ fn check_kustomization(text: &str, manifests: &[PathBuf]) -> anyhow::Result<()> 
 mod tests {
     use super::*;
 
-    const SCRIPT: &str = "PACKAGES=(clang-19 llvm-19 libbpf-dev)\n    cargo build --release --locked -p periscope\n";
+    const SCRIPT: &str = "PACKAGES=(clang-19 llvm-19 libbpf-dev)\n    local profile=\"${PERISCOPE_PROFILE:-release}\" dir\n    cargo build --profile \"$profile\" --locked -p periscope\n";
     const GOOD: &str = "# syntax=docker/dockerfile:1\nARG BUILD_IMAGE=rust:1.95.0-slim-bookworm\nARG RUNTIME_IMAGE=debian:12.11-slim\n\
 FROM ${BUILD_IMAGE} AS build\nCOPY deploy/build-in-image.sh /usr/local/bin/\nRUN build-in-image.sh deps\nCOPY agent agent\n\
 RUN --mount=type=cache,target=/x \\\n    build-in-image.sh build /out\nFROM ${RUNTIME_IMAGE}\n\
@@ -360,6 +367,7 @@ COPY --from=build /out/periscope /usr/local/bin/periscope\nENTRYPOINT [\"/usr/lo
             (GOOD.replace("ENTRYPOINT", "USER 1000\nENTRYPOINT"), SCRIPT.to_owned(), "uid 0"),
             (GOOD.replace(" AS build", ""), SCRIPT.to_owned(), "no name"),
             (GOOD.to_owned(), SCRIPT.replace("--locked ", ""), "lacks --locked"),
+            (GOOD.to_owned(), SCRIPT.replace(":-release", ":-dev"), "release profile"),
             (GOOD.to_owned(), SCRIPT.replace("-p periscope", "-p periscop"), "no such workspace package"),
             (GOOD.to_owned(), SCRIPT.replace("llvm-19", "llvm-18"), "llvm-18"),
             (GOOD.to_owned(), SCRIPT.replace("libbpf-dev", ""), "libbpf-dev"),
