@@ -112,6 +112,9 @@ pub fn ensure_tools() -> anyhow::Result<Tools> {
         let pkgs: Vec<&str> = PYTHON_TOOLS.iter().map(|(pkg, _)| *pkg).collect();
         eprintln!("xtask: installing with pip into {}: {}", dir.display(), pkgs.join(" "));
         let _ = std::fs::remove_dir_all(&dir);
+        if sh("python3 -m pip --version >/dev/null 2>&1").is_err() {
+            deps::ensure_packages(&["python3-pip"])?;
+        }
         sh(&format!(
             "python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --target '{}' {}",
             dir.display(),
