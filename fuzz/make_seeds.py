@@ -177,6 +177,39 @@ for flags, req, resp in [(0, IN, EG), (1, EG, IN)]:
         flags, step(req, com_query[:10], gap=len(com_query) - 10), step(resp, resultset[:7], gap=300),
         step(req, com_query), step(resp, ok(1))))
 
+# ----------------------------------------------------------------------- AMQP
+# Real amqplib <-> RabbitMQ conversations (agent/src/protocols/amqp/fixtures,
+# records: direction byte 1 = client, u32 LE length, bytes).
+AMQP_FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "agent", "src",
+                             "protocols", "amqp", "fixtures")
+
+
+def amqp_records(name):
+    with open(os.path.join(AMQP_FIXTURES, name), "rb") as f:
+        d = f.read()
+    out, i = [], 0
+    while i < len(d):
+        n = struct.unpack_from("<I", d, i + 1)[0]
+        out.append((d[i] == 1, d[i + 5:i + 5 + n]))
+        i += 5 + n
+    return out
+
+
+for fixture in ("producer", "consumer"):
+    recs = amqp_records(fixture + ".bin")
+    # Captured up to 4096 bytes per syscall (the agent's maximum), which
+    # keeps seeds under libFuzzer's default max_len here.
+    for flags, client, broker in [(1, EG, IN), (0, IN, EG)]:
+        role = "client" if flags == 1 else "broker"
+        write("amqp_session", f"{role}-{fixture}", script(
+            flags, *[step(client if c else broker, b[:4096], gap=max(0, len(b) - 4096)) for c, b in recs]))
+    # Captures cut at 512 bytes, the agent's default.
+    write("amqp_session", f"client-{fixture}-512", script(
+        1, *[step(EG if c else IN, b[:512], gap=max(0, len(b) - 512)) for c, b in recs]))
+    # Attached mid-connection, frames split in small pieces.
+    write("amqp_session", f"client-{fixture}-midstream", script(
+        1, *[split(EG if c else IN, b[:4096], [3, 5, 11]) for c, b in recs[9:]]))
+
 # ------------------------------------------------------------------------ SQL
 for i, sql in enumerate([
     "SELECT id, name FROM users WHERE id = 42 AND name = 'alice'",

@@ -137,6 +137,25 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_METRIC_CARDINALITY_LIMIT", default_value_t = 2000)]
     pub metric_cardinality_limit: usize,
 
+    // Trace-derived metrics (Tempo's names): off unless set here, or unless
+    // BEYLA_OTEL_METRIC_FEATURES / BEYLA_PROMETHEUS_FEATURES name them
+    // (`application_span`, `application_service_graph`); see `beyla_feature_args`.
+    /// Tempo-compatible span metrics: traces_spanmetrics_calls_total, traces_spanmetrics_latency.
+    #[arg(long, env = "PERISCOPE_SPAN_METRICS", num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    pub span_metrics: Option<bool>,
+
+    /// Tempo-compatible service-graph metrics: traces_service_graph_request_*.
+    #[arg(long, env = "PERISCOPE_SERVICE_GRAPH_METRICS", num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    pub service_graph_metrics: Option<bool>,
+
+    /// Span (else resource) attributes that become span-metrics labels, dots as underscores.
+    /// http.target is the route, never the raw path.
+    #[arg(long, env = "PERISCOPE_SPAN_METRICS_DIMENSIONS", value_delimiter = ',',
+          default_value = "http.method,http.target,http.status_code,service.version")]
+    pub span_metrics_dimensions: Vec<String>,
+
     /// Spans waiting for export before new ones are dropped (and counted).
     #[arg(long, env = "PERISCOPE_EXPORT_QUEUE_SIZE", default_value_t = 8192)]
     pub export_queue_size: usize,
@@ -149,6 +168,29 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_MAX_CONNECTIONS", default_value_t = 65536)]
     pub max_connections: usize,
 
+    // --- trace context: linking and sampling ---
+    /// Head sampler, as in the OpenTelemetry SDKs: always_on, always_off,
+    /// traceidratio, parentbased_always_on (default), parentbased_always_off,
+    /// parentbased_traceidratio. Metrics always count every request.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", default_value = "parentbased_always_on")]
+    pub traces_sampler: String,
+
+    /// The sampler's argument (the ratio for the *traceidratio samplers).
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub traces_sampler_arg: Option<String>,
+
+    /// Milliseconds a server span waits for its caller's client span when the
+    /// caller is another tracked process on this host (late partners are counted).
+    #[arg(long, env = "PERISCOPE_TRACE_LINK_WAIT", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub trace_link_wait: u64,
+
+    /// Milliseconds at most that a request's finished child spans are held
+    /// back until the request's trace id is known.
+    #[arg(long, env = "PERISCOPE_TRACE_MAX_WAIT", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub trace_max_wait: u64,
+
     /// Log filter (error, warn, info, debug, or a tracing EnvFilter).
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -157,6 +199,9 @@ pub struct Config {
     /// the host checks, then exit: 0 if the configuration is valid.
     #[arg(long)]
     pub check_config: bool,
+    /// `--kubernetes*` flags and the `kubernetes:` YAML block (kubernetes/config.rs).
+    #[command(flatten)]
+    pub kubernetes: crate::kubernetes::KubernetesArgs,
 }
 
 #[derive(Debug, Error)]
@@ -176,6 +221,38 @@ pub struct Settings {
     pub selector: Selector,
     pub old_http_semconv: bool,
     pub old_db_semconv: bool,
+    pub sampler: crate::context::sampler::Sampler,
+    /// `Some` when span metrics are on.
+    pub span_metrics: Option<crate::metrics::SpanMetricsConfig>,
+    /// `Some` when service-graph metrics are on.
+    pub service_graph: Option<crate::metrics::ServiceGraphConfig>,
+    pub kubernetes: crate::kubernetes::KubernetesSettings,
+}
+
+/// The Beyla variables periscope reads (feature lists), all others are named at start.
+const BEYLA_FEATURE_VARS: [&str; 2] = ["BEYLA_OTEL_METRIC_FEATURES", "BEYLA_PROMETHEUS_FEATURES"];
+
+/// Beyla's switches for trace-derived metrics: `--span-metrics=true` /
+/// `--service-graph-metrics=true` when a Beyla feature list names them and
+/// neither the flag nor its PERISCOPE_* variable is given. Placed as flags so
+/// they beat the YAML file, as environment variables do.
+fn beyla_feature_args(cli: &[OsString], get: &dyn Fn(&str) -> Option<String>) -> Vec<OsString> {
+    let features: Vec<String> = BEYLA_FEATURE_VARS
+        .iter()
+        .filter_map(|v| get(v))
+        .flat_map(|list| list.split(',').map(|f| f.trim().to_owned()).collect::<Vec<_>>())
+        .collect();
+    let mut out = Vec::new();
+    for (flag, env, feature) in [
+        ("--span-metrics", "PERISCOPE_SPAN_METRICS", "application_span"),
+        ("--service-graph-metrics", "PERISCOPE_SERVICE_GRAPH_METRICS", "application_service_graph"),
+    ] {
+        let on_cli = cli.iter().any(|a| a.to_str().is_some_and(|a| a == flag || a.starts_with(&format!("{flag}="))));
+        if !on_cli && get(env).is_none() && features.iter().any(|f| f == feature) {
+            out.push(OsString::from(format!("{flag}=true")));
+        }
+    }
+    out
 }
 
 impl Settings {
@@ -205,7 +282,7 @@ pub fn known_env_vars() -> Vec<String> {
 }
 
 /// One line per `PERISCOPE_*` variable that is no option (a typo is otherwise
-/// silently ignored) and per `BEYLA_*` variable (periscope does not read them).
+/// silently ignored) and per `BEYLA_*` variable periscope does not read.
 pub fn unknown_env_vars<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let known = known_env_vars();
     let mut out = Vec::new();
@@ -218,7 +295,7 @@ pub fn unknown_env_vars<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Str
                     None => format!("{name} is not a periscope option"),
                 });
             }
-        } else if let Some(rest) = name.strip_prefix("BEYLA_") {
+        } else if let Some(rest) = name.strip_prefix("BEYLA_").filter(|_| !BEYLA_FEATURE_VARS.contains(&name)) {
             let ours = format!("PERISCOPE_{rest}");
             out.push(if known.contains(&ours) {
                 format!("{name} is not read by periscope: use {ours}")
@@ -265,7 +342,7 @@ fn file_args(path: &PathBuf, cli: &[OsString]) -> Result<Vec<OsString>, ConfigEr
     };
     let cmd = Config::command();
     let mut out = Vec::new();
-    for (k, v) in map {
+    for (k, v) in crate::kubernetes::config::flatten_yaml(map).map_err(err)? {
         let key = k.as_str().ok_or_else(|| err("keys must be strings".into()))?.replace('_', "-");
         let arg = cmd
             .get_arguments()
@@ -288,7 +365,18 @@ impl Settings {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        Self::from_args_env(args, &|name| std::env::var(name).ok())
+    }
+
+    /// `from_args` with the variables that are not clap's own read through `get`.
+    fn from_args_env<I, T>(args: I, get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let extra = beyla_feature_args(&args[1.min(args.len())..], get);
+        args.splice(1.min(args.len())..1.min(args.len()), extra);
         let first = Config::try_parse_from(&args)?;
         let raw = match &first.config {
             Some(path) => {
@@ -312,13 +400,19 @@ impl Settings {
             .map(|p| p.parse::<PortSet>())
             .transpose()
             .map_err(|e| ConfigError::Invalid { key: "open-port", message: e.to_string() })?;
-        let selector = Selector::from_parts(raw.open_port.as_deref(), &raw.exe_path, &raw.pid)
+        let mut selector = Selector::from_parts(raw.open_port.as_deref(), &raw.exe_path, &raw.pid)
             .map_err(|e| ConfigError::Invalid { key: "exe-path", message: e.to_string() })?;
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let kubernetes = raw
+            .kubernetes
+            .resolve(in_cluster, crate::discovery::host_name)
+            .map_err(|e| ConfigError::Invalid { key: "kubernetes", message: e.to_string() })?;
+        selector.pods = kubernetes.pod_selector.clone();
         debug_assert_eq!(open_port.is_some(), selector.open_ports.is_some());
         if selector.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "open-port",
-                message: "nothing to watch: give --open-port, --exe-path or --pid".into(),
+                message: "nothing to watch: give --open-port, --exe-path, --pid or --kubernetes-namespace/-pod-label/-owner-name".into(),
             });
         }
         crate::spans::routes::Router::new(&raw.routes, &raw.ignored_routes, raw.route_unmatched, raw.max_routes)
@@ -329,10 +423,23 @@ impl Settings {
                 message: format!("{} is not a power of two of at least 4096", raw.ring_buffer_size),
             });
         }
+        let sampler = crate::context::sampler::Sampler::parse(&raw.traces_sampler, raw.traces_sampler_arg.as_deref())
+            .map_err(|e| ConfigError::Invalid { key: "traces-sampler", message: e.to_string() })?;
         let opt_in: Vec<&str> = raw.semconv_stability_opt_in.split(',').map(str::trim).collect();
+        let span_metrics = match raw.span_metrics {
+            Some(true) => Some(
+                crate::metrics::SpanMetricsConfig::new(&raw.span_metrics_dimensions)
+                    .map_err(|message| ConfigError::Invalid { key: "span-metrics-dimensions", message })?,
+            ),
+            _ => None,
+        };
         Ok(Self {
+            sampler,
             old_http_semconv: opt_in.contains(&"http/dup"),
             old_db_semconv: opt_in.contains(&"database/dup"),
+            span_metrics,
+            service_graph: (raw.service_graph_metrics == Some(true)).then(Default::default),
+            kubernetes,
             selector,
             raw,
         })
@@ -401,6 +508,8 @@ mod tests {
             "PERISCOPE_NOTHING_LIKE_IT",
             "BEYLA_OPEN_PORT",
             "BEYLA_BPF_TRACK_REQUEST_HEADERS",
+            "BEYLA_PROMETHEUS_FEATURES",
+            "PERISCOPE_KUBERNETES_NAMESPACE",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "PATH",
         ]);
@@ -415,6 +524,91 @@ mod tests {
             ]
         );
         assert!(known_env_vars().iter().any(|v| v == "OTEL_SEMCONV_STABILITY_OPT_IN"));
+    }
+
+    #[test]
+    fn sampler_comes_from_the_sdk_variables_and_bad_values_are_named() {
+        let s = Settings::from_args(["periscope", "--pid", "1"]).unwrap();
+        assert_eq!(s.sampler, crate::context::sampler::Sampler::default());
+        let s = Settings::from_args(["periscope", "--pid", "1", "--traces-sampler", "traceidratio", "--traces-sampler-arg", "0.1"])
+            .unwrap();
+        assert_eq!(s.sampler, crate::context::sampler::Sampler::TraceIdRatio(0.1));
+        let err = Settings::from_args(["periscope", "--pid", "1", "--traces-sampler", "sometimes"]).unwrap_err().to_string();
+        assert!(err.starts_with("traces-sampler: unknown OTEL_TRACES_SAMPLER"), "{err}");
+    }
+
+    #[test]
+    fn trace_metrics_are_off_by_default_and_switch_on_by_flag_yaml_or_beyla_features() {
+        let none = |_: &str| None;
+        let s = Settings::from_args_env(["periscope", "--pid", "1"], &none).unwrap();
+        assert!(s.span_metrics.is_none() && s.service_graph.is_none());
+        assert_eq!(s.raw.span_metrics_dimensions, ["http.method", "http.target", "http.status_code", "service.version"]);
+
+        let s = Settings::from_args_env(["periscope", "--pid", "1", "--span-metrics", "--service-graph-metrics"], &none).unwrap();
+        let labels: Vec<_> = s.span_metrics.unwrap().dimensions.into_iter().map(|d| d.label).collect();
+        assert_eq!(labels, ["http_method", "http_target", "http_status_code", "service_version"]);
+        assert!(s.service_graph.is_some());
+
+        let s = Settings::from_args_env(
+            ["periscope", "--pid", "1", "--span-metrics=true", "--span-metrics-dimensions", "db.name,k8s.pod.name"],
+            &none,
+        )
+        .unwrap();
+        let labels: Vec<_> = s.span_metrics.unwrap().dimensions.into_iter().map(|d| d.label).collect();
+        assert_eq!(labels, ["db_name", "k8s_pod_name"]);
+        let many = (0..17).map(|i| format!("a{i}")).collect::<Vec<_>>().join(",");
+        let err = Settings::from_args_env(["periscope", "--pid", "1", "--span-metrics", "--span-metrics-dimensions", &many], &none)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("span-metrics-dimensions"), "{err}");
+
+        // Beyla's feature lists, either exporter's.
+        let beyla = |name: &str| match name {
+            "BEYLA_OTEL_METRIC_FEATURES" => Some("application, application_span".to_owned()),
+            "BEYLA_PROMETHEUS_FEATURES" => Some("application_service_graph".to_owned()),
+            _ => None,
+        };
+        let s = Settings::from_args_env(["periscope", "--pid", "1"], &beyla).unwrap();
+        assert!(s.span_metrics.is_some() && s.service_graph.is_some());
+        // The flag beats them.
+        let s = Settings::from_args_env(["periscope", "--pid", "1", "--span-metrics=false"], &beyla).unwrap();
+        assert!(s.span_metrics.is_none() && s.service_graph.is_some());
+        // So does the agent's own variable.
+        let ours = |name: &str| match name {
+            "PERISCOPE_SPAN_METRICS" => Some("false".to_owned()),
+            other => beyla(other),
+        };
+        let s = Settings::from_args_env(["periscope", "--pid", "1"], &ours).unwrap();
+        assert!(s.span_metrics.is_none());
+
+        trace_metrics_yaml_precedence();
+
+        // The agent's variable (read by clap) beats the YAML file. Only this
+        // test touches it, after its other assertions, so none can see it set.
+        let f = yaml("pid: 1\nservice_graph_metrics: false\n");
+        std::env::set_var("PERISCOPE_SERVICE_GRAPH_METRICS", "true");
+        let s = Settings::from_args_env(["periscope", "--config", f.0.to_str().unwrap()], &none);
+        std::env::remove_var("PERISCOPE_SERVICE_GRAPH_METRICS");
+        assert!(s.unwrap().service_graph.is_some());
+    }
+
+    /// Flag and Beyla variables over the YAML file (run by the test below, so
+    /// that no test sees PERISCOPE_SERVICE_GRAPH_METRICS set).
+    fn trace_metrics_yaml_precedence() {
+        let f = yaml("pid: 1\nspan_metrics: true\nservice-graph-metrics: false\nspan_metrics_dimensions: [http.route, db.namespace]\n");
+        let path = f.0.to_str().unwrap().to_owned();
+        let none = |_: &str| None;
+        let s = Settings::from_args_env(["periscope", "--config", &path], &none).unwrap();
+        let labels: Vec<_> = s.span_metrics.unwrap().dimensions.into_iter().map(|d| d.label).collect();
+        assert_eq!(labels, ["http_route", "db_namespace"]);
+        assert!(s.service_graph.is_none());
+        // A flag beats the file.
+        let s = Settings::from_args_env(["periscope", "--config", &path, "--span-metrics=false"], &none).unwrap();
+        assert!(s.span_metrics.is_none());
+        // A Beyla feature list is an environment variable: it beats the file too.
+        let beyla = |name: &str| (name == "BEYLA_OTEL_METRIC_FEATURES").then(|| "application_service_graph".to_owned());
+        let s = Settings::from_args_env(["periscope", "--config", &path], &beyla).unwrap();
+        assert!(s.service_graph.is_some());
     }
 
     #[test]

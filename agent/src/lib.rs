@@ -4,8 +4,10 @@
 pub mod capture;
 pub mod config;
 pub mod connections;
+pub mod context;
 pub mod discovery;
 pub mod export;
+pub mod kubernetes;
 pub mod metrics;
 pub mod pipeline;
 pub mod preflight;

@@ -12,10 +12,15 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::{
-    capture::{self, reader::RingReader, Event},
+    capture::{self, reader::RingReader, Event, Tuple},
     config::Settings,
     connections::{ConnKey, ConnectionTable, Outcome},
+    context::{
+        assembly::{AssemblyOptions, Explicit},
+        Assembler, Started, ThreadKey, Tracker,
+    },
     discovery::{self, ProcessInfo, Scanner, ServiceOptions},
+    kubernetes::KubernetesMetadata,
     probes::{wire::periscope_counter, Probes},
     protocols::Chunk,
     spans::{
@@ -23,6 +28,7 @@ use crate::{
         http::{self as http_spans, HttpContext, HttpSpanOptions},
         routes::{Route, Router},
         sql::{self as sql_spans, SqlContext, SqlSpanOptions},
+        traceparent::TraceParent,
         Service, ServiceRef, Span,
     },
     telemetry::{Counter, Telemetry},
@@ -31,6 +37,13 @@ use crate::{
 /// Somewhere finished spans go (printer, OTLP queue, metrics). Must not block.
 pub trait SpanSink: Send {
     fn submit(&mut self, span: &Span);
+
+    /// Metrics sinks see every span as soon as it finishes, sampled or not,
+    /// before its trace id is decided; trace sinks see sampled spans with
+    /// their final ids.
+    fn sees_every_span(&self) -> bool {
+        false
+    }
 
     /// A service's process exited a while ago: drop what is kept for it.
     fn forget_service(&mut self, _instance_id: &str) {}
@@ -70,12 +83,30 @@ struct Target {
     service: ServiceRef,
     start_time: u64,
     exe: String,
+    /// The process is in a pod whose metadata had not arrived at this
+    /// generation of the metadata store: resolve its Resource again once the
+    /// store has changed.
+    awaiting_kubernetes: Option<u64>,
 }
 
 /// Connections idle this long end their open-ended responses.
 const IDLE_NS: u64 = 2_000_000_000;
 /// Connections idle this long are forgotten.
 const EXPIRE_NS: u64 = 600_000_000_000;
+/// Threads whose current request is remembered at once.
+const MAX_THREADS: usize = 65_536;
+/// Server spans waiting for their caller's client span at once.
+const MAX_LINK_WAITS: usize = 4096;
+
+/// A server span whose caller is a tracked process on this host, waiting
+/// for the caller's request event to arrive.
+struct LinkWait {
+    span: Span,
+    started: Started,
+    tuple: Tuple,
+    request_start: u64,
+    due: u64,
+}
 
 pub struct Pipeline {
     settings: Settings,
@@ -93,6 +124,9 @@ pub struct Pipeline {
     sql_opts: SqlSpanOptions,
     /// Instance ids of exited processes, with when they exited.
     departed: std::collections::VecDeque<(std::time::Instant, String)>,
+    link_waits: std::collections::VecDeque<LinkWait>,
+    link_wait_ns: u64,
+    kubernetes: Option<KubernetesMetadata>,
 }
 
 impl Pipeline {
@@ -102,6 +136,7 @@ impl Pipeline {
         telemetry: Arc<Telemetry>,
         sinks: Vec<Box<dyn SpanSink>>,
         view: TargetsView,
+        kubernetes: Option<KubernetesMetadata>,
     ) -> Result<Self, String> {
         let raw = &settings.raw;
         let router = Router::new(&raw.routes, &raw.ignored_routes, raw.route_unmatched, raw.max_routes)?;
@@ -117,10 +152,17 @@ impl Pipeline {
             old_semconv: settings.old_db_semconv,
             query_text_literals: raw.db_query_literals,
         };
+        let assembly = Assembler::new(
+            AssemblyOptions { max_wait_ns: raw.trace_max_wait * 1_000_000, ..AssemblyOptions::default() },
+            settings.sampler,
+        );
         Ok(Self {
             departed: std::collections::VecDeque::new(),
+            link_waits: std::collections::VecDeque::new(),
+            link_wait_ns: raw.trace_link_wait * 1_000_000,
+            kubernetes,
             sql_opts,
-            table: ConnectionTable::new(raw.max_connections),
+            table: ConnectionTable::new(raw.max_connections, Tracker::new(assembly, MAX_THREADS)),
             settings,
             probes,
             targets: HashMap::new(),
@@ -144,8 +186,12 @@ impl Pipeline {
         let (scan_tx, mut scan_rx) = mpsc::channel::<Vec<ProcessInfo>>(2);
         let selector = self.settings.selector.clone();
         let interval = Duration::from_millis(self.settings.raw.discovery_interval.max(50));
+        let kubernetes = self.kubernetes.clone();
         std::thread::Builder::new().name("discovery".into()).spawn(move || {
             let mut scanner = Scanner::new();
+            if let Some(k) = kubernetes {
+                scanner = scanner.with_kubernetes(k);
+            }
             loop {
                 let found = scanner.scan(&selector).matched;
                 if scan_tx.blocking_send(found).is_err() {
@@ -168,6 +214,7 @@ impl Pipeline {
                 }
                 _ = drain.tick() => {
                     reader.drain(|record| self.on_record(record));
+                    self.on_links(monotonic_now(), false);
                 }
                 Some(found) = scan_rx.recv() => self.on_scan(found),
                 _ = tick.tick() => self.on_tick(),
@@ -181,6 +228,8 @@ impl Pipeline {
             self.table.forget_process(pid, &mut self.outcomes, &self.telemetry);
         }
         self.flush_outcomes();
+        self.on_links(monotonic_now(), true);
+        self.table.tracker.assembly.flush(&self.telemetry);
         self.on_tick();
         Ok(())
     }
@@ -201,6 +250,7 @@ impl Pipeline {
                     return;
                 }
                 let key = ConnKey { pid: d.header.pid, fd: d.header.fd };
+                let thread = ThreadKey { pid: d.header.pid, tid: d.header.tid, loop_seq: d.header.loop_seq };
                 let chunk = Chunk {
                     direction: d.direction,
                     data: d.data,
@@ -208,11 +258,12 @@ impl Pipeline {
                     ts_enter: d.header.ts_enter,
                     ts_exit: d.header.ts_exit,
                 };
-                self.table.data(key, d.tuple, d.role, &chunk, &mut self.outcomes, &self.telemetry);
+                self.table.data(key, d.tuple, d.role, thread, &chunk, &mut self.outcomes, &self.telemetry);
             }
             Event::ConnOpen(c) => {
                 let key = ConnKey { pid: c.header.pid, fd: c.header.fd };
-                self.table.open(key, c.tuple, c.role, c.header.ts_exit, &mut self.outcomes, &self.telemetry);
+                let thread = ThreadKey { pid: c.header.pid, tid: c.header.tid, loop_seq: c.header.loop_seq };
+                self.table.open(key, c.tuple, c.role, thread, c.header.ts_exit, &mut self.outcomes, &self.telemetry);
             }
             Event::ConnClose(c) => {
                 let key = ConnKey { pid: c.header.pid, fd: c.header.fd };
@@ -229,37 +280,154 @@ impl Pipeline {
         // Reuse the buffer: no allocation per record on the hot path.
         let mut pending = std::mem::take(&mut self.outcomes);
         for outcome in pending.drain(..) {
-            let (key, tuple, server_side, exchange) = match outcome {
-                Outcome::Http { key, tuple, server_side, exchange } => (key, tuple, server_side, exchange),
-                Outcome::Sql { key, tuple, server_side, call } => {
-                    let Some(target) = self.targets.get(&key.pid) else { continue };
+            let (key, tuple, server_side, started, exchange) = match outcome {
+                Outcome::Http { key, tuple, server_side, started, exchange } => {
+                    (key, tuple, server_side, started, exchange)
+                }
+                Outcome::Sql { key, tuple, server_side, started, call } => {
+                    let Some(target) = self.targets.get(&key.pid) else {
+                        self.table.tracker.assembly.abandon(started.ctx.group, &self.telemetry);
+                        continue;
+                    };
                     let ctx = SqlContext { service: &target.service, local: tuple.local, remote: tuple.remote, server_side };
                     let span = sql_spans::build(&call, &ctx, &self.clock, self.sql_opts);
-                    self.emit(span);
+                    self.place(span, started, tuple, server_side, call.start_ns, None);
                     continue;
                 }
             };
-            let Some(target) = self.targets.get(&key.pid) else { continue };
+            let Some(target) = self.targets.get(&key.pid) else {
+                self.table.tracker.assembly.abandon(started.ctx.group, &self.telemetry);
+                continue;
+            };
             let (path, _) = http_spans::split_target(&exchange.request.target);
             let route = self.router.route(&target.service.instance_id, path);
             match route {
-                Route::Ignored => continue,
+                Route::Ignored => {
+                    self.table.tracker.assembly.abandon(started.ctx.group, &self.telemetry);
+                    continue;
+                }
                 Route::Overflow => self.telemetry.inc(Counter::RouteOverflow),
                 _ => {}
             }
             let ctx = HttpContext { service: &target.service, local: tuple.local, remote: tuple.remote, server_side };
             let span = http_spans::build(&exchange, &ctx, &route, &self.clock, self.http_opts);
-            self.emit(span);
+            let tp = exchange.request.headers.traceparent.as_deref().and_then(TraceParent::parse);
+            let explicit = tp.map(|tp| Explicit {
+                trace_id: tp.trace_id,
+                sampled: tp.flags & 1 == 1,
+                trace_state: exchange.request.headers.tracestate.clone(),
+            });
+            let start = if server_side { exchange.request_start_exit } else { exchange.request_start_enter };
+            self.place(span, started, tuple, server_side, start, explicit);
         }
         if self.outcomes.is_empty() {
             self.outcomes = pending;
         }
+        if !self.table.tracker.assembly.out.is_empty() {
+            self.emit_assembled();
+        }
     }
 
-    fn emit(&mut self, span: Span) {
+    /// Gives a finished span its ids and parent, and hands it to its trace group.
+    /// `explicit`: the request carried a traceparent (the builder already used it).
+    fn place(
+        &mut self,
+        mut span: Span,
+        started: Started,
+        tuple: Tuple,
+        server_side: bool,
+        request_start: u64,
+        explicit: Option<Explicit>,
+    ) {
         self.telemetry.inc(Counter::SpansProduced);
-        for sink in &mut self.sinks {
+        let group = started.ctx.group;
+        if !server_side {
+            // A traceparent the process wrote itself names this span (the
+            // callee will call it its parent): the span keeps those ids.
+            let pinned = explicit.is_some();
+            if !pinned {
+                span.span_id = started.ctx.span_id;
+            }
+            span.parent_span_id = started.parent.map(|p| p.span_id);
+            self.finish(group, span, pinned);
+            return;
+        }
+        span.span_id = started.ctx.span_id;
+        if let Some(e) = explicit {
+            // The caller said who it is: that wins over anything we infer.
+            self.table.tracker.assembly.set_explicit(group, e);
+            self.finish(group, span, false);
+            return;
+        }
+        let wait = LinkWait { span, started, tuple, request_start, due: 0 };
+        if let Some(wait) = self.try_link(wait) {
+            if self.link_wait_ns == 0 || self.link_waits.len() >= MAX_LINK_WAITS {
+                self.telemetry.inc(Counter::LinkPartnerLate);
+                let LinkWait { span, started, .. } = wait;
+                self.finish(started.ctx.group, span, false);
+            } else {
+                self.link_waits.push_back(LinkWait { due: monotonic_now() + self.link_wait_ns, ..wait });
+            }
+        }
+    }
+
+    /// Links a server span to its caller's client span when the caller is a
+    /// tracked process on this host (the same connection seen from the other
+    /// end). Hands the span back when the caller is tracked but its request
+    /// has not been seen yet.
+    fn try_link(&mut self, wait: LinkWait) -> Option<LinkWait> {
+        let caller = match self.table.peer(&wait.tuple) {
+            None => None, // an untracked caller: nothing to wait for
+            Some((_, conn)) => match conn.trace.in_flight_at(wait.request_start) {
+                Some(ctx) => Some(ctx),
+                None => return Some(wait),
+            },
+        };
+        let LinkWait { mut span, started, .. } = wait;
+        if let Some(caller) = caller {
+            span.parent_span_id = Some(caller.span_id);
+            self.table.tracker.assembly.join(started.ctx.group, caller.group, &self.telemetry);
+            self.telemetry.inc(Counter::SpansLinked);
+        }
+        self.finish(started.ctx.group, span, false);
+        None
+    }
+
+    /// A span with its final span id and parent: metrics see it now, the
+    /// trace sinks once its trace id is decided.
+    fn finish(&mut self, group: crate::context::GroupId, span: Span, pinned: bool) {
+        for sink in self.sinks.iter_mut().filter(|s| s.sees_every_span()) {
             sink.submit(&span);
+        }
+        self.table.tracker.assembly.finish(group, span, pinned, &self.telemetry);
+    }
+
+    /// Retries waiting links; those past their time (or all, at the end) go unlinked.
+    fn on_links(&mut self, now: u64, all: bool) {
+        for _ in 0..self.link_waits.len() {
+            let Some(wait) = self.link_waits.pop_front() else { break };
+            let Some(wait) = self.try_link(wait) else { continue };
+            if all || wait.due <= now {
+                self.telemetry.inc(Counter::LinkPartnerLate);
+                let LinkWait { span, started, .. } = wait;
+                self.finish(started.ctx.group, span, false);
+            } else {
+                self.link_waits.push_back(wait);
+            }
+        }
+        self.emit_assembled();
+    }
+
+    /// Spans whose trace is decided go to the trace sinks.
+    fn emit_assembled(&mut self) {
+        let mut out = std::mem::take(&mut self.table.tracker.assembly.out);
+        for span in out.drain(..) {
+            for sink in self.sinks.iter_mut().filter(|s| !s.sees_every_span()) {
+                sink.submit(&span);
+            }
+        }
+        if self.table.tracker.assembly.out.is_empty() {
+            self.table.tracker.assembly.out = out;
         }
     }
 
@@ -267,7 +435,10 @@ impl Pipeline {
         let mut changed = false;
         for info in found {
             match self.targets.get_mut(&info.pid) {
-                Some(t) if t.start_time == info.start_time_ticks => continue,
+                Some(t) if t.start_time == info.start_time_ticks => {
+                    changed |= self.retry_kubernetes(&info);
+                    continue;
+                }
                 // A child tracked from its fork before /proc could be read.
                 Some(t) if t.start_time == 0 => {
                     t.start_time = info.start_time_ticks;
@@ -288,7 +459,8 @@ impl Pipeline {
             tracing::warn!(pid = info.pid, "cannot track process: {e}");
             return false;
         }
-        let service = Arc::new(discovery::build_service(info, &self.service_opts));
+        let (service, awaiting_kubernetes) = self.resolve(info);
+        let service = Arc::new(service);
         tracing::info!(
             pid = info.pid,
             exe = %info.exe_name,
@@ -298,8 +470,33 @@ impl Pipeline {
         self.telemetry.inc(Counter::ProcessesTracked);
         self.targets.insert(
             info.pid,
-            Target { service, start_time: info.start_time_ticks, exe: info.exe_name.clone() },
+            Target { service, start_time: info.start_time_ticks, exe: info.exe_name.clone(), awaiting_kubernetes },
         );
+        true
+    }
+
+    /// The Resource of a process; with the metadata store's generation when
+    /// its pod's metadata has not arrived yet.
+    fn resolve(&self, info: &ProcessInfo) -> (Service, Option<u64>) {
+        let generation = self.kubernetes.as_ref().map_or(0, KubernetesMetadata::generation);
+        let r = discovery::resolve_service(info, &self.service_opts, self.kubernetes.as_ref());
+        (r.service, r.awaiting_kubernetes.then_some(generation))
+    }
+
+    /// A tracked process still waiting for its pod's metadata: once the store
+    /// changed, resolve its Resource again (same instance id).
+    fn retry_kubernetes(&mut self, info: &ProcessInfo) -> bool {
+        let Some(k) = &self.kubernetes else { return false };
+        let Some(target) = self.targets.get(&info.pid) else { return false };
+        match target.awaiting_kubernetes {
+            Some(seen) if seen != k.generation() => {}
+            _ => return false,
+        }
+        let (service, awaiting) = self.resolve(info);
+        if let Some(t) = self.targets.get_mut(&info.pid) {
+            t.service = Arc::new(service);
+            t.awaiting_kubernetes = awaiting;
+        }
         true
     }
 
@@ -315,7 +512,7 @@ impl Pipeline {
                 let service = child_service(&parent.service, pid, &self.service_opts.host_name);
                 let exe = parent.exe.clone();
                 self.telemetry.inc(Counter::ProcessesTracked);
-                self.targets.insert(pid, Target { service: Arc::new(service), start_time: 0, exe });
+                self.targets.insert(pid, Target { service: Arc::new(service), start_time: 0, exe, awaiting_kubernetes: None });
             }
         }
         self.publish_view();
@@ -327,8 +524,10 @@ impl Pipeline {
             self.table.forget_process(pid, &mut self.outcomes, &self.telemetry);
             self.probes.purge_connections(pid);
             if let Ok(info) = discovery::read_process(pid) {
-                let service = Arc::new(discovery::build_service(&info, &self.service_opts));
-                self.targets.insert(pid, Target { service, start_time: info.start_time_ticks, exe: info.exe_name });
+                let (service, awaiting_kubernetes) = self.resolve(&info);
+                let target =
+                    Target { service: Arc::new(service), start_time: info.start_time_ticks, exe: info.exe_name, awaiting_kubernetes };
+                self.targets.insert(pid, target);
                 self.publish_view();
             }
             return;
@@ -353,6 +552,7 @@ impl Pipeline {
         // What the exit completes still becomes spans of this target.
         self.table.forget_process(pid, &mut self.outcomes, &self.telemetry);
         self.flush_outcomes();
+        self.table.tracker.forget_process(pid);
         let Some(target) = self.targets.remove(&pid) else { return };
         self.probes.untrack(pid);
         self.router.forget(&target.service.instance_id);
@@ -372,8 +572,11 @@ impl Pipeline {
         t.set(Counter::KernelIovTruncated, k[periscope_counter::PERISCOPE_CNT_IOV_TRUNCATED as usize]);
         t.set(Counter::KernelReadFailed, k[periscope_counter::PERISCOPE_CNT_READ_FAILED as usize]);
 
-        self.table.sweep(monotonic_now(), IDLE_NS, EXPIRE_NS, &mut self.outcomes, &self.telemetry);
+        let now = monotonic_now();
+        self.table.sweep(now, IDLE_NS, EXPIRE_NS, &mut self.outcomes, &self.telemetry);
         self.flush_outcomes();
+        self.table.tracker.assembly.sweep(now, &self.telemetry);
+        self.on_links(now, false);
 
         // Exits whose event was lost (ring buffer full) are caught here.
         let gone: Vec<u32> =

@@ -304,9 +304,23 @@ pub fn config_report<'a>(
             c.prometheus_port.map_or("off".to_owned(), |p| format!("{}:{p}", c.prometheus_address))
         ),
         format!("trace printer: {:?}", settings.printer(has_traces)),
+        format!("traces sampler: {:?}", settings.sampler),
         format!("old http attribute names: {}", settings.old_http_semconv),
         format!("old database attribute names: {}", settings.old_db_semconv),
         format!("routes: {} (unmatched: {:?})", list(&c.routes), c.route_unmatched),
+        format!("span metrics: {}, service graph: {}", settings.span_metrics.is_some(), settings.service_graph.is_some()),
+        if settings.kubernetes.enabled {
+            let k = &c.kubernetes;
+            format!(
+                "kubernetes: on (node {}; namespaces {}; pod labels {}; owners {})",
+                settings.kubernetes.node_name,
+                list(&k.namespace),
+                list(&k.pod_label),
+                list(&k.owner_name)
+            )
+        } else {
+            "kubernetes: off".to_owned()
+        },
     ])
 }
 

@@ -49,6 +49,10 @@ impl SpanSink for MetricsSink {
         self.0.record_span(span);
     }
 
+    fn sees_every_span(&self) -> bool {
+        true
+    }
+
     fn forget_service(&mut self, instance_id: &str) {
         self.0.forget_service(instance_id);
     }
@@ -71,7 +75,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     crate::preflight::check()?;
     let telemetry = Arc::new(Telemetry::default());
     let metrics = Arc::new(Metrics::new(
-        MetricsConfig { max_attribute_sets: settings.raw.metric_cardinality_limit },
+        MetricsConfig {
+            max_attribute_sets: settings.raw.metric_cardinality_limit,
+            span_metrics: settings.span_metrics.clone(),
+            service_graph: settings.service_graph.clone(),
+        },
         telemetry.clone(),
     ));
     let otlp = OtlpConfig::from_env_values(|name| settings.otel_var(name))
@@ -131,10 +139,30 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         });
     }
 
+    // Kubernetes metadata: watchers fill the store in the background. Failing
+    // to reach the API is not fatal: processes are still watched, unnamed by k8s.
+    let kubernetes = if settings.kubernetes.enabled {
+        let k = &settings.kubernetes;
+        match crate::kubernetes::Kubernetes::start(k, telemetry.clone()).await {
+            Ok(kube) => {
+                tracing::info!(node = %k.node_name, guessed = k.node_name_guessed, "watching Kubernetes metadata of this node's pods");
+                Some(kube)
+            }
+            Err(e) => {
+                tracing::warn!("continuing without Kubernetes metadata: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let reader = RingReader::new(ring).context("watching the ring buffer")?;
-    let pipeline = Pipeline::new(settings, probes, telemetry.clone(), sinks, view)
+    let metadata = kubernetes.as_ref().map(|k| k.metadata.clone());
+    let pipeline = Pipeline::new(settings, probes, telemetry.clone(), sinks, view, metadata)
         .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?;
     pipeline.run(reader, shutdown_signal()).await.context("event pipeline failed")?;
+    drop(kubernetes);
 
     if let Some(q) = trace_queue {
         q.shutdown(Duration::from_secs(5)).await;

@@ -28,10 +28,22 @@ pub enum Counter {
     RouteOverflow,
     ProcessesTracked,
     ProcessesForgotten,
+    ContextMissing,
+    ContextThreadsReset,
+    ContextExpired,
+    ContextForced,
+    LinkPartnerLate,
+    SpansLinked,
+    SpansSampledOut,
+    ContextHandoffs,
+    ServiceGraphExpired,
+    ServiceGraphDropped,
+    KubernetesApiErrors,
+    KubernetesObjectsDropped,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 35] = [
         Counter::EventsReceived,
         Counter::EventsLostRingbuf,
         Counter::EventsLostPending,
@@ -55,6 +67,18 @@ impl Counter {
         Counter::RouteOverflow,
         Counter::ProcessesTracked,
         Counter::ProcessesForgotten,
+        Counter::ContextMissing,
+        Counter::ContextThreadsReset,
+        Counter::ContextExpired,
+        Counter::ContextForced,
+        Counter::LinkPartnerLate,
+        Counter::SpansLinked,
+        Counter::SpansSampledOut,
+        Counter::ContextHandoffs,
+        Counter::ServiceGraphExpired,
+        Counter::ServiceGraphDropped,
+        Counter::KubernetesApiErrors,
+        Counter::KubernetesObjectsDropped,
     ];
 
     /// Prometheus name (with the `_total` suffix).
@@ -83,6 +107,18 @@ impl Counter {
             Counter::RouteOverflow => "periscope_route_overflow_total",
             Counter::ProcessesTracked => "periscope_processes_tracked_total",
             Counter::ProcessesForgotten => "periscope_processes_forgotten_total",
+            Counter::ContextMissing => "periscope_context_missing_total",
+            Counter::ContextThreadsReset => "periscope_context_threads_reset_total",
+            Counter::ContextExpired => "periscope_context_expired_total",
+            Counter::ContextForced => "periscope_context_forced_total",
+            Counter::LinkPartnerLate => "periscope_link_partner_late_total",
+            Counter::SpansLinked => "periscope_spans_linked_total",
+            Counter::SpansSampledOut => "periscope_spans_sampled_out_total",
+            Counter::ContextHandoffs => "periscope_context_handoffs_total",
+            Counter::ServiceGraphExpired => "periscope_service_graph_expired_total",
+            Counter::ServiceGraphDropped => "periscope_service_graph_dropped_total",
+            Counter::KubernetesApiErrors => "periscope_kubernetes_api_errors_total",
+            Counter::KubernetesObjectsDropped => "periscope_kubernetes_objects_dropped_total",
         }
     }
 
@@ -111,14 +147,32 @@ impl Counter {
             Counter::RouteOverflow => "Routes folded into the catch-all because of the per-service route cap.",
             Counter::ProcessesTracked => "Processes that started being tracked.",
             Counter::ProcessesForgotten => "Tracked processes that exited and were forgotten.",
+            Counter::ContextMissing => "Exchanges whose start was not seen as such (mid-stream, pipelined): made roots of their own traces.",
+            Counter::ContextThreadsReset => "Per-thread current requests dropped because the thread table was full.",
+            Counter::ContextExpired => "Spans whose trace group was already forgotten: exported as roots of new traces.",
+            Counter::ContextForced => "Trace groups decided before they were complete (waited too long, or too many held).",
+            Counter::LinkPartnerLate => "Server spans whose tracked caller's request was not seen within the link wait: not linked.",
+            Counter::SpansLinked => "Server spans made children of a tracked caller's client span on this host.",
+            Counter::SpansSampledOut => "Spans not exported because their trace was not sampled (metrics still count them).",
+            Counter::ContextHandoffs => "Client requests attributed to a queued request of the thread (a connection handed on by an in-process queue).",
+            Counter::ServiceGraphExpired => "Service-graph spans whose partner span did not arrive in time (a client span with a known peer still counts as an edge to a virtual node).",
+            Counter::ServiceGraphDropped => "Service-graph spans not paired because too many spans were waiting for their partner.",
+            Counter::KubernetesApiErrors => "Failed Kubernetes API list/watch calls (retried with backoff; the last known metadata is kept).",
+            Counter::KubernetesObjectsDropped => "Pods or ReplicaSets not kept because the Kubernetes metadata store was full.",
         }
     }
 }
 
 /// Process-wide counters: relaxed atomics, cheap enough for the hot path.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Telemetry {
     values: [AtomicU64; Counter::ALL.len()],
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self { values: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
 }
 
 impl Telemetry {

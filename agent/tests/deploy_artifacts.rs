@@ -371,6 +371,11 @@ fn compose_overlay_is_accepted_by_the_agent() {
         let env = environment(&silence["services"][name]["environment"]);
         assert_eq!(env.get("OTEL_TRACES_SAMPLER").map(String::as_str), Some("always_off"), "{name}");
     }
+    // With the SDK off, the agent must ignore the not-sampled flag of the headers the services still send.
+    let mut both = environment(&svc["environment"]);
+    both.extend(environment(&silence["services"]["periscope"]["environment"]));
+    let out = check_config(&[], &both);
+    assert!(out.contains("traces sampler: AlwaysOn"), "{out}");
 }
 
 #[test]
@@ -394,6 +399,19 @@ fn kubernetes_config_is_accepted_by_the_agent() {
     let node = env_list.as_sequence().unwrap().iter().find(|e| e["name"].as_str() == Some("NODE_NAME")).expect("NODE_NAME");
     assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"].as_str(), Some("spec.nodeName"));
 
+    // RBAC covers what the agent watches (agent/src/kubernetes/mod.rs).
+    let role = yaml("kubernetes/clusterrole.yaml");
+    let granted: BTreeSet<String> = role["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|r| strings(&r["verbs"]).iter().any(|v| v == "watch") && strings(&r["verbs"]).iter().any(|v| v == "list"))
+        .flat_map(|r| strings(&r["resources"]))
+        .collect();
+    for resource in ["pods", "nodes", "replicasets"] {
+        assert!(granted.contains(resource), "the ClusterRole cannot list/watch {resource}");
+    }
+
     // Same capabilities as the compose overlay.
     let k8s_caps: BTreeSet<String> = strings(&container["securityContext"]["capabilities"]["add"]).into_iter().collect();
     let compose = yaml("compose/docker-compose.periscope.yml");
@@ -403,6 +421,7 @@ fn kubernetes_config_is_accepted_by_the_agent() {
     let out = check_config(&["--config", file.to_str().unwrap()], &environment(env_list));
     std::fs::remove_file(&file).unwrap();
     assert!(out.contains("open ports: 4000-4002"), "{out}");
+    assert!(out.contains("kubernetes: on") && out.contains("namespaces mythical"), "{out}");
     assert!(out.contains("prometheus: 0.0.0.0:9090"), "{out}");
     let port = container["ports"][0]["containerPort"].as_u64().unwrap();
     assert_eq!(port, 9090, "the container port is the agent's Prometheus port");

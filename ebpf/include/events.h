@@ -77,6 +77,7 @@ struct periscope_tuple {
 	__u16 remote_port;
 	__u16 family; /* AF_INET or AF_INET6 of the socket itself */
 	__u16 _pad;
+	__u32 netns; /* inode number of the socket's network namespace */
 };
 
 struct periscope_event_header {
@@ -86,6 +87,12 @@ struct periscope_event_header {
 	__s32 fd;
 	__u64 ts_enter_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns) at syscall entry */
 	__u64 ts_exit_ns;  /* ... at syscall exit */
+	/* How many times this thread has entered epoll_wait/poll/select since it
+	 * was first seen: an event loop's iteration. Two events of a thread with
+	 * the same value ran in the same callback batch (0 for threads that never
+	 * wait on many fds: thread-per-request servers). */
+	__u32 loop_seq;
+	__u32 _pad;
 };
 
 struct periscope_data_event {

@@ -66,6 +66,8 @@ static __always_inline void describe_fd(__s32 fd, struct conn_info *info)
 	info->tuple.family = family;
 	info->tuple.local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	info->tuple.remote_port = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	/* Same addresses in two namespaces are two different connections. */
+	info->tuple.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	info->is_tcp = 1;
 }
 

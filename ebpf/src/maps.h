@@ -106,3 +106,18 @@ static __always_inline int is_tracked(__u32 tgid)
 {
 	return bpf_map_lookup_elem(&tracked_pids, &tgid) != NULL;
 }
+
+/* tid of a tracked process -> event-loop iterations (see loop_seq in events.h).
+ * LRU: threads that exit without being seen again age out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} loop_seqs SEC(".maps");
+
+static __always_inline __u32 loop_seq(__u32 tid)
+{
+	__u32 *v = bpf_map_lookup_elem(&loop_seqs, &tid);
+	return v ? *v : 0;
+}

@@ -2,6 +2,7 @@
 /* The periscope kernel object: one translation unit, one file per concern. */
 #include "socket_io.h"
 #include "process.h"
+#include "event_loop.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

@@ -27,6 +27,8 @@ static __always_inline void emit_proc_event(__u32 kind, __u32 pid, __u32 tid, __
 	e->hdr.fd = -1;
 	e->hdr.ts_enter_ns = bpf_ktime_get_ns();
 	e->hdr.ts_exit_ns = e->hdr.ts_enter_ns;
+	e->hdr.loop_seq = 0;
+	e->hdr._pad = 0;
 	e->ppid = ppid;
 	e->_pad = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
@@ -65,6 +67,8 @@ int handle_exit(struct sched_exit_ctx *ctx)
 	bpf_map_delete_elem(&pending, &id);
 	if (!is_tracked(tgid))
 		return 0;
+	__u32 tid = (__u32)id;
+	bpf_map_delete_elem(&loop_seqs, &tid);
 	if (!ctx->group_dead)
 		return 0;
 	bpf_map_delete_elem(&tracked_pids, &tgid);

@@ -84,6 +84,8 @@ static __always_inline void fill_header(struct periscope_event_header *h, __u32 
 	h->fd = fd;
 	h->ts_enter_ns = ts_enter;
 	h->ts_exit_ns = bpf_ktime_get_ns();
+	h->loop_seq = loop_seq((__u32)id);
+	h->_pad = 0;
 }
 
 static __always_inline void emit_conn_event(__u32 kind, __u64 id, __s32 fd, __u64 ts_enter,

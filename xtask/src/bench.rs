@@ -14,7 +14,6 @@ pub(crate) mod agent;
 pub(crate) mod load;
 pub(crate) mod report;
 pub(crate) mod services;
-pub(crate) mod sink;
 pub(crate) mod util;
 
 use std::{
@@ -31,6 +30,7 @@ use std::{
 use anyhow::{bail, Context};
 
 use crate::deps::{self, sh};
+use crate::otlp_sink as sink;
 use agent::{Agent, Costs};
 use load::LoadResult;
 use services::{Nginx, Node, Postgres};

@@ -80,6 +80,8 @@ pub fn check(with_rust_test: bool) -> anyhow::Result<()> {
         ensure!(readme.contains(cap), "deploy/README.md does not explain {cap}");
     }
 
+    sh(&format!("python3 {} --check", q(&deploy.join("dashboards/generate.py"))))?;
+
     if with_rust_test {
         eprintln!("deploy-check: dashboards and configurations against the agent");
         sh("cargo test -p periscope --test deploy_artifacts")?;

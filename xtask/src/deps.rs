@@ -1,6 +1,6 @@
 //! Installs the build and test dependencies with apt-get (Debian), once;
-//! plus the SQL tests' client libraries (npm into the fixtures directory,
-//! psycopg for python3). Quick when everything is already there.
+//! plus the tests' client libraries (npm into the SQL and AMQP fixtures
+//! directories, psycopg for python3). Quick when everything is already there.
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -25,11 +25,20 @@ pub(crate) const PACKAGES: &[&str] = &[
     "mariadb-server",
     "mariadb-client",
     "libpq5",
+    // The demo and the comparison: the Mythical services' message broker,
+    // and a font for the comparison's latency chart.
+    "rabbitmq-server",
+    "fonts-dejavu-core",
 ];
 
-/// Node packages of the SQL tests, from the committed package-lock.json.
-const SQL_FIXTURES: &str = "agent/tests/fixtures/sql";
-const NODE_MODULES: &[&str] = &["pg", "mysql2"];
+/// Node projects (a directory with a committed package-lock.json, and the
+/// modules whose absence means an install is due): the SQL tests' clients, and
+/// the Mythical services of the demo and the comparison.
+const NODE_PROJECTS: &[(&str, &[&str])] = &[
+    ("agent/tests/fixtures/sql", &["pg", "mysql2"]),
+    ("agent/tests/fixtures/amqp", &["amqplib"]),
+    ("deploy/mythical", &["express", "pg", "amqplib", "@opentelemetry/sdk-node", "@opentelemetry/auto-instrumentations-node"]),
+];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -65,10 +74,12 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
         .iter()
         .copied()
         .filter(|p| {
-            !installed(p)
-                && !(*p == "nodejs" && have("node"))
-                && !(*p == "npm" && have("npm"))
-                && !(*p == "python3" && have("python3"))
+            let provided = match *p {
+                "nodejs" => have("node"),
+                "npm" | "python3" => have(p),
+                _ => false,
+            };
+            !installed(p) && !provided
         })
         .collect();
     if !missing.is_empty() {
@@ -83,13 +94,15 @@ pub(crate) fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
-/// `npm install` in the SQL fixtures when a module is missing.
+/// `npm install` (from the lock file) in each Node project with a module missing.
 fn ensure_node_modules() -> anyhow::Result<()> {
-    let dir = workspace_root().join(SQL_FIXTURES);
-    let missing = NODE_MODULES.iter().any(|m| !dir.join("node_modules").join(m).join("package.json").exists());
-    if missing {
-        eprintln!("xtask: npm install in {}", dir.display());
-        sh(&format!("cd '{}' && npm install --no-audit --no-fund --loglevel=error", dir.display()))?;
+    for (project, modules) in NODE_PROJECTS {
+        let dir = workspace_root().join(project);
+        let missing = modules.iter().any(|m| !dir.join("node_modules").join(m).join("package.json").exists());
+        if missing {
+            eprintln!("xtask: npm install in {}", dir.display());
+            sh(&format!("cd '{}' && npm install --no-audit --no-fund --loglevel=error", dir.display()))?;
+        }
     }
     Ok(())
 }

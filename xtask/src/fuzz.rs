@@ -23,6 +23,7 @@ pub const TARGETS: &[&str] = &[
     "chunked",
     "postgres_session",
     "mysql_session",
+    "amqp_session",
     "sql_text",
     "traceparent_and_routes",
     "ring_record",

@@ -1,8 +1,11 @@
 //! `cargo xtask <command>`: project chores. Each command lives in its own module.
 mod bench;
+mod compare;
 mod demo;
 mod deploy_check;
 mod fuzz;
+mod mythical;
+mod otlp_sink;
 mod soak;
 mod deps;
 mod test;
@@ -26,6 +29,8 @@ enum Command {
     Demo(demo::Options),
     /// Lint and validate deploy/ (Dockerfile, compose, Kubernetes, dashboards) without Docker.
     DeployCheck(deploy_check::Options),
+    /// The Mythical services under the OpenTelemetry Node SDK and periscope at once: spans compared.
+    Compare(compare::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         Command::Fuzz(o) => fuzz::run(o),
         Command::Soak(o) => soak::run(o),
         Command::DeployCheck(o) => deploy_check::run(o),
+        Command::Compare(o) => compare::run(o),
     }
 }

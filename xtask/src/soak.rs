@@ -18,10 +18,10 @@ use anyhow::{bail, Context};
 use crate::bench::{
     agent::Agent,
     services::Nginx,
-    sink,
     util::{http_get, prom_value, sh_out},
 };
 use crate::deps::{self, sh};
+use crate::otlp_sink as sink;
 
 #[derive(clap::Args)]
 pub struct Options {

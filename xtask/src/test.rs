@@ -24,6 +24,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     sh(&format!("cargo test -p periscope --test '*' -- --test-threads=1 {filter}"))?;
     if filter.is_empty() {
+        // The demo, non-interactive (~40 s): fails unless periscope saw
+        // every Mythical service.
+        sh("cargo xtask demo --duration 20s")?;
         // A short run of every fuzz target (the long runs: cargo xtask fuzz --runs N).
         sh("cargo xtask fuzz")?;
     }

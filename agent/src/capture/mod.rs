@@ -25,6 +25,15 @@ pub enum Role {
 pub struct Tuple {
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// Network namespace (inode number) of the socket; 0 when unknown.
+    pub netns: u32,
+}
+
+impl Tuple {
+    /// The same connection seen from the other end.
+    pub fn reversed(&self) -> Self {
+        Self { local: self.remote, remote: self.local, netns: self.netns }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +43,8 @@ pub struct Header {
     pub fd: i32,
     pub ts_enter: u64,
     pub ts_exit: u64,
+    /// Event-loop iteration of the thread (see `loop_seq` in events.h).
+    pub loop_seq: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -101,7 +112,7 @@ fn read<T: Copy>(record: &[u8], what: &'static str) -> Result<T, DecodeError> {
 }
 
 fn header(h: &periscope_event_header) -> Header {
-    Header { pid: h.pid, tid: h.tid, fd: h.fd, ts_enter: h.ts_enter_ns, ts_exit: h.ts_exit_ns }
+    Header { pid: h.pid, tid: h.tid, fd: h.fd, ts_enter: h.ts_enter_ns, ts_exit: h.ts_exit_ns, loop_seq: h.loop_seq }
 }
 
 fn role(raw: u8) -> Role {
@@ -122,7 +133,7 @@ fn addr(bytes: [u8; 16], port: u16) -> SocketAddr {
 }
 
 fn tuple(t: &periscope_tuple) -> Tuple {
-    Tuple { local: addr(t.local_addr, t.local_port), remote: addr(t.remote_addr, t.remote_port) }
+    Tuple { local: addr(t.local_addr, t.local_port), remote: addr(t.remote_addr, t.remote_port), netns: t.netns }
 }
 
 // decode() reads direction, role and syscall as three adjacent bytes.

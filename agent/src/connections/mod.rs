@@ -3,6 +3,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::capture::{Role, Tuple};
+use crate::context::{ConnTrace, Started, ThreadKey, Tracker};
 use crate::protocols::{
     http1, mysql,
     postgres,
@@ -76,6 +77,8 @@ pub struct Connection {
     pub last_activity: u64,
     /// Stats already added to the agent counters (the sessions keep totals).
     reported: Stats,
+    /// The identities of its exchanges (trace context).
+    pub trace: ConnTrace,
 }
 
 /// What a protocol session counted, in the agent's terms.
@@ -107,16 +110,19 @@ impl From<&sql::SqlStats> for Stats {
 /// What a connection produced: one finished exchange with where it happened.
 #[derive(Debug)]
 pub enum Outcome {
-    Http { key: ConnKey, tuple: Tuple, server_side: bool, exchange: http1::Exchange },
-    Sql { key: ConnKey, tuple: Tuple, server_side: bool, call: SqlCall },
+    Http { key: ConnKey, tuple: Tuple, server_side: bool, started: Started, exchange: http1::Exchange },
+    Sql { key: ConnKey, tuple: Tuple, server_side: bool, started: Started, call: SqlCall },
 }
 
 #[derive(Debug)]
 pub struct ConnectionTable {
     conns: FxHashMap<ConnKey, Connection>,
+    /// Connections by their endpoints, to find the other end of a local one.
+    by_tuple: FxHashMap<Tuple, ConnKey>,
     max: usize,
     scratch: Vec<http1::Exchange>,
     sql_scratch: Vec<SqlCall>,
+    pub tracker: Tracker,
 }
 
 /// Decides the protocol of a connection from its first captured bytes, by
@@ -144,8 +150,21 @@ fn detect(chunk: &Chunk<'_>) -> Option<Protocol> {
 }
 
 impl ConnectionTable {
-    pub fn new(max: usize) -> Self {
-        Self { conns: FxHashMap::default(), max, scratch: Vec::new(), sql_scratch: Vec::new() }
+    pub fn new(max: usize, tracker: Tracker) -> Self {
+        Self {
+            conns: FxHashMap::default(),
+            by_tuple: FxHashMap::default(),
+            max,
+            scratch: Vec::new(),
+            sql_scratch: Vec::new(),
+            tracker,
+        }
+    }
+
+    /// The tracked other end of a connection on this host, if there is one.
+    pub fn peer(&self, tuple: &Tuple) -> Option<(ConnKey, &Connection)> {
+        let key = self.by_tuple.get(&tuple.reversed())?;
+        self.conns.get(key).map(|c| (*key, c))
     }
 
     pub fn len(&self) -> usize {
@@ -158,19 +177,36 @@ impl ConnectionTable {
 
     /// A connection was accepted or connected: start from a clean state
     /// (the fd number may have been used by an earlier connection).
-    pub fn open(&mut self, key: ConnKey, tuple: Tuple, role: Role, now: u64, out: &mut Vec<Outcome>, t: &Telemetry) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        &mut self,
+        key: ConnKey,
+        tuple: Tuple,
+        role: Role,
+        thread: ThreadKey,
+        now: u64,
+        out: &mut Vec<Outcome>,
+        t: &Telemetry,
+    ) {
         self.close(key, out, t);
         self.insert(key, tuple, role, now, t);
+        if let Some(conn) = self.conns.get_mut(&key) {
+            self.tracker.on_open(&mut conn.trace, thread, role == Role::Client);
+        }
     }
 
     fn insert(&mut self, key: ConnKey, tuple: Tuple, role: Role, now: u64, t: &Telemetry) {
         if self.conns.len() >= self.max && !self.conns.contains_key(&key) {
             // Evict the least recently active connection.
             if let Some(oldest) = self.conns.iter().min_by_key(|(_, c)| c.last_activity).map(|(k, _)| *k) {
-                self.conns.remove(&oldest);
+                if let Some(mut gone) = self.conns.remove(&oldest) {
+                    self.by_tuple.remove(&gone.tuple);
+                    self.tracker.on_close(&mut gone.trace, oldest.pid, t);
+                }
                 t.inc(Counter::ConnectionsEvicted);
             }
         }
+        self.by_tuple.insert(tuple, key);
         self.conns.insert(
             key,
             Connection {
@@ -179,16 +215,19 @@ impl ConnectionTable {
                 protocol: Protocol::Detecting { attempts: 0, held: Vec::new() },
                 last_activity: now,
                 reported: Stats::default(),
+                trace: ConnTrace::default(),
             },
         );
     }
 
-    /// Bytes moved on a connection.
+    /// Bytes moved on a connection by `thread`.
+    #[allow(clippy::too_many_arguments)]
     pub fn data(
         &mut self,
         key: ConnKey,
         tuple: Tuple,
         role: Role,
+        thread: ThreadKey,
         chunk: &Chunk<'_>,
         out: &mut Vec<Outcome>,
         t: &Telemetry,
@@ -217,8 +256,11 @@ impl ConnectionTable {
                 Some(p) => {
                     let replay = std::mem::take(held);
                     conn.protocol = p;
+                    let server_side = conn_side(conn);
                     for h in &replay {
-                        feed(&mut conn.protocol, &h.as_chunk(), &mut self.scratch, &mut self.sql_scratch);
+                        let c = h.as_chunk();
+                        self.tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, &c, t);
+                        feed(&mut conn.protocol, &c, &mut self.scratch, &mut self.sql_scratch);
                     }
                 }
                 None if http1::may_become_request(probe.data)
@@ -246,21 +288,22 @@ impl ConnectionTable {
                 }
             }
         }
+        if matches!(conn.protocol, Protocol::Unknown) {
+            return;
+        }
+        let server_side = conn_side(conn);
+        self.tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, chunk, t);
         feed(&mut conn.protocol, chunk, &mut self.scratch, &mut self.sql_scratch);
         report(conn, t);
-        let server_side = conn_side(conn);
-        self.collect(key, server_side, tuple, out);
-    }
-
-    /// Moves what the sessions produced into `out`.
-    fn collect(&mut self, key: ConnKey, server_side: bool, tuple: Tuple, out: &mut Vec<Outcome>) {
-        out.extend(self.scratch.drain(..).map(|exchange| Outcome::Http { key, tuple, server_side, exchange }));
-        out.extend(self.sql_scratch.drain(..).map(|call| Outcome::Sql { key, tuple, server_side, call }));
+        collect(&mut self.tracker, &mut self.scratch, &mut self.sql_scratch, key, conn, out, t);
     }
 
     /// The fd was closed: flush what the close completes and forget it.
     pub fn close(&mut self, key: ConnKey, out: &mut Vec<Outcome>, t: &Telemetry) {
         let Some(mut conn) = self.conns.remove(&key) else { return };
+        if self.by_tuple.get(&conn.tuple) == Some(&key) {
+            self.by_tuple.remove(&conn.tuple);
+        }
         match &mut conn.protocol {
             Protocol::Http1(session) => session.on_close(&mut self.scratch),
             Protocol::Postgres(session) => session.on_close(&mut self.sql_scratch),
@@ -272,7 +315,8 @@ impl ConnectionTable {
             _ => {}
         }
         report(&mut conn, t);
-        self.collect(key, conn_side(&conn), conn.tuple, out);
+        collect(&mut self.tracker, &mut self.scratch, &mut self.sql_scratch, key, &mut conn, out, t);
+        self.tracker.on_close(&mut conn.trace, key.pid, t);
     }
 
     /// Forget every connection of a process that exited.
@@ -294,14 +338,35 @@ impl ConnectionTable {
             } else if quiet >= idle_ns {
                 if let Protocol::Http1(session) = &mut conn.protocol {
                     session.on_idle(&mut self.scratch);
-                    let (key, tuple, server_side) = (*key, conn.tuple, conn_side(conn));
-                    out.extend(self.scratch.drain(..).map(|exchange| Outcome::Http { key, tuple, server_side, exchange }));
+                    collect(&mut self.tracker, &mut self.scratch, &mut self.sql_scratch, *key, conn, out, t);
                 }
             }
         }
         for key in expired {
             self.close(key, out, t);
         }
+    }
+}
+
+/// Moves what the sessions produced into `out`, each with its identity.
+fn collect(
+    tracker: &mut Tracker,
+    http: &mut Vec<http1::Exchange>,
+    sql: &mut Vec<SqlCall>,
+    key: ConnKey,
+    conn: &mut Connection,
+    out: &mut Vec<Outcome>,
+    t: &Telemetry,
+) {
+    let (tuple, server_side) = (conn.tuple, conn_side(conn));
+    for exchange in http.drain(..) {
+        let start = if server_side { exchange.request_start_exit } else { exchange.request_start_enter };
+        let started = tracker.take_started(&mut conn.trace, server_side, key.pid, start, exchange.response_end, t);
+        out.push(Outcome::Http { key, tuple, server_side, started, exchange });
+    }
+    for call in sql.drain(..) {
+        let started = tracker.take_started(&mut conn.trace, server_side, key.pid, call.start_ns, call.end_ns, t);
+        out.push(Outcome::Sql { key, tuple, server_side, started, call });
     }
 }
 
@@ -344,9 +409,16 @@ fn report(conn: &mut Connection, t: &Telemetry) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::{sampler::Sampler, assembly::{AssemblyOptions, Assembler}};
+
+    const TH: ThreadKey = ThreadKey { pid: 1, tid: 1, loop_seq: 0 };
+
+    fn new_table(max: usize) -> ConnectionTable {
+        ConnectionTable::new(max, Tracker::new(Assembler::new(AssemblyOptions::default(), Sampler::default()), 64))
+    }
 
     fn tuple(port: u16) -> Tuple {
-        Tuple { local: "127.0.0.1:8080".parse().unwrap(), remote: format!("127.0.0.1:{port}").parse().unwrap() }
+        Tuple { local: "127.0.0.1:8080".parse().unwrap(), remote: format!("127.0.0.1:{port}").parse().unwrap(), netns: 1 }
     }
 
     fn chunk(direction: Direction, data: &[u8], t: u64) -> Chunk<'_> {
@@ -356,11 +428,11 @@ mod tests {
     #[test]
     fn detects_http_and_pairs_then_forgets_on_close() {
         let t = Telemetry::default();
-        let mut table = ConnectionTable::new(16);
+        let mut table = new_table(16);
         let mut out = Vec::new();
         let key = ConnKey { pid: 1, fd: 5 };
-        table.data(key, tuple(1), Role::Unknown, &chunk(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 1), &mut out, &t);
-        table.data(key, tuple(1), Role::Unknown, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2), &mut out, &t);
+        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 1), &mut out, &t);
+        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2), &mut out, &t);
         assert!(matches!(&out[..], [Outcome::Http { server_side: true, .. }]));
         table.close(key, &mut out, &t);
         assert!(table.is_empty());
@@ -369,13 +441,13 @@ mod tests {
     #[test]
     fn a_request_trickled_byte_by_byte_is_still_recognised() {
         let t = Telemetry::default();
-        let mut table = ConnectionTable::new(16);
+        let mut table = new_table(16);
         let mut out = Vec::new();
         let key = ConnKey { pid: 1, fd: 5 };
         for (i, b) in b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n".iter().enumerate() {
-            table.data(key, tuple(1), Role::Unknown, &chunk(Direction::Ingress, std::slice::from_ref(b), 10 + i as u64), &mut out, &t);
+            table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, std::slice::from_ref(b), 10 + i as u64), &mut out, &t);
         }
-        table.data(key, tuple(1), Role::Unknown, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 100), &mut out, &t);
+        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 100), &mut out, &t);
         let [Outcome::Http { exchange, server_side: true, .. }] = &out[..] else { panic!("{out:?}") };
         assert_eq!(exchange.request.target, "/slow");
         assert_eq!(exchange.request_start_exit, 11, "starts at the first byte");
@@ -385,11 +457,11 @@ mod tests {
     #[test]
     fn unknown_protocols_are_counted_once() {
         let t = Telemetry::default();
-        let mut table = ConnectionTable::new(16);
+        let mut table = new_table(16);
         let mut out = Vec::new();
         let key = ConnKey { pid: 1, fd: 5 };
         for i in 0..10 {
-            table.data(key, tuple(1), Role::Unknown, &chunk(Direction::Ingress, b"\x16\x03\x01garbage", i), &mut out, &t);
+            table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, b"\x16\x03\x01garbage", i), &mut out, &t);
         }
         assert_eq!(t.get(Counter::UnknownProtocol), 1);
         assert!(out.is_empty());
@@ -398,11 +470,11 @@ mod tests {
     #[test]
     fn table_is_bounded_and_evicts_the_oldest() {
         let t = Telemetry::default();
-        let mut table = ConnectionTable::new(2);
+        let mut table = new_table(2);
         let mut out = Vec::new();
         for fd in 0..3 {
             let c = chunk(Direction::Ingress, b"GET / HTTP/1.1\r\n", fd as u64 * 10);
-            table.data(ConnKey { pid: 1, fd }, tuple(fd as u16), Role::Unknown, &c, &mut out, &t);
+            table.data(ConnKey { pid: 1, fd }, tuple(fd as u16), Role::Unknown, TH, &c, &mut out, &t);
         }
         assert_eq!(table.len(), 2);
         assert_eq!(t.get(Counter::ConnectionsEvicted), 1);
@@ -412,12 +484,12 @@ mod tests {
     #[test]
     fn new_peer_on_same_fd_resets_state() {
         let t = Telemetry::default();
-        let mut table = ConnectionTable::new(4);
+        let mut table = new_table(4);
         let mut out = Vec::new();
         let key = ConnKey { pid: 1, fd: 5 };
-        table.data(key, tuple(1), Role::Unknown, &chunk(Direction::Ingress, b"GET /a HTTP/1.1\r\n\r\n", 1), &mut out, &t);
-        table.data(key, tuple(2), Role::Unknown, &chunk(Direction::Ingress, b"GET /b HTTP/1.1\r\n\r\n", 2), &mut out, &t);
-        table.data(key, tuple(2), Role::Unknown, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3), &mut out, &t);
+        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, b"GET /a HTTP/1.1\r\n\r\n", 1), &mut out, &t);
+        table.data(key, tuple(2), Role::Unknown, TH, &chunk(Direction::Ingress, b"GET /b HTTP/1.1\r\n\r\n", 2), &mut out, &t);
+        table.data(key, tuple(2), Role::Unknown, TH, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3), &mut out, &t);
         let Outcome::Http { exchange, .. } = &out[0] else { panic!("not http") };
         assert_eq!(exchange.request.target, "/b");
         assert_eq!(t.get(Counter::RequestsUnmatched), 1, "the /a request lost its connection");

@@ -23,8 +23,8 @@ pub use ports::{PortSet, PortSetError};
 pub use scanner::{read_process, ScanResult, Scanner};
 pub use selector::{matches_exe, ExeGlobs, Selector};
 pub use service::{
-    build_service, host_name, interpreter_service_name, parse_resource_attributes, Language,
-    ServiceOptions,
+    build_service, build_service_in_pod, host_name, interpreter_service_name,
+    parse_resource_attributes, resolve_service, Language, ResolvedService, ServiceOptions,
 };
 
 pub use crate::spans::model::Service;
@@ -93,6 +93,9 @@ pub struct ProcessInfo {
     pub netns_inode: Option<u64>,
     /// Target language, from the exe name, else an ELF check for Go.
     pub language: Language,
+    /// Container id and pod UID from `/proc/PID/cgroup`; `None` outside
+    /// containers.
+    pub container: Option<crate::kubernetes::ContainerRef>,
 }
 
 impl ProcessInfo {

@@ -237,6 +237,13 @@ impl ProcFs {
         }
     }
 
+    /// The container and pod of the process, from `/proc/PID/cgroup`. `None`
+    /// outside containers and when unreadable.
+    pub fn container(&self, pid: u32) -> Option<crate::kubernetes::ContainerRef> {
+        let text = fs::read_to_string(self.path(pid, "cgroup")).ok()?;
+        crate::kubernetes::parse_cgroup(&text)
+    }
+
     pub fn netns(&self, pid: u32) -> Option<u64> {
         fs::read_link(self.path(pid, "ns/net"))
             .ok()

@@ -1,6 +1,8 @@
 //! One pass over `/proc`: which running processes match a [`Selector`].
 use std::{collections::HashMap, fs::File, path::PathBuf, rc::Rc};
 
+use crate::kubernetes::{ContainerRef, KubernetesMetadata};
+
 use super::{
     procfs::{is_go_elf, ProcFs, Stat},
     service::Language,
@@ -87,6 +89,7 @@ fn complete(
             }
         }
     }
+    let container = fs.container(pid);
     match fs.stat(pid) {
         Ok(again) if again.start_time == stat.start_time && !again.is_dead() => {}
         Ok(_) | Err(DiscoveryError::Gone { .. }) => return Err(DiscoveryError::Gone { pid }),
@@ -108,6 +111,7 @@ fn complete(
         start_time_ticks: stat.start_time,
         netns_inode,
         language,
+        container,
     })
 }
 
@@ -147,6 +151,11 @@ pub struct ScanResult {
 pub struct Scanner {
     fs: ProcFs,
     self_pid: u32,
+    kubernetes: Option<KubernetesMetadata>,
+    /// Container of each process seen by the last scan, `(pid, start time)`
+    /// -> container: the pod criterion reads `/proc/PID/cgroup` once per
+    /// process, not once per scan.
+    containers: HashMap<(u32, u64), Option<ContainerRef>>,
 }
 
 impl Default for Scanner {
@@ -157,10 +166,13 @@ impl Default for Scanner {
 
 impl Scanner {
     pub fn new() -> Self {
-        Self {
-            fs: ProcFs::default(),
-            self_pid: std::process::id(),
-        }
+        Self::with_proc_root("/proc")
+    }
+
+    /// Pods known to this metadata make the selector's pod criterion work.
+    pub fn with_kubernetes(mut self, kubernetes: KubernetesMetadata) -> Self {
+        self.kubernetes = Some(kubernetes);
+        self
     }
 
     /// A scanner over another procfs mount (e.g. the host's `/proc` mounted
@@ -169,6 +181,8 @@ impl Scanner {
         Self {
             fs: ProcFs::new(root),
             self_pid: std::process::id(),
+            kubernetes: None,
+            containers: HashMap::new(),
         }
     }
 
@@ -186,11 +200,12 @@ impl Scanner {
             return res;
         };
         let mut cache = NetCache::default();
+        let mut previous = std::mem::take(&mut self.containers);
         for pid in pids {
             if pid == self.self_pid {
                 continue;
             }
-            match self.consider(pid, selector, &mut cache) {
+            match self.consider(pid, selector, &mut cache, &mut previous) {
                 Ok(Some(info)) => res.matched.push(info),
                 Ok(None) => {}
                 Err(_) => res.skipped += 1,
@@ -199,11 +214,36 @@ impl Scanner {
         res
     }
 
+    /// The pod criterion: the process's pod is known and selected.
+    fn matches_pod(
+        &mut self,
+        pid: u32,
+        start_time: u64,
+        selector: &Selector,
+        previous: &mut HashMap<(u32, u64), Option<ContainerRef>>,
+    ) -> bool {
+        let (Some(kubernetes), Some(_)) = (&self.kubernetes, &selector.pods) else {
+            return false;
+        };
+        let key = (pid, start_time);
+        let container = match previous.remove(&key) {
+            Some(c) => c,
+            None => self.fs.container(pid),
+        };
+        let matched = container
+            .as_ref()
+            .and_then(|c| kubernetes.find(c))
+            .is_some_and(|pod| selector.matches_pod(&pod));
+        self.containers.insert(key, container);
+        matched
+    }
+
     fn consider(
-        &self,
+        &mut self,
         pid: u32,
         selector: &Selector,
         cache: &mut NetCache,
+        previous: &mut HashMap<(u32, u64), Option<ContainerRef>>,
     ) -> Result<Option<ProcessInfo>, DiscoveryError> {
         let stat = self.fs.stat(pid)?;
         if stat.is_kernel_thread() || stat.is_dead() {
@@ -211,8 +251,9 @@ impl Scanner {
         }
         let exe = self.fs.exe(pid);
         let netns = self.fs.netns(pid);
-        let direct =
-            selector.matches_pid(pid) || exe.as_deref().is_some_and(|p| selector.matches_exe(p));
+        let direct = selector.matches_pid(pid)
+            || exe.as_deref().is_some_and(|p| selector.matches_exe(p))
+            || self.matches_pod(pid, stat.start_time, selector, previous);
         let mut ports = None;
         if !direct {
             let Some(set) = selector.open_ports.as_ref() else {
@@ -229,5 +270,63 @@ impl Scanner {
             ports = Some(p);
         }
         complete(&self.fs, pid, stat, exe, netns, ports, cache).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, sync::Arc};
+
+    use super::*;
+    use crate::{
+        kubernetes::{store::ContainerMeta, MetadataStore, PodMeta, PodSelector, StoreLimits},
+        telemetry::Telemetry,
+    };
+
+    const ID: &str = "3f2a9c1d7e6b5a4f8c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b";
+
+    /// A fake `/proc/PID` with what the scanner reads.
+    fn fake_process(root: &Path, pid: u32, cgroup: &str) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(dir.join("fd")).unwrap();
+        let stat = format!("{pid} (app) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0\n");
+        std::fs::write(dir.join("stat"), stat).unwrap();
+        std::fs::write(dir.join("cmdline"), b"app\0").unwrap();
+        std::fs::write(dir.join("environ"), b"").unwrap();
+        std::fs::write(dir.join("cgroup"), cgroup).unwrap();
+    }
+
+    #[test]
+    fn pod_criterion_selects_processes_of_known_pods() {
+        let root = std::env::temp_dir().join(format!("periscope-scan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        fake_process(&root, 4242, &format!("0::/kubepods/besteffort/pod7e4f3b1a-2c6d-4e8f-9a0b-1c2d3e4f5a6b/{ID}\n"));
+        fake_process(&root, 4343, "0::/user.slice/user-1000.slice/session-2.scope\n");
+
+        let store = MetadataStore::new(StoreLimits::default(), Arc::new(Telemetry::default()));
+        let meta = crate::kubernetes::KubernetesMetadata::new(store.clone(), "worker-1", None);
+        let mut scanner = Scanner::with_proc_root(&root).with_kubernetes(meta);
+        let selector = Selector {
+            pods: Some(PodSelector::new(&["shop"], &[], &[]).unwrap()),
+            ..Selector::default()
+        };
+        assert!(scanner.scan(&selector).matched.is_empty(), "pod not known yet");
+
+        store.apply_pod(PodMeta {
+            uid: "7e4f3b1a-2c6d-4e8f-9a0b-1c2d3e4f5a6b".into(),
+            name: "api-0".into(),
+            namespace: "shop".into(),
+            containers: vec![ContainerMeta { id: ID.into(), name: "api".into() }],
+            ..PodMeta::default()
+        });
+        let found = scanner.scan(&selector).matched;
+        assert_eq!(found.iter().map(|i| i.pid).collect::<Vec<_>>(), [4242]);
+        assert_eq!(found[0].container.as_ref().and_then(|c| c.container_id.as_deref()), Some(ID));
+
+        let other = Selector { pods: Some(PodSelector::new(&["other"], &[], &[]).unwrap()), ..Selector::default() };
+        assert!(scanner.scan(&other).matched.is_empty());
+        // Without metadata the pod criterion matches nothing.
+        assert!(Scanner::with_proc_root(&root).scan(&selector).matched.is_empty());
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

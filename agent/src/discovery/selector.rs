@@ -72,6 +72,9 @@ pub struct Selector {
     pub exe_globs: Option<ExeGlobs>,
     /// The process id is one of these.
     pub pids: Vec<u32>,
+    /// The process runs in a pod this selects (Kubernetes metadata needed:
+    /// the [`super::Scanner`] looks the pod up, see `Scanner::with_kubernetes`).
+    pub pods: Option<crate::kubernetes::PodSelector>,
 }
 
 impl Selector {
@@ -91,6 +94,7 @@ impl Selector {
             open_ports,
             exe_globs: (!globs.is_empty()).then_some(globs),
             pids: pids.to_vec(),
+            pods: None,
         })
     }
 
@@ -98,6 +102,12 @@ impl Selector {
         self.open_ports.as_ref().is_none_or(PortSet::is_empty)
             && self.exe_globs.as_ref().is_none_or(ExeGlobs::is_empty)
             && self.pids.is_empty()
+            && self.pods.as_ref().is_none_or(crate::kubernetes::PodSelector::is_empty)
+    }
+
+    /// The pod criterion alone: the process runs in a pod it selects.
+    pub fn matches_pod(&self, pod: &crate::kubernetes::PodMatch) -> bool {
+        self.pods.as_ref().is_some_and(|s| s.matches(pod))
     }
 
     /// The exe-glob criterion alone (e.g. on an exec event, before the new
@@ -114,7 +124,8 @@ impl Selector {
         self.open_ports.as_ref().is_some_and(|p| p.contains(port))
     }
 
-    /// Whether an already-read process matches any criterion.
+    /// Whether an already-read process matches any criterion but the pod
+    /// one (which needs the process's pod: [`Self::matches_pod`]).
     pub fn matches(&self, info: &ProcessInfo) -> bool {
         self.matches_pid(info.pid)
             || info

@@ -4,12 +4,21 @@
 //! `service.name`, first match wins:
 //! 1. `OTEL_SERVICE_NAME` in the target's own environment;
 //! 2. `service.name` in its `OTEL_RESOURCE_ATTRIBUTES`;
-//! 3. [`ServiceOptions::name_override`] (`--service-name`);
-//! 4. the executable name, except for interpreters (node, python*, java,
+//! 3. in a Kubernetes pod whose metadata is known: the pod annotation
+//!    `resource.opentelemetry.io/service.name`, the label
+//!    `app.kubernetes.io/name`, the owner (Deployment, StatefulSet, ...) name,
+//!    the pod name (see [`crate::kubernetes::attributes`]);
+//! 4. [`ServiceOptions::name_override`] (`--service-name`);
+//! 5. the executable name, except for interpreters (node, python*, java,
 //!    ruby*, php*, dotnet) where the program they run names the service better
 //!    (see [`interpreter_service_name`]): `node server.js` -> `server`,
 //!    `python3 -m http.server` -> `http.server`, `python3 app.py` -> `app`,
 //!    `java -jar shop.jar` -> `shop`, `dotnet Api.dll` -> `Api`.
+//!
+//! `service.namespace`: `service.namespace` in `OTEL_RESOURCE_ATTRIBUTES`, then
+//! in a pod the annotation `resource.opentelemetry.io/service.namespace`, the
+//! label `app.kubernetes.io/part-of`, the Kubernetes namespace; then
+//! `--service-namespace`.
 //!
 //! `service.instance.id` is `{host_name}-{pid}`: unique per running process on
 //! a host (pids are reused only after the process is gone). An
@@ -17,6 +26,7 @@
 //! unique per process.
 use std::path::Path;
 
+use crate::kubernetes::{KubernetesMetadata, KubernetesResource};
 use crate::spans::model::{AttrValue, Service};
 
 use super::ProcessInfo;
@@ -388,6 +398,47 @@ fn non_empty(s: &str) -> Option<&str> {
 /// the remaining `OTEL_RESOURCE_ATTRIBUTES` pairs of the target (last
 /// duplicate wins; never overriding the keys above).
 pub fn build_service(info: &ProcessInfo, opts: &ServiceOptions) -> Service {
+    build_service_in_pod(info, opts, None)
+}
+
+/// A Resource, and whether Kubernetes metadata it could use is still missing.
+#[derive(Debug, Clone)]
+pub struct ResolvedService {
+    pub service: Service,
+    /// The process runs in a pod (its cgroup says so) whose metadata, or its
+    /// container's entry in the pod status, is not known yet: build the
+    /// Resource again once [`KubernetesMetadata::generation`] has moved.
+    pub awaiting_kubernetes: bool,
+}
+
+/// The Resource of a process, with its pod's metadata when `kubernetes` knows
+/// it. The metadata may arrive after the process is discovered (a new pod's
+/// container is running before the kubelet reports its id, and the watch
+/// event follows); `awaiting_kubernetes` tells the caller to try again on a
+/// later discovery scan.
+pub fn resolve_service(
+    info: &ProcessInfo,
+    opts: &ServiceOptions,
+    kubernetes: Option<&KubernetesMetadata>,
+) -> ResolvedService {
+    let (Some(kubernetes), Some(container)) = (kubernetes, info.container.as_ref()) else {
+        return ResolvedService { service: build_service(info, opts), awaiting_kubernetes: false };
+    };
+    let found = kubernetes.find(container);
+    let in_pod = container.pod_uid.is_some();
+    let awaiting = match &found {
+        None => in_pod,
+        Some(m) => container.container_id.is_some() && m.container_name.is_none(),
+    };
+    let k8s = found.map(|m| kubernetes.resource_of(&m));
+    ResolvedService { service: build_service_in_pod(info, opts, k8s.as_ref()), awaiting_kubernetes: awaiting }
+}
+
+/// [`build_service`] for a process whose pod is known: `k8s` adds the
+/// `k8s.*` attributes after `telemetry.sdk.language` and takes part in the
+/// name and namespace (after the target's own environment). Without it, a
+/// process in a container still gets `container.id`.
+pub fn build_service_in_pod(info: &ProcessInfo, opts: &ServiceOptions, k8s: Option<&KubernetesResource>) -> Service {
     let env = &info.env_resource_attrs;
     let env_get = |key: &str| {
         env.iter()
@@ -402,6 +453,7 @@ pub fn build_service(info: &ProcessInfo, opts: &ServiceOptions) -> Service {
         .as_deref()
         .and_then(non_empty)
         .or_else(|| env_get("service.name"))
+        .or_else(|| k8s.and_then(|k| non_empty(&k.service_name)))
         .or_else(|| opts.name_override.as_deref().and_then(non_empty))
         .map(str::to_owned)
         .or_else(|| exe_name.and_then(|e| interpreter_service_name(e, &info.cmdline)))
@@ -409,6 +461,7 @@ pub fn build_service(info: &ProcessInfo, opts: &ServiceOptions) -> Service {
         .unwrap_or_else(|| "unknown_service".to_owned());
 
     let namespace = env_get("service.namespace")
+        .or_else(|| k8s.and_then(|k| non_empty(&k.service_namespace)))
         .or_else(|| opts.namespace.as_deref().and_then(non_empty))
         .map(str::to_owned);
 
@@ -419,7 +472,8 @@ pub fn build_service(info: &ProcessInfo, opts: &ServiceOptions) -> Service {
         l => l,
     };
 
-    let mut attrs: Vec<(String, AttrValue)> = Vec::with_capacity(12 + env.len());
+    let k8s_len = k8s.map_or(1, |k| k.attributes.len());
+    let mut attrs: Vec<(String, AttrValue)> = Vec::with_capacity(12 + k8s_len + env.len());
     let mut push = |k: &str, v: AttrValue| attrs.push((k.to_owned(), v));
     push("service.name", name.clone().into());
     if let Some(ns) = &namespace {
@@ -448,6 +502,14 @@ pub fn build_service(info: &ProcessInfo, opts: &ServiceOptions) -> Service {
     push("telemetry.sdk.name", "periscope".into());
     push("telemetry.sdk.version", env!("CARGO_PKG_VERSION").into());
     push("telemetry.sdk.language", language.as_str().into());
+    match k8s {
+        Some(k) => attrs.extend(k.attributes.iter().cloned()),
+        None => {
+            if let Some(id) = info.container.as_ref().and_then(|c| c.container_id.as_deref()) {
+                attrs.push(("container.id".to_owned(), id.into()));
+            }
+        }
+    }
 
     let fixed = attrs.len();
     for (k, v) in env {
@@ -806,6 +868,39 @@ mod tests {
             build_service(&proc_info("/usr/bin/node", &["node", "a.js"]), &o).name,
             "ovr"
         );
+    }
+
+    #[test]
+    fn kubernetes_part_of_the_resource() {
+        let k8s = KubernetesResource {
+            service_name: "checkout".into(),
+            service_namespace: "shop".into(),
+            attributes: vec![
+                ("k8s.namespace.name".into(), "shop".into()),
+                ("k8s.pod.name".into(), "checkout-7d9f8b6c5-x2x9q".into()),
+                ("container.id".into(), "c1".into()),
+            ],
+        };
+        let mut info = proc_info("/usr/bin/node", &["node", "server.js"]);
+        info.env_resource_attrs = pairs(&[("k8s.pod.name", "spoofed"), ("team", "a")]);
+        let o = ServiceOptions { name_override: Some("ovr".into()), namespace: Some("cli-ns".into()), ..opts() };
+        let svc = build_service_in_pod(&info, &o, Some(&k8s));
+        assert_eq!((svc.name.as_str(), svc.namespace.as_deref()), ("checkout", Some("shop")), "the pod beats the flags");
+        let keys: Vec<&str> = svc.attributes.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(&keys[10..], ["telemetry.sdk.language", "k8s.namespace.name", "k8s.pod.name", "container.id", "team"]);
+        assert_eq!(attr(&svc, "k8s.pod.name"), Some(&AttrValue::from("checkout-7d9f8b6c5-x2x9q")));
+        // The process's own environment beats the pod.
+        info.env_service_name = Some("from-env".into());
+        info.env_resource_attrs.push(("service.namespace".into(), "env-ns".into()));
+        let svc = build_service_in_pod(&info, &o, Some(&k8s));
+        assert_eq!((svc.name.as_str(), svc.namespace.as_deref()), ("from-env", Some("env-ns")));
+        // Not in a known pod: container.id alone, when in a container.
+        info.container = Some(crate::kubernetes::ContainerRef { container_id: Some("c2".into()), pod_uid: None });
+        let svc = build_service(&info, &o);
+        assert_eq!(attr(&svc, "container.id"), Some(&AttrValue::from("c2")));
+        assert_eq!(attr(&svc, "k8s.pod.name"), Some(&AttrValue::from("spoofed")), "only the env's own");
+        let resolved = resolve_service(&info, &o, None);
+        assert!(!resolved.awaiting_kubernetes);
     }
 
     #[test]

@@ -10,7 +10,10 @@ use axum::{
 };
 
 use crate::{
-    metrics::{Instrument, Metrics, MetricsSnapshot},
+    metrics::{
+        service_graph, span_metrics, EdgePoint, HistogramData, Instrument, Metrics, MetricsSnapshot, ServiceMetrics,
+        SpanMetricsPoint,
+    },
     spans::model::{AttrValue, Service},
     telemetry::{Counter, Telemetry},
 };
@@ -167,6 +170,93 @@ fn service_labels(service: &Service) -> Vec<(String, String)> {
     l
 }
 
+fn write_histogram(out: &mut String, name: &str, labels: &[(String, String)], data: &HistogramData) {
+    let les = data.bounds.iter().map(|b| fmt_float(*b)).chain(std::iter::once("+Inf".to_owned()));
+    for (le, count) in les.zip(data.cumulative_counts()) {
+        let _ = write!(out, "{name}_bucket");
+        let mut l = labels.to_vec();
+        l.push(("le".to_owned(), le));
+        write_labels(out, &l);
+        let _ = writeln!(out, " {count}");
+    }
+    let _ = write!(out, "{name}_sum");
+    write_labels(out, labels);
+    let _ = writeln!(out, " {}", fmt_float(data.sum));
+    let _ = write!(out, "{name}_count");
+    write_labels(out, labels);
+    let _ = writeln!(out, " {}", data.count);
+}
+
+enum Sample<'a> {
+    Counter(u64),
+    Histogram(&'a HistogramData),
+}
+
+/// One family of the Tempo-compatible metrics across services. Series carry
+/// Tempo's labels plus `job` and `instance` (as Tempo's `enable_target_info`
+/// does), which also keeps two instances of one service apart.
+fn write_family<'a, P: 'a>(
+    out: &mut String,
+    snap: &'a MetricsSnapshot,
+    name: &str,
+    help: &str,
+    series: impl Fn(&'a ServiceMetrics) -> &'a [P],
+    sample: impl Fn(&'a P) -> (&'a [(String, String)], Sample<'a>),
+) {
+    let mut header_done = false;
+    for svc in &snap.services {
+        for p in series(svc) {
+            let (attrs, value) = sample(p);
+            if !header_done {
+                let kind = if matches!(value, Sample::Counter(_)) { "counter" } else { "histogram" };
+                let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                header_done = true;
+            }
+            let mut labels = attrs.to_vec();
+            labels.push(("job".to_owned(), job(&svc.service)));
+            labels.push(("instance".to_owned(), svc.service.instance_id.clone()));
+            match value {
+                Sample::Counter(v) => {
+                    out.push_str(name);
+                    write_labels(out, &labels);
+                    let _ = writeln!(out, " {v}");
+                }
+                Sample::Histogram(h) => write_histogram(out, name, &labels, h),
+            }
+        }
+    }
+}
+
+/// `traces_spanmetrics_*` and `traces_service_graph_*`, named as Tempo's
+/// metrics-generator names them (empty unless turned on).
+fn render_trace_metrics(out: &mut String, snap: &MetricsSnapshot) {
+    fn spans(s: &ServiceMetrics) -> &[SpanMetricsPoint] {
+        &s.span_metrics
+    }
+    fn edges(s: &ServiceMetrics) -> &[EdgePoint] {
+        &s.service_graph
+    }
+    write_family(out, snap, span_metrics::CALLS_NAME, "Spans, by service, name, kind, status and dimensions.", spans, |p| {
+        (&p.labels, Sample::Counter(p.latency.count))
+    });
+    write_family(out, snap, span_metrics::LATENCY_NAME, "Span durations in seconds.", spans, |p| {
+        (&p.labels, Sample::Histogram(&p.latency))
+    });
+    write_family(out, snap, service_graph::REQUEST_TOTAL_NAME, "Requests between two nodes of the service graph.", edges, |p| {
+        (&p.labels, Sample::Counter(p.client.count))
+    });
+    write_family(out, snap, service_graph::REQUEST_FAILED_NAME, "Failed requests between two nodes of the service graph.", edges, |p| {
+        (&p.labels, Sample::Counter(p.failed))
+    });
+    write_family(out, snap, service_graph::CLIENT_SECONDS_NAME, "Request durations seen by the client, in seconds.", edges, |p| {
+        (&p.labels, Sample::Histogram(&p.client))
+    });
+    write_family(out, snap, service_graph::SERVER_SECONDS_NAME, "Request durations seen by the server, in seconds.", edges, |p| {
+        (&p.labels, Sample::Histogram(&p.server))
+    });
+}
+
 /// The whole exposition: span histograms, `target_info`, the agent's counters.
 pub fn render(snap: &MetricsSnapshot, counters: &[(Counter, u64)]) -> String {
     let mut out = String::new();
@@ -205,6 +295,8 @@ pub fn render(snap: &MetricsSnapshot, counters: &[(Counter, u64)]) -> String {
             }
         }
     }
+
+    render_trace_metrics(&mut out, snap);
 
     if !snap.services.is_empty() {
         out.push_str("# HELP target_info Target metadata\n# TYPE target_info gauge\n");

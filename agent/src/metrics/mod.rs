@@ -1,6 +1,8 @@
 //! RED metrics derived from finished spans, aggregated in the agent with
 //! cumulative temporality and exported by the OTLP and Prometheus sinks.
 mod histogram;
+pub mod service_graph;
+pub mod span_metrics;
 
 // Fast non-cryptographic hashing: keys are our own attribute sets, not attacker-chosen
 // in a way that matters (the cardinality cap bounds every map).
@@ -12,6 +14,8 @@ use std::{
 };
 
 pub use histogram::{HistogramData, BODY_SIZE_BOUNDS, DURATION_BOUNDS};
+pub use service_graph::{ConnectionType, EdgeObservation, EdgePoint, ServiceGraphConfig};
+pub use span_metrics::{SpanMetricsConfig, SpanMetricsPoint};
 
 use crate::{
     spans::model::{AttrValue, ServiceRef, Span, SpanKind},
@@ -217,11 +221,15 @@ pub struct MetricsConfig {
     /// Distinct attribute sets per metric per service before new sets are
     /// folded into the `otel.metric.overflow=true` series.
     pub max_attribute_sets: usize,
+    /// Tempo-compatible span metrics (`traces_spanmetrics_*`); `None`: off.
+    pub span_metrics: Option<SpanMetricsConfig>,
+    /// Tempo-compatible service graph (`traces_service_graph_*`); `None`: off.
+    pub service_graph: Option<ServiceGraphConfig>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { max_attribute_sets: 2000 }
+        Self { max_attribute_sets: 2000, span_metrics: None, service_graph: None }
     }
 }
 
@@ -283,6 +291,10 @@ pub struct ServiceMetrics {
     pub service: ServiceRef,
     /// Only instruments with at least one series, in `Instrument::ALL` order.
     pub metrics: Vec<MetricPoints>,
+    /// `traces_spanmetrics_*` series (empty when off).
+    pub span_metrics: Vec<SpanMetricsPoint>,
+    /// `traces_service_graph_*` series held by this service (empty when off).
+    pub service_graph: Vec<EdgePoint>,
 }
 
 #[derive(Clone, Debug)]
@@ -316,12 +328,41 @@ struct InstrumentState {
 struct ServiceState {
     service: ServiceRef,
     instruments: FxHashMap<Instrument, InstrumentState>,
+    span_metrics: span_metrics::SpanMetricsState,
+    edges: service_graph::EdgeState,
 }
 
 #[derive(Default)]
 struct State {
     index: FxHashMap<String, usize>,
     services: Vec<ServiceState>,
+    pending_edges: service_graph::PendingEdges,
+}
+
+impl State {
+    /// Index of the service's state, created on first sight.
+    fn service_index(&mut self, service: &ServiceRef) -> usize {
+        let idx = match self.index.get(&service.instance_id) {
+            Some(&i) => i,
+            None => {
+                self.services.push(ServiceState {
+                    service: service.clone(),
+                    instruments: FxHashMap::default(),
+                    span_metrics: Default::default(),
+                    edges: Default::default(),
+                });
+                let i = self.services.len() - 1;
+                self.index.insert(service.instance_id.clone(), i);
+                i
+            }
+        };
+        let svc = &mut self.services[idx];
+        if !Arc::ptr_eq(&svc.service, service) {
+            // Keep the newest resource description of the instance.
+            svc.service = service.clone();
+        }
+        idx
+    }
 }
 
 /// The agent's span-metrics aggregator.
@@ -343,31 +384,30 @@ impl Metrics {
         Self { cfg, telemetry, state: Mutex::new(State::default()) }
     }
 
-    /// Feeds the span's measurements (none for spans of no known kind).
+    /// Feeds the span's measurements (none for spans of no known kind), and,
+    /// when on, the span metrics and the service graph.
     pub fn record_span(&self, span: &Span) {
         let ms = measurements(span);
-        if ms.is_empty() {
+        if ms.is_empty() && self.cfg.span_metrics.is_none() && self.cfg.service_graph.is_none() {
             return;
         }
         let now = now_unix_nanos();
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *guard;
-        let idx = match state.index.get(&span.service.instance_id) {
-            Some(&i) => i,
-            None => {
-                state.services.push(ServiceState {
-                    service: span.service.clone(),
-                    instruments: FxHashMap::default(),
-                });
-                let i = state.services.len() - 1;
-                state.index.insert(span.service.instance_id.clone(), i);
-                i
+        let idx = state.service_index(&span.service);
+        if let Some(graph) = &self.cfg.service_graph {
+            self.expire_edges(state, graph, now);
+            match state.pending_edges.observe_span(graph, span, now, &self.telemetry) {
+                service_graph::SpanEdge::None => {}
+                service_graph::SpanEdge::Now(edge) => {
+                    state.services[idx].edges.record(&edge, self.cfg.max_attribute_sets, now, &self.telemetry)
+                }
+                service_graph::SpanEdge::Finished(f) => self.record_finished(state, &f, now),
             }
-        };
+        }
         let svc = &mut state.services[idx];
-        if !Arc::ptr_eq(&svc.service, &span.service) {
-            // Keep the newest resource description of the instance.
-            svc.service = span.service.clone();
+        if let Some(cfg) = &self.cfg.span_metrics {
+            svc.span_metrics.record(cfg, span, self.cfg.max_attribute_sets, now, &self.telemetry);
         }
         for (instrument, value) in ms {
             // Look the series up with borrowed values: nothing is cloned
@@ -399,6 +439,51 @@ impl Metrics {
         }
     }
 
+    /// Records one service-graph request known by other means than span ids
+    /// (spans paired by trace and span id are already counted by
+    /// [`Metrics::record_span`]: do not report them again). Its series belong
+    /// to `owner` (normally the client's service; the server's when the client
+    /// is not tracked) and are forgotten with it. No-op when the graph is off.
+    pub fn observe_edge(&self, owner: &ServiceRef, edge: &EdgeObservation<'_>) {
+        if self.cfg.service_graph.is_none() {
+            return;
+        }
+        let now = now_unix_nanos();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let idx = state.service_index(owner);
+        state.services[idx].edges.record(edge, self.cfg.max_attribute_sets, now, &self.telemetry);
+    }
+
+    /// Spans waiting for their service-graph partner.
+    pub fn pending_edges(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).pending_edges.len()
+    }
+
+    /// Ends the waits that are over as of `now` (unix nanos).
+    pub fn expire_edges_at(&self, now: u64) {
+        if let Some(graph) = &self.cfg.service_graph {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            self.expire_edges(&mut state, graph, now);
+        }
+    }
+
+    fn expire_edges(&self, state: &mut State, graph: &ServiceGraphConfig, now: u64) {
+        let mut finished = Vec::new();
+        state.pending_edges.expire(graph, now, &self.telemetry, |f| finished.push(f));
+        for f in &finished {
+            self.record_finished(state, f, now);
+        }
+    }
+
+    /// Records a paired or expired edge under its client's service, else its
+    /// server's; a service already forgotten is not brought back.
+    fn record_finished(&self, state: &mut State, f: &service_graph::Finished, now: u64) {
+        let (owners, edge) = f.parts();
+        if let Some(&i) = owners.iter().find_map(|o| state.index.get(&o.instance_id)) {
+            state.services[i].edges.record(&edge, self.cfg.max_attribute_sets, now, &self.telemetry);
+        }
+    }
+
     /// Drops every series of a service (e.g. once its process is forgotten and
     /// its last values had a chance to be exported).
     pub fn forget_service(&self, instance_id: &str) {
@@ -415,7 +500,11 @@ impl Metrics {
 
     /// Cumulative copy of every series so far.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_unix_nanos();
+        if let Some(graph) = &self.cfg.service_graph {
+            self.expire_edges(&mut state, graph, now);
+        }
         let services = state
             .services
             .iter()
@@ -430,11 +519,20 @@ impl Metrics {
                         (!series.is_empty()).then_some(MetricPoints { instrument: *i, series })
                     })
                     .collect(),
+                span_metrics: self
+                    .cfg
+                    .span_metrics
+                    .as_ref()
+                    .map(|c| s.span_metrics.points(c, &s.service.name))
+                    .unwrap_or_default(),
+                service_graph: s.edges.points(),
             })
             .collect();
-        MetricsSnapshot { time_unix_nanos: now_unix_nanos(), services }
+        MetricsSnapshot { time_unix_nanos: now, services }
     }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trace_tests;

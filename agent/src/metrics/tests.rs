@@ -44,7 +44,7 @@ fn http_server(svc: &ServiceRef, dur_nanos: u64, route: &str, status: i64) -> Sp
 
 fn metrics(max: usize) -> (Metrics, Arc<Telemetry>) {
     let t = Arc::new(Telemetry::default());
-    (Metrics::new(MetricsConfig { max_attribute_sets: max }, t.clone()), t)
+    (Metrics::new(MetricsConfig { max_attribute_sets: max, ..Default::default() }, t.clone()), t)
 }
 
 #[test]

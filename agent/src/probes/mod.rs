@@ -50,6 +50,13 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("handle_enter_close", "syscalls", "sys_enter_close"),
     ("handle_enter_dup2", "syscalls", "sys_enter_dup2"),
     ("handle_enter_dup3", "syscalls", "sys_enter_dup3"),
+    ("handle_enter_epoll_wait", "syscalls", "sys_enter_epoll_wait"),
+    ("handle_enter_epoll_pwait", "syscalls", "sys_enter_epoll_pwait"),
+    ("handle_enter_epoll_pwait2", "syscalls", "sys_enter_epoll_pwait2"),
+    ("handle_enter_poll", "syscalls", "sys_enter_poll"),
+    ("handle_enter_ppoll", "syscalls", "sys_enter_ppoll"),
+    ("handle_enter_select", "syscalls", "sys_enter_select"),
+    ("handle_enter_pselect6", "syscalls", "sys_enter_pselect6"),
     ("handle_exit", "sched", "sched_process_exit"),
     ("handle_exec", "sched", "sched_process_exec"),
 ];

@@ -1,6 +1,7 @@
 //! Protocol parsers: pure code, bytes in and structured messages out. Nothing
 //! here does I/O, reads clocks or touches global state, so every parser is
 //! unit-tested on split, truncated, interleaved and garbage input.
+pub mod amqp;
 pub mod http1;
 pub mod mysql;
 pub mod postgres;

@@ -2,6 +2,7 @@
 //! and the per-protocol span builders.
 pub mod clock;
 pub mod http;
+pub mod messaging;
 pub mod model;
 pub mod routes;
 pub mod sql;

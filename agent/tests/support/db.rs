@@ -117,7 +117,7 @@ impl Postgres {
             .args(["-c", "listen_addresses=127.0.0.1", "-c", &format!("port={port}")])
             .args(["-c", &format!("unix_socket_directories={}", dir.display())])
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
-            .args(["-c", "max_connections=20", "-c", "shared_buffers=16MB", "-c", "ssl=off"])
+            .args(["-c", "max_connections=80", "-c", "shared_buffers=16MB", "-c", "ssl=off"])
             .uid(uid)
             .gid(gid)
             .current_dir(&dir)

@@ -2,3 +2,4 @@
 pub mod agent;
 pub mod db;
 pub mod otlp_receiver;
+pub mod rabbitmq;

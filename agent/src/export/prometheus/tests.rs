@@ -291,3 +291,139 @@ async fn serves_metrics_targets_healthz_and_reports_taken_port() {
     assert_eq!(health.text().await.unwrap(), "ok");
     task.abort();
 }
+
+/// Text with span metrics and service graph on: two instances of one service
+/// (kept apart by `instance`), a database edge and a paired edge.
+fn trace_metrics_text() -> String {
+    let t = Arc::new(Telemetry::default());
+    let cfg = MetricsConfig {
+        span_metrics: Some(crate::metrics::SpanMetricsConfig::default()),
+        service_graph: Some(crate::metrics::ServiceGraphConfig::default()),
+        ..Default::default()
+    };
+    let m = Metrics::new(cfg, t.clone());
+    let server_a = svc("mythical-server", Some("mythical"), "srv-a");
+    let server_b = svc("mythical-server", Some("mythical"), "srv-b");
+    let requester = svc("mythical-requester", Some("mythical"), "req-1");
+    for (s, d) in [(&server_a, 3), (&server_a, 30), (&server_b, 300)] {
+        let mut client = span(&requester, SpanKind::Client, d, vec![Attr::new("http.request.method", "GET")]);
+        client.name = "GET".into();
+        let mut server = span(
+            s,
+            SpanKind::Server,
+            d,
+            vec![
+                Attr::new("http.request.method", "GET"),
+                Attr::new("http.route", "/unicorn"),
+                Attr::new("http.response.status_code", 200i64),
+            ],
+        );
+        server.name = "GET /unicorn".into();
+        server.trace_id = client.trace_id;
+        server.parent_span_id = Some(client.span_id);
+        m.record_span(&client);
+        m.record_span(&server);
+    }
+    let mut db = span(&server_a, SpanKind::Client, 2, vec![Attr::new("db.system.name", "postgresql"), Attr::new("db.namespace", "postgres")]);
+    db.status = SpanStatus::Error("23502".into());
+    m.record_span(&db);
+    render(&m.snapshot(), &t.snapshot())
+}
+
+#[test]
+fn span_metrics_and_service_graph_render_with_tempo_names() {
+    let text = trace_metrics_text();
+    let (samples, types) = parse(&text);
+    assert_eq!(types["traces_spanmetrics_calls_total"], "counter");
+    assert_eq!(types["traces_spanmetrics_latency"], "histogram");
+    assert_eq!(types["traces_service_graph_request_total"], "counter");
+    assert_eq!(types["traces_service_graph_request_failed_total"], "counter");
+    assert_eq!(types["traces_service_graph_request_client_seconds"], "histogram");
+    assert_eq!(types["traces_service_graph_request_server_seconds"], "histogram");
+
+    let calls: Vec<_> = samples
+        .iter()
+        .filter(|s| s.name == "traces_spanmetrics_calls_total" && s.labels["span_kind"] == "SPAN_KIND_SERVER")
+        .collect();
+    assert_eq!(calls.len(), 2, "one series per instance");
+    let a = calls.iter().find(|s| s.labels["instance"] == "srv-a").unwrap();
+    let expected: BTreeMap<String, String> = [
+        ("service", "mythical-server"),
+        ("span_name", "GET /unicorn"),
+        ("span_kind", "SPAN_KIND_SERVER"),
+        ("status_code", "STATUS_CODE_UNSET"),
+        ("http_method", "GET"),
+        ("http_target", "/unicorn"),
+        ("http_status_code", "200"),
+        ("job", "mythical/mythical-server"),
+        ("instance", "srv-a"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(a.labels, expected);
+    assert_eq!(a.value, 2.0);
+
+    let les: Vec<&str> = samples
+        .iter()
+        .filter(|s| s.name == "traces_spanmetrics_latency_bucket" && s.labels["instance"] == "srv-a" && s.labels["span_kind"] == "SPAN_KIND_SERVER")
+        .map(|s| s.labels["le"].as_str())
+        .collect();
+    assert_eq!(
+        les,
+        ["0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256", "0.512", "1.024", "2.048", "4.096", "8.192", "16.384", "+Inf"]
+    );
+    let bucket = |le: &str| {
+        samples
+            .iter()
+            .find(|s| s.name == "traces_spanmetrics_latency_bucket" && s.labels["instance"] == "srv-a" && s.labels["span_kind"] == "SPAN_KIND_SERVER" && s.labels["le"] == le)
+            .unwrap()
+            .value
+    };
+    // 3 ms and 30 ms.
+    assert_eq!((bucket("0.002"), bucket("0.004"), bucket("0.032"), bucket("+Inf")), (0.0, 1.0, 2.0, 2.0));
+    let db_calls = samples
+        .iter()
+        .find(|s| s.name == "traces_spanmetrics_calls_total" && s.labels["status_code"] == "STATUS_CODE_ERROR")
+        .unwrap();
+    assert_eq!(db_calls.labels["span_kind"], "SPAN_KIND_CLIENT");
+    assert!(!db_calls.labels.contains_key("http_target"));
+
+    let edge = |name: &str, client: &str, server: &str| {
+        samples
+            .iter()
+            .find(|s| s.name == name && s.labels["client"] == client && s.labels["server"] == server)
+            .unwrap_or_else(|| panic!("{name} {client}->{server}"))
+    };
+    let total = edge("traces_service_graph_request_total", "mythical-requester", "mythical-server");
+    assert_eq!(total.value, 3.0);
+    assert_eq!(total.labels["connection_type"], "");
+    assert_eq!(total.labels["instance"], "req-1", "held by the client's instance");
+    assert_eq!(edge("traces_service_graph_request_failed_total", "mythical-requester", "mythical-server").value, 0.0);
+    assert_eq!(edge("traces_service_graph_request_server_seconds_count", "mythical-requester", "mythical-server").value, 3.0);
+    let db = edge("traces_service_graph_request_total", "mythical-server", "postgres");
+    assert_eq!((db.value, db.labels["connection_type"].as_str()), (1.0, "database"));
+    assert_eq!(edge("traces_service_graph_request_failed_total", "mythical-server", "postgres").value, 1.0);
+    let client_les: Vec<&str> = samples
+        .iter()
+        .filter(|s| s.name == "traces_service_graph_request_client_seconds_bucket" && s.labels["server"] == "postgres")
+        .map(|s| s.labels["le"].as_str())
+        .collect();
+    assert_eq!(client_les, ["0.1", "0.2", "0.4", "0.8", "1.6", "3.2", "6.4", "12.8", "+Inf"]);
+}
+
+#[test]
+fn trace_metric_families_are_contiguous_and_absent_when_off() {
+    let text = trace_metrics_text();
+    let mut seen: Vec<&str> = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        if seen.last() != Some(&family) {
+            assert!(!seen.contains(&family), "family {family} not contiguous");
+            seen.push(family);
+        }
+    }
+    assert!(seen.contains(&"traces_service_graph_request_server_seconds"));
+    assert!(!sample_text().contains("traces_"), "off by default");
+}

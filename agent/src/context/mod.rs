@@ -1,0 +1,412 @@
+//! Trace context without touching anyone's traffic: which request a syscall
+//! works for, so that spans connect into one trace.
+//!
+//! In-process nesting (see `Tracker`):
+//! - every thread has a *current request*: the server request it read or
+//!   answered last, or the request a response it just read was made for;
+//! - a client request written by a thread becomes a child of that thread's
+//!   current request;
+//! - event-loop threads (Node.js, nginx) run many requests on one thread:
+//!   the kernel counts each thread's entries into epoll_wait/poll/select
+//!   (`loop_seq`), and a current request is only believed within the same
+//!   loop iteration — a callback started by a read names its request, a
+//!   callback started by a timer has none;
+//! - a connection opened while a request was current remembers it, so a
+//!   request written later from a "connected" callback (no read before it)
+//!   still finds its parent;
+//! - queues inside the process (one shared database connection, a pool that
+//!   is full, an HTTP agent at maxSockets) hand a connection to the next
+//!   waiting request in the callback that read the previous answer: a
+//!   request written on a connection right after that connection's previous
+//!   answer was read (same loop iteration, no other read in between) goes to
+//!   the oldest request of
+//!   the thread that is waiting on nothing we can see (no call in flight, no
+//!   answer begun), when there is one — a FIFO queue's order.
+//!
+//! Trace ids are decided late (see `assembly`): span ids are fixed when an
+//! exchange starts, trace ids when the local part of a trace is complete and
+//! its link to a caller (traceparent or a tracked client on this host) is known.
+pub mod assembly;
+pub mod sampler;
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
+
+use crate::protocols::{Chunk, Direction};
+use crate::spans::SpanId;
+use crate::telemetry::{Counter, Telemetry};
+
+pub use assembly::{Assembler, GroupId};
+
+/// A span that may become a parent: its id and the group deciding its trace id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanCtx {
+    pub span_id: SpanId,
+    pub group: GroupId,
+}
+
+/// The identity an exchange got when its first byte was seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Started {
+    pub ctx: SpanCtx,
+    /// The in-process parent (client side only; a server's parent is its caller).
+    pub parent: Option<SpanCtx>,
+    /// Entry and exit of the syscall that carried the first byte.
+    pub ts_enter: u64,
+    pub ts_exit: u64,
+}
+
+/// A client exchange that completed, kept a little while so that the server
+/// end (another tracked process) can find its parent.
+#[derive(Clone, Copy, Debug)]
+pub struct Finished {
+    pub started: Started,
+    pub end: u64,
+}
+
+/// Exchanges started on one connection and not completed yet, beyond which
+/// the oldest is given up (a peer that never answers).
+const MAX_PENDING: usize = 16;
+/// Completed client exchanges remembered per connection for partner matching.
+const MAX_RECENT: usize = 4;
+
+/// What the context layer keeps per connection.
+#[derive(Debug, Default)]
+pub struct ConnTrace {
+    last_dir: Option<Direction>,
+    connect_ctx: Option<SpanCtx>,
+    requests: u32,
+    pending: VecDeque<Started>,
+    recent: VecDeque<Finished>,
+    /// Client side: the thread and loop iteration that read the last answer.
+    last_answer: Option<(u32, u32)>,
+    /// Server side: the thread that reads the requests.
+    server_tid: Option<u32>,
+    /// Client side: the thread whose request's connect is still a call in flight.
+    connect_tid: Option<u32>,
+    /// Client side: exchanges completed, and how many when the last request
+    /// was written (handshakes complete nothing: they are no hand-off).
+    completed: u32,
+    completed_before: u32,
+}
+
+impl ConnTrace {
+    /// The client exchange on this connection that was in flight at `ts`
+    /// (CLOCK_MONOTONIC ns), if any.
+    pub fn in_flight_at(&self, ts: u64) -> Option<SpanCtx> {
+        let started_before = |s: &Started| s.ts_enter <= ts;
+        self.recent
+            .iter()
+            .rev()
+            .find(|f| started_before(&f.started) && ts <= f.end)
+            .map(|f| f.started.ctx)
+            .or_else(|| self.pending.iter().rev().find(|s| started_before(s)).map(|s| s.ctx))
+    }
+
+    /// Has this connection seen a request that could still match a server
+    /// exchange starting at `ts`? (False: its event may not have arrived yet.)
+    pub fn has_history_after(&self, ts: u64) -> bool {
+        self.recent.back().is_some_and(|f| f.end >= ts) || !self.pending.is_empty()
+    }
+}
+
+/// A thread of a tracked process, with its event-loop iteration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadKey {
+    pub pid: u32,
+    pub tid: u32,
+    pub loop_seq: u32,
+}
+
+/// A server request a thread read and has not begun to answer.
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    ctx: SpanCtx,
+    /// Its client requests in flight.
+    calls: u16,
+}
+
+/// Server requests tracked per thread for queue hand-offs, beyond which the
+/// oldest are dropped from that bookkeeping.
+const MAX_WAITING: usize = 1024;
+
+#[derive(Debug, Default)]
+struct Current {
+    ctx: Option<SpanCtx>,
+    loop_seq: u32,
+    /// The fd the thread last read from, and in which loop iteration.
+    last_read: Option<(i32, u32)>,
+    /// In the order they were read.
+    waiting: VecDeque<Waiting>,
+}
+
+/// Per-thread current requests, bounded.
+#[derive(Debug)]
+struct Threads {
+    map: FxHashMap<(u32, u32), Current>,
+    max: usize,
+}
+
+impl Threads {
+    fn current(&self, t: ThreadKey) -> Option<SpanCtx> {
+        self.map.get(&(t.pid, t.tid)).filter(|c| c.loop_seq == t.loop_seq).and_then(|c| c.ctx)
+    }
+
+    fn entry(&mut self, pid: u32, tid: u32, telemetry: &Telemetry) -> &mut Current {
+        if self.map.len() >= self.max && !self.map.contains_key(&(pid, tid)) {
+            // Threads that ended without their process exiting: start over.
+            telemetry.add(Counter::ContextThreadsReset, self.map.len() as u64);
+            self.map.clear();
+        }
+        self.map.entry((pid, tid)).or_default()
+    }
+
+    fn set(&mut self, t: ThreadKey, ctx: Option<SpanCtx>, telemetry: &Telemetry) {
+        let c = self.entry(t.pid, t.tid, telemetry);
+        c.ctx = ctx;
+        c.loop_seq = t.loop_seq;
+    }
+
+    fn last_read(&self, t: ThreadKey) -> Option<(i32, u32)> {
+        self.map.get(&(t.pid, t.tid)).and_then(|c| c.last_read)
+    }
+
+    fn waiting_mut(&mut self, pid: u32, tid: u32, span: SpanId) -> Option<&mut Waiting> {
+        self.map.get_mut(&(pid, tid))?.waiting.iter_mut().find(|w| w.ctx.span_id == span)
+    }
+
+    fn stop_waiting(&mut self, pid: u32, tid: u32, span: SpanId) {
+        if let Some(c) = self.map.get_mut(&(pid, tid)) {
+            c.waiting.retain(|w| w.ctx.span_id != span);
+        }
+    }
+
+    /// The oldest request of the thread waiting on nothing we can see.
+    fn oldest_stalled(&self, t: ThreadKey, except: Option<SpanCtx>) -> Option<SpanCtx> {
+        let c = self.map.get(&(t.pid, t.tid))?;
+        c.waiting.iter().find(|w| w.calls == 0 && Some(w.ctx) != except).map(|w| w.ctx)
+    }
+}
+
+/// Decides the span ids and in-process parents of exchanges as their bytes go by.
+#[derive(Debug)]
+pub struct Tracker {
+    threads: Threads,
+    pub assembly: Assembler,
+}
+
+impl Tracker {
+    pub fn new(assembly: Assembler, max_threads: usize) -> Self {
+        Self { threads: Threads { map: FxHashMap::default(), max: max_threads }, assembly }
+    }
+
+    /// A connection was opened by `thread` (connect or accept).
+    pub fn on_open(&mut self, trace: &mut ConnTrace, thread: ThreadKey, client: bool) {
+        if client {
+            trace.connect_ctx = self.threads.current(thread);
+            // A connection being opened is a call in flight: its request
+            // is not waiting in a queue.
+            if let Some(c) = trace.connect_ctx {
+                if let Some(w) = self.threads.waiting_mut(thread.pid, thread.tid, c.span_id) {
+                    w.calls = w.calls.saturating_add(1);
+                    trace.connect_tid = Some(thread.tid);
+                }
+            }
+        }
+    }
+
+    /// The call a connect stood for is over (its first request or its close).
+    fn connect_done(&mut self, trace: &mut ConnTrace, pid: u32) {
+        if let (Some(tid), Some(c)) = (trace.connect_tid.take(), trace.connect_ctx) {
+            if let Some(w) = self.threads.waiting_mut(pid, tid, c.span_id) {
+                w.calls = w.calls.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A chunk of a connection whose protocol is known, before it is parsed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_chunk(
+        &mut self,
+        trace: &mut ConnTrace,
+        server_side: bool,
+        thread: ThreadKey,
+        fd: i32,
+        chunk: &Chunk<'_>,
+        telemetry: &Telemetry,
+    ) {
+        // Checked before this chunk counts as the thread's last read.
+        let handoff = chunk.direction == Direction::Egress
+            && thread.loop_seq != 0
+            && self.threads.last_read(thread) == Some((fd, thread.loop_seq));
+        if chunk.direction == Direction::Ingress {
+            self.threads.entry(thread.pid, thread.tid, telemetry).last_read = Some((fd, thread.loop_seq));
+        }
+        let request_dir = if server_side { Direction::Ingress } else { Direction::Egress };
+        let new_request = chunk.direction == request_dir && trace.last_dir != Some(request_dir);
+        trace.last_dir = Some(chunk.direction);
+        if server_side {
+            if new_request {
+                let group = self.assembly.new_group(chunk.ts_exit, telemetry);
+                let started = Started {
+                    ctx: SpanCtx { span_id: SpanId::random(), group },
+                    parent: None,
+                    ts_enter: chunk.ts_enter,
+                    ts_exit: chunk.ts_exit,
+                };
+                self.push(trace, started, telemetry);
+                trace.server_tid = Some(thread.tid);
+                let waiting = &mut self.threads.entry(thread.pid, thread.tid, telemetry).waiting;
+                if waiting.len() >= MAX_WAITING {
+                    waiting.pop_front();
+                }
+                waiting.push_back(Waiting { ctx: started.ctx, calls: 0 });
+                tracing::trace!(tid = thread.tid, seq = thread.loop_seq, fd, span = ?started.ctx.span_id, "server request");
+            } else if chunk.direction == Direction::Egress {
+                // Its answer begins: no longer waiting for anything.
+                if let Some(s) = trace.pending.front() {
+                    self.threads.stop_waiting(thread.pid, thread.tid, s.ctx.span_id);
+                }
+            }
+            // Reading a request or writing its response: working for it.
+            let ctx = trace.pending.back().map(|s| s.ctx);
+            if ctx.is_some() {
+                self.threads.set(thread, ctx, telemetry);
+            }
+            return;
+        }
+        if new_request {
+            let current = self.threads.current(thread);
+            // A request written from a "connected" callback has no read before
+            // it in its loop iteration: the connect's request is its parent.
+            let mut parent = if trace.requests == 0 { trace.connect_ctx.or(current) } else { current };
+            self.connect_done(trace, thread.pid);
+            // Written in the callback that read this connection's previous
+            // answer (no other read in between): a queue inside the process
+            // handing the connection on.
+            let completed_one = std::mem::replace(&mut trace.completed_before, trace.completed) != trace.completed;
+            if handoff && completed_one && trace.last_answer == Some((thread.tid, thread.loop_seq)) {
+                if let Some(next) = self.threads.oldest_stalled(thread, current) {
+                    parent = Some(next);
+                    telemetry.inc(Counter::ContextHandoffs);
+                }
+            }
+            if let Some(p) = parent {
+                if let Some(w) = self.threads.waiting_mut(thread.pid, thread.tid, p.span_id) {
+                    w.calls = w.calls.saturating_add(1);
+                }
+            }
+            let group = match parent {
+                Some(p) => p.group,
+                None => self.assembly.new_group(chunk.ts_enter, telemetry),
+            };
+            tracing::trace!(
+                tid = thread.tid, seq = thread.loop_seq, fd, handoff, current = ?current.map(|c| c.span_id),
+                parent = ?parent.map(|c| c.span_id), last_answer = ?trace.last_answer, "client request"
+            );
+            trace.requests = trace.requests.saturating_add(1);
+            let started = Started {
+                ctx: SpanCtx { span_id: SpanId::random(), group },
+                parent,
+                ts_enter: chunk.ts_enter,
+                ts_exit: chunk.ts_exit,
+            };
+            self.push(trace, started, telemetry);
+        } else if chunk.direction == Direction::Ingress {
+            // A response: the code reading it continues the work of whoever asked.
+            trace.last_answer = Some((thread.tid, thread.loop_seq));
+            tracing::trace!(tid = thread.tid, seq = thread.loop_seq, fd, bytes = chunk.total, "answer read");
+            if let Some(s) = trace.pending.front() {
+                self.threads.set(thread, s.parent, telemetry);
+            }
+        }
+    }
+
+    fn push(&mut self, trace: &mut ConnTrace, started: Started, telemetry: &Telemetry) {
+        if trace.pending.len() >= MAX_PENDING {
+            if let Some(old) = trace.pending.pop_front() {
+                self.assembly.abandon(old.ctx.group, telemetry);
+            }
+        }
+        self.assembly.open(started.ctx.group);
+        trace.pending.push_back(started);
+    }
+
+    /// An exchange that started at `start` (ns, the entry or exit of its first
+    /// syscall) completed at `end`: its identity. Exchanges started before it
+    /// that produced nothing (handshakes, authentication) are given up.
+    #[allow(clippy::too_many_arguments)]
+    pub fn take_started(
+        &mut self,
+        trace: &mut ConnTrace,
+        server_side: bool,
+        pid: u32,
+        start: u64,
+        end: u64,
+        telemetry: &Telemetry,
+    ) -> Started {
+        let at = trace
+            .pending
+            .iter()
+            .rposition(|s| s.ts_enter <= start)
+            .or_else(|| (!trace.pending.is_empty()).then_some(0));
+        let started = match at {
+            Some(i) => {
+                for old in trace.pending.drain(..i) {
+                    self.assembly.abandon(old.ctx.group, telemetry);
+                }
+                trace.pending.pop_front()
+            }
+            None => None,
+        };
+        let started = started.unwrap_or_else(|| {
+            // Its start was not seen as such (mid-stream, pipelining): a root.
+            telemetry.inc(Counter::ContextMissing);
+            let group = self.assembly.new_group(start, telemetry);
+            self.assembly.open(group);
+            Started { ctx: SpanCtx { span_id: SpanId::random(), group }, parent: None, ts_enter: start, ts_exit: start }
+        });
+        if server_side {
+            if let Some(tid) = trace.server_tid {
+                self.threads.stop_waiting(pid, tid, started.ctx.span_id);
+            }
+        } else {
+            if trace.recent.len() >= MAX_RECENT {
+                trace.recent.pop_front();
+            }
+            trace.recent.push_back(Finished { started, end });
+            trace.completed = trace.completed.wrapping_add(1);
+            // Its parent has one call less in flight.
+            if let (Some(p), Some((tid, _))) = (started.parent, trace.last_answer) {
+                if let Some(w) = self.threads.waiting_mut(pid, tid, p.span_id) {
+                    w.calls = w.calls.saturating_sub(1);
+                }
+            }
+        }
+        started
+    }
+
+    /// The connection is gone: exchanges that never completed are given up.
+    pub fn on_close(&mut self, trace: &mut ConnTrace, pid: u32, telemetry: &Telemetry) {
+        self.connect_done(trace, pid);
+        for old in trace.pending.drain(..) {
+            if let Some(tid) = trace.server_tid {
+                self.threads.stop_waiting(pid, tid, old.ctx.span_id);
+            }
+            self.assembly.abandon(old.ctx.group, telemetry);
+        }
+    }
+
+    /// A process exited: forget its threads.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.threads.map.retain(|(p, _), _| *p != pid);
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,220 @@
+//! The nesting rules on byte streams shaped like real servers' syscalls.
+use super::*;
+use crate::capture::{Role, Tuple};
+use crate::connections::{ConnKey, ConnectionTable, Outcome};
+use crate::context::{assembly::AssemblyOptions, sampler::Sampler};
+
+const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+struct World {
+    table: ConnectionTable,
+    out: Vec<Outcome>,
+    t: Telemetry,
+    now: u64,
+}
+
+fn tuple(local: u16, remote: u16) -> Tuple {
+    Tuple {
+        local: format!("127.0.0.1:{local}").parse().unwrap(),
+        remote: format!("127.0.0.1:{remote}").parse().unwrap(),
+        netns: 1,
+    }
+}
+
+impl World {
+    fn new() -> Self {
+        let tracker = Tracker::new(Assembler::new(AssemblyOptions::default(), Sampler::default()), 64);
+        Self { table: ConnectionTable::new(64, tracker), out: Vec::new(), t: Telemetry::default(), now: 100 }
+    }
+
+    /// Server connection `fd` of pid 1 (local port 80, peer port = 1000 + fd).
+    fn server_io(&mut self, tid: u32, seq: u32, fd: i32, dir: Direction, data: &[u8]) {
+        self.io(tid, seq, fd, tuple(80, 1000 + fd as u16), Role::Server, dir, data);
+    }
+
+    /// Client connection `fd` of pid 1 to port 5000 + fd.
+    fn client_io(&mut self, tid: u32, seq: u32, fd: i32, dir: Direction, data: &[u8]) {
+        self.io(tid, seq, fd, tuple(2000 + fd as u16, 5000 + fd as u16), Role::Client, dir, data);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn io(&mut self, tid: u32, seq: u32, fd: i32, tuple: Tuple, role: Role, dir: Direction, data: &[u8]) {
+        self.now += 10;
+        let chunk = Chunk { direction: dir, data, total: data.len(), ts_enter: self.now, ts_exit: self.now + 5 };
+        let thread = ThreadKey { pid: 1, tid, loop_seq: seq };
+        self.table.data(ConnKey { pid: 1, fd }, tuple, role, thread, &chunk, &mut self.out, &self.t);
+    }
+
+    fn connect(&mut self, tid: u32, seq: u32, fd: i32) {
+        self.now += 10;
+        let thread = ThreadKey { pid: 1, tid, loop_seq: seq };
+        let tuple = tuple(2000 + fd as u16, 5000 + fd as u16);
+        self.table.open(ConnKey { pid: 1, fd }, tuple, Role::Client, thread, self.now, &mut self.out, &self.t);
+    }
+
+    /// (fd, server_side, span id, parent span id) of every outcome so far.
+    fn spans(&self) -> Vec<(i32, bool, SpanId, Option<SpanId>)> {
+        self.out
+            .iter()
+            .map(|o| match o {
+                Outcome::Http { key, server_side, started, .. } | Outcome::Sql { key, server_side, started, .. } => {
+                    (key.fd, *server_side, started.ctx.span_id, started.parent.map(|p| p.span_id))
+                }
+            })
+            .collect()
+    }
+
+    fn span_of(&self, fd: i32, server: bool, nth: usize) -> (SpanId, Option<SpanId>) {
+        let all: Vec<_> = self.spans().into_iter().filter(|s| s.0 == fd && s.1 == server).collect();
+        (all[nth].2, all[nth].3)
+    }
+}
+
+use Direction::{Egress as OUT, Ingress as IN};
+
+#[test]
+fn thread_per_request_nests_every_call_under_the_request_of_its_thread() {
+    let mut w = World::new();
+    // Two worker threads, interleaved; each blocks in its own calls (loop_seq 0).
+    w.server_io(11, 0, 5, IN, REQ);
+    w.server_io(12, 0, 6, IN, REQ);
+    w.client_io(11, 0, 7, OUT, REQ);
+    w.client_io(12, 0, 8, OUT, REQ);
+    w.client_io(12, 0, 8, IN, RESP);
+    w.client_io(11, 0, 7, IN, RESP);
+    w.client_io(11, 0, 7, OUT, REQ); // a second call of thread 11 on the same connection
+    w.client_io(11, 0, 7, IN, RESP);
+    w.server_io(12, 0, 6, OUT, RESP);
+    w.server_io(11, 0, 5, OUT, RESP);
+    let (s5, p5) = w.span_of(5, true, 0);
+    let (s6, _) = w.span_of(6, true, 0);
+    assert_eq!(p5, None, "a server span's parent comes from its caller, not from here");
+    assert_eq!(w.span_of(7, false, 0).1, Some(s5));
+    assert_eq!(w.span_of(7, false, 1).1, Some(s5));
+    assert_eq!(w.span_of(8, false, 0).1, Some(s6));
+    assert_eq!(w.spans().len(), 5);
+}
+
+#[test]
+fn an_event_loop_thread_follows_each_callback_to_its_request() {
+    let mut w = World::new();
+    // Iteration 1: request A arrives; its handler calls fd 7.
+    w.server_io(1, 1, 5, IN, REQ);
+    w.client_io(1, 1, 7, OUT, REQ);
+    // Same iteration, next ready fd: request B; its handler calls fd 8.
+    w.server_io(1, 1, 6, IN, REQ);
+    w.client_io(1, 1, 8, OUT, REQ);
+    // Iteration 2: B's call answers first; B's handler makes a second call on fd 9.
+    w.client_io(1, 2, 8, IN, RESP);
+    w.client_io(1, 2, 9, OUT, REQ);
+    // Then A's call answers; A's handler calls fd 10 and answers A.
+    w.client_io(1, 2, 7, IN, RESP);
+    w.client_io(1, 2, 10, OUT, REQ);
+    // Iteration 3: both second calls answer, both requests are answered.
+    w.client_io(1, 3, 9, IN, RESP);
+    w.server_io(1, 3, 6, OUT, RESP);
+    w.client_io(1, 3, 10, IN, RESP);
+    w.server_io(1, 3, 5, OUT, RESP);
+    let (a, _) = w.span_of(5, true, 0);
+    let (b, _) = w.span_of(6, true, 0);
+    assert_eq!(w.span_of(7, false, 0).1, Some(a));
+    assert_eq!(w.span_of(8, false, 0).1, Some(b));
+    assert_eq!(w.span_of(9, false, 0).1, Some(b));
+    assert_eq!(w.span_of(10, false, 0).1, Some(a));
+}
+
+#[test]
+fn a_timer_callback_in_a_later_iteration_starts_a_new_trace() {
+    let mut w = World::new();
+    w.server_io(1, 1, 5, IN, REQ);
+    w.server_io(1, 1, 5, OUT, RESP);
+    // Iteration 2 starts with no read: a timer fires and calls out.
+    w.client_io(1, 2, 7, OUT, REQ);
+    w.client_io(1, 3, 7, IN, RESP);
+    assert_eq!(w.span_of(7, false, 0).1, None);
+}
+
+#[test]
+fn a_connection_opened_for_a_request_carries_it_to_the_first_write() {
+    let mut w = World::new();
+    w.server_io(1, 1, 5, IN, REQ);
+    w.connect(1, 1, 7); // non-blocking connect in the handler
+    // The "connected" callback of a later iteration, after another request was read.
+    w.server_io(1, 2, 6, IN, REQ);
+    w.client_io(1, 2, 7, OUT, REQ);
+    w.client_io(1, 3, 7, IN, RESP);
+    w.server_io(1, 3, 5, OUT, RESP);
+    let (a, _) = w.span_of(5, true, 0);
+    assert_eq!(w.span_of(7, false, 0).1, Some(a));
+}
+
+#[test]
+fn handshakes_that_produce_no_span_do_not_shift_identities() {
+    let mut w = World::new();
+    // A client speaking PostgreSQL: startup + auth round trips, then a query.
+    let startup = {
+        let mut m = Vec::new();
+        let body: &[u8] = b"\x00\x03\x00\x00user\x00app\x00database\x00shop\x00\x00";
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    w.server_io(1, 0, 5, IN, REQ);
+    w.client_io(1, 0, 7, OUT, &startup);
+    w.client_io(1, 0, 7, IN, b"R\x00\x00\x00\x08\x00\x00\x00\x00Z\x00\x00\x00\x05I");
+    let query = b"Q\x00\x00\x00\x0dSELECT 1\x00";
+    w.client_io(1, 0, 7, OUT, query);
+    w.client_io(
+        1,
+        0,
+        7,
+        IN,
+        b"T\x00\x00\x00\x21\x00\x01?column?\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x17\x00\x04\xff\xff\xff\xff\x00\x00D\x00\x00\x00\x0b\x00\x01\x00\x00\x00\x011C\x00\x00\x00\x0dSELECT 1\x00Z\x00\x00\x00\x05I",
+    );
+    w.server_io(1, 0, 5, OUT, RESP);
+    let (a, _) = w.span_of(5, true, 0);
+    let sql = w.spans().into_iter().filter(|s| s.0 == 7).collect::<Vec<_>>();
+    assert_eq!(sql.len(), 1, "{sql:?}");
+    assert_eq!(sql[0].3, Some(a));
+    assert_eq!(w.t.get(Counter::ContextMissing), 0);
+}
+
+#[test]
+fn a_shared_connection_handed_on_by_a_queue_goes_to_the_oldest_waiting_request() {
+    let mut w = World::new();
+    // Iteration 1: three requests arrive; only the first one's query is sent,
+    // the others queue inside the process (no syscall).
+    w.server_io(1, 1, 5, IN, REQ);
+    w.client_io(1, 1, 7, OUT, REQ); // the shared connection, busy from now on
+    w.server_io(1, 1, 6, IN, REQ);
+    w.server_io(1, 1, 8, IN, REQ);
+    // Iteration 2: the answer for request 5; the queue sends request 6's
+    // query at once, then request 5 goes on and calls fd 10.
+    w.client_io(1, 2, 7, IN, RESP);
+    w.client_io(1, 2, 7, OUT, REQ);
+    w.client_io(1, 2, 10, OUT, REQ);
+    // Iteration 3: the answer for request 6; request 8's query is sent;
+    // request 6 calls fd 11; fd 10 answers; request 5 answers.
+    w.client_io(1, 3, 7, IN, RESP);
+    w.client_io(1, 3, 7, OUT, REQ);
+    w.client_io(1, 3, 11, OUT, REQ);
+    w.client_io(1, 3, 10, IN, RESP);
+    w.server_io(1, 3, 5, OUT, RESP);
+    // Iteration 4: request 8's answer; it calls fd 12; all answer.
+    w.client_io(1, 4, 7, IN, RESP);
+    w.client_io(1, 4, 12, OUT, REQ);
+    w.client_io(1, 4, 11, IN, RESP);
+    w.server_io(1, 4, 6, OUT, RESP);
+    w.client_io(1, 5, 12, IN, RESP);
+    w.server_io(1, 5, 8, OUT, RESP);
+    let (r5, _) = w.span_of(5, true, 0);
+    let (r6, _) = w.span_of(6, true, 0);
+    let (r8, _) = w.span_of(8, true, 0);
+    let queries: Vec<_> = (0..3).map(|i| w.span_of(7, false, i).1).collect();
+    assert_eq!(queries, [Some(r5), Some(r6), Some(r8)]);
+    assert_eq!(w.span_of(10, false, 0).1, Some(r5));
+    assert_eq!(w.span_of(11, false, 0).1, Some(r6));
+    assert_eq!(w.span_of(12, false, 0).1, Some(r8));
+    assert_eq!(w.t.get(Counter::ContextHandoffs), 2);
+}

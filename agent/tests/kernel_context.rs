@@ -1,0 +1,266 @@
+//! One connected trace per request, against the real kernel (issue 5):
+//! a tracked caller (Node) -> a tracked frontend (Node event loop, or a
+//! Python thread-per-request server) that runs a PostgreSQL query and calls
+//! a tracked backend (Node) for every request, under 1, 10 and 50 concurrent
+//! requests. No process is instrumented and nothing is written into their
+//! traffic; the request id travels in the URL path and the SQL literal (the
+//! test opts in to literals), which is the ground truth the test checks every
+//! parent against, span by span.
+//! Needs root and `cargo xtask deps` (PostgreSQL, node `pg`, psycopg).
+mod support;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use support::agent::{free_port, wait_for, wait_listening, Agent, Proc};
+use support::db::Postgres;
+use support::otlp_receiver::{ReceivedSpan, Receiver, Val};
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+
+fn fixtures() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sql");
+    assert!(dir.join("node_modules/pg").exists(), "{}/node_modules is missing: run `cargo xtask deps`", dir.display());
+    dir
+}
+
+fn python() -> String {
+    let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn spawn(cmd: &mut Command, service: &str) -> Proc {
+    let mut child = cmd
+        .env("OTEL_SERVICE_NAME", service)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {service}: {e}"));
+    if service != "caller" {
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "listening", "{service} did not start");
+    }
+    Proc(child)
+}
+
+fn service(s: &ReceivedSpan) -> String {
+    match s.resource.get("service.name") {
+        Some(Val::Str(n)) => n.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The request id a span is about: from the path, the URL or the SQL literal.
+fn request_id(s: &ReceivedSpan) -> Option<u64> {
+    let text = s
+        .attr_str("url.path")
+        .or_else(|| s.attr_str("url.full"))
+        .or_else(|| s.attr_str("db.query.text"))?;
+    let digits = |t: &str| t.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok();
+    if let Some(i) = text.find("/work/") {
+        return digits(&text[i + 6..]);
+    }
+    if let Some(i) = text.find("/backend/") {
+        return digits(&text[i + 9..]);
+    }
+    text.find("id <> ").and_then(|i| digits(&text[i + 6..]))
+}
+
+/// Per request id, the five spans of one request.
+#[derive(Default, Debug)]
+struct Request<'a> {
+    caller: Option<&'a ReceivedSpan>,
+    front: Option<&'a ReceivedSpan>,
+    sql: Option<&'a ReceivedSpan>,
+    call: Option<&'a ReceivedSpan>,
+    back: Option<&'a ReceivedSpan>,
+}
+
+/// Share of right parents, per relation.
+#[derive(Default, Debug)]
+struct Score {
+    total: usize,
+    cross_caller: usize,
+    sql: usize,
+    call: usize,
+    cross_backend: usize,
+}
+
+fn is_child(child: Option<&ReceivedSpan>, parent: Option<&ReceivedSpan>) -> bool {
+    match (child, parent) {
+        (Some(c), Some(p)) => c.span.parent_span_id == p.span.span_id && c.span.trace_id == p.span.trace_id,
+        _ => false,
+    }
+}
+
+fn score(spans: &[ReceivedSpan], frontend: &str) -> (Score, Vec<String>) {
+    let mut by_id: HashMap<u64, Request<'_>> = HashMap::new();
+    for s in spans {
+        let Some(id) = request_id(s) else { continue };
+        let r = by_id.entry(id).or_default();
+        let slot = match (service(s).as_str(), s.span.kind) {
+            ("caller", CLIENT) => &mut r.caller,
+            (f, SERVER) if f == frontend => &mut r.front,
+            (f, CLIENT) if f == frontend && s.attr_str("db.system.name").is_some() => &mut r.sql,
+            (f, CLIENT) if f == frontend => &mut r.call,
+            ("backend", SERVER) => &mut r.back,
+            _ => continue,
+        };
+        assert!(slot.is_none(), "two spans for one slot of request {id}: {:?}", s.span.name);
+        *slot = Some(s);
+    }
+    let mut sc = Score::default();
+    let mut wrong = Vec::new();
+    // Which request a span id belongs to, to say where a wrong parent points.
+    let owner: HashMap<Vec<u8>, (u64, String)> = spans
+        .iter()
+        .filter_map(|s| Some((s.span.span_id.clone(), (request_id(s)?, format!("{} {}", service(s), s.span.kind)))))
+        .collect();
+    for (id, r) in &by_id {
+        sc.total += 1;
+        let checks = [
+            ("frontend <- caller", r.front, is_child(r.front, r.caller), &mut sc.cross_caller),
+            ("sql <- frontend", r.sql, is_child(r.sql, r.front), &mut sc.sql),
+            ("call <- frontend", r.call, is_child(r.call, r.front), &mut sc.call),
+            ("backend <- call", r.back, is_child(r.back, r.call), &mut sc.cross_backend),
+        ];
+        for (what, child, ok, n) in checks {
+            if ok {
+                *n += 1;
+            } else {
+                let got = child.and_then(|c| owner.get(&c.span.parent_span_id));
+                wrong.push(format!("request {id}: {what}: parent is {got:?}"));
+            }
+        }
+    }
+    (sc, wrong)
+}
+
+enum Frontend {
+    Node(&'static str),
+    Python,
+}
+
+/// Runs `total` requests at `concurrency` through caller -> frontend -> (pg, backend).
+async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Vec<String>) {
+    let fx = fixtures();
+    let rx = Receiver::start().await;
+    let pg = Postgres::start(&format!("ctx{concurrency}"));
+    pg.admin("shop", "CREATE TABLE IF NOT EXISTS beasts (id int, name text); ALTER TABLE beasts OWNER TO app");
+    let (front_port, back_port) = (free_port(), free_port());
+    let _backend = spawn(Command::new("node").arg(fx.join("ctx_backend.js")).arg(back_port.to_string()), "backend");
+    let args = [front_port.to_string(), pg.port.to_string(), back_port.to_string()];
+    let name = match frontend {
+        Frontend::Node(_) => "frontend-node",
+        Frontend::Python => "frontend-python",
+    };
+    let _front = match frontend {
+        Frontend::Node(mode) => spawn(Command::new("node").arg(fx.join("ctx_frontend.js")).args(&args).arg(mode), name),
+        Frontend::Python => spawn(Command::new(python()).arg(fx.join("ctx_threaded_frontend.py")).args(&args), name),
+    };
+    wait_listening(front_port);
+    let mut caller = spawn(
+        Command::new("node").arg(fx.join("ctx_load.js")).args([
+            front_port.to_string(),
+            total.to_string(),
+            concurrency.to_string(),
+        ]),
+        "caller",
+    );
+    let env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+        ("PERISCOPE_DB_QUERY_LITERALS", "true".into()),
+    ];
+    let ports = format!("{front_port},{back_port}");
+    let mut env = env;
+    if let Ok(l) = std::env::var("CONTEXT_TEST_LOG") {
+        env.push(("PERISCOPE_LOG_LEVEL", l));
+    }
+    let agent = Agent::start(&["--open-port", &ports, "--pid", &caller.pid().to_string()], &env);
+    agent.wait_tracked(caller.pid());
+    wait_for("the frontend and backend to be watched", Duration::from_secs(20), || {
+        let t = agent.targets();
+        (t.contains(name) && t.contains("backend")).then_some(())
+    });
+    let stdin = caller.0.stdin.as_mut().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    stdin.flush().unwrap();
+    let status = wait_for("the caller to finish", Duration::from_secs(120), || caller.0.try_wait().ok().flatten());
+    let mut out = String::new();
+    BufReader::new(caller.0.stdout.take().unwrap()).read_line(&mut out).unwrap();
+    assert!(status.success(), "caller failed: {out}");
+    assert_eq!(out.trim(), format!("done {total}"), "every request succeeded");
+    // Five spans per request: caller, frontend, SQL, call, backend.
+    let want = 5 * total;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = rx.spans().iter().filter(|s| request_id(s).is_some()).count();
+        if n >= want {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {n} of {want} spans arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spans = rx.spans();
+    let counters: Vec<String> = agent
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("periscope_context") || l.starts_with("periscope_link") || l.starts_with("periscope_spans_linked"))
+        .map(String::from)
+        .collect();
+    let (sc, wrong) = score(&spans, name);
+    eprintln!("{name} concurrency {concurrency}: {sc:?}\n{counters:#?}");
+    assert_eq!(sc.total, total, "requests seen");
+    (sc, wrong)
+}
+
+fn assert_exact(sc: &Score, wrong: &[String], what: &str) {
+    assert!(
+        wrong.is_empty(),
+        "{what}: {} wrong parents of {} requests: {:#?}",
+        wrong.len(),
+        sc.total,
+        &wrong[..wrong.len().min(20)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_event_loop_every_span_has_the_right_parent_at_1_10_50_concurrent() {
+    for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
+        let (sc, wrong) = run(Frontend::Node("pool:50"), concurrency, total).await;
+        assert_exact(&sc, &wrong, &format!("node, pool of 50, {concurrency} concurrent"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_threads_every_span_has_the_right_parent_at_1_10_50_concurrent() {
+    for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
+        let (sc, wrong) = run(Frontend::Python, concurrency, total).await;
+        assert_exact(&sc, &wrong, &format!("python threads, {concurrency} concurrent"));
+    }
+}
+
+/// In-process queues: the lab's one shared pg connection (node-pg queues
+/// the queries itself) and a pool smaller than the load (pg-pool queues the
+/// checkouts). A queued query is written in the callback that read the
+/// previous answer on that connection, with no syscall of its own request in
+/// between; periscope gives it to the oldest request of the thread that waits
+/// on nothing it can see (see `context` module docs).
+#[tokio::test(flavor = "multi_thread")]
+async fn node_queued_pg_connections_every_span_has_the_right_parent() {
+    for mode in ["client", "pool:5"] {
+        for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
+            let (sc, wrong) = run(Frontend::Node(mode), concurrency, total).await;
+            assert_exact(&sc, &wrong, &format!("node, pg {mode}, {concurrency} concurrent"));
+        }
+    }
+}

@@ -1,0 +1,2 @@
+// The lab's beasts: one table each.
+exports.BEASTS = ['unicorn', 'manticore', 'illithid', 'owlbear', 'beholder'];

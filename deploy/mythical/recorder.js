@@ -1,0 +1,39 @@
+// mythical-recorder, shaped like the intro-to-mltp lab's: consumes the
+// RabbitMQ queue `messages`, spends 20-1500 ms of work on each, acks it.
+// No OpenTelemetry code here.
+// Environment: AMQP_URL (amqp://guest:guest@127.0.0.1:5672), PORT (4002,
+// serves GET /metrics), RECORDER_WORK_MIN_MS (20), RECORDER_WORK_MAX_MS (1500),
+// RECORDER_PREFETCH (messages in work at once, 100).
+const http = require('http');
+const amqp = require('amqplib');
+const { connectAmqp, QUEUE } = require('./queue');
+
+const minMs = Number(process.env.RECORDER_WORK_MIN_MS ?? 20);
+const maxMs = Math.max(minMs, Number(process.env.RECORDER_WORK_MAX_MS ?? 1500));
+const prefetch = Number(process.env.RECORDER_PREFETCH ?? 100);
+const counts = { received: 0, acked: 0 };
+
+async function main() {
+  const channel = await connectAmqp(amqp, 'mythical-recorder');
+  await channel.prefetch(prefetch);
+  await channel.consume(QUEUE, (msg) => {
+    if (msg === null) return; // queue deleted
+    counts.received++;
+    const work = minMs + Math.random() * (maxMs - minMs);
+    setTimeout(() => {
+      channel.ack(msg);
+      counts.acked++;
+    }, work);
+  });
+  http
+    .createServer((req, res) => {
+      res.setHeader('content-type', 'text/plain; version=0.0.4');
+      res.end(`mythical_recorder_received_total ${counts.received}\nmythical_recorder_acked_total ${counts.acked}\n`);
+    })
+    .listen(Number(process.env.PORT || 4002), '127.0.0.1');
+}
+
+main().catch((e) => {
+  console.error(`mythical-recorder: ${e.message}`);
+  process.exit(1);
+});
