@@ -195,6 +195,10 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
+    /// Validate the configuration (flags, environment, file), print it and
+    /// the host checks, then exit: 0 if the configuration is valid.
+    #[arg(long)]
+    pub check_config: bool,
     /// `--kubernetes*` flags and the `kubernetes:` YAML block (kubernetes/config.rs).
     #[command(flatten)]
     pub kubernetes: crate::kubernetes::KubernetesArgs,
@@ -225,12 +229,15 @@ pub struct Settings {
     pub kubernetes: crate::kubernetes::KubernetesSettings,
 }
 
+/// The Beyla variables periscope reads (feature lists), all others are named at start.
+const BEYLA_FEATURE_VARS: [&str; 2] = ["BEYLA_OTEL_METRIC_FEATURES", "BEYLA_PROMETHEUS_FEATURES"];
+
 /// Beyla's switches for trace-derived metrics: `--span-metrics=true` /
 /// `--service-graph-metrics=true` when a Beyla feature list names them and
 /// neither the flag nor its PERISCOPE_* variable is given. Placed as flags so
 /// they beat the YAML file, as environment variables do.
 fn beyla_feature_args(cli: &[OsString], get: &dyn Fn(&str) -> Option<String>) -> Vec<OsString> {
-    let features: Vec<String> = ["BEYLA_OTEL_METRIC_FEATURES", "BEYLA_PROMETHEUS_FEATURES"]
+    let features: Vec<String> = BEYLA_FEATURE_VARS
         .iter()
         .filter_map(|v| get(v))
         .flat_map(|list| list.split(',').map(|f| f.trim().to_owned()).collect::<Vec<_>>())
@@ -267,6 +274,47 @@ impl Settings {
         };
         v.or_else(|| std::env::var(name).ok()).filter(|s| !s.is_empty())
     }
+}
+
+/// Environment variables periscope reads through its flags.
+pub fn known_env_vars() -> Vec<String> {
+    Config::command().get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect()
+}
+
+/// One line per `PERISCOPE_*` variable that is no option (a typo is otherwise
+/// silently ignored) and per `BEYLA_*` variable periscope does not read.
+pub fn unknown_env_vars<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let known = known_env_vars();
+    let mut out = Vec::new();
+    for name in names {
+        if let Some(rest) = name.strip_prefix("PERISCOPE_") {
+            if !known.iter().any(|k| k == name) {
+                let hint = known.iter().find(|k| k.strip_prefix("PERISCOPE_").is_some_and(|k| close_enough(k, rest)));
+                out.push(match hint {
+                    Some(h) => format!("{name} is not a periscope option (did you mean {h}?)"),
+                    None => format!("{name} is not a periscope option"),
+                });
+            }
+        } else if let Some(rest) = name.strip_prefix("BEYLA_").filter(|_| !BEYLA_FEATURE_VARS.contains(&name)) {
+            let ours = format!("PERISCOPE_{rest}");
+            out.push(if known.contains(&ours) {
+                format!("{name} is not read by periscope: use {ours}")
+            } else {
+                format!("{name} is not read by periscope (no equivalent option)")
+            });
+        }
+    }
+    out
+}
+
+/// Same length and at most two differing characters, or one character more or less.
+fn close_enough(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() == b.len() {
+        return a.iter().zip(b).filter(|(x, y)| x != y).count() <= 2;
+    }
+    let (short, long) = if a.len() < b.len() { (a, b) } else { (b, a) };
+    long.len() - short.len() == 1 && (0..long.len()).any(|i| long[..i] == short[..i] && long[i + 1..] == short[i..])
 }
 
 /// Turns one YAML value into the text of a flag's value.
@@ -449,6 +497,33 @@ mod tests {
         assert_eq!(s.raw.routes, ["/users/{id}", "/a"]);
         assert_eq!(s.raw.capture_size, 128, "the flag beats the file");
         assert!(s.old_http_semconv);
+    }
+
+    #[test]
+    fn unknown_env_vars_are_named() {
+        let lines = unknown_env_vars([
+            "PERISCOPE_OPEN_PORT",
+            "PERISCOPE_OPEN_PORTS",
+            "PERISCOPE_SERVICE_NAMESPAC",
+            "PERISCOPE_NOTHING_LIKE_IT",
+            "BEYLA_OPEN_PORT",
+            "BEYLA_BPF_TRACK_REQUEST_HEADERS",
+            "BEYLA_PROMETHEUS_FEATURES",
+            "PERISCOPE_KUBERNETES_NAMESPACE",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "PATH",
+        ]);
+        assert_eq!(
+            lines,
+            [
+                "PERISCOPE_OPEN_PORTS is not a periscope option (did you mean PERISCOPE_OPEN_PORT?)",
+                "PERISCOPE_SERVICE_NAMESPAC is not a periscope option (did you mean PERISCOPE_SERVICE_NAMESPACE?)",
+                "PERISCOPE_NOTHING_LIKE_IT is not a periscope option",
+                "BEYLA_OPEN_PORT is not read by periscope: use PERISCOPE_OPEN_PORT",
+                "BEYLA_BPF_TRACK_REQUEST_HEADERS is not read by periscope (no equivalent option)",
+            ]
+        );
+        assert!(known_env_vars().iter().any(|v| v == "OTEL_SEMCONV_STABILITY_OPT_IN"));
     }
 
     #[test]

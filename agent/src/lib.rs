@@ -10,6 +10,7 @@ pub mod export;
 pub mod kubernetes;
 pub mod metrics;
 pub mod pipeline;
+pub mod preflight;
 pub mod probes;
 pub mod run;
 pub mod protocols;

@@ -11,6 +11,13 @@ fn main() -> ExitCode {
         }
     };
     periscope::run::init_logging(&settings.raw.log_level);
+    let env_names: Vec<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
+    if settings.raw.check_config {
+        return check_config(&settings, &env_names);
+    }
+    for line in periscope::config::unknown_env_vars(env_names.iter().map(String::as_str)) {
+        tracing::warn!("{line}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -23,6 +30,29 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("periscope: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--check-config`: the configuration (exit 0 valid, 2 invalid), then the
+/// host checks for information (they do not change the exit code).
+fn check_config(settings: &periscope::config::Settings, env_names: &[String]) -> ExitCode {
+    match periscope::preflight::config_report(settings, env_names.iter().map(String::as_str)) {
+        Ok(lines) => {
+            println!("configuration is valid");
+            lines.iter().for_each(|l| println!("  {l}"));
+            let findings = periscope::preflight::evaluate(&periscope::preflight::HostFacts::read());
+            if findings.is_empty() {
+                println!("host checks: ok");
+            } else {
+                println!("host checks (for information):");
+                findings.iter().for_each(|f| println!("  {f}"));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            problems.iter().for_each(|p| eprintln!("periscope: configuration error: {p}"));
+            ExitCode::from(2)
         }
     }
 }

@@ -72,6 +72,7 @@ async fn shutdown_signal() {
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    crate::preflight::check()?;
     let telemetry = Arc::new(Telemetry::default());
     let metrics = Arc::new(Metrics::new(
         MetricsConfig {

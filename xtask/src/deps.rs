@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 pub struct Options {}
 
 /// Debian packages the build and the tests use.
-const PACKAGES: &[&str] = &[
+pub(crate) const PACKAGES: &[&str] = &[
     "clang-19",
     "llvm-19",
     "libbpf-dev",
@@ -59,6 +59,7 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_packages(PACKAGES)?;
     ensure_node_modules()?;
     ensure_psycopg()?;
+    crate::deploy_check::ensure_tools()?;
     if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
         eprintln!("xtask: mounting tracefs");
         sh("mount -t tracefs nodev /sys/kernel/tracing")?;
@@ -89,7 +90,7 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn workspace_root() -> std::path::PathBuf {
+pub(crate) fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 

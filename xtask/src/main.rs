@@ -2,6 +2,7 @@
 mod bench;
 mod compare;
 mod demo;
+mod deploy_check;
 mod fuzz;
 mod mythical;
 mod otlp_sink;
@@ -26,6 +27,8 @@ enum Command {
     Bench(bench::Options),
     /// Watch real uninstrumented services and show their spans and RED metrics.
     Demo(demo::Options),
+    /// Lint and validate deploy/ (Dockerfile, compose, Kubernetes, dashboards) without Docker.
+    DeployCheck(deploy_check::Options),
     /// The Mythical services under the OpenTelemetry Node SDK and periscope at once: spans compared.
     Compare(compare::Options),
 }
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(o) => bench::run(o),
         Command::Fuzz(o) => fuzz::run(o),
         Command::Soak(o) => soak::run(o),
+        Command::DeployCheck(o) => deploy_check::run(o),
         Command::Compare(o) => compare::run(o),
     }
 }

@@ -18,6 +18,10 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     let filter = o.filter.unwrap_or_default();
     sh(&format!("cargo test --workspace --lib --bins -- {filter}"))?;
+    if filter.is_empty() {
+        // deploy/ linted and validated; its agent-side test runs with the integration tests.
+        crate::deploy_check::check(false)?;
+    }
     sh(&format!("cargo test -p periscope --test '*' -- --test-threads=1 {filter}"))?;
     if filter.is_empty() {
         // The demo, non-interactive (~40 s): fails unless periscope saw

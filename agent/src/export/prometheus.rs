@@ -18,6 +18,9 @@ use crate::{
     telemetry::{Counter, Telemetry},
 };
 
+mod process;
+pub use process::PROCESS_METRICS;
+
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the endpoint serves.
@@ -78,7 +81,8 @@ pub fn router(state: PrometheusState) -> Router {
 }
 
 async fn metrics_handler(State(s): State<PrometheusState>) -> Response {
-    let body = render(&s.metrics.snapshot(), &s.telemetry.snapshot());
+    let mut body = render(&s.metrics.snapshot(), &s.telemetry.snapshot());
+    process::append(&mut body);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
 }
 

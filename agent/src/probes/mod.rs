@@ -62,6 +62,11 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 ];
 const RAW_TRACEPOINTS: &[(&str, &str)] = &[("handle_fork", "sched_process_fork")];
 
+/// (category, name) of every tracefs tracepoint the programs attach to.
+pub fn required_tracepoints() -> impl Iterator<Item = (&'static str, &'static str)> {
+    TRACEPOINTS.iter().map(|&(_, category, name)| (category, name))
+}
+
 #[derive(Debug, Error)]
 pub enum ProbeError {
     #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0}); run as root or mount it: mount -t tracefs nodev /sys/kernel/tracing")]
