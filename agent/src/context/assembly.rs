@@ -73,14 +73,20 @@ pub struct AssemblyOptions {
 
 impl Default for AssemblyOptions {
     fn default() -> Self {
-        Self { max_wait_ns: 10_000_000_000, keep_decided_ns: 10_000_000_000, max_groups: 65_536, max_held: 16_384 }
+        Self { max_wait_ns: 10_000_000_000, keep_decided_ns: 2_000_000_000, max_groups: 16_384, max_held: 8_192 }
     }
 }
 
 #[derive(Debug)]
 pub struct Assembler {
     groups: FxHashMap<GroupId, Group>,
+    /// Undecided groups in creation order (entries of groups decided since
+    /// are skipped when they come up).
     order: VecDeque<GroupId>,
+    /// Decided groups in the order they were decided, with when.
+    decided_order: VecDeque<(GroupId, u64)>,
+    /// The latest time seen (ns), for stamping decisions.
+    now: u64,
     next: GroupId,
     held: usize,
     opts: AssemblyOptions,
@@ -94,6 +100,8 @@ impl Assembler {
         Self {
             groups: FxHashMap::default(),
             order: VecDeque::new(),
+            decided_order: VecDeque::new(),
+            now: 0,
             next: 1,
             held: 0,
             opts,
@@ -111,6 +119,7 @@ impl Assembler {
     }
 
     pub fn new_group(&mut self, now: u64, t: &Telemetry) -> GroupId {
+        self.now = self.now.max(now);
         if self.groups.len() >= self.opts.max_groups {
             self.evict_oldest(t);
         }
@@ -251,6 +260,7 @@ impl Assembler {
         let State::Open { held, .. } = std::mem::replace(&mut group.state, State::Decided(decided.clone())) else {
             return;
         };
+        self.decided_order.push_back((root, self.now));
         self.held -= held.len();
         for h in held {
             self.stamp_and_emit(&decided, h, t);
@@ -277,44 +287,65 @@ impl Assembler {
         }
     }
 
-    /// Decides the oldest undecided group now (bounds), or forgets the oldest decided one.
+    /// Makes room: forgets the oldest decided group, or when there is none,
+    /// decides the oldest undecided one now.
     fn evict_oldest(&mut self, t: &Telemetry) {
-        while let Some(id) = self.order.pop_front() {
-            let Some(group) = self.groups.get(&id) else { continue };
-            if matches!(group.state, State::Open { .. }) {
-                t.inc(Counter::ContextForced);
-                self.decide(id, t);
+        while let Some((id, _)) = self.decided_order.pop_front() {
+            if matches!(self.groups.get(&id), Some(Group { state: State::Decided(_), .. })) {
+                self.groups.remove(&id);
+                return;
             }
-            self.groups.remove(&id);
-            return;
+        }
+        while let Some(id) = self.order.pop_front() {
+            match self.groups.get(&id) {
+                Some(Group { state: State::Open { .. }, .. }) => {
+                    t.inc(Counter::ContextForced);
+                    self.decide(id, t);
+                    self.decided_order.pop_back();
+                    self.groups.remove(&id);
+                    return;
+                }
+                // Joined groups go with the group they joined.
+                Some(Group { state: State::Joined(_), .. }) => {
+                    self.groups.remove(&id);
+                }
+                _ => {}
+            }
         }
     }
 
     /// Housekeeping: decides groups that waited too long, forgets old ones.
     pub fn sweep(&mut self, now: u64, t: &Telemetry) {
+        self.now = self.now.max(now);
         while let Some(&id) = self.order.front() {
             let Some(group) = self.groups.get(&id) else {
                 self.order.pop_front();
                 continue;
             };
-            let age = now.saturating_sub(group.created);
             match group.state {
-                State::Open { .. } if age >= self.opts.max_wait_ns => {
+                State::Open { .. } if now.saturating_sub(group.created) >= self.opts.max_wait_ns => {
                     t.inc(Counter::ContextForced);
-                    self.decide(id, t);
-                    // Keep it (decided) for late children.
                     self.order.pop_front();
-                    self.order.push_back(id);
-                    if let Some(g) = self.groups.get_mut(&id) {
-                        g.created = now;
-                    }
+                    self.decide(id, t);
                 }
                 State::Open { .. } => break,
-                _ if age >= self.opts.keep_decided_ns => {
+                State::Joined(_) if now.saturating_sub(group.created) >= self.opts.max_wait_ns => {
                     self.order.pop_front();
                     self.groups.remove(&id);
                 }
-                _ => break,
+                State::Joined(_) => break,
+                State::Decided(_) => {
+                    self.order.pop_front();
+                }
+            }
+        }
+        while let Some(&(id, at)) = self.decided_order.front() {
+            if now.saturating_sub(at) < self.opts.keep_decided_ns {
+                break;
+            }
+            self.decided_order.pop_front();
+            if matches!(self.groups.get(&id), Some(Group { state: State::Decided(_), .. })) {
+                self.groups.remove(&id);
             }
         }
     }
@@ -453,6 +484,27 @@ mod tests {
             a.new_group(400 + i, &t);
         }
         assert!(a.groups() <= 4);
+    }
+
+    #[test]
+    fn a_full_table_forgets_decided_groups_before_forcing_open_ones() {
+        let t = Telemetry::default();
+        let mut a = Assembler::new(
+            AssemblyOptions { max_wait_ns: 1_000, keep_decided_ns: 1_000, max_groups: 4, max_held: 100 },
+            Sampler::default(),
+        );
+        // One slow request stays open while many fast ones come and go.
+        let slow = a.new_group(0, &t);
+        a.open(slow);
+        for i in 1..50 {
+            let g = a.new_group(i, &t);
+            a.open(g);
+            a.finish(g, span("fast"), false, &t);
+        }
+        assert_eq!(t.get(Counter::ContextForced), 0, "decided groups made room");
+        assert!(a.groups() <= 4);
+        a.finish(slow, span("slow"), false, &t);
+        assert_eq!(a.out.len(), 50);
     }
 
     #[test]
