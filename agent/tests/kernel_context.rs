@@ -36,18 +36,29 @@ fn python() -> String {
 }
 
 fn spawn(cmd: &mut Command, service: &str) -> Proc {
-    let mut child = cmd
-        .env("OTEL_SERVICE_NAME", service)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {service}: {e}"));
+    let mut child = Proc(
+        cmd.env("OTEL_SERVICE_NAME", service)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {service}: {e}")),
+    );
     if service != "caller" {
+        // Servers say "listening" (a re-executed test binary prints libtest's
+        // own lines first).
+        let mut out = BufReader::new(child.0.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "listening", "{service} did not start");
+        loop {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "{service} did not start");
+            if line.trim() == "listening" {
+                break;
+            }
+        }
+        // Keep draining its stdout so that it never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     }
-    Proc(child)
+    child
 }
 
 fn service(s: &ReceivedSpan) -> String {
@@ -64,10 +75,10 @@ fn request_id(s: &ReceivedSpan) -> Option<u64> {
         .or_else(|| s.attr_str("url.full"))
         .or_else(|| s.attr_str("db.query.text"))?;
     let digits = |t: &str| t.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok();
-    if let Some(i) = text.find("/work/") {
+    if let Some(i) = text.rfind("/work/") {
         return digits(&text[i + 6..]);
     }
-    if let Some(i) = text.find("/backend/") {
+    if let Some(i) = text.rfind("/backend/") {
         return digits(&text[i + 9..]);
     }
     text.find("id <> ").and_then(|i| digits(&text[i + 6..]))
@@ -100,7 +111,8 @@ fn is_child(child: Option<&ReceivedSpan>, parent: Option<&ReceivedSpan>) -> bool
     }
 }
 
-fn score(spans: &[ReceivedSpan], frontend: &str) -> (Score, Vec<String>) {
+/// `with_sql`: the frontend runs a query per request (all but the Rust one).
+fn score(spans: &[ReceivedSpan], frontend: &str, with_sql: bool) -> (Score, Vec<String>) {
     let mut by_id: HashMap<u64, Request<'_>> = HashMap::new();
     for s in spans {
         let Some(id) = request_id(s) else { continue };
@@ -127,7 +139,7 @@ fn score(spans: &[ReceivedSpan], frontend: &str) -> (Score, Vec<String>) {
         sc.total += 1;
         let checks = [
             ("frontend <- caller", r.front, is_child(r.front, r.caller), &mut sc.cross_caller),
-            ("sql <- frontend", r.sql, is_child(r.sql, r.front), &mut sc.sql),
+            ("sql <- frontend", r.sql, !with_sql || is_child(r.sql, r.front), &mut sc.sql),
             ("call <- frontend", r.call, is_child(r.call, r.front), &mut sc.call),
             ("backend <- call", r.back, is_child(r.back, r.call), &mut sc.cross_backend),
         ];
@@ -146,6 +158,9 @@ fn score(spans: &[ReceivedSpan], frontend: &str) -> (Score, Vec<String>) {
 enum Frontend {
     Node(&'static str),
     Python,
+    /// This test binary re-executed as a server with a fixed pool of 4
+    /// worker threads (no SQL: a backend call per request).
+    RustPool,
 }
 
 /// Runs `total` requests at `concurrency` through caller -> frontend -> (pg, backend).
@@ -160,10 +175,17 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
     let name = match frontend {
         Frontend::Node(_) => "frontend-node",
         Frontend::Python => "frontend-python",
+        Frontend::RustPool => "frontend-rust",
     };
     let _front = match frontend {
         Frontend::Node(mode) => spawn(Command::new("node").arg(fx.join("ctx_frontend.js")).args(&args).arg(mode), name),
         Frontend::Python => spawn(Command::new(python()).arg(fx.join("ctx_threaded_frontend.py")).args(&args), name),
+        Frontend::RustPool => spawn(
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "rust_pool_server_entry", "--nocapture", "--test-threads=1", "--quiet"])
+                .env("PERISCOPE_CTX_RUST_SERVER", format!("{front_port},{back_port}")),
+            name,
+        ),
     };
     wait_listening(front_port);
     let mut caller = spawn(
@@ -199,14 +221,21 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
     assert!(status.success(), "caller failed: {out}");
     assert_eq!(out.trim(), format!("done {total}"), "every request succeeded");
     // Five spans per request: caller, frontend, SQL, call, backend.
-    let want = 5 * total;
+    let with_sql = !matches!(frontend, Frontend::RustPool);
+    let want = if with_sql { 5 * total } else { 4 * total };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let n = rx.spans().iter().filter(|s| request_id(s).is_some()).count();
         if n >= want {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "only {n} of {want} spans arrived");
+        if std::time::Instant::now() > deadline {
+            let mut kinds: HashMap<(String, i32), usize> = HashMap::new();
+            for s in rx.spans() {
+                *kinds.entry((service(&s), s.span.kind)).or_default() += 1;
+            }
+            panic!("only {n} of {want} spans arrived: {kinds:?}\n{}", agent.metrics());
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -217,7 +246,7 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
         .filter(|l| l.starts_with("periscope_context") || l.starts_with("periscope_link") || l.starts_with("periscope_spans_linked"))
         .map(String::from)
         .collect();
-    let (sc, wrong) = score(&spans, name);
+    let (sc, wrong) = score(&spans, name, with_sql);
     eprintln!("{name} concurrency {concurrency}: {sc:?}\n{counters:#?}");
     assert_eq!(sc.total, total, "requests seen");
     (sc, wrong)
@@ -262,5 +291,67 @@ async fn node_queued_pg_connections_every_span_has_the_right_parent() {
             let (sc, wrong) = run(Frontend::Node(mode), concurrency, total).await;
             assert_exact(&sc, &wrong, &format!("node, pg {mode}, {concurrency} concurrent"));
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_thread_pool_every_span_has_the_right_parent_at_1_10_50_concurrent() {
+    for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
+        let (sc, wrong) = run(Frontend::RustPool, concurrency, total).await;
+        assert_exact(&sc, &wrong, &format!("rust thread pool, {concurrency} concurrent"));
+    }
+}
+
+/// Runs as the Rust frontend when re-executed with PERISCOPE_CTX_RUST_SERVER
+/// ("port,backend_port"); an ordinary (empty) test otherwise. The main thread
+/// accepts; 4 worker threads each serve one connection at a time: read the
+/// request, call the backend (a new connection), answer, close.
+#[test]
+fn rust_pool_server_entry() {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::{mpsc, Arc, Mutex};
+    let Ok(cfg) = std::env::var("PERISCOPE_CTX_RUST_SERVER") else { return };
+    let (port, backend) = cfg.split_once(',').unwrap();
+    let backend: u16 = backend.parse().unwrap();
+    let listener = TcpListener::bind(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+    println!("listening");
+    std::io::stdout().flush().unwrap();
+    fn read_head(s: &mut TcpStream) -> Option<String> {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).ok()?;
+            if n == 0 {
+                return None;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Some(String::from_utf8_lossy(&head).into_owned())
+    }
+    let handle = move |mut s: TcpStream| {
+        let Some(head) = read_head(&mut s) else { return };
+        let id = head.split_whitespace().nth(1).and_then(|p| p.rsplit('/').next()).unwrap_or("0").to_owned();
+        let mut b = TcpStream::connect(("127.0.0.1", backend)).unwrap();
+        write!(b, "GET /backend/{id} HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n").unwrap();
+        let mut sink = Vec::new();
+        b.read_to_end(&mut sink).unwrap();
+        let body = format!("ok {id}");
+        write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    };
+    let (tx, rx) = mpsc::channel::<TcpStream>();
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..4 {
+        let rx = rx.clone();
+        std::thread::spawn(move || loop {
+            let next = rx.lock().unwrap().recv();
+            match next {
+                Ok(s) => handle(s),
+                Err(_) => return,
+            }
+        });
+    }
+    for s in listener.incoming().flatten() {
+        tx.send(s).unwrap();
     }
 }

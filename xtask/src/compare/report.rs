@@ -120,10 +120,12 @@ spans carry the SDK's span ids. Without the SDK (the demo, the lab with Beyla-st
 requester's own and the ids are periscope's alone.\n\
 * periscope watches the whole process, so it also sees the SDK's own OTLP exports (`POST /v1/traces` rows): \
 traffic that exists only because the SDK is loaded.\n\
-* Rows only the SDK has are what periscope does not produce yet (AMQP publish/consume until the agent parses \
-AMQP 0-9-1); they fill in by themselves when periscope emits PRODUCER/CONSUMER spans with `messaging.*` \
-attributes. SQL parents: the SDK parents `pg` spans under Express's handler span (and so under the server \
-span); periscope links a statement to the request being served only once the agent does that linking.\n\
+* Messages: the SDK's amqplib instrumentation writes a `traceparent` into each message's headers; \
+periscope's PRODUCER span takes the ids of that header (as for an uninstrumented HTTP client's own header), so \
+with the SDK on, periscope's PRODUCER spans carry the SDK's span ids, and its CONSUMER spans join the trace the \
+header names. Without the SDK they are linked on this host by the message itself (docs/trace-context.md).\n\
+* SQL parents: the SDK parents `pg` spans under Express's handler span; the comparison walks up to the nearest \
+ancestor that has a row (the server span), which is where periscope puts them.\n\
 * The SDK's `server.port` on server spans comes from the `Host` header (the scraper sends `Host: localhost`, \
 hence 80); periscope's from the socket.\n\n";
 
