@@ -168,6 +168,14 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_MAX_CONNECTIONS", default_value_t = 65536)]
     pub max_connections: usize,
 
+    /// Scheduling priority of the agent (-20..19; negative needs root or
+    /// CAP_SYS_NICE). On a saturated host the fair scheduler may give the
+    /// agent less CPU than it needs, and the kernel drops events (counted);
+    /// e.g. -5 puts it ahead of the workload. 0 leaves it as started.
+    #[arg(long, env = "PERISCOPE_NICE", default_value_t = 0, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
+
     // --- trace context: linking and sampling ---
     /// Head sampler, as in the OpenTelemetry SDKs: always_on, always_off,
     /// traceidratio, parentbased_always_on (default), parentbased_always_off,
@@ -524,6 +532,15 @@ mod tests {
             ]
         );
         assert!(known_env_vars().iter().any(|v| v == "OTEL_SEMCONV_STABILITY_OPT_IN"));
+    }
+
+    #[test]
+    fn nice_takes_negative_values_within_the_kernel_range() {
+        let s = Settings::from_args(["periscope", "--pid", "1", "--nice", "-5"]).unwrap();
+        assert_eq!(s.raw.nice, -5);
+        assert_eq!(Settings::from_args(["periscope", "--pid", "1"]).unwrap().raw.nice, 0);
+        let err = Settings::from_args(["periscope", "--pid", "1", "--nice", "-30"]).unwrap_err().to_string();
+        assert!(err.contains("nice"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,13 @@ fn main() -> ExitCode {
     for line in periscope::config::unknown_env_vars(env_names.iter().map(String::as_str)) {
         tracing::warn!("{line}");
     }
+    if settings.raw.nice != 0 {
+        // Before any thread starts: they all inherit it.
+        // SAFETY: setpriority(2) on the calling thread, no pointers.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, settings.raw.nice) } != 0 {
+            tracing::warn!(nice = settings.raw.nice, "cannot change the agent's priority: {}", std::io::Error::last_os_error());
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

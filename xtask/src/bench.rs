@@ -65,6 +65,10 @@ pub struct Options {
     /// Use target/release/periscope as it is instead of building it.
     #[arg(long)]
     no_build: bool,
+    /// Nice value for every thread of the agent (negative: ahead of the
+    /// workload in the CPU scheduler). For experiments; 0 leaves it alone.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    agent_nice: i32,
 }
 
 /// Concurrency of the load generators (wrk -c, pgbench -c, fixed-rate connections).
@@ -142,6 +146,7 @@ struct Env {
     dur: Duration,
     rate: f64,
     prom_port: u16,
+    agent_nice: i32,
     sink_port: u16,
     sink: Option<Arc<sink::SinkStats>>,
     stop: Arc<AtomicBool>,
@@ -227,6 +232,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         dur: Duration::from_secs(secs),
         rate: o.rate,
         prom_port: p + 3,
+        agent_nice: o.agent_nice,
         sink_port: p + 4,
         sink: None,
         stop: stop.clone(),
@@ -404,6 +410,9 @@ fn run_arm(env: &mut Env, sc: &mut Scenario, pair: usize, arm: Arm) -> anyhow::R
     let log = env.dir.join(format!("agent-{}.log", env.agent_runs));
     let t = Instant::now();
     let agent = Agent::start(&env.bin, &args, env.prom_port, &log)?;
+    if env.agent_nice != 0 {
+        agent.renice(env.agent_nice)?;
+    }
     run.agent_startup_s = Some(t.elapsed().as_secs_f64());
     run.agent_tracked_after_s = Some(agent.wait_tracked(&prepared.tracked, Duration::from_secs(20))?.as_secs_f64());
     let sink_before = env.sink.as_ref().map(|s| (s.requests.load(Ordering::SeqCst), s.bytes.load(Ordering::SeqCst)));

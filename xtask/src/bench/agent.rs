@@ -78,6 +78,19 @@ pub fn clk_tck() -> f64 {
 }
 
 impl Agent {
+    /// Sets the nice value of every thread of the agent (setpriority(2)
+    /// with PRIO_PROCESS acts on one thread on Linux).
+    pub fn renice(&self, nice: i32) -> anyhow::Result<()> {
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
+            let tid: u32 = task?.file_name().to_string_lossy().parse()?;
+            // SAFETY: setpriority(2) on a thread id of our own child.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+                bail!("setpriority({tid}, {nice}): {}", std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
     /// Starts `bin` with `args` (which must include `--prometheus-port prom_port`)
     /// and waits until it serves /healthz and holds its BPF programs.
     pub fn start(bin: &Path, args: &[String], prom_port: u16, log: &Path) -> anyhow::Result<Self> {
