@@ -362,24 +362,12 @@ impl Assembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spans::{Service, SpanId, SpanKind, SpanStatus};
+    use crate::spans::{Service, SpanId, SpanKind};
     use std::sync::Arc;
 
     fn span(name: &str) -> Span {
-        Span {
-            service: Arc::new(Service { name: "s".into(), namespace: None, instance_id: "i".into(), attributes: vec![] }),
-            trace_id: TraceId::random(),
-            span_id: SpanId::random(),
-            parent_span_id: None,
-            trace_flags: 1,
-            trace_state: None,
-            name: name.into(),
-            kind: SpanKind::Internal,
-            start_unix_nanos: 1,
-            end_unix_nanos: 2,
-            attributes: vec![],
-            status: SpanStatus::Unset,
-        }
+        let service = Arc::new(Service { name: "s".into(), namespace: None, instance_id: "i".into(), attributes: vec![] });
+        Span { start_unix_nanos: 1, end_unix_nanos: 2, ..Span::for_test(&service, SpanKind::Internal, name) }
     }
 
     fn asm() -> Assembler {

@@ -5,7 +5,7 @@ use std::{
 };
 
 use super::*;
-use crate::spans::model::{Attr, Service, SpanId, SpanStatus, TraceId};
+use crate::spans::model::{Attr, Service, SpanStatus};
 
 /// Counts allocations of the current thread, to check the hot paths.
 struct CountingAlloc;
@@ -49,18 +49,10 @@ fn service(name: &str, instance: &str) -> ServiceRef {
 
 fn span(svc: &ServiceRef, kind: SpanKind, name: &str, dur_ms: u64, attrs: Vec<Attr>) -> Span {
     Span {
-        service: svc.clone(),
-        trace_id: TraceId::random(),
-        span_id: SpanId::random(),
-        parent_span_id: None,
-        trace_flags: 1,
-        trace_state: None,
-        name: name.into(),
-        kind,
         start_unix_nanos: 1_000_000_000,
         end_unix_nanos: 1_000_000_000 + dur_ms * 1_000_000,
         attributes: attrs,
-        status: SpanStatus::Unset,
+        ..Span::for_test(svc, kind, name)
     }
 }
 

@@ -189,6 +189,26 @@ pub struct Span {
 }
 
 impl Span {
+    /// A span for tests: random ids, no parent, sampled, zero-length at 0,
+    /// no attributes; set the rest with struct update syntax.
+    #[cfg(test)]
+    pub fn for_test(service: &ServiceRef, kind: SpanKind, name: &str) -> Span {
+        Span {
+            service: service.clone(),
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_span_id: None,
+            trace_flags: 1,
+            trace_state: None,
+            name: name.into(),
+            kind,
+            start_unix_nanos: 0,
+            end_unix_nanos: 0,
+            attributes: Vec::new(),
+            status: SpanStatus::Unset,
+        }
+    }
+
     pub fn attr(&self, key: &str) -> Option<&AttrValue> {
         self.attributes.iter().find(|a| a.key == key).map(|a| &a.value)
     }

@@ -313,25 +313,12 @@ mod tests {
     use super::*;
     use crate::{
         metrics::{MetricsConfig, ServiceGraphConfig, SpanMetricsConfig},
-        spans::model::{Attr, Service, Span, SpanId, SpanKind, SpanStatus, TraceId},
+        spans::model::{Attr, Service, Span, SpanKind},
     };
     use opentelemetry_proto::tonic::common::v1::any_value;
 
     fn span(service: &crate::spans::model::ServiceRef, kind: SpanKind, name: &str, attrs: Vec<Attr>) -> Span {
-        Span {
-            service: service.clone(),
-            trace_id: TraceId::random(),
-            span_id: SpanId::random(),
-            parent_span_id: None,
-            trace_flags: 1,
-            trace_state: None,
-            name: name.into(),
-            kind,
-            start_unix_nanos: 0,
-            end_unix_nanos: 5_000_000,
-            attributes: attrs,
-            status: SpanStatus::Unset,
-        }
+        Span { end_unix_nanos: 5_000_000, attributes: attrs, ..Span::for_test(service, kind, name) }
     }
 
     fn attrs(kvs: &[KeyValue]) -> Vec<(String, String)> {
