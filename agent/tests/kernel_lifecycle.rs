@@ -100,21 +100,36 @@ fn short_lived_processes_leave_nothing_behind() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Without privileges: one clear line per missing privilege (the startup
+/// checks, issue 6), a one-line verdict, exit status 1, nothing else.
 #[test]
-fn missing_privileges_give_one_clear_line() {
+fn missing_privileges_give_one_clear_line_each() {
     let bin = std::env::temp_dir().join(format!("periscope-unpriv-{}", std::process::id()));
     std::fs::copy(env!("CARGO_BIN_EXE_periscope"), &bin).unwrap();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
         .arg(&bin)
         .args(["--pid", "1"])
+        .env("NO_COLOR", "1")
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&bin);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    assert!(err.contains("missing privileges") && err.contains("CAP_BPF"), "{err}");
+    let lines: Vec<&str> = err.trim().lines().collect();
+    let (verdict, checks) = lines.split_last().expect("some output");
+    assert!(verdict.starts_with("periscope: ") && verdict.contains("startup check"), "last line is the verdict: {err}");
+    for needed in ["missing capability CAP_BPF", "missing capability CAP_PERFMON"] {
+        assert_eq!(checks.iter().filter(|l| l.contains(needed)).count(), 1, "exactly one line for {needed}: {err}");
+    }
+    for l in checks {
+        assert!(l.contains("ERROR") || l.contains("WARN"), "only check lines before the verdict: {l}");
+    }
+    let mut unique = checks.to_vec();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), checks.len(), "no line twice: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
 }
 
 #[test]
