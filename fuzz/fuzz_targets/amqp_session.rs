@@ -10,7 +10,7 @@ use periscope::spans::messaging::{
     build_consumed, build_publish, Deliveries, MessagingContext, PublishContexts, MAX_PENDING_PER_CHANNEL,
     MAX_TRACKED_CHANNELS,
 };
-use periscope::spans::Service;
+use periscope::spans::{traceparent::TraceParent, Service};
 use periscope_fuzz::{Script, Step};
 
 fuzz_target!(|input: &[u8]| {
@@ -43,7 +43,8 @@ fuzz_target!(|input: &[u8]| {
                 AmqpEvent::Publish(p) => {
                     let m = build_publish(&p, &ctx, &clock);
                     assert!(m.span.end_unix_nanos >= m.span.start_unix_nanos);
-                    contexts.remember(&p, &m.span);
+                    let tp = TraceParent { trace_id: m.span.trace_id, parent_id: m.span.span_id, flags: m.span.trace_flags };
+                    contexts.remember(&p, tp);
                     spans += 1;
                 }
                 AmqpEvent::Deliver(d) => tracker.on_delivery(d, &mut consumed),
