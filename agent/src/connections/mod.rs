@@ -492,14 +492,7 @@ fn finish_consumed(
         let id = (message.delivery.channel, message.delivery.delivery_tag);
         let started = match a.started.remove(&id) {
             Some(s) => s,
-            None => {
-                t.inc(Counter::ContextMissing);
-                let ts = message.delivery.ts_received;
-                let group = tracker.assembly.new_group(ts, t);
-                tracker.assembly.open(group);
-                let ctx = crate::context::SpanCtx { span_id: crate::spans::SpanId::random(), group };
-                Started { ctx, parent: None, ts_enter: ts, ts_exit: ts }
-            }
+            None => tracker.missing_start(message.delivery.ts_received, t),
         };
         if client {
             out.push(Outcome::Consumed { key, tuple, started, message });

@@ -144,14 +144,6 @@ impl Assembler {
         None
     }
 
-    /// Is the group's trace decided? (For tests and for the link decision.)
-    pub fn decided(&self, id: GroupId) -> Option<&Decided> {
-        match &self.groups.get(&self.root(id)?)?.state {
-            State::Decided(d) => Some(d),
-            _ => None,
-        }
-    }
-
     /// An exchange of the group started.
     pub fn open(&mut self, id: GroupId) {
         let Some(root) = self.root(id) else { return };

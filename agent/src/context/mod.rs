@@ -103,12 +103,6 @@ impl ConnTrace {
             .map(|f| f.started.ctx)
             .or_else(|| self.pending.iter().rev().find(|s| started_before(s)).map(|s| s.ctx))
     }
-
-    /// Has this connection seen a request that could still match a server
-    /// exchange starting at `ts`? (False: its event may not have arrived yet.)
-    pub fn has_history_after(&self, ts: u64) -> bool {
-        self.recent.back().is_some_and(|f| f.end >= ts) || !self.pending.is_empty()
-    }
 }
 
 /// A thread of a tracked process, with its event-loop iteration.
@@ -360,13 +354,8 @@ impl Tracker {
             }
             None => None,
         };
-        let started = started.unwrap_or_else(|| {
-            // Its start was not seen as such (mid-stream, pipelining): a root.
-            telemetry.inc(Counter::ContextMissing);
-            let group = self.assembly.new_group(start, telemetry);
-            self.assembly.open(group);
-            Started { ctx: SpanCtx { span_id: SpanId::random(), group }, parent: None, ts_enter: start, ts_exit: start }
-        });
+        // Its start was not seen as such (mid-stream, pipelining): a root.
+        let started = started.unwrap_or_else(|| self.missing_start(start, telemetry));
         if server_side {
             if let Some(tid) = trace.server_tid {
                 self.threads.stop_waiting(pid, tid, started.ctx.span_id);
@@ -419,13 +408,18 @@ impl Tracker {
         Started { ctx, parent: None, ts_enter: ts, ts_exit: ts }
     }
 
+    /// The identity of an exchange whose start was not seen: the root of a
+    /// trace of its own (counted).
+    pub fn missing_start(&mut self, ts: u64, telemetry: &Telemetry) -> Started {
+        telemetry.inc(Counter::ContextMissing);
+        let group = self.assembly.new_group(ts, telemetry);
+        self.assembly.open(group);
+        Started { ctx: SpanCtx { span_id: SpanId::random(), group }, parent: None, ts_enter: ts, ts_exit: ts }
+    }
+
     /// A process exited: forget its threads.
     pub fn forget_process(&mut self, pid: u32) {
         self.threads.map.retain(|(p, _), _| *p != pid);
-    }
-
-    pub fn threads(&self) -> usize {
-        self.threads.map.len()
     }
 }
 
