@@ -11,13 +11,16 @@ use std::{
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+mod link;
+use link::Linker;
+
 use crate::{
     capture::{self, reader::RingReader, Event, Tuple},
     config::Settings,
     connections::{ConnKey, ConnectionTable, Outcome},
     context::{
-        assembly::{AssemblyOptions, Explicit},
-        Assembler, SpanCtx, Started, ThreadKey, Tracker,
+        assembly::{AssemblyOptions, Stamp},
+        Assembler, Pin, SpanCtx, Started, ThreadKey, Tracker,
     },
     discovery::{self, ProcessInfo, Scanner, ServiceOptions},
     kubernetes::KubernetesMetadata,
@@ -26,7 +29,7 @@ use crate::{
     spans::{
         clock::{monotonic_now, Clock},
         http::{self as http_spans, HttpContext, HttpSpanOptions},
-        messaging::{self, ConsumedMessage, MessagingContext, PublishContexts},
+        messaging::{self, ConsumedMessage, MessagingContext},
         routes::{Route, Router},
         sql::{self as sql_spans, SqlContext, SqlSpanOptions},
         traceparent::TraceParent,
@@ -96,25 +99,13 @@ const IDLE_NS: u64 = 2_000_000_000;
 const EXPIRE_NS: u64 = 600_000_000_000;
 /// Threads whose current request is remembered at once.
 const MAX_THREADS: usize = 65_536;
-/// Publishes remembered for consumers on this host.
-const MAX_PUBLISHES: usize = 8192;
-/// Server spans waiting for their caller's client span at once.
-const MAX_LINK_WAITS: usize = 4096;
-
-/// A server span whose caller is a tracked process on this host, waiting
-/// for the caller's request event to arrive.
-struct LinkWait {
-    span: Span,
-    started: Started,
-    tuple: Tuple,
-    request_start: u64,
-    due: u64,
-}
 
 pub struct Pipeline {
     settings: Settings,
     probes: Probes,
     table: ConnectionTable,
+    /// In-process trace context and late trace ids.
+    tracker: Tracker,
     targets: HashMap<u32, Target>,
     router: Router,
     clock: Clock,
@@ -127,11 +118,9 @@ pub struct Pipeline {
     sql_opts: SqlSpanOptions,
     /// Instance ids of exited processes, with when they exited.
     departed: std::collections::VecDeque<(std::time::Instant, String)>,
-    link_waits: std::collections::VecDeque<LinkWait>,
-    link_wait_ns: u64,
+    /// Trace links of requests and deliveries (cross-process, AMQP).
+    linker: Linker,
     kubernetes: Option<KubernetesMetadata>,
-    /// Recent publishes by message fingerprint, for consumers on this host.
-    published: PublishContexts<SpanCtx>,
 }
 
 impl Pipeline {
@@ -163,12 +152,11 @@ impl Pipeline {
         );
         Ok(Self {
             departed: std::collections::VecDeque::new(),
-            link_waits: std::collections::VecDeque::new(),
-            link_wait_ns: raw.trace_link_wait * 1_000_000,
+            linker: Linker::new(raw.trace_link_wait * 1_000_000),
             kubernetes,
-            published: PublishContexts::new(MAX_PUBLISHES),
             sql_opts,
-            table: ConnectionTable::new(raw.max_connections, Tracker::new(assembly, MAX_THREADS)),
+            table: ConnectionTable::new(raw.max_connections),
+            tracker: Tracker::new(assembly, MAX_THREADS),
             settings,
             probes,
             targets: HashMap::new(),
@@ -231,11 +219,11 @@ impl Pipeline {
         reader.drain(|record| self.on_record(record));
         let pids: Vec<u32> = self.targets.keys().copied().collect();
         for pid in pids {
-            self.table.forget_process(pid, &mut self.outcomes, &self.telemetry);
+            self.table.forget_process(pid, &mut self.tracker, &mut self.outcomes, &self.telemetry);
         }
         self.flush_outcomes();
         self.on_links(monotonic_now(), true);
-        self.table.tracker.assembly.flush(&self.telemetry);
+        self.tracker.assembly.flush(&self.telemetry);
         self.on_tick();
         Ok(())
     }
@@ -264,16 +252,16 @@ impl Pipeline {
                     ts_enter: d.header.ts_enter,
                     ts_exit: d.header.ts_exit,
                 };
-                self.table.data(key, d.tuple, d.role, thread, &chunk, &mut self.outcomes, &self.telemetry);
+                self.table.data(key, d.tuple, d.role, thread, &chunk, &mut self.tracker, &mut self.outcomes, &self.telemetry);
             }
             Event::ConnOpen(c) => {
                 let key = ConnKey { pid: c.header.pid, fd: c.header.fd };
                 let thread = ThreadKey { pid: c.header.pid, tid: c.header.tid, loop_seq: c.header.loop_seq };
-                self.table.open(key, c.tuple, c.role, thread, c.header.ts_exit, &mut self.outcomes, &self.telemetry);
+                self.table.open(key, c.tuple, c.role, thread, c.header.ts_exit, &mut self.tracker, &mut self.outcomes, &self.telemetry);
             }
             Event::ConnClose(c) => {
                 let key = ConnKey { pid: c.header.pid, fd: c.header.fd };
-                self.table.close(key, &mut self.outcomes, &self.telemetry);
+                self.table.close(key, &mut self.tracker, &mut self.outcomes, &self.telemetry);
             }
             Event::ProcFork(p) => self.on_fork(p.header.pid, p.ppid),
             Event::ProcExit(p) => self.forget(p.header.pid),
@@ -285,59 +273,62 @@ impl Pipeline {
     fn flush_outcomes(&mut self) {
         // Reuse the buffer: no allocation per record on the hot path.
         let mut pending = std::mem::take(&mut self.outcomes);
+        let now = monotonic_now();
         for outcome in pending.drain(..) {
-            let (key, tuple, server_side, started, exchange) = match outcome {
-                Outcome::Http { key, tuple, server_side, started, exchange } => {
-                    (key, tuple, server_side, started, exchange)
+            match outcome {
+                Outcome::RequestStarted { tuple, started, traceparent, tracestate, .. } => {
+                    self.linker.on_request_started(
+                        &self.table,
+                        &mut self.tracker.assembly,
+                        &started,
+                        tuple,
+                        traceparent.as_ref(),
+                        tracestate,
+                        now,
+                        &self.telemetry,
+                    );
                 }
-                Outcome::Published { key, tuple, started, publish } => {
-                    self.on_published(key, tuple, started, &publish);
-                    continue;
+                Outcome::Delivered { started, link, .. } => {
+                    self.linker.on_delivered(&mut self.tracker.assembly, &started, link, &self.telemetry);
                 }
-                Outcome::Consumed { key, tuple, started, message } => {
-                    self.on_consumed(key, tuple, started, &message);
-                    continue;
-                }
+                Outcome::Published { key, tuple, started, publish } => self.on_published(key, tuple, started, &publish),
+                Outcome::Consumed { key, tuple, started, message } => self.on_consumed(key, tuple, started, &message),
                 Outcome::Sql { key, tuple, server_side, started, call } => {
                     let Some(target) = self.targets.get(&key.pid) else {
-                        self.table.tracker.assembly.abandon(started.ctx.group, &self.telemetry);
+                        self.tracker.assembly.abandon(started.ctx.group);
                         continue;
                     };
                     let ctx = SqlContext { service: &target.service, local: tuple.local, remote: tuple.remote, server_side };
                     let span = sql_spans::build(&call, &ctx, &self.clock, self.sql_opts);
-                    self.place(span, started, tuple, server_side, call.start_ns, None);
-                    continue;
+                    self.place(span, started, tuple, server_side, None);
                 }
-            };
-            let Some(target) = self.targets.get(&key.pid) else {
-                self.table.tracker.assembly.abandon(started.ctx.group, &self.telemetry);
-                continue;
-            };
-            let (path, _) = http_spans::split_target(&exchange.request.target);
-            let route = self.router.route(&target.service.instance_id, path);
-            match route {
-                Route::Ignored => {
-                    self.table.tracker.assembly.abandon(started.ctx.group, &self.telemetry);
-                    continue;
+                Outcome::Http { key, tuple, server_side, started, exchange } => {
+                    let Some(target) = self.targets.get(&key.pid) else {
+                        self.tracker.assembly.abandon(started.ctx.group);
+                        continue;
+                    };
+                    let (path, _) = http_spans::split_target(&exchange.request.target);
+                    let route = self.router.route(&target.service.instance_id, path);
+                    match route {
+                        Route::Ignored => {
+                            self.tracker.assembly.abandon(started.ctx.group);
+                            continue;
+                        }
+                        Route::Overflow => self.telemetry.inc(Counter::RouteOverflow),
+                        _ => {}
+                    }
+                    let ctx = HttpContext { service: &target.service, local: tuple.local, remote: tuple.remote, server_side };
+                    let span = http_spans::build(&exchange, &ctx, &route, &self.clock, self.http_opts);
+                    let tp = exchange.request.headers.traceparent.as_deref().and_then(TraceParent::parse);
+                    let tracestate = exchange.request.headers.tracestate.clone();
+                    self.place(span, started, tuple, server_side, tp.map(|tp| (tp, tracestate)));
                 }
-                Route::Overflow => self.telemetry.inc(Counter::RouteOverflow),
-                _ => {}
             }
-            let ctx = HttpContext { service: &target.service, local: tuple.local, remote: tuple.remote, server_side };
-            let span = http_spans::build(&exchange, &ctx, &route, &self.clock, self.http_opts);
-            let tp = exchange.request.headers.traceparent.as_deref().and_then(TraceParent::parse);
-            let explicit = tp.map(|tp| Explicit {
-                trace_id: tp.trace_id,
-                sampled: tp.flags & 1 == 1,
-                trace_state: exchange.request.headers.tracestate.clone(),
-            });
-            let start = if server_side { exchange.request_start_exit } else { exchange.request_start_enter };
-            self.place(span, started, tuple, server_side, start, explicit);
         }
         if self.outcomes.is_empty() {
             self.outcomes = pending;
         }
-        if !self.table.tracker.assembly.out.is_empty() {
+        if !self.tracker.assembly.out.is_empty() {
             self.emit_assembled();
         }
     }
@@ -346,151 +337,116 @@ impl Pipeline {
     /// message's fingerprint, so a consumer on this host can find it.
     fn on_published(&mut self, key: ConnKey, tuple: Tuple, started: Started, publish: &Publish) {
         let Some(target) = self.targets.get(&key.pid) else {
-            self.table.tracker.assembly.abandon(started.ctx.group, &self.telemetry);
+            self.tracker.assembly.abandon(started.ctx.group);
             return;
         };
         let ctx = MessagingContext { service: &target.service, local: tuple.local, remote: tuple.remote };
         let mut span = messaging::build_publish(publish, &ctx, &self.clock).span;
         self.telemetry.inc(Counter::SpansProduced);
-        // A traceparent the process put in the message names this span.
-        let pinned = publish.traceparent.as_deref().and_then(TraceParent::parse).is_some();
-        if !pinned {
-            span.span_id = started.ctx.span_id;
-        }
-        span.parent_span_id = started.parent.map(|p| p.span_id);
-        self.published.remember(publish, SpanCtx { span_id: span.span_id, group: started.ctx.group });
-        self.finish(started.ctx.group, span, pinned);
+        // A traceparent the process put in the message names this span,
+        // unless that id already named another one.
+        let pin = publish.traceparent.as_deref().and_then(TraceParent::parse).map(|tp| self.tracker.pin(&tp));
+        let stamp = self.identify(&mut span, &started, pin);
+        self.linker.on_published(publish, SpanCtx { span_id: span.span_id, group: started.ctx.group });
+        self.finish(started.ctx.group, span, stamp);
     }
 
     /// CONSUMER span: its parent is the message's traceparent, else the
-    /// PRODUCER span of the same message when it was published on this host.
+    /// PRODUCER span of the same message when it was published on this host
+    /// (both settled at the delivery).
     fn on_consumed(&mut self, key: ConnKey, tuple: Tuple, started: Started, message: &ConsumedMessage) {
         let Some(target) = self.targets.get(&key.pid) else {
-            self.table.tracker.assembly.abandon(started.ctx.group, &self.telemetry);
+            self.tracker.assembly.abandon(started.ctx.group);
             return;
         };
         let ctx = MessagingContext { service: &target.service, local: tuple.local, remote: tuple.remote };
         let mut span = messaging::build_consumed(message, &ctx, &self.clock, None).span;
         self.telemetry.inc(Counter::SpansProduced);
         span.span_id = started.ctx.span_id;
-        let group = started.ctx.group;
-        let d = &message.delivery;
-        match d.traceparent.as_deref().and_then(TraceParent::parse) {
-            Some(tp) => {
-                let e = Explicit { trace_id: tp.trace_id, sampled: tp.flags & 1 == 1, trace_state: d.tracestate.clone() };
-                self.table.tracker.assembly.set_explicit(group, e);
-            }
-            None => {
-                if let Some(producer) = self.published.take(d) {
-                    span.parent_span_id = Some(producer.span_id);
-                    self.table.tracker.assembly.join(group, producer.group, &self.telemetry);
-                    self.telemetry.inc(Counter::SpansLinked);
-                }
-            }
+        if let Some(producer) = self.linker.take_parent(started.ctx.span_id) {
+            span.parent_span_id = Some(producer);
         }
-        self.finish(group, span, false);
+        self.finish(started.ctx.group, span, Stamp::Group);
     }
 
-    /// Gives a finished span its ids and parent, and hands it to its trace group.
-    /// `explicit`: the request carried a traceparent (the builder already used it).
+    /// Gives a span its id, trace and parent from its exchange's identity
+    /// (`pin`: the traceparent the process wrote for it); how the group's
+    /// trace applies to it.
+    fn identify(&self, span: &mut Span, started: &Started, pin: Option<Pin>) -> Stamp {
+        span.span_id = started.ctx.span_id;
+        span.parent_span_id = started.parent.map(|p| p.span_id);
+        match pin {
+            None => Stamp::Group,
+            Some(pin) => {
+                span.trace_id = pin.trace_id;
+                span.trace_flags = pin.flags;
+                if let Some(header_parent) = pin.header_parent {
+                    span.parent_span_id = Some(header_parent);
+                }
+                Stamp::Pinned { keep_parent: pin.header_parent.is_some() }
+            }
+        }
+    }
+
+    /// Gives a finished span its ids and parent, and hands it to its trace
+    /// group. `explicit`: the request carried a traceparent (the builder
+    /// already used it).
     fn place(
         &mut self,
         mut span: Span,
         started: Started,
         tuple: Tuple,
         server_side: bool,
-        request_start: u64,
-        explicit: Option<Explicit>,
+        explicit: Option<(TraceParent, Option<String>)>,
     ) {
         self.telemetry.inc(Counter::SpansProduced);
         let group = started.ctx.group;
         if !server_side {
-            // A traceparent the process wrote itself names this span (the
-            // callee will call it its parent): the span keeps those ids.
-            let pinned = explicit.is_some();
-            if !pinned {
-                span.span_id = started.ctx.span_id;
-            }
-            span.parent_span_id = started.parent.map(|p| p.span_id);
-            self.finish(group, span, pinned);
+            let stamp = self.identify(&mut span, &started, started.pin);
+            self.finish(group, span, stamp);
             return;
         }
         span.span_id = started.ctx.span_id;
-        if let Some(e) = explicit {
-            // The caller said who it is: that wins over anything we infer.
-            self.table.tracker.assembly.set_explicit(group, e);
-            self.finish(group, span, false);
-            return;
+        let asm = &mut self.tracker.assembly;
+        if !asm.is_decided(group) && !self.linker.is_waiting(span.span_id) {
+            // Its start was never announced (its head was not seen): settle now.
+            let (tp, state) = explicit.map_or((None, None), |(tp, s)| (Some(tp), s));
+            let now = monotonic_now();
+            self.linker.on_request_started(&self.table, asm, &started, tuple, tp.as_ref(), state, now, &self.telemetry);
         }
-        let wait = LinkWait { span, started, tuple, request_start, due: 0 };
-        if let Some(wait) = self.try_link(wait) {
-            if self.link_wait_ns == 0 || self.link_waits.len() >= MAX_LINK_WAITS {
-                self.telemetry.inc(Counter::LinkPartnerLate);
-                let LinkWait { span, started, .. } = wait;
-                self.finish(started.ctx.group, span, false);
-            } else {
-                self.link_waits.push_back(LinkWait { due: monotonic_now() + self.link_wait_ns, ..wait });
-            }
+        // The exact client span of a tracked caller wins over the header's
+        // parent id (a header reused for two requests names only one).
+        if let Some(caller) = self.linker.take_parent(span.span_id) {
+            span.parent_span_id = Some(caller);
         }
-    }
-
-    /// Links a server span to its caller's client span when the caller is a
-    /// tracked process on this host (the same connection seen from the other
-    /// end). Hands the span back when the caller is tracked but its request
-    /// has not been seen yet.
-    fn try_link(&mut self, wait: LinkWait) -> Option<LinkWait> {
-        let caller = match self.table.peer(&wait.tuple) {
-            None => None, // an untracked caller: nothing to wait for
-            Some((_, conn)) => match conn.trace.in_flight_at(wait.request_start) {
-                Some(ctx) => Some(ctx),
-                None => return Some(wait),
-            },
-        };
-        let LinkWait { mut span, started, .. } = wait;
-        if let Some(caller) = caller {
-            span.parent_span_id = Some(caller.span_id);
-            self.table.tracker.assembly.join(started.ctx.group, caller.group, &self.telemetry);
-            self.telemetry.inc(Counter::SpansLinked);
-        }
-        self.finish(started.ctx.group, span, false);
-        None
+        self.finish(group, span, Stamp::Group);
     }
 
     /// A span with its final span id and parent: metrics see it now, the
     /// trace sinks once its trace id is decided.
-    fn finish(&mut self, group: crate::context::GroupId, span: Span, pinned: bool) {
+    fn finish(&mut self, group: crate::context::GroupId, span: Span, stamp: Stamp) {
         for sink in self.sinks.iter_mut().filter(|s| s.sees_every_span()) {
             sink.submit(&span);
         }
-        self.table.tracker.assembly.finish(group, span, pinned, &self.telemetry);
+        self.tracker.assembly.finish(group, span, stamp, &self.telemetry);
     }
 
-    /// Retries waiting links; those past their time (or all, at the end) go unlinked.
+    /// Retries waiting links; those past their time (or all, at the end) start traces of their own.
     fn on_links(&mut self, now: u64, all: bool) {
-        for _ in 0..self.link_waits.len() {
-            let Some(wait) = self.link_waits.pop_front() else { break };
-            let Some(wait) = self.try_link(wait) else { continue };
-            if all || wait.due <= now {
-                self.telemetry.inc(Counter::LinkPartnerLate);
-                let LinkWait { span, started, .. } = wait;
-                self.finish(started.ctx.group, span, false);
-            } else {
-                self.link_waits.push_back(wait);
-            }
-        }
+        self.linker.retry(&self.table, &mut self.tracker.assembly, now, all, &self.telemetry);
         self.emit_assembled();
     }
 
     /// Spans whose trace is decided go to the trace sinks.
     fn emit_assembled(&mut self) {
-        let mut out = std::mem::take(&mut self.table.tracker.assembly.out);
+        let mut out = std::mem::take(&mut self.tracker.assembly.out);
         for span in out.drain(..) {
             for sink in self.sinks.iter_mut().filter(|s| !s.sees_every_span()) {
                 sink.submit(&span);
             }
         }
-        if self.table.tracker.assembly.out.is_empty() {
-            self.table.tracker.assembly.out = out;
+        if self.tracker.assembly.out.is_empty() {
+            self.tracker.assembly.out = out;
         }
     }
 
@@ -584,7 +540,7 @@ impl Pipeline {
     fn on_exec(&mut self, pid: u32) {
         if self.targets.contains_key(&pid) {
             // Its fds may have been closed by O_CLOEXEC without close().
-            self.table.forget_process(pid, &mut self.outcomes, &self.telemetry);
+            self.table.forget_process(pid, &mut self.tracker, &mut self.outcomes, &self.telemetry);
             self.probes.purge_connections(pid);
             if let Ok(info) = discovery::read_process(pid) {
                 let (service, awaiting_kubernetes) = self.resolve(&info);
@@ -613,9 +569,9 @@ impl Pipeline {
             return;
         }
         // What the exit completes still becomes spans of this target.
-        self.table.forget_process(pid, &mut self.outcomes, &self.telemetry);
+        self.table.forget_process(pid, &mut self.tracker, &mut self.outcomes, &self.telemetry);
         self.flush_outcomes();
-        self.table.tracker.forget_process(pid);
+        self.tracker.forget_process(pid);
         let Some(target) = self.targets.remove(&pid) else { return };
         self.probes.untrack(pid);
         self.router.forget(&target.service.instance_id);
@@ -636,9 +592,9 @@ impl Pipeline {
         t.set(Counter::KernelReadFailed, k[periscope_counter::PERISCOPE_CNT_READ_FAILED as usize]);
 
         let now = monotonic_now();
-        self.table.sweep(now, IDLE_NS, EXPIRE_NS, &mut self.outcomes, &self.telemetry);
+        self.table.sweep(now, IDLE_NS, EXPIRE_NS, &mut self.tracker, &mut self.outcomes, &self.telemetry);
         self.flush_outcomes();
-        self.table.tracker.assembly.sweep(now, &self.telemetry);
+        self.tracker.assembly.sweep(now, &self.telemetry);
         self.on_links(now, false);
 
         // Exits whose event was lost (ring buffer full) are caught here.

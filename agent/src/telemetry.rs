@@ -1,178 +1,108 @@
 //! The agent's own counters: every event, message or span it drops is counted
 //! here and exported on /metrics (and over OTLP) under `periscope_*`.
+//! Counters about traffic can be broken down by protocol (and a reason):
+//! `periscope_protocol_desync_total{protocol="http",reason="..."}`.
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
-/// One of the agent's own counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    EventsReceived,
-    EventsLostRingbuf,
-    EventsLostPending,
-    KernelConnMapFull,
-    KernelIovTruncated,
-    KernelReadFailed,
-    EventsMalformed,
-    EventsUntracked,
-    ParseErrors,
-    UnknownProtocol,
-    ProtocolDesync,
-    SkippedMessages,
-    RequestsUnmatched,
-    ConnectionsEvicted,
-    SpansProduced,
-    SpansDroppedQueue,
-    SpansExported,
-    ExportErrors,
-    ExportBatchesDropped,
-    MetricOverflow,
-    RouteOverflow,
-    ProcessesTracked,
-    ProcessesForgotten,
-    ContextMissing,
-    ContextThreadsReset,
-    ContextExpired,
-    ContextForced,
-    LinkPartnerLate,
-    SpansLinked,
-    SpansSampledOut,
-    ContextHandoffs,
-    ServiceGraphExpired,
-    ServiceGraphDropped,
-    KubernetesApiErrors,
-    KubernetesObjectsDropped,
+/// Declares `Counter` and its name and help tables from one list.
+macro_rules! counters {
+    ($($variant:ident => $name:literal, $help:literal),+ $(,)?) => {
+        /// One of the agent's own counters.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Counter {
+            $($variant),+
+        }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant),+];
+
+            /// Prometheus name (with the `_total` suffix).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name),+
+                }
+            }
+
+            pub fn help(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $help),+
+                }
+            }
+        }
+    };
 }
 
-impl Counter {
-    pub const ALL: [Counter; 35] = [
-        Counter::EventsReceived,
-        Counter::EventsLostRingbuf,
-        Counter::EventsLostPending,
-        Counter::KernelConnMapFull,
-        Counter::KernelIovTruncated,
-        Counter::KernelReadFailed,
-        Counter::EventsMalformed,
-        Counter::EventsUntracked,
-        Counter::ParseErrors,
-        Counter::UnknownProtocol,
-        Counter::ProtocolDesync,
-        Counter::SkippedMessages,
-        Counter::RequestsUnmatched,
-        Counter::ConnectionsEvicted,
-        Counter::SpansProduced,
-        Counter::SpansDroppedQueue,
-        Counter::SpansExported,
-        Counter::ExportErrors,
-        Counter::ExportBatchesDropped,
-        Counter::MetricOverflow,
-        Counter::RouteOverflow,
-        Counter::ProcessesTracked,
-        Counter::ProcessesForgotten,
-        Counter::ContextMissing,
-        Counter::ContextThreadsReset,
-        Counter::ContextExpired,
-        Counter::ContextForced,
-        Counter::LinkPartnerLate,
-        Counter::SpansLinked,
-        Counter::SpansSampledOut,
-        Counter::ContextHandoffs,
-        Counter::ServiceGraphExpired,
-        Counter::ServiceGraphDropped,
-        Counter::KubernetesApiErrors,
-        Counter::KubernetesObjectsDropped,
-    ];
+counters! {
+    EventsReceived => "periscope_events_received_total", "Events read from the kernel ring buffer.",
+    EventsLostRingbuf => "periscope_events_lost_ringbuf_total", "Events the kernel dropped because the ring buffer was full.",
+    EventsLostPending => "periscope_events_lost_pending_map_total", "Syscalls not followed because the kernel pending-args map was full.",
+    KernelConnMapFull => "periscope_kernel_conn_map_full_total", "Connections the kernel could not cache.",
+    KernelIovTruncated => "periscope_kernel_iov_truncated_total", "Vectored I/O calls with more iovecs than the kernel walks.",
+    KernelReadFailed => "periscope_kernel_read_failed_total", "User buffers the kernel could not read.",
+    EventsMalformed => "periscope_events_malformed_total", "Ring buffer records too short or of unknown kind.",
+    EventsUntracked => "periscope_events_untracked_total", "Events of processes the agent no longer tracks.",
+    ParseErrors => "periscope_parse_errors_total", "Protocol messages that could not be parsed.",
+    UnknownProtocol => "periscope_unknown_protocol_connections_total", "Connections whose traffic matched no known protocol.",
+    ProtocolDesync => "periscope_protocol_desync_total", "Times a connection's message framing was lost and resynchronised.",
+    SkippedMessages => "periscope_skipped_messages_total", "Protocol messages recognised and deliberately skipped (COPY, TLS, cancel, ...).",
+    RequestsUnmatched => "periscope_requests_unmatched_total", "Requests or responses with no partner, dropped (connection closed or timed out).",
+    ConnectionsEvicted => "periscope_connections_evicted_total", "Connection states evicted because the connection table was full.",
+    SpansProduced => "periscope_spans_produced_total", "Spans finished by the pipeline.",
+    SpansDroppedQueue => "periscope_spans_dropped_total", "Spans dropped because the export queue was full.",
+    SpansExported => "periscope_spans_exported_total", "Spans accepted by the OTLP endpoint.",
+    ExportErrors => "periscope_export_errors_total", "Failed OTLP export attempts (traces and metrics).",
+    ExportBatchesDropped => "periscope_export_batches_dropped_total", "OTLP batches given up after retries or because the retry queue was full.",
+    MetricOverflow => "periscope_metric_overflow_total", "Measurements folded into otel.metric.overflow=true because of the attribute-set cap.",
+    RouteOverflow => "periscope_route_overflow_total", "Routes folded into the catch-all because of the per-service route cap.",
+    ProcessesTracked => "periscope_processes_tracked_total", "Processes that started being tracked.",
+    ProcessesForgotten => "periscope_processes_forgotten_total", "Tracked processes that exited and were forgotten.",
+    ContextMissing => "periscope_context_missing_total", "Exchanges whose start was not seen as such (mid-stream, pipelined): made roots of their own traces.",
+    ContextThreadsReset => "periscope_context_threads_reset_total", "Per-thread current requests dropped because the thread table was full.",
+    ContextExpired => "periscope_context_expired_total", "Spans whose trace group was already forgotten: exported as roots of new traces.",
+    ContextForced => "periscope_context_forced_total", "Trace groups decided before their link to a caller was known (waited too long, or the table was full).",
+    ContextEvicted => "periscope_context_evicted_total", "Decided trace groups forgotten while exchanges of theirs were still open (the table was full, or they never ended): their later spans start new traces.",
+    LinkPartnerLate => "periscope_link_partner_late_total", "Server spans whose tracked caller's request was not seen within the link wait: not linked.",
+    SpansLinked => "periscope_spans_linked_total", "Server spans made children of a tracked caller's client span on this host.",
+    SpansSampledOut => "periscope_spans_sampled_out_total", "Spans not exported because their trace was not sampled (metrics still count them).",
+    ContextHandoffs => "periscope_context_handoffs_total", "Client requests attributed to a queued request of the thread (a connection handed on by an in-process queue).",
+    ContextWaitingDropped => "periscope_context_waiting_dropped_total", "Server requests dropped from a thread's queue bookkeeping because it held too many (their queued calls may get the wrong parent).",
+    ServiceGraphExpired => "periscope_service_graph_expired_total", "Service-graph spans whose partner span did not arrive in time (a client span with a known peer still counts as an edge to a virtual node).",
+    ServiceGraphDropped => "periscope_service_graph_dropped_total", "Service-graph spans not paired because too many spans were waiting for their partner.",
+    KubernetesApiErrors => "periscope_kubernetes_api_errors_total", "Failed Kubernetes API list/watch calls (retried with backoff; the last known metadata is kept).",
+    KubernetesObjectsDropped => "periscope_kubernetes_objects_dropped_total", "Pods or ReplicaSets not kept because the Kubernetes metadata store was full.",
+}
 
-    /// Prometheus name (with the `_total` suffix).
-    pub fn name(self) -> &'static str {
-        match self {
-            Counter::EventsReceived => "periscope_events_received_total",
-            Counter::EventsLostRingbuf => "periscope_events_lost_ringbuf_total",
-            Counter::EventsLostPending => "periscope_events_lost_pending_map_total",
-            Counter::KernelConnMapFull => "periscope_kernel_conn_map_full_total",
-            Counter::KernelIovTruncated => "periscope_kernel_iov_truncated_total",
-            Counter::KernelReadFailed => "periscope_kernel_read_failed_total",
-            Counter::EventsMalformed => "periscope_events_malformed_total",
-            Counter::EventsUntracked => "periscope_events_untracked_total",
-            Counter::ParseErrors => "periscope_parse_errors_total",
-            Counter::UnknownProtocol => "periscope_unknown_protocol_connections_total",
-            Counter::ProtocolDesync => "periscope_protocol_desync_total",
-            Counter::SkippedMessages => "periscope_skipped_messages_total",
-            Counter::RequestsUnmatched => "periscope_requests_unmatched_total",
-            Counter::ConnectionsEvicted => "periscope_connections_evicted_total",
-            Counter::SpansProduced => "periscope_spans_produced_total",
-            Counter::SpansDroppedQueue => "periscope_spans_dropped_total",
-            Counter::SpansExported => "periscope_spans_exported_total",
-            Counter::ExportErrors => "periscope_export_errors_total",
-            Counter::ExportBatchesDropped => "periscope_export_batches_dropped_total",
-            Counter::MetricOverflow => "periscope_metric_overflow_total",
-            Counter::RouteOverflow => "periscope_route_overflow_total",
-            Counter::ProcessesTracked => "periscope_processes_tracked_total",
-            Counter::ProcessesForgotten => "periscope_processes_forgotten_total",
-            Counter::ContextMissing => "periscope_context_missing_total",
-            Counter::ContextThreadsReset => "periscope_context_threads_reset_total",
-            Counter::ContextExpired => "periscope_context_expired_total",
-            Counter::ContextForced => "periscope_context_forced_total",
-            Counter::LinkPartnerLate => "periscope_link_partner_late_total",
-            Counter::SpansLinked => "periscope_spans_linked_total",
-            Counter::SpansSampledOut => "periscope_spans_sampled_out_total",
-            Counter::ContextHandoffs => "periscope_context_handoffs_total",
-            Counter::ServiceGraphExpired => "periscope_service_graph_expired_total",
-            Counter::ServiceGraphDropped => "periscope_service_graph_dropped_total",
-            Counter::KubernetesApiErrors => "periscope_kubernetes_api_errors_total",
-            Counter::KubernetesObjectsDropped => "periscope_kubernetes_objects_dropped_total",
-        }
-    }
-
-    pub fn help(self) -> &'static str {
-        match self {
-            Counter::EventsReceived => "Events read from the kernel ring buffer.",
-            Counter::EventsLostRingbuf => "Events the kernel dropped because the ring buffer was full.",
-            Counter::EventsLostPending => "Syscalls not followed because the kernel pending-args map was full.",
-            Counter::KernelConnMapFull => "Connections the kernel could not cache.",
-            Counter::KernelIovTruncated => "Vectored I/O calls with more iovecs than the kernel walks.",
-            Counter::KernelReadFailed => "User buffers the kernel could not read.",
-            Counter::EventsMalformed => "Ring buffer records too short or of unknown kind.",
-            Counter::EventsUntracked => "Events of processes the agent no longer tracks.",
-            Counter::ParseErrors => "Protocol messages that could not be parsed.",
-            Counter::UnknownProtocol => "Connections whose traffic matched no known protocol.",
-            Counter::ProtocolDesync => "Times a connection's message framing was lost and resynchronised.",
-            Counter::SkippedMessages => "Protocol messages recognised and deliberately skipped (COPY, TLS, cancel, ...).",
-            Counter::RequestsUnmatched => "Requests or responses with no partner, dropped (connection closed or timed out).",
-            Counter::ConnectionsEvicted => "Connection states evicted because the connection table was full.",
-            Counter::SpansProduced => "Spans finished by the pipeline.",
-            Counter::SpansDroppedQueue => "Spans dropped because the export queue was full.",
-            Counter::SpansExported => "Spans accepted by the OTLP endpoint.",
-            Counter::ExportErrors => "Failed OTLP export attempts (traces and metrics).",
-            Counter::ExportBatchesDropped => "OTLP batches given up after retries or because the retry queue was full.",
-            Counter::MetricOverflow => "Measurements folded into otel.metric.overflow=true because of the attribute-set cap.",
-            Counter::RouteOverflow => "Routes folded into the catch-all because of the per-service route cap.",
-            Counter::ProcessesTracked => "Processes that started being tracked.",
-            Counter::ProcessesForgotten => "Tracked processes that exited and were forgotten.",
-            Counter::ContextMissing => "Exchanges whose start was not seen as such (mid-stream, pipelined): made roots of their own traces.",
-            Counter::ContextThreadsReset => "Per-thread current requests dropped because the thread table was full.",
-            Counter::ContextExpired => "Spans whose trace group was already forgotten: exported as roots of new traces.",
-            Counter::ContextForced => "Trace groups decided before they were complete (waited too long, or too many held).",
-            Counter::LinkPartnerLate => "Server spans whose tracked caller's request was not seen within the link wait: not linked.",
-            Counter::SpansLinked => "Server spans made children of a tracked caller's client span on this host.",
-            Counter::SpansSampledOut => "Spans not exported because their trace was not sampled (metrics still count them).",
-            Counter::ContextHandoffs => "Client requests attributed to a queued request of the thread (a connection handed on by an in-process queue).",
-            Counter::ServiceGraphExpired => "Service-graph spans whose partner span did not arrive in time (a client span with a known peer still counts as an edge to a virtual node).",
-            Counter::ServiceGraphDropped => "Service-graph spans not paired because too many spans were waiting for their partner.",
-            Counter::KubernetesApiErrors => "Failed Kubernetes API list/watch calls (retried with backoff; the last known metadata is kept).",
-            Counter::KubernetesObjectsDropped => "Pods or ReplicaSets not kept because the Kubernetes metadata store was full.",
-        }
-    }
+/// The labels of a broken-down counter: which protocol, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Labels {
+    pub protocol: &'static str,
+    /// What happened, in a word or two (empty when the counter has one cause).
+    pub reason: &'static str,
 }
 
 /// Process-wide counters: relaxed atomics, cheap enough for the hot path.
+/// Broken-down counts are rare events (a desync, a lost message) and take
+/// a lock.
 #[derive(Debug)]
 pub struct Telemetry {
-    values: [AtomicU64; Counter::ALL.len()],
+    values: Vec<AtomicU64>,
+    labeled: Mutex<BTreeMap<(Counter, Labels), u64>>,
 }
 
 impl Default for Telemetry {
     fn default() -> Self {
-        Self { values: std::array::from_fn(|_| AtomicU64::new(0)) }
+        Self { values: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect(), labeled: Mutex::default() }
     }
+}
+
+/// One exported value of a counter: its total, or one label set's share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub counter: Counter,
+    pub labels: Option<Labels>,
+    pub value: u64,
 }
 
 impl Telemetry {
@@ -182,6 +112,17 @@ impl Telemetry {
 
     pub fn inc(&self, counter: Counter) {
         self.add(counter, 1);
+    }
+
+    /// Adds to a counter and to its share for `protocol` / `reason`.
+    pub fn add_for(&self, counter: Counter, protocol: &'static str, reason: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.add(counter, n);
+        if let Ok(mut m) = self.labeled.lock() {
+            *m.entry((counter, Labels { protocol, reason })).or_default() += n;
+        }
     }
 
     /// Overwrites a counter whose source of truth is elsewhere (the kernel's
@@ -194,9 +135,32 @@ impl Telemetry {
         self.values[counter as usize].load(Ordering::Relaxed)
     }
 
-    /// (counter, value) of every counter, in declaration order.
-    pub fn snapshot(&self) -> Vec<(Counter, u64)> {
-        Counter::ALL.iter().map(|&c| (c, self.get(c))).collect()
+    /// The share of one protocol (all reasons) of a counter.
+    pub fn get_for(&self, counter: Counter, protocol: &str) -> u64 {
+        self.labeled.lock().map_or(0, |m| {
+            m.iter().filter(|((c, l), _)| *c == counter && l.protocol == protocol).map(|(_, v)| *v).sum()
+        })
+    }
+
+    /// Every counter in declaration order: broken-down ones as one sample
+    /// per label set (plus the unlabeled rest, when some of the total has
+    /// no labels), the others as their total.
+    pub fn snapshot(&self) -> Vec<Sample> {
+        let labeled = self.labeled.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut out = Vec::with_capacity(Counter::ALL.len() + labeled.len());
+        for &counter in Counter::ALL {
+            let total = self.get(counter);
+            let mut shared = 0;
+            let from = (counter, Labels { protocol: "", reason: "" });
+            for (&(_, labels), &value) in labeled.range(from..).take_while(|((c, _), _)| *c == counter) {
+                shared += value;
+                out.push(Sample { counter, labels: Some(labels), value });
+            }
+            if shared == 0 || total > shared {
+                out.push(Sample { counter, labels: None, value: total.saturating_sub(shared) });
+            }
+        }
+        out
     }
 }
 
@@ -217,5 +181,21 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), Counter::ALL.len());
         assert!(names.iter().all(|n| n.starts_with("periscope_") && n.ends_with("_total")));
+    }
+
+    #[test]
+    fn broken_down_counters_export_one_sample_per_protocol_and_reason() {
+        let t = Telemetry::default();
+        t.add_for(Counter::ProtocolDesync, "http", "head beyond capture", 2);
+        t.add_for(Counter::ProtocolDesync, "postgresql", "unknown message", 1);
+        t.add_for(Counter::ProtocolDesync, "http", "head beyond capture", 0);
+        assert_eq!(t.get(Counter::ProtocolDesync), 3);
+        assert_eq!(t.get_for(Counter::ProtocolDesync, "http"), 2);
+        let desync: Vec<Sample> = t.snapshot().into_iter().filter(|s| s.counter == Counter::ProtocolDesync).collect();
+        assert_eq!(desync.len(), 2, "{desync:?}");
+        assert_eq!(desync.iter().map(|s| s.value).sum::<u64>(), 3);
+        assert!(desync.iter().all(|s| s.labels.is_some()));
+        let parse: Vec<Sample> = t.snapshot().into_iter().filter(|s| s.counter == Counter::ParseErrors).collect();
+        assert_eq!(parse, vec![Sample { counter: Counter::ParseErrors, labels: None, value: 0 }]);
     }
 }

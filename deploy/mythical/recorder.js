@@ -3,7 +3,8 @@
 // No OpenTelemetry code here.
 // Environment: AMQP_URL (amqp://guest:guest@127.0.0.1:5672), PORT (4002,
 // serves GET /metrics), RECORDER_WORK_MIN_MS (20), RECORDER_WORK_MAX_MS (1500),
-// RECORDER_PREFETCH (messages in work at once, 100).
+// RECORDER_PREFETCH (messages in work at once, 100; 0: no limit, as the lab's
+// recorder, which never sets one: the broker then pushes every queued message).
 const http = require('http');
 const amqp = require('amqplib');
 const { connectAmqp, QUEUE } = require('./queue');
@@ -15,7 +16,7 @@ const counts = { received: 0, acked: 0 };
 
 async function main() {
   const channel = await connectAmqp(amqp, 'mythical-recorder');
-  await channel.prefetch(prefetch);
+  if (prefetch > 0) await channel.prefetch(prefetch);
   await channel.consume(QUEUE, (msg) => {
     if (msg === null) return; // queue deleted
     counts.received++;

@@ -7,6 +7,13 @@
 //   unknown beast -> 404; GET /metrics -> a few counters as Prometheus text.
 // Database: the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD,
 // PGDATABASE (read by `pg` itself; database `postgres` by default).
+// For tests and the lab's load on a fast machine:
+//   MYTHICAL_DB_DELAY_MS (0): every statement also sleeps this long in
+//     PostgreSQL (a one-time filter `(SELECT count(*) FROM pg_sleep(s)) = 1`),
+//     standing in for the lab's crowded host: the one client's queue then
+//     backs up under the burst and requests last many seconds.
+//   MYTHICAL_TAG_QUERIES (1): a request's `?rid=<n>` is appended to its
+//     statement as `/* rid=<n> */` (ground truth for tests).
 const express = require('express');
 const { Client } = require('pg');
 const { BEASTS } = require('./beasts');
@@ -14,6 +21,18 @@ const { BEASTS } = require('./beasts');
 const port = Number(process.env.PORT || 4000);
 const counts = { requests: 0, errors: 0 };
 const db = new Client({ database: process.env.PGDATABASE || 'postgres' });
+const delayMs = Number(process.env.MYTHICAL_DB_DELAY_MS || 0);
+const tagQueries = process.env.MYTHICAL_TAG_QUERIES === '1';
+
+// The statement for `sql` (the lab's text), with the optional delay filter
+// (`join`: WHERE or AND) and request tag.
+function statement(req, sql, join) {
+  let text = sql;
+  if (delayMs > 0) text += ` ${join} (SELECT count(*) FROM pg_sleep(${delayMs / 1000})) = 1`;
+  const rid = Number(req.query?.rid);
+  if (tagQueries && Number.isInteger(rid) && rid > 0) text += ` /* rid=${rid} */`;
+  return text;
+}
 
 const app = express();
 app.use(express.json());
@@ -37,17 +56,21 @@ app.use('/:beast', (req, res, next) => {
 
 // Express 5 passes a rejected promise to the error handler below.
 app.get('/:beast', async (req, res) => {
-  const result = await db.query(`SELECT name from ${req.params.beast}`);
+  const result = await db.query(statement(req, `SELECT name from ${req.params.beast}`, 'WHERE'));
   res.json(result.rows);
 });
 
 app.post('/:beast', async (req, res) => {
-  await db.query(`INSERT INTO ${req.params.beast}(name) VALUES ($1)`, [req.body?.name]);
+  const insert =
+    delayMs > 0
+      ? statement(req, `INSERT INTO ${req.params.beast}(name) SELECT $1::varchar`, 'WHERE')
+      : statement(req, `INSERT INTO ${req.params.beast}(name) VALUES ($1)`, '');
+  await db.query(insert, [req.body?.name]);
   res.status(201).end();
 });
 
 app.delete('/:beast', async (req, res) => {
-  await db.query(`DELETE FROM ${req.params.beast} WHERE name = $1`, [req.body?.name]);
+  await db.query(statement(req, `DELETE FROM ${req.params.beast} WHERE name = $1`, 'AND'), [req.body?.name]);
   res.status(204).end();
 });
 

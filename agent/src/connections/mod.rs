@@ -4,6 +4,7 @@ use rustc_hash::FxHashMap;
 
 use crate::capture::{Role, Tuple};
 use crate::context::{ConnTrace, Started, ThreadKey, Tracker};
+use crate::spans::traceparent::TraceParent;
 use crate::spans::messaging::{ConsumedMessage, Deliveries};
 use crate::protocols::{
     amqp::{self, AmqpEvent, AmqpSession, Publish},
@@ -155,13 +156,29 @@ impl From<&sql::SqlStats> for Stats {
     }
 }
 
-/// What a connection produced: one finished exchange with where it happened.
+/// What a connection produced: a server request whose trace link can now be
+/// settled, a delivery to match with its producer, or one finished exchange,
+/// each with where it happened.
 #[derive(Debug)]
 pub enum Outcome {
+    /// A request to the tracked process began (HTTP: its head was read),
+    /// with the traceparent it carried.
+    RequestStarted { key: ConnKey, tuple: Tuple, started: Started, traceparent: Option<TraceParent>, tracestate: Option<String> },
+    /// A message was delivered to a consumer of the tracked process.
+    Delivered { key: ConnKey, tuple: Tuple, started: Started, link: DeliveryLink },
     Http { key: ConnKey, tuple: Tuple, server_side: bool, started: Started, exchange: http1::Exchange },
     Sql { key: ConnKey, tuple: Tuple, server_side: bool, started: Started, call: SqlCall },
     Published { key: ConnKey, tuple: Tuple, started: Started, publish: Publish },
     Consumed { key: ConnKey, tuple: Tuple, started: Started, message: ConsumedMessage },
+}
+
+/// What a delivered message says about its producer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryLink {
+    pub traceparent: Option<TraceParent>,
+    pub tracestate: Option<String>,
+    /// Body size and first bytes: the same message published on this host.
+    pub fingerprint: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -172,7 +189,6 @@ pub struct ConnectionTable {
     max: usize,
     scratch: Vec<http1::Exchange>,
     sql_scratch: Vec<SqlCall>,
-    pub tracker: Tracker,
 }
 
 /// Decides the protocol of a connection from its first captured bytes, by
@@ -215,15 +231,8 @@ fn detect(chunk: &Chunk<'_>, conn_role: Role, tuple: &Tuple) -> Option<Protocol>
 }
 
 impl ConnectionTable {
-    pub fn new(max: usize, tracker: Tracker) -> Self {
-        Self {
-            conns: FxHashMap::default(),
-            by_tuple: FxHashMap::default(),
-            max,
-            scratch: Vec::new(),
-            sql_scratch: Vec::new(),
-            tracker,
-        }
+    pub fn new(max: usize) -> Self {
+        Self { conns: FxHashMap::default(), by_tuple: FxHashMap::default(), max, scratch: Vec::new(), sql_scratch: Vec::new() }
     }
 
     /// The tracked other end of a connection on this host, if there is one.
@@ -250,23 +259,24 @@ impl ConnectionTable {
         role: Role,
         thread: ThreadKey,
         now: u64,
+        tracker: &mut Tracker,
         out: &mut Vec<Outcome>,
         t: &Telemetry,
     ) {
-        self.close(key, out, t);
-        self.insert(key, tuple, role, now, t);
+        self.close(key, tracker, out, t);
+        self.insert(key, tuple, role, now, tracker, t);
         if let Some(conn) = self.conns.get_mut(&key) {
-            self.tracker.on_open(&mut conn.trace, thread, role == Role::Client);
+            tracker.on_open(&mut conn.trace, thread, role == Role::Client);
         }
     }
 
-    fn insert(&mut self, key: ConnKey, tuple: Tuple, role: Role, now: u64, t: &Telemetry) {
+    fn insert(&mut self, key: ConnKey, tuple: Tuple, role: Role, now: u64, tracker: &mut Tracker, t: &Telemetry) {
         if self.conns.len() >= self.max && !self.conns.contains_key(&key) {
             // Evict the least recently active connection.
             if let Some(oldest) = self.conns.iter().min_by_key(|(_, c)| c.last_activity).map(|(k, _)| *k) {
                 if let Some(mut gone) = self.conns.remove(&oldest) {
                     self.by_tuple.remove(&gone.tuple);
-                    self.tracker.on_close(&mut gone.trace, oldest.pid, t);
+                    tracker.on_close(&mut gone.trace, oldest.pid);
                 }
                 t.inc(Counter::ConnectionsEvicted);
             }
@@ -294,15 +304,16 @@ impl ConnectionTable {
         role: Role,
         thread: ThreadKey,
         chunk: &Chunk<'_>,
+        tracker: &mut Tracker,
         out: &mut Vec<Outcome>,
         t: &Telemetry,
     ) {
         // A different peer on the same fd: the close was missed.
         if self.conns.get(&key).is_some_and(|c| c.tuple != tuple) {
-            self.close(key, out, t);
+            self.close(key, tracker, out, t);
         }
         if !self.conns.contains_key(&key) {
-            self.insert(key, tuple, role, chunk.ts_exit, t);
+            self.insert(key, tuple, role, chunk.ts_exit, tracker, t);
         }
         let Some(conn) = self.conns.get_mut(&key) else { return };
         conn.last_activity = chunk.ts_exit;
@@ -325,10 +336,10 @@ impl ConnectionTable {
                     for h in &replay {
                         let c = h.as_chunk();
                         if let Protocol::Amqp(a) = &mut conn.protocol {
-                            on_amqp(&mut self.tracker, a, !server_side, key, tuple, thread, &c, out, t);
+                            on_amqp(tracker, a, !server_side, key, tuple, thread, &c, out, t);
                             continue;
                         }
-                        self.tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, &c, t);
+                        tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, &c, t);
                         feed(&mut conn.protocol, &c, &mut self.scratch, &mut self.sql_scratch);
                     }
                 }
@@ -362,19 +373,32 @@ impl ConnectionTable {
         }
         if let Protocol::Amqp(a) = &mut conn.protocol {
             let (tuple, client) = (conn.tuple, a.session.role() == sql::Role::Client);
-            on_amqp(&mut self.tracker, a, client, key, tuple, thread, chunk, out, t);
+            on_amqp(tracker, a, client, key, tuple, thread, chunk, out, t);
             report(conn, t);
             return;
         }
         let server_side = conn_side(conn);
-        self.tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, chunk, t);
-        feed(&mut conn.protocol, chunk, &mut self.scratch, &mut self.sql_scratch);
+        let started = if !server_side && chunk.direction == Direction::Egress {
+            // A request written by a client may be what ends the previous
+            // exchange (its answer's last bytes were beyond the capture):
+            // the parser decides that first, so the context layer sees the
+            // previous exchange complete when it decides who this request
+            // is for (a queue's hand-off).
+            feed(&mut conn.protocol, chunk, &mut self.scratch, &mut self.sql_scratch);
+            collect(tracker, &mut self.scratch, &mut self.sql_scratch, key, conn, out, t);
+            tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, chunk, t)
+        } else {
+            let started = tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, chunk, t);
+            feed(&mut conn.protocol, chunk, &mut self.scratch, &mut self.sql_scratch);
+            collect(tracker, &mut self.scratch, &mut self.sql_scratch, key, conn, out, t);
+            started
+        };
+        announce(tracker, key, conn, server_side, started, out);
         report(conn, t);
-        collect(&mut self.tracker, &mut self.scratch, &mut self.sql_scratch, key, conn, out, t);
     }
 
     /// The fd was closed: flush what the close completes and forget it.
-    pub fn close(&mut self, key: ConnKey, out: &mut Vec<Outcome>, t: &Telemetry) {
+    pub fn close(&mut self, key: ConnKey, tracker: &mut Tracker, out: &mut Vec<Outcome>, t: &Telemetry) {
         let Some(mut conn) = self.conns.remove(&key) else { return };
         if self.by_tuple.get(&conn.tuple) == Some(&key) {
             self.by_tuple.remove(&conn.tuple);
@@ -388,7 +412,7 @@ impl ConnectionTable {
                 let mut ignored = Vec::new();
                 a.session.on_close(&mut ignored);
                 a.deliveries.on_closed(None, &mut a.consumed);
-                finish_consumed(&mut self.tracker, a, client, key, conn.tuple, out, t);
+                finish_consumed(tracker, a, client, key, conn.tuple, out, t);
             }
             // Bytes were seen and none made sense: this was not a protocol we know.
             Protocol::Detecting { attempts, held } if *attempts > 0 || !held.is_empty() => {
@@ -397,21 +421,30 @@ impl ConnectionTable {
             _ => {}
         }
         report(&mut conn, t);
-        collect(&mut self.tracker, &mut self.scratch, &mut self.sql_scratch, key, &mut conn, out, t);
-        self.tracker.on_close(&mut conn.trace, key.pid, t);
+        collect(tracker, &mut self.scratch, &mut self.sql_scratch, key, &mut conn, out, t);
+        tracker.on_close(&mut conn.trace, key.pid);
     }
 
     /// Forget every connection of a process that exited.
-    pub fn forget_process(&mut self, pid: u32, out: &mut Vec<Outcome>, t: &Telemetry) {
+    pub fn forget_process(&mut self, pid: u32, tracker: &mut Tracker, out: &mut Vec<Outcome>, t: &Telemetry) {
         let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.pid == pid).copied().collect();
         for key in keys {
-            self.close(key, out, t);
+            self.close(key, tracker, out, t);
         }
     }
 
     /// Periodic housekeeping: end open-ended responses on connections quiet
     /// for `idle_ns`, drop state of connections quiet for `expire_ns`.
-    pub fn sweep(&mut self, now: u64, idle_ns: u64, expire_ns: u64, out: &mut Vec<Outcome>, t: &Telemetry) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn sweep(
+        &mut self,
+        now: u64,
+        idle_ns: u64,
+        expire_ns: u64,
+        tracker: &mut Tracker,
+        out: &mut Vec<Outcome>,
+        t: &Telemetry,
+    ) {
         let mut expired = Vec::new();
         for (key, conn) in self.conns.iter_mut() {
             let quiet = now.saturating_sub(conn.last_activity);
@@ -420,12 +453,12 @@ impl ConnectionTable {
             } else if quiet >= idle_ns {
                 if let Protocol::Http1(session) = &mut conn.protocol {
                     session.on_idle(&mut self.scratch);
-                    collect(&mut self.tracker, &mut self.scratch, &mut self.sql_scratch, *key, conn, out, t);
+                    collect(tracker, &mut self.scratch, &mut self.sql_scratch, *key, conn, out, t);
                 }
             }
         }
         for key in expired {
-            self.close(key, out, t);
+            self.close(key, tracker, out, t);
         }
     }
 }
@@ -457,13 +490,22 @@ fn on_amqp(
             }
             AmqpEvent::Deliver(d) => {
                 if a.started.len() >= MAX_AMQP_STARTED {
-                    a.started.clear();
-                    t.inc(Counter::ContextMissing);
+                    // Deliveries never settled: give them up.
+                    for (_, s) in a.started.drain() {
+                        tracker.assembly.abandon(s.ctx.group);
+                        t.inc(Counter::ContextMissing);
+                    }
                 }
                 let started = tracker.started_delivery(thread, d.ts_received, t);
                 if let Some(old) = a.started.insert((d.channel, d.delivery_tag), started) {
-                    tracker.assembly.abandon(old.ctx.group, t);
+                    tracker.assembly.abandon(old.ctx.group);
                 }
+                let link = DeliveryLink {
+                    traceparent: d.traceparent.as_deref().and_then(TraceParent::parse),
+                    tracestate: d.tracestate.clone(),
+                    fingerprint: d.fingerprint,
+                };
+                out.push(Outcome::Delivered { key, tuple, started, link });
                 a.deliveries.on_delivery(d, &mut a.consumed);
             }
             AmqpEvent::Settle(s) => a.deliveries.on_settle(&s, &mut a.consumed),
@@ -500,7 +542,47 @@ fn finish_consumed(
     }
     if !client {
         for (_, s) in a.started.drain() {
-            tracker.assembly.abandon(s.ctx.group, t);
+            tracker.assembly.abandon(s.ctx.group);
+        }
+    }
+}
+
+/// Announces the requests this chunk started: a server request as soon as
+/// its traceparent (if any) is known, so its trace link is settled at its
+/// start and never lost to a timeout; a client request's own traceparent
+/// names its span.
+fn announce(
+    tracker: &mut Tracker,
+    key: ConnKey,
+    conn: &mut Connection,
+    server_side: bool,
+    started: Option<Started>,
+    out: &mut Vec<Outcome>,
+) {
+    let tuple = conn.tuple;
+    match &mut conn.protocol {
+        Protocol::Http1(session) => {
+            for head in session.drain_heads() {
+                let tp = head.traceparent.as_deref().and_then(TraceParent::parse);
+                if !server_side {
+                    if let Some(tp) = &tp {
+                        tracker.on_outgoing_traceparent(&mut conn.trace, head.start_enter, tp);
+                    }
+                    continue;
+                }
+                if let Some(tp) = &tp {
+                    tracker.on_incoming_traceparent(tp);
+                }
+                if let Some(started) = conn.trace.started_at(head.start_enter) {
+                    out.push(Outcome::RequestStarted { key, tuple, started, traceparent: tp, tracestate: head.tracestate });
+                }
+            }
+        }
+        // Database servers: no context travels in the protocol.
+        _ => {
+            if let (true, Some(started)) = (server_side, started) {
+                out.push(Outcome::RequestStarted { key, tuple, started, traceparent: None, tracestate: None });
+            }
         }
     }
 }
@@ -579,8 +661,8 @@ mod tests {
 
     const TH: ThreadKey = ThreadKey { pid: 1, tid: 1, loop_seq: 0 };
 
-    fn new_table(max: usize) -> ConnectionTable {
-        ConnectionTable::new(max, Tracker::new(Assembler::new(AssemblyOptions::default(), Sampler::default()), 64))
+    fn new_table(max: usize) -> (ConnectionTable, Tracker) {
+        (ConnectionTable::new(max), Tracker::new(Assembler::new(AssemblyOptions::default(), Sampler::default()), 64))
     }
 
     fn tuple(port: u16) -> Tuple {
@@ -591,30 +673,50 @@ mod tests {
         Chunk { direction, data, total: data.len(), ts_enter: t, ts_exit: t + 1 }
     }
 
+    /// The finished exchanges of `out` (announcements left out).
+    fn finished(out: &[Outcome]) -> Vec<&Outcome> {
+        out.iter().filter(|o| !matches!(o, Outcome::RequestStarted { .. } | Outcome::Delivered { .. })).collect()
+    }
+
+    #[test]
+    fn a_server_request_is_announced_with_its_traceparent_when_its_head_is_read() {
+        let t = Telemetry::default();
+        let (mut table, mut tr) = new_table(16);
+        let mut out = Vec::new();
+        let key = ConnKey { pid: 1, fd: 5 };
+        let head = b"GET / HTTP/1.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n";
+        table.data(key, tuple(1), Role::Server, TH, &chunk(Direction::Ingress, head, 1), &mut tr, &mut out, &t);
+        assert!(out.is_empty(), "the head is not complete yet");
+        table.data(key, tuple(1), Role::Server, TH, &chunk(Direction::Ingress, b"\r\n", 3), &mut tr, &mut out, &t);
+        let [Outcome::RequestStarted { traceparent: Some(tp), started, .. }] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(tp.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(started.ts_enter, 1, "the request started with its first byte");
+    }
+
     #[test]
     fn detects_http_and_pairs_then_forgets_on_close() {
         let t = Telemetry::default();
-        let mut table = new_table(16);
+        let (mut table, mut tr) = new_table(16);
         let mut out = Vec::new();
         let key = ConnKey { pid: 1, fd: 5 };
-        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 1), &mut out, &t);
-        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2), &mut out, &t);
-        assert!(matches!(&out[..], [Outcome::Http { server_side: true, .. }]));
-        table.close(key, &mut out, &t);
+        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 1), &mut tr, &mut out, &t);
+        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2), &mut tr, &mut out, &t);
+        assert!(matches!(&finished(&out)[..], [Outcome::Http { server_side: true, .. }]));
+        table.close(key, &mut tr, &mut out, &t);
         assert!(table.is_empty());
     }
 
     #[test]
     fn a_request_trickled_byte_by_byte_is_still_recognised() {
         let t = Telemetry::default();
-        let mut table = new_table(16);
+        let (mut table, mut tr) = new_table(16);
         let mut out = Vec::new();
         let key = ConnKey { pid: 1, fd: 5 };
         for (i, b) in b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n".iter().enumerate() {
-            table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, std::slice::from_ref(b), 10 + i as u64), &mut out, &t);
+            table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, std::slice::from_ref(b), 10 + i as u64), &mut tr, &mut out, &t);
         }
-        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 100), &mut out, &t);
-        let [Outcome::Http { exchange, server_side: true, .. }] = &out[..] else { panic!("{out:?}") };
+        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 100), &mut tr, &mut out, &t);
+        let [Outcome::Http { exchange, server_side: true, .. }] = &finished(&out)[..] else { panic!("{out:?}") };
         assert_eq!(exchange.request.target, "/slow");
         assert_eq!(exchange.request_start_exit, 11, "starts at the first byte");
         assert_eq!(t.get(Counter::UnknownProtocol), 0);
@@ -623,11 +725,11 @@ mod tests {
     #[test]
     fn unknown_protocols_are_counted_once() {
         let t = Telemetry::default();
-        let mut table = new_table(16);
+        let (mut table, mut tr) = new_table(16);
         let mut out = Vec::new();
         let key = ConnKey { pid: 1, fd: 5 };
         for i in 0..10 {
-            table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, b"\x16\x03\x01garbage", i), &mut out, &t);
+            table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, b"\x16\x03\x01garbage", i), &mut tr, &mut out, &t);
         }
         assert_eq!(t.get(Counter::UnknownProtocol), 1);
         assert!(out.is_empty());
@@ -636,11 +738,11 @@ mod tests {
     #[test]
     fn table_is_bounded_and_evicts_the_oldest() {
         let t = Telemetry::default();
-        let mut table = new_table(2);
+        let (mut table, mut tr) = new_table(2);
         let mut out = Vec::new();
         for fd in 0..3 {
             let c = chunk(Direction::Ingress, b"GET / HTTP/1.1\r\n", fd as u64 * 10);
-            table.data(ConnKey { pid: 1, fd }, tuple(fd as u16), Role::Unknown, TH, &c, &mut out, &t);
+            table.data(ConnKey { pid: 1, fd }, tuple(fd as u16), Role::Unknown, TH, &c, &mut tr, &mut out, &t);
         }
         assert_eq!(table.len(), 2);
         assert_eq!(t.get(Counter::ConnectionsEvicted), 1);
@@ -650,13 +752,13 @@ mod tests {
     #[test]
     fn new_peer_on_same_fd_resets_state() {
         let t = Telemetry::default();
-        let mut table = new_table(4);
+        let (mut table, mut tr) = new_table(4);
         let mut out = Vec::new();
         let key = ConnKey { pid: 1, fd: 5 };
-        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, b"GET /a HTTP/1.1\r\n\r\n", 1), &mut out, &t);
-        table.data(key, tuple(2), Role::Unknown, TH, &chunk(Direction::Ingress, b"GET /b HTTP/1.1\r\n\r\n", 2), &mut out, &t);
-        table.data(key, tuple(2), Role::Unknown, TH, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3), &mut out, &t);
-        let Outcome::Http { exchange, .. } = &out[0] else { panic!("not http") };
+        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, b"GET /a HTTP/1.1\r\n\r\n", 1), &mut tr, &mut out, &t);
+        table.data(key, tuple(2), Role::Unknown, TH, &chunk(Direction::Ingress, b"GET /b HTTP/1.1\r\n\r\n", 2), &mut tr, &mut out, &t);
+        table.data(key, tuple(2), Role::Unknown, TH, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3), &mut tr, &mut out, &t);
+        let Outcome::Http { exchange, .. } = finished(&out)[0] else { panic!("not http") };
         assert_eq!(exchange.request.target, "/b");
         assert_eq!(t.get(Counter::RequestsUnmatched), 1, "the /a request lost its connection");
     }

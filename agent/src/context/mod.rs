@@ -34,10 +34,11 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 
 use crate::protocols::{Chunk, Direction};
-use crate::spans::SpanId;
+use crate::spans::{traceparent::TraceParent, SpanId, TraceId};
 use crate::telemetry::{Counter, Telemetry};
 
 pub use assembly::{Assembler, GroupId};
+use assembly::ClaimedIds;
 
 /// A span that may become a parent: its id and the group deciding its trace id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +56,27 @@ pub struct Started {
     /// Entry and exit of the syscall that carried the first byte.
     pub ts_enter: u64,
     pub ts_exit: u64,
+    /// Client side: the request carried a traceparent that the process
+    /// itself wrote, which names this span.
+    pub pin: Option<Pin>,
+}
+
+impl Started {
+    fn new(ctx: SpanCtx, parent: Option<SpanCtx>, ts_enter: u64, ts_exit: u64) -> Self {
+        Self { ctx, parent, ts_enter, ts_exit, pin: None }
+    }
+}
+
+/// The trace a process named on a request it wrote (`traceparent`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    pub trace_id: TraceId,
+    pub flags: u8,
+    /// The header's parent id already named another span (one header sent
+    /// twice, or forwarded as received): this span has an id of its own and
+    /// the header's parent id as its parent. None: the span took the
+    /// header's parent id as its own id (the callee will name it as parent).
+    pub header_parent: Option<SpanId>,
 }
 
 /// A client exchange that completed, kept a little while so that the server
@@ -92,6 +114,12 @@ pub struct ConnTrace {
 }
 
 impl ConnTrace {
+    /// The exchange of this connection started at `start` (the latest one
+    /// started by then), if it is still open.
+    pub fn started_at(&self, start: u64) -> Option<Started> {
+        self.pending.iter().rev().find(|s| s.ts_enter <= start).copied()
+    }
+
     /// The client exchange on this connection that was in flight at `ts`
     /// (CLOCK_MONOTONIC ns), if any.
     pub fn in_flight_at(&self, ts: u64) -> Option<SpanCtx> {
@@ -113,17 +141,58 @@ pub struct ThreadKey {
     pub loop_seq: u32,
 }
 
-/// A server request a thread read and has not begun to answer.
-#[derive(Clone, Copy, Debug)]
-struct Waiting {
-    ctx: SpanCtx,
-    /// Its client requests in flight.
-    calls: u16,
+/// Server requests a thread read and has not begun to answer, in the order
+/// they were read, each with its client requests in flight. A request with
+/// none is waiting on nothing we can see: in an in-process queue.
+#[derive(Debug, Default)]
+struct WaitQueue {
+    /// Read order; may still hold ids removed since (skipped, compacted).
+    order: VecDeque<SpanId>,
+    waiting: FxHashMap<SpanId, (SpanCtx, u16)>,
 }
 
-/// Server requests tracked per thread for queue hand-offs, beyond which the
-/// oldest are dropped from that bookkeeping.
-const MAX_WAITING: usize = 1024;
+/// Server requests tracked per thread for queue hand-offs (a backlog of tens
+/// of seconds at hundreds of requests per second), beyond which the oldest
+/// are dropped from that bookkeeping (counted).
+const MAX_WAITING: usize = 16_384;
+
+impl WaitQueue {
+    fn push(&mut self, ctx: SpanCtx, telemetry: &Telemetry) {
+        if self.waiting.len() >= MAX_WAITING {
+            while let Some(old) = self.order.pop_front() {
+                if self.waiting.remove(&old).is_some() {
+                    telemetry.inc(Counter::ContextWaitingDropped);
+                    break;
+                }
+            }
+        }
+        self.waiting.insert(ctx.span_id, (ctx, 0));
+        self.order.push_back(ctx.span_id);
+    }
+
+    fn calls_mut(&mut self, span: SpanId) -> Option<&mut u16> {
+        self.waiting.get_mut(&span).map(|(_, calls)| calls)
+    }
+
+    fn remove(&mut self, span: SpanId) {
+        if self.waiting.remove(&span).is_some() && self.order.len() > 2 * self.waiting.len() + 64 {
+            let waiting = &self.waiting;
+            self.order.retain(|id| waiting.contains_key(id));
+        }
+    }
+
+    /// The oldest request waiting on nothing we can see, other than `except`.
+    fn oldest_stalled(&mut self, except: Option<SpanCtx>) -> Option<SpanCtx> {
+        while self.order.front().is_some_and(|id| !self.waiting.contains_key(id)) {
+            self.order.pop_front();
+        }
+        self.order
+            .iter()
+            .filter_map(|id| self.waiting.get(id))
+            .find(|(ctx, calls)| *calls == 0 && Some(*ctx) != except)
+            .map(|(ctx, _)| *ctx)
+    }
+}
 
 #[derive(Debug, Default)]
 struct Current {
@@ -131,8 +200,7 @@ struct Current {
     loop_seq: u32,
     /// The fd the thread last read from, and in which loop iteration.
     last_read: Option<(i32, u32)>,
-    /// In the order they were read.
-    waiting: VecDeque<Waiting>,
+    waiting: WaitQueue,
 }
 
 /// Per-thread current requests, bounded.
@@ -166,33 +234,68 @@ impl Threads {
         self.map.get(&(t.pid, t.tid)).and_then(|c| c.last_read)
     }
 
-    fn waiting_mut(&mut self, pid: u32, tid: u32, span: SpanId) -> Option<&mut Waiting> {
-        self.map.get_mut(&(pid, tid))?.waiting.iter_mut().find(|w| w.ctx.span_id == span)
+    /// The calls in flight of a waiting request.
+    fn calls_mut(&mut self, pid: u32, tid: u32, span: SpanId) -> Option<&mut u16> {
+        self.map.get_mut(&(pid, tid))?.waiting.calls_mut(span)
     }
 
     fn stop_waiting(&mut self, pid: u32, tid: u32, span: SpanId) {
         if let Some(c) = self.map.get_mut(&(pid, tid)) {
-            c.waiting.retain(|w| w.ctx.span_id != span);
+            c.waiting.remove(span);
         }
     }
 
     /// The oldest request of the thread waiting on nothing we can see.
-    fn oldest_stalled(&self, t: ThreadKey, except: Option<SpanCtx>) -> Option<SpanCtx> {
-        let c = self.map.get(&(t.pid, t.tid))?;
-        c.waiting.iter().find(|w| w.calls == 0 && Some(w.ctx) != except).map(|w| w.ctx)
+    fn oldest_stalled(&mut self, t: ThreadKey, except: Option<SpanCtx>) -> Option<SpanCtx> {
+        self.map.get_mut(&(t.pid, t.tid))?.waiting.oldest_stalled(except)
     }
 }
 
-/// Decides the span ids and in-process parents of exchanges as their bytes go by.
+/// Decides the span ids and in-process parents of exchanges as their bytes
+/// go by: every span id is given here.
 #[derive(Debug)]
 pub struct Tracker {
     threads: Threads,
     pub assembly: Assembler,
+    /// Span ids named by traceparent headers seen so far.
+    claimed: ClaimedIds,
 }
 
 impl Tracker {
     pub fn new(assembly: Assembler, max_threads: usize) -> Self {
-        Self { threads: Threads { map: FxHashMap::default(), max: max_threads }, assembly }
+        Self { threads: Threads { map: FxHashMap::default(), max: max_threads }, assembly, claimed: ClaimedIds::default() }
+    }
+
+    /// An incoming request named `tp` as its parent: that id is the caller's.
+    pub fn on_incoming_traceparent(&mut self, tp: &TraceParent) {
+        self.claimed.claim(tp.parent_id);
+    }
+
+    /// How a traceparent the process wrote names its span: by its parent id,
+    /// unless that id already named another span.
+    pub fn pin(&mut self, tp: &TraceParent) -> Pin {
+        let header_parent = (!self.claimed.claim(tp.parent_id)).then_some(tp.parent_id);
+        Pin { trace_id: tp.trace_id, flags: tp.flags, header_parent }
+    }
+
+    /// The head of a client request that started at `start` carried `tp`,
+    /// written by the process: its span takes the header's parent id as its
+    /// own id (the callee will name it as its parent), unless that id was
+    /// named before (the header reused or forwarded): then the span keeps
+    /// an id of its own, with the header's parent id as its parent.
+    pub fn on_outgoing_traceparent(&mut self, trace: &mut ConnTrace, start: u64, tp: &TraceParent) {
+        let Some(started) = trace.pending.iter_mut().rev().find(|s| s.ts_enter <= start) else { return };
+        if started.pin.is_some() {
+            return;
+        }
+        let header_parent = if self.claimed.claim(tp.parent_id) {
+            started.ctx.span_id = tp.parent_id;
+            None
+        } else {
+            Some(tp.parent_id)
+        };
+        started.pin = Some(Pin { trace_id: tp.trace_id, flags: tp.flags, header_parent });
+        // (the span id was just given: `pin` would find it claimed)
     }
 
     /// A connection was opened by `thread` (connect or accept).
@@ -202,8 +305,8 @@ impl Tracker {
             // A connection being opened is a call in flight: its request
             // is not waiting in a queue.
             if let Some(c) = trace.connect_ctx {
-                if let Some(w) = self.threads.waiting_mut(thread.pid, thread.tid, c.span_id) {
-                    w.calls = w.calls.saturating_add(1);
+                if let Some(calls) = self.threads.calls_mut(thread.pid, thread.tid, c.span_id) {
+                    *calls = calls.saturating_add(1);
                     trace.connect_tid = Some(thread.tid);
                 }
             }
@@ -213,13 +316,15 @@ impl Tracker {
     /// The call a connect stood for is over (its first request or its close).
     fn connect_done(&mut self, trace: &mut ConnTrace, pid: u32) {
         if let (Some(tid), Some(c)) = (trace.connect_tid.take(), trace.connect_ctx) {
-            if let Some(w) = self.threads.waiting_mut(pid, tid, c.span_id) {
-                w.calls = w.calls.saturating_sub(1);
+            if let Some(calls) = self.threads.calls_mut(pid, tid, c.span_id) {
+                *calls = calls.saturating_sub(1);
             }
         }
     }
 
     /// A chunk of a connection whose protocol is known, before it is parsed.
+    /// Returns the identity of a server request this chunk starts: its trace
+    /// group waits for its link (`Assembler::settle`).
     #[allow(clippy::too_many_arguments)]
     pub fn on_chunk(
         &mut self,
@@ -229,7 +334,7 @@ impl Tracker {
         fd: i32,
         chunk: &Chunk<'_>,
         telemetry: &Telemetry,
-    ) {
+    ) -> Option<Started> {
         // Checked before this chunk counts as the thread's last read.
         let handoff = chunk.direction == Direction::Egress
             && thread.loop_seq != 0
@@ -243,20 +348,15 @@ impl Tracker {
         if server_side {
             if new_request {
                 let group = self.assembly.new_group(chunk.ts_exit, telemetry);
-                let started = Started {
-                    ctx: SpanCtx { span_id: SpanId::random(), group },
-                    parent: None,
-                    ts_enter: chunk.ts_enter,
-                    ts_exit: chunk.ts_exit,
-                };
-                self.push(trace, started, telemetry);
+                let ctx = SpanCtx { span_id: SpanId::random(), group };
+                let started = Started::new(ctx, None, chunk.ts_enter, chunk.ts_exit);
+                self.push(trace, started);
                 trace.server_tid = Some(thread.tid);
-                let waiting = &mut self.threads.entry(thread.pid, thread.tid, telemetry).waiting;
-                if waiting.len() >= MAX_WAITING {
-                    waiting.pop_front();
-                }
-                waiting.push_back(Waiting { ctx: started.ctx, calls: 0 });
+                self.threads.entry(thread.pid, thread.tid, telemetry).waiting.push(started.ctx, telemetry);
                 tracing::trace!(tid = thread.tid, seq = thread.loop_seq, fd, span = ?started.ctx.span_id, "server request");
+                let ctx = trace.pending.back().map(|s| s.ctx);
+                self.threads.set(thread, ctx, telemetry);
+                return Some(started);
             } else if chunk.direction == Direction::Egress {
                 // Its answer begins: no longer waiting for anything.
                 if let Some(s) = trace.pending.front() {
@@ -268,7 +368,7 @@ impl Tracker {
             if ctx.is_some() {
                 self.threads.set(thread, ctx, telemetry);
             }
-            return;
+            return None;
         }
         if new_request {
             let current = self.threads.current(thread);
@@ -287,26 +387,21 @@ impl Tracker {
                 }
             }
             if let Some(p) = parent {
-                if let Some(w) = self.threads.waiting_mut(thread.pid, thread.tid, p.span_id) {
-                    w.calls = w.calls.saturating_add(1);
+                if let Some(calls) = self.threads.calls_mut(thread.pid, thread.tid, p.span_id) {
+                    *calls = calls.saturating_add(1);
                 }
             }
             let group = match parent {
                 Some(p) => p.group,
-                None => self.assembly.new_group(chunk.ts_enter, telemetry),
+                None => self.assembly.new_root(chunk.ts_enter, telemetry),
             };
             tracing::trace!(
                 tid = thread.tid, seq = thread.loop_seq, fd, handoff, current = ?current.map(|c| c.span_id),
                 parent = ?parent.map(|c| c.span_id), last_answer = ?trace.last_answer, "client request"
             );
             trace.requests = trace.requests.saturating_add(1);
-            let started = Started {
-                ctx: SpanCtx { span_id: SpanId::random(), group },
-                parent,
-                ts_enter: chunk.ts_enter,
-                ts_exit: chunk.ts_exit,
-            };
-            self.push(trace, started, telemetry);
+            let ctx = SpanCtx { span_id: SpanId::random(), group };
+            self.push(trace, Started::new(ctx, parent, chunk.ts_enter, chunk.ts_exit));
         } else if chunk.direction == Direction::Ingress {
             // A response: the code reading it continues the work of whoever asked.
             trace.last_answer = Some((thread.tid, thread.loop_seq));
@@ -315,12 +410,13 @@ impl Tracker {
                 self.threads.set(thread, s.parent, telemetry);
             }
         }
+        None
     }
 
-    fn push(&mut self, trace: &mut ConnTrace, started: Started, telemetry: &Telemetry) {
+    fn push(&mut self, trace: &mut ConnTrace, started: Started) {
         if trace.pending.len() >= MAX_PENDING {
             if let Some(old) = trace.pending.pop_front() {
-                self.assembly.abandon(old.ctx.group, telemetry);
+                self.assembly.abandon(old.ctx.group);
             }
         }
         self.assembly.open(started.ctx.group);
@@ -348,7 +444,7 @@ impl Tracker {
         let started = match at {
             Some(i) => {
                 for old in trace.pending.drain(..i) {
-                    self.assembly.abandon(old.ctx.group, telemetry);
+                    self.assembly.abandon(old.ctx.group);
                 }
                 trace.pending.pop_front()
             }
@@ -368,8 +464,8 @@ impl Tracker {
             trace.completed = trace.completed.wrapping_add(1);
             // Its parent has one call less in flight.
             if let (Some(p), Some((tid, _))) = (started.parent, trace.last_answer) {
-                if let Some(w) = self.threads.waiting_mut(pid, tid, p.span_id) {
-                    w.calls = w.calls.saturating_sub(1);
+                if let Some(calls) = self.threads.calls_mut(pid, tid, p.span_id) {
+                    *calls = calls.saturating_sub(1);
                 }
             }
         }
@@ -377,13 +473,13 @@ impl Tracker {
     }
 
     /// The connection is gone: exchanges that never completed are given up.
-    pub fn on_close(&mut self, trace: &mut ConnTrace, pid: u32, telemetry: &Telemetry) {
+    pub fn on_close(&mut self, trace: &mut ConnTrace, pid: u32) {
         self.connect_done(trace, pid);
         for old in trace.pending.drain(..) {
             if let Some(tid) = trace.server_tid {
                 self.threads.stop_waiting(pid, tid, old.ctx.span_id);
             }
-            self.assembly.abandon(old.ctx.group, telemetry);
+            self.assembly.abandon(old.ctx.group);
         }
     }
 
@@ -392,29 +488,30 @@ impl Tracker {
         let parent = self.threads.current(thread);
         let group = match parent {
             Some(p) => p.group,
-            None => self.assembly.new_group(ts, telemetry),
+            None => self.assembly.new_root(ts, telemetry),
         };
         self.assembly.open(group);
-        Started { ctx: SpanCtx { span_id: SpanId::random(), group }, parent, ts_enter: ts, ts_exit: ts }
+        Started::new(SpanCtx { span_id: SpanId::random(), group }, parent, ts, ts)
     }
 
     /// A message was delivered to `thread`: the code that handles it works
-    /// for its CONSUMER span, whose own parent is the message's creator.
+    /// for its CONSUMER span, whose own parent is the message's creator (its
+    /// group is settled once the delivery is matched to it).
     pub fn started_delivery(&mut self, thread: ThreadKey, ts: u64, telemetry: &Telemetry) -> Started {
         let group = self.assembly.new_group(ts, telemetry);
         self.assembly.open(group);
         let ctx = SpanCtx { span_id: SpanId::random(), group };
         self.threads.set(thread, Some(ctx), telemetry);
-        Started { ctx, parent: None, ts_enter: ts, ts_exit: ts }
+        Started::new(ctx, None, ts, ts)
     }
 
     /// The identity of an exchange whose start was not seen: the root of a
     /// trace of its own (counted).
     pub fn missing_start(&mut self, ts: u64, telemetry: &Telemetry) -> Started {
         telemetry.inc(Counter::ContextMissing);
-        let group = self.assembly.new_group(ts, telemetry);
+        let group = self.assembly.new_root(ts, telemetry);
         self.assembly.open(group);
-        Started { ctx: SpanCtx { span_id: SpanId::random(), group }, parent: None, ts_enter: ts, ts_exit: ts }
+        Started::new(SpanCtx { span_id: SpanId::random(), group }, None, ts, ts)
     }
 
     /// A process exited: forget its threads.

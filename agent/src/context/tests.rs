@@ -9,6 +9,7 @@ const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 
 struct World {
     table: ConnectionTable,
+    tracker: Tracker,
     out: Vec<Outcome>,
     t: Telemetry,
     now: u64,
@@ -25,7 +26,7 @@ fn tuple(local: u16, remote: u16) -> Tuple {
 impl World {
     fn new() -> Self {
         let tracker = Tracker::new(Assembler::new(AssemblyOptions::default(), Sampler::default()), 64);
-        Self { table: ConnectionTable::new(64, tracker), out: Vec::new(), t: Telemetry::default(), now: 100 }
+        Self { table: ConnectionTable::new(64), tracker, out: Vec::new(), t: Telemetry::default(), now: 100 }
     }
 
     /// Server connection `fd` of pid 1 (local port 80, peer port = 1000 + fd).
@@ -43,20 +44,21 @@ impl World {
         self.now += 10;
         let chunk = Chunk { direction: dir, data, total: data.len(), ts_enter: self.now, ts_exit: self.now + 5 };
         let thread = ThreadKey { pid: 1, tid, loop_seq: seq };
-        self.table.data(ConnKey { pid: 1, fd }, tuple, role, thread, &chunk, &mut self.out, &self.t);
+        self.table.data(ConnKey { pid: 1, fd }, tuple, role, thread, &chunk, &mut self.tracker, &mut self.out, &self.t);
     }
 
     fn connect(&mut self, tid: u32, seq: u32, fd: i32) {
         self.now += 10;
         let thread = ThreadKey { pid: 1, tid, loop_seq: seq };
         let tuple = tuple(2000 + fd as u16, 5000 + fd as u16);
-        self.table.open(ConnKey { pid: 1, fd }, tuple, Role::Client, thread, self.now, &mut self.out, &self.t);
+        self.table.open(ConnKey { pid: 1, fd }, tuple, Role::Client, thread, self.now, &mut self.tracker, &mut self.out, &self.t);
     }
 
     /// (fd, server_side, span id, parent span id) of every outcome so far.
     fn spans(&self) -> Vec<(i32, bool, SpanId, Option<SpanId>)> {
         self.out
             .iter()
+            .filter(|o| !matches!(o, Outcome::RequestStarted { .. } | Outcome::Delivered { .. }))
             .map(|o| match o {
                 Outcome::Http { key, server_side, started, .. } | Outcome::Sql { key, server_side, started, .. } => {
                     (key.fd, *server_side, started.ctx.span_id, started.parent.map(|p| p.span_id))
@@ -64,6 +66,7 @@ impl World {
                 Outcome::Published { key, started, .. } | Outcome::Consumed { key, started, .. } => {
                     (key.fd, false, started.ctx.span_id, started.parent.map(|p| p.span_id))
                 }
+                Outcome::RequestStarted { .. } | Outcome::Delivered { .. } => unreachable!("filtered"),
             })
             .collect()
     }

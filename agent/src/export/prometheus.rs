@@ -15,7 +15,7 @@ use crate::{
         SpanMetricsPoint,
     },
     spans::model::{AttrValue, Service},
-    telemetry::{Counter, Telemetry},
+    telemetry::{Sample as CounterSample, Telemetry},
 };
 
 mod process;
@@ -258,7 +258,7 @@ fn render_trace_metrics(out: &mut String, snap: &MetricsSnapshot) {
 }
 
 /// The whole exposition: span histograms, `target_info`, the agent's counters.
-pub fn render(snap: &MetricsSnapshot, counters: &[(Counter, u64)]) -> String {
+pub fn render(snap: &MetricsSnapshot, counters: &[CounterSample]) -> String {
     let mut out = String::new();
     for instrument in Instrument::ALL {
         let mut header_done = false;
@@ -314,11 +314,24 @@ pub fn render(snap: &MetricsSnapshot, counters: &[(Counter, u64)]) -> String {
         }
     }
 
-    for (c, v) in counters {
+    let mut last = None;
+    for sample in counters {
+        let c = sample.counter;
         let name = c.name();
-        let _ = writeln!(out, "# HELP {name} {}", escape_help(c.help()));
-        let _ = writeln!(out, "# TYPE {name} counter");
-        let _ = writeln!(out, "{name} {v}");
+        if last != Some(c) {
+            let _ = writeln!(out, "# HELP {name} {}", escape_help(c.help()));
+            let _ = writeln!(out, "# TYPE {name} counter");
+            last = Some(c);
+        }
+        out.push_str(name);
+        if let Some(l) = sample.labels {
+            let mut labels = vec![("protocol".to_owned(), l.protocol.to_owned())];
+            if !l.reason.is_empty() {
+                labels.push(("reason".to_owned(), l.reason.to_owned()));
+            }
+            write_labels(&mut out, &labels);
+        }
+        let _ = writeln!(out, " {}", sample.value);
     }
     out
 }

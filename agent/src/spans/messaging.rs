@@ -211,6 +211,7 @@ pub struct ConsumedMessage {
 /// deliveries that carry no traceparent (both ends on this host). `T` is
 /// the publish span's context (the pipeline keeps span id and trace group).
 /// Bounded: the oldest entry goes first.
+#[derive(Debug)]
 pub struct PublishContexts<T> {
     map: HashMap<u64, T>,
     order: VecDeque<u64>,
@@ -238,7 +239,12 @@ impl<T> PublishContexts<T> {
     /// The context of the publish this delivery most likely came from
     /// (consumed: a message is matched once).
     pub fn take(&mut self, d: &Delivery) -> Option<T> {
-        self.map.remove(&d.fingerprint?)
+        self.take_fingerprint(d.fingerprint?)
+    }
+
+    /// The context of the publish whose message has this fingerprint (once).
+    pub fn take_fingerprint(&mut self, fingerprint: u64) -> Option<T> {
+        self.map.remove(&fingerprint)
     }
 
     pub fn len(&self) -> usize {

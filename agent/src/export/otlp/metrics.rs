@@ -25,7 +25,7 @@ use super::{
 use crate::{
     metrics::{now_unix_nanos, service_graph, span_metrics, HistogramData, Metrics, MetricsSnapshot, ServiceMetrics},
     spans::model::AttrValue,
-    telemetry::{Counter, Telemetry},
+    telemetry::{Sample as CounterSample, Telemetry},
 };
 
 /// Cumulative snapshots supersede each other: keep only the latest two while failing.
@@ -177,8 +177,44 @@ pub fn snapshot_to_resource_metrics(snap: &MetricsSnapshot) -> Vec<ResourceMetri
         .collect()
 }
 
-/// The agent's own counters as monotonic cumulative sums (names without `_total`).
-pub fn telemetry_resource_metrics(counters: &[(Counter, u64)], start: u64, now: u64) -> ResourceMetrics {
+/// The agent's own counters as monotonic cumulative sums (names without
+/// `_total`); broken-down ones with one data point per label set.
+pub fn telemetry_resource_metrics(counters: &[CounterSample], start: u64, now: u64) -> ResourceMetrics {
+    let mut metrics: Vec<Metric> = Vec::new();
+    for sample in counters {
+        let c = sample.counter;
+        let name = c.name().trim_end_matches("_total");
+        let point = NumberDataPoint {
+            attributes: sample
+                .labels
+                .map(|l| {
+                    let mut a = vec![key_value("protocol", &AttrValue::Str(l.protocol.into()))];
+                    if !l.reason.is_empty() {
+                        a.push(key_value("reason", &AttrValue::Str(l.reason.into())));
+                    }
+                    a
+                })
+                .unwrap_or_default(),
+            start_time_unix_nano: start,
+            time_unix_nano: now,
+            value: Some(number_data_point::Value::AsInt(i64::try_from(sample.value).unwrap_or(i64::MAX))),
+            ..Default::default()
+        };
+        match metrics.last_mut() {
+            Some(Metric { name: n, data: Some(Data::Sum(sum)), .. }) if n == name => sum.data_points.push(point),
+            _ => metrics.push(Metric {
+                name: name.to_owned(),
+                description: c.help().to_owned(),
+                unit: "1".to_owned(),
+                data: Some(Data::Sum(Sum {
+                    data_points: vec![point],
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    is_monotonic: true,
+                })),
+                ..Default::default()
+            }),
+        }
+    }
     ResourceMetrics {
         resource: Some(Resource {
             attributes: vec![
@@ -187,29 +223,7 @@ pub fn telemetry_resource_metrics(counters: &[(Counter, u64)], start: u64, now: 
             ],
             ..Default::default()
         }),
-        scope_metrics: vec![ScopeMetrics {
-            scope: Some(scope()),
-            metrics: counters
-                .iter()
-                .map(|(c, v)| Metric {
-                    name: c.name().trim_end_matches("_total").to_owned(),
-                    description: c.help().to_owned(),
-                    unit: "1".to_owned(),
-                    data: Some(Data::Sum(Sum {
-                        data_points: vec![NumberDataPoint {
-                            start_time_unix_nano: start,
-                            time_unix_nano: now,
-                            value: Some(number_data_point::Value::AsInt(i64::try_from(*v).unwrap_or(i64::MAX))),
-                            ..Default::default()
-                        }],
-                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                        is_monotonic: true,
-                    })),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }],
+        scope_metrics: vec![ScopeMetrics { scope: Some(scope()), metrics, ..Default::default() }],
         ..Default::default()
     }
 }

@@ -3,6 +3,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::*;
 use crate::{
     metrics::MetricsConfig,
+    telemetry::Counter,
     spans::model::{Attr, ServiceRef, Span, SpanId, SpanKind, SpanStatus, TraceId},
 };
 

@@ -33,6 +33,16 @@ pub struct Exchange {
     pub response_body_bytes: u64,
 }
 
+/// A request head just parsed, before its exchange completes: what the
+/// trace context needs early (a long request's trace is known from its head).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadSeen {
+    /// Entry of the syscall that carried the request's first byte.
+    pub start_enter: u64,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Http1Stats {
     pub parse_errors: u64,
@@ -96,6 +106,8 @@ pub struct Http1Session {
     req: Side,
     resp: Side,
     pending: VecDeque<Pending>,
+    /// Request heads parsed since `drain_heads` was last called.
+    heads: Vec<HeadSeen>,
     upgraded: bool,
     stats: Http1Stats,
 }
@@ -115,6 +127,7 @@ impl Http1Session {
             req: Side::new(),
             resp: Side::new(),
             pending: VecDeque::new(),
+            heads: Vec::new(),
             upgraded: false,
             stats: Http1Stats::default(),
         }
@@ -122,6 +135,11 @@ impl Http1Session {
 
     pub fn stats(&self) -> &Http1Stats {
         &self.stats
+    }
+
+    /// Request heads parsed since the last call, oldest first.
+    pub fn drain_heads(&mut self) -> std::vec::Drain<'_, HeadSeen> {
+        self.heads.drain(..)
     }
 
     pub fn requests_direction(&self) -> Direction {
@@ -332,6 +350,13 @@ impl Http1Session {
                 if self.pending.len() >= MAX_PENDING {
                     self.pending.pop_front();
                     self.stats.unmatched += 1;
+                }
+                if self.heads.len() < MAX_PENDING {
+                    self.heads.push(HeadSeen {
+                        start_enter,
+                        traceparent: head.headers.traceparent.clone(),
+                        tracestate: head.headers.tracestate.clone(),
+                    });
                 }
                 self.pending.push_back(Pending {
                     head,
