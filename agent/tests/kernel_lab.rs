@@ -47,6 +47,9 @@ const TOTAL: u32 = 2030;
 /// Per-statement sleep in PostgreSQL: the one client then serves ~80
 /// statements per second against ~190 offered, so the queue backs up.
 const DB_DELAY_MS: u32 = 12;
+/// The recorder's synchronous work per message: deliveries pile up in its
+/// socket while it works and arrive many per read, as in the lab.
+const RECORDER_BUSY_MS: u32 = 15;
 
 fn mythical() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mythical");
@@ -140,6 +143,7 @@ async fn the_lab_load_keeps_every_trace_connected() {
             ("PORT", recorder_port.to_string()),
             ("AMQP_URL", rmq.url()),
             ("RECORDER_PREFETCH", "0".to_owned()),
+            ("RECORDER_BUSY_MS", RECORDER_BUSY_MS.to_string()),
             ("RECORDER_WORK_MIN_MS", "20".to_owned()),
             ("RECORDER_WORK_MAX_MS", "1500".to_owned()),
         ],

@@ -4,7 +4,10 @@
 // Environment: AMQP_URL (amqp://guest:guest@127.0.0.1:5672), PORT (4002,
 // serves GET /metrics), RECORDER_WORK_MIN_MS (20), RECORDER_WORK_MAX_MS (1500),
 // RECORDER_PREFETCH (messages in work at once, 100; 0: no limit, as the lab's
-// recorder, which never sets one: the broker then pushes every queued message).
+// recorder, which never sets one: the broker then pushes every queued message),
+// RECORDER_BUSY_MS (0: CPU time spent synchronously on each message as it
+// arrives, like the lab's logging and SDK work; the broker's deliveries then
+// pile up in the socket and arrive many per read).
 const http = require('http');
 const amqp = require('amqplib');
 const { connectAmqp, QUEUE } = require('./queue');
@@ -12,6 +15,7 @@ const { connectAmqp, QUEUE } = require('./queue');
 const minMs = Number(process.env.RECORDER_WORK_MIN_MS ?? 20);
 const maxMs = Math.max(minMs, Number(process.env.RECORDER_WORK_MAX_MS ?? 1500));
 const prefetch = Number(process.env.RECORDER_PREFETCH ?? 100);
+const busyMs = Number(process.env.RECORDER_BUSY_MS ?? 0);
 const counts = { received: 0, acked: 0 };
 
 async function main() {
@@ -20,6 +24,7 @@ async function main() {
   await channel.consume(QUEUE, (msg) => {
     if (msg === null) return; // queue deleted
     counts.received++;
+    for (const until = Date.now() + busyMs; Date.now() < until; );
     const work = minMs + Math.random() * (maxMs - minMs);
     setTimeout(() => {
       channel.ack(msg);
