@@ -71,6 +71,36 @@ fn child_service(parent: &Service, pid: u32, host: &str) -> Service {
     service
 }
 
+/// Exited processes remembered (the scan that may still list them is at
+/// most a discovery interval old).
+const EXITED_KEEP: Duration = Duration::from_secs(30);
+const MAX_EXITED: usize = 4096;
+
+/// Processes that exited lately, by pid and start time (a pid reused by a
+/// new process has another start time). A start time of 0 (a forked child
+/// tracked before /proc could be read) matches any.
+#[derive(Debug, Default)]
+struct Exited {
+    list: std::collections::VecDeque<(std::time::Instant, u32, u64)>,
+}
+
+impl Exited {
+    fn remember(&mut self, pid: u32, start_time: u64) {
+        let now = std::time::Instant::now();
+        while self.list.front().is_some_and(|(at, ..)| now.duration_since(*at) > EXITED_KEEP) || self.list.len() >= MAX_EXITED {
+            self.list.pop_front();
+        }
+        self.list.push_back((now, pid, start_time));
+    }
+
+    fn contains(&self, pid: u32, start_time: u64) -> bool {
+        let now = std::time::Instant::now();
+        self.list.iter().rev().any(|(at, p, s)| {
+            *p == pid && (*s == start_time || *s == 0) && now.duration_since(*at) <= EXITED_KEEP
+        })
+    }
+}
+
 /// A watched process, as shown on /targets.
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetView {
@@ -118,6 +148,9 @@ pub struct Pipeline {
     sql_opts: SqlSpanOptions,
     /// Instance ids of exited processes, with when they exited.
     departed: std::collections::VecDeque<(std::time::Instant, String)>,
+    /// Processes that exited lately: a scan that read /proc just before
+    /// the exit must not adopt them again.
+    exited: Exited,
     /// Trace links of requests and deliveries (cross-process, AMQP).
     linker: Linker,
     kubernetes: Option<KubernetesMetadata>,
@@ -152,6 +185,7 @@ impl Pipeline {
         );
         Ok(Self {
             departed: std::collections::VecDeque::new(),
+            exited: Exited::default(),
             linker: Linker::new(raw.trace_link_wait * 1_000_000),
             kubernetes,
             sql_opts,
@@ -453,6 +487,9 @@ impl Pipeline {
     fn on_scan(&mut self, found: Vec<ProcessInfo>) {
         let mut changed = false;
         for info in found {
+            if self.exited.contains(info.pid, info.start_time_ticks) {
+                continue;
+            }
             match self.targets.get_mut(&info.pid) {
                 Some(t) if t.start_time == info.start_time_ticks => {
                     changed |= self.retry_kubernetes(&info);
@@ -573,6 +610,7 @@ impl Pipeline {
         self.flush_outcomes();
         self.tracker.forget_process(pid);
         let Some(target) = self.targets.remove(&pid) else { return };
+        self.exited.remember(pid, target.start_time);
         self.probes.untrack(pid);
         self.router.forget(&target.service.instance_id);
         self.departed.push_back((std::time::Instant::now(), target.service.instance_id.clone()));
@@ -637,6 +675,17 @@ impl Pipeline {
 mod tests {
     use super::*;
     use crate::spans::AttrValue;
+
+    #[test]
+    fn an_exited_process_is_not_adopted_again_but_its_pid_reused_is() {
+        let mut e = Exited::default();
+        e.remember(42, 1000);
+        assert!(e.contains(42, 1000), "the scan read /proc before the exit");
+        assert!(!e.contains(42, 2000), "a new process with the same pid");
+        assert!(!e.contains(43, 1000));
+        e.remember(7, 0);
+        assert!(e.contains(7, 555), "a child forgotten before /proc told its start time");
+    }
 
     #[test]
     fn a_forked_child_gets_its_own_pid_and_instance() {

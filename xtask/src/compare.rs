@@ -39,7 +39,16 @@ pub struct Options {
     /// How long the requester generates traffic (`60s`, `2m`).
     #[arg(long, value_parser = mythical::parse_duration, default_value = "60s")]
     duration: Duration,
-    /// The requester's pause between calls, in milliseconds.
+    /// The requester's load: `loop` (one call at a time) or `lab` (the
+    /// intro-to-mltp lab's own burst; see deploy/mythical/requester.js).
+    #[arg(long, value_enum, default_value = "loop")]
+    load: mythical::Load,
+    /// Every statement also sleeps this long in PostgreSQL: with `--load lab`
+    /// on a fast machine, 12 makes the server's one pg client back up as on
+    /// the lab's crowded host (requests of tens of seconds).
+    #[arg(long, default_value_t = 0)]
+    db_delay_ms: u64,
+    /// The requester's pause between calls, in milliseconds (loop load).
     #[arg(long, default_value_t = 50)]
     request_interval_ms: u64,
     /// Where report.md and latency.png go.
@@ -96,6 +105,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         ],
         request_interval_ms: o.request_interval_ms,
         work_ms: (20, 1500),
+        load: o.load,
+        db_delay_ms: o.db_delay_ms,
     };
     let mut services = mythical::spawn_services(&dir, &opts)?;
     let pids: Vec<u32> = services.iter().map(|s| s.proc.pid()).collect();
@@ -150,7 +161,25 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         bail!("processes left running: {left:?}");
     }
 
-    let raw = Raw { sdk: sdk_sink.take_traces(), periscope: p_sink.take_traces(), window: (from, to), duration: o.duration, interval_ms: o.request_interval_ms, agent_metrics };
+    let load = match o.load {
+        mythical::Load::Loop => format!("calls the server every {} ms", o.request_interval_ms),
+        mythical::Load::Lab => format!(
+            "runs the lab's own load (`--load lab`: four chains firing without waiting, a burst of ~160 req/s \
+             for the first ~12 s then one call every 0.1-1.1 s per chain, one traceparent header reused for a GET \
+             and its DELETE; the recorder without a prefetch limit), every statement sleeping {} ms in PostgreSQL \
+             (`--db-delay-ms`) so that the server's one pg client backs up as on the lab's crowded host,",
+            o.db_delay_ms
+        ),
+    };
+    let raw = Raw {
+        sdk: sdk_sink.take_traces(),
+        periscope: p_sink.take_traces(),
+        window: (from, to),
+        duration: o.duration,
+        interval_ms: o.request_interval_ms,
+        load,
+        agent_metrics,
+    };
     raw.save(&dir.join("otlp"))?;
     let _ = std::fs::remove_dir_all(dir.join("postgres/data"));
     let _ = std::fs::remove_dir_all(dir.join("rabbitmq/mnesia"));
@@ -167,6 +196,8 @@ struct Raw {
     /// The run's --duration and --request-interval-ms.
     duration: Duration,
     interval_ms: u64,
+    /// What the requester did, in words for the report.
+    load: String,
     agent_metrics: String,
 }
 
@@ -181,6 +212,7 @@ impl Raw {
         let run = format!("{} {} {} {}", self.window.0, self.window.1, self.duration.as_millis(), self.interval_ms);
         std::fs::write(dir.join("run"), run)?;
         std::fs::write(dir.join("periscope-metrics.txt"), &self.agent_metrics)?;
+        std::fs::write(dir.join("load"), &self.load)?;
         Ok(())
     }
 
@@ -203,6 +235,8 @@ impl Raw {
             window: (from, to),
             duration: Duration::from_millis(duration_ms),
             interval_ms,
+            load: std::fs::read_to_string(dir.join("load"))
+                .unwrap_or_else(|_| format!("calls the server every {interval_ms} ms")),
             agent_metrics: std::fs::read_to_string(dir.join("periscope-metrics.txt")).unwrap_or_default(),
         })
     }
@@ -261,8 +295,8 @@ fn header(raw: &Raw, n_sdk: usize, n_p: usize, bad: usize) -> String {
          PostgreSQL 15 and RabbitMQ, each service started as `node --require ./otel.js` (@opentelemetry/sdk-node \
          {}, auto-instrumentations-node {} with http {}, express {}, pg {}, amqplib {}; OTLP/HTTP protobuf to \
          sink A) and watched by periscope from its first syscall (OTLP/HTTP to sink B, \
-         `OTEL_SEMCONV_STABILITY_OPT_IN=http/dup,database/dup`, the lab's route patterns). The requester calls \
-         the server every {} ms for {:?}; every 2 s each service's `/metrics` is scraped (as the lab's Alloy does). \
+         `OTEL_SEMCONV_STABILITY_OPT_IN=http/dup,database/dup`, the lab's route patterns). The requester {} \
+         for {:?}; every 2 s each service's `/metrics` is scraped (as the lab's Alloy does). \
          Spans that start in the measured window count ({:?} of warm-up excluded). {n_sdk} SDK spans and {n_p} \
          periscope spans received in all; {bad} undecodable OTLP bodies.\n",
         node_version("@opentelemetry/sdk-node"),
@@ -271,7 +305,7 @@ fn header(raw: &Raw, n_sdk: usize, n_p: usize, bad: usize) -> String {
         node_version("@opentelemetry/instrumentation-express"),
         node_version("@opentelemetry/instrumentation-pg"),
         node_version("@opentelemetry/instrumentation-amqplib"),
-        raw.interval_ms,
+        raw.load,
         raw.duration,
         WARMUP,
     );

@@ -35,7 +35,16 @@ pub struct Options {
     /// Send spans and metrics to this OTLP endpoint instead of the spans file.
     #[arg(long)]
     otlp_endpoint: Option<String>,
-    /// The requester's pause between calls, in milliseconds.
+    /// The requester's load: `loop` (one call at a time) or `lab` (the
+    /// intro-to-mltp lab's own burst; see deploy/mythical/requester.js).
+    #[arg(long, value_enum, default_value = "loop")]
+    load: mythical::Load,
+    /// Every statement also sleeps this long in PostgreSQL: with `--load lab`
+    /// on a fast machine, 12 makes the server's one pg client back up as on
+    /// the lab's crowded host (requests of tens of seconds).
+    #[arg(long, default_value_t = 0)]
+    db_delay_ms: u64,
+    /// The requester's pause between calls, in milliseconds (loop load).
     #[arg(long, default_value_t = 100)]
     request_interval_ms: u64,
 }
@@ -67,6 +76,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         env: Vec::new(),
         request_interval_ms: o.request_interval_ms,
         work_ms: (20, 1500),
+        load: o.load,
+        db_delay_ms: o.db_delay_ms,
     };
     let mut services = mythical::spawn_services(&dir, &opts)?;
     let pids: Vec<u32> = services.iter().map(|s| s.proc.pid()).collect();

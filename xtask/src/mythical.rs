@@ -294,6 +294,17 @@ fn start_rabbitmq(dir: &Path) -> anyhow::Result<(Proc, Proc)> {
     Ok((epmd, rabbit))
 }
 
+/// The requester's load shape (deploy/mythical/requester.js).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Load {
+    /// One call at a time, `--request-interval-ms` apart.
+    Loop,
+    /// The lab's own: four chains firing without waiting, a burst of ~160
+    /// req/s for ~12 s then calm, a traceparent reused for a GET and its
+    /// DELETE; the recorder without a prefetch limit.
+    Lab,
+}
+
 /// How the services run.
 #[derive(Clone)]
 pub struct ServiceOptions {
@@ -301,10 +312,30 @@ pub struct ServiceOptions {
     pub preload: Option<PathBuf>,
     /// More environment for every service.
     pub env: Vec<(String, String)>,
-    /// The requester's pause between calls.
+    /// The requester's pause between calls (loop load).
     pub request_interval_ms: u64,
     /// The recorder's work per message.
     pub work_ms: (u64, u64),
+    pub load: Load,
+    /// Every statement also sleeps this long in PostgreSQL (the lab's
+    /// crowded host on a fast machine: the server's one client backs up).
+    pub db_delay_ms: u64,
+}
+
+impl ServiceOptions {
+    /// The environment `load` and `db_delay_ms` stand for.
+    fn load_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("MYTHICAL_DB_DELAY_MS", self.db_delay_ms.to_string())];
+        if self.load == Load::Lab {
+            env.extend([
+                ("MYTHICAL_LOAD", "lab".to_owned()),
+                // The gates open once periscope watches: start at once.
+                ("LAB_START_MS", "1000".to_owned()),
+                ("RECORDER_PREFETCH", "0".to_owned()),
+            ]);
+        }
+        env
+    }
 }
 
 /// A service waiting behind its gate.
@@ -359,6 +390,7 @@ pub fn spawn_services(dir: &Path, o: &ServiceOptions) -> anyhow::Result<Vec<Serv
             .env("REQUEST_INTERVAL_MS", o.request_interval_ms.to_string())
             .env("RECORDER_WORK_MIN_MS", o.work_ms.0.to_string())
             .env("RECORDER_WORK_MAX_MS", o.work_ms.1.to_string())
+            .envs(o.load_env())
             .envs(o.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(file.try_clone()?)

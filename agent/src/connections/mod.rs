@@ -114,46 +114,59 @@ pub struct Connection {
     pub protocol: Protocol,
     pub last_activity: u64,
     /// Stats already added to the agent counters (the sessions keep totals).
-    reported: Stats,
+    reported: [u64; STATS],
     /// The identities of its exchanges (trace context).
     pub trace: ConnTrace,
 }
 
-/// What a protocol session counted, in the agent's terms.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Stats {
-    parse_errors: u64,
-    desyncs: u64,
-    unmatched: u64,
-    skipped: u64,
+/// What a session counted, in the agent's terms: (counter, reason, total so
+/// far) for each of its stats; the table adds the increase since the last
+/// report, labelled with the protocol. Fixed size: no allocation per chunk.
+type Stats = [(Counter, &'static str, u64); STATS];
+const STATS: usize = 8;
+/// Pads a session's list to [`STATS`] entries.
+const NONE: (Counter, &str, u64) = (Counter::ParseErrors, "", 0);
+
+fn http1_stats(s: &http1::Http1Stats) -> Stats {
+    [
+        (Counter::ParseErrors, "malformed message", s.parse_errors),
+        (Counter::ProtocolDesync, "message start not captured", s.desyncs),
+        (Counter::RequestsUnmatched, "no partner", s.unmatched),
+        NONE,
+        NONE,
+        NONE,
+        NONE,
+        NONE,
+    ]
 }
 
-impl From<&http1::Http1Stats> for Stats {
-    fn from(s: &http1::Http1Stats) -> Self {
-        Self { parse_errors: s.parse_errors, desyncs: s.desyncs, unmatched: s.unmatched, skipped: 0 }
-    }
+fn sql_stats(s: &sql::SqlStats) -> Stats {
+    [
+        (Counter::ParseErrors, "malformed message", s.parse_errors),
+        (Counter::ProtocolDesync, "implausible header", s.desyncs),
+        (Counter::ProtocolDesync, "message beyond capture", s.desyncs_uncaptured),
+        (Counter::RequestsUnmatched, "response without request", s.orphan_responses),
+        (Counter::RequestsUnmatched, "call never completed", s.calls_dropped),
+        (Counter::SkippedMessages, "not parsed", s.skipped),
+        NONE,
+        NONE,
+    ]
 }
 
-impl From<&amqp::AmqpStats> for Stats {
-    fn from(s: &amqp::AmqpStats) -> Self {
-        Self {
-            parse_errors: s.parse_errors,
-            desyncs: s.desyncs,
-            unmatched: s.messages_incomplete + s.orphan_content + s.requests_dropped,
-            skipped: s.chunks_dropped,
-        }
-    }
-}
-
-impl From<&sql::SqlStats> for Stats {
-    fn from(s: &sql::SqlStats) -> Self {
-        Self {
-            parse_errors: s.parse_errors,
-            desyncs: s.desyncs,
-            unmatched: s.orphan_responses + s.calls_dropped,
-            skipped: s.skipped,
-        }
-    }
+fn amqp_stats(a: &AmqpConn) -> Stats {
+    let s = a.session.stats();
+    let d = a.deliveries.stats();
+    [
+        (Counter::ParseErrors, "malformed frame", s.parse_errors),
+        (Counter::ProtocolDesync, "framing lost", s.desyncs),
+        (Counter::RequestsUnmatched, "message incomplete", s.messages_incomplete),
+        (Counter::RequestsUnmatched, "content without message", s.orphan_content),
+        (Counter::RequestsUnmatched, "consume request dropped", s.requests_dropped),
+        // Acks of deliveries never seen (their frames were not captured).
+        (Counter::RequestsUnmatched, "settle of unseen delivery", d.unmatched_settles),
+        (Counter::RequestsUnmatched, "delivery never settled", d.evicted),
+        (Counter::SkippedMessages, "chunk dropped while unaligned", s.chunks_dropped),
+    ]
 }
 
 /// What a connection produced: a server request whose trace link can now be
@@ -289,7 +302,7 @@ impl ConnectionTable {
                 role,
                 protocol: Protocol::Detecting { attempts: 0, held: Vec::new() },
                 last_activity: now,
-                reported: Stats::default(),
+                reported: [0; STATS],
                 trace: ConnTrace::default(),
             },
         );
@@ -631,27 +644,20 @@ fn conn_side(conn: &Connection) -> bool {
     }
 }
 
-/// Adds what a session counted since the last report to the agent counters.
+/// Adds what a session counted since the last report to the agent
+/// counters, by protocol and reason.
 fn report(conn: &mut Connection, t: &Telemetry) {
-    let now = match &conn.protocol {
-        Protocol::Http1(s) => Stats::from(s.stats()),
-        Protocol::Postgres(s) => Stats::from(s.stats()),
-        Protocol::MySql(s) => Stats::from(s.stats()),
-        Protocol::Amqp(a) => {
-            let mut st = Stats::from(a.session.stats());
-            // Acks of deliveries never seen (their frames were beyond the
-            // captured bytes of a read): messages we lost.
-            st.unmatched += a.deliveries.stats().unmatched_settles + a.deliveries.stats().evicted;
-            st
-        }
+    let (protocol, now) = match &conn.protocol {
+        Protocol::Http1(s) => ("http", http1_stats(s.stats())),
+        Protocol::Postgres(s) => ("postgresql", sql_stats(s.stats())),
+        Protocol::MySql(s) => ("mysql", sql_stats(s.stats())),
+        Protocol::Amqp(a) => ("amqp", amqp_stats(a)),
         Protocol::Detecting { .. } | Protocol::Unknown => return,
     };
-    let was = conn.reported;
-    t.add(Counter::ParseErrors, now.parse_errors.saturating_sub(was.parse_errors));
-    t.add(Counter::ProtocolDesync, now.desyncs.saturating_sub(was.desyncs));
-    t.add(Counter::RequestsUnmatched, now.unmatched.saturating_sub(was.unmatched));
-    t.add(Counter::SkippedMessages, now.skipped.saturating_sub(was.skipped));
-    conn.reported = now;
+    for ((counter, reason, total), was) in now.into_iter().zip(conn.reported.iter_mut()) {
+        t.add_for(counter, protocol, reason, total.saturating_sub(*was));
+        *was = total;
+    }
 }
 
 #[cfg(test)]

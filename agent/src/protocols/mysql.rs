@@ -450,8 +450,8 @@ impl FrameSink for FrontSink<'_> {
         }
     }
 
-    fn on_desync(&mut self) {
-        self.st.stats.desyncs += 1;
+    fn on_desync(&mut self, uncaptured: bool) {
+        self.st.stats.count_desync(uncaptured);
         self.st.front_cont = false;
         self.st.infile = false;
         drop_current(self.st);
@@ -830,8 +830,8 @@ impl FrameSink for BackSink<'_> {
         }
     }
 
-    fn on_desync(&mut self) {
-        self.st.stats.desyncs += 1;
+    fn on_desync(&mut self, uncaptured: bool) {
+        self.st.stats.count_desync(uncaptured);
         self.st.back_cont = false;
         self.st.back_lost = true;
         match self.st.current.take() {

@@ -515,8 +515,8 @@ impl FrameSink for FrontSink<'_> {
         }
     }
 
-    fn on_desync(&mut self) {
-        self.st.stats.desyncs += 1;
+    fn on_desync(&mut self, uncaptured: bool) {
+        self.st.stats.count_desync(uncaptured);
         if let Some(query) = self.st.ext_tail.take() {
             // The capture ended inside a Parse/Bind/Describe of a long
             // statement, and the write went on: drivers write the whole
@@ -726,8 +726,8 @@ impl FrameSink for BackSink<'_> {
         }
     }
 
-    fn on_desync(&mut self) {
-        self.st.stats.desyncs += 1;
+    fn on_desync(&mut self, uncaptured: bool) {
+        self.st.stats.count_desync(uncaptured);
         self.st.back_lost = true;
         // Rows were arriving for the first call: its response started and
         // only its end went missing (a large result past the capture). Keep

@@ -93,9 +93,13 @@ pub struct SqlStats {
     pub skipped: u64,
     /// Messages whose content could not be parsed.
     pub parse_errors: u64,
-    /// Times framing was lost (bytes missing at an unknown boundary or an
-    /// implausible header) and state for that direction was dropped.
+    /// Times framing was lost on an implausible header, and state for that
+    /// direction was dropped.
     pub desyncs: u64,
+    /// Times framing was lost because uncaptured bytes ran past a message
+    /// boundary (a message larger than the capture): expected with large
+    /// results; the call still ends (at the next request).
+    pub desyncs_uncaptured: u64,
     /// Chunks dropped while waiting to re-align after a desync.
     pub chunks_dropped: u64,
     /// Calls that were started but never completed (lost responses, state
@@ -106,6 +110,16 @@ pub struct SqlStats {
     /// The connection switched to TLS/GSS encryption; nothing after that
     /// point is parsed.
     pub encrypted: bool,
+}
+
+impl SqlStats {
+    pub(crate) fn count_desync(&mut self, uncaptured: bool) {
+        if uncaptured {
+            self.desyncs_uncaptured += 1;
+        } else {
+            self.desyncs += 1;
+        }
+    }
 }
 
 /// Operation and main table of one statement.

@@ -134,7 +134,17 @@ pub fn build(
         attrs.push(Attr::new("http.status_code", i64::from(status)));
         attrs.push(Attr::new("http.target", target_shown.as_str()));
         attrs.push(Attr::new("http.scheme", "http"));
-        attrs.push(Attr::new("net.peer.name", server_addr.as_str()));
+        if ctx.server_side {
+            // Old conventions: on a server span the server is the host and
+            // the peer is the client (whose name is not known, only its address).
+            attrs.push(Attr::new("net.host.name", server_addr.as_str()));
+            attrs.push(Attr::new("net.host.port", server_port));
+            attrs.push(Attr::new("net.sock.peer.addr", ctx.remote.ip().to_string()));
+            attrs.push(Attr::new("net.sock.peer.port", ctx.remote.port()));
+        } else {
+            attrs.push(Attr::new("net.peer.name", server_addr.as_str()));
+            attrs.push(Attr::new("net.peer.port", server_port));
+        }
     }
 
     // An incoming traceparent makes the server span its child. On the client
@@ -226,6 +236,22 @@ mod tests {
         assert!(matches!(span.status, SpanStatus::Error(_)));
         assert!(span.attributes.iter().all(|a| !a.value.to_string().contains("secret")));
         assert!(span.attr("http.target").is_none(), "old names only when opted in");
+    }
+
+    #[test]
+    fn old_semconv_names_the_host_on_server_spans_and_the_peer_on_client_spans() {
+        let svc = service();
+        let ex = exchange("/q", 200, None);
+        let opts = HttpSpanOptions { old_semconv: true, include_query: false };
+        let server = build(&ex, &ctx(&svc, true), &Route::None, &Clock::with_offset(0), opts);
+        assert_eq!(server.attr("net.host.name"), Some(&AttrValue::Str("shop".into())));
+        assert_eq!(server.attr("net.host.port"), Some(&AttrValue::Int(8080)));
+        assert_eq!(server.attr("net.sock.peer.addr"), Some(&AttrValue::Str("10.0.0.2".into())));
+        assert_eq!(server.attr("net.peer.name"), None, "the client's name is not known");
+        let client = build(&ex, &ctx(&svc, false), &Route::None, &Clock::with_offset(0), opts);
+        assert_eq!(client.attr("net.peer.name"), Some(&AttrValue::Str("shop".into())));
+        assert_eq!(client.attr("net.peer.port"), Some(&AttrValue::Int(8080)));
+        assert_eq!(client.attr("net.host.name"), None);
     }
 
     #[test]

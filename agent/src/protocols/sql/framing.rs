@@ -64,7 +64,10 @@ pub(crate) trait FrameSink {
     fn plausible_start(&mut self, data: &[u8]) -> Option<bool>;
     fn on_frame(&mut self, frame: Frame<'_>);
     /// Framing lost: drop pending state for this direction.
-    fn on_desync(&mut self);
+    /// `uncaptured`: bytes the kernel did not capture ran past a message
+    /// boundary (a response larger than the capture), rather than a header
+    /// that made no sense.
+    fn on_desync(&mut self, uncaptured: bool);
     /// A chunk was dropped while not aligned.
     fn on_dropped_chunk(&mut self);
     /// Stop parsing entirely (connection encrypted).
@@ -116,10 +119,10 @@ impl Framer {
         self.msg = None;
     }
 
-    fn desync<S: FrameSink>(&mut self, sink: &mut S) {
+    fn desync<S: FrameSink>(&mut self, sink: &mut S, uncaptured: bool) {
         self.reset();
         self.aligned = false;
-        sink.on_desync();
+        sink.on_desync(uncaptured);
     }
 
     fn deliver<S: FrameSink>(&mut self, last: ChunkTs, sink: &mut S) {
@@ -174,7 +177,7 @@ impl Framer {
                             }
                         }
                         None => {
-                            self.desync(sink);
+                            self.desync(sink, false);
                             return false;
                         }
                     }
@@ -244,10 +247,10 @@ impl Framer {
                     // follows is unframeable.
                     m.remaining = 0;
                     self.deliver(ts, sink);
-                    self.desync(sink);
+                    self.desync(sink, true);
                 }
             }
-            None => self.desync(sink),
+            None => self.desync(sink, true),
         }
     }
 }
