@@ -379,7 +379,14 @@ impl Pipeline {
         self.telemetry.inc(Counter::SpansProduced);
         // A traceparent the process put in the message names this span,
         // unless that id already named another one.
-        let pin = publish.traceparent.as_deref().and_then(TraceParent::parse).map(|tp| self.tracker.pin(&tp));
+        let mut started = started;
+        let pin = publish.traceparent.as_deref().and_then(TraceParent::parse).map(|tp| {
+            let pin = self.tracker.pin(&tp);
+            if pin.header_parent.is_none() {
+                started.ctx.span_id = tp.parent_id;
+            }
+            pin
+        });
         let stamp = self.identify(&mut span, &started, pin);
         self.linker.on_published(publish, SpanCtx { span_id: span.span_id, group: started.ctx.group });
         self.finish(started.ctx.group, span, stamp);
