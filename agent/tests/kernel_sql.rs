@@ -550,16 +550,56 @@ fn first_line(p: &mut Proc) -> String {
     line.trim().to_owned()
 }
 
+/// A TCP connection to `port` on 127.0.0.1 from `local_port` (SO_REUSEADDR:
+/// one client port towards two servers, as Linux may choose on its own).
+fn connect_from(local_port: u16, port: u16) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let sin = |port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a new fd, with valid pointers and lengths.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        let one_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        assert_eq!(libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&raw const one).cast(), one_len), 0);
+        let local = sin(local_port);
+        assert_eq!(libc::bind(fd, (&raw const local).cast(), len), 0, "bind: {}", std::io::Error::last_os_error());
+        let remote = sin(port);
+        assert_eq!(libc::connect(fd, (&raw const remote).cast(), len), 0, "connect: {}", std::io::Error::last_os_error());
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// Sends a StartupMessage and waits for the server's first answer (it asks
+/// for a password): by then the backend has titled itself.
+fn start_session(conn: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let params = format!("user\0{USER}\0database\0{DATABASE}\0\0");
+    let mut startup = ((8 + params.len()) as u32).to_be_bytes().to_vec();
+    startup.extend(0x0003_0000u32.to_be_bytes());
+    startup.extend(params.as_bytes());
+    conn.write_all(&startup).unwrap();
+    let mut auth = [0u8; 1];
+    conn.read_exact(&mut auth).unwrap();
+    assert_eq!(&auth, b"R", "the server asks for a password: the backend has started");
+}
+
 /// The backends of real PostgreSQL 15 servers name their clients in their
 /// process titles, and discovery finds them by the client's end (no agent,
-/// no kernel programs; the servers need root to start): a raw connection
-/// sends its StartupMessage and stays in authentication, where the backend
+/// no kernel programs; the servers need root to start): raw connections
+/// send their StartupMessage and stay in authentication, where the backend
 /// has titled itself already. Default settings, then a cluster name with a
-/// space and `update_process_title = off` over IPv6 when the host has it.
+/// space and `update_process_title = off` over IPv6 when the host has it;
+/// then one client port towards both servers, told apart by server port.
 #[test]
 fn postgres_backend_titles_name_their_clients() {
     use periscope::discovery::{pg_backends::BackendQuery, Scanner};
-    use std::io::Read;
 
     let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
     let listen = if ipv6 { "listen_addresses=127.0.0.1,::1" } else { "listen_addresses=127.0.0.1" };
@@ -569,30 +609,34 @@ fn postgres_backend_titles_name_their_clients() {
     let netns: u64 = netns.to_str().unwrap().trim_start_matches("net:[").trim_end_matches(']').parse().unwrap();
     let mut scanner = Scanner::new();
     let directory = scanner.backend_directory();
-    for (pg, host) in [(&plain, "127.0.0.1"), (&quiet, if ipv6 { "::1" } else { "127.0.0.1" })] {
-        let mut conn = std::net::TcpStream::connect((host, pg.port)).unwrap();
-        let params = format!("user\0{USER}\0database\0{DATABASE}\0\0");
-        let mut startup = ((8 + params.len()) as u32).to_be_bytes().to_vec();
-        startup.extend(0x0003_0000u32.to_be_bytes());
-        startup.extend(params.as_bytes());
-        conn.write_all(&startup).unwrap();
-        let mut auth = [0u8; 1];
-        conn.read_exact(&mut auth).unwrap();
-        assert_eq!(&auth, b"R", "the server asks for a password: the backend has started");
-        let client = conn.local_addr().unwrap();
-        let query = BackendQuery { client, netns, backend_pid: None };
+    let mut find = |conn: &std::net::TcpStream| {
+        let query = BackendQuery { client: conn.local_addr().unwrap(), server: conn.peer_addr().unwrap(), netns, backend_pid: None };
         let found = wait_for("the backend to be indexed", Duration::from_secs(5), || {
             scanner.refresh_backends();
             directory.current().find(&query).cloned()
         });
+        // The backend found by its own pid too (the server's side).
+        let own = BackendQuery { client: "127.0.0.1:1".parse().unwrap(), backend_pid: Some(found.pid), ..query };
+        assert_eq!(directory.current().find(&own).map(|b| b.pid), Some(found.pid));
+        found
+    };
+    for (pg, host) in [(&plain, "127.0.0.1"), (&quiet, if ipv6 { "::1" } else { "127.0.0.1" })] {
+        let mut conn = std::net::TcpStream::connect((host, pg.port)).unwrap();
+        start_session(&mut conn);
+        let found = find(&conn);
         assert_eq!((found.user.as_str(), found.database.as_str()), (USER, DATABASE), "{host}");
         assert_eq!(found.netns, Some(netns));
+        assert_eq!((found.server_pid, &found.server_ports[..]), (pg.pid(), &[pg.port][..]), "its server, its port");
         let title = String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", found.pid)).unwrap()).into_owned();
-        assert!(title.contains(&format!(" {USER} {DATABASE} {host}({})", client.port())), "{title:?}");
-        // The backend found by its own pid too (the server's side).
-        let own = BackendQuery { client: "127.0.0.1:1".parse().unwrap(), netns: 0, backend_pid: Some(found.pid) };
-        assert_eq!(directory.current().find(&own).map(|b| b.pid), Some(found.pid));
+        let client_port = conn.local_addr().unwrap().port();
+        assert!(title.contains(&format!(" {USER} {DATABASE} {host}({client_port})")), "{title:?}");
     }
+    let port = free_port();
+    let (mut a, mut b) = (connect_from(port, plain.port), connect_from(port, quiet.port));
+    start_session(&mut a);
+    start_session(&mut b);
+    assert_eq!(find(&a).server_pid, plain.pid());
+    assert_eq!(find(&b).server_pid, quiet.pid());
 }
 
 /// Connections older than periscope (issue 10): the clients connect and log

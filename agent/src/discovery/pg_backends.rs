@@ -96,6 +96,11 @@ pub struct PgBackend {
     pub user: String,
     pub database: String,
     pub client: ClientEnd,
+    /// Its server: the postmaster, its parent.
+    pub server_pid: u32,
+    /// The TCP ports its server listens on: they tell apart two backends
+    /// naming the same client end.
+    pub server_ports: Vec<u16>,
 }
 
 /// What the agent knows of a connection whose backend it looks for.
@@ -104,6 +109,8 @@ pub struct BackendQuery {
     /// The client's end of the connection: the local end of a tracked
     /// client's socket, the remote end of a tracked server's.
     pub client: SocketAddr,
+    /// The server's end, as the tracked process sees it.
+    pub server: SocketAddr,
     /// Network namespace of the tracked end's socket; 0 when unknown.
     pub netns: u64,
     /// The tracked process is the backend itself (the server's side).
@@ -144,11 +151,12 @@ impl BackendIndex {
 
     /// The one backend serving the connection, if it is certain: the
     /// tracked backend itself; else the backend naming the client's address
-    /// and port, preferring one in the client's network namespace (where the
-    /// address printed is exactly the client's), else the only one in any
-    /// namespace; else (titles naming hosts) the only one naming that port.
-    /// Two candidates with nothing to choose between them (two servers on
-    /// this host, one client port reused towards both): `None`.
+    /// and port, preferring those in the client's network namespace (where
+    /// the address printed is exactly the client's), else any; else (titles
+    /// naming hosts) those naming the client's port. Among several, the one
+    /// whose server listens on the port the client connected to (Linux
+    /// reuses a client port towards different servers); still several (or
+    /// a port mapped on the way): `None`.
     pub fn find(&self, q: &BackendQuery) -> Option<&PgBackend> {
         if let Some(&i) = q.backend_pid.and_then(|pid| self.by_pid.get(&pid)) {
             return Some(&self.backends[i]);
@@ -156,19 +164,25 @@ impl BackendIndex {
         let client = SocketAddr::new(q.client.ip().to_canonical(), q.client.port());
         if let Some(found) = self.by_addr.get(&client) {
             if q.netns != 0 {
-                let mut same = found.iter().filter(|&&i| self.backends[i].netns == Some(q.netns));
-                if let (Some(&i), None) = (same.next(), same.next()) {
-                    return Some(&self.backends[i]);
+                let same: Vec<usize> = found.iter().copied().filter(|&i| self.backends[i].netns == Some(q.netns)).collect();
+                if let Some(b) = self.only(&same, q) {
+                    return Some(b);
                 }
             }
-            return self.only(found);
+            return self.only(found, q);
         }
-        self.only(self.by_named_port.get(&client.port())?)
+        self.only(self.by_named_port.get(&client.port())?, q)
     }
 
-    fn only(&self, found: &[usize]) -> Option<&PgBackend> {
-        match found {
-            [i] => Some(&self.backends[*i]),
+    /// The only candidate, or the only one whose server listens on the port
+    /// the client connected to.
+    fn only(&self, found: &[usize], q: &BackendQuery) -> Option<&PgBackend> {
+        if let [i] = found {
+            return Some(&self.backends[*i]);
+        }
+        let mut on_port = found.iter().map(|&i| &self.backends[i]).filter(|b| b.server_ports.contains(&q.server.port()));
+        match (on_port.next(), on_port.next()) {
+            (Some(b), None) => Some(b),
             _ => None,
         }
     }
@@ -201,6 +215,9 @@ pub struct BackendTracker {
     known: HashMap<(u32, u64), Option<PgBackend>>,
     /// What the current pass saw.
     seen: HashMap<(u32, u64), Option<PgBackend>>,
+    /// Listening ports of the servers (postmasters) of known backends, by
+    /// pid, read once per server.
+    servers: HashMap<u32, Vec<u16>>,
     /// The current pass found a process the last one did not have.
     changed: bool,
     directory: BackendDirectory,
@@ -235,9 +252,26 @@ impl BackendTracker {
             user: t.user,
             database: t.database,
             client: t.client,
+            server_pid: stat.ppid,
+            server_ports: self.server_ports(fs, stat.ppid),
         });
         self.changed |= backend.is_some();
         self.seen.insert(key, backend);
+    }
+
+    /// The TCP ports the postmaster `pid` listens on (empty when unreadable).
+    fn server_ports(&mut self, fs: &ProcFs, pid: u32) -> Vec<u16> {
+        if let Some(ports) = self.servers.get(&pid) {
+            return ports.clone();
+        }
+        let (Ok(sockets), Ok(listening)) = (fs.socket_inodes(pid), fs.listen_table(pid)) else {
+            return Vec::new();
+        };
+        let mut ports: Vec<u16> = sockets.iter().filter_map(|i| listening.get(i).copied()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        self.servers.insert(pid, ports.clone());
+        ports
     }
 
     /// Ends a pass: processes not seen in it are gone. Publishes a new index
@@ -246,6 +280,10 @@ impl BackendTracker {
         let gone = std::mem::replace(&mut self.known, std::mem::take(&mut self.seen));
         let changed = std::mem::take(&mut self.changed) || gone.values().any(Option::is_some);
         if changed {
+            // Servers whose backends all ended (a pid may come back as another process).
+            let parents: std::collections::HashSet<u32> =
+                self.known.values().flatten().map(|b| b.server_pid).collect();
+            self.servers.retain(|pid, _| parents.contains(pid));
             let backends = self.known.values().flatten().cloned().collect();
             self.directory.publish(BackendIndex::new(backends));
         }
@@ -304,11 +342,12 @@ mod tests {
     }
 
     fn backend(pid: u32, netns: Option<u64>, database: &str, client: ClientEnd) -> PgBackend {
-        PgBackend { pid, netns, user: "app".into(), database: database.into(), client }
+        let server_ports = vec![5432];
+        PgBackend { pid, netns, user: "app".into(), database: database.into(), client, server_pid: 1, server_ports }
     }
 
     fn query(client: &str, netns: u64) -> BackendQuery {
-        BackendQuery { client: client.parse().unwrap(), netns, backend_pid: None }
+        BackendQuery { client: client.parse().unwrap(), server: "127.0.0.1:5432".parse().unwrap(), netns, backend_pid: None }
     }
 
     fn db<'a>(index: &'a BackendIndex, q: &BackendQuery) -> Option<&'a str> {
@@ -329,7 +368,7 @@ mod tests {
         assert_eq!(db(&index, &query("172.17.0.2:40000", 9)), Some("audit"));
         assert_eq!(db(&index, &query("127.0.0.1:40002", 1)), None, "no such backend (a server elsewhere)");
         // The tracked backend itself.
-        let server = BackendQuery { client: "127.0.0.1:1".parse().unwrap(), netns: 1, backend_pid: Some(11) };
+        let server = BackendQuery { backend_pid: Some(11), ..query("127.0.0.1:1", 1) };
         assert_eq!(db(&index, &server), Some("stock"));
     }
 
@@ -348,6 +387,21 @@ mod tests {
         assert_eq!(db(&index, &query("10.0.0.5:40000", 0)), None);
         assert_eq!(db(&index, &query("10.0.0.5:40000", 7)), None);
         assert_eq!(db(&index, &query("10.0.0.6:40000", 3)), None, "two in the client's namespace");
+
+        // Two servers on this host, told apart by the port each listens on.
+        let on = |mut b: PgBackend, port: u16| {
+            b.server_ports = vec![port];
+            b
+        };
+        let index = BackendIndex::new(vec![
+            on(backend(10, Some(1), "shop", addr("127.0.0.1:40000")), 5432),
+            on(backend(11, Some(1), "stock", addr("127.0.0.1:40000")), 5433),
+        ]);
+        let to = |port: u16| BackendQuery { server: SocketAddr::from(([127, 0, 0, 1], port)), ..query("127.0.0.1:40000", 1) };
+        assert_eq!(db(&index, &to(5432)), Some("shop"));
+        assert_eq!(db(&index, &to(5433)), Some("stock"));
+        assert_eq!(db(&index, &to(15432)), None, "a mapped port decides nothing");
+        assert_eq!(db(&index, &BackendQuery { netns: 0, ..to(5433) }), Some("stock"), "across namespaces too");
     }
 
     #[test]

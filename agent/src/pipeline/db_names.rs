@@ -77,6 +77,7 @@ impl DbNames {
     pub fn on_adopted(&mut self, key: ConnKey, tuple: Tuple, server_side: bool, t: &Telemetry) -> Option<PgBackend> {
         let query = BackendQuery {
             client: if server_side { tuple.remote } else { tuple.local },
+            server: if server_side { tuple.local } else { tuple.remote },
             netns: u64::from(tuple.netns),
             backend_pid: server_side.then_some(key.pid),
         };
@@ -316,6 +317,8 @@ mod tests {
             user: "app".into(),
             database: "shop".into(),
             client: ClientEnd::Addr("127.0.0.1:1".parse().unwrap()),
+            server_pid: 1,
+            server_ports: vec![5432],
         };
         let stale = Answer { key, tuple: tuple("127.0.0.1:39999"), backend: Some(backend) };
         assert!(names.on_answer(stale, &t).is_none());
