@@ -11,7 +11,9 @@ use std::{
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+mod db_names;
 mod link;
+use db_names::DbNames;
 use link::Linker;
 
 use crate::{
@@ -25,7 +27,7 @@ use crate::{
     discovery::{self, ProcessInfo, Scanner, ServiceOptions},
     kubernetes::KubernetesMetadata,
     probes::{wire::periscope_counter, Probes},
-    protocols::{amqp::Publish, Chunk},
+    protocols::{amqp::Publish, sql::DbSystem, Chunk},
     spans::{
         clock::{monotonic_now, Clock},
         http::{self as http_spans, HttpContext, HttpSpanOptions},
@@ -154,6 +156,8 @@ pub struct Pipeline {
     /// Trace links of requests and deliveries (cross-process, AMQP).
     linker: Linker,
     kubernetes: Option<KubernetesMetadata>,
+    /// Databases of PostgreSQL connections adopted after their startup.
+    db_names: DbNames,
 }
 
 impl Pipeline {
@@ -188,6 +192,7 @@ impl Pipeline {
             exited: Exited::default(),
             linker: Linker::new(raw.trace_link_wait * 1_000_000),
             kubernetes,
+            db_names: DbNames::default(),
             sql_opts,
             table: ConnectionTable::new(raw.max_connections),
             tracker: Tracker::new(assembly, MAX_THREADS),
@@ -214,19 +219,19 @@ impl Pipeline {
         let (scan_tx, mut scan_rx) = mpsc::channel::<Vec<ProcessInfo>>(2);
         let selector = self.settings.selector.clone();
         let interval = Duration::from_millis(self.settings.raw.discovery_interval.max(50));
-        let kubernetes = self.kubernetes.clone();
-        std::thread::Builder::new().name("discovery".into()).spawn(move || {
-            let mut scanner = Scanner::new();
-            if let Some(k) = kubernetes {
-                scanner = scanner.with_kubernetes(k);
+        let mut scanner = Scanner::new();
+        if let Some(k) = self.kubernetes.clone() {
+            scanner = scanner.with_kubernetes(k);
+        }
+        let (db_tx, mut db_rx) = mpsc::channel(db_names::MAX_LOOKUPS_IN_FLIGHT);
+        let mut db_resolver = self.db_names.connect(scanner.backend_directory(), db_tx);
+        std::thread::Builder::new().name("discovery".into()).spawn(move || loop {
+            let found = scanner.scan(&selector).matched;
+            if scan_tx.blocking_send(found).is_err() {
+                return; // the pipeline is gone
             }
-            loop {
-                let found = scanner.scan(&selector).matched;
-                if scan_tx.blocking_send(found).is_err() {
-                    return; // the pipeline is gone
-                }
-                std::thread::sleep(interval);
-            }
+            // Between scans: the databases of adopted PostgreSQL connections.
+            db_resolver.serve_until(&mut scanner, std::time::Instant::now() + interval);
         })?;
 
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -245,6 +250,11 @@ impl Pipeline {
                     self.on_links(monotonic_now(), false);
                 }
                 Some(found) = scan_rx.recv() => self.on_scan(found),
+                Some(answer) = db_rx.recv() => {
+                    if let Some((key, tuple, backend)) = self.db_names.on_answer(answer, &self.telemetry) {
+                        self.table.tell_database(key, &tuple, &backend.user, &backend.database);
+                    }
+                }
                 _ = tick.tick() => self.on_tick(),
                 () = &mut shutdown => break,
             }
@@ -327,7 +337,15 @@ impl Pipeline {
                 }
                 Outcome::Published { key, tuple, started, publish } => self.on_published(key, tuple, started, &publish),
                 Outcome::Consumed { key, tuple, started, message } => self.on_consumed(key, tuple, started, &message),
+                Outcome::DatabaseUnknown { key, tuple, server_side } => {
+                    if let Some(backend) = self.db_names.on_adopted(key, tuple, server_side, &self.telemetry) {
+                        self.table.tell_database(key, &tuple, &backend.user, &backend.database);
+                    }
+                }
                 Outcome::Sql { key, tuple, server_side, started, call } => {
+                    if call.namespace.is_none() && call.system == DbSystem::Postgresql {
+                        self.db_names.on_unnamed_span(key, &tuple, &self.telemetry);
+                    }
                     let Some(target) = self.targets.get(&key.pid) else {
                         self.tracker.assembly.abandon(started.ctx.group);
                         continue;

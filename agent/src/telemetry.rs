@@ -49,6 +49,8 @@ counters! {
     SkippedMessages => "periscope_skipped_messages_total", "Protocol messages recognised and deliberately skipped (COPY, TLS, cancel, ...).",
     RequestsUnmatched => "periscope_requests_unmatched_total", "Requests or responses with no partner, dropped (connection closed or timed out).",
     ConnectionsEvicted => "periscope_connections_evicted_total", "Connection states evicted because the connection table was full.",
+    DbNamespaceLookups => "periscope_db_namespace_lookups_total", "Databases looked up for PostgreSQL connections adopted after their startup, by result (index: known when adopted; rescan: found by a rescan of /proc; not found: no backend on this host names the connection; dropped: too many lookups in flight).",
+    DbNamespaceUnknown => "periscope_db_namespace_unknown_total", "PostgreSQL spans without db.namespace (their connection was adopted after its startup), by reason (lookup pending: finished before the answer; not found).",
     SpansProduced => "periscope_spans_produced_total", "Spans finished by the pipeline.",
     SpansDroppedQueue => "periscope_spans_dropped_total", "Spans dropped because the export queue was full.",
     SpansExported => "periscope_spans_exported_total", "Spans accepted by the OTLP endpoint.",

@@ -294,7 +294,7 @@ async fn the_lab_load_keeps_every_trace_connected() {
     let agent_counters: Vec<&str> = metrics
         .lines()
         .filter(|l| {
-            ["periscope_context", "periscope_link", "periscope_protocol_desync", "periscope_requests_unmatched"]
+            ["periscope_context", "periscope_link", "periscope_protocol_desync", "periscope_requests_unmatched", "periscope_db_namespace"]
                 .iter()
                 .any(|p| l.starts_with(p))
         })

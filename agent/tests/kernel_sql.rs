@@ -543,6 +543,173 @@ async fn postgres_server_side_spans() {
     assert_eq!(agent.sample_sum("db_client_operation_duration_seconds_count", &[]), 0.0);
 }
 
+/// Reads the first line a client prints (it is waiting on stdin then).
+fn first_line(p: &mut Proc) -> String {
+    let mut line = String::new();
+    BufReader::new(p.0.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    line.trim().to_owned()
+}
+
+/// A TCP connection to `port` on 127.0.0.1 from `local_port` (SO_REUSEADDR:
+/// one client port towards two servers, as Linux may choose on its own).
+fn connect_from(local_port: u16, port: u16) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let sin = |port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a new fd, with valid pointers and lengths.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        let one_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        assert_eq!(libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&raw const one).cast(), one_len), 0);
+        let local = sin(local_port);
+        assert_eq!(libc::bind(fd, (&raw const local).cast(), len), 0, "bind: {}", std::io::Error::last_os_error());
+        let remote = sin(port);
+        assert_eq!(libc::connect(fd, (&raw const remote).cast(), len), 0, "connect: {}", std::io::Error::last_os_error());
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// Sends a StartupMessage and waits for the server's first answer (it asks
+/// for a password): by then the backend has titled itself.
+fn start_session(conn: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let params = format!("user\0{USER}\0database\0{DATABASE}\0\0");
+    let mut startup = ((8 + params.len()) as u32).to_be_bytes().to_vec();
+    startup.extend(0x0003_0000u32.to_be_bytes());
+    startup.extend(params.as_bytes());
+    conn.write_all(&startup).unwrap();
+    let mut auth = [0u8; 1];
+    conn.read_exact(&mut auth).unwrap();
+    assert_eq!(&auth, b"R", "the server asks for a password: the backend has started");
+}
+
+/// The backends of real PostgreSQL 15 servers name their clients in their
+/// process titles, and discovery finds them by the client's end (no agent,
+/// no kernel programs; the servers need root to start): raw connections
+/// send their StartupMessage and stay in authentication, where the backend
+/// has titled itself already. Default settings, then a cluster name with a
+/// space and `update_process_title = off` over IPv6 when the host has it;
+/// then one client port towards both servers, told apart by server port.
+#[test]
+fn postgres_backend_titles_name_their_clients() {
+    use periscope::discovery::{pg_backends::BackendQuery, Scanner};
+
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let listen = if ipv6 { "listen_addresses=127.0.0.1,::1" } else { "listen_addresses=127.0.0.1" };
+    let plain = Postgres::start("titles");
+    let quiet = Postgres::start_with("titles-quiet", &["cluster_name=lab main", "update_process_title=off", listen]);
+    let netns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let netns: u64 = netns.to_str().unwrap().trim_start_matches("net:[").trim_end_matches(']').parse().unwrap();
+    let mut scanner = Scanner::new();
+    let directory = scanner.backend_directory();
+    let mut find = |conn: &std::net::TcpStream| {
+        let query = BackendQuery { client: conn.local_addr().unwrap(), server: conn.peer_addr().unwrap(), netns, backend_pid: None };
+        let found = wait_for("the backend to be indexed", Duration::from_secs(5), || {
+            scanner.refresh_backends();
+            directory.current().find(&query).cloned()
+        });
+        // The backend found by its own pid too (the server's side).
+        let own = BackendQuery { client: "127.0.0.1:1".parse().unwrap(), backend_pid: Some(found.pid), ..query };
+        assert_eq!(directory.current().find(&own).map(|b| b.pid), Some(found.pid));
+        found
+    };
+    for (pg, host) in [(&plain, "127.0.0.1"), (&quiet, if ipv6 { "::1" } else { "127.0.0.1" })] {
+        let mut conn = std::net::TcpStream::connect((host, pg.port)).unwrap();
+        start_session(&mut conn);
+        let found = find(&conn);
+        assert_eq!((found.user.as_str(), found.database.as_str()), (USER, DATABASE), "{host}");
+        assert_eq!(found.netns, Some(netns));
+        assert_eq!((found.server_pid, &found.server_ports[..]), (pg.pid(), &[pg.port][..]), "its server, its port");
+        let title = String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", found.pid)).unwrap()).into_owned();
+        let client_port = conn.local_addr().unwrap().port();
+        assert!(title.contains(&format!(" {USER} {DATABASE} {host}({client_port})")), "{title:?}");
+    }
+    let port = free_port();
+    let (mut a, mut b) = (connect_from(port, plain.port), connect_from(port, quiet.port));
+    start_session(&mut a);
+    start_session(&mut b);
+    assert_eq!(find(&a).server_pid, plain.pid());
+    assert_eq!(find(&b).server_pid, quiet.pid());
+}
+
+/// Connections older than periscope (issue 10): the clients connect and log
+/// in, then periscope starts and adopts them (`--pid`) after their startup
+/// messages, the only place their database travels. node-postgres (a Client
+/// and a Pool of two) against a server with default settings, psycopg over
+/// IPv6 (when the host has it) against one whose titles carry a cluster name
+/// with a space and are never updated (`update_process_title = off`), and
+/// the Client's backend itself, adopted the same way (SERVER spans). Every
+/// SQL span carries db.namespace (and db.name with database/dup), found from
+/// the backends' process titles, and nothing waited: the index built by the
+/// scan that adopted the processes knew every backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_adopted_after_their_startup_know_their_database() {
+    let fixtures = fixtures();
+    let rx = Receiver::start().await;
+    let pg = Postgres::start("adopted");
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let listen = if ipv6 { "listen_addresses=127.0.0.1,::1" } else { "listen_addresses=127.0.0.1" };
+    let quiet = Postgres::start_with("adopted-quiet", &["cluster_name=lab main", "update_process_title=off", listen]);
+
+    let mut node = gated(Command::new("node").arg(fixtures.join("pg_adopted_client.js")).arg(pg.port.to_string()));
+    let backend: u32 = first_line(&mut node).strip_prefix("connected ").and_then(|p| p.parse().ok()).expect("backend pid");
+    let host = if ipv6 { "::1" } else { "127.0.0.1" };
+    let mut py = gated(
+        Command::new(python()).arg(fixtures.join("psycopg_client.py")).args([&quiet.port.to_string(), host, "connect-first"]),
+    );
+    assert_eq!(first_line(&mut py), "connected");
+    let title = std::fs::read(format!("/proc/{backend}/cmdline")).unwrap();
+    assert!(title.starts_with(b"postgres: app shop 127.0.0.1("), "{:?}", String::from_utf8_lossy(&title));
+
+    let mut env = grpc_env(&rx);
+    env.push(("OTEL_SEMCONV_STABILITY_OPT_IN", "database/dup".into()));
+    let pids = format!("{},{},{backend}", node.pid(), py.pid());
+    let agent = Agent::start(&["--pid", &pids], &env);
+    for pid in [node.pid(), py.pid(), backend] {
+        agent.wait_tracked(pid);
+    }
+    release(&mut node);
+    release(&mut py);
+    assert_eq!(finish(&mut node).trim(), "done");
+    assert_eq!(finish(&mut py).trim(), "42P01");
+
+    let spans = wait_sql(&rx, &agent, CLIENT, Some(node.pid()), 5).await;
+    assert_eq!(
+        summary(&spans),
+        expect(&[
+            ("SELECT unicorn", "SELECT count(*) FROM unicorn", ""),
+            ("SELECT unicorn", "SELECT name FROM unicorn WHERE id = $1", ""),
+            ("SELECT unicorn", "SELECT id FROM unicorn WHERE name = $1", ""),
+            ("INSERT unicorn", "INSERT INTO unicorn (name) VALUES ($1)", ""),
+            ("SELECT unicorn", "SELECT name FROM unicorn WHERE name = $1", ""),
+        ])
+    );
+    check_common(&spans, "postgresql", pg.port);
+    let py_spans = wait_sql(&rx, &agent, CLIENT, Some(py.pid()), 13).await;
+    assert_eq!(summary(&py_spans), psycopg_script_spans());
+    let server_spans = wait_sql(&rx, &agent, SERVER, Some(backend), 3).await;
+    assert_eq!(summary(&server_spans), summary(&spans[..3]), "the Client's statements, seen by its backend");
+    for s in spans.iter().chain(&py_spans).chain(&server_spans) {
+        let ctx = format!("span {:?} of pid {:?}", s.span.name, pid_of(s));
+        assert_eq!(s.attr_str("db.namespace").as_deref(), Some(DATABASE), "{ctx}");
+        assert_eq!(s.attr_str("db.name").as_deref(), Some(DATABASE), "{ctx}: database/dup");
+    }
+    for s in &py_spans {
+        assert_eq!(s.attr_str("server.address").as_deref(), Some(host));
+    }
+    let lookups = |reason: &str| agent.sample_sum("periscope_db_namespace_lookups_total", &[&format!("reason=\"{reason}\"")]);
+    assert_eq!(lookups("index"), 5.0, "three node connections, psycopg's, the backend's:\n{}", agent.metrics());
+    assert_eq!(agent.sample_sum("periscope_db_namespace_lookups_total", &[]), 5.0);
+    assert_eq!(agent.sample_sum("periscope_db_namespace_unknown_total", &[]), 0.0);
+}
+
 // ---------------------------------------------------------------------------
 // MariaDB clients
 // ---------------------------------------------------------------------------

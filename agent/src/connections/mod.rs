@@ -183,6 +183,9 @@ pub enum Outcome {
     Sql { key: ConnKey, tuple: Tuple, server_side: bool, started: Started, call: SqlCall },
     Published { key: ConnKey, tuple: Tuple, started: Started, publish: Publish },
     Consumed { key: ConnKey, tuple: Tuple, started: Started, message: ConsumedMessage },
+    /// A PostgreSQL connection adopted after its startup: its database is
+    /// for someone else to find ([`ConnectionTable::tell_database`]).
+    DatabaseUnknown { key: ConnKey, tuple: Tuple, server_side: bool },
 }
 
 /// What a delivered message says about its producer.
@@ -407,7 +410,25 @@ impl ConnectionTable {
             started
         };
         announce(tracker, key, conn, server_side, started, out);
+        if let Protocol::Postgres(session) = &mut conn.protocol {
+            if session.take_adopted() {
+                out.push(Outcome::DatabaseUnknown { key, tuple: conn.tuple, server_side });
+            }
+        }
         report(conn, t);
+    }
+
+    /// The user and database of a PostgreSQL connection adopted after its
+    /// startup, found elsewhere; ignored when the fd now holds another
+    /// connection. Whether it was applied.
+    pub fn tell_database(&mut self, key: ConnKey, tuple: &Tuple, user: &str, database: &str) -> bool {
+        match self.conns.get_mut(&key) {
+            Some(Connection { tuple: now, protocol: Protocol::Postgres(session), .. }) if now == tuple => {
+                session.tell_identity(user, database);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The fd was closed: flush what the close completes and forget it.

@@ -6,11 +6,14 @@
 //!   once per network namespace, so processes in containers are found too.
 //! * [`read_process`]: the same information for a single pid (exec events).
 //! * [`build_service`]: the OTel Resource ([`Service`]) of a process.
+//! * [`pg_backends`]: PostgreSQL client backends by the client each one
+//!   serves (process titles), indexed by the same scans.
 //!
 //! Everything here reads `/proc` synchronously; call it from a blocking
 //! thread in async code.
 use std::path::PathBuf;
 
+pub mod pg_backends;
 mod ports;
 mod procfs;
 mod scanner;

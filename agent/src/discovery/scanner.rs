@@ -4,6 +4,7 @@ use std::{collections::HashMap, fs::File, path::PathBuf, rc::Rc};
 use crate::kubernetes::{ContainerRef, KubernetesMetadata};
 
 use super::{
+    pg_backends::{BackendDirectory, BackendTracker},
     procfs::{is_go_elf, ProcFs, Stat},
     service::Language,
     DiscoveryError, ProcessInfo, Selector,
@@ -156,6 +157,8 @@ pub struct Scanner {
     /// -> container: the pod criterion reads `/proc/PID/cgroup` once per
     /// process, not once per scan.
     containers: HashMap<(u32, u64), Option<ContainerRef>>,
+    /// PostgreSQL client backends, indexed from the same pass.
+    backends: BackendTracker,
 }
 
 impl Default for Scanner {
@@ -183,10 +186,30 @@ impl Scanner {
             self_pid: std::process::id(),
             kubernetes: None,
             containers: HashMap::new(),
+            backends: BackendTracker::default(),
         }
     }
 
-    /// One pass over `/proc`. Cost: a `stat` and `exe` read per process; net
+    /// Where each scan publishes the PostgreSQL client backends it saw.
+    pub fn backend_directory(&self) -> BackendDirectory {
+        self.backends.directory()
+    }
+
+    /// A pass over `/proc` for PostgreSQL backends only (between scans, when
+    /// a connection's backend is looked for): a `stat` per process, a title
+    /// read per new backend.
+    pub fn refresh_backends(&mut self) {
+        let Ok(pids) = self.fs.pids() else { return };
+        for pid in pids {
+            if let Ok(stat) = self.fs.stat(pid) {
+                self.backends.observe(&self.fs, pid, &stat);
+            }
+        }
+        self.backends.publish();
+    }
+
+    /// One pass over `/proc`, which also indexes PostgreSQL client backends
+    /// (see [`Self::backend_directory`]). Cost: a `stat` and `exe` read per process; net
     /// tables once per network namespace (only when ports are selected); fd
     /// links only for processes in a namespace that has a listening socket on
     /// a selected port, and for processes already matched (to fill
@@ -211,6 +234,7 @@ impl Scanner {
                 Err(_) => res.skipped += 1,
             }
         }
+        self.backends.publish();
         res
     }
 
@@ -249,6 +273,7 @@ impl Scanner {
         if stat.is_kernel_thread() || stat.is_dead() {
             return Ok(None);
         }
+        self.backends.observe(&self.fs, pid, &stat);
         let exe = self.fs.exe(pid);
         let netns = self.fs.netns(pid);
         let direct = selector.matches_pid(pid)

@@ -76,6 +76,11 @@ struct State {
     back_mode: BackMode,
     encrypted: bool,
     namespace: Option<String>,
+    user: Option<String>,
+    /// A startup-phase message (StartupMessage, SSLRequest...) was seen.
+    startup_seen: bool,
+    /// [`PgSession::take_adopted`] has answered true.
+    adoption_told: bool,
     statements: BoundedMap<String, String>,
     /// portal -> SQL of the statement bound to it (None: unknown statement).
     portals: BoundedMap<String, Option<String>>,
@@ -121,6 +126,9 @@ impl PgSession {
                 back_mode: BackMode::Typed,
                 encrypted: false,
                 namespace: None,
+                user: None,
+                startup_seen: false,
+                adoption_told: false,
                 statements: BoundedMap::new(MAX_STATEMENTS),
                 portals: BoundedMap::new(MAX_PORTALS),
                 batch_start: None,
@@ -146,6 +154,42 @@ impl PgSession {
     /// Database name (StartupMessage `database`, defaulting to `user`).
     pub fn namespace(&self) -> Option<&str> {
         self.st.namespace.as_deref()
+    }
+
+    /// User name (StartupMessage `user`, or told by [`Self::tell_identity`]).
+    pub fn user(&self) -> Option<&str> {
+        self.st.user.as_deref()
+    }
+
+    /// Whether the session was adopted mid-stream: it speaks typed messages
+    /// and never saw a startup, so its database is unknown unless told.
+    pub fn adopted(&self) -> bool {
+        self.st.front_mode == FrontMode::Typed && !self.st.startup_seen && !self.st.encrypted
+    }
+
+    /// True once, the first time the session finds itself adopted without a
+    /// database: whoever feeds it may then look the database up elsewhere.
+    pub fn take_adopted(&mut self) -> bool {
+        let ask = self.adopted() && self.st.namespace.is_none() && !self.st.adoption_told;
+        self.st.adoption_told |= ask;
+        ask
+    }
+
+    /// The user and database of a connection adopted mid-stream, learnt from
+    /// outside (the server's process title): statements completed from now
+    /// on carry the database. An empty database means the user's, as in a
+    /// StartupMessage. Ignored when the startup was seen.
+    pub fn tell_identity(&mut self, user: &str, database: &str) {
+        if self.st.startup_seen {
+            return;
+        }
+        let db = if database.is_empty() { user } else { database };
+        if !db.is_empty() {
+            self.st.namespace = Some(db.to_owned());
+        }
+        if !user.is_empty() {
+            self.st.user = Some(user.to_owned());
+        }
     }
 
     /// Whether the connection switched to TLS/GSS (nothing more is parsed).
@@ -316,9 +360,13 @@ impl FrontSink<'_> {
             return;
         };
         match code {
-            SSL_REQUEST | GSSENC_REQUEST => self.st.back_mode = BackMode::SslAnswer,
+            SSL_REQUEST | GSSENC_REQUEST => {
+                self.st.startup_seen = true;
+                self.st.back_mode = BackMode::SslAnswer;
+            }
             CANCEL_REQUEST => self.st.stats.skipped += 1,
             c if c >> 16 == 3 => {
+                self.st.startup_seen = true;
                 let mut rest = &f.body[4..];
                 let (mut user, mut db) = (None, None);
                 while !rest.is_empty() && rest[0] != 0 {
@@ -331,7 +379,8 @@ impl FrontSink<'_> {
                     }
                     rest = r;
                 }
-                self.st.namespace = db.filter(|d| !d.is_empty()).or(user);
+                self.st.namespace = db.filter(|d| !d.is_empty()).or_else(|| user.clone());
+                self.st.user = user;
                 self.st.front_mode = FrontMode::Typed;
             }
             _ => self.st.stats.parse_errors += 1,

@@ -89,6 +89,12 @@ impl Postgres {
     /// initdb + postgres on a free port; creates role `app` (password
     /// `secret`) owning database `shop` with table `unicorn`.
     pub fn start(tag: &str) -> Postgres {
+        Self::start_with(tag, &[])
+    }
+
+    /// The same with extra settings (`name=value`, as `-c` options; they win
+    /// over the defaults above).
+    pub fn start_with(tag: &str, settings: &[&str]) -> Postgres {
         let (dir, uid, gid) = own_dir(&format!("pg-{tag}"), "postgres");
         let pwfile = dir.join("pw");
         std::fs::write(&pwfile, "postgres-admin\n").unwrap();
@@ -118,6 +124,7 @@ impl Postgres {
             .args(["-c", &format!("unix_socket_directories={}", dir.display())])
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=80", "-c", "shared_buffers=16MB", "-c", "ssl=off"])
+            .args(settings.iter().flat_map(|s| ["-c", s]))
             .uid(uid)
             .gid(gid)
             .current_dir(&dir)

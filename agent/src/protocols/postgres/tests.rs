@@ -735,6 +735,48 @@ fn huge_query_text_is_truncated() {
 }
 
 #[test]
+fn a_session_adopted_mid_stream_can_be_told_its_database() {
+    let mut c = Conv::client();
+    assert!(!c.s.adopted(), "nothing seen yet");
+    c.send(E, &query("SELECT 1"));
+    assert!(c.s.adopted());
+    assert!(c.s.take_adopted(), "asked once");
+    assert!(!c.s.take_adopted(), "and only once");
+    c.send(I, &cat(&[&complete("SELECT 1"), READY_IDLE]));
+    assert_eq!(c.calls[0].namespace, None, "completed before the answer");
+    c.send(E, &query("SELECT 2"));
+    c.s.tell_identity("app", "shop");
+    c.send(I, &cat(&[&complete("SELECT 1"), READY_IDLE]));
+    assert_eq!(c.calls[1].namespace.as_deref(), Some("shop"), "awaiting its response when told");
+    assert_eq!((c.s.namespace(), c.s.user()), (Some("shop"), Some("app")));
+    assert!(!c.s.take_adopted(), "known now");
+}
+
+#[test]
+fn a_session_that_saw_its_startup_is_not_adopted_and_not_told() {
+    let mut c = Conv::client();
+    c.startup();
+    assert!(!c.s.adopted());
+    assert!(!c.s.take_adopted());
+    c.s.tell_identity("mallory", "elsewhere");
+    assert_eq!((c.s.namespace(), c.s.user()), (Some("shop"), Some("bob")));
+    // Through an SSLRequest answered N, then the startup.
+    let mut c = Conv::client();
+    c.send(E, b"\x00\x00\x00\x08\x04\xd2\x16\x2f");
+    assert!(!c.s.adopted() && !c.s.take_adopted(), "the startup is coming");
+    c.send(I, b"N");
+    c.startup();
+    assert!(!c.s.take_adopted());
+    assert_eq!(c.s.namespace(), Some("shop"));
+    // An empty database is the user's, as in a StartupMessage.
+    let mut c = Conv::new(Role::Server);
+    c.send(I, &query("SELECT 1"));
+    assert!(c.s.take_adopted());
+    c.s.tell_identity("ann", "");
+    assert_eq!(c.s.namespace(), Some("ann"));
+}
+
+#[test]
 fn attach_mid_connection() {
     let mut c = Conv::client();
     // Tail of some earlier response, then the tail of a query: dropped.
