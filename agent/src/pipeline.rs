@@ -346,7 +346,12 @@ impl Pipeline {
         // A traceparent the process put in the message names this span,
         // unless that id already named another one.
         let pin = publish.traceparent.as_deref().and_then(TraceParent::parse).map(|tp| self.tracker.pin(&tp));
+        let header_id = span.span_id;
         let stamp = self.identify(&mut span, &started, pin);
+        if pin.is_some_and(|p| p.header_parent.is_none()) {
+            // It took the header's parent id (the builder named it so).
+            span.span_id = header_id;
+        }
         self.linker.on_published(publish, SpanCtx { span_id: span.span_id, group: started.ctx.group });
         self.finish(started.ctx.group, span, stamp);
     }
