@@ -55,13 +55,11 @@ async fn producer_and_consumer_spans_join_the_publishing_request() {
     let fx = fixtures();
     let rmq = RabbitMq::start("ctx");
     let rx = Receiver::start().await;
+    // The default capture size: up to 10 deliveries (prefetch) arrive in one
+    // read, each seen through the kernel's AMQP frame capture.
     let env = vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
-        // Up to 10 deliveries (prefetch) arrive in one read: with the default
-        // 512 bytes per syscall, the ones beyond the captured bytes are not
-        // seen (their acks are counted as unmatched).
-        ("PERISCOPE_CAPTURE_SIZE", "4096".into()),
     ];
     // Gates: both processes start once periscope watches them, so it sees
     // their AMQP connections from the protocol header on.
