@@ -51,18 +51,25 @@ struct {
 	__type(value, struct amqp_stream);
 } amqp_streams SEC(".maps");
 
-/* The segments one read's walk found, copied once the walk checked out. */
-struct amqp_segments {
+/* Bytes of the read copied at once for the walk to read frame headers from:
+ * one helper call per window instead of one per frame (power of two). */
+#define AMQP_WINDOW 4096
+
+/* Per-CPU scratch of one read's walk: the segments it found, copied once the
+ * walk checked out, and the window it reads headers from. */
+struct amqp_scratch {
 	__u32 offset[PERISCOPE_AMQP_MAX_SEGMENTS];
 	__u32 len[PERISCOPE_AMQP_MAX_SEGMENTS];
+	/* room for a masked offset plus the bytes read there */
+	__u8 window[AMQP_WINDOW + AMQP_PROBE_LEN + 1];
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct amqp_segments);
-} amqp_segs SEC(".maps");
+	__type(value, struct amqp_scratch);
+} amqp_scratch SEC(".maps");
 
 enum amqp_walk_status {
 	AMQP_WALK_MORE = 0,
@@ -78,8 +85,10 @@ struct amqp_walk {
 	__u32 at;        /* offset of the next frame; the byte before it ends a frame */
 	__u32 seg_start; /* segment being grown: [seg_start, seg_end) */
 	__u32 seg_end;
-	__u32 nseg;      /* segments recorded in amqp_segs */
+	__u32 nseg;      /* segments recorded in amqp_scratch */
 	__u32 checked;   /* frame-end octets verified */
+	__u32 win_start; /* bytes [win_start, win_start + win_len) are in the window */
+	__u32 win_len;
 	/* The frame the read ends in, for the next read. */
 	__u32 next_pos;
 	__u32 next_len;
@@ -157,7 +166,7 @@ static __always_inline void amqp_close_segment(struct amqp_walk *w)
 	if (w->seg_end == w->seg_start)
 		return;
 	__u32 zero = 0;
-	struct amqp_segments *s = bpf_map_lookup_elem(&amqp_segs, &zero);
+	struct amqp_scratch *s = bpf_map_lookup_elem(&amqp_scratch, &zero);
 	if (!s || w->nseg >= PERISCOPE_AMQP_MAX_SEGMENTS) {
 		w->segs_full = 1;
 	} else {
@@ -188,55 +197,55 @@ static __always_inline void amqp_add_range(struct amqp_walk *w, __u32 from, __u3
 static long amqp_walk_frame(__u64 index, void *ctx)
 {
 	struct amqp_walk *w = ctx;
-	__u32 at = w->at, len = w->len;
-	/* b[0]: the end octet of the frame before (when at > 0), then the
-	 * frame's first AMQP_PROBE_LEN bytes. */
-	__u8 b[AMQP_PROBE_LEN + 1] = {};
-	__u32 have;
-	if (at >= len) {
-		/* The read ends with a frame's end octet: check it. */
-		if (at > 0 && bpf_probe_read_user(b, 1, (void *)(w->buf + at - 1))) {
-			w->status = AMQP_WALK_FAILED;
-			return 1;
-		}
-		if (at > 0 && b[0] != AMQP_FRAME_END) {
-			w->status = AMQP_WALK_BAD;
-			return 1;
-		}
-		w->checked += at > 0;
-		w->status = AMQP_WALK_DONE;
+	__u32 zero = 0;
+	struct amqp_scratch *sc = bpf_map_lookup_elem(&amqp_scratch, &zero);
+	if (!sc) {
+		w->status = AMQP_WALK_FAILED;
 		return 1;
 	}
-	if (at == 0) {
-		have = len < AMQP_PROBE_LEN ? len : AMQP_PROBE_LEN;
-		if (bpf_probe_read_user(b + 1, have, (void *)w->buf)) {
+	__u32 at = w->at, len = w->len;
+	/* Bytes wanted: the end octet of the frame before (when at > 0), then
+	 * the frame's first AMQP_PROBE_LEN bytes, as far as the read goes. */
+	__u32 from = at > 0 ? at - 1 : 0;
+	__u32 to = len;
+	if (at < len && len - at > AMQP_PROBE_LEN)
+		to = at + AMQP_PROBE_LEN;
+	if (from < w->win_start || to > w->win_start + w->win_len) {
+		__u32 n = len - from < AMQP_WINDOW ? len - from : AMQP_WINDOW;
+		if (bpf_probe_read_user(sc->window, n, (void *)(w->buf + from))) {
 			w->status = AMQP_WALK_FAILED;
 			return 1;
 		}
-	} else {
-		have = len - at < AMQP_PROBE_LEN ? len - at : AMQP_PROBE_LEN;
-		if (bpf_probe_read_user(b, have + 1, (void *)(w->buf + at - 1))) {
-			w->status = AMQP_WALK_FAILED;
-			return 1;
-		}
+		w->win_start = from;
+		w->win_len = n;
+	}
+	const __u8 *b = sc->window + ((from - w->win_start) & (AMQP_WINDOW - 1));
+	if (at > 0) {
 		if (b[0] != AMQP_FRAME_END) {
 			w->status = AMQP_WALK_BAD;
 			return 1;
 		}
 		w->checked++;
+		b++;
 	}
+	if (at >= len) {
+		/* The read ended with that end octet. */
+		w->status = AMQP_WALK_DONE;
+		return 1;
+	}
+	__u32 have = to - at;
 	if (have < AMQP_HEADER_LEN) {
 		/* The header continues in the next read. */
 		amqp_add_range(w, at, len);
 #pragma unroll
 		for (int i = 0; i < AMQP_HEADER_LEN - 1; i++)
-			w->cut[i] = b[i + 1];
+			w->cut[i] = b[i];
 		w->cut_len = have;
 		w->status = AMQP_WALK_DONE;
 		return 1;
 	}
 	__u32 want = 0;
-	__u32 flen = amqp_frame(b + 1, have, &want);
+	__u32 flen = amqp_frame(b, have, &want);
 	if (!flen) {
 		w->status = AMQP_WALK_BAD;
 		return 1;
@@ -306,7 +315,7 @@ static long amqp_emit_segment(__u64 index, void *ctx)
 {
 	struct amqp_emit *m = ctx;
 	__u32 zero = 0;
-	struct amqp_segments *segs = bpf_map_lookup_elem(&amqp_segs, &zero);
+	struct amqp_scratch *segs = bpf_map_lookup_elem(&amqp_scratch, &zero);
 	struct scratch_event *s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!segs || !s || index >= m->nseg || m->stop)
 		return 1;

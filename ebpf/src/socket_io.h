@@ -99,7 +99,9 @@ static __always_inline void emit_conn_event(__u32 kind, __u64 id, __s32 fd, __u6
 	bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline int handle_io_exit(struct sys_exit_ctx *ctx)
+/* `reads`: the exit of a read-side syscall (a constant: write-side programs
+ * carry no frame-capture code for the verifier to walk). */
+static __always_inline int handle_io_exit(struct sys_exit_ctx *ctx, const int reads)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct pending_io *p = bpf_map_lookup_elem(&pending, &id);
@@ -129,7 +131,7 @@ static __always_inline int handle_io_exit(struct sys_exit_ctx *ctx)
 	e->layout = PERISCOPE_LAYOUT_PREFIX;
 	/* The policy lives in the entry just looked up: prefix-captured
 	 * connections pay one byte compare. */
-	if (info->policy == PERISCOPE_CAPTURE_AMQP_FRAMES && args.direction == PERISCOPE_DIR_INGRESS &&
+	if (reads && info->policy == PERISCOPE_CAPTURE_AMQP_FRAMES &&
 	    amqp_capture(s, &args, id >> 32, (__u32)ret))
 		return 0;
 
@@ -227,23 +229,23 @@ int handle_enter_sendfile(struct sys_enter_ctx *ctx)
 /* --- exits --- */
 
 SEC("tracepoint/syscalls/sys_exit_read")
-int handle_exit_read(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_read(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 1); }
 SEC("tracepoint/syscalls/sys_exit_readv")
-int handle_exit_readv(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_readv(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 1); }
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int handle_exit_recvfrom(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_recvfrom(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 1); }
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int handle_exit_recvmsg(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_recvmsg(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 1); }
 SEC("tracepoint/syscalls/sys_exit_write")
-int handle_exit_write(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_write(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
 SEC("tracepoint/syscalls/sys_exit_writev")
-int handle_exit_writev(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_writev(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
 SEC("tracepoint/syscalls/sys_exit_sendto")
-int handle_exit_sendto(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_sendto(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int handle_exit_sendmsg(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_sendmsg(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
 SEC("tracepoint/syscalls/sys_exit_sendfile64")
-int handle_exit_sendfile(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_sendfile(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
 
 /* --- connection lifecycle --- */
 
