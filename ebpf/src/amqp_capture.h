@@ -407,7 +407,6 @@ static __always_inline int amqp_capture(struct scratch_event *s, struct pending_
 		}
 		if (have + n < AMQP_HEADER_LEN) {
 			st->hdr_len = have + n;
-			w.at = len;
 			amqp_add_range(&w, 0, len);
 			goto emit;
 		}
