@@ -17,7 +17,7 @@ use db_names::DbNames;
 use link::Linker;
 
 use crate::{
-    capture::{self, reader::RingReader, Event, Tuple},
+    capture::{self, reader::RingReader, CapturePolicy, Event, Tuple},
     config::Settings,
     connections::{ConnKey, ConnectionTable, Outcome},
     context::{
@@ -27,7 +27,7 @@ use crate::{
     discovery::{self, ProcessInfo, Scanner, ServiceOptions},
     kubernetes::KubernetesMetadata,
     probes::{wire::periscope_counter, Probes},
-    protocols::{amqp::Publish, sql::DbSystem, Chunk},
+    protocols::{amqp::Publish, sql::DbSystem},
     spans::{
         clock::{monotonic_now, Clock},
         http::{self as http_spans, HttpContext, HttpSpanOptions},
@@ -289,14 +289,11 @@ impl Pipeline {
                 }
                 let key = ConnKey { pid: d.header.pid, fd: d.header.fd };
                 let thread = ThreadKey { pid: d.header.pid, tid: d.header.tid, loop_seq: d.header.loop_seq };
-                let chunk = Chunk {
-                    direction: d.direction,
-                    data: d.data,
-                    total: d.bytes,
-                    ts_enter: d.header.ts_enter,
-                    ts_exit: d.header.ts_exit,
-                };
-                self.table.data(key, d.tuple, d.role, thread, &chunk, &mut self.tracker, &mut self.outcomes, &self.telemetry);
+                // A prefix is one chunk; a segmented capture (AMQP frames)
+                // one per segment, with the bytes not captured between them.
+                for chunk in d.chunks() {
+                    self.table.data(key, d.tuple, d.role, thread, &chunk, &mut self.tracker, &mut self.outcomes, &self.telemetry);
+                }
             }
             Event::ConnOpen(c) => {
                 let key = ConnKey { pid: c.header.pid, fd: c.header.fd };
@@ -335,6 +332,7 @@ impl Pipeline {
                 Outcome::Delivered { started, link, .. } => {
                     self.linker.on_delivered(&mut self.tracker.assembly, &started, link, &self.telemetry);
                 }
+                Outcome::Capture { key, tuple, policy } => self.set_capture_policy(key, &tuple, policy),
                 Outcome::Published { key, tuple, started, publish } => self.on_published(key, tuple, started, &publish),
                 Outcome::Consumed { key, tuple, started, message } => self.on_consumed(key, tuple, started, &message),
                 Outcome::DatabaseUnknown { key, tuple, server_side } => {
@@ -382,6 +380,18 @@ impl Pipeline {
         }
         if !self.tracker.assembly.out.is_empty() {
             self.emit_assembled();
+        }
+    }
+
+    /// Tells the kernel how to capture a connection the table classified.
+    fn set_capture_policy(&mut self, key: ConnKey, tuple: &Tuple, policy: CapturePolicy) {
+        match self.probes.set_capture_policy(key.pid, key.fd, tuple, policy) {
+            Ok(true) => {}
+            Ok(false) => self.telemetry.inc(Counter::CapturePolicyFailed),
+            Err(e) => {
+                tracing::debug!(pid = key.pid, fd = key.fd, "cannot set the capture policy: {e}");
+                self.telemetry.inc(Counter::CapturePolicyFailed);
+            }
         }
     }
 
@@ -653,6 +663,9 @@ impl Pipeline {
         t.set(Counter::KernelConnMapFull, k[periscope_counter::PERISCOPE_CNT_CONN_FULL as usize]);
         t.set(Counter::KernelIovTruncated, k[periscope_counter::PERISCOPE_CNT_IOV_TRUNCATED as usize]);
         t.set(Counter::KernelReadFailed, k[periscope_counter::PERISCOPE_CNT_READ_FAILED as usize]);
+        let amqp = |c: periscope_counter| k[c as usize];
+        t.set_for(Counter::KernelCaptureIncomplete, "amqp", "framing unknown", amqp(periscope_counter::PERISCOPE_CNT_AMQP_UNALIGNED));
+        t.set_for(Counter::KernelCaptureIncomplete, "amqp", "limits", amqp(periscope_counter::PERISCOPE_CNT_AMQP_TRUNCATED));
 
         let now = monotonic_now();
         self.table.sweep(now, IDLE_NS, EXPIRE_NS, &mut self.tracker, &mut self.outcomes, &self.telemetry);

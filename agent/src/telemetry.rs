@@ -41,6 +41,8 @@ counters! {
     KernelConnMapFull => "periscope_kernel_conn_map_full_total", "Connections the kernel could not cache.",
     KernelIovTruncated => "periscope_kernel_iov_truncated_total", "Vectored I/O calls with more iovecs than the kernel walks.",
     KernelReadFailed => "periscope_kernel_read_failed_total", "User buffers the kernel could not read.",
+    KernelCaptureIncomplete => "periscope_kernel_capture_incomplete_total", "Reads on connections with a protocol-aware capture (AMQP frames) that the kernel captured only in part, by protocol and reason: framing not known (sent as a prefix) or limits reached.",
+    CapturePolicyFailed => "periscope_capture_policy_failed_total", "Connections whose protocol-aware capture could not be set in the kernel (captured as prefixes).",
     EventsMalformed => "periscope_events_malformed_total", "Ring buffer records too short or of unknown kind.",
     EventsUntracked => "periscope_events_untracked_total", "Events of processes the agent no longer tracks.",
     ParseErrors => "periscope_parse_errors_total", "Protocol messages that could not be parsed.",
@@ -127,6 +129,24 @@ impl Telemetry {
         }
     }
 
+    /// Overwrites the share of `protocol` / `reason` of a counter whose
+    /// source of truth is elsewhere (a kernel counter), and the total by as
+    /// much.
+    pub fn set_for(&self, counter: Counter, protocol: &'static str, reason: &'static str, value: u64) {
+        let Ok(mut m) = self.labeled.lock() else { return };
+        let key = (counter, Labels { protocol, reason });
+        if value == 0 && !m.contains_key(&key) {
+            return;
+        }
+        let old = m.insert(key, value).unwrap_or(0);
+        let total = &self.values[counter as usize];
+        if value >= old {
+            total.fetch_add(value - old, Ordering::Relaxed);
+        } else {
+            total.fetch_sub(old - value, Ordering::Relaxed);
+        }
+    }
+
     /// Overwrites a counter whose source of truth is elsewhere (the kernel's
     /// per-CPU counters are summed and stored here).
     pub fn set(&self, counter: Counter, value: u64) {
@@ -197,6 +217,11 @@ mod tests {
         assert_eq!(desync.len(), 2, "{desync:?}");
         assert_eq!(desync.iter().map(|s| s.value).sum::<u64>(), 3);
         assert!(desync.iter().all(|s| s.labels.is_some()));
+        t.set_for(Counter::KernelCaptureIncomplete, "amqp", "framing unknown", 4);
+        t.set_for(Counter::KernelCaptureIncomplete, "amqp", "framing unknown", 5);
+        t.set_for(Counter::KernelCaptureIncomplete, "amqp", "limits", 0);
+        assert_eq!(t.get(Counter::KernelCaptureIncomplete), 5, "set, not added");
+        assert_eq!(t.snapshot().iter().filter(|s| s.counter == Counter::KernelCaptureIncomplete).count(), 1);
         let parse: Vec<Sample> = t.snapshot().into_iter().filter(|s| s.counter == Counter::ParseErrors).collect();
         assert_eq!(parse, vec![Sample { counter: Counter::ParseErrors, labels: None, value: 0 }]);
     }

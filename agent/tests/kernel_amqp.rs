@@ -5,7 +5,10 @@
 //! PRODUCER `publish jobs` is a child of the HTTP request that published it;
 //! CONSUMER `process jobs` is a child of that PRODUCER span in the same trace
 //! (matched on this host by the message, or named by the traceparent the app
-//! put in the message itself); the messaging metrics on /metrics.
+//! put in the message itself); the messaging metrics on /metrics. Then a
+//! consumer that fell behind (1000 deliveries piled up in its socket, tens
+//! of KiB per read): one CONSUMER span per message, under the traceparent
+//! it carried, at the default capture size.
 //! Needs root and `cargo xtask deps` (rabbitmq-server, amqplib).
 mod support;
 
@@ -55,13 +58,11 @@ async fn producer_and_consumer_spans_join_the_publishing_request() {
     let fx = fixtures();
     let rmq = RabbitMq::start("ctx");
     let rx = Receiver::start().await;
+    // The default capture size: up to 10 deliveries (prefetch) arrive in one
+    // read, each seen through the kernel's AMQP frame capture.
     let env = vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
-        // Up to 10 deliveries (prefetch) arrive in one read: with the default
-        // 512 bytes per syscall, the ones beyond the captured bytes are not
-        // seen (their acks are counted as unmatched).
-        ("PERISCOPE_CAPTURE_SIZE", "4096".into()),
     ];
     // Gates: both processes start once periscope watches them, so it sees
     // their AMQP connections from the protocol header on.
@@ -175,4 +176,68 @@ async fn producer_and_consumer_spans_join_the_publishing_request() {
     assert_eq!(count("messaging_process_duration_seconds_count"), 20.0);
     let linked = support::agent::sample_sum(&metrics, "periscope_spans_linked_total", &[]);
     assert!(linked >= 10.0, "the 10 messages without traceparent were linked on this host: {linked}");
+}
+
+/// Messages the burst consumer publishes, then consumes all at once.
+const BURST: u32 = 1000;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_that_fell_behind_gets_a_consumer_span_per_message() {
+    // Deliveries pile up in the consumer's socket and one read returns tens
+    // of KiB of them: every one is captured (the kernel's AMQP frame
+    // capture, at the default capture size), with the traceparent the
+    // message carries.
+    let fx = fixtures();
+    let rmq = RabbitMq::start("burst");
+    let rx = Receiver::start().await;
+    let env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into())];
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "read go; exec node \"$@\"", "sh"]).arg(fx.join("burst_consumer.js")).args([rmq.url(), BURST.to_string()]);
+    let mut consumer = Proc(cmd.env("OTEL_SERVICE_NAME", "burst").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap());
+    let agent = Agent::start(&["--pid", &consumer.pid().to_string()], &env);
+    agent.wait_tracked(consumer.pid());
+    consumer.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    consumer.0.stdin.as_mut().unwrap().flush().unwrap();
+    let mut out = BufReader::new(consumer.0.stdout.take().unwrap());
+    for want in ["ready", "acked"] {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with(want), "{want}: {line}");
+    }
+
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let consumers = loop {
+        let spans = rx.spans();
+        let consumers: Vec<ReceivedSpan> = spans.into_iter().filter(|s| s.span.kind == CONSUMER).collect();
+        if consumers.len() >= BURST as usize || std::time::Instant::now() > deadline {
+            break consumers;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let metrics = agent.metrics();
+    let counters: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            ["periscope_kernel_capture", "periscope_requests_unmatched", "periscope_protocol_desync", "periscope_events_lost"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    let producers = rx.spans().iter().filter(|s| s.span.kind == PRODUCER).count();
+    eprintln!("burst: {} CONSUMER spans, {producers} PRODUCER spans for {BURST} messages\n{counters:#?}", consumers.len());
+    assert_eq!(consumers.len(), BURST as usize, "one CONSUMER span per message");
+    // Message i carried traceparent 00-<i>-<i>-01: its span is in that trace, under that span.
+    let mut seen: Vec<u64> = consumers
+        .iter()
+        .map(|c| {
+            let trace = u64::from_str_radix(&hex(&c.span.trace_id)[16..], 16).unwrap();
+            assert_eq!(hex(&c.span.parent_span_id), format!("{trace:016x}"), "the message's traceparent names the parent");
+            trace
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=u64::from(BURST)).collect::<Vec<_>>(), "every message once");
+    let kernel_incomplete = support::agent::sample_sum(&metrics, "periscope_kernel_capture_incomplete_total", &[]);
+    assert_eq!(kernel_incomplete, 0.0, "the kernel captured every AMQP read");
 }

@@ -294,9 +294,18 @@ async fn the_lab_load_keeps_every_trace_connected() {
     let agent_counters: Vec<&str> = metrics
         .lines()
         .filter(|l| {
-            ["periscope_context", "periscope_link", "periscope_protocol_desync", "periscope_requests_unmatched", "periscope_db_namespace"]
-                .iter()
-                .any(|p| l.starts_with(p))
+            [
+                "periscope_context",
+                "periscope_link",
+                "periscope_protocol_desync",
+                "periscope_requests_unmatched",
+                "periscope_kernel_capture_incomplete",
+                "periscope_capture_policy",
+                "periscope_events_lost",
+                "periscope_db_namespace",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
         })
         .collect();
     eprintln!(

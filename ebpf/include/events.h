@@ -6,7 +6,9 @@
  *
  * Kernel -> user: records in the `events` ring buffer. Every record starts with
  * `struct periscope_event_header`; `kind` says which struct follows.
- * User -> kernel: `struct periscope_pid_config` values in `tracked_pids`.
+ * User -> kernel: `struct periscope_pid_config` values in `tracked_pids`, and
+ * the capture policy of a classified connection in `conns`
+ * (`struct periscope_conn_info`).
  */
 #ifndef PERISCOPE_EVENTS_H
 #define PERISCOPE_EVENTS_H
@@ -23,6 +25,24 @@
 #define PERISCOPE_DEFAULT_WAKEUP_BYTES (64 * 1024)
 /* iovec entries walked per readv/writev/recvmsg/sendmsg call. */
 #define PERISCOPE_MAX_IOV 8
+
+/* AMQP 0-9-1 frame capture (PERISCOPE_CAPTURE_AMQP_FRAMES): payload bytes
+ * copied per frame, by frame type. Method arguments are short strings and
+ * integers; a content header carries the properties and the headers table
+ * (traceparent); of a body frame, the bytes the agent fingerprints. */
+#define PERISCOPE_AMQP_METHOD_KEEP 256
+#define PERISCOPE_AMQP_HEADER_KEEP 512
+#define PERISCOPE_AMQP_BODY_KEEP 64
+/* Frames walked per read; a read with more loses the framing. */
+#define PERISCOPE_AMQP_MAX_FRAMES 16384
+/* Segments kept per read; beyond, frames are still walked (the framing is
+ * kept) but no longer copied. */
+#define PERISCOPE_AMQP_MAX_SEGMENTS 2048
+/* Events sent per read; beyond, the rest of the read is not copied. */
+#define PERISCOPE_AMQP_MAX_EVENTS 64
+/* Longest segment: a segment always fits in one event of its own. */
+#define PERISCOPE_MAX_SEGMENT                                                    \
+	(PERISCOPE_MAX_CAPTURE - sizeof(struct periscope_segments) - sizeof(struct periscope_segment))
 
 enum periscope_event_kind {
 	PERISCOPE_EV_DATA = 1,       /* struct periscope_data_event */
@@ -65,7 +85,26 @@ enum periscope_counter {
 	PERISCOPE_CNT_IOV_TRUNCATED = 3, /* more than PERISCOPE_MAX_IOV iovecs */
 	PERISCOPE_CNT_READ_FAILED = 4,   /* bpf_probe_read_user of a buffer failed */
 	PERISCOPE_CNT_DATA_EVENTS = 5,   /* data events submitted */
-	PERISCOPE_CNT__MAX = 6,
+	/* AMQP reads captured as a prefix only: the frame boundaries were not
+	 * known (policy just set, a frame that did not check out, several iovecs) */
+	PERISCOPE_CNT_AMQP_UNALIGNED = 6,
+	/* AMQP reads captured in part: more frames, segments or events than the
+	 * limits above, or a user buffer that could not be read */
+	PERISCOPE_CNT_AMQP_TRUNCATED = 7,
+	PERISCOPE_CNT__MAX = 8,
+};
+
+/* How the kernel captures a connection's bytes; set by the agent in `conns`
+ * once it knows what the connection speaks. */
+enum periscope_capture_policy {
+	PERISCOPE_CAPTURE_PREFIX = 0,      /* the first capture_size bytes of each syscall */
+	PERISCOPE_CAPTURE_AMQP_FRAMES = 1, /* reads: the bytes of each AMQP frame the agent parses */
+};
+
+/* How data[] of a data event is laid out. */
+enum periscope_data_layout {
+	PERISCOPE_LAYOUT_PREFIX = 0,   /* the first `captured` bytes of the syscall */
+	PERISCOPE_LAYOUT_SEGMENTS = 1, /* struct periscope_segments, then segments */
 };
 
 /* A TCP connection seen from the tracked process. IPv4 addresses are stored
@@ -103,8 +142,24 @@ struct periscope_data_event {
 	__u8 direction; /* enum periscope_direction */
 	__u8 role;      /* enum periscope_role */
 	__u8 syscall;   /* enum periscope_syscall */
-	__u8 _pad;
+	__u8 layout;    /* enum periscope_data_layout */
 	__u8 data[PERISCOPE_MAX_CAPTURE]; /* only `captured` bytes are sent */
+};
+
+/* Head of data[] in a segmented event. One syscall may send several such
+ * events (same header and timestamps), covering consecutive byte ranges of
+ * it: the first starts at 0, the last ends at `bytes`. Bytes of the range
+ * that no segment holds were not captured. */
+struct periscope_segments {
+	__u32 start; /* first byte of the syscall this event covers */
+	__u32 end;   /* one past its last */
+};
+
+/* One segment: `len` bytes of the syscall from `offset` follow it directly
+ * (unaligned). Segments are in order and do not overlap. */
+struct periscope_segment {
+	__u32 offset;
+	__u32 len;
 };
 
 struct periscope_conn_event {
@@ -126,6 +181,17 @@ struct periscope_proc_event {
 struct periscope_conn_key {
 	__u32 pid; /* tgid */
 	__s32 fd;
+};
+
+/* Value of `conns`: what (tgid, fd) of a tracked process is. Negative
+ * entries (is_tcp = 0) keep files and pipes from being looked up again. The
+ * agent sets `policy` once it has classified the connection. */
+struct periscope_conn_info {
+	struct periscope_tuple tuple;
+	__u8 is_tcp;
+	__u8 role;   /* enum periscope_role */
+	__u8 policy; /* enum periscope_capture_policy */
+	__u8 _pad[5];
 };
 
 /* Value of `tracked_pids` (key: tgid). */

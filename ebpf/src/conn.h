@@ -43,7 +43,7 @@ static __always_inline void map_v4(__u8 *dst, __be32 addr)
 }
 
 /* Fills `info` for fd; is_tcp = 0 when fd is anything but an IPv4/IPv6 TCP socket. */
-static __always_inline void describe_fd(__s32 fd, struct conn_info *info)
+static __always_inline void describe_fd(__s32 fd, struct periscope_conn_info *info)
 {
 	struct sock *sk = sock_of_fd(fd);
 	info->is_tcp = 0;
@@ -72,13 +72,13 @@ static __always_inline void describe_fd(__s32 fd, struct conn_info *info)
 }
 
 /* Cached description of (tgid, fd); NULL only when the cache cannot hold it. */
-static __always_inline struct conn_info *lookup_conn(__u32 tgid, __s32 fd)
+static __always_inline struct periscope_conn_info *lookup_conn(__u32 tgid, __s32 fd)
 {
 	struct periscope_conn_key key = { .pid = tgid, .fd = fd };
-	struct conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	struct periscope_conn_info *info = bpf_map_lookup_elem(&conns, &key);
 	if (info)
 		return info;
-	struct conn_info fresh = {};
+	struct periscope_conn_info fresh = {};
 	describe_fd(fd, &fresh);
 	fresh.role = PERISCOPE_ROLE_UNKNOWN;
 	if (bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY)) {

@@ -34,6 +34,11 @@ struct pending_io {
 	__u8 _pad[5];
 };
 
+struct ps_iovec {
+	__u64 base;
+	__u64 len;
+};
+
 enum pending_kind {
 	PENDING_PLAIN = 0, /* buf is the data */
 	PENDING_IOV = 1,   /* buf is a struct iovec array */
@@ -53,20 +58,12 @@ struct {
 	__type(value, struct pending_io);
 } pending SEC(".maps");
 
-/* (tgid, fd) of a tracked process -> what that fd is. Negative entries
- * (is_tcp = 0) keep files and pipes from being looked up again. */
-struct conn_info {
-	struct periscope_tuple tuple;
-	__u8 is_tcp;
-	__u8 role;
-	__u8 _pad[6];
-};
-
+/* (tgid, fd) of a tracked process -> what that fd is (events.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct periscope_conn_key);
-	__type(value, struct conn_info);
+	__type(value, struct periscope_conn_info);
 } conns SEC(".maps");
 
 struct {
@@ -100,6 +97,23 @@ static __always_inline void count(__u32 idx)
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
 	if (v)
 		*v += 1;
+}
+
+/* Sends a data event of `size` bytes (bounded by the caller). Wakes the
+ * agent once, when this record makes the backlog cross the threshold:
+ * forcing a wakeup on every record while the agent lags would cost an
+ * irq_work per syscall exactly when the host is busiest. */
+static __always_inline void send_data(struct periscope_data_event *e, __u64 size)
+{
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 flags = (avail < wakeup_bytes && avail + size >= wakeup_bytes) ? BPF_RB_FORCE_WAKEUP
+									     : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&events, e, size, flags))
+		count(PERISCOPE_CNT_RINGBUF_FULL);
+	else
+		count(PERISCOPE_CNT_DATA_EVENTS);
 }
 
 static __always_inline int is_tracked(__u32 tgid)

@@ -12,6 +12,9 @@ struct wire_types {
 	struct periscope_conn_event conn;
 	struct periscope_proc_event proc;
 	struct periscope_event_header header;
+	struct periscope_conn_info conn_info;
+	struct periscope_segments segments;
+	struct periscope_segment segment;
 };
 
 struct {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "conn.h"
+#include "amqp_capture.h"
 
 /* Layout of syscalls:sys_enter_* / sys_exit_* records (stable tracepoint ABI). */
 struct sys_enter_ctx {
@@ -16,11 +17,6 @@ struct sys_exit_ctx {
 	__u64 common;
 	__s64 syscall_nr;
 	__s64 ret;
-};
-
-struct ps_iovec {
-	__u64 base;
-	__u64 len;
 };
 
 static __always_inline int remember(struct sys_enter_ctx *ctx, __u8 kind, __u8 syscall,
@@ -89,7 +85,7 @@ static __always_inline void fill_header(struct periscope_event_header *h, __u32 
 }
 
 static __always_inline void emit_conn_event(__u32 kind, __u64 id, __s32 fd, __u64 ts_enter,
-					    struct conn_info *info)
+					    struct periscope_conn_info *info)
 {
 	struct periscope_conn_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -103,7 +99,9 @@ static __always_inline void emit_conn_event(__u32 kind, __u64 id, __s32 fd, __u6
 	bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline int handle_io_exit(struct sys_exit_ctx *ctx)
+/* `reads`: the exit of a read-side syscall (a constant: write-side programs
+ * carry no frame-capture code for the verifier to walk). */
+static __always_inline int handle_io_exit(struct sys_exit_ctx *ctx, const int reads)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct pending_io *p = bpf_map_lookup_elem(&pending, &id);
@@ -115,7 +113,7 @@ static __always_inline int handle_io_exit(struct sys_exit_ctx *ctx)
 	__s64 ret = ctx->ret;
 	if (ret <= 0)
 		return 0;
-	struct conn_info *info = lookup_conn(id >> 32, args.fd);
+	struct periscope_conn_info *info = lookup_conn(id >> 32, args.fd);
 	if (!info || !info->is_tcp)
 		return 0;
 
@@ -130,7 +128,12 @@ static __always_inline int handle_io_exit(struct sys_exit_ctx *ctx)
 	e->direction = args.direction;
 	e->role = info->role;
 	e->syscall = args.syscall;
-	e->_pad = 0;
+	e->layout = PERISCOPE_LAYOUT_PREFIX;
+	/* The policy lives in the entry just looked up: prefix-captured
+	 * connections pay one byte compare. */
+	if (reads && info->policy == PERISCOPE_CAPTURE_AMQP_FRAMES &&
+	    amqp_capture(s, &args, id >> 32, (__u32)ret))
+		return 0;
 
 	__u64 limit = capture_size;
 	if (limit > PERISCOPE_MAX_CAPTURE)
@@ -157,19 +160,7 @@ static __always_inline int handle_io_exit(struct sys_exit_ctx *ctx)
 		captured = PERISCOPE_MAX_CAPTURE;
 	e->captured = captured;
 
-	__u64 size = offsetof(struct periscope_data_event, data) + captured;
-	if (size > sizeof(*e))
-		size = sizeof(*e);
-	/* Wake the agent once, when this record makes the backlog cross the
-	 * threshold: forcing a wakeup on every record while the agent lags
-	 * would cost an irq_work per syscall exactly when the host is busiest. */
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	__u64 flags = (avail < wakeup_bytes && avail + size >= wakeup_bytes) ? BPF_RB_FORCE_WAKEUP
-									     : BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_output(&events, e, size, flags))
-		count(PERISCOPE_CNT_RINGBUF_FULL);
-	else
-		count(PERISCOPE_CNT_DATA_EVENTS);
+	send_data(e, offsetof(struct periscope_data_event, data) + captured);
 	return 0;
 }
 
@@ -238,23 +229,23 @@ int handle_enter_sendfile(struct sys_enter_ctx *ctx)
 /* --- exits --- */
 
 SEC("tracepoint/syscalls/sys_exit_read")
-int handle_exit_read(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_read(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 1); }
 SEC("tracepoint/syscalls/sys_exit_readv")
-int handle_exit_readv(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_readv(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 1); }
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int handle_exit_recvfrom(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_recvfrom(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 1); }
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int handle_exit_recvmsg(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_recvmsg(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 1); }
 SEC("tracepoint/syscalls/sys_exit_write")
-int handle_exit_write(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_write(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
 SEC("tracepoint/syscalls/sys_exit_writev")
-int handle_exit_writev(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_writev(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
 SEC("tracepoint/syscalls/sys_exit_sendto")
-int handle_exit_sendto(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_sendto(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int handle_exit_sendmsg(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_sendmsg(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
 SEC("tracepoint/syscalls/sys_exit_sendfile64")
-int handle_exit_sendfile(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx); }
+int handle_exit_sendfile(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
 
 /* --- connection lifecycle --- */
 
@@ -302,7 +293,7 @@ static __always_inline int handle_open_exit(struct sys_exit_ctx *ctx, __u8 expec
 		fd = args.fd;
 		role = PERISCOPE_ROLE_CLIENT;
 	}
-	struct conn_info info = {};
+	struct periscope_conn_info info = {};
 	describe_fd(fd, &info);
 	if (!info.is_tcp)
 		return 0;
@@ -310,6 +301,8 @@ static __always_inline int handle_open_exit(struct sys_exit_ctx *ctx, __u8 expec
 	struct periscope_conn_key key = { .pid = id >> 32, .fd = fd };
 	if (bpf_map_update_elem(&conns, &key, &info, BPF_ANY))
 		count(PERISCOPE_CNT_CONN_FULL);
+	/* A new connection on this fd: nothing of an earlier one's framing holds. */
+	bpf_map_delete_elem(&amqp_streams, &key);
 	emit_conn_event(PERISCOPE_EV_CONN_OPEN, id, fd, args.ts_enter_ns, &info);
 	return 0;
 }
@@ -328,11 +321,13 @@ int handle_enter_close(struct sys_enter_ctx *ctx)
 	if (!is_tracked(id >> 32))
 		return 0;
 	struct periscope_conn_key key = { .pid = id >> 32, .fd = (__s32)ctx->args[0] };
-	struct conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	struct periscope_conn_info *info = bpf_map_lookup_elem(&conns, &key);
 	if (!info)
 		return 0;
 	if (info->is_tcp)
 		emit_conn_event(PERISCOPE_EV_CONN_CLOSE, id, key.fd, bpf_ktime_get_ns(), info);
+	if (info->policy == PERISCOPE_CAPTURE_AMQP_FRAMES)
+		bpf_map_delete_elem(&amqp_streams, &key);
 	bpf_map_delete_elem(&conns, &key);
 	return 0;
 }
@@ -345,6 +340,7 @@ static __always_inline int forget_fd(__s32 fd)
 		return 0;
 	struct periscope_conn_key key = { .pid = id >> 32, .fd = fd };
 	bpf_map_delete_elem(&conns, &key);
+	bpf_map_delete_elem(&amqp_streams, &key);
 	return 0;
 }
 

@@ -7,10 +7,35 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use thiserror::Error;
 
 use crate::probes::wire::{
-    periscope_conn_event, periscope_data_event, periscope_direction, periscope_event_header,
-    periscope_event_kind, periscope_proc_event, periscope_role, periscope_tuple,
+    periscope_capture_policy, periscope_conn_event, periscope_data_event, periscope_data_layout,
+    periscope_direction, periscope_event_header, periscope_event_kind, periscope_proc_event,
+    periscope_role, periscope_segment, periscope_segments, periscope_tuple,
 };
-use crate::protocols::Direction;
+use crate::protocols::{Chunk, Direction};
+
+/// How the kernel captures a connection's bytes, set once the agent knows
+/// what the connection speaks (`enum periscope_capture_policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CapturePolicy {
+    /// The first `--capture-size` bytes of every syscall.
+    Prefix,
+    /// Reads: the bytes of each AMQP 0-9-1 frame the parser needs.
+    AmqpFrames,
+}
+
+// The kernel copies of each body frame the bytes the AMQP parser fingerprints.
+const _: () = assert!(
+    crate::probes::wire::PERISCOPE_AMQP_BODY_KEEP as usize == crate::protocols::amqp::FINGERPRINT_BYTES
+);
+
+impl CapturePolicy {
+    pub fn wire(self) -> u8 {
+        (match self {
+            CapturePolicy::Prefix => periscope_capture_policy::PERISCOPE_CAPTURE_PREFIX,
+            CapturePolicy::AmqpFrames => periscope_capture_policy::PERISCOPE_CAPTURE_AMQP_FRAMES,
+        }) as u8
+    }
+}
 
 /// Which end of a connection the tracked process is, as the kernel saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -55,8 +80,136 @@ pub struct DataEvent<'a> {
     pub direction: Direction,
     /// Bytes the syscall moved.
     pub bytes: usize,
-    /// The captured prefix of those bytes.
+    /// What of those bytes the kernel captured, laid out as `layout` says.
     pub data: &'a [u8],
+    pub layout: Layout,
+}
+
+/// How the captured bytes of a data event are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `data` is the first `data.len()` bytes of the syscall.
+    Prefix,
+    /// `data` holds segments of bytes `start..end` of the syscall, each a
+    /// `struct periscope_segment` followed by its bytes (checked when
+    /// decoded); the bytes of the range no segment holds were not
+    /// captured. A syscall may send several such events, for consecutive
+    /// ranges.
+    Segments { start: usize, end: usize },
+}
+
+/// Size of `struct periscope_segment`, the head of each segment.
+const SEGMENT_HEAD: usize = std::mem::size_of::<periscope_segment>();
+
+/// The segments of a segmented event's data: (offset in the syscall, bytes).
+#[derive(Clone, Debug)]
+pub struct Segments<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = (usize, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let head: periscope_segment = read(self.rest, "segment").ok()?;
+        let bytes = self.rest.get(SEGMENT_HEAD..SEGMENT_HEAD + head.len as usize)?;
+        self.rest = &self.rest[SEGMENT_HEAD + bytes.len()..];
+        Some((head.offset as usize, bytes))
+    }
+}
+
+/// A data event as protocol chunks: a prefix is one chunk; each segment is
+/// one, whose `total` reaches to the next segment (or the end of the range),
+/// so that the bytes not captured after it count as missing. Bytes of the
+/// range before the first segment are an empty chunk of their own.
+#[derive(Clone, Debug)]
+pub struct Chunks<'a> {
+    segments: std::iter::Peekable<Segments<'a>>,
+    prefix: Option<&'a [u8]>,
+    /// First byte of the syscall not yet in a chunk, and the end of the range.
+    pos: usize,
+    end: usize,
+    direction: Direction,
+    ts_enter: u64,
+    ts_exit: u64,
+}
+
+impl<'a> Iterator for Chunks<'a> {
+    type Item = Chunk<'a>;
+
+    fn next(&mut self) -> Option<Chunk<'a>> {
+        let chunk = |data, total| Chunk {
+            direction: self.direction,
+            data,
+            total,
+            ts_enter: self.ts_enter,
+            ts_exit: self.ts_exit,
+        };
+        if let Some(data) = self.prefix.take() {
+            self.pos = self.end;
+            return Some(chunk(data, self.end));
+        }
+        let (offset, data) = match self.segments.peek() {
+            Some(&(offset, _)) if offset > self.pos => {
+                let gap = chunk(&[][..], offset - self.pos);
+                self.pos = offset;
+                return Some(gap);
+            }
+            Some(_) => self.segments.next()?,
+            None if self.pos < self.end => {
+                let gap = chunk(&[][..], self.end - self.pos);
+                self.pos = self.end;
+                return Some(gap);
+            }
+            None => return None,
+        };
+        let next = self.segments.peek().map_or(self.end, |&(o, _)| o);
+        self.pos = next;
+        Some(chunk(data, next - offset))
+    }
+}
+
+impl<'a> DataEvent<'a> {
+    /// The segments of a segmented event (none for a prefix).
+    pub fn segments(&self) -> Segments<'a> {
+        match self.layout {
+            Layout::Prefix => Segments { rest: &[] },
+            Layout::Segments { .. } => Segments { rest: self.data },
+        }
+    }
+
+    /// The event as the chunks the protocol parsers read, in order.
+    pub fn chunks(&self) -> Chunks<'a> {
+        let (prefix, pos, end) = match self.layout {
+            Layout::Prefix => (Some(self.data), 0, self.bytes),
+            Layout::Segments { start, end } => (None, start, end),
+        };
+        Chunks {
+            segments: self.segments().peekable(),
+            prefix,
+            pos,
+            end,
+            direction: self.direction,
+            ts_enter: self.header.ts_enter,
+            ts_exit: self.header.ts_exit,
+        }
+    }
+}
+
+/// Checks the segments of a segmented event: each whole, in order, without
+/// overlap, inside `start..end`.
+fn check_segments(mut rest: &[u8], start: usize, end: usize) -> Result<(), DecodeError> {
+    let mut pos = start;
+    while !rest.is_empty() {
+        let head: periscope_segment = read(rest, "segment")?;
+        let (offset, len) = (head.offset as usize, head.len as usize);
+        if offset < pos || offset + len > end || rest.len() < SEGMENT_HEAD + len {
+            return Err(DecodeError::BadSegment { offset, len });
+        }
+        pos = offset + len;
+        rest = &rest[SEGMENT_HEAD + len..];
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -98,6 +251,12 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("data event claims {captured} captured bytes but carries {len}")]
     BadCapture { captured: usize, len: usize },
+    #[error("segmented event covers bytes {start}..{end} of a syscall that moved {bytes}")]
+    BadRange { start: usize, end: usize, bytes: usize },
+    #[error("segment of {len} bytes at {offset} is out of order, outside its event's range or cut short")]
+    BadSegment { offset: usize, len: usize },
+    #[error("unknown data layout {0}")]
+    UnknownLayout(u8),
 }
 
 fn read<T: Copy>(record: &[u8], what: &'static str) -> Result<T, DecodeError> {
@@ -132,14 +291,15 @@ fn addr(bytes: [u8; 16], port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-fn tuple(t: &periscope_tuple) -> Tuple {
+pub(crate) fn tuple(t: &periscope_tuple) -> Tuple {
     Tuple { local: addr(t.local_addr, t.local_port), remote: addr(t.remote_addr, t.remote_port), netns: t.netns }
 }
 
-// decode() reads direction, role and syscall as three adjacent bytes.
+// decode() reads direction, role, syscall and layout as four adjacent bytes.
 const _: () = assert!(
     std::mem::offset_of!(periscope_data_event, role) == std::mem::offset_of!(periscope_data_event, direction) + 1
         && std::mem::offset_of!(periscope_data_event, syscall) == std::mem::offset_of!(periscope_data_event, direction) + 2
+        && std::mem::offset_of!(periscope_data_event, layout) == std::mem::offset_of!(periscope_data_event, direction) + 3
 );
 
 /// Decodes one ring buffer record. The data slice borrows from `record`.
@@ -158,13 +318,28 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             let tup: periscope_tuple = read(at(std::mem::offset_of!(periscope_data_event, tuple)), "tuple")?;
             let bytes: i64 = read(at(std::mem::offset_of!(periscope_data_event, bytes)), "byte count")?;
             let captured: u32 = read(at(std::mem::offset_of!(periscope_data_event, captured)), "capture size")?;
-            let flags: [u8; 3] = read(at(std::mem::offset_of!(periscope_data_event, direction)), "flags")?;
+            let flags: [u8; 4] = read(at(std::mem::offset_of!(periscope_data_event, direction)), "flags")?;
             let captured = captured as usize;
             let data = record.get(prefix..prefix + captured).ok_or(DecodeError::BadCapture {
                 captured,
                 len: record.len() - prefix,
             })?;
-            let (e_direction, e_role) = (flags[0], flags[1]);
+            let bytes = bytes.max(0) as usize;
+            let (e_direction, e_role, e_layout) = (flags[0], flags[1], flags[3]);
+            let (data, layout) = match u32::from(e_layout) {
+                x if x == periscope_data_layout::PERISCOPE_LAYOUT_PREFIX as u32 => (data, Layout::Prefix),
+                x if x == periscope_data_layout::PERISCOPE_LAYOUT_SEGMENTS as u32 => {
+                    let range: periscope_segments = read(data, "segment range")?;
+                    let (start, end) = (range.start as usize, range.end as usize);
+                    if start > end || end > bytes {
+                        return Err(DecodeError::BadRange { start, end, bytes });
+                    }
+                    let segments = &data[std::mem::size_of::<periscope_segments>()..];
+                    check_segments(segments, start, end)?;
+                    (segments, Layout::Segments { start, end })
+                }
+                _ => return Err(DecodeError::UnknownLayout(e_layout)),
+            };
             let direction = if u32::from(e_direction) == periscope_direction::PERISCOPE_DIR_EGRESS as u32 {
                 Direction::Egress
             } else {
@@ -175,8 +350,9 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 tuple: tuple(&tup),
                 role: role(e_role),
                 direction,
-                bytes: bytes.max(0) as usize,
+                bytes,
                 data,
+                layout,
             }))
         }
         k if k == periscope_event_kind::PERISCOPE_EV_CONN_OPEN as u32
@@ -253,5 +429,85 @@ mod tests {
         e.captured = 10;
         let prefix = std::mem::offset_of!(periscope_data_event, data);
         assert!(matches!(decode(&bytes_of(&e)[..prefix + 2]), Err(DecodeError::BadCapture { .. })));
+    }
+
+    /// A segmented data record: range `start..end` of a read of `bytes`
+    /// bytes, with (offset, bytes) segments, laid out as the kernel sends it.
+    fn segmented(bytes: i64, start: u32, end: u32, segs: &[(u32, &[u8])]) -> Vec<u8> {
+        let mut data = bytes_of(&periscope_segments { start, end }).to_vec();
+        for (offset, b) in segs {
+            data.extend_from_slice(bytes_of(&periscope_segment { offset: *offset, len: b.len() as u32 }));
+            data.extend_from_slice(b);
+        }
+        let mut e = periscope_data_event::default();
+        e.hdr.kind = periscope_event_kind::PERISCOPE_EV_DATA as u32;
+        e.hdr.ts_enter_ns = 5;
+        e.hdr.ts_exit_ns = 9;
+        e.bytes = bytes;
+        e.captured = data.len() as u32;
+        e.layout = periscope_data_layout::PERISCOPE_LAYOUT_SEGMENTS as u8;
+        e.data[..data.len()].copy_from_slice(&data);
+        let prefix = std::mem::offset_of!(periscope_data_event, data);
+        bytes_of(&e)[..prefix + data.len()].to_vec()
+    }
+
+    fn chunks_of(record: &[u8]) -> Vec<(Vec<u8>, usize)> {
+        let Event::Data(d) = decode(record).unwrap() else { panic!("not a data event") };
+        d.chunks()
+            .inspect(|c| assert_eq!((c.ts_enter, c.ts_exit, c.direction), (5, 9, Direction::Ingress)))
+            .map(|c| (c.data.to_vec(), c.total))
+            .collect()
+    }
+
+    #[test]
+    fn a_segmented_event_becomes_chunks_with_the_gaps_between_segments() {
+        let r = segmented(100, 0, 100, &[(0, b"abc"), (10, b"de"), (50, b"f")]);
+        let Event::Data(d) = decode(&r).unwrap() else { panic!("not a data event") };
+        assert_eq!(d.layout, Layout::Segments { start: 0, end: 100 });
+        assert_eq!(d.segments().collect::<Vec<_>>(), [(0, &b"abc"[..]), (10, b"de"), (50, b"f")]);
+        let c = chunks_of(&r);
+        assert_eq!(c, [(b"abc".to_vec(), 10), (b"de".to_vec(), 40), (b"f".to_vec(), 50)]);
+        assert_eq!(c.iter().map(|c| c.1).sum::<usize>(), 100, "the chunks cover the range");
+        // A later event of the same read, starting in bytes not captured.
+        assert_eq!(chunks_of(&segmented(300, 100, 200, &[(120, b"x")])), [(vec![], 20), (b"x".to_vec(), 80)]);
+        // Nothing captured (inside a large body frame).
+        assert_eq!(chunks_of(&segmented(64, 0, 64, &[])), [(vec![], 64)]);
+    }
+
+    #[test]
+    fn a_prefix_event_is_one_chunk_of_the_whole_syscall() {
+        let mut e = periscope_data_event::default();
+        e.hdr.kind = periscope_event_kind::PERISCOPE_EV_DATA as u32;
+        e.hdr.ts_enter_ns = 5;
+        e.hdr.ts_exit_ns = 9;
+        e.bytes = 1000;
+        e.captured = 2;
+        e.data[..2].copy_from_slice(b"hi");
+        let prefix = std::mem::offset_of!(periscope_data_event, data);
+        assert_eq!(chunks_of(&bytes_of(&e)[..prefix + 2]), [(b"hi".to_vec(), 1000)]);
+    }
+
+    #[test]
+    fn rejects_inconsistent_segments() {
+        let bad = |r: Vec<u8>| decode(&r).map(|_| ()).unwrap_err();
+        assert!(matches!(bad(segmented(100, 0, 100, &[(10, b"abc"), (11, b"d")])), DecodeError::BadSegment { .. }));
+        assert!(matches!(bad(segmented(100, 0, 50, &[(48, b"abc")])), DecodeError::BadSegment { .. }));
+        assert!(matches!(bad(segmented(100, 20, 50, &[(10, b"a")])), DecodeError::BadSegment { .. }));
+        assert!(matches!(bad(segmented(100, 0, 101, &[])), DecodeError::BadRange { .. }));
+        assert!(matches!(bad(segmented(100, 60, 50, &[])), DecodeError::BadRange { .. }));
+        // The last segment's bytes cut short; a range head cut short.
+        let mut r = segmented(100, 0, 100, &[(0, b"abcd")]);
+        let captured = std::mem::offset_of!(periscope_data_event, captured);
+        let n = u32::from_ne_bytes(r[captured..captured + 4].try_into().unwrap()) - 1;
+        r[captured..captured + 4].copy_from_slice(&n.to_ne_bytes());
+        r.pop();
+        assert!(matches!(bad(r), DecodeError::BadSegment { .. }));
+        let mut r = segmented(100, 0, 100, &[]);
+        r[captured..captured + 4].copy_from_slice(&4u32.to_ne_bytes());
+        r.truncate(r.len() - 4);
+        assert!(matches!(bad(r), DecodeError::Short { .. }));
+        let mut r = segmented(100, 0, 100, &[]);
+        r[std::mem::offset_of!(periscope_data_event, layout)] = 7;
+        assert_eq!(bad(r), DecodeError::UnknownLayout(7));
     }
 }

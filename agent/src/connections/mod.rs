@@ -2,7 +2,7 @@
 //! and when it was last active. Keyed by (pid, fd); bounded in size.
 use rustc_hash::FxHashMap;
 
-use crate::capture::{Role, Tuple};
+use crate::capture::{CapturePolicy, Role, Tuple};
 use crate::context::{ConnTrace, Started, ThreadKey, Tracker};
 use crate::spans::traceparent::TraceParent;
 use crate::spans::messaging::{ConsumedMessage, Deliveries};
@@ -186,6 +186,9 @@ pub enum Outcome {
     /// A PostgreSQL connection adopted after its startup: its database is
     /// for someone else to find ([`ConnectionTable::tell_database`]).
     DatabaseUnknown { key: ConnKey, tuple: Tuple, server_side: bool },
+    /// The connection was classified: the kernel should capture it this way
+    /// from now on (the table does no I/O; the pipeline tells the kernel).
+    Capture { key: ConnKey, tuple: Tuple, policy: CapturePolicy },
 }
 
 /// What a delivered message says about its producer.
@@ -348,6 +351,9 @@ impl ConnectionTable {
                 Some(p) => {
                     let replay = std::mem::take(held);
                     conn.protocol = p;
+                    if let Some(policy) = capture_policy(&conn.protocol) {
+                        out.push(Outcome::Capture { key, tuple: conn.tuple, policy });
+                    }
                     let server_side = conn_side(conn);
                     for h in &replay {
                         let c = h.as_chunk();
@@ -654,6 +660,16 @@ fn feed(protocol: &mut Protocol, chunk: &Chunk<'_>, http: &mut Vec<http1::Exchan
     }
 }
 
+/// How the kernel should capture a connection that speaks `protocol`, when
+/// not as prefixes: an AMQP client reads many deliveries at once (a consumer
+/// that fell behind), each of which the parser needs.
+fn capture_policy(protocol: &Protocol) -> Option<CapturePolicy> {
+    match protocol {
+        Protocol::Amqp(a) if a.session.role() == sql::Role::Client => Some(CapturePolicy::AmqpFrames),
+        _ => None,
+    }
+}
+
 /// Is the tracked process the server end of this connection?
 fn conn_side(conn: &Connection) -> bool {
     match &conn.protocol {
@@ -788,5 +804,23 @@ mod tests {
         let Outcome::Http { exchange, .. } = finished(&out)[0] else { panic!("not http") };
         assert_eq!(exchange.request.target, "/b");
         assert_eq!(t.get(Counter::RequestsUnmatched), 1, "the /a request lost its connection");
+    }
+
+    #[test]
+    fn an_amqp_client_connection_asks_once_for_frame_capture() {
+        let t = Telemetry::default();
+        let (mut table, mut tr) = new_table(16);
+        let mut out = Vec::new();
+        let policies = |out: &[Outcome]| {
+            out.iter().filter_map(|o| if let Outcome::Capture { policy, .. } = o { Some(*policy) } else { None }).collect::<Vec<_>>()
+        };
+        let (client, broker) = (ConnKey { pid: 1, fd: 5 }, ConnKey { pid: 1, fd: 6 });
+        table.data(client, tuple(1), Role::Client, TH, &chunk(Direction::Egress, b"AMQP\x00\x00\x09\x01", 1), &mut tr, &mut out, &t);
+        table.data(client, tuple(1), Role::Client, TH, &chunk(Direction::Ingress, &[8, 0, 0, 0, 0, 0, 0, 0xCE], 2), &mut tr, &mut out, &t);
+        assert_eq!(policies(&out), [CapturePolicy::AmqpFrames]);
+        // A tracked broker reads the clients' frames: no spans, no policy.
+        out.clear();
+        table.data(broker, tuple(2), Role::Server, TH, &chunk(Direction::Ingress, b"AMQP\x00\x00\x09\x01", 3), &mut tr, &mut out, &t);
+        assert_eq!(policies(&out), []);
     }
 }

@@ -58,7 +58,7 @@ impl World {
     fn spans(&self) -> Vec<(i32, bool, SpanId, Option<SpanId>)> {
         self.out
             .iter()
-            .filter(|o| !matches!(o, Outcome::RequestStarted { .. } | Outcome::Delivered { .. } | Outcome::DatabaseUnknown { .. }))
+            .filter(|o| !matches!(o, Outcome::RequestStarted { .. } | Outcome::Delivered { .. } | Outcome::DatabaseUnknown { .. } | Outcome::Capture { .. }))
             .map(|o| match o {
                 Outcome::Http { key, server_side, started, .. } | Outcome::Sql { key, server_side, started, .. } => {
                     (key.fd, *server_side, started.ctx.span_id, started.parent.map(|p| p.span_id))
@@ -66,7 +66,7 @@ impl World {
                 Outcome::Published { key, started, .. } | Outcome::Consumed { key, started, .. } => {
                     (key.fd, false, started.ctx.span_id, started.parent.map(|p| p.span_id))
                 }
-                Outcome::RequestStarted { .. } | Outcome::Delivered { .. } | Outcome::DatabaseUnknown { .. } => {
+                Outcome::RequestStarted { .. } | Outcome::Delivered { .. } | Outcome::DatabaseUnknown { .. } | Outcome::Capture { .. } => {
                     unreachable!("filtered")
                 }
             })

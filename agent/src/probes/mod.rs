@@ -12,7 +12,8 @@ use aya::{
 };
 use thiserror::Error;
 
-use wire::{periscope_conn_key, periscope_pid_config};
+use crate::capture::{self, CapturePolicy, Tuple};
+use wire::{periscope_conn_info, periscope_conn_key, periscope_pid_config};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/periscope.bpf.o"));
 
@@ -104,13 +105,12 @@ pub struct ProbeConfig {
 pub struct Probes {
     ebpf: Ebpf,
     tracked: HashMap<MapData, u32, periscope_pid_config>,
-    conns: HashMap<MapData, periscope_conn_key, [u8; CONN_INFO_SIZE]>,
+    conns: HashMap<MapData, periscope_conn_key, periscope_conn_info>,
     counters: PerCpuArray<MapData, u64>,
 }
 
-/// Size of `struct conn_info` in ebpf/src/maps.h (tuple + 8): the agent only
-/// deletes keys of this map, never interprets its values.
-const CONN_INFO_SIZE: usize = std::mem::size_of::<wire::periscope_tuple>() + 8;
+/// BPF_EXIST: update an entry only if it is there.
+const BPF_EXIST: u64 = 2;
 
 impl fmt::Debug for Probes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -216,6 +216,35 @@ impl Probes {
             self.conns.keys().filter_map(Result::ok).filter(|k| k.pid == pid).collect();
         for key in stale {
             let _ = self.conns.remove(&key);
+        }
+    }
+
+    /// Sets how the kernel captures the connection (pid, fd): one map
+    /// update per classified connection. False when the kernel no longer
+    /// holds it, or holds another connection under that fd now (the next
+    /// event of the fd opens a new connection, which starts over).
+    pub fn set_capture_policy(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        tuple: &Tuple,
+        policy: CapturePolicy,
+    ) -> Result<bool, ProbeError> {
+        let key = periscope_conn_key { pid, fd };
+        let mut info = match self.conns.get(&key, 0) {
+            Ok(info) => info,
+            Err(MapError::KeyNotFound) => return Ok(false),
+            Err(source) => return Err(ProbeError::Map { map: "conns", source }),
+        };
+        if info.is_tcp == 0 || capture::tuple(&info.tuple) != *tuple {
+            return Ok(false);
+        }
+        info.policy = policy.wire();
+        match self.conns.insert(key, info, BPF_EXIST) {
+            Ok(()) => Ok(true),
+            // Closed in between.
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(source) => Err(ProbeError::Map { map: "conns", source }),
         }
     }
 

@@ -8,6 +8,7 @@ include!(concat!(env!("OUT_DIR"), "/events.rs"));
 // the kernel reads (every field is written explicitly), valid for any bytes.
 unsafe impl aya::Pod for periscope_pid_config {}
 unsafe impl aya::Pod for periscope_conn_key {}
+unsafe impl aya::Pod for periscope_conn_info {}
 
 #[cfg(test)]
 mod layout_tests {
@@ -61,7 +62,10 @@ mod layout_tests {
         let btf = btf_structs();
         check!(btf, periscope_event_header { kind, pid, tid, fd, ts_enter_ns, ts_exit_ns });
         check!(btf, periscope_tuple { local_addr, remote_addr, local_port, remote_port, family });
-        check!(btf, periscope_data_event { hdr, tuple, bytes, captured, direction, role, syscall, data });
+        check!(btf, periscope_data_event { hdr, tuple, bytes, captured, direction, role, syscall, layout, data });
+        check!(btf, periscope_segments { start, end });
+        check!(btf, periscope_segment { offset, len });
+        check!(btf, periscope_conn_info { tuple, is_tcp, role, policy });
         check!(btf, periscope_conn_event { hdr, tuple, role });
         check!(btf, periscope_proc_event { hdr, ppid, comm });
         check!(btf, periscope_conn_key { pid, fd });

@@ -483,3 +483,201 @@ fn random_bytes_and_mutations_never_panic() {
         let _ = looks_like_amqp(&recs[rng.below(recs.len())].1, Direction::Egress);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Frame-aware capture (PERISCOPE_CAPTURE_AMQP_FRAMES): reads arrive as
+// segments, with the bytes between them not captured.
+// ---------------------------------------------------------------------------
+
+/// Byte ranges of a frame stream the kernel copies with the AMQP frame
+/// policy (ebpf/src/amqp_capture.h), merged where they touch.
+fn kernel_ranges(stream: &[u8]) -> Vec<(usize, usize)> {
+    use crate::probes::wire::{PERISCOPE_AMQP_BODY_KEEP, PERISCOPE_AMQP_HEADER_KEEP, PERISCOPE_AMQP_METHOD_KEEP};
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    let mut at = 0;
+    while at + 7 <= stream.len() {
+        let size = u32::from_be_bytes(stream[at + 3..at + 7].try_into().unwrap()) as usize;
+        let keep = match stream[at] {
+            1 => PERISCOPE_AMQP_METHOD_KEEP,
+            2 => PERISCOPE_AMQP_HEADER_KEEP,
+            3 => PERISCOPE_AMQP_BODY_KEEP,
+            _ => 0,
+        } as usize;
+        let len = size + 8;
+        let mut want = 7 + size.min(keep);
+        if want + 1 >= len {
+            want = len;
+        }
+        match out.last_mut() {
+            Some(last) if last.1 == at => last.1 = at + want,
+            _ => out.push((at, at + want)),
+        }
+        at += len;
+    }
+    out
+}
+
+/// The chunks of one read of bytes `r0..r1` of `stream`, as the agent
+/// builds them from the kernel's segments (capture::DataEvent::chunks).
+fn segmented_read(stream: &[u8], ranges: &[(usize, usize)], r0: usize, r1: usize) -> Vec<(Vec<u8>, usize)> {
+    let segs: Vec<(usize, usize)> = ranges
+        .iter()
+        .map(|&(a, b)| (a.max(r0), b.min(r1)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    let mut out = Vec::new();
+    let first = segs.first().map_or(r1, |s| s.0);
+    if first > r0 {
+        out.push((Vec::new(), first - r0));
+    }
+    for (i, &(a, b)) in segs.iter().enumerate() {
+        let next = segs.get(i + 1).map_or(r1, |s| s.0);
+        out.push((stream[a..b].to_vec(), next - a));
+    }
+    out
+}
+
+/// Replays a client's recording with the broker's frames read as the
+/// kernel captures them with the frame policy: runs of broker records
+/// between two client records form one stream cut into reads by `cut`
+/// (lengths), each read sent as its segments. Client writes are whole.
+fn replay_segmented(
+    recs: &[(bool, Vec<u8>)],
+    mut cut: impl FnMut(usize) -> Vec<usize>,
+) -> (Vec<AmqpEvent>, AmqpSession) {
+    let mut stream = Vec::new();
+    let mut runs: Vec<Result<(usize, usize), usize>> = Vec::new();
+    for (i, (from_client, b)) in recs.iter().enumerate() {
+        if *from_client {
+            runs.push(Err(i));
+            continue;
+        }
+        let at = stream.len();
+        stream.extend_from_slice(b);
+        match runs.last_mut() {
+            Some(Ok(run)) => run.1 = stream.len(),
+            _ => runs.push(Ok((at, stream.len()))),
+        }
+    }
+    let ranges = kernel_ranges(&stream);
+    let mut s = AmqpSession::new(Role::Client);
+    let mut out = Vec::new();
+    let mut ts = 1_000;
+    for run in runs {
+        let reads = match run {
+            Err(i) => {
+                s.on_chunk(&Chunk { ts_enter: ts, ts_exit: ts + 500, ..egress(&recs[i].1) }, &mut out);
+                ts += 1_000;
+                continue;
+            }
+            Ok((a, b)) => (a, cut(b - a)),
+        };
+        let mut r0 = reads.0;
+        for len in reads.1 {
+            for (data, total) in segmented_read(&stream, &ranges, r0, r0 + len) {
+                let chunk = Chunk { direction: Direction::Ingress, data: &data, total, ts_enter: ts, ts_exit: ts + 500 };
+                s.on_chunk(&chunk, &mut out);
+            }
+            r0 += len;
+            ts += 1_000;
+        }
+    }
+    (out, s)
+}
+
+#[test]
+fn segmented_reads_give_the_same_events() {
+    let recs = records(CONSUMER);
+    let whole = summary(&replay(CONSUMER).0);
+    // Each run of broker records in one read, then in reads cut anywhere
+    // (inside headers, payloads, at end octets), down to one byte.
+    let (ev, s) = replay_segmented(&recs, |n| vec![n]);
+    assert_clean(&s);
+    assert_eq!(summary(&ev), whole);
+    assert!(s.stats().gap_frames > 0, "bytes were left out: {:?}", s.stats());
+    let (ev, s) = replay_segmented(&recs, |n| vec![1; n]);
+    assert_clean(&s);
+    assert_eq!(summary(&ev), whole);
+    let mut rng = Rng(0x6a09_e667_f3bc_c908);
+    for _ in 0..50 {
+        let (ev, s) = replay_segmented(&recs, |mut n| {
+            let mut v = Vec::new();
+            while n > 0 {
+                let most = if rng.below(2) == 0 { 12 } else { 3000 };
+                let k = (rng.below(most) + 1).min(n);
+                v.push(k);
+                n -= k;
+            }
+            v
+        });
+        assert_clean(&s);
+        assert_eq!(summary(&ev), whole);
+    }
+}
+
+/// basic.deliver on channel 1, its content header (a traceparent in the
+/// headers table) and body.
+fn delivery_frames(tag: u64, tp: &str, body: &[u8]) -> Vec<u8> {
+    let mut args = vec![9];
+    args.extend_from_slice(b"amq.ctag1");
+    args.extend_from_slice(&tag.to_be_bytes());
+    args.extend_from_slice(&[0, 0, 8]);
+    args.extend_from_slice(b"messages");
+    let mut v = method(1, 60, 60, &args);
+    let mut table = vec![11];
+    table.extend_from_slice(b"traceparent");
+    table.push(b'S');
+    table.extend_from_slice(&(tp.len() as u32).to_be_bytes());
+    table.extend_from_slice(tp.as_bytes());
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    header.extend_from_slice(&(1u16 << 13).to_be_bytes());
+    header.extend_from_slice(&(table.len() as u32).to_be_bytes());
+    header.extend_from_slice(&table);
+    v.extend(frame(2, 1, &header));
+    v.extend(frame(3, 1, body));
+    v
+}
+
+#[test]
+fn a_burst_of_deliveries_in_large_reads_is_seen_whole() {
+    // A consumer that fell behind: 500 deliveries read 64 KiB at a time.
+    // Each keeps its traceparent and its fingerprint, as if nothing had
+    // been left out.
+    let mut stream = Vec::new();
+    for tag in 1..=500u64 {
+        let tp = format!("00-{tag:032x}-{tag:016x}-01");
+        let body: Vec<u8> = (0..(100 + tag as usize * 7 % 400)).map(|i| (i as u64 * tag) as u8).collect();
+        stream.extend(delivery_frames(tag, &tp, &body));
+    }
+    let ranges = kernel_ranges(&stream);
+    let captured: usize = ranges.iter().map(|(a, b)| b - a).sum();
+    assert!(captured * 2 < stream.len(), "most body bytes are left out: {captured} of {}", stream.len());
+    let mut whole = AmqpSession::new(Role::Client);
+    let mut expected = Vec::new();
+    let all = Chunk { direction: Direction::Ingress, data: &stream, total: stream.len(), ts_enter: 1, ts_exit: 2 };
+    whole.on_chunk(&all, &mut expected);
+    let mut s = AmqpSession::new(Role::Client);
+    let mut out = Vec::new();
+    for r0 in (0..stream.len()).step_by(65_536) {
+        let r1 = (r0 + 65_536).min(stream.len());
+        for (data, total) in segmented_read(&stream, &ranges, r0, r1) {
+            let chunk = Chunk { direction: Direction::Ingress, data: &data, total, ts_enter: 1, ts_exit: 2 };
+            s.on_chunk(&chunk, &mut out);
+        }
+    }
+    assert_clean(&s);
+    let d = deliveries(&out);
+    assert_eq!(d.len(), 500);
+    assert_eq!(d, deliveries(&expected));
+    assert!(d.iter().all(|d| d.traceparent.is_some() && d.fingerprint.is_some()));
+    // With the default 512-byte prefix of each read, most are lost.
+    let mut s = AmqpSession::new(Role::Client);
+    let mut out = Vec::new();
+    for r0 in (0..stream.len()).step_by(65_536) {
+        let r1 = (r0 + 65_536).min(stream.len());
+        let chunk = Chunk { direction: Direction::Ingress, data: &stream[r0..r0 + 512], total: r1 - r0, ts_enter: 1, ts_exit: 2 };
+        s.on_chunk(&chunk, &mut out);
+    }
+    assert!(deliveries(&out).len() < 50, "{}", deliveries(&out).len());
+}
