@@ -339,6 +339,17 @@ async fn the_lab_load_keeps_every_trace_connected() {
     assert_eq!(with_namespace, sql_spans.len(), "db.namespace on every SQL span");
     assert_eq!(with_db_name, sql_spans.len(), "db.name (database/dup) on every SQL span");
     assert_eq!(peer_name_is_host, 0, "net.peer.name on a SERVER span names the client, not the server");
+    // Well-formed traffic: nothing unmatched, no framing lost but for the
+    // PostgreSQL answers larger than the capture (counted with that reason).
+    assert_eq!(sample_sum(&metrics, "periscope_requests_unmatched_total", &[]), 0.0, "{agent_counters:#?}");
+    for protocol in ["http", "amqp"] {
+        let label = format!("protocol=\"{protocol}\"");
+        assert_eq!(sample_sum(&metrics, "periscope_protocol_desync_total", &[&label]), 0.0, "{agent_counters:#?}");
+    }
+    let pg_desync = sample_sum(&metrics, "periscope_protocol_desync_total", &["protocol=\"postgresql\""]);
+    let beyond = sample_sum(&metrics, "periscope_protocol_desync_total", &["reason=\"message beyond capture\""]);
+    assert_eq!(pg_desync, beyond, "{agent_counters:#?}");
+    assert_eq!(sample_sum(&metrics, "periscope_kernel_capture_incomplete_total", &[]), 0.0, "{agent_counters:#?}");
     drop(rmq);
     drop(pg);
 }
