@@ -5,7 +5,13 @@
 //! intervals overlap (give or take [`SLACK_NS`]) and their starts are at most
 //! [`MAX_START_GAP_NS`] apart;
 //! among candidates the one with the smallest start + end difference wins,
-//! each SDK span matched at most once.
+//! each SDK span matched at most once; a span carrying the SDK span's own id
+//! (periscope named it after the `traceparent` the SDK wrote) is its
+//! counterpart before any of that. SQL spans are matched by their end
+//! instead: the SDK's starts when the app calls `query()`, so behind a busy
+//! client's queue it starts seconds before the statement is sent (periscope's
+//! start); both end when the answer is read. An SDK SQL span then contains
+//! periscope's, and their ends are at most [`MAX_START_GAP_NS`] apart.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::spans::{Side, Span};
@@ -107,16 +113,33 @@ pub fn analyze(sdk: Vec<Span>, periscope: Vec<Span>, window: (u64, u64)) -> Anal
     let mut counterpart: Vec<Option<usize>> = vec![None; periscope.len()];
     for pi in p_order {
         let p = &periscope[pi];
-        let Some(cands) = sdk_by_key.get(p.class.as_ref().expect("classified").key.as_str()) else { continue };
-        let best = cands
+        let class = p.class.as_ref().expect("classified");
+        let Some(cands) = sdk_by_key.get(class.key.as_str()) else { continue };
+        let sql = class.group.split(' ').nth(1) == Some("SQL");
+        // The same span id (periscope took it from the traceparent the SDK
+        // wrote): that is the counterpart, whatever the clocks say.
+        let same_id = sdk_by_id.get(&p.id).copied().filter(|&si| !taken[si] && cands.contains(&si));
+        let best = same_id.or_else(|| {
+            cands
             .iter()
             .copied()
             .filter(|&si| !taken[si])
             .filter(|&si| {
                 let s = &sdk[si];
-                s.start < p.end + SLACK_NS && p.start < s.end + SLACK_NS && s.start.abs_diff(p.start) <= MAX_START_GAP_NS
+                if sql {
+                    s.start <= p.start + SLACK_NS && p.end <= s.end + SLACK_NS && s.end.abs_diff(p.end) <= MAX_START_GAP_NS
+                } else {
+                    s.start < p.end + SLACK_NS && p.start < s.end + SLACK_NS && s.start.abs_diff(p.start) <= MAX_START_GAP_NS
+                }
             })
-            .min_by_key(|&si| sdk[si].start.abs_diff(p.start) + sdk[si].end.abs_diff(p.end));
+            .min_by_key(|&si| {
+                if sql {
+                    sdk[si].end.abs_diff(p.end)
+                } else {
+                    sdk[si].start.abs_diff(p.start) + sdk[si].end.abs_diff(p.end)
+                }
+            })
+        });
         if let Some(si) = best {
             taken[si] = true;
             counterpart[pi] = Some(si);
