@@ -328,6 +328,7 @@ impl Pipeline {
                         now,
                         &self.telemetry,
                     );
+                    self.finish_linked();
                 }
                 Outcome::Delivered { started, link, .. } => {
                     self.linker.on_delivered(&mut self.tracker.assembly, &started, link, &self.telemetry);
@@ -488,7 +489,20 @@ impl Pipeline {
         if let Some(caller) = self.linker.take_parent(span.span_id) {
             span.parent_span_id = Some(caller);
         }
-        self.finish(group, span, Stamp::Group);
+        // Finished before its caller's request event arrived: it leaves
+        // once the link is known.
+        if let Some(span) = self.linker.park(span) {
+            self.finish(group, span, Stamp::Group);
+        }
+        self.finish_linked();
+    }
+
+    /// Server spans parked until their link was known, now with their parent.
+    fn finish_linked(&mut self) {
+        let ready: Vec<_> = self.linker.take_ready().collect();
+        for (group, span) in ready {
+            self.finish(group, span, Stamp::Group);
+        }
     }
 
     /// A span with its final span id and parent: metrics see it now, the
@@ -503,6 +517,7 @@ impl Pipeline {
     /// Retries waiting links; those past their time (or all, at the end) start traces of their own.
     fn on_links(&mut self, now: u64, all: bool) {
         self.linker.retry(&self.table, &mut self.tracker.assembly, now, all, &self.telemetry);
+        self.finish_linked();
         self.emit_assembled();
     }
 

@@ -148,7 +148,9 @@ fn score(spans: &[ReceivedSpan], frontend: &str, with_sql: bool) -> (Score, Vec<
                 *n += 1;
             } else {
                 let got = child.and_then(|c| owner.get(&c.span.parent_span_id));
-                wrong.push(format!("request {id}: {what}: parent is {got:?}"));
+                let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+                let ids = child.map(|c| (hex(&c.span.span_id), hex(&c.span.parent_span_id)));
+                wrong.push(format!("request {id}: {what}: parent is {got:?} (span, parent: {ids:?})"));
             }
         }
     }

@@ -15,7 +15,7 @@ use crate::{
         Assembler, GroupId, SpanCtx, Started,
     },
     protocols::amqp::Publish,
-    spans::{messaging::PublishContexts, traceparent::TraceParent, SpanId},
+    spans::{messaging::PublishContexts, traceparent::TraceParent, Span, SpanId},
     telemetry::{Counter, Telemetry},
 };
 
@@ -39,6 +39,9 @@ struct Wait {
     /// The request named its trace itself: only its exact parent is looked for.
     explicit: bool,
     due: u64,
+    /// The request's span, when it finished before its link was known: it
+    /// leaves with its parent once the wait is over.
+    parked: Option<Span>,
 }
 
 #[derive(Debug)]
@@ -48,6 +51,9 @@ pub struct Linker {
     parents: FxHashMap<SpanId, SpanId>,
     parent_order: VecDeque<SpanId>,
     published: PublishContexts<SpanCtx>,
+    /// Parked spans whose wait is over, with their parent: for the pipeline
+    /// to finish (`take_ready`).
+    ready: Vec<(GroupId, Span)>,
 }
 
 pub fn explicit(tp: &TraceParent, trace_state: Option<String>) -> Explicit {
@@ -62,6 +68,35 @@ impl Linker {
             parents: FxHashMap::default(),
             parent_order: VecDeque::new(),
             published: PublishContexts::new(MAX_PUBLISHES),
+            ready: Vec::new(),
+        }
+    }
+
+    /// A server span finished while its request still waits for its
+    /// caller: it is kept until the wait is over (given back when no wait
+    /// is under way).
+    pub fn park(&mut self, span: Span) -> Option<Span> {
+        match self.waits.iter_mut().find(|w| w.span == span.span_id) {
+            Some(w) => {
+                w.parked = Some(span);
+                None
+            }
+            None => Some(span),
+        }
+    }
+
+    /// Parked spans whose wait is over, with their parent set.
+    pub fn take_ready(&mut self) -> std::vec::Drain<'_, (GroupId, Span)> {
+        self.ready.drain(..)
+    }
+
+    /// A wait is over with `parent` (None: no link): its parked span is ready.
+    fn release(&mut self, wait: &mut Wait, parent: Option<SpanId>) {
+        if let Some(mut span) = wait.parked.take() {
+            if parent.is_some() {
+                span.parent_span_id = parent;
+            }
+            self.ready.push((wait.group, span));
         }
     }
 
@@ -118,10 +153,11 @@ impl Linker {
             request_start: started.ts_exit,
             explicit: explicit_link,
             due: now + self.wait_ns,
+            parked: None,
         };
         if let Some(wait) = self.try_link(table, asm, wait, t) {
             if self.wait_ns == 0 || self.waits.len() >= MAX_WAITS {
-                self.give_up(asm, &wait, t);
+                self.give_up(asm, wait, t);
             } else {
                 self.waits.push_back(wait);
             }
@@ -131,7 +167,7 @@ impl Linker {
     /// Links to the caller's client exchange when the caller is a tracked
     /// process on this host; hands the wait back when the caller is tracked
     /// but its request has not been seen yet.
-    fn try_link(&mut self, table: &ConnectionTable, asm: &mut Assembler, wait: Wait, t: &Telemetry) -> Option<Wait> {
+    fn try_link(&mut self, table: &ConnectionTable, asm: &mut Assembler, mut wait: Wait, t: &Telemetry) -> Option<Wait> {
         let caller = match table.peer(&wait.tuple) {
             // An untracked caller: nothing to wait for.
             None => None,
@@ -142,20 +178,29 @@ impl Linker {
         };
         match caller {
             Some(caller) => {
-                self.keep_parent(wait.span, caller.span_id);
+                if wait.parked.is_some() {
+                    self.release(&mut wait, Some(caller.span_id));
+                } else {
+                    self.keep_parent(wait.span, caller.span_id);
+                }
                 if !wait.explicit {
                     asm.settle(wait.group, Link::Caller(caller.group), t);
                 }
                 t.inc(Counter::SpansLinked);
             }
-            None if !wait.explicit => asm.settle(wait.group, Link::None, t),
-            None => {}
+            None => {
+                self.release(&mut wait, None);
+                if !wait.explicit {
+                    asm.settle(wait.group, Link::None, t);
+                }
+            }
         }
         None
     }
 
-    fn give_up(&mut self, asm: &mut Assembler, wait: &Wait, t: &Telemetry) {
+    fn give_up(&mut self, asm: &mut Assembler, mut wait: Wait, t: &Telemetry) {
         t.inc(Counter::LinkPartnerLate);
+        self.release(&mut wait, None);
         if !wait.explicit {
             asm.settle(wait.group, Link::None, t);
         }
@@ -168,7 +213,7 @@ impl Linker {
             let Some(wait) = self.waits.pop_front() else { break };
             let Some(wait) = self.try_link(table, asm, wait, t) else { continue };
             if all || wait.due <= now {
-                self.give_up(asm, &wait, t);
+                self.give_up(asm, wait, t);
             } else {
                 self.waits.push_back(wait);
             }
@@ -197,5 +242,52 @@ impl Linker {
             }
             None => asm.settle(group, Link::None, t),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::Role;
+    use crate::connections::{ConnKey, Outcome};
+    use crate::context::{assembly::AssemblyOptions, sampler::Sampler, ThreadKey, Tracker};
+    use crate::protocols::{Chunk, Direction};
+    use crate::spans::{Service, SpanKind};
+
+    const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    fn chunk(direction: Direction, data: &[u8], ts: u64) -> Chunk<'_> {
+        Chunk { direction, data, total: data.len(), ts_enter: ts, ts_exit: ts + 1 }
+    }
+
+    #[test]
+    fn a_server_span_done_before_its_callers_request_was_seen_leaves_with_that_parent() {
+        let t = Telemetry::default();
+        let mut table = ConnectionTable::new(16);
+        let mut tracker = Tracker::new(Assembler::new(AssemblyOptions::default(), Sampler::default()), 16);
+        let mut linker = Linker::new(1_000_000_000);
+        let mut out = Vec::new();
+        let server_tuple = Tuple { local: "127.0.0.1:80".parse().unwrap(), remote: "127.0.0.1:1000".parse().unwrap(), netns: 1 };
+        let (server, client) = (ConnKey { pid: 2, fd: 5 }, ConnKey { pid: 1, fd: 7 });
+        let th = |pid| ThreadKey { pid, tid: pid, loop_seq: 0 };
+        // The caller's connect is known, its request event not yet (it comes late).
+        table.open(client, server_tuple.reversed(), Role::Client, th(1), 10, &mut tracker, &mut out, &t);
+        table.data(server, server_tuple, Role::Server, th(2), &chunk(Direction::Ingress, REQ, 100), &mut tracker, &mut out, &t);
+        let Some(Outcome::RequestStarted { started, .. }) = out.pop() else { panic!("{out:?}") };
+        linker.on_request_started(&table, &mut tracker.assembly, &started, server_tuple, None, None, 100, &t);
+        assert!(linker.is_waiting(started.ctx.span_id));
+        // The server span finished: parked, not lost, not parentless.
+        let service = std::sync::Arc::new(Service { name: "s".into(), namespace: None, instance_id: "i".into(), attributes: vec![] });
+        let span = Span { span_id: started.ctx.span_id, ..Span::for_test(&service, SpanKind::Server, "GET") };
+        assert!(linker.park(span).is_none());
+        // The caller's write (it started before the server's read) arrives.
+        table.data(client, server_tuple.reversed(), Role::Client, th(1), &chunk(Direction::Egress, REQ, 90), &mut tracker, &mut out, &t);
+        let caller = table.peer(&server_tuple).unwrap().1.trace.in_flight_at(101).unwrap();
+        linker.retry(&table, &mut tracker.assembly, 200, false, &t);
+        let ready: Vec<_> = linker.take_ready().collect();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].1.parent_span_id, Some(caller.span_id));
+        assert!(tracker.assembly.is_decided(started.ctx.group), "joined to the caller's (decided) trace");
+        assert_eq!(t.get(Counter::SpansLinked), 1);
     }
 }
