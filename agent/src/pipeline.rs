@@ -27,11 +27,14 @@ use crate::{
     discovery::{self, ProcessInfo, Scanner, ServiceOptions},
     kubernetes::KubernetesMetadata,
     probes::{wire::periscope_counter, Probes},
-    protocols::{amqp::Publish, sql::DbSystem},
+    protocols::{
+        amqp::{ConsumedMessage, Publish},
+        sql::DbSystem,
+    },
     spans::{
         clock::{monotonic_now, Clock},
         http::{self as http_spans, HttpContext, HttpSpanOptions},
-        messaging::{self, ConsumedMessage, MessagingContext},
+        messaging::{self, MessagingContext},
         routes::{Route, Router},
         sql::{self as sql_spans, SqlContext, SqlSpanOptions},
         traceparent::TraceParent,
@@ -369,10 +372,14 @@ impl Pipeline {
                         _ => {}
                     }
                     let ctx = HttpContext { service: &target.service, local: tuple.local, remote: tuple.remote, server_side };
-                    let span = http_spans::build(&exchange, &ctx, &route, &self.clock, self.http_opts);
-                    let tp = exchange.request.headers.traceparent.as_deref().and_then(TraceParent::parse);
-                    let tracestate = exchange.request.headers.tracestate.clone();
-                    self.place(span, started, tuple, server_side, tp.map(|tp| (tp, tracestate)));
+                    let mut span = http_spans::build(&exchange, &ctx, &route, &self.clock, self.http_opts);
+                    let headers = &exchange.request.headers;
+                    if started.pin.is_some() {
+                        // The process named its own trace: its tracestate with it.
+                        span.trace_state.clone_from(&headers.tracestate);
+                    }
+                    let explicit = headers.traceparent.map(|tp| (tp, headers.tracestate.clone()));
+                    self.place(span, started, tuple, server_side, explicit);
                 }
             }
         }
@@ -404,12 +411,13 @@ impl Pipeline {
             return;
         };
         let ctx = MessagingContext { service: &target.service, local: tuple.local, remote: tuple.remote };
-        let mut span = messaging::build_publish(publish, &ctx, &self.clock).span;
+        let mut span = messaging::build_publish(publish, &ctx, &self.clock);
         self.telemetry.inc(Counter::SpansProduced);
         // A traceparent the process put in the message names this span,
         // unless that id already named another one.
         let mut started = started;
-        let pin = publish.traceparent.as_deref().and_then(TraceParent::parse).map(|tp| {
+        let pin = publish.traceparent.map(|tp| {
+            span.trace_state.clone_from(&publish.tracestate);
             let pin = self.tracker.pin(&tp);
             if pin.header_parent.is_none() {
                 started.ctx.span_id = tp.parent_id;
@@ -430,12 +438,13 @@ impl Pipeline {
             return;
         };
         let ctx = MessagingContext { service: &target.service, local: tuple.local, remote: tuple.remote };
-        let mut span = messaging::build_consumed(message, &ctx, &self.clock, None).span;
+        let mut span = messaging::build_consumed(message, &ctx, &self.clock);
         self.telemetry.inc(Counter::SpansProduced);
         span.span_id = started.ctx.span_id;
-        if let Some(producer) = self.linker.take_parent(started.ctx.span_id) {
-            span.parent_span_id = Some(producer);
-        }
+        // The message's creation context: the PRODUCER span found on this
+        // host, else the one its traceparent names.
+        span.parent_span_id =
+            self.linker.take_parent(started.ctx.span_id).or(message.delivery.traceparent.map(|tp| tp.parent_id));
         self.finish(started.ctx.group, span, Stamp::Group);
     }
 
@@ -477,6 +486,7 @@ impl Pipeline {
             return;
         }
         span.span_id = started.ctx.span_id;
+        let header_parent = explicit.as_ref().map(|(tp, _)| tp.parent_id);
         let asm = &mut self.tracker.assembly;
         if !asm.is_decided(group) && !self.linker.is_waiting(span.span_id) {
             // Its start was never announced (its head was not seen): settle now.
@@ -486,9 +496,7 @@ impl Pipeline {
         }
         // The exact client span of a tracked caller wins over the header's
         // parent id (a header reused for two requests names only one).
-        if let Some(caller) = self.linker.take_parent(span.span_id) {
-            span.parent_span_id = Some(caller);
-        }
+        span.parent_span_id = self.linker.take_parent(span.span_id).or(header_parent);
         // Finished before its caller's request event arrived: it leaves
         // once the link is known.
         if let Some(span) = self.linker.park(span) {

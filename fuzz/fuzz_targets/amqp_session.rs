@@ -4,13 +4,12 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use periscope::protocols::amqp::{looks_like_amqp, AmqpEvent, AmqpSession, Role, MAX_CHANNELS};
-use periscope::spans::clock::Clock;
-use periscope::spans::messaging::{
-    build_consumed, build_publish, Deliveries, MessagingContext, PublishContexts, MAX_PENDING_PER_CHANNEL,
-    MAX_TRACKED_CHANNELS,
+use periscope::model::Service;
+use periscope::protocols::amqp::{
+    looks_like_amqp, AmqpEvent, AmqpSession, Deliveries, Role, MAX_CHANNELS, MAX_PENDING_PER_CHANNEL, MAX_TRACKED_CHANNELS,
 };
-use periscope::spans::{traceparent::TraceParent, Service};
+use periscope::spans::clock::Clock;
+use periscope::spans::messaging::{build_consumed, build_publish, MessagingContext};
 use periscope_fuzz::{Script, Step};
 
 fuzz_target!(|input: &[u8]| {
@@ -25,7 +24,6 @@ fuzz_target!(|input: &[u8]| {
     let clock = Clock::with_offset(0);
     let mut s = AmqpSession::new(role);
     let mut tracker = Deliveries::new();
-    let mut contexts = PublishContexts::new(64);
     let mut events = Vec::new();
     let mut consumed = Vec::new();
     let mut spans = 0usize;
@@ -42,9 +40,7 @@ fuzz_target!(|input: &[u8]| {
             match e {
                 AmqpEvent::Publish(p) => {
                     let m = build_publish(&p, &ctx, &clock);
-                    assert!(m.span.end_unix_nanos >= m.span.start_unix_nanos);
-                    let tp = TraceParent { trace_id: m.span.trace_id, parent_id: m.span.span_id, flags: m.span.trace_flags };
-                    contexts.remember(&p, tp);
+                    assert!(m.end_unix_nanos >= m.start_unix_nanos);
                     spans += 1;
                 }
                 AmqpEvent::Deliver(d) => tracker.on_delivery(d, &mut consumed),
@@ -54,14 +50,12 @@ fuzz_target!(|input: &[u8]| {
             }
         }
         for m in consumed.drain(..) {
-            let parent = contexts.take(&m.delivery);
-            let span = build_consumed(&m, &ctx, &clock, parent).span;
+            let span = build_consumed(&m, &ctx, &clock);
             assert!(span.end_unix_nanos >= span.start_unix_nanos);
             spans += 1;
         }
         assert!(s.channels_tracked() <= MAX_CHANNELS);
         assert!(tracker.pending() <= MAX_PENDING_PER_CHANNEL * MAX_TRACKED_CHANNELS);
-        assert!(contexts.len() <= 64);
     }
     s.on_close(&mut events);
     tracker.on_closed(None, &mut consumed);

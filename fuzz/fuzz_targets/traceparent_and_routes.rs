@@ -3,7 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use periscope::spans::routes::{heuristic, Route, Router, Unmatched};
-use periscope::spans::traceparent::TraceParent;
+use periscope::model::traceparent::TraceParent;
 
 fuzz_target!(|input: &[u8]| {
     let Some((&flags, rest)) = input.split_first() else { return };

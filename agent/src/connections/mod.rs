@@ -4,8 +4,8 @@ use rustc_hash::FxHashMap;
 
 use crate::capture::{CapturePolicy, Role, Tuple};
 use crate::context::{ConnTrace, Started, ThreadKey, Tracker};
-use crate::spans::traceparent::TraceParent;
-use crate::spans::messaging::{ConsumedMessage, Deliveries};
+use crate::model::traceparent::TraceParent;
+use crate::protocols::amqp::{ConsumedMessage, Deliveries};
 use crate::protocols::{
     amqp::{self, AmqpEvent, AmqpSession, Publish},
     http1, mysql,
@@ -541,7 +541,7 @@ fn on_amqp(
                     tracker.assembly.abandon(old.ctx.group);
                 }
                 let link = DeliveryLink {
-                    traceparent: d.traceparent.as_deref().and_then(TraceParent::parse),
+                    traceparent: d.traceparent,
                     tracestate: d.tracestate.clone(),
                     fingerprint: d.fingerprint,
                 };
@@ -603,7 +603,7 @@ fn announce(
     match &mut conn.protocol {
         Protocol::Http1(session) => {
             for head in session.drain_heads() {
-                let tp = head.traceparent.as_deref().and_then(TraceParent::parse);
+                let tp = head.traceparent;
                 if !server_side {
                     if let Some(tp) = &tp {
                         tracker.on_outgoing_traceparent(&mut conn.trace, head.start_enter, tp);

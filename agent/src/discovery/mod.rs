@@ -30,7 +30,7 @@ pub use service::{
     parse_resource_attributes, resolve_service, Language, ResolvedService, ServiceOptions,
 };
 
-pub use crate::spans::model::Service;
+pub use crate::model::Service;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {

@@ -24,10 +24,11 @@
 //! a host (pids are reused only after the process is gone). An
 //! `service.instance.id` in the target's env is ignored so that the id stays
 //! unique per process.
+use crate::semconv;
 use std::path::Path;
 
 use crate::kubernetes::{KubernetesMetadata, KubernetesResource};
-use crate::spans::model::{AttrValue, Service};
+use crate::model::{AttrValue, Service};
 
 use super::ProcessInfo;
 
@@ -452,7 +453,7 @@ pub fn build_service_in_pod(info: &ProcessInfo, opts: &ServiceOptions, k8s: Opti
         .env_service_name
         .as_deref()
         .and_then(non_empty)
-        .or_else(|| env_get("service.name"))
+        .or_else(|| env_get(semconv::SERVICE_NAME))
         .or_else(|| k8s.and_then(|k| non_empty(&k.service_name)))
         .or_else(|| opts.name_override.as_deref().and_then(non_empty))
         .map(str::to_owned)
@@ -460,7 +461,7 @@ pub fn build_service_in_pod(info: &ProcessInfo, opts: &ServiceOptions, k8s: Opti
         .or_else(|| exe_name.map(str::to_owned))
         .unwrap_or_else(|| "unknown_service".to_owned());
 
-    let namespace = env_get("service.namespace")
+    let namespace = env_get(semconv::SERVICE_NAMESPACE)
         .or_else(|| k8s.and_then(|k| non_empty(&k.service_namespace)))
         .or_else(|| opts.namespace.as_deref().and_then(non_empty))
         .map(str::to_owned);
@@ -475,19 +476,19 @@ pub fn build_service_in_pod(info: &ProcessInfo, opts: &ServiceOptions, k8s: Opti
     let k8s_len = k8s.map_or(1, |k| k.attributes.len());
     let mut attrs: Vec<(String, AttrValue)> = Vec::with_capacity(12 + k8s_len + env.len());
     let mut push = |k: &str, v: AttrValue| attrs.push((k.to_owned(), v));
-    push("service.name", name.clone().into());
+    push(semconv::SERVICE_NAME, name.clone().into());
     if let Some(ns) = &namespace {
-        push("service.namespace", ns.clone().into());
+        push(semconv::SERVICE_NAMESPACE, ns.clone().into());
     }
-    push("service.instance.id", instance_id.clone().into());
-    push("process.pid", AttrValue::Int(i64::from(info.pid)));
+    push(semconv::SERVICE_INSTANCE_ID, instance_id.clone().into());
+    push(semconv::PROCESS_PID, AttrValue::Int(i64::from(info.pid)));
     push(
-        "process.executable.name",
+        semconv::PROCESS_EXECUTABLE_NAME,
         exe_name.unwrap_or_default().into(),
     );
     if let Some(p) = &info.exe_path {
         push(
-            "process.executable.path",
+            semconv::PROCESS_EXECUTABLE_PATH,
             p.to_string_lossy().into_owned().into(),
         );
     }
@@ -497,23 +498,23 @@ pub fn build_service_in_pod(info: &ProcessInfo, opts: &ServiceOptions, k8s: Opti
         .map(String::as_str)
         .and_then(non_empty)
         .unwrap_or(&info.comm);
-    push("process.command", command.into());
-    push("host.name", opts.host_name.as_str().into());
-    push("telemetry.sdk.name", "periscope".into());
-    push("telemetry.sdk.version", env!("CARGO_PKG_VERSION").into());
-    push("telemetry.sdk.language", language.as_str().into());
+    push(semconv::PROCESS_COMMAND, command.into());
+    push(semconv::HOST_NAME, opts.host_name.as_str().into());
+    push(semconv::TELEMETRY_SDK_NAME, "periscope".into());
+    push(semconv::TELEMETRY_SDK_VERSION, env!("CARGO_PKG_VERSION").into());
+    push(semconv::TELEMETRY_SDK_LANGUAGE, language.as_str().into());
     match k8s {
         Some(k) => attrs.extend(k.attributes.iter().cloned()),
         None => {
             if let Some(id) = info.container.as_ref().and_then(|c| c.container_id.as_deref()) {
-                attrs.push(("container.id".to_owned(), id.into()));
+                attrs.push((semconv::CONTAINER_ID.to_owned(), id.into()));
             }
         }
     }
 
     let fixed = attrs.len();
     for (k, v) in env {
-        if k == "service.instance.id" || attrs[..fixed].iter().any(|(a, _)| a == k) {
+        if k == semconv::SERVICE_INSTANCE_ID || attrs[..fixed].iter().any(|(a, _)| a == k) {
             continue;
         }
         match attrs[fixed..].iter_mut().find(|(a, _)| a == k) {

@@ -3,7 +3,7 @@ use std::io::Write;
 
 use serde_json::{json, Map, Value};
 
-use crate::spans::model::{AttrValue, Span, SpanKind, SpanStatus};
+use crate::model::{AttrValue, Span, SpanKind, SpanStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PrinterMode {
@@ -200,7 +200,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::spans::model::{Attr, Service, SpanId, TraceId};
+    use crate::model::{Attr, Service, SpanId, TraceId};
 
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -222,6 +222,7 @@ mod tests {
                 instance_id: "f-1".into(),
                 attributes: vec![("service.name".into(), AttrValue::Str("frontend".into()))],
             }),
+            signal: crate::model::Signal::HttpServer,
             trace_id: TraceId([0xab; 16]),
             span_id: SpanId([0x01; 8]),
             parent_span_id: Some(SpanId([0x02; 8])),

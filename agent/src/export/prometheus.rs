@@ -14,7 +14,7 @@ use crate::{
         service_graph, span_metrics, EdgePoint, HistogramData, Instrument, Metrics, MetricsSnapshot, ServiceMetrics,
         SpanMetricsPoint,
     },
-    spans::model::{AttrValue, Service},
+    model::{AttrValue, Service},
     telemetry::{Sample as CounterSample, Telemetry},
 };
 

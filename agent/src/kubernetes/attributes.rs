@@ -20,8 +20,9 @@
 //!
 //! Other `resource.opentelemetry.io/<key>` annotations become the resource
 //! attribute `<key>` (the OpenTelemetry operator's convention).
+use crate::semconv;
 use super::store::{PodMatch, RESOURCE_ANNOTATION_PREFIX};
-use crate::spans::model::AttrValue;
+use crate::model::AttrValue;
 
 /// Kubernetes' part of a process's Resource.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,12 +108,12 @@ pub fn resource_of(m: &PodMatch, node_name: &str, cluster_name: Option<&str>) ->
     };
     let label = |key: &str| non_empty(pod.labels.get(key));
 
-    let service_name = annotation("service.name")
+    let service_name = annotation(semconv::SERVICE_NAME)
         .or_else(|| label("app.kubernetes.io/name"))
         .or(owners.top())
         .unwrap_or(&pod.name)
         .to_owned();
-    let service_namespace = annotation("service.namespace")
+    let service_namespace = annotation(semconv::SERVICE_NAMESPACE)
         .or_else(|| label("app.kubernetes.io/part-of"))
         .unwrap_or(&pod.namespace)
         .to_owned();
@@ -126,7 +127,7 @@ pub fn resource_of(m: &PodMatch, node_name: &str, cluster_name: Option<&str>) ->
         push("k8s.container.name", c);
     }
     if let Some(id) = &m.container_id {
-        push("container.id", id);
+        push(semconv::CONTAINER_ID, id);
     }
     let node = if pod.node_name.is_empty() {
         node_name
@@ -158,7 +159,7 @@ pub fn resource_of(m: &PodMatch, node_name: &str, cluster_name: Option<&str>) ->
     }
     for (k, v) in &pod.resource_annotations {
         let key = &k[RESOURCE_ANNOTATION_PREFIX.len()..];
-        if key.is_empty() || key == "service.name" || key == "service.namespace" || attrs.iter().any(|(a, _)| a == key)
+        if key.is_empty() || key == semconv::SERVICE_NAME || key == semconv::SERVICE_NAMESPACE || attrs.iter().any(|(a, _)| a == key)
         {
             continue;
         }

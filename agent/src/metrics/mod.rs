@@ -1,5 +1,6 @@
 //! RED metrics derived from finished spans, aggregated in the agent with
 //! cumulative temporality and exported by the OTLP and Prometheus sinks.
+use crate::semconv;
 mod histogram;
 pub mod service_graph;
 pub mod span_metrics;
@@ -18,12 +19,12 @@ pub use service_graph::{ConnectionType, EdgeObservation, EdgePoint, ServiceGraph
 pub use span_metrics::{SpanMetricsConfig, SpanMetricsPoint};
 
 use crate::{
-    spans::model::{AttrValue, ServiceRef, Span, SpanKind},
+    model::{AttrValue, ServiceRef, Signal, Span, SpanKind},
     telemetry::{Counter, Telemetry},
 };
 
 /// Attribute that marks the series absorbing measurements over the cap.
-pub const OVERFLOW_ATTRIBUTE: &str = "otel.metric.overflow";
+pub const OVERFLOW_ATTRIBUTE: &str = semconv::OTEL_METRIC_OVERFLOW;
 
 /// One histogram instrument the agent produces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,40 +41,40 @@ pub enum Instrument {
 }
 
 const HTTP_SERVER_ATTRS: &[&str] = &[
-    "http.request.method",
-    "url.scheme",
-    "http.response.status_code",
-    "http.route",
-    "server.address",
-    "server.port",
-    "error.type",
-    "http.method",
-    "http.status_code",
+    semconv::HTTP_REQUEST_METHOD,
+    semconv::URL_SCHEME,
+    semconv::HTTP_RESPONSE_STATUS_CODE,
+    semconv::HTTP_ROUTE,
+    semconv::SERVER_ADDRESS,
+    semconv::SERVER_PORT,
+    semconv::ERROR_TYPE,
+    semconv::old::HTTP_METHOD,
+    semconv::old::HTTP_STATUS_CODE,
 ];
 const HTTP_CLIENT_ATTRS: &[&str] = &[
-    "http.request.method",
-    "http.response.status_code",
-    "server.address",
-    "server.port",
-    "error.type",
-    "http.method",
-    "http.status_code",
+    semconv::HTTP_REQUEST_METHOD,
+    semconv::HTTP_RESPONSE_STATUS_CODE,
+    semconv::SERVER_ADDRESS,
+    semconv::SERVER_PORT,
+    semconv::ERROR_TYPE,
+    semconv::old::HTTP_METHOD,
+    semconv::old::HTTP_STATUS_CODE,
 ];
 const DB_ATTRS: &[&str] = &[
-    "db.system.name",
-    "db.operation.name",
-    "db.collection.name",
-    "server.address",
-    "server.port",
-    "error.type",
-    "db.response.status_code",
+    semconv::DB_SYSTEM_NAME,
+    semconv::DB_OPERATION_NAME,
+    semconv::DB_COLLECTION_NAME,
+    semconv::SERVER_ADDRESS,
+    semconv::SERVER_PORT,
+    semconv::ERROR_TYPE,
+    semconv::DB_RESPONSE_STATUS_CODE,
 ];
 const MESSAGING_ATTRS: &[&str] = &[
-    "messaging.system",
-    "messaging.operation.name",
-    "messaging.destination.name",
-    "server.address",
-    "error.type",
+    semconv::MESSAGING_SYSTEM,
+    semconv::MESSAGING_OPERATION_NAME,
+    semconv::MESSAGING_DESTINATION_NAME,
+    semconv::SERVER_ADDRESS,
+    semconv::ERROR_TYPE,
 ];
 
 impl Instrument {
@@ -174,44 +175,46 @@ impl Instrument {
     }
 }
 
-/// Which measurements one span produces: (instrument, value).
+/// Which measurements one span produces: (instrument, value), by its signal.
 pub fn measurements(span: &Span) -> Vec<(Instrument, f64)> {
     let mut out = Vec::with_capacity(3);
-    let is_http = span.attr("http.request.method").is_some();
     let int_attr = |k: &str| match span.attr(k) {
         Some(AttrValue::Int(i)) => Some(*i as f64),
         _ => None,
     };
     let dur = span.duration_secs();
-    match span.kind {
-        SpanKind::Server if is_http => {
-            out.push((Instrument::HttpServerDuration, dur));
-            if let Some(v) = int_attr("http.request.body.size") {
-                out.push((Instrument::HttpServerRequestBodySize, v));
-            }
-            if let Some(v) = int_attr("http.response.body.size") {
-                out.push((Instrument::HttpServerResponseBodySize, v));
-            }
-        }
-        SpanKind::Client if is_http => {
-            out.push((Instrument::HttpClientDuration, dur));
-            if let Some(v) = int_attr("http.request.body.size") {
-                out.push((Instrument::HttpClientRequestBodySize, v));
-            }
-            if let Some(v) = int_attr("http.response.body.size") {
-                out.push((Instrument::HttpClientResponseBodySize, v));
-            }
-        }
-        SpanKind::Client if span.attr("db.system.name").is_some() => {
+    let (duration, request_size, response_size) = match span.signal {
+        Signal::HttpServer => (
+            Instrument::HttpServerDuration,
+            Instrument::HttpServerRequestBodySize,
+            Instrument::HttpServerResponseBodySize,
+        ),
+        Signal::HttpClient => (
+            Instrument::HttpClientDuration,
+            Instrument::HttpClientRequestBodySize,
+            Instrument::HttpClientResponseBodySize,
+        ),
+        // The database's own SERVER spans feed no client metric.
+        Signal::Db if span.kind == SpanKind::Client => {
             out.push((Instrument::DbClientDuration, dur));
+            return out;
         }
-        SpanKind::Producer if span.attr("messaging.system").is_some() => {
+        Signal::MessagingSend => {
             out.push((Instrument::MessagingClientDuration, dur));
+            return out;
         }
-        SpanKind::Consumer if span.attr("messaging.system").is_some() => {
+        Signal::MessagingProcess => {
             out.push((Instrument::MessagingProcessDuration, dur));
+            return out;
         }
-        _ => {}
+        Signal::Db | Signal::MessagingReceive | Signal::Other => return out,
+    };
+    out.push((duration, dur));
+    if let Some(v) = int_attr(semconv::HTTP_REQUEST_BODY_SIZE) {
+        out.push((request_size, v));
+    }
+    if let Some(v) = int_attr(semconv::HTTP_RESPONSE_BODY_SIZE) {
+        out.push((response_size, v));
     }
     out
 }

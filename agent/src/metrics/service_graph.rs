@@ -24,6 +24,7 @@
 //!
 //! As in Tempo, both histograms are observed for every request; a side that
 //! has no span (virtual nodes) is observed as 0.
+use crate::semconv;
 use std::{
     collections::VecDeque,
     hash::{Hash, Hasher},
@@ -34,7 +35,7 @@ use rustc_hash::{FxHashMap, FxHasher};
 
 use super::{HistogramData, OVERFLOW_ATTRIBUTE};
 use crate::{
-    spans::model::{AttrValue, ServiceRef, Span, SpanId, SpanKind, SpanStatus},
+    model::{AttrValue, ServiceRef, Signal, Span, SpanId, SpanKind, SpanStatus},
     telemetry::{Counter, Telemetry},
 };
 
@@ -50,7 +51,7 @@ pub const SERVER_SECONDS_NAME: &str = "traces_service_graph_request_server_secon
 pub const USER_NODE: &str = "user";
 
 /// Attributes naming the peer of an unpaired client span, first found wins.
-const PEER_ATTRIBUTES: &[&str] = &["peer.service", "messaging.system", "server.address", "net.peer.name"];
+const PEER_ATTRIBUTES: &[&str] = &[semconv::PEER_SERVICE, semconv::MESSAGING_SYSTEM, semconv::SERVER_ADDRESS, semconv::old::NET_PEER_NAME];
 
 /// Tempo's `connection_type` label values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -107,7 +108,7 @@ fn str_attr<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
 }
 
 fn is_database(span: &Span) -> bool {
-    ["db.system.name", "db.system", "db.namespace", "db.name"].iter().any(|k| span.attr(k).is_some())
+    span.signal == Signal::Db
 }
 
 /// Server node of a database call. Tempo's order is peer.service,
@@ -116,14 +117,14 @@ fn is_database(span: &Span) -> bool {
 /// and is preferred to it: peer.service, server.address when a host name,
 /// db.namespace (db.name), db.system.name (db.system), then the IP address.
 pub fn database_node(span: &Span) -> Option<&str> {
-    if let Some(p) = str_attr(span, "peer.service") {
+    if let Some(p) = str_attr(span, semconv::PEER_SERVICE) {
         return Some(p);
     }
-    let address = str_attr(span, "server.address");
+    let address = str_attr(span, semconv::SERVER_ADDRESS);
     if let Some(a) = address.filter(|a| a.parse::<IpAddr>().is_err()) {
         return Some(a);
     }
-    ["db.namespace", "db.name", "db.system.name", "db.system"]
+    [semconv::DB_NAMESPACE, semconv::old::DB_NAME, semconv::DB_SYSTEM_NAME, semconv::old::DB_SYSTEM]
         .iter()
         .find_map(|k| str_attr(span, k))
         .or(address)

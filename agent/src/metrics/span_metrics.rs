@@ -11,13 +11,14 @@
 //! `http.target` is never the raw target (ids, query strings): it is read from
 //! `http.route`, the route the agent already normalised and capped per
 //! service; without a route the label is left out.
+use crate::semconv;
 use std::hash::{Hash, Hasher};
 
 use rustc_hash::{FxHashMap, FxHasher};
 
 use super::{hash_value, same_value, HistogramData, OVERFLOW_ATTRIBUTE};
 use crate::{
-    spans::model::{AttrValue, Span, SpanKind},
+    model::{AttrValue, Span, SpanKind},
     telemetry::{Counter, Telemetry},
 };
 
@@ -27,7 +28,7 @@ pub const SPAN_METRICS_BOUNDS: &[f64] = &[
 ];
 
 /// What the lab's dashboards group by (old HTTP semantic-convention names).
-pub const DEFAULT_DIMENSIONS: &[&str] = &["http.method", "http.target", "http.status_code", "service.version"];
+pub const DEFAULT_DIMENSIONS: &[&str] = &[semconv::old::HTTP_METHOD, semconv::old::HTTP_TARGET, semconv::old::HTTP_STATUS_CODE, semconv::SERVICE_VERSION];
 
 /// Dimensions beyond this are refused: the lookup keeps values on the stack.
 pub const MAX_DIMENSIONS: usize = 16;
@@ -42,14 +43,14 @@ const RESERVED_LABELS: &[&str] = &["service", "span_name", "span_kind", "status_
 /// fact. `http.target` deliberately maps to the route only.
 fn sources(key: &str) -> Option<&'static [&'static str]> {
     Some(match key {
-        "http.method" | "http.request.method" => &["http.request.method", "http.method"],
-        "http.status_code" | "http.response.status_code" => &["http.response.status_code", "http.status_code"],
-        "http.target" | "http.route" => &["http.route"],
-        "db.name" | "db.namespace" => &["db.namespace", "db.name"],
-        "db.system" | "db.system.name" => &["db.system.name", "db.system"],
-        "db.operation" | "db.operation.name" => &["db.operation.name", "db.operation"],
-        "db.sql.table" | "db.collection.name" => &["db.collection.name", "db.sql.table"],
-        "net.peer.name" => &["net.peer.name", "server.address"],
+        semconv::old::HTTP_METHOD | semconv::HTTP_REQUEST_METHOD => &[semconv::HTTP_REQUEST_METHOD, semconv::old::HTTP_METHOD],
+        semconv::old::HTTP_STATUS_CODE | semconv::HTTP_RESPONSE_STATUS_CODE => &[semconv::HTTP_RESPONSE_STATUS_CODE, semconv::old::HTTP_STATUS_CODE],
+        semconv::old::HTTP_TARGET | semconv::HTTP_ROUTE => &[semconv::HTTP_ROUTE],
+        semconv::old::DB_NAME | semconv::DB_NAMESPACE => &[semconv::DB_NAMESPACE, semconv::old::DB_NAME],
+        semconv::old::DB_SYSTEM | semconv::DB_SYSTEM_NAME => &[semconv::DB_SYSTEM_NAME, semconv::old::DB_SYSTEM],
+        semconv::old::DB_OPERATION | semconv::DB_OPERATION_NAME => &[semconv::DB_OPERATION_NAME, semconv::old::DB_OPERATION],
+        semconv::old::DB_SQL_TABLE | semconv::DB_COLLECTION_NAME => &[semconv::DB_COLLECTION_NAME, semconv::old::DB_SQL_TABLE],
+        semconv::old::NET_PEER_NAME => &[semconv::old::NET_PEER_NAME, semconv::SERVER_ADDRESS],
         _ => return None,
     })
 }

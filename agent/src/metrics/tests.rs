@@ -1,5 +1,5 @@
 use super::*;
-use crate::spans::model::{Attr, Service, SpanId, SpanStatus, TraceId};
+use crate::model::{Attr, Service, SpanId, SpanStatus, TraceId};
 
 fn service(name: &str, instance: &str) -> ServiceRef {
     Arc::new(Service {
@@ -13,6 +13,7 @@ fn service(name: &str, instance: &str) -> ServiceRef {
 fn span(svc: &ServiceRef, kind: SpanKind, dur_nanos: u64, attrs: Vec<Attr>) -> Span {
     Span {
         service: svc.clone(),
+        signal: crate::model::Signal::of_test_span(kind, &attrs),
         trace_id: TraceId::random(),
         span_id: SpanId::random(),
         parent_span_id: None,

@@ -5,7 +5,7 @@ use std::{
 };
 
 use super::*;
-use crate::spans::model::{Attr, Service, SpanStatus};
+use crate::model::{Attr, Service, SpanStatus};
 
 /// Counts allocations of the current thread, to check the hot paths.
 struct CountingAlloc;
@@ -49,6 +49,7 @@ fn service(name: &str, instance: &str) -> ServiceRef {
 
 fn span(svc: &ServiceRef, kind: SpanKind, name: &str, dur_ms: u64, attrs: Vec<Attr>) -> Span {
     Span {
+        signal: crate::model::Signal::of_test_span(kind, &attrs),
         start_unix_nanos: 1_000_000_000,
         end_unix_nanos: 1_000_000_000 + dur_ms * 1_000_000,
         attributes: attrs,
@@ -316,7 +317,7 @@ fn producer_and_consumer_pair_as_messaging_system() {
 
 fn db_span(svc: &ServiceRef, attrs: &[(&'static str, &str)]) -> Span {
     let attrs = attrs.iter().map(|&(k, v)| Attr::new(k, v)).collect();
-    span(svc, SpanKind::Client, "SELECT unicorn", 4, attrs)
+    Span { signal: crate::model::Signal::Db, ..span(svc, SpanKind::Client, "SELECT unicorn", 4, attrs) }
 }
 
 #[test]

@@ -15,9 +15,44 @@ use crate::{
         Assembler, GroupId, SpanCtx, Started,
     },
     protocols::amqp::Publish,
-    spans::{messaging::PublishContexts, traceparent::TraceParent, Span, SpanId},
+    model::{Span, SpanId, TraceParent},
     telemetry::{Counter, Telemetry},
 };
+
+/// What is known of recently published messages, by body fingerprint, for
+/// deliveries that carry no traceparent (both ends on this host). `T` is
+/// the publish span's context (the pipeline keeps span id and trace group).
+/// Bounded: the oldest entry goes first.
+#[derive(Debug)]
+struct PublishContexts<T> {
+    map: FxHashMap<u64, T>,
+    order: VecDeque<u64>,
+    cap: usize,
+}
+
+impl<T> PublishContexts<T> {
+    fn new(cap: usize) -> Self {
+        PublishContexts { map: FxHashMap::default(), order: VecDeque::new(), cap: cap.max(1) }
+    }
+
+    /// Remembers the context of a publish.
+    fn remember(&mut self, p: &Publish, ctx: T) {
+        let Some(fp) = p.fingerprint else { return };
+        if self.map.insert(fp, ctx).is_none() {
+            self.order.push_back(fp);
+        }
+        // Taken entries stay in `order` until they come up: no scan per take.
+        while self.map.len() > self.cap || self.order.len() > 2 * self.cap {
+            let Some(old) = self.order.pop_front() else { break };
+            self.map.remove(&old);
+        }
+    }
+
+    /// The context of the publish whose message has this fingerprint (once).
+    fn take_fingerprint(&mut self, fingerprint: u64) -> Option<T> {
+        self.map.remove(&fingerprint)
+    }
+}
 
 /// Server requests waiting for their tracked caller's request event at once.
 const MAX_WAITS: usize = 4096;
@@ -258,6 +293,33 @@ mod tests {
 
     fn chunk(direction: Direction, data: &[u8], ts: u64) -> Chunk<'_> {
         Chunk { direction, data, total: data.len(), ts_enter: ts, ts_exit: ts + 1 }
+    }
+
+    #[test]
+    fn a_delivery_finds_the_publish_of_the_same_message_once() {
+        let mut contexts = PublishContexts::new(2);
+        let publish = |fp: u64| Publish {
+            channel: 1,
+            exchange: String::new(),
+            routing_key: "batch".into(),
+            mandatory: false,
+            body_size: 3,
+            traceparent: None,
+            tracestate: None,
+            message_id: None,
+            correlation_id: None,
+            fingerprint: Some(fp),
+            confirm_seq: None,
+            ts_start: 1,
+            ts_end: 2,
+        };
+        for fp in [10, 20, 30] {
+            contexts.remember(&publish(fp), fp * 2);
+        }
+        assert_eq!(contexts.take_fingerprint(10), None, "bounded: the oldest went first");
+        assert_eq!(contexts.take_fingerprint(20), Some(40));
+        assert_eq!(contexts.take_fingerprint(20), None, "matched once");
+        assert_eq!(contexts.take_fingerprint(30), Some(60));
     }
 
     #[test]

@@ -19,11 +19,17 @@ use framing::{
 use fields::{content_header, text, Cursor, Fingerprint};
 
 pub use super::sql::Role;
+use crate::model::TraceParent;
 use super::sql::framing::BoundedMap;
 use super::{Chunk, Direction};
 
+mod deliveries;
 mod fields;
 mod framing;
+
+pub use deliveries::{
+    ConsumedMessage, Deliveries, DeliveryStats, Settlement, MAX_PENDING_PER_CHANNEL, MAX_TRACKED_CHANNELS,
+};
 
 pub use fields::{Properties, TraceHeaders, FINGERPRINT_BYTES};
 
@@ -70,7 +76,7 @@ pub struct Publish {
     pub routing_key: String,
     pub mandatory: bool,
     pub body_size: u64,
-    pub traceparent: Option<String>,
+    pub traceparent: Option<TraceParent>,
     pub tracestate: Option<String>,
     pub message_id: Option<String>,
     pub correlation_id: Option<String>,
@@ -102,7 +108,7 @@ pub struct Delivery {
     pub routing_key: String,
     pub redelivered: bool,
     pub body_size: u64,
-    pub traceparent: Option<String>,
+    pub traceparent: Option<TraceParent>,
     pub tracestate: Option<String>,
     pub message_id: Option<String>,
     pub correlation_id: Option<String>,
@@ -149,7 +155,7 @@ pub struct Returned {
     pub exchange: String,
     pub routing_key: String,
     pub body_size: u64,
-    pub traceparent: Option<String>,
+    pub traceparent: Option<TraceParent>,
     pub fingerprint: Option<u64>,
     pub ts: u64,
 }

@@ -1,12 +1,12 @@
 //! HTTP/1 exchanges -> SERVER and CLIENT spans (semantic conventions 1.2x,
 //! plus the old names when OTEL_SEMCONV_STABILITY_OPT_IN says `http/dup`).
+use crate::model::{Attr, ServiceRef, Signal, Span, SpanKind, SpanStatus};
+use crate::semconv;
 use std::net::SocketAddr;
 
 use super::{
     clock::Clock,
-    model::{Attr, ServiceRef, Span, SpanId, SpanKind, SpanStatus, TraceId},
     routes::Route,
-    traceparent::TraceParent,
 };
 use crate::protocols::http1::Exchange;
 
@@ -84,28 +84,28 @@ pub fn build(
     let host_header = ex.request.headers.host.as_deref().map(host_port);
 
     let mut attrs = Vec::with_capacity(20);
-    attrs.push(Attr::new("http.request.method", method));
-    attrs.push(Attr::new("http.response.status_code", i64::from(status)));
-    attrs.push(Attr::new("network.protocol.name", "http"));
-    attrs.push(Attr::new("network.protocol.version", if ex.request.version == 0 { "1.0" } else { "1.1" }));
+    attrs.push(Attr::new(semconv::HTTP_REQUEST_METHOD, method));
+    attrs.push(Attr::new(semconv::HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
+    attrs.push(Attr::new(semconv::NETWORK_PROTOCOL_NAME, "http"));
+    attrs.push(Attr::new(semconv::NETWORK_PROTOCOL_VERSION, if ex.request.version == 0 { "1.0" } else { "1.1" }));
     if let Some(r) = route_str {
-        attrs.push(Attr::new("http.route", r));
+        attrs.push(Attr::new(semconv::HTTP_ROUTE, r));
     }
-    attrs.push(Attr::new("http.request.body.size", ex.request_body_bytes as i64));
-    attrs.push(Attr::new("http.response.body.size", ex.response_body_bytes as i64));
+    attrs.push(Attr::new(semconv::HTTP_REQUEST_BODY_SIZE, ex.request_body_bytes as i64));
+    attrs.push(Attr::new(semconv::HTTP_RESPONSE_BODY_SIZE, ex.response_body_bytes as i64));
     if let Some(ua) = &ex.request.headers.user_agent {
-        attrs.push(Attr::new("user_agent.original", ua.as_str()));
+        attrs.push(Attr::new(semconv::USER_AGENT_ORIGINAL, ua.as_str()));
     }
 
     let (kind, start, end, server_addr, server_port) = if ctx.server_side {
-        attrs.push(Attr::new("url.path", path));
-        attrs.push(Attr::new("url.scheme", "http"));
+        attrs.push(Attr::new(semconv::URL_PATH, path));
+        attrs.push(Attr::new(semconv::URL_SCHEME, "http"));
         if let Some(q) = query {
-            attrs.push(Attr::new("url.query", q));
+            attrs.push(Attr::new(semconv::URL_QUERY, q));
         }
-        attrs.push(Attr::new("client.address", ctx.remote.ip().to_string()));
-        attrs.push(Attr::new("network.peer.address", ctx.remote.ip().to_string()));
-        attrs.push(Attr::new("network.peer.port", ctx.remote.port()));
+        attrs.push(Attr::new(semconv::CLIENT_ADDRESS, ctx.remote.ip().to_string()));
+        attrs.push(Attr::new(semconv::NETWORK_PEER_ADDRESS, ctx.remote.ip().to_string()));
+        attrs.push(Attr::new(semconv::NETWORK_PEER_PORT, ctx.remote.port()));
         let addr = host_header.map_or_else(|| ctx.local.ip().to_string(), |(h, _)| h.to_owned());
         // The request starts when its first byte was read (exit of that read:
         // a blocking read may have waited long before anything arrived).
@@ -114,70 +114,49 @@ pub fn build(
         let addr = host_header.map_or_else(|| ctx.remote.ip().to_string(), |(h, _)| h.to_owned());
         let port = host_header.and_then(|(_, p)| p).unwrap_or(ctx.remote.port());
         let full = format!("http://{}{target_shown}", ex.request.headers.host.as_deref().unwrap_or(&addr));
-        attrs.push(Attr::new("url.full", full.as_str()));
-        attrs.push(Attr::new("network.peer.address", ctx.remote.ip().to_string()));
-        attrs.push(Attr::new("network.peer.port", ctx.remote.port()));
+        attrs.push(Attr::new(semconv::URL_FULL, full.as_str()));
+        attrs.push(Attr::new(semconv::NETWORK_PEER_ADDRESS, ctx.remote.ip().to_string()));
+        attrs.push(Attr::new(semconv::NETWORK_PEER_PORT, ctx.remote.port()));
         if opts.old_semconv {
-            attrs.push(Attr::new("http.url", full));
+            attrs.push(Attr::new(semconv::old::HTTP_URL, full));
         }
         (SpanKind::Client, ex.request_start_enter, ex.response_end, addr, port)
     };
-    attrs.push(Attr::new("server.address", server_addr.as_str()));
-    attrs.push(Attr::new("server.port", server_port));
+    attrs.push(Attr::new(semconv::SERVER_ADDRESS, server_addr.as_str()));
+    attrs.push(Attr::new(semconv::SERVER_PORT, server_port));
 
     let error = if ctx.server_side { status >= 500 } else { status >= 400 };
     if error {
-        attrs.push(Attr::new("error.type", status.to_string()));
+        attrs.push(Attr::new(semconv::ERROR_TYPE, status.to_string()));
     }
     if opts.old_semconv {
-        attrs.push(Attr::new("http.method", method));
-        attrs.push(Attr::new("http.status_code", i64::from(status)));
-        attrs.push(Attr::new("http.target", target_shown.as_str()));
-        attrs.push(Attr::new("http.scheme", "http"));
+        attrs.push(Attr::new(semconv::old::HTTP_METHOD, method));
+        attrs.push(Attr::new(semconv::old::HTTP_STATUS_CODE, i64::from(status)));
+        attrs.push(Attr::new(semconv::old::HTTP_TARGET, target_shown.as_str()));
+        attrs.push(Attr::new(semconv::old::HTTP_SCHEME, "http"));
         if ctx.server_side {
             // Old conventions: on a server span the server is the host and
             // the peer is the client (whose name is not known, only its address).
-            attrs.push(Attr::new("net.host.name", server_addr.as_str()));
-            attrs.push(Attr::new("net.host.port", server_port));
-            attrs.push(Attr::new("net.sock.peer.addr", ctx.remote.ip().to_string()));
-            attrs.push(Attr::new("net.sock.peer.port", ctx.remote.port()));
+            attrs.push(Attr::new(semconv::old::NET_HOST_NAME, server_addr.as_str()));
+            attrs.push(Attr::new(semconv::old::NET_HOST_PORT, server_port));
+            attrs.push(Attr::new(semconv::old::NET_SOCK_PEER_ADDR, ctx.remote.ip().to_string()));
+            attrs.push(Attr::new(semconv::old::NET_SOCK_PEER_PORT, ctx.remote.port()));
         } else {
-            attrs.push(Attr::new("net.peer.name", server_addr.as_str()));
-            attrs.push(Attr::new("net.peer.port", server_port));
+            attrs.push(Attr::new(semconv::old::NET_PEER_NAME, server_addr.as_str()));
+            attrs.push(Attr::new(semconv::old::NET_PEER_PORT, server_port));
         }
     }
 
-    // An incoming traceparent makes the server span its child. On the client
-    // side an outgoing traceparent names the span the callee will see as its
-    // parent, so the client span takes exactly that id.
-    let tp = ex.request.headers.traceparent.as_deref().and_then(TraceParent::parse);
-    let (trace_id, span_id, parent, flags) = match (tp, ctx.server_side) {
-        (Some(tp), true) => (tp.trace_id, SpanId::random(), Some(tp.parent_id), tp.flags),
-        (Some(tp), false) => (tp.trace_id, tp.parent_id, None, tp.flags),
-        (None, _) => (TraceId::random(), SpanId::random(), None, 1),
-    };
-
-    Span {
-        service: ctx.service.clone(),
-        trace_id,
-        span_id,
-        parent_span_id: parent,
-        trace_flags: flags,
-        trace_state: if tp.is_some() { ex.request.headers.tracestate.clone() } else { None },
-        name,
-        kind,
-        start_unix_nanos: clock.to_unix(start),
-        end_unix_nanos: clock.to_unix(end.max(start)),
-        attributes: attrs,
-        status: if error { SpanStatus::Error(format!("HTTP {status}")) } else { SpanStatus::Unset },
-    }
+    let signal = if ctx.server_side { Signal::HttpServer } else { Signal::HttpClient };
+    let status = if error { SpanStatus::Error(format!("HTTP {status}")) } else { SpanStatus::Unset };
+    Span::new(ctx.service, kind, signal, name, clock.to_unix(start), clock.to_unix(end.max(start)), attrs, status)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocols::http1::head::{Headers, RequestHead, ResponseHead};
-    use crate::spans::model::{AttrValue, Service};
+    use crate::model::{AttrValue, Service};
     use std::sync::Arc;
 
     fn exchange(target: &str, status: u16, traceparent: Option<&str>) -> Exchange {
@@ -188,7 +167,7 @@ mod tests {
                 version: 1,
                 headers: Headers {
                     host: Some("shop:8080".into()),
-                    traceparent: traceparent.map(str::to_owned),
+                    traceparent: traceparent.and_then(crate::model::TraceParent::parse),
                     ..Headers::default()
                 },
                 truncated: false,
@@ -227,8 +206,8 @@ mod tests {
         assert_eq!(span.name, "GET /users/*");
         assert_eq!(span.kind, SpanKind::Server);
         assert_eq!((span.start_unix_nanos, span.end_unix_nanos), (2_000, 9_000));
-        assert_eq!(span.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
-        assert_eq!(span.parent_span_id.unwrap().to_string(), "b7ad6b7169203331");
+        assert_eq!(span.signal, Signal::HttpServer);
+        assert_eq!(span.parent_span_id, None, "ids and parents are the context layer's");
         assert_eq!(span.attr("url.path"), Some(&AttrValue::Str("/users/7".into())));
         assert_eq!(span.attr("server.address"), Some(&AttrValue::Str("shop".into())));
         assert_eq!(span.attr("client.address"), Some(&AttrValue::Str("10.0.0.2".into())));

@@ -1,11 +1,11 @@
-//! From protocol exchanges to finished spans: ids and W3C context, routes,
-//! and the per-protocol span builders.
+//! From protocol exchanges to finished spans: routes, the clock, and the
+//! per-protocol span builders. Builders give no ids: the context layer does.
 pub mod clock;
 pub mod http;
 pub mod messaging;
-pub mod model;
 pub mod routes;
 pub mod sql;
-pub mod traceparent;
 
-pub use model::*;
+// The data model, where it used to live (kept while other modules move to `crate::model`).
+pub use crate::model::*;
+pub use crate::model::traceparent;

@@ -1,10 +1,11 @@
 //! SQL calls -> CLIENT spans (SERVER when the tracked process is the
 //! database): `{db.operation.name} {db.collection.name}`, sanitized text.
+use crate::model::{Attr, ServiceRef, Signal, Span, SpanKind, SpanStatus};
+use crate::semconv;
 use std::net::SocketAddr;
 
 use super::{
     clock::Clock,
-    model::{Attr, ServiceRef, Span, SpanId, SpanKind, SpanStatus, TraceId},
 };
 use crate::protocols::sql::{sanitize_for, SqlCall, SqlOutcome};
 
@@ -59,15 +60,15 @@ pub fn build(call: &SqlCall, ctx: &SqlContext<'_>, clock: &Clock, opts: SqlSpanO
     let system = call.system.as_str();
     let server = if ctx.server_side { ctx.local } else { ctx.remote };
     let mut attrs = Vec::with_capacity(14);
-    attrs.push(Attr::new("db.system.name", system));
+    attrs.push(Attr::new(semconv::DB_SYSTEM_NAME, system));
     if let Some(op) = operation(call) {
-        attrs.push(Attr::new("db.operation.name", op));
+        attrs.push(Attr::new(semconv::DB_OPERATION_NAME, op));
     }
     if let Some(table) = &call.collection {
-        attrs.push(Attr::new("db.collection.name", table.as_str()));
+        attrs.push(Attr::new(semconv::DB_COLLECTION_NAME, table.as_str()));
     }
     if let Some(ns) = &call.namespace {
-        attrs.push(Attr::new("db.namespace", ns.as_str()));
+        attrs.push(Attr::new(semconv::DB_NAMESPACE, ns.as_str()));
     }
     let text = (opts.query_text && !call.query.is_empty()).then(|| {
         if opts.query_text_literals {
@@ -77,63 +78,52 @@ pub fn build(call: &SqlCall, ctx: &SqlContext<'_>, clock: &Clock, opts: SqlSpanO
         }
     });
     if let Some(text) = &text {
-        attrs.push(Attr::new("db.query.text", text.as_str()));
+        attrs.push(Attr::new(semconv::DB_QUERY_TEXT, text.as_str()));
     }
-    attrs.push(Attr::new("server.address", server.ip().to_string()));
-    attrs.push(Attr::new("server.port", server.port()));
+    attrs.push(Attr::new(semconv::SERVER_ADDRESS, server.ip().to_string()));
+    attrs.push(Attr::new(semconv::SERVER_PORT, server.port()));
     if ctx.server_side {
-        attrs.push(Attr::new("client.address", ctx.remote.ip().to_string()));
+        attrs.push(Attr::new(semconv::CLIENT_ADDRESS, ctx.remote.ip().to_string()));
     }
     let mut status = SpanStatus::Unset;
     match &call.outcome {
         // Row counts of INSERT/UPDATE/DELETE are affected rows, not returned ones.
         SqlOutcome::Ok { rows: Some(rows) } if operation(call) == Some("SELECT") => {
-            attrs.push(Attr::new("db.response.returned_rows", *rows as i64));
+            attrs.push(Attr::new(semconv::DB_RESPONSE_RETURNED_ROWS, *rows as i64));
         }
         SqlOutcome::Ok { .. } => {}
         SqlOutcome::Error { code, message, .. } => {
-            attrs.push(Attr::new("db.response.status_code", code.as_str()));
-            attrs.push(Attr::new("error.type", code.as_str()));
+            attrs.push(Attr::new(semconv::DB_RESPONSE_STATUS_CODE, code.as_str()));
+            attrs.push(Attr::new(semconv::ERROR_TYPE, code.as_str()));
             // Server messages quote values ("Duplicate entry 'bob'"): redact them too.
             status = SpanStatus::Error(if opts.query_text_literals { message.clone() } else { sanitize_for(call.system, message) });
         }
     }
     if opts.old_semconv {
-        attrs.push(Attr::new("db.system", system));
+        attrs.push(Attr::new(semconv::old::DB_SYSTEM, system));
         if let Some(ns) = &call.namespace {
-            attrs.push(Attr::new("db.name", ns.as_str()));
+            attrs.push(Attr::new(semconv::old::DB_NAME, ns.as_str()));
         }
         if let Some(op) = operation(call) {
-            attrs.push(Attr::new("db.operation", op));
+            attrs.push(Attr::new(semconv::old::DB_OPERATION, op));
         }
         if let Some(table) = &call.collection {
-            attrs.push(Attr::new("db.sql.table", table.as_str()));
+            attrs.push(Attr::new(semconv::old::DB_SQL_TABLE, table.as_str()));
         }
         if let Some(text) = &text {
-            attrs.push(Attr::new("db.statement", text.as_str()));
+            attrs.push(Attr::new(semconv::old::DB_STATEMENT, text.as_str()));
         }
     }
-    Span {
-        service: ctx.service.clone(),
-        trace_id: TraceId::random(),
-        span_id: SpanId::random(),
-        parent_span_id: None,
-        trace_flags: 1,
-        trace_state: None,
-        name: span_name(call),
-        kind: if ctx.server_side { SpanKind::Server } else { SpanKind::Client },
-        start_unix_nanos: clock.to_unix(call.start_ns),
-        end_unix_nanos: clock.to_unix(call.end_ns.max(call.start_ns)),
-        attributes: attrs,
-        status,
-    }
+    let kind = if ctx.server_side { SpanKind::Server } else { SpanKind::Client };
+    let (start, end) = (clock.to_unix(call.start_ns), clock.to_unix(call.end_ns.max(call.start_ns)));
+    Span::new(ctx.service, kind, Signal::Db, span_name(call), start, end, attrs, status)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocols::sql::DbSystem;
-    use crate::spans::model::{AttrValue, Service};
+    use crate::model::{AttrValue, Service};
     use std::sync::Arc;
 
     fn call(outcome: SqlOutcome) -> SqlCall {

@@ -1,10 +1,11 @@
 //! Model -> OTLP protobuf conversions shared by both signals.
+use crate::semconv;
 use opentelemetry_proto::tonic::{
     common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue},
     resource::v1::Resource,
 };
 
-use crate::spans::model::{AttrValue, Service};
+use crate::model::{AttrValue, Service};
 
 /// Instrumentation scope name of everything the agent produces.
 pub const SCOPE_NAME: &str = "periscope";
@@ -37,16 +38,16 @@ pub fn resource(service: &Service) -> Resource {
     let mut attributes: Vec<KeyValue> = service.attributes.iter().map(|(k, v)| key_value(k, v)).collect();
     let has = |attrs: &[KeyValue], k: &str| attrs.iter().any(|a| a.key == k);
     let mut extra = Vec::new();
-    if !has(&attributes, "service.name") {
-        extra.push(key_value("service.name", &AttrValue::Str(service.name.clone())));
+    if !has(&attributes, semconv::SERVICE_NAME) {
+        extra.push(key_value(semconv::SERVICE_NAME, &AttrValue::Str(service.name.clone())));
     }
     if let Some(ns) = &service.namespace {
-        if !has(&attributes, "service.namespace") {
-            extra.push(key_value("service.namespace", &AttrValue::Str(ns.clone())));
+        if !has(&attributes, semconv::SERVICE_NAMESPACE) {
+            extra.push(key_value(semconv::SERVICE_NAMESPACE, &AttrValue::Str(ns.clone())));
         }
     }
-    if !has(&attributes, "service.instance.id") {
-        extra.push(key_value("service.instance.id", &AttrValue::Str(service.instance_id.clone())));
+    if !has(&attributes, semconv::SERVICE_INSTANCE_ID) {
+        extra.push(key_value(semconv::SERVICE_INSTANCE_ID, &AttrValue::Str(service.instance_id.clone())));
     }
     extra.append(&mut attributes);
     Resource { attributes: extra, ..Default::default() }

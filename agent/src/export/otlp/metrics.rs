@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     metrics::{now_unix_nanos, service_graph, span_metrics, HistogramData, Metrics, MetricsSnapshot, ServiceMetrics},
-    spans::model::AttrValue,
+    model::AttrValue,
     telemetry::{Sample as CounterSample, Telemetry},
 };
 
@@ -327,12 +327,13 @@ mod tests {
     use super::*;
     use crate::{
         metrics::{MetricsConfig, ServiceGraphConfig, SpanMetricsConfig},
-        spans::model::{Attr, Service, Span, SpanKind},
+        model::{Attr, Service, Span, SpanKind},
     };
     use opentelemetry_proto::tonic::common::v1::any_value;
 
-    fn span(service: &crate::spans::model::ServiceRef, kind: SpanKind, name: &str, attrs: Vec<Attr>) -> Span {
-        Span { end_unix_nanos: 5_000_000, attributes: attrs, ..Span::for_test(service, kind, name) }
+    fn span(service: &crate::model::ServiceRef, kind: SpanKind, name: &str, attrs: Vec<Attr>) -> Span {
+        let signal = crate::model::Signal::of_test_span(kind, &attrs);
+        Span { signal, end_unix_nanos: 5_000_000, attributes: attrs, ..Span::for_test(service, kind, name) }
     }
 
     fn attrs(kvs: &[KeyValue]) -> Vec<(String, String)> {

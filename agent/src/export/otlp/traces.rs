@@ -21,7 +21,7 @@ use super::{
     ExportError,
 };
 use crate::{
-    spans::model::{Span, SpanKind, SpanStatus},
+    model::{Span, SpanKind, SpanStatus},
     telemetry::{Counter, Telemetry},
 };
 

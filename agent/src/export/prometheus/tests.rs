@@ -4,7 +4,7 @@ use super::*;
 use crate::{
     metrics::MetricsConfig,
     telemetry::Counter,
-    spans::model::{Attr, ServiceRef, Span, SpanId, SpanKind, SpanStatus, TraceId},
+    model::{Attr, ServiceRef, Span, SpanId, SpanKind, SpanStatus, TraceId},
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,6 +99,7 @@ fn svc(name: &str, ns: Option<&str>, instance: &str) -> ServiceRef {
 fn span(s: &ServiceRef, kind: SpanKind, dur_ms: u64, attrs: Vec<Attr>) -> Span {
     Span {
         service: s.clone(),
+        signal: crate::model::Signal::of_test_span(kind, &attrs),
         trace_id: TraceId::random(),
         span_id: SpanId::random(),
         parent_span_id: None,

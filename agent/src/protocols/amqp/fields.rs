@@ -2,6 +2,8 @@
 //! short strings, bits), field tables (RabbitMQ's type tags, which differ
 //! from the 0-9-1 grammar for `s`), and the basic-class content properties.
 
+use crate::model::TraceParent;
+
 /// Reads method arguments; every read fails (None) past the end.
 pub(crate) struct Cursor<'a> {
     b: &'a [u8],
@@ -81,7 +83,7 @@ const MAX_TRACESTATE: usize = 512;
 /// What the message headers carry for tracing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TraceHeaders {
-    pub traceparent: Option<String>,
+    pub traceparent: Option<TraceParent>,
     pub tracestate: Option<String>,
 }
 
@@ -103,7 +105,7 @@ pub(crate) fn trace_headers(table: &[u8], out: &mut TraceHeaders) {
             continue;
         };
         if name.eq_ignore_ascii_case(b"traceparent") && v.len() <= MAX_TRACEPARENT {
-            out.traceparent = std::str::from_utf8(v).ok().map(str::to_owned);
+            out.traceparent = std::str::from_utf8(v).ok().and_then(TraceParent::parse);
         } else if name.eq_ignore_ascii_case(b"tracestate") && v.len() <= MAX_TRACESTATE {
             out.tracestate = std::str::from_utf8(v).ok().map(str::to_owned);
         }

@@ -128,13 +128,13 @@ fn producer_fixture_publishes() {
             ("", "jobs", 5),
         ]
     );
-    assert_eq!(p[0].traceparent.as_deref(), Some(TP_ORDER));
+    assert_eq!(p[0].traceparent.map(|t| t.to_string()).as_deref(), Some(TP_ORDER));
     assert_eq!(p[0].tracestate.as_deref(), Some("vendor=opaque"));
     assert_eq!(p[0].message_id.as_deref(), Some("m-1"));
     assert_eq!(p[0].correlation_id.as_deref(), Some("c-1"));
-    assert_eq!(p[1].traceparent.as_deref(), Some(TP_AUDIT), "found after b/t/F/l fields");
-    assert_eq!(p[2].traceparent.as_deref(), Some(TP_BIG));
-    assert_eq!(p[3].traceparent.as_deref(), Some(TP_JOB));
+    assert_eq!(p[1].traceparent.map(|t| t.to_string()).as_deref(), Some(TP_AUDIT), "found after b/t/F/l fields");
+    assert_eq!(p[2].traceparent.map(|t| t.to_string()).as_deref(), Some(TP_BIG));
+    assert_eq!(p[3].traceparent.map(|t| t.to_string()).as_deref(), Some(TP_JOB));
     assert_eq!(p[4].traceparent, None);
     assert!(p[8].mandatory && !p[0].mandatory);
     assert!(p.iter().all(|p| p.fingerprint.is_some()));
@@ -191,14 +191,14 @@ fn consumer_fixture_deliveries_and_settles() {
             (3, 3, Some("batch"), "", "batch", false, false),
         ]
     );
-    assert_eq!(d[0].traceparent.as_deref(), Some(TP_ORDER));
+    assert_eq!(d[0].traceparent.map(|t| t.to_string()).as_deref(), Some(TP_ORDER));
     assert_eq!(d[0].tracestate.as_deref(), Some("vendor=opaque"));
     assert_eq!((d[0].message_id.as_deref(), d[0].correlation_id.as_deref()), (Some("m-1"), Some("c-1")));
-    assert_eq!((d[1].body_size, d[1].traceparent.as_deref()), (20000, Some(TP_BIG)));
-    assert_eq!(d[2].traceparent.as_deref(), Some(TP_AUDIT));
+    assert_eq!((d[1].body_size, d[1].traceparent.map(|t| t.to_string()).as_deref()), (20000, Some(TP_BIG)));
+    assert_eq!(d[2].traceparent.map(|t| t.to_string()).as_deref(), Some(TP_AUDIT));
     assert_eq!(d[2].consumer_tag.as_deref(), Some("audit-reader"));
     assert!(d[0].consumer_tag.as_deref().unwrap().starts_with("amq.ctag-"));
-    assert_eq!((d[3].traceparent.as_deref(), d[3].consumer_tag.as_deref()), (Some(TP_JOB), None));
+    assert_eq!((d[3].traceparent.map(|t| t.to_string()).as_deref(), d[3].consumer_tag.as_deref()), (Some(TP_JOB), None));
     assert!(!d[0].redelivered);
 
     let st: Vec<(u16, u64, bool, SettleOutcome)> =
@@ -309,7 +309,7 @@ fn truncated_capture_skips_body_frames_by_size() {
     let (ev, s) = replay_with(&records(PRODUCER), Role::Client, 512, |n| vec![n]);
     let p = publishes(&ev);
     assert_eq!(p[2].routing_key, "orders");
-    assert_eq!((p[2].body_size, p[2].traceparent.as_deref()), (20000, Some(TP_BIG)));
+    assert_eq!((p[2].body_size, p[2].traceparent.map(|t| t.to_string()).as_deref()), (20000, Some(TP_BIG)));
     let whole = replay(PRODUCER).0;
     assert_eq!(p[2].fingerprint, publishes(&whole)[2].fingerprint, "first 64 body bytes were captured");
     assert_eq!(s.stats().desyncs, 1, "{:?}", s.stats());
@@ -321,7 +321,7 @@ fn truncated_capture_skips_body_frames_by_size() {
     let (ev, s) = replay_with(&records(CONSUMER), Role::Client, 512, |n| vec![n]);
     let d = deliveries(&ev);
     assert_eq!(d.len(), 8, "{:?}", s.stats());
-    assert_eq!((d[1].body_size, d[1].traceparent.as_deref()), (20000, Some(TP_BIG)));
+    assert_eq!((d[1].body_size, d[1].traceparent.map(|t| t.to_string()).as_deref()), (20000, Some(TP_BIG)));
     assert_eq!(s.stats().desyncs, 0, "the big delivery ends its read: {:?}", s.stats());
 }
 

@@ -3,6 +3,8 @@
 //! the capture limit is read leniently line by line.
 use std::str;
 
+use crate::model::TraceParent;
+
 /// Longest head periscope buffers while waiting for its end.
 pub const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 96;
@@ -10,7 +12,8 @@ const MAX_HEADERS: usize = 96;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Headers {
     pub host: Option<String>,
-    pub traceparent: Option<String>,
+    /// W3C context, parsed here once (an invalid value is no context).
+    pub traceparent: Option<TraceParent>,
     pub tracestate: Option<String>,
     pub content_length: Option<u64>,
     pub chunked: bool,
@@ -95,7 +98,7 @@ fn absorb_header(h: &mut Headers, name: &str, value: &[u8]) {
     if name.eq_ignore_ascii_case("host") {
         h.host = Some(header_value(value));
     } else if name.eq_ignore_ascii_case("traceparent") {
-        h.traceparent = Some(header_value(value));
+        h.traceparent = h.traceparent.or_else(|| TraceParent::parse(&header_value(value)));
     } else if name.eq_ignore_ascii_case("tracestate") {
         h.tracestate = Some(header_value(value));
     } else if name.eq_ignore_ascii_case("content-length") {
@@ -239,7 +242,7 @@ traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\nhell
         assert_eq!(head.target, "/users/7?x=1");
         assert_eq!(head.headers.host.as_deref(), Some("api:8080"));
         assert_eq!(head.headers.content_length, Some(5));
-        assert!(head.headers.traceparent.unwrap().starts_with("00-0af7"));
+        assert!(head.headers.traceparent.unwrap().to_string().starts_with("00-0af7"));
     }
 
     #[test]

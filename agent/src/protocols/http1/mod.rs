@@ -11,6 +11,7 @@ pub use head::{looks_like_request, looks_like_response, may_become_request, Requ
 use head::{Parsed, MAX_HEAD};
 
 use super::{Chunk, Direction};
+use crate::model::TraceParent;
 
 /// Requests waiting for a response on one connection (pipelining depth).
 const MAX_PENDING: usize = 64;
@@ -39,7 +40,7 @@ pub struct Exchange {
 pub struct HeadSeen {
     /// Entry of the syscall that carried the request's first byte.
     pub start_enter: u64,
-    pub traceparent: Option<String>,
+    pub traceparent: Option<TraceParent>,
     pub tracestate: Option<String>,
 }
 

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::metrics::measurements;
-use crate::protocols::amqp::{AmqpEvent, AmqpSession, Role};
+use crate::metrics::{measurements, Instrument};
+use crate::protocols::amqp::{AmqpEvent, AmqpSession, ConsumedMessage, Deliveries, DeliveryStats, Role};
 use crate::protocols::{Chunk, Direction};
-use crate::spans::model::{AttrValue, Service};
+use crate::model::{AttrValue, Service};
 
 const PRODUCER: &[u8] = include_bytes!("../../protocols/amqp/fixtures/producer.bin");
 const CONSUMER: &[u8] = include_bytes!("../../protocols/amqp/fixtures/consumer.bin");
@@ -49,7 +49,7 @@ fn int_attr(span: &Span, key: &str) -> Option<i64> {
     }
 }
 
-fn publish_spans(s: &ServiceRef) -> Vec<(Publish, MessagingSpan)> {
+fn publish_spans(s: &ServiceRef) -> Vec<(Publish, Span)> {
     events(PRODUCER)
         .into_iter()
         .filter_map(|e| match e {
@@ -81,7 +81,7 @@ fn consumed(file: &[u8]) -> (Vec<ConsumedMessage>, Deliveries) {
 fn publish_spans_from_the_producer_fixture() {
     let s = svc();
     let spans = publish_spans(&s);
-    let names: Vec<&str> = spans.iter().map(|(_, m)| m.span.name.as_str()).collect();
+    let names: Vec<&str> = spans.iter().map(|(_, m)| m.name.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -98,14 +98,12 @@ fn publish_spans_from_the_producer_fixture() {
             "publish jobs",
         ]
     );
-    let (p, m) = &spans[0];
-    let span = &m.span;
+    let (p, span) = &spans[0];
     assert_eq!(span.kind, SpanKind::Producer);
-    // The message's traceparent names this span.
-    assert_eq!(span.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
-    assert_eq!(span.span_id.to_string(), "b7ad6b7169203331");
+    assert_eq!(span.signal, Signal::MessagingSend);
+    // The message's traceparent is parsed by the protocol; ids are the context layer's.
+    assert_eq!(p.traceparent.map(|tp| tp.to_string()).as_deref(), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
     assert_eq!(span.parent_span_id, None);
-    assert_eq!(span.trace_state.as_deref(), Some("vendor=opaque"));
     assert_eq!(str_attr(span, "messaging.system"), Some("rabbitmq"));
     assert_eq!(str_attr(span, "messaging.operation.name"), Some("publish"));
     assert_eq!(str_attr(span, "messaging.operation.type"), Some("send"));
@@ -119,13 +117,9 @@ fn publish_spans_from_the_producer_fixture() {
     assert_eq!(int_attr(span, "network.peer.port"), Some(5672));
     assert_eq!((span.start_unix_nanos, span.end_unix_nanos), (p.ts_start, p.ts_end));
     assert!(span.end_unix_nanos > span.start_unix_nanos);
-    assert_eq!(m.metric, Some((Instrument::MessagingClientDuration, span.duration_secs())));
-    assert_eq!(measurements(span), vec![m.metric.unwrap()], "the metrics layer derives the same");
-    // No traceparent: fresh ids.
-    let (_, plain) = &spans[4];
-    assert!(plain.span.trace_state.is_none() && plain.span.parent_span_id.is_none());
-    assert_eq!(int_attr(&spans[2].1.span, "messaging.message.body.size"), Some(20000));
-    assert!(spans[1].1.span.attr("messaging.message.id").is_none());
+    assert_eq!(measurements(span), vec![(Instrument::MessagingClientDuration, span.duration_secs())]);
+    assert_eq!(int_attr(&spans[2].1, "messaging.message.body.size"), Some(20000));
+    assert!(spans[1].1.attr("messaging.message.id").is_none());
 }
 
 #[test]
@@ -134,12 +128,10 @@ fn process_and_receive_spans_from_the_consumer_fixture() {
     let (msgs, tracker) = consumed(CONSUMER);
     assert_eq!(tracker.pending(), 0, "every delivery is settled or no-ack");
     assert_eq!(tracker.stats(), &DeliveryStats::default());
-    let spans: Vec<MessagingSpan> =
-        msgs.iter().map(|m| build_consumed(m, &ctx(&s), &Clock::with_offset(0), None)).collect();
+    let spans: Vec<Span> = msgs.iter().map(|m| build_consumed(m, &ctx(&s), &Clock::with_offset(0))).collect();
     let summary: Vec<(&str, SpanKind, i64, Option<&str>)> = spans
         .iter()
-        .map(|m| {
-            let sp = &m.span;
+        .map(|sp| {
             (sp.name.as_str(), sp.kind, int_attr(sp, "messaging.rabbitmq.message.delivery_tag").unwrap(), str_attr(sp, "error.type"))
         })
         .collect();
@@ -157,61 +149,31 @@ fn process_and_receive_spans_from_the_consumer_fixture() {
             ("process batch", SpanKind::Consumer, 3, None),
         ]
     );
-    // The order message joins the producer's trace as a child of the
-    // publish span.
-    let order = &spans[1].span;
-    assert_eq!(order.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
-    assert_eq!(order.parent_span_id.map(|p| p.to_string()).as_deref(), Some("b7ad6b7169203331"));
-    assert_eq!(order.trace_state.as_deref(), Some("vendor=opaque"));
-    assert_ne!(order.span_id.to_string(), "b7ad6b7169203331");
+    // The order message carries the producer's context (the context layer
+    // makes it the parent).
+    let order = &spans[1];
+    assert_eq!(order.signal, Signal::MessagingProcess);
+    let tp = msgs[1].delivery.traceparent.expect("the order message carries a traceparent");
+    assert_eq!(tp.parent_id.to_string(), "b7ad6b7169203331");
+    assert_eq!(msgs[1].delivery.tracestate.as_deref(), Some("vendor=opaque"));
     assert_eq!(str_attr(order, "messaging.operation.type"), Some("process"));
     assert_eq!(str_attr(order, "messaging.destination.name"), Some("shop:order.created:orders"));
     // Read at record k, acked one record later (1 ms apart in `events`).
     assert!(order.duration_secs() > 0.0005 && order.duration_secs() < 0.1, "{}", order.duration_secs());
-    assert_eq!(spans[1].metric, Some((Instrument::MessagingProcessDuration, order.duration_secs())));
-    assert_eq!(measurements(order), vec![spans[1].metric.unwrap()]);
+    assert_eq!(measurements(order), vec![(Instrument::MessagingProcessDuration, order.duration_secs())]);
     // nack -> ERROR.
-    assert!(matches!(&spans[2].span.status, SpanStatus::Error(m) if m.contains("nack")));
-    assert_eq!(spans[1].span.status, SpanStatus::Unset);
+    assert!(matches!(&spans[2].status, SpanStatus::Error(m) if m.contains("nack")));
+    assert_eq!(spans[1].status, SpanStatus::Unset);
     // The no-ack delivery: zero length, no process duration recorded.
     let audit = &spans[0];
-    assert_eq!(audit.span.start_unix_nanos, audit.span.end_unix_nanos);
-    assert_eq!(audit.metric, None);
-    assert!(measurements(&audit.span).is_empty());
-    assert_eq!(audit.span.parent_span_id.map(|p| p.to_string()).as_deref(), Some("00f067aa0ba902b7"));
+    assert_eq!(audit.signal, Signal::MessagingReceive);
+    assert_eq!(audit.start_unix_nanos, audit.end_unix_nanos);
+    assert!(measurements(audit).is_empty());
     // One multiple ack ends all three batch spans at the same time.
-    let ends: Vec<u64> = spans[5..].iter().map(|m| m.span.end_unix_nanos).collect();
+    let ends: Vec<u64> = spans[5..].iter().map(|m| m.end_unix_nanos).collect();
     assert!(ends.windows(2).all(|w| w[0] == w[1]));
-    // Unsampled creation context stays unsampled.
-    assert_eq!(spans[3].span.trace_flags, 0);
-}
-
-#[test]
-fn fingerprints_link_deliveries_without_traceparent() {
-    let s = svc();
-    let mut contexts = PublishContexts::new(16);
-    let pubs = publish_spans(&s);
-    for (p, m) in &pubs {
-        let tp = TraceParent { trace_id: m.span.trace_id, parent_id: m.span.span_id, flags: m.span.trace_flags };
-        contexts.remember(p, tp);
-    }
-    let (msgs, _) = consumed(CONSUMER);
-    let batch: Vec<&ConsumedMessage> =
-        msgs.iter().filter(|m| m.delivery.queue.as_deref() == Some("batch")).collect();
-    assert_eq!(batch.len(), 3);
-    let mut parents = Vec::new();
-    for m in &batch {
-        assert!(m.delivery.traceparent.is_none());
-        let tp = contexts.take(&m.delivery).expect("published on this host");
-        let span = build_consumed(m, &ctx(&s), &Clock::with_offset(0), Some(tp)).span;
-        assert_eq!(span.trace_id, tp.trace_id);
-        assert_eq!(span.parent_span_id, Some(tp.parent_id));
-        parents.push(tp.parent_id);
-    }
-    let batch_pubs: Vec<SpanId> =
-        pubs.iter().filter(|(p, _)| p.routing_key == "batch").map(|(_, m)| m.span.span_id).collect();
-    assert_eq!(parents, batch_pubs, "each delivery finds its own publish");
-    assert!(contexts.take(&batch[0].delivery).is_none(), "matched once");
+    // An unsampled creation context is read as such.
+    assert_eq!(msgs[3].delivery.traceparent.map(|tp| tp.sampled()), Some(false));
 }
 
 #[test]
@@ -229,7 +191,7 @@ fn destinations_and_anonymous_queues() {
         routing_key: "amq.gen-JzTY20BRgKO-HjmUJj0wLg".into(),
         mandatory: false,
         body_size: 3,
-        traceparent: Some("garbage".into()),
+        traceparent: None,
         tracestate: Some("dropped=1".into()),
         message_id: None,
         correlation_id: Some("rpc-7".into()),
@@ -239,67 +201,10 @@ fn destinations_and_anonymous_queues() {
         ts_end: 5,
     };
     let m = build_publish(&p, &ctx(&s), &Clock::with_offset(0));
-    assert_eq!(m.span.name, "publish", "anonymous reply queues stay out of span names");
-    assert_eq!(m.span.attr("messaging.destination.anonymous"), Some(&AttrValue::Bool(true)));
-    assert_eq!(str_attr(&m.span, "messaging.destination.name"), Some("amq.gen-JzTY20BRgKO-HjmUJj0wLg"));
-    assert!(m.span.trace_state.is_none(), "an invalid traceparent brings no tracestate");
-    assert_eq!(m.span.start_unix_nanos, m.span.end_unix_nanos, "end never before start");
+    assert_eq!(m.name, "publish", "anonymous reply queues stay out of span names");
+    assert_eq!(m.attr("messaging.destination.anonymous"), Some(&AttrValue::Bool(true)));
+    assert_eq!(str_attr(&m, "messaging.destination.name"), Some("amq.gen-JzTY20BRgKO-HjmUJj0wLg"));
+    assert!(m.trace_state.is_none());
+    assert_eq!(m.start_unix_nanos, m.end_unix_nanos, "end never before start");
 }
 
-fn delivery(channel: u16, tag: u64) -> Delivery {
-    Delivery {
-        channel,
-        delivery_tag: tag,
-        consumer_tag: Some("c".into()),
-        queue: Some("q".into()),
-        exchange: String::new(),
-        routing_key: "q".into(),
-        redelivered: false,
-        body_size: 1,
-        traceparent: None,
-        tracestate: None,
-        message_id: None,
-        correlation_id: None,
-        fingerprint: None,
-        no_ack: false,
-        via_get: false,
-        ts_received: tag,
-    }
-}
-
-fn settle(channel: u16, tag: u64, multiple: bool) -> Settle {
-    Settle { channel, delivery_tag: tag, multiple, outcome: SettleOutcome::Ack, ts: 1_000_000 }
-}
-
-#[test]
-fn tracker_matches_multiple_and_stays_bounded() {
-    let mut t = Deliveries::new();
-    let mut out = Vec::new();
-    for tag in 1..=5 {
-        t.on_delivery(delivery(1, tag), &mut out);
-    }
-    t.on_settle(&settle(1, 3, true), &mut out);
-    assert_eq!(out.iter().map(|m| m.delivery.delivery_tag).collect::<Vec<_>>(), [1, 2, 3]);
-    t.on_settle(&settle(1, 9, false), &mut out);
-    assert_eq!(t.stats().unmatched_settles, 1);
-    t.on_settle(&settle(1, 0, true), &mut out);
-    assert_eq!(out.len(), 5, "tag 0 + multiple settles everything");
-    assert_eq!(t.pending(), 0);
-    out.clear();
-
-    for tag in 1..=(MAX_PENDING_PER_CHANNEL as u64 + 10) {
-        t.on_delivery(delivery(1, tag), &mut out);
-    }
-    assert_eq!(t.pending(), MAX_PENDING_PER_CHANNEL);
-    assert_eq!(out.len(), 10);
-    assert!(out.iter().all(|m| m.settlement == Settlement::Unsettled && m.delivery.delivery_tag <= 10));
-    for ch in 2..=(MAX_TRACKED_CHANNELS as u16 + 5) {
-        t.on_delivery(delivery(ch, 1), &mut out);
-    }
-    // Channel 1 and 63 new ones are tracked; the last 5 are let go at once.
-    assert_eq!(t.stats().evicted, 10 + 5);
-    t.on_closed(Some(1), &mut out);
-    assert_eq!(t.pending(), MAX_TRACKED_CHANNELS - 1);
-    t.on_closed(None, &mut out);
-    assert_eq!(t.pending(), 0);
-}

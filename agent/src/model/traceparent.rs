@@ -1,5 +1,5 @@
 //! W3C Trace Context `traceparent`: `00-<trace-id>-<parent-id>-<flags>`.
-use super::model::{SpanId, TraceId};
+use super::span::{SpanId, TraceId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceParent {
@@ -36,6 +36,13 @@ impl TraceParent {
             return None;
         }
         Some(Self { trace_id: TraceId(trace), parent_id: SpanId(parent), flags })
+    }
+}
+
+impl std::fmt::Display for TraceParent {
+    /// The header value, version 00.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "00-{}-{}-{:02x}", self.trace_id, self.parent_id, self.flags)
     }
 }
 

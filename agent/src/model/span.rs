@@ -168,10 +168,47 @@ pub struct Service {
 
 pub type ServiceRef = Arc<Service>;
 
+/// What a span is about: the sinks that treat protocols apart (metrics,
+/// the service graph) match on this, never on attribute names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Signal {
+    HttpServer,
+    HttpClient,
+    /// A database call (CLIENT), or the tracked database answering (SERVER).
+    Db,
+    /// A message sent (PRODUCER `send`).
+    MessagingSend,
+    /// A delivered message handled until its settlement (CONSUMER `process`).
+    MessagingProcess,
+    /// A message received and never settled (CLIENT `receive`).
+    MessagingReceive,
+    /// Anything else: no protocol metrics.
+    Other,
+}
+
+impl Signal {
+    /// What a builder would have said, from the kind and attributes: for
+    /// tests that make spans by hand.
+    #[cfg(test)]
+    pub fn of_test_span(kind: SpanKind, attributes: &[Attr]) -> Signal {
+        let has = |k: &str| attributes.iter().any(|a| a.key == k);
+        match kind {
+            SpanKind::Server if has(crate::semconv::HTTP_REQUEST_METHOD) => Signal::HttpServer,
+            SpanKind::Client if has(crate::semconv::HTTP_REQUEST_METHOD) => Signal::HttpClient,
+            _ if has(crate::semconv::DB_SYSTEM_NAME) => Signal::Db,
+            SpanKind::Producer if has(crate::semconv::MESSAGING_SYSTEM) => Signal::MessagingSend,
+            SpanKind::Consumer if has(crate::semconv::MESSAGING_SYSTEM) => Signal::MessagingProcess,
+            SpanKind::Client if has(crate::semconv::MESSAGING_SYSTEM) => Signal::MessagingReceive,
+            _ => Signal::Other,
+        }
+    }
+}
+
 /// A finished span.
 #[derive(Clone, Debug)]
 pub struct Span {
     pub service: ServiceRef,
+    pub signal: Signal,
     pub trace_id: TraceId,
     pub span_id: SpanId,
     pub parent_span_id: Option<SpanId>,
@@ -189,12 +226,43 @@ pub struct Span {
 }
 
 impl Span {
+    /// A span as a builder makes it: no ids yet (the context layer gives
+    /// them), sampled, no tracestate.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        service: &ServiceRef,
+        kind: SpanKind,
+        signal: Signal,
+        name: String,
+        start_unix_nanos: u64,
+        end_unix_nanos: u64,
+        attributes: Vec<Attr>,
+        status: SpanStatus,
+    ) -> Span {
+        Span {
+            service: service.clone(),
+            signal,
+            trace_id: TraceId::default(),
+            span_id: SpanId::default(),
+            parent_span_id: None,
+            trace_flags: 1,
+            trace_state: None,
+            name,
+            kind,
+            start_unix_nanos,
+            end_unix_nanos,
+            attributes,
+            status,
+        }
+    }
+
     /// A span for tests: random ids, no parent, sampled, zero-length at 0,
     /// no attributes; set the rest with struct update syntax.
     #[cfg(test)]
     pub fn for_test(service: &ServiceRef, kind: SpanKind, name: &str) -> Span {
         Span {
             service: service.clone(),
+            signal: Signal::Other,
             trace_id: TraceId::random(),
             span_id: SpanId::random(),
             parent_span_id: None,
