@@ -12,7 +12,7 @@ use std::{
 use periscope::{
     export::prometheus::{PrometheusServer, PrometheusState, PROCESS_METRICS},
     metrics::{Instrument, Metrics, MetricsConfig},
-    spans::model::{Attr, AttrValue, Service, Span, SpanId, SpanKind, SpanStatus, TraceId},
+    model::{Attr, AttrValue, Service, Span, SpanId, SpanKind, SpanStatus, TraceId},
     telemetry::Telemetry,
 };
 use serde_yaml_ng::Value;

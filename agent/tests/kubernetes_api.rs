@@ -27,7 +27,7 @@ use axum::{
 use periscope::{
     discovery::{resolve_service, ProcessInfo, ServiceOptions},
     kubernetes::{ContainerRef, Kubernetes, KubernetesSettings, StoreLimits},
-    spans::model::AttrValue,
+    model::AttrValue,
     telemetry::{Counter, Telemetry},
 };
 use tokio::sync::{broadcast, watch};

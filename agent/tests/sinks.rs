@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::{
 use periscope::{
     export::otlp::{spawn_metrics_exporter, spawn_trace_exporter, OtlpConfig, Protocol},
     metrics::{Metrics, MetricsConfig},
-    spans::model::{Attr, AttrValue, Service, ServiceRef, Span, SpanId, SpanKind, SpanStatus, TraceId},
+    model::{Attr, AttrValue, Service, ServiceRef, Span, SpanId, SpanKind, SpanStatus, TraceId},
     telemetry::{Counter, Telemetry},
 };
 use support::otlp_receiver::{Receiver, Val, Via};
