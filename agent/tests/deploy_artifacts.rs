@@ -12,7 +12,7 @@ use std::{
 use periscope::{
     export::prometheus::{PrometheusServer, PrometheusState, PROCESS_METRICS},
     metrics::{Instrument, Metrics, MetricsConfig},
-    model::{Attr, AttrValue, Service, Span, SpanId, SpanKind, SpanStatus, TraceId},
+    model::{Attr, AttrValue, Service, Signal, Span, SpanId, SpanKind, SpanStatus, TraceId},
     telemetry::Telemetry,
 };
 use serde_yaml_ng::Value;
@@ -157,7 +157,7 @@ fn dashboard_queries(d: &serde_json::Value, out: &mut Vec<(String, bool)>) {
 
 // ------------------------------------------------------------ a real scrape
 
-fn span(kind: SpanKind, attrs: Vec<Attr>) -> Span {
+fn span(kind: SpanKind, signal: Signal, attrs: Vec<Attr>) -> Span {
     let svc = Arc::new(Service {
         name: "mythical-server".into(),
         namespace: Some("mythical".into()),
@@ -166,6 +166,7 @@ fn span(kind: SpanKind, attrs: Vec<Attr>) -> Span {
     });
     Span {
         service: svc,
+        signal,
         trace_id: TraceId::random(),
         span_id: SpanId::random(),
         parent_span_id: None,
@@ -192,11 +193,11 @@ fn spans_for_every_instrument() -> Vec<Span> {
     };
     let sizes = [("http.request.body.size", AttrValue::Int(10)), ("http.response.body.size", AttrValue::Int(20))];
     vec![
-        span(SpanKind::Server, full(Instrument::HttpServerDuration, &sizes)),
-        span(SpanKind::Client, full(Instrument::HttpClientDuration, &sizes)),
-        span(SpanKind::Client, full(Instrument::DbClientDuration, &[])),
-        span(SpanKind::Producer, full(Instrument::MessagingClientDuration, &[])),
-        span(SpanKind::Consumer, full(Instrument::MessagingProcessDuration, &[])),
+        span(SpanKind::Server, Signal::HttpServer, full(Instrument::HttpServerDuration, &sizes)),
+        span(SpanKind::Client, Signal::HttpClient, full(Instrument::HttpClientDuration, &sizes)),
+        span(SpanKind::Client, Signal::Db, full(Instrument::DbClientDuration, &[])),
+        span(SpanKind::Producer, Signal::MessagingSend, full(Instrument::MessagingClientDuration, &[])),
+        span(SpanKind::Consumer, Signal::MessagingProcess, full(Instrument::MessagingProcessDuration, &[])),
     ]
 }
 

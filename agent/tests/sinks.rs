@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::{
 use periscope::{
     export::otlp::{spawn_metrics_exporter, spawn_trace_exporter, OtlpConfig, Protocol},
     metrics::{Metrics, MetricsConfig},
-    model::{Attr, AttrValue, Service, ServiceRef, Span, SpanId, SpanKind, SpanStatus, TraceId},
+    model::{Attr, AttrValue, Service, ServiceRef, Signal, Span, SpanId, SpanKind, SpanStatus, TraceId},
     telemetry::{Counter, Telemetry},
 };
 use support::otlp_receiver::{Receiver, Val, Via};
@@ -34,6 +34,7 @@ fn service(name: &str, instance: &str) -> ServiceRef {
 fn server_span(svc: &ServiceRef, route: &str, dur_nanos: u64) -> Span {
     Span {
         service: svc.clone(),
+        signal: Signal::HttpServer,
         trace_id: TraceId::random(),
         span_id: SpanId::random(),
         parent_span_id: None,
