@@ -6,7 +6,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use periscope::model::Service;
 use periscope::protocols::amqp::{
-    looks_like_amqp, AmqpEvent, AmqpSession, Deliveries, Role, MAX_CHANNELS, MAX_PENDING_PER_CHANNEL, MAX_TRACKED_CHANNELS,
+    looks_like_amqp, AmqpEvent, AmqpSession, Deliveries, Side, MAX_CHANNELS, MAX_PENDING_PER_CHANNEL, MAX_TRACKED_CHANNELS,
 };
 use periscope::spans::clock::Clock;
 use periscope::spans::messaging::{build_consumed, build_publish, MessagingContext};
@@ -14,7 +14,7 @@ use periscope_fuzz::{Script, Step};
 
 fuzz_target!(|input: &[u8]| {
     let (flags, script) = Script::new(input);
-    let role = if flags & 1 == 0 { Role::Server } else { Role::Client };
+    let role = if flags & 1 == 0 { Side::Server } else { Side::Client };
     let service = Arc::new(Service { name: "f".into(), namespace: None, instance_id: "i".into(), attributes: vec![] });
     let ctx = MessagingContext {
         service: &service,

@@ -2,12 +2,12 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use periscope::protocols::mysql::{looks_like_mysql_command, looks_like_mysql_server_greeting, MySqlSession};
-use periscope::protocols::sql::Role;
+use periscope::protocols::Side;
 use periscope_fuzz::{Script, Step};
 
 fuzz_target!(|input: &[u8]| {
     let (flags, script) = Script::new(input);
-    let role = if flags & 1 == 0 { Role::Server } else { Role::Client };
+    let role = if flags & 1 == 0 { Side::Server } else { Side::Client };
     let mut s = MySqlSession::new(role);
     let mut out = Vec::new();
     let mut first = true;

@@ -7,6 +7,7 @@ use crate::context::{ConnTrace, Started, ThreadKey, Tracker};
 use crate::model::traceparent::TraceParent;
 use crate::protocols::amqp::{ConsumedMessage, Deliveries};
 use crate::protocols::{
+    Side,
     amqp::{self, AmqpEvent, AmqpSession, Publish},
     http1, mysql,
     postgres,
@@ -90,7 +91,7 @@ pub struct AmqpConn {
 const MAX_AMQP_STARTED: usize = 4096;
 
 impl AmqpConn {
-    fn new(role: sql::Role) -> Self {
+    fn new(role: Side) -> Self {
         Self {
             session: AmqpSession::new(role),
             deliveries: Deliveries::new(),
@@ -215,7 +216,7 @@ pub struct ConnectionTable {
 fn detect(chunk: &Chunk<'_>, conn_role: Role, tuple: &Tuple) -> Option<Protocol> {
     let data = chunk.data;
     let we_sent = chunk.direction == Direction::Egress;
-    let role = |client: bool| if client { sql::Role::Client } else { sql::Role::Server };
+    let role = |client: bool| if client { Side::Client } else { Side::Server };
     if http1::looks_like_request(data) {
         // Whoever sends the request is the client.
         return Some(Protocol::Http1(http1::Http1Session::new(chunk.direction)));
@@ -394,7 +395,7 @@ impl ConnectionTable {
             return;
         }
         if let Protocol::Amqp(a) = &mut conn.protocol {
-            let (tuple, client) = (conn.tuple, a.session.role() == sql::Role::Client);
+            let (tuple, client) = (conn.tuple, a.session.role() == Side::Client);
             on_amqp(tracker, a, client, key, tuple, thread, chunk, out, t);
             report(conn, t);
             return;
@@ -448,7 +449,7 @@ impl ConnectionTable {
             Protocol::Postgres(session) => session.on_close(&mut self.sql_scratch),
             Protocol::MySql(session) => session.on_close(&mut self.sql_scratch),
             Protocol::Amqp(a) => {
-                let client = a.session.role() == sql::Role::Client;
+                let client = a.session.role() == Side::Client;
                 let mut ignored = Vec::new();
                 a.session.on_close(&mut ignored);
                 a.deliveries.on_closed(None, &mut a.consumed);
@@ -665,7 +666,7 @@ fn feed(protocol: &mut Protocol, chunk: &Chunk<'_>, http: &mut Vec<http1::Exchan
 /// that fell behind), each of which the parser needs.
 fn capture_policy(protocol: &Protocol) -> Option<CapturePolicy> {
     match protocol {
-        Protocol::Amqp(a) if a.session.role() == sql::Role::Client => Some(CapturePolicy::AmqpFrames),
+        Protocol::Amqp(a) if a.session.role() == Side::Client => Some(CapturePolicy::AmqpFrames),
         _ => None,
     }
 }
@@ -674,9 +675,9 @@ fn capture_policy(protocol: &Protocol) -> Option<CapturePolicy> {
 fn conn_side(conn: &Connection) -> bool {
     match &conn.protocol {
         Protocol::Http1(s) => s.requests_direction() == Direction::Ingress,
-        Protocol::Postgres(s) => s.role() == sql::Role::Server,
-        Protocol::MySql(s) => s.role() == sql::Role::Server,
-        Protocol::Amqp(a) => a.session.role() == sql::Role::Server,
+        Protocol::Postgres(s) => s.role() == Side::Server,
+        Protocol::MySql(s) => s.role() == Side::Server,
+        Protocol::Amqp(a) => a.session.role() == Side::Server,
         Protocol::Detecting { .. } | Protocol::Unknown => conn.role == Role::Server,
     }
 }

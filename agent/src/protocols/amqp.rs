@@ -3,8 +3,8 @@
 //! fetched with basic.get), their settlement (ack / nack / reject),
 //! publisher confirms, returned messages and channel/connection closes.
 //!
-//! Client frames are the ones the client sends: with [`Role::Client`]
-//! Egress chunks, with [`Role::Server`] (the tracked process is the broker)
+//! Client frames are the ones the client sends: with [`Side::Client`]
+//! Egress chunks, with [`Side::Server`] (the tracked process is the broker)
 //! Ingress chunks. Frames of several channels interleave; each channel keeps
 //! its own state (consumers, a message being assembled per direction).
 //! Message bodies are never kept: only their size and a fingerprint of
@@ -18,9 +18,9 @@ use framing::{
 };
 use fields::{content_header, text, Cursor, Fingerprint};
 
-pub use super::sql::Role;
+pub use super::Side;
 use crate::model::TraceParent;
-use super::sql::framing::BoundedMap;
+use super::bounded::BoundedMap;
 use super::{Chunk, Direction};
 
 mod deliveries;
@@ -316,7 +316,7 @@ impl State {
 
 /// Parser state of one AMQP 0-9-1 connection.
 pub struct AmqpSession {
-    role: Role,
+    role: Side,
     client: Framer,
     broker: Framer,
     st: State,
@@ -326,7 +326,7 @@ impl AmqpSession {
     /// A session for a connection whose start we see (or not: the first
     /// chunk in each direction must start with a plausible frame, so a
     /// session created mid-connection works from the next frame boundary).
-    pub fn new(role: Role) -> Self {
+    pub fn new(role: Side) -> Self {
         AmqpSession {
             role,
             client: Framer::new(false),
@@ -342,7 +342,7 @@ impl AmqpSession {
         }
     }
 
-    pub fn role(&self) -> Role {
+    pub fn role(&self) -> Side {
         self.role
     }
 
@@ -367,7 +367,7 @@ impl AmqpSession {
         }
         let from_client = matches!(
             (self.role, chunk.direction),
-            (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress)
+            (Side::Client, Direction::Egress) | (Side::Server, Direction::Ingress)
         );
         let mut sink = Sink { st: &mut self.st, out, from_client };
         if from_client {

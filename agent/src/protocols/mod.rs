@@ -2,10 +2,21 @@
 //! here does I/O, reads clocks or touches global state, so every parser is
 //! unit-tested on split, truncated, interleaved and garbage input.
 pub mod amqp;
+pub(crate) mod bounded;
 pub mod http1;
 pub mod mysql;
 pub mod postgres;
 pub mod sql;
+
+/// Which end of a connection the tracked process is, as its traffic shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// It sends the requests: Egress carries requests (frontend messages,
+    /// commands, publishes), Ingress the responses.
+    Client,
+    /// It answers them: Ingress carries requests, Egress responses.
+    Server,
+}
 
 /// Which way bytes moved, seen from the tracked process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -8,9 +8,11 @@
 
 use std::collections::VecDeque;
 
-use super::sql::framing::{BoundedMap, Frame, FrameSink, Framer};
+use super::bounded::BoundedMap;
+use super::Side;
+use super::sql::framing::{Frame, FrameSink, Framer};
 use super::sql::{
-    analyze_for, split_statements_for, DbSystem, Role, SqlCall, SqlOutcome, SqlStats,
+    analyze_for, split_statements_for, DbSystem, SqlCall, SqlOutcome, SqlStats,
 };
 use super::{Chunk, Direction};
 
@@ -152,14 +154,14 @@ impl State {
 
 /// Parser state of one MySQL connection.
 pub struct MySqlSession {
-    role: Role,
+    role: Side,
     front: Framer,
     back: Framer,
     st: State,
 }
 
 impl MySqlSession {
-    pub fn new(role: Role) -> Self {
+    pub fn new(role: Side) -> Self {
         MySqlSession {
             role,
             front: Framer::new(false),
@@ -184,7 +186,7 @@ impl MySqlSession {
         }
     }
 
-    pub fn role(&self) -> Role {
+    pub fn role(&self) -> Side {
         self.role
     }
 
@@ -209,7 +211,7 @@ impl MySqlSession {
         }
         let client_side = matches!(
             (self.role, chunk.direction),
-            (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress)
+            (Side::Client, Direction::Egress) | (Side::Server, Direction::Ingress)
         );
         if client_side {
             self.front.feed(chunk, &mut FrontSink { st: &mut self.st, out });

@@ -3,14 +3,16 @@
 //! COPY, TLS/GSS negotiation, cancel requests).
 //!
 //! Frontend = messages the client sends, backend = messages the server
-//! sends. With [`Role::Client`] Egress chunks are frontend; with
-//! [`Role::Server`] Ingress chunks are.
+//! sends. With [`Side::Client`] Egress chunks are frontend; with
+//! [`Side::Server`] Ingress chunks are.
 
 use std::collections::VecDeque;
 
-use super::sql::framing::{BoundedMap, Frame, FrameSink, Framer};
+use super::bounded::BoundedMap;
+use super::Side;
+use super::sql::framing::{Frame, FrameSink, Framer};
 use super::sql::{
-    analyze_for, looks_like_sql_text, operation_from_tag, split_statements, DbSystem, Role,
+    analyze_for, looks_like_sql_text, operation_from_tag, split_statements, DbSystem,
     SqlCall, SqlOutcome, SqlStats,
 };
 use super::{Chunk, Direction};
@@ -106,7 +108,7 @@ struct State {
 
 /// Parser state of one PostgreSQL connection.
 pub struct PgSession {
-    role: Role,
+    role: Side,
     front: Framer,
     back: Framer,
     st: State,
@@ -116,7 +118,7 @@ impl PgSession {
     /// A session for a connection whose start we see (or not: the first
     /// chunk in each direction must look like a message boundary, so a
     /// session created mid-connection works from the next boundary).
-    pub fn new(role: Role) -> Self {
+    pub fn new(role: Side) -> Self {
         PgSession {
             role,
             front: Framer::new(false),
@@ -143,7 +145,7 @@ impl PgSession {
         }
     }
 
-    pub fn role(&self) -> Role {
+    pub fn role(&self) -> Side {
         self.role
     }
 
@@ -205,7 +207,7 @@ impl PgSession {
         }
         let frontend = matches!(
             (self.role, chunk.direction),
-            (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress)
+            (Side::Client, Direction::Egress) | (Side::Server, Direction::Ingress)
         );
         if frontend {
             let mut sink = FrontSink { st: &mut self.st, out };

@@ -35,16 +35,6 @@ impl DbSystem {
     }
 }
 
-/// Which end of the database connection the tracked process is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// The tracked process is the database client: Egress carries requests
-    /// (frontend messages / commands), Ingress carries responses.
-    Client,
-    /// The tracked process is the database server: Ingress carries
-    /// requests, Egress carries responses.
-    Server,
-}
 
 /// How one statement execution ended.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -49,7 +49,7 @@ fn records(file: &[u8]) -> Vec<(bool, Vec<u8>)> {
 /// each piece. Timestamps advance 1000 ns per chunk.
 fn replay_with(
     recs: &[(bool, Vec<u8>)],
-    role: Role,
+    role: Side,
     capture: usize,
     mut split: impl FnMut(usize) -> Vec<usize>,
 ) -> (Vec<AmqpEvent>, AmqpSession) {
@@ -58,7 +58,7 @@ fn replay_with(
     let mut ts = 1_000;
     for (from_client, bytes) in recs {
         let direction = match (role, from_client) {
-            (Role::Client, true) | (Role::Server, false) => Direction::Egress,
+            (Side::Client, true) | (Side::Server, false) => Direction::Egress,
             _ => Direction::Ingress,
         };
         let mut at = 0;
@@ -80,7 +80,7 @@ fn replay_with(
 }
 
 fn replay(file: &[u8]) -> (Vec<AmqpEvent>, AmqpSession) {
-    replay_with(&records(file), Role::Client, usize::MAX, |n| vec![n])
+    replay_with(&records(file), Side::Client, usize::MAX, |n| vec![n])
 }
 
 fn publishes(ev: &[AmqpEvent]) -> Vec<&Publish> {
@@ -255,12 +255,12 @@ fn any_split_gives_the_same_events() {
     for file in [PRODUCER, CONSUMER] {
         let recs = records(file);
         let (whole, _) = replay(file);
-        let (bytes, s) = replay_with(&recs, Role::Client, usize::MAX, |n| vec![1; n]);
+        let (bytes, s) = replay_with(&recs, Side::Client, usize::MAX, |n| vec![1; n]);
         assert_clean(&s);
         assert_eq!(summary(&bytes), summary(&whole), "one byte per chunk");
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         for _ in 0..20 {
-            let (ev, s) = replay_with(&recs, Role::Client, usize::MAX, |mut n| {
+            let (ev, s) = replay_with(&recs, Side::Client, usize::MAX, |mut n| {
                 let mut v = Vec::new();
                 while n > 0 {
                     let k = (rng.below(40) + 1).min(n);
@@ -286,7 +286,7 @@ fn coalesced_records_give_the_same_events() {
                 _ => merged.push((dir, b)),
             }
         }
-        let (ev, s) = replay_with(&merged, Role::Client, usize::MAX, |n| vec![n]);
+        let (ev, s) = replay_with(&merged, Side::Client, usize::MAX, |n| vec![n]);
         assert_clean(&s);
         assert_eq!(summary(&ev), summary(&replay(file).0));
     }
@@ -295,7 +295,7 @@ fn coalesced_records_give_the_same_events() {
 #[test]
 fn broker_side_role_sees_the_same_messages() {
     // The tracked process is the broker: client frames are read (Ingress).
-    let (ev, s) = replay_with(&records(CONSUMER), Role::Server, usize::MAX, |n| vec![n]);
+    let (ev, s) = replay_with(&records(CONSUMER), Side::Server, usize::MAX, |n| vec![n]);
     assert_clean(&s);
     assert_eq!(summary(&ev), summary(&replay(CONSUMER).0));
 }
@@ -306,7 +306,7 @@ fn truncated_capture_skips_body_frames_by_size() {
     // default). The 20000-byte message is predicted through its body
     // frames; what follows it in the same write is lost, then framing
     // resumes at the next syscall.
-    let (ev, s) = replay_with(&records(PRODUCER), Role::Client, 512, |n| vec![n]);
+    let (ev, s) = replay_with(&records(PRODUCER), Side::Client, 512, |n| vec![n]);
     let p = publishes(&ev);
     assert_eq!(p[2].routing_key, "orders");
     assert_eq!((p[2].body_size, p[2].traceparent.map(|t| t.to_string()).as_deref()), (20000, Some(TP_BIG)));
@@ -318,7 +318,7 @@ fn truncated_capture_skips_body_frames_by_size() {
     assert_eq!(p.last().unwrap().confirm_seq, Some(2));
     assert!(ev.iter().any(|e| matches!(e, AmqpEvent::Return(_))));
 
-    let (ev, s) = replay_with(&records(CONSUMER), Role::Client, 512, |n| vec![n]);
+    let (ev, s) = replay_with(&records(CONSUMER), Side::Client, 512, |n| vec![n]);
     let d = deliveries(&ev);
     assert_eq!(d.len(), 8, "{:?}", s.stats());
     assert_eq!((d[1].body_size, d[1].traceparent.map(|t| t.to_string()).as_deref()), (20000, Some(TP_BIG)));
@@ -329,7 +329,7 @@ fn truncated_capture_skips_body_frames_by_size() {
 fn tiny_captures_and_gaps_never_panic_and_stay_bounded() {
     for file in [PRODUCER, CONSUMER] {
         for capture in [0, 1, 7, 8, 13, 40, 100] {
-            let (_, s) = replay_with(&records(file), Role::Client, capture, |n| vec![n]);
+            let (_, s) = replay_with(&records(file), Side::Client, capture, |n| vec![n]);
             assert!(s.channels_tracked() <= MAX_CHANNELS);
         }
     }
@@ -340,7 +340,7 @@ fn starts_mid_connection() {
     // Attach after the handshake and queue setup: frame_max is unknown.
     let recs = records(CONSUMER);
     let at = recs.iter().position(|(c, b)| *c && b.len() == 38).expect("consume audit");
-    let (ev, s) = replay_with(&recs[at..], Role::Client, usize::MAX, |n| vec![n]);
+    let (ev, s) = replay_with(&recs[at..], Side::Client, usize::MAX, |n| vec![n]);
     assert_eq!(s.stats().desyncs, 0);
     let d = deliveries(&ev);
     assert_eq!(d[0].queue.as_deref(), Some("audit"), "its consume was seen");
@@ -375,7 +375,7 @@ fn corrupt_frame_end_resyncs_within_the_chunk() {
     let recs = records(PRODUCER);
     // The write with the audit, big, jobs and batch publishes.
     let at = recs.iter().position(|(c, b)| *c && b.len() > 20000).unwrap();
-    let (mut out, mut s) = replay_with(&recs[..at], Role::Client, usize::MAX, |n| vec![n]);
+    let (mut out, mut s) = replay_with(&recs[..at], Side::Client, usize::MAX, |n| vec![n]);
     let before = publishes(&out).len();
     let mut bad = recs[at].1.clone();
     // The first frame is the audit publish method: break its end octet.
@@ -393,13 +393,13 @@ fn corrupt_frame_end_resyncs_within_the_chunk() {
 
 #[test]
 fn heartbeats_and_other_protocols() {
-    let mut s = AmqpSession::new(Role::Client);
+    let mut s = AmqpSession::new(Side::Client);
     let mut out = Vec::new();
     s.on_chunk(&egress(&frame(8, 0, &[])), &mut out);
     assert_eq!((s.stats().heartbeats, s.stats().desyncs), (1, 0));
     assert!(looks_like_amqp(&frame(8, 0, &[]), Direction::Ingress));
     // AMQP 1.0: nothing more is parsed.
-    let mut s = AmqpSession::new(Role::Client);
+    let mut s = AmqpSession::new(Side::Client);
     s.on_chunk(&egress(b"AMQP\x00\x01\x00\x00"), &mut out);
     assert!(s.stats().unsupported_protocol);
     s.on_chunk(&egress(&method(1, 60, 40, b"\0\0\0\x01q\0")), &mut out);
@@ -428,7 +428,7 @@ fn detection() {
 
 #[test]
 fn channels_consumers_and_requests_are_bounded() {
-    let mut s = AmqpSession::new(Role::Client);
+    let mut s = AmqpSession::new(Side::Client);
     let mut out = Vec::new();
     let mut data = Vec::new();
     for ch in 1..=1000u16 {
@@ -462,7 +462,7 @@ fn random_bytes_and_mutations_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let recs = records(CONSUMER);
     for _ in 0..300 {
-        let mut s = AmqpSession::new(if rng.below(2) == 0 { Role::Client } else { Role::Server });
+        let mut s = AmqpSession::new(if rng.below(2) == 0 { Side::Client } else { Side::Server });
         let mut out = Vec::new();
         for (from_client, b) in &recs {
             let mut b = b.clone();
@@ -560,7 +560,7 @@ fn replay_segmented(
         }
     }
     let ranges = kernel_ranges(&stream);
-    let mut s = AmqpSession::new(Role::Client);
+    let mut s = AmqpSession::new(Side::Client);
     let mut out = Vec::new();
     let mut ts = 1_000;
     for run in runs {
@@ -653,11 +653,11 @@ fn a_burst_of_deliveries_in_large_reads_is_seen_whole() {
     let ranges = kernel_ranges(&stream);
     let captured: usize = ranges.iter().map(|(a, b)| b - a).sum();
     assert!(captured * 2 < stream.len(), "most body bytes are left out: {captured} of {}", stream.len());
-    let mut whole = AmqpSession::new(Role::Client);
+    let mut whole = AmqpSession::new(Side::Client);
     let mut expected = Vec::new();
     let all = Chunk { direction: Direction::Ingress, data: &stream, total: stream.len(), ts_enter: 1, ts_exit: 2 };
     whole.on_chunk(&all, &mut expected);
-    let mut s = AmqpSession::new(Role::Client);
+    let mut s = AmqpSession::new(Side::Client);
     let mut out = Vec::new();
     for r0 in (0..stream.len()).step_by(65_536) {
         let r1 = (r0 + 65_536).min(stream.len());
@@ -672,7 +672,7 @@ fn a_burst_of_deliveries_in_large_reads_is_seen_whole() {
     assert_eq!(d, deliveries(&expected));
     assert!(d.iter().all(|d| d.traceparent.is_some() && d.fingerprint.is_some()));
     // With the default 512-byte prefix of each read, most are lost.
-    let mut s = AmqpSession::new(Role::Client);
+    let mut s = AmqpSession::new(Side::Client);
     let mut out = Vec::new();
     for r0 in (0..stream.len()).step_by(65_536) {
         let r1 = (r0 + 65_536).min(stream.len());

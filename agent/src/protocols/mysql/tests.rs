@@ -141,7 +141,7 @@ struct Conv {
 impl Conv {
     fn client() -> Self {
         Conv {
-            s: MySqlSession::new(Role::Client),
+            s: MySqlSession::new(Side::Client),
             n: 0,
             calls: Vec::new(),
         }
@@ -690,9 +690,9 @@ fn garbage_never_panics() {
     let conv: Vec<(Direction, Vec<u8>)> = conversation();
     for round in 0..3000 {
         let mut s = MySqlSession::new(if round % 2 == 0 {
-            Role::Client
+            Side::Client
         } else {
-            Role::Server
+            Side::Server
         });
         let mut out = Vec::new();
         let mut chunks: Vec<(Direction, Vec<u8>)> = if round % 2 == 0 {

@@ -124,7 +124,7 @@ struct Conv {
 }
 
 impl Conv {
-    fn new(role: Role) -> Self {
+    fn new(role: Side) -> Self {
         Conv {
             s: PgSession::new(role),
             n: 0,
@@ -133,7 +133,7 @@ impl Conv {
     }
 
     fn client() -> Self {
-        Self::new(Role::Client)
+        Self::new(Side::Client)
     }
 
     /// Returns the chunk's ts_enter.
@@ -769,7 +769,7 @@ fn a_session_that_saw_its_startup_is_not_adopted_and_not_told() {
     assert!(!c.s.take_adopted());
     assert_eq!(c.s.namespace(), Some("shop"));
     // An empty database is the user's, as in a StartupMessage.
-    let mut c = Conv::new(Role::Server);
+    let mut c = Conv::new(Side::Server);
     c.send(I, &query("SELECT 1"));
     assert!(c.s.take_adopted());
     c.s.tell_identity("ann", "");
@@ -802,7 +802,7 @@ fn attach_mid_connection() {
 
 #[test]
 fn server_role_mirrors_directions() {
-    let mut c = Conv::new(Role::Server);
+    let mut c = Conv::new(Side::Server);
     c.send(I, STARTUP_BOB_SHOP);
     c.send(E, &cat(&[AUTH_OK, READY_IDLE]));
     let t0 = c.send(I, &query("SELECT 1"));
@@ -865,9 +865,9 @@ fn garbage_never_panics() {
         .collect();
     for round in 0..3000 {
         let mut s = PgSession::new(if round % 2 == 0 {
-            Role::Client
+            Side::Client
         } else {
-            Role::Server
+            Side::Server
         });
         let mut out = Vec::new();
         let len = rng.below(300);
@@ -918,8 +918,8 @@ fn garbage_never_panics() {
 /// startup-phase length below 4 overflowed while being rejected.
 #[test]
 fn startup_length_below_four_is_rejected() {
-    for role in [Role::Server, Role::Client] {
-        let front = if role == Role::Server { I } else { E };
+    for role in [Side::Server, Side::Client] {
+        let front = if role == Side::Server { I } else { E };
         let mut s = PgSession::new(role);
         let mut out = Vec::new();
         let ssl = b"\0\0\0\x08\x04\xd2\x16\x2f";

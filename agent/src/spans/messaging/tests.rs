@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::metrics::{measurements, Instrument};
-use crate::protocols::amqp::{AmqpEvent, AmqpSession, ConsumedMessage, Deliveries, DeliveryStats, Role};
+use crate::protocols::amqp::{AmqpEvent, AmqpSession, ConsumedMessage, Deliveries, DeliveryStats, Side};
 use crate::protocols::{Chunk, Direction};
 use crate::model::{AttrValue, Service};
 
@@ -13,7 +13,7 @@ const PRODUCER: &[u8] = include_bytes!("../../protocols/amqp/fixtures/producer.b
 const CONSUMER: &[u8] = include_bytes!("../../protocols/amqp/fixtures/consumer.bin");
 
 fn events(file: &[u8]) -> Vec<AmqpEvent> {
-    let mut s = AmqpSession::new(Role::Client);
+    let mut s = AmqpSession::new(Side::Client);
     let mut out = Vec::new();
     let (mut i, mut ts) = (0, 1_000_000u64);
     while i < file.len() {
