@@ -1,49 +1,26 @@
-//! Per-connection state: which protocol a socket speaks, its parser state,
-//! and when it was last active. Keyed by (pid, fd); bounded in size.
+//! Per-connection state: which protocol a socket speaks, its parser, the
+//! identities of its exchanges, and when it was last active. Keyed by
+//! (pid, fd); bounded in size (least recently active evicted). Every
+//! protocol goes through one [`Session`] shape; what its messages become is
+//! `conclude`'s.
+mod conclude;
+mod detect;
+
 use rustc_hash::FxHashMap;
 
 use crate::capture::{CapturePolicy, Role, Tuple};
 use crate::context::{ConnTrace, Started, ThreadKey, Tracker};
-use crate::model::traceparent::TraceParent;
-use crate::protocols::amqp::{ConsumedMessage, Deliveries};
+use crate::model::TraceParent;
 use crate::protocols::{
-    Side,
-    amqp::{self, AmqpEvent, AmqpSession, Publish},
-    http1, mysql,
-    postgres,
-    sql::{self, SqlCall},
-    Chunk, Direction,
+    amqp::{AmqpConnection, ConsumedMessage, Publish},
+    http1, mysql, postgres,
+    sql::SqlCall,
+    Chunk, Count, Direction, Session, Side, MAX_COUNTS,
 };
 use crate::telemetry::{Counter, Telemetry};
 
-/// Chunks a connection may show before we give up recognising its protocol
-/// (a socket watched mid-stream may start in the middle of a body).
-const DETECT_ATTEMPTS: u8 = 4;
-/// A request trickled in tiny pieces (slowloris, byte-wise writers) is held
-/// while it can still become a request line, up to these bounds.
-const HOLD_BYTES: usize = 512;
-const HOLD_CHUNKS: usize = 64;
-
-/// A chunk kept while the protocol is undecided, replayed once it is.
-#[derive(Debug)]
-pub struct HeldChunk {
-    direction: Direction,
-    data: Vec<u8>,
-    ts_enter: u64,
-    ts_exit: u64,
-}
-
-impl HeldChunk {
-    fn as_chunk(&self) -> Chunk<'_> {
-        Chunk {
-            direction: self.direction,
-            data: &self.data,
-            total: self.data.len(),
-            ts_enter: self.ts_enter,
-            ts_exit: self.ts_exit,
-        }
-    }
-}
+use conclude::{Buffer, Conclude, Cx, Scratch};
+use detect::{detect, HeldChunk, DETECT_ATTEMPTS, HOLD_BYTES, HOLD_CHUNKS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {
@@ -51,60 +28,42 @@ pub struct ConnKey {
     pub fd: i32,
 }
 
-pub enum Protocol {
+/// The parser of a connection.
+pub enum Parser {
     /// Not decided yet; small chunks are held until enough bytes decide.
     Detecting { attempts: u8, held: Vec<HeldChunk> },
-    Http1(http1::Http1Session),
+    Http(http1::Http1Session),
     Postgres(postgres::PgSession),
     MySql(mysql::MySqlSession),
-    Amqp(Box<AmqpConn>),
+    Amqp(AmqpConnection),
     /// Not a protocol we parse (TLS, HTTP/2, ...): ignored until closed.
     Unknown,
 }
 
-impl std::fmt::Debug for Protocol {
+/// Runs `$body` with `$s` bound to the connection's session, whatever its
+/// protocol (static dispatch); `$other` while there is none.
+macro_rules! with_session {
+    ($parser:expr, $s:ident => $body:expr, _ => $other:expr) => {
+        match $parser {
+            Parser::Http($s) => $body,
+            Parser::Postgres($s) => $body,
+            Parser::MySql($s) => $body,
+            Parser::Amqp($s) => $body,
+            Parser::Detecting { .. } | Parser::Unknown => $other,
+        }
+    };
+}
+
+impl std::fmt::Debug for Parser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Protocol::Detecting { .. } => "detecting",
-            Protocol::Http1(_) => "http1",
-            Protocol::Postgres(_) => "postgresql",
-            Protocol::MySql(_) => "mysql",
-            Protocol::Amqp(_) => "amqp",
-            Protocol::Unknown => "unknown",
+            Parser::Detecting { .. } => "detecting",
+            Parser::Http(_) => "http1",
+            Parser::Postgres(_) => "postgresql",
+            Parser::MySql(_) => "mysql",
+            Parser::Amqp(_) => "amqp",
+            Parser::Unknown => "unknown",
         })
-    }
-}
-
-/// An AMQP 0-9-1 client connection: the frames, the deliveries awaiting
-/// their ack, and the identities given to deliveries when they arrived.
-pub struct AmqpConn {
-    session: AmqpSession,
-    deliveries: Deliveries,
-    events: Vec<AmqpEvent>,
-    consumed: Vec<ConsumedMessage>,
-    /// (channel, delivery tag) -> identity of its CONSUMER span.
-    started: FxHashMap<(u16, u64), Started>,
-}
-
-/// Deliveries remembered per connection until settled (beyond: the oldest
-/// identities are dropped and the span becomes a root).
-const MAX_AMQP_STARTED: usize = 4096;
-
-impl AmqpConn {
-    fn new(role: Side) -> Self {
-        Self {
-            session: AmqpSession::new(role),
-            deliveries: Deliveries::new(),
-            events: Vec::new(),
-            consumed: Vec::new(),
-            started: FxHashMap::default(),
-        }
-    }
-}
-
-impl std::fmt::Debug for AmqpConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpConn").field("pending", &self.deliveries.pending()).finish()
     }
 }
 
@@ -112,62 +71,12 @@ impl std::fmt::Debug for AmqpConn {
 pub struct Connection {
     pub tuple: Tuple,
     pub role: Role,
-    pub protocol: Protocol,
+    pub parser: Parser,
     pub last_activity: u64,
-    /// Stats already added to the agent counters (the sessions keep totals).
-    reported: [u64; STATS],
+    /// Counts already added to the agent counters (the sessions keep totals).
+    reported: [u64; MAX_COUNTS],
     /// The identities of its exchanges (trace context).
     pub trace: ConnTrace,
-}
-
-/// What a session counted, in the agent's terms: (counter, reason, total so
-/// far) for each of its stats; the table adds the increase since the last
-/// report, labelled with the protocol. Fixed size: no allocation per chunk.
-type Stats = [(Counter, &'static str, u64); STATS];
-const STATS: usize = 8;
-/// Pads a session's list to [`STATS`] entries.
-const NONE: (Counter, &str, u64) = (Counter::ParseErrors, "", 0);
-
-fn http1_stats(s: &http1::Http1Stats) -> Stats {
-    [
-        (Counter::ParseErrors, "malformed message", s.parse_errors),
-        (Counter::ProtocolDesync, "message start not captured", s.desyncs),
-        (Counter::RequestsUnmatched, "no partner", s.unmatched),
-        NONE,
-        NONE,
-        NONE,
-        NONE,
-        NONE,
-    ]
-}
-
-fn sql_stats(s: &sql::SqlStats) -> Stats {
-    [
-        (Counter::ParseErrors, "malformed message", s.parse_errors),
-        (Counter::ProtocolDesync, "implausible header", s.desyncs),
-        (Counter::ProtocolDesync, "message beyond capture", s.desyncs_uncaptured),
-        (Counter::RequestsUnmatched, "response without request", s.orphan_responses),
-        (Counter::RequestsUnmatched, "call never completed", s.calls_dropped),
-        (Counter::SkippedMessages, "not parsed", s.skipped),
-        NONE,
-        NONE,
-    ]
-}
-
-fn amqp_stats(a: &AmqpConn) -> Stats {
-    let s = a.session.stats();
-    let d = a.deliveries.stats();
-    [
-        (Counter::ParseErrors, "malformed frame", s.parse_errors),
-        (Counter::ProtocolDesync, "framing lost", s.desyncs),
-        (Counter::RequestsUnmatched, "message incomplete", s.messages_incomplete),
-        (Counter::RequestsUnmatched, "content without message", s.orphan_content),
-        (Counter::RequestsUnmatched, "consume request dropped", s.requests_dropped),
-        // Acks of deliveries never seen (their frames were not captured).
-        (Counter::RequestsUnmatched, "settle of unseen delivery", d.unmatched_settles),
-        (Counter::RequestsUnmatched, "delivery never settled", d.evicted),
-        (Counter::SkippedMessages, "chunk dropped while unaligned", s.chunks_dropped),
-    ]
 }
 
 /// What a connection produced: a server request whose trace link can now be
@@ -207,52 +116,12 @@ pub struct ConnectionTable {
     /// Connections by their endpoints, to find the other end of a local one.
     by_tuple: FxHashMap<Tuple, ConnKey>,
     max: usize,
-    scratch: Vec<http1::Exchange>,
-    sql_scratch: Vec<SqlCall>,
-}
-
-/// Decides the protocol of a connection from its first captured bytes, by
-/// content and never by port: the role follows from who sent what.
-fn detect(chunk: &Chunk<'_>, conn_role: Role, tuple: &Tuple) -> Option<Protocol> {
-    let data = chunk.data;
-    let we_sent = chunk.direction == Direction::Egress;
-    let role = |client: bool| if client { Side::Client } else { Side::Server };
-    if http1::looks_like_request(data) {
-        // Whoever sends the request is the client.
-        return Some(Protocol::Http1(http1::Http1Session::new(chunk.direction)));
-    }
-    if postgres::looks_like_postgres(data, chunk.direction) {
-        // Frontend messages come from the client.
-        return Some(Protocol::Postgres(postgres::PgSession::new(role(we_sent))));
-    }
-    if mysql::looks_like_mysql_server_greeting(data) {
-        // The server speaks first.
-        return Some(Protocol::MySql(mysql::MySqlSession::new(role(!we_sent))));
-    }
-    if mysql::looks_like_mysql_command(data) {
-        return Some(Protocol::MySql(mysql::MySqlSession::new(role(we_sent))));
-    }
-    if amqp::looks_like_amqp(data, chunk.direction) {
-        // The client opens with the protocol header. Mid-stream (a socket
-        // older than the agent) the kernel's accept/connect role decides, and
-        // without it the broker is the one on AMQP's port.
-        let client = if data.starts_with(b"AMQP") {
-            we_sent
-        } else {
-            match conn_role {
-                Role::Client => true,
-                Role::Server => false,
-                Role::Unknown => !matches!(tuple.local.port(), 5671 | 5672),
-            }
-        };
-        return Some(Protocol::Amqp(Box::new(AmqpConn::new(role(client)))));
-    }
-    None
+    scratch: Scratch,
 }
 
 impl ConnectionTable {
     pub fn new(max: usize) -> Self {
-        Self { conns: FxHashMap::default(), by_tuple: FxHashMap::default(), max, scratch: Vec::new(), sql_scratch: Vec::new() }
+        Self { conns: FxHashMap::default(), by_tuple: FxHashMap::default(), max, scratch: Scratch::default() }
     }
 
     /// The tracked other end of a connection on this host, if there is one.
@@ -307,9 +176,9 @@ impl ConnectionTable {
             Connection {
                 tuple,
                 role,
-                protocol: Protocol::Detecting { attempts: 0, held: Vec::new() },
+                parser: Parser::Detecting { attempts: 0, held: Vec::new() },
                 last_activity: now,
-                reported: [0; STATS],
+                reported: [0; MAX_COUNTS],
                 trace: ConnTrace::default(),
             },
         );
@@ -337,33 +206,26 @@ impl ConnectionTable {
         }
         let Some(conn) = self.conns.get_mut(&key) else { return };
         conn.last_activity = chunk.ts_exit;
-        if let Protocol::Detecting { attempts, held } = &mut conn.protocol {
-            if held.first().is_some_and(|h| h.direction != chunk.direction) {
+        if let Parser::Detecting { attempts, held } = &mut conn.parser {
+            if held.first().is_some_and(|h| h.direction() != chunk.direction) {
                 held.clear(); // the other side spoke: what was held was not a message start
             }
             let joined: Vec<u8>;
             let probe = if held.is_empty() {
                 *chunk
             } else {
-                joined = held.iter().flat_map(|h| h.data.iter()).chain(chunk.data).copied().collect();
+                joined = held.iter().flat_map(|h| h.data().iter()).chain(chunk.data).copied().collect();
                 Chunk { data: &joined, ..*chunk }
             };
             match detect(&probe, conn.role, &conn.tuple) {
-                Some(p) => {
+                Some(parser) => {
                     let replay = std::mem::take(held);
-                    conn.protocol = p;
-                    if let Some(policy) = capture_policy(&conn.protocol) {
+                    conn.parser = parser;
+                    if let Some(policy) = capture_policy(&conn.parser) {
                         out.push(Outcome::Capture { key, tuple: conn.tuple, policy });
                     }
-                    let server_side = conn_side(conn);
                     for h in &replay {
-                        let c = h.as_chunk();
-                        if let Protocol::Amqp(a) = &mut conn.protocol {
-                            on_amqp(tracker, a, !server_side, key, tuple, thread, &c, out, t);
-                            continue;
-                        }
-                        tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, &c, t);
-                        feed(&mut conn.protocol, &c, &mut self.scratch, &mut self.sql_scratch);
+                        on_known_chunk(conn, key, thread, &h.as_chunk(), &mut self.scratch, tracker, out, t);
                     }
                 }
                 None if http1::may_become_request(probe.data)
@@ -371,16 +233,11 @@ impl ConnectionTable {
                     && held.len() < HOLD_CHUNKS
                     && chunk.missing() == 0 =>
                 {
-                    held.push(HeldChunk {
-                        direction: chunk.direction,
-                        data: chunk.data.to_vec(),
-                        ts_enter: chunk.ts_enter,
-                        ts_exit: chunk.ts_exit,
-                    });
+                    held.push(HeldChunk::of(chunk));
                     return;
                 }
                 None if *attempts + 1 >= DETECT_ATTEMPTS => {
-                    conn.protocol = Protocol::Unknown;
+                    conn.parser = Parser::Unknown;
                     t.inc(Counter::UnknownProtocol);
                     return;
                 }
@@ -391,38 +248,10 @@ impl ConnectionTable {
                 }
             }
         }
-        if matches!(conn.protocol, Protocol::Unknown) {
+        if matches!(conn.parser, Parser::Unknown) {
             return;
         }
-        if let Protocol::Amqp(a) = &mut conn.protocol {
-            let (tuple, client) = (conn.tuple, a.session.role() == Side::Client);
-            on_amqp(tracker, a, client, key, tuple, thread, chunk, out, t);
-            report(conn, t);
-            return;
-        }
-        let server_side = conn_side(conn);
-        let started = if !server_side && chunk.direction == Direction::Egress {
-            // A request written by a client may be what ends the previous
-            // exchange (its answer's last bytes were beyond the capture):
-            // the parser decides that first, so the context layer sees the
-            // previous exchange complete when it decides who this request
-            // is for (a queue's hand-off).
-            feed(&mut conn.protocol, chunk, &mut self.scratch, &mut self.sql_scratch);
-            collect(tracker, &mut self.scratch, &mut self.sql_scratch, key, conn, out, t);
-            tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, chunk, t)
-        } else {
-            let started = tracker.on_chunk(&mut conn.trace, server_side, thread, key.fd, chunk, t);
-            feed(&mut conn.protocol, chunk, &mut self.scratch, &mut self.sql_scratch);
-            collect(tracker, &mut self.scratch, &mut self.sql_scratch, key, conn, out, t);
-            started
-        };
-        announce(tracker, key, conn, server_side, started, out);
-        if let Protocol::Postgres(session) = &mut conn.protocol {
-            if session.take_adopted() {
-                out.push(Outcome::DatabaseUnknown { key, tuple: conn.tuple, server_side });
-            }
-        }
-        report(conn, t);
+        on_known_chunk(conn, key, thread, chunk, &mut self.scratch, tracker, out, t);
     }
 
     /// The user and database of a PostgreSQL connection adopted after its
@@ -430,7 +259,7 @@ impl ConnectionTable {
     /// connection. Whether it was applied.
     pub fn tell_database(&mut self, key: ConnKey, tuple: &Tuple, user: &str, database: &str) -> bool {
         match self.conns.get_mut(&key) {
-            Some(Connection { tuple: now, protocol: Protocol::Postgres(session), .. }) if now == tuple => {
+            Some(Connection { tuple: now, parser: Parser::Postgres(session), .. }) if now == tuple => {
                 session.tell_identity(user, database);
                 true
             }
@@ -444,25 +273,17 @@ impl ConnectionTable {
         if self.by_tuple.get(&conn.tuple) == Some(&key) {
             self.by_tuple.remove(&conn.tuple);
         }
-        match &mut conn.protocol {
-            Protocol::Http1(session) => session.on_close(&mut self.scratch),
-            Protocol::Postgres(session) => session.on_close(&mut self.sql_scratch),
-            Protocol::MySql(session) => session.on_close(&mut self.sql_scratch),
-            Protocol::Amqp(a) => {
-                let client = a.session.role() == Side::Client;
-                let mut ignored = Vec::new();
-                a.session.on_close(&mut ignored);
-                a.deliveries.on_closed(None, &mut a.consumed);
-                finish_consumed(tracker, a, client, key, conn.tuple, out, t);
-            }
+        if let Parser::Detecting { attempts, held } = &conn.parser {
             // Bytes were seen and none made sense: this was not a protocol we know.
-            Protocol::Detecting { attempts, held } if *attempts > 0 || !held.is_empty() => {
+            if *attempts > 0 || !held.is_empty() {
                 t.inc(Counter::UnknownProtocol);
             }
-            _ => {}
         }
+        let server_side = serves(&conn);
+        let Connection { parser, trace, tuple, .. } = &mut conn;
+        let mut cx = Cx { tracker: &mut *tracker, trace, key, tuple: *tuple, server_side, thread: None, out, t };
+        with_session!(parser, s => close_session(s, &mut self.scratch, &mut cx), _ => {});
         report(&mut conn, t);
-        collect(tracker, &mut self.scratch, &mut self.sql_scratch, key, &mut conn, out, t);
         tracker.on_close(&mut conn.trace, key.pid);
     }
 
@@ -492,10 +313,10 @@ impl ConnectionTable {
             if quiet >= expire_ns {
                 expired.push(*key);
             } else if quiet >= idle_ns {
-                if let Protocol::Http1(session) = &mut conn.protocol {
-                    session.on_idle(&mut self.scratch);
-                    collect(tracker, &mut self.scratch, &mut self.sql_scratch, *key, conn, out, t);
-                }
+                let server_side = serves(conn);
+                let Connection { parser, trace, tuple, .. } = conn;
+                let mut cx = Cx { tracker: &mut *tracker, trace, key: *key, tuple: *tuple, server_side, thread: None, out, t };
+                with_session!(parser, s => idle_session(s, &mut self.scratch, &mut cx), _ => {});
             }
         }
         for key in expired {
@@ -504,87 +325,86 @@ impl ConnectionTable {
     }
 }
 
-/// One chunk of an AMQP connection: publishes become children of the
-/// thread's current request; a delivery makes its CONSUMER span the thread's
-/// current request until its ack.
+/// One chunk of a connection whose protocol is known.
 #[allow(clippy::too_many_arguments)]
-fn on_amqp(
-    tracker: &mut Tracker,
-    a: &mut AmqpConn,
-    client: bool,
+fn on_known_chunk(
+    conn: &mut Connection,
     key: ConnKey,
-    tuple: Tuple,
     thread: ThreadKey,
     chunk: &Chunk<'_>,
+    scratch: &mut Scratch,
+    tracker: &mut Tracker,
     out: &mut Vec<Outcome>,
     t: &Telemetry,
 ) {
-    a.session.on_chunk(chunk, &mut a.events);
-    let mut events = std::mem::take(&mut a.events);
-    for event in events.drain(..) {
-        match event {
-            // The broker's side of a connection (a tracked RabbitMQ): no spans.
-            _ if !client => {}
-            AmqpEvent::Publish(publish) => {
-                let started = tracker.started_publish(thread, publish.ts_start, t);
-                out.push(Outcome::Published { key, tuple, started, publish });
-            }
-            AmqpEvent::Deliver(d) => {
-                if a.started.len() >= MAX_AMQP_STARTED {
-                    // Deliveries never settled: give them up.
-                    for (_, s) in a.started.drain() {
-                        tracker.assembly.abandon(s.ctx.group);
-                        t.inc(Counter::ContextMissing);
-                    }
-                }
-                let started = tracker.started_delivery(thread, d.ts_received, t);
-                if let Some(old) = a.started.insert((d.channel, d.delivery_tag), started) {
-                    tracker.assembly.abandon(old.ctx.group);
-                }
-                let link = DeliveryLink {
-                    traceparent: d.traceparent,
-                    tracestate: d.tracestate.clone(),
-                    fingerprint: d.fingerprint,
-                };
-                out.push(Outcome::Delivered { key, tuple, started, link });
-                a.deliveries.on_delivery(d, &mut a.consumed);
-            }
-            AmqpEvent::Settle(s) => a.deliveries.on_settle(&s, &mut a.consumed),
-            AmqpEvent::Close(c) => {
-                let channel = (c.channel != 0).then_some(c.channel);
-                a.deliveries.on_closed(channel, &mut a.consumed);
-            }
-            AmqpEvent::Confirm(_) | AmqpEvent::Return(_) => {}
+    let server_side = serves(conn);
+    // AMQP has no request/response exchanges: its messages carry their identity.
+    let exchanges = !matches!(conn.parser, Parser::Amqp(_));
+    let Connection { parser, trace, tuple, .. } = conn;
+    let tuple = *tuple;
+    let mut started = None;
+    if exchanges && !server_side && chunk.direction == Direction::Egress {
+        // A request written by a client may be what ends the previous
+        // exchange (its answer's last bytes were beyond the capture): the
+        // parser decides that first, so the context layer sees the previous
+        // exchange complete when it decides who this request is for (a
+        // queue's hand-off).
+        let mut cx = Cx { tracker: &mut *tracker, trace: &mut *trace, key, tuple, server_side, thread: Some(thread), out, t };
+        with_session!(parser, s => feed(s, chunk, scratch, &mut cx), _ => {});
+        tracker.on_chunk(trace, server_side, thread, key.fd, chunk, t);
+    } else {
+        if exchanges {
+            started = tracker.on_chunk(trace, server_side, thread, key.fd, chunk, t);
+        }
+        let mut cx = Cx { tracker: &mut *tracker, trace: &mut *trace, key, tuple, server_side, thread: Some(thread), out, t };
+        with_session!(parser, s => feed(s, chunk, scratch, &mut cx), _ => {});
+    }
+    announce(tracker, key, conn, server_side, started, out);
+    if let Parser::Postgres(session) = &mut conn.parser {
+        if session.take_adopted() {
+            out.push(Outcome::DatabaseUnknown { key, tuple, server_side });
         }
     }
-    a.events = events;
-    finish_consumed(tracker, a, client, key, tuple, out, t);
+    report(conn, t);
 }
 
-/// Deliveries whose handling is over (settled, or never will be) become outcomes.
-fn finish_consumed(
-    tracker: &mut Tracker,
-    a: &mut AmqpConn,
-    client: bool,
-    key: ConnKey,
-    tuple: Tuple,
-    out: &mut Vec<Outcome>,
-    t: &Telemetry,
-) {
-    for message in a.consumed.drain(..) {
-        let id = (message.delivery.channel, message.delivery.delivery_tag);
-        let started = match a.started.remove(&id) {
-            Some(s) => s,
-            None => tracker.missing_start(message.delivery.ts_received, t),
-        };
-        if client {
-            out.push(Outcome::Consumed { key, tuple, started, message });
-        }
+/// Feeds a chunk to a session; what it produced concludes at once.
+fn feed<S>(session: &mut S, chunk: &Chunk<'_>, scratch: &mut Scratch, cx: &mut Cx<'_>)
+where
+    S: Session,
+    S::Message: Conclude,
+    Scratch: Buffer<S::Message>,
+{
+    let buf = scratch.buffer();
+    session.on_chunk(chunk, buf);
+    for message in buf.drain(..) {
+        message.conclude(cx);
     }
-    if !client {
-        for (_, s) in a.started.drain() {
-            tracker.assembly.abandon(s.ctx.group);
-        }
+}
+
+fn close_session<S>(session: &mut S, scratch: &mut Scratch, cx: &mut Cx<'_>)
+where
+    S: Session,
+    S::Message: Conclude,
+    Scratch: Buffer<S::Message>,
+{
+    let buf = scratch.buffer();
+    session.on_close(buf);
+    for message in buf.drain(..) {
+        message.conclude(cx);
+    }
+}
+
+fn idle_session<S>(session: &mut S, scratch: &mut Scratch, cx: &mut Cx<'_>)
+where
+    S: Session,
+    S::Message: Conclude,
+    Scratch: Buffer<S::Message>,
+{
+    let buf = scratch.buffer();
+    session.on_idle(buf);
+    for message in buf.drain(..) {
+        message.conclude(cx);
     }
 }
 
@@ -601,8 +421,8 @@ fn announce(
     out: &mut Vec<Outcome>,
 ) {
     let tuple = conn.tuple;
-    match &mut conn.protocol {
-        Protocol::Http1(session) => {
+    match &mut conn.parser {
+        Parser::Http(session) => {
             for head in session.drain_heads() {
                 let tp = head.traceparent;
                 if !server_side {
@@ -628,74 +448,39 @@ fn announce(
     }
 }
 
-/// Moves what the sessions produced into `out`, each with its identity.
-fn collect(
-    tracker: &mut Tracker,
-    http: &mut Vec<http1::Exchange>,
-    sql: &mut Vec<SqlCall>,
-    key: ConnKey,
-    conn: &mut Connection,
-    out: &mut Vec<Outcome>,
-    t: &Telemetry,
-) {
-    let (tuple, server_side) = (conn.tuple, conn_side(conn));
-    for exchange in http.drain(..) {
-        let start = if server_side { exchange.request_start_exit } else { exchange.request_start_enter };
-        let started = tracker.take_started(&mut conn.trace, server_side, key.pid, start, exchange.response_end, t);
-        out.push(Outcome::Http { key, tuple, server_side, started, exchange });
-    }
-    for call in sql.drain(..) {
-        let started = tracker.take_started(&mut conn.trace, server_side, key.pid, call.start_ns, call.end_ns, t);
-        out.push(Outcome::Sql { key, tuple, server_side, started, call });
-    }
-}
-
-/// Hands a chunk to the connection's protocol session.
-fn feed(protocol: &mut Protocol, chunk: &Chunk<'_>, http: &mut Vec<http1::Exchange>, sql: &mut Vec<SqlCall>) {
-    match protocol {
-        Protocol::Http1(session) => session.on_chunk(chunk, http),
-        Protocol::Postgres(session) => session.on_chunk(chunk, sql),
-        Protocol::MySql(session) => session.on_chunk(chunk, sql),
-        // Fed by on_amqp, with the thread's context.
-        Protocol::Amqp(_) | Protocol::Detecting { .. } | Protocol::Unknown => {}
-    }
-}
-
-/// How the kernel should capture a connection that speaks `protocol`, when
-/// not as prefixes: an AMQP client reads many deliveries at once (a consumer
-/// that fell behind), each of which the parser needs.
-fn capture_policy(protocol: &Protocol) -> Option<CapturePolicy> {
-    match protocol {
-        Protocol::Amqp(a) if a.session.role() == Side::Client => Some(CapturePolicy::AmqpFrames),
+/// How the kernel should capture a connection that speaks `parser`'s
+/// protocol, when not as prefixes: an AMQP client reads many deliveries at
+/// once (a consumer that fell behind), each of which the parser needs.
+fn capture_policy(parser: &Parser) -> Option<CapturePolicy> {
+    match parser {
+        Parser::Amqp(a) if a.side() == Side::Client => Some(CapturePolicy::AmqpFrames),
         _ => None,
     }
 }
 
 /// Is the tracked process the server end of this connection?
-fn conn_side(conn: &Connection) -> bool {
-    match &conn.protocol {
-        Protocol::Http1(s) => s.requests_direction() == Direction::Ingress,
-        Protocol::Postgres(s) => s.role() == Side::Server,
-        Protocol::MySql(s) => s.role() == Side::Server,
-        Protocol::Amqp(a) => a.session.role() == Side::Server,
-        Protocol::Detecting { .. } | Protocol::Unknown => conn.role == Role::Server,
-    }
+fn serves(conn: &Connection) -> bool {
+    with_session!(&conn.parser, s => s.side() == Side::Server, _ => conn.role == Role::Server)
 }
 
 /// Adds what a session counted since the last report to the agent
 /// counters, by protocol and reason.
 fn report(conn: &mut Connection, t: &Telemetry) {
-    let (protocol, now) = match &conn.protocol {
-        Protocol::Http1(s) => ("http", http1_stats(s.stats())),
-        Protocol::Postgres(s) => ("postgresql", sql_stats(s.stats())),
-        Protocol::MySql(s) => ("mysql", sql_stats(s.stats())),
-        Protocol::Amqp(a) => ("amqp", amqp_stats(a)),
-        Protocol::Detecting { .. } | Protocol::Unknown => return,
-    };
-    for ((counter, reason, total), was) in now.into_iter().zip(conn.reported.iter_mut()) {
+    let (protocol, now) = with_session!(&conn.parser, s => (protocol_of(s), s.counts()), _ => return);
+    for ((count, reason, total), was) in now.into_iter().zip(conn.reported.iter_mut()) {
+        let counter = match count {
+            Count::ParseError => Counter::ParseErrors,
+            Count::Desync => Counter::ProtocolDesync,
+            Count::Unmatched => Counter::RequestsUnmatched,
+            Count::Skipped => Counter::SkippedMessages,
+        };
         t.add_for(counter, protocol, reason, total.saturating_sub(*was));
         *was = total;
     }
+}
+
+fn protocol_of<S: Session>(_: &S) -> &'static str {
+    S::PROTOCOL
 }
 
 #[cfg(test)]

@@ -111,7 +111,14 @@ pub struct ConnTrace {
     /// was written (handshakes complete nothing: they are no hand-off).
     completed: u32,
     completed_before: u32,
+    /// AMQP: (channel, delivery tag) -> identity of the CONSUMER span of a
+    /// delivery not settled yet.
+    deliveries: FxHashMap<(u16, u64), Started>,
 }
+
+/// Deliveries of one connection remembered until settled (beyond: all are
+/// given up, counted, and their spans become roots).
+const MAX_DELIVERIES: usize = 4096;
 
 impl ConnTrace {
     /// The exchange of this connection started at `start` (the latest one
@@ -481,11 +488,14 @@ impl Tracker {
             }
             self.assembly.abandon(old.ctx.group);
         }
+        for (_, old) in trace.deliveries.drain() {
+            self.assembly.abandon(old.ctx.group);
+        }
     }
 
     /// A message was published by `thread`: a child of its current request.
-    pub fn started_publish(&mut self, thread: ThreadKey, ts: u64, telemetry: &Telemetry) -> Started {
-        let parent = self.threads.current(thread);
+    pub fn started_publish(&mut self, thread: Option<ThreadKey>, ts: u64, telemetry: &Telemetry) -> Started {
+        let parent = thread.and_then(|t| self.threads.current(t));
         let group = match parent {
             Some(p) => p.group,
             None => self.assembly.new_root(ts, telemetry),
@@ -494,15 +504,42 @@ impl Tracker {
         Started::new(SpanCtx { span_id: SpanId::random(), group }, parent, ts, ts)
     }
 
-    /// A message was delivered to `thread`: the code that handles it works
-    /// for its CONSUMER span, whose own parent is the message's creator (its
-    /// group is settled once the delivery is matched to it).
-    pub fn started_delivery(&mut self, thread: ThreadKey, ts: u64, telemetry: &Telemetry) -> Started {
+    /// Message `(channel, tag)` of a connection was delivered to `thread`:
+    /// the code that handles it works for its CONSUMER span, whose own
+    /// parent is the message's creator (its group is settled once the
+    /// delivery is matched to it).
+    pub fn started_delivery(
+        &mut self,
+        trace: &mut ConnTrace,
+        id: (u16, u64),
+        thread: Option<ThreadKey>,
+        ts: u64,
+        telemetry: &Telemetry,
+    ) -> Started {
+        if trace.deliveries.len() >= MAX_DELIVERIES {
+            // Deliveries never settled: give them up.
+            for (_, s) in trace.deliveries.drain() {
+                self.assembly.abandon(s.ctx.group);
+                telemetry.inc(Counter::ContextMissing);
+            }
+        }
         let group = self.assembly.new_group(ts, telemetry);
         self.assembly.open(group);
         let ctx = SpanCtx { span_id: SpanId::random(), group };
-        self.threads.set(thread, Some(ctx), telemetry);
-        Started::new(ctx, None, ts, ts)
+        if let Some(thread) = thread {
+            self.threads.set(thread, Some(ctx), telemetry);
+        }
+        let started = Started::new(ctx, None, ts, ts);
+        if let Some(old) = trace.deliveries.insert(id, started) {
+            self.assembly.abandon(old.ctx.group);
+        }
+        started
+    }
+
+    /// The handling of delivery `(channel, tag)` is over: its identity
+    /// (a root of its own when its delivery was not seen).
+    pub fn take_delivery(&mut self, trace: &mut ConnTrace, id: (u16, u64), ts: u64, telemetry: &Telemetry) -> Started {
+        trace.deliveries.remove(&id).unwrap_or_else(|| self.missing_start(ts, telemetry))
     }
 
     /// The identity of an exchange whose start was not seen: the root of a

@@ -23,10 +23,12 @@ use crate::model::TraceParent;
 use super::bounded::BoundedMap;
 use super::{Chunk, Direction};
 
+mod connection;
 mod deliveries;
 mod fields;
 mod framing;
 
+pub use connection::{AmqpConnection, AmqpMessage, DeliveryStart};
 pub use deliveries::{
     ConsumedMessage, Deliveries, DeliveryStats, Settlement, MAX_PENDING_PER_CHANNEL, MAX_TRACKED_CHANNELS,
 };

@@ -36,6 +36,46 @@ impl Direction {
     }
 }
 
+/// What a session counts, in the kinds the agent exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Count {
+    /// A message that could not be parsed.
+    ParseError,
+    /// Framing lost, then found again.
+    Desync,
+    /// A request or response with no partner.
+    Unmatched,
+    /// A message recognised and deliberately not parsed.
+    Skipped,
+}
+
+/// Entries of [`Counts`].
+pub const MAX_COUNTS: usize = 8;
+/// A session's totals so far: (kind, reason, total), padded with [`NO_COUNT`]
+/// (fixed size: asked for after every chunk, never allocated).
+pub type Counts = [(Count, &'static str, u64); MAX_COUNTS];
+pub const NO_COUNT: (Count, &str, u64) = (Count::ParseError, "", 0);
+
+/// One connection's parser: the bytes of each syscall in, messages out.
+/// Implementations do no I/O and read no clock; the connection table drives
+/// every protocol through this one shape.
+pub trait Session {
+    /// What it produces: an exchange, a call, a messaging event.
+    type Message;
+    /// The `protocol` label of what it counts.
+    const PROTOCOL: &'static str;
+    fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Self::Message>);
+    /// The connection closed: what the close completes.
+    fn on_close(&mut self, out: &mut Vec<Self::Message>);
+    /// Nothing moved for a while: what that completes (a response framed by
+    /// its end of traffic).
+    fn on_idle(&mut self, _out: &mut Vec<Self::Message>) {}
+    /// Which end of the connection the tracked process is.
+    fn side(&self) -> Side;
+    /// Totals so far, by kind and reason.
+    fn counts(&self) -> Counts;
+}
+
 /// The bytes of one syscall on a connection. The kernel captures only a
 /// prefix: `data` holds the first `data.len()` of the `total` bytes moved.
 #[derive(Clone, Copy, Debug)]

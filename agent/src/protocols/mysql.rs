@@ -862,5 +862,26 @@ impl FrameSink for BackSink<'_> {
     }
 }
 
+impl super::Session for MySqlSession {
+    type Message = SqlCall;
+    const PROTOCOL: &'static str = "mysql";
+
+    fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<SqlCall>) {
+        MySqlSession::on_chunk(self, chunk, out);
+    }
+
+    fn on_close(&mut self, out: &mut Vec<SqlCall>) {
+        MySqlSession::on_close(self, out);
+    }
+
+    fn side(&self) -> Side {
+        self.role()
+    }
+
+    fn counts(&self) -> super::Counts {
+        self.stats().counts()
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -872,5 +872,26 @@ pub fn looks_like_postgres(first: &[u8], direction: Direction) -> bool {
     }
 }
 
+impl super::Session for PgSession {
+    type Message = SqlCall;
+    const PROTOCOL: &'static str = "postgresql";
+
+    fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<SqlCall>) {
+        PgSession::on_chunk(self, chunk, out);
+    }
+
+    fn on_close(&mut self, out: &mut Vec<SqlCall>) {
+        PgSession::on_close(self, out);
+    }
+
+    fn side(&self) -> Side {
+        self.role()
+    }
+
+    fn counts(&self) -> super::Counts {
+        self.stats().counts()
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -103,6 +103,21 @@ pub struct SqlStats {
 }
 
 impl SqlStats {
+    /// As a session's counts.
+    pub fn counts(&self) -> super::Counts {
+        use super::{Count, NO_COUNT};
+        [
+            (Count::ParseError, "malformed message", self.parse_errors),
+            (Count::Desync, "implausible header", self.desyncs),
+            (Count::Desync, "message beyond capture", self.desyncs_uncaptured),
+            (Count::Unmatched, "response without request", self.orphan_responses),
+            (Count::Unmatched, "call never completed", self.calls_dropped),
+            (Count::Skipped, "not parsed", self.skipped),
+            NO_COUNT,
+            NO_COUNT,
+        ]
+    }
+
     pub(crate) fn count_desync(&mut self, uncaptured: bool) {
         if uncaptured {
             self.desyncs_uncaptured += 1;

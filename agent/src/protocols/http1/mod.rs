@@ -449,6 +449,46 @@ enum Head {
     Response(ResponseHead),
 }
 
+impl super::Session for Http1Session {
+    type Message = Exchange;
+    const PROTOCOL: &'static str = "http";
+
+    fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) {
+        Http1Session::on_chunk(self, chunk, out);
+    }
+
+    fn on_close(&mut self, out: &mut Vec<Exchange>) {
+        Http1Session::on_close(self, out);
+    }
+
+    fn on_idle(&mut self, out: &mut Vec<Exchange>) {
+        Http1Session::on_idle(self, out);
+    }
+
+    fn side(&self) -> super::Side {
+        if self.requests == Direction::Ingress {
+            super::Side::Server
+        } else {
+            super::Side::Client
+        }
+    }
+
+    fn counts(&self) -> super::Counts {
+        use super::{Count, NO_COUNT};
+        let s = &self.stats;
+        [
+            (Count::ParseError, "malformed message", s.parse_errors),
+            (Count::Desync, "message start not captured", s.desyncs),
+            (Count::Unmatched, "no partner", s.unmatched),
+            NO_COUNT,
+            NO_COUNT,
+            NO_COUNT,
+            NO_COUNT,
+            NO_COUNT,
+        ]
+    }
+}
+
 
 #[cfg(test)]
 mod tests;
