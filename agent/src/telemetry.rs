@@ -70,6 +70,7 @@ counters! {
     LinkPartnerLate => "periscope_link_partner_late_total", "Server spans whose tracked caller's request was not seen within the link wait: not linked.",
     SpansLinked => "periscope_spans_linked_total", "Server spans made children of a tracked caller's client span on this host.",
     SpansSampledOut => "periscope_spans_sampled_out_total", "Spans not exported because their trace was not sampled (metrics still count them).",
+    DiscoveryRequestsDropped => "periscope_discovery_requests_dropped_total", "Requests to the discovery thread (what a forked or exec'd process is, which watched ones are gone, a database lookup) dropped because its queue was full.",
     ContextHandoffs => "periscope_context_handoffs_total", "Client requests attributed to a queued request of the thread (a connection handed on by an in-process queue).",
     ContextWaitingDropped => "periscope_context_waiting_dropped_total", "Server requests dropped from a thread's queue bookkeeping because it held too many (their queued calls may get the wrong parent).",
     ServiceGraphExpired => "periscope_service_graph_expired_total", "Service-graph spans whose partner span did not arrive in time (a client span with a known peer still counts as an edge to a virtual node).",

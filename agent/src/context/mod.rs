@@ -258,12 +258,13 @@ impl Threads {
     }
 }
 
-/// Decides the span ids and in-process parents of exchanges as their bytes
-/// go by: every span id is given here.
+/// The context stage. Decides the span ids and in-process parents of
+/// exchanges as their bytes go by (every span id is given here), and, with
+/// its [`Assembler`], the trace ids of the groups they form.
 #[derive(Debug)]
 pub struct Tracker {
     threads: Threads,
-    pub assembly: Assembler,
+    assembly: Assembler,
     /// Span ids named by traceparent headers seen so far.
     claimed: ClaimedIds,
 }
@@ -271,6 +272,40 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(assembly: Assembler, max_threads: usize) -> Self {
         Self { threads: Threads { map: FxHashMap::default(), max: max_threads }, assembly, claimed: ClaimedIds::default() }
+    }
+
+    /// An exchange of `group` will never finish.
+    pub fn abandon(&mut self, group: GroupId) {
+        self.assembly.abandon(group);
+    }
+
+    /// `group`'s link is known (see [`Assembler::settle`]).
+    pub fn settle(&mut self, group: GroupId, link: assembly::Link, telemetry: &Telemetry) {
+        self.assembly.settle(group, link, telemetry);
+    }
+
+    pub fn is_decided(&self, group: GroupId) -> bool {
+        self.assembly.is_decided(group)
+    }
+
+    /// A finished span of `group`, with its final id and parent.
+    pub fn finish(&mut self, group: GroupId, span: crate::model::Span, stamp: assembly::Stamp, telemetry: &Telemetry) {
+        self.assembly.finish(group, span, stamp, telemetry);
+    }
+
+    /// Spans whose trace is decided, for the trace sinks (drained by the caller).
+    pub fn decided(&mut self) -> &mut Vec<crate::model::Span> {
+        &mut self.assembly.out
+    }
+
+    /// Housekeeping of trace groups.
+    pub fn sweep(&mut self, now: u64, telemetry: &Telemetry) {
+        self.assembly.sweep(now, telemetry);
+    }
+
+    /// Everything still held leaves now (shutdown).
+    pub fn flush(&mut self, telemetry: &Telemetry) {
+        self.assembly.flush(telemetry);
     }
 
     /// An incoming request named `tp` as its parent: that id is the caller's.

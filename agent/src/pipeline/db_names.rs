@@ -7,12 +7,13 @@
 //! when the answer comes. The loop draining the ring buffer never reads
 //! `/proc`: it reads the published index and queues lookups.
 use std::{
-    sync::mpsc::{self as std_mpsc, RecvTimeoutError},
+    sync::mpsc as std_mpsc,
     time::{Duration, Instant},
 };
 
 use rustc_hash::FxHashMap;
-use tokio::sync::mpsc;
+
+use super::discovery::Request;
 
 use crate::{
     capture::Tuple,
@@ -46,7 +47,7 @@ pub struct Lookup {
 }
 
 /// The discovery thread's answer to a [`Lookup`].
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Answer {
     key: ConnKey,
     tuple: Tuple,
@@ -57,19 +58,18 @@ pub struct Answer {
 #[derive(Debug, Default)]
 pub struct DbNames {
     directory: BackendDirectory,
-    lookups: Option<std_mpsc::SyncSender<Lookup>>,
+    requests: Option<std_mpsc::SyncSender<Request>>,
     pending: FxHashMap<ConnKey, Tuple>,
     unresolved: FxHashMap<ConnKey, (Tuple, &'static str)>,
 }
 
 impl DbNames {
-    /// Reads the index of `directory`; lookups go to the returned
-    /// [`Resolver`] (for the discovery thread), answers come on `answers`.
-    pub fn connect(&mut self, directory: BackendDirectory, answers: mpsc::Sender<Answer>) -> Resolver {
-        let (tx, rx) = std_mpsc::sync_channel(MAX_LOOKUPS_IN_FLIGHT);
+    /// Reads the index of `directory`; lookups go to the discovery thread as
+    /// `requests`, served by the returned [`Resolver`].
+    pub fn connect(&mut self, directory: BackendDirectory, requests: std_mpsc::SyncSender<Request>) -> Resolver {
         self.directory = directory.clone();
-        self.lookups = Some(tx);
-        Resolver { lookups: rx, answers, directory, last_rescan: None }
+        self.requests = Some(requests);
+        Resolver { directory, last_rescan: None }
     }
 
     /// A PostgreSQL connection adopted after its startup: its backend if the
@@ -86,7 +86,7 @@ impl DbNames {
             return Some(backend.clone());
         }
         let queued = self.pending.len() < MAX_LOOKUPS_IN_FLIGHT
-            && self.lookups.as_ref().is_some_and(|tx| tx.try_send(Lookup { key, tuple, query }).is_ok());
+            && self.requests.as_ref().is_some_and(|tx| tx.try_send(Request::Database(Lookup { key, tuple, query })).is_ok());
         if queued {
             self.pending.insert(key, tuple);
         } else {
@@ -140,57 +140,38 @@ impl DbNames {
 /// The discovery thread's side: answers lookups between scans.
 #[derive(Debug)]
 pub struct Resolver {
-    lookups: std_mpsc::Receiver<Lookup>,
-    answers: mpsc::Sender<Answer>,
     directory: BackendDirectory,
     last_rescan: Option<Instant>,
 }
 
 impl Resolver {
-    /// Answers lookups until `deadline` (the discovery thread's time between
-    /// two scans): from the latest index when it knows the backend (a scan
-    /// published it since), else after a rescan of `/proc` for backends.
-    pub fn serve_until(&mut self, scanner: &mut Scanner, deadline: Instant) {
-        loop {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            if wait.is_zero() {
-                return;
-            }
-            let first = match self.lookups.recv_timeout(wait) {
-                Ok(lookup) => lookup,
-                Err(RecvTimeoutError::Timeout) => return,
-                Err(RecvTimeoutError::Disconnected) => {
-                    std::thread::sleep(wait); // the pipeline is gone: the next scan's send says so
-                    return;
-                }
-            };
-            if let Some(last) = self.last_rescan {
-                std::thread::sleep((last + MIN_RESCAN_GAP).saturating_duration_since(Instant::now()));
-            }
-            let mut misses = Vec::new();
-            let index = self.directory.current();
-            for lookup in std::iter::once(first).chain(self.lookups.try_iter().take(MAX_LOOKUPS_IN_FLIGHT)) {
-                match index.find(&lookup.query) {
-                    Some(backend) => self.answer(lookup, Some(backend.clone())),
-                    None => misses.push(lookup),
-                }
-            }
-            if misses.is_empty() {
-                continue;
-            }
-            scanner.refresh_backends();
-            self.last_rescan = Some(Instant::now());
-            let index = self.directory.current();
-            for lookup in misses {
-                let backend = index.find(&lookup.query).cloned();
-                self.answer(lookup, backend);
+    /// Answers lookups: from the latest index when it knows the backend (a
+    /// scan published it since), else after a rescan of `/proc` for backends
+    /// (at most one per [`MIN_RESCAN_GAP`]).
+    pub fn resolve(&mut self, scanner: &mut Scanner, lookups: Vec<Lookup>) -> Vec<Answer> {
+        let mut answers = Vec::with_capacity(lookups.len());
+        let mut misses = Vec::new();
+        let index = self.directory.current();
+        for lookup in lookups {
+            match index.find(&lookup.query) {
+                Some(backend) => answers.push(Answer { key: lookup.key, tuple: lookup.tuple, backend: Some(backend.clone()) }),
+                None => misses.push(lookup),
             }
         }
-    }
-
-    fn answer(&self, lookup: Lookup, backend: Option<PgBackend>) {
-        // Never full: it holds at most one answer per lookup in flight.
-        let _ = self.answers.try_send(Answer { key: lookup.key, tuple: lookup.tuple, backend });
+        if misses.is_empty() {
+            return answers;
+        }
+        if let Some(last) = self.last_rescan {
+            std::thread::sleep((last + MIN_RESCAN_GAP).saturating_duration_since(Instant::now()));
+        }
+        scanner.refresh_backends();
+        self.last_rescan = Some(Instant::now());
+        let index = self.directory.current();
+        for lookup in misses {
+            let backend = index.find(&lookup.query).cloned();
+            answers.push(Answer { key: lookup.key, tuple: lookup.tuple, backend });
+        }
+        answers
     }
 }
 
@@ -219,9 +200,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let mut scanner = Scanner::with_proc_root(&root);
-        let (answers_tx, mut answers) = mpsc::channel(MAX_LOOKUPS_IN_FLIGHT);
+        let (requests_tx, requests) = std_mpsc::sync_channel(MAX_LOOKUPS_IN_FLIGHT);
         let mut names = DbNames::default();
-        let mut resolver = names.connect(scanner.backend_directory(), answers_tx);
+        let mut resolver = names.connect(scanner.backend_directory(), requests_tx);
         let t = Telemetry::default();
 
         let (key, other) = (ConnKey { pid: 1, fd: 5 }, ConnKey { pid: 1, fd: 6 });
@@ -230,10 +211,15 @@ mod tests {
         names.on_unnamed_span(key, &tuple("127.0.0.1:40000"), &t);
         // The backend appears (its title set) after the last scan.
         fake_proc(&root, 300, b"postgres: app shop 127.0.0.1(40000) idle\0\0");
-        resolver.serve_until(&mut scanner, Instant::now() + Duration::from_millis(100));
-
+        let lookups: Vec<Lookup> = requests
+            .try_iter()
+            .map(|r| match r {
+                Request::Database(l) => l,
+                other => panic!("{other:?}"),
+            })
+            .collect();
         let mut told = Vec::new();
-        while let Ok(answer) = answers.try_recv() {
+        for answer in resolver.resolve(&mut scanner, lookups) {
             told.extend(names.on_answer(answer, &t));
         }
         let [(k, _, backend)] = &told[..] else { panic!("{told:?}") };
@@ -296,8 +282,8 @@ mod tests {
     fn lookups_are_bounded_and_stale_answers_dropped() {
         let t = Telemetry::default();
         let mut names = DbNames::default();
-        let (answers_tx, _answers) = mpsc::channel(MAX_LOOKUPS_IN_FLIGHT);
-        let _resolver = names.connect(BackendDirectory::default(), answers_tx);
+        let (requests_tx, _requests) = std_mpsc::sync_channel(MAX_LOOKUPS_IN_FLIGHT);
+        let _resolver = names.connect(BackendDirectory::default(), requests_tx);
         for fd in 0..MAX_LOOKUPS_IN_FLIGHT as i32 + 10 {
             names.on_adopted(ConnKey { pid: 1, fd }, tuple("127.0.0.1:40000"), false, &t);
         }

@@ -12,7 +12,7 @@ use crate::{
     connections::{ConnectionTable, DeliveryLink},
     context::{
         assembly::{Explicit, Link},
-        Assembler, GroupId, SpanCtx, Started,
+        GroupId, SpanCtx, Started, Tracker,
     },
     protocols::amqp::Publish,
     model::{Span, SpanId, TraceParent},
@@ -167,7 +167,7 @@ impl Linker {
     pub fn on_request_started(
         &mut self,
         table: &ConnectionTable,
-        asm: &mut Assembler,
+        ctx: &mut Tracker,
         started: &Started,
         tuple: Tuple,
         traceparent: Option<&TraceParent>,
@@ -179,7 +179,7 @@ impl Linker {
         let explicit_link = traceparent.is_some();
         if let Some(tp) = traceparent {
             // The caller said who it is: that wins over anything inferred.
-            asm.settle(group, Link::Explicit(explicit(tp, tracestate)), t);
+            ctx.settle(group, Link::Explicit(explicit(tp, tracestate)), t);
         }
         let wait = Wait {
             span: started.ctx.span_id,
@@ -190,9 +190,9 @@ impl Linker {
             due: now + self.wait_ns,
             parked: None,
         };
-        if let Some(wait) = self.try_link(table, asm, wait, t) {
+        if let Some(wait) = self.try_link(table, ctx, wait, t) {
             if self.wait_ns == 0 || self.waits.len() >= MAX_WAITS {
-                self.give_up(asm, wait, t);
+                self.give_up(ctx, wait, t);
             } else {
                 self.waits.push_back(wait);
             }
@@ -202,7 +202,7 @@ impl Linker {
     /// Links to the caller's client exchange when the caller is a tracked
     /// process on this host; hands the wait back when the caller is tracked
     /// but its request has not been seen yet.
-    fn try_link(&mut self, table: &ConnectionTable, asm: &mut Assembler, mut wait: Wait, t: &Telemetry) -> Option<Wait> {
+    fn try_link(&mut self, table: &ConnectionTable, ctx: &mut Tracker, mut wait: Wait, t: &Telemetry) -> Option<Wait> {
         let caller = match table.peer(&wait.tuple) {
             // An untracked caller: nothing to wait for.
             None => None,
@@ -219,36 +219,36 @@ impl Linker {
                     self.keep_parent(wait.span, caller.span_id);
                 }
                 if !wait.explicit {
-                    asm.settle(wait.group, Link::Caller(caller.group), t);
+                    ctx.settle(wait.group, Link::Caller(caller.group), t);
                 }
                 t.inc(Counter::SpansLinked);
             }
             None => {
                 self.release(&mut wait, None);
                 if !wait.explicit {
-                    asm.settle(wait.group, Link::None, t);
+                    ctx.settle(wait.group, Link::None, t);
                 }
             }
         }
         None
     }
 
-    fn give_up(&mut self, asm: &mut Assembler, mut wait: Wait, t: &Telemetry) {
+    fn give_up(&mut self, ctx: &mut Tracker, mut wait: Wait, t: &Telemetry) {
         t.inc(Counter::LinkPartnerLate);
         self.release(&mut wait, None);
         if !wait.explicit {
-            asm.settle(wait.group, Link::None, t);
+            ctx.settle(wait.group, Link::None, t);
         }
     }
 
     /// Retries waiting links; those past their time (or all, at the end)
     /// start traces of their own.
-    pub fn retry(&mut self, table: &ConnectionTable, asm: &mut Assembler, now: u64, all: bool, t: &Telemetry) {
+    pub fn retry(&mut self, table: &ConnectionTable, ctx: &mut Tracker, now: u64, all: bool, t: &Telemetry) {
         for _ in 0..self.waits.len() {
             let Some(wait) = self.waits.pop_front() else { break };
-            let Some(wait) = self.try_link(table, asm, wait, t) else { continue };
+            let Some(wait) = self.try_link(table, ctx, wait, t) else { continue };
             if all || wait.due <= now {
-                self.give_up(asm, wait, t);
+                self.give_up(ctx, wait, t);
             } else {
                 self.waits.push_back(wait);
             }
@@ -263,19 +263,19 @@ impl Linker {
     /// A message was delivered: its CONSUMER span's trace is the message's
     /// traceparent, else the PRODUCER span of the same message published on
     /// this host, else its own.
-    pub fn on_delivered(&mut self, asm: &mut Assembler, started: &Started, link: DeliveryLink, t: &Telemetry) {
+    pub fn on_delivered(&mut self, ctx: &mut Tracker, started: &Started, link: DeliveryLink, t: &Telemetry) {
         let group = started.ctx.group;
         if let Some(tp) = &link.traceparent {
-            asm.settle(group, Link::Explicit(explicit(tp, link.tracestate)), t);
+            ctx.settle(group, Link::Explicit(explicit(tp, link.tracestate)), t);
             return;
         }
         match link.fingerprint.and_then(|fp| self.published.take_fingerprint(fp)) {
             Some(producer) => {
                 self.keep_parent(started.ctx.span_id, producer.span_id);
-                asm.settle(group, Link::Caller(producer.group), t);
+                ctx.settle(group, Link::Caller(producer.group), t);
                 t.inc(Counter::SpansLinked);
             }
-            None => asm.settle(group, Link::None, t),
+            None => ctx.settle(group, Link::None, t),
         }
     }
 }
@@ -285,7 +285,7 @@ mod tests {
     use super::*;
     use crate::capture::Role;
     use crate::connections::{ConnKey, Outcome};
-    use crate::context::{assembly::AssemblyOptions, sampler::Sampler, ThreadKey, Tracker};
+    use crate::context::{assembly::AssemblyOptions, sampler::Sampler, Assembler, ThreadKey};
     use crate::protocols::{Chunk, Direction};
     use crate::spans::{Service, SpanKind};
 
@@ -336,7 +336,7 @@ mod tests {
         table.open(client, server_tuple.reversed(), Role::Client, th(1), 10, &mut tracker, &mut out, &t);
         table.data(server, server_tuple, Role::Server, th(2), &chunk(Direction::Ingress, REQ, 100), &mut tracker, &mut out, &t);
         let Some(Outcome::RequestStarted { started, .. }) = out.pop() else { panic!("{out:?}") };
-        linker.on_request_started(&table, &mut tracker.assembly, &started, server_tuple, None, None, 100, &t);
+        linker.on_request_started(&table, &mut tracker, &started, server_tuple, None, None, 100, &t);
         assert!(linker.is_waiting(started.ctx.span_id));
         // The server span finished: parked, not lost, not parentless.
         let service = std::sync::Arc::new(Service { name: "s".into(), namespace: None, instance_id: "i".into(), attributes: vec![] });
@@ -345,11 +345,11 @@ mod tests {
         // The caller's write (it started before the server's read) arrives.
         table.data(client, server_tuple.reversed(), Role::Client, th(1), &chunk(Direction::Egress, REQ, 90), &mut tracker, &mut out, &t);
         let caller = table.peer(&server_tuple).unwrap().1.trace.in_flight_at(101).unwrap();
-        linker.retry(&table, &mut tracker.assembly, 200, false, &t);
+        linker.retry(&table, &mut tracker, 200, false, &t);
         let ready: Vec<_> = linker.take_ready().collect();
         assert_eq!(ready.len(), 1);
         assert_eq!(ready[0].1.parent_span_id, Some(caller.span_id));
-        assert!(tracker.assembly.is_decided(started.ctx.group), "joined to the caller's (decided) trace");
+        assert!(tracker.is_decided(started.ctx.group), "joined to the caller's (decided) trace");
         assert_eq!(t.get(Counter::SpansLinked), 1);
     }
 }

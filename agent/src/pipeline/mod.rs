@@ -1,0 +1,359 @@
+//! The running agent: one task owns the stages and moves every kernel event
+//! through them (docs/architecture.md):
+//!
+//! ```text
+//! ring buffer -> capture::decode -> Event
+//!   Data/ConnOpen/ConnClose -> ConnectionTable (+ Tracker: span ids, parents) -> Outcome
+//!   Outcome -> Linker (trace links) / spans.rs (Span) -> Tracker (trace ids) -> Sinks
+//!   ProcFork/Exec/Exit      -> Registry (via the discovery thread for /proc)
+//! ```
+//!
+//! Each stage is a field of [`Pipeline`], side by side; none reaches
+//! through another.
+mod db_names;
+mod discovery;
+mod link;
+mod registry;
+mod sinks;
+mod spans;
+
+use std::{sync::mpsc as std_mpsc, sync::Arc, time::Duration};
+
+use tokio::sync::mpsc;
+
+use db_names::DbNames;
+use discovery::{Answer, Request, Worker, MAX_ANSWERS, MAX_REQUESTS};
+use link::Linker;
+use registry::{Found, Registry};
+pub use registry::{TargetView, TargetsView};
+pub use sinks::SpanSink;
+use sinks::Sinks;
+
+use crate::{
+    capture::{self, reader::RingReader, Event},
+    config::Settings,
+    connections::{ConnKey, ConnectionTable, Outcome},
+    context::{assembly::AssemblyOptions, Assembler, ThreadKey, Tracker},
+    discovery::{self as procs, ProcessInfo, Scanner, ServiceOptions},
+    kubernetes::KubernetesMetadata,
+    probes::{wire::periscope_counter, Probes},
+    spans::{
+        clock::{monotonic_now, Clock},
+        http::HttpSpanOptions,
+        routes::Router,
+        sql::SqlSpanOptions,
+    },
+    telemetry::{Counter, Telemetry},
+};
+
+/// Connections idle this long end their open-ended responses.
+const IDLE_NS: u64 = 2_000_000_000;
+/// Connections idle this long are forgotten.
+const EXPIRE_NS: u64 = 600_000_000_000;
+/// Threads whose current request is remembered at once.
+const MAX_THREADS: usize = 65_536;
+
+pub struct Pipeline {
+    settings: Settings,
+    probes: Probes,
+    telemetry: Arc<Telemetry>,
+    /// Connections and their parsers (protocols).
+    table: ConnectionTable,
+    /// Span ids, in-process parents, trace ids (context).
+    tracker: Tracker,
+    /// Trace links across processes and messages.
+    linker: Linker,
+    /// The watched processes and their Resources.
+    registry: Registry,
+    /// Where spans go.
+    sinks: Sinks,
+    /// Databases of PostgreSQL connections adopted after their startup.
+    db_names: DbNames,
+    /// Span building.
+    router: Router,
+    clock: Clock,
+    http_opts: HttpSpanOptions,
+    sql_opts: SqlSpanOptions,
+    /// The table's output, reused (no allocation per record).
+    outcomes: Vec<Outcome>,
+    /// Requests to the discovery thread (set once it runs).
+    requests: Option<std_mpsc::SyncSender<Request>>,
+    /// For the discovery thread's scanner.
+    kubernetes: Option<KubernetesMetadata>,
+}
+
+impl Pipeline {
+    pub fn new(
+        settings: Settings,
+        probes: Probes,
+        telemetry: Arc<Telemetry>,
+        sinks: Vec<Box<dyn SpanSink>>,
+        view: TargetsView,
+        kubernetes: Option<KubernetesMetadata>,
+    ) -> Result<Self, String> {
+        let raw = &settings.raw;
+        let router = Router::new(&raw.routes, &raw.ignored_routes, raw.route_unmatched, raw.max_routes)?;
+        let service_opts = ServiceOptions {
+            namespace: raw.service_namespace.clone(),
+            name_override: raw.service_name.clone(),
+            host_name: procs::host_name(),
+        };
+        let http_opts =
+            HttpSpanOptions { old_semconv: settings.old_http_semconv, include_query: raw.include_query_string };
+        let sql_opts = SqlSpanOptions {
+            query_text: raw.db_query_text,
+            old_semconv: settings.old_db_semconv,
+            query_text_literals: raw.db_query_literals,
+        };
+        let assembly = Assembler::new(
+            AssemblyOptions { max_wait_ns: raw.trace_max_wait * 1_000_000, ..AssemblyOptions::default() },
+            settings.sampler,
+        );
+        Ok(Self {
+            linker: Linker::new(raw.trace_link_wait * 1_000_000),
+            registry: Registry::new(service_opts, view, kubernetes.clone()),
+            kubernetes,
+            db_names: DbNames::default(),
+            table: ConnectionTable::new(raw.max_connections),
+            tracker: Tracker::new(assembly, MAX_THREADS),
+            sinks: Sinks::new(sinks),
+            settings,
+            probes,
+            router,
+            clock: Clock::new(),
+            telemetry,
+            outcomes: Vec::new(),
+            http_opts,
+            sql_opts,
+            requests: None,
+        })
+    }
+
+    /// Runs until `shutdown` resolves. /proc is read on the discovery thread.
+    pub async fn run(
+        mut self,
+        mut reader: RingReader,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let mut scanner = Scanner::new();
+        if let Some(k) = self.kubernetes.clone() {
+            scanner = scanner.with_kubernetes(k);
+        }
+        let (requests_tx, requests) = std_mpsc::sync_channel(MAX_REQUESTS);
+        let (answers, mut answers_rx) = mpsc::channel(MAX_ANSWERS);
+        let resolver = self.db_names.connect(scanner.backend_directory(), requests_tx.clone());
+        self.requests = Some(requests_tx);
+        let worker = Worker {
+            scanner,
+            selector: self.settings.selector.clone(),
+            interval: Duration::from_millis(self.settings.raw.discovery_interval.max(50)),
+            requests,
+            answers,
+            resolver,
+        };
+        std::thread::Builder::new().name("discovery".into()).spawn(move || worker.run())?;
+
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Data events wake us only when many are waiting; the rest is drained here.
+        let mut drain = tokio::time::interval(Duration::from_millis(self.settings.raw.ring_buffer_drain_interval));
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                ready = reader.wait() => {
+                    ready?;
+                    reader.drain(|record| self.on_record(record));
+                }
+                _ = drain.tick() => {
+                    reader.drain(|record| self.on_record(record));
+                    self.on_links(monotonic_now(), false);
+                }
+                Some(answer) = answers_rx.recv() => self.on_answer(answer),
+                _ = tick.tick() => self.on_tick(),
+                () = &mut shutdown => break,
+            }
+        }
+        // Last records, then everything the close of the agent completes.
+        reader.drain(|record| self.on_record(record));
+        for pid in self.registry.pids() {
+            self.table.forget_process(pid, &mut self.tracker, &mut self.outcomes, &self.telemetry);
+        }
+        self.flush_outcomes();
+        self.on_links(monotonic_now(), true);
+        self.tracker.flush(&self.telemetry);
+        self.on_tick();
+        Ok(())
+    }
+
+    /// One kernel record, through the data path.
+    fn on_record(&mut self, record: &[u8]) {
+        self.telemetry.inc(Counter::EventsReceived);
+        let event = match capture::decode(record) {
+            Ok(e) => e,
+            Err(_) => {
+                self.telemetry.inc(Counter::EventsMalformed);
+                return;
+            }
+        };
+        let (table, tracker, out, t) = (&mut self.table, &mut self.tracker, &mut self.outcomes, &*self.telemetry);
+        match event {
+            Event::Data(d) => {
+                if !self.registry.contains(d.header.pid) {
+                    t.inc(Counter::EventsUntracked);
+                    return;
+                }
+                let key = ConnKey { pid: d.header.pid, fd: d.header.fd };
+                let thread = ThreadKey { pid: d.header.pid, tid: d.header.tid, loop_seq: d.header.loop_seq };
+                // A prefix is one chunk; a segmented capture (AMQP frames)
+                // one per segment, with the bytes not captured between them.
+                for chunk in d.chunks() {
+                    table.data(key, d.tuple, d.role, thread, &chunk, tracker, out, t);
+                }
+            }
+            Event::ConnOpen(c) => {
+                let key = ConnKey { pid: c.header.pid, fd: c.header.fd };
+                let thread = ThreadKey { pid: c.header.pid, tid: c.header.tid, loop_seq: c.header.loop_seq };
+                table.open(key, c.tuple, c.role, thread, c.header.ts_exit, tracker, out, t);
+            }
+            Event::ConnClose(c) => table.close(ConnKey { pid: c.header.pid, fd: c.header.fd }, tracker, out, t),
+            Event::ProcFork(p) => self.on_fork(p.header.pid, p.ppid),
+            Event::ProcExit(p) => self.forget(p.header.pid),
+            Event::ProcExec(p) => self.on_exec(p.header.pid),
+        }
+        self.flush_outcomes();
+    }
+
+    /// A request to the discovery thread; dropped (counted) when its queue is full.
+    fn ask(&self, request: Request) {
+        let sent = self.requests.as_ref().is_some_and(|r| r.try_send(request).is_ok());
+        if !sent {
+            self.telemetry.inc(Counter::DiscoveryRequestsDropped);
+        }
+    }
+
+    /// What the discovery thread found.
+    fn on_answer(&mut self, answer: Answer) {
+        match answer {
+            Answer::Scan(found) => self.on_scan(found),
+            Answer::Forked(Some(info)) | Answer::Execed { info: Some(info), tracked: true } => {
+                if self.registry.refresh(&info) {
+                    self.registry.publish_view();
+                }
+            }
+            Answer::Execed { info: Some(info), tracked: false } => {
+                if !self.registry.contains(info.pid) && self.track(&info) {
+                    self.registry.publish_view();
+                }
+            }
+            Answer::Forked(None) | Answer::Execed { info: None, .. } => {}
+            Answer::Gone(pids) => {
+                for pid in pids {
+                    self.forget(pid);
+                }
+            }
+            Answer::Database(answer) => {
+                if let Some((key, tuple, backend)) = self.db_names.on_answer(answer, &self.telemetry) {
+                    self.table.tell_database(key, &tuple, &backend.user, &backend.database);
+                }
+            }
+        }
+    }
+
+    fn on_scan(&mut self, found: Vec<ProcessInfo>) {
+        let mut changed = false;
+        for info in found {
+            match self.registry.on_found(&info) {
+                Found::Known { changed: c } => changed |= c,
+                Found::Exited => {}
+                Found::Reused => {
+                    self.forget(info.pid);
+                    changed |= self.track(&info);
+                }
+                Found::New => changed |= self.track(&info),
+            }
+        }
+        if changed {
+            self.registry.publish_view();
+        }
+    }
+
+    /// Starts watching a process: the kernel map, then its Resource.
+    fn track(&mut self, info: &ProcessInfo) -> bool {
+        if let Err(e) = self.probes.track(info.pid) {
+            tracing::warn!(pid = info.pid, "cannot track process: {e}");
+            return false;
+        }
+        let service = self.registry.adopt(info);
+        tracing::info!(pid = info.pid, exe = %info.exe_name, service = %service.name, "watching process");
+        self.telemetry.inc(Counter::ProcessesTracked);
+        true
+    }
+
+    /// The kernel tracks a child of a tracked process from its fork: it is
+    /// its parent's copy until the discovery thread has read it.
+    fn on_fork(&mut self, pid: u32, ppid: u32) {
+        if self.registry.adopt_child(pid, ppid) {
+            self.telemetry.inc(Counter::ProcessesTracked);
+            self.registry.publish_view();
+            self.ask(Request::Fork { pid });
+        }
+    }
+
+    fn on_exec(&mut self, pid: u32) {
+        let tracked = self.registry.contains(pid);
+        if tracked {
+            // Its fds may have been closed by O_CLOEXEC without close().
+            self.table.forget_process(pid, &mut self.tracker, &mut self.outcomes, &self.telemetry);
+            self.flush_outcomes();
+            self.probes.purge_connections(pid);
+        } else if self.settings.selector.exe_globs.is_none() {
+            return;
+        }
+        self.ask(Request::Exec { pid, tracked });
+    }
+
+    /// A watched process exited: what its exit completes still becomes its
+    /// spans, then it is forgotten.
+    fn forget(&mut self, pid: u32) {
+        if !self.registry.contains(pid) {
+            return;
+        }
+        self.table.forget_process(pid, &mut self.tracker, &mut self.outcomes, &self.telemetry);
+        self.flush_outcomes();
+        self.tracker.forget_process(pid);
+        let Some(service) = self.registry.remove(pid) else { return };
+        self.probes.untrack(pid);
+        self.router.forget(&service.instance_id);
+        self.sinks.departed(service.instance_id.clone());
+        self.telemetry.inc(Counter::ProcessesForgotten);
+        tracing::info!(pid, service = %service.name, "process exited");
+        self.registry.publish_view();
+    }
+
+    fn on_tick(&mut self) {
+        self.clock = Clock::new();
+        self.copy_kernel_counters();
+        let now = monotonic_now();
+        self.table.sweep(now, IDLE_NS, EXPIRE_NS, &mut self.tracker, &mut self.outcomes, &self.telemetry);
+        self.flush_outcomes();
+        self.tracker.sweep(now, &self.telemetry);
+        self.on_links(now, false);
+        // Exits whose event was lost (ring buffer full) are caught here.
+        self.ask(Request::Alive(self.registry.pids()));
+        self.sinks.tick();
+    }
+
+    /// The kernel's per-CPU counters, summed, into the agent's.
+    fn copy_kernel_counters(&self) {
+        let k = self.probes.kernel_counters();
+        let t = &self.telemetry;
+        let c = |c: periscope_counter| k[c as usize];
+        t.set(Counter::EventsLostRingbuf, c(periscope_counter::PERISCOPE_CNT_RINGBUF_FULL));
+        t.set(Counter::EventsLostPending, c(periscope_counter::PERISCOPE_CNT_PENDING_FULL));
+        t.set(Counter::KernelConnMapFull, c(periscope_counter::PERISCOPE_CNT_CONN_FULL));
+        t.set(Counter::KernelIovTruncated, c(periscope_counter::PERISCOPE_CNT_IOV_TRUNCATED));
+        t.set(Counter::KernelReadFailed, c(periscope_counter::PERISCOPE_CNT_READ_FAILED));
+        t.set_for(Counter::KernelCaptureIncomplete, "amqp", "framing unknown", c(periscope_counter::PERISCOPE_CNT_AMQP_UNALIGNED));
+        t.set_for(Counter::KernelCaptureIncomplete, "amqp", "limits", c(periscope_counter::PERISCOPE_CNT_AMQP_TRUNCATED));
+    }
+}
