@@ -6,7 +6,8 @@
 mod conclude;
 mod detect;
 
-use rustc_hash::FxHashMap;
+use lru::LruCache;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::capture::{CapturePolicy, Role, Tuple};
 use crate::context::{ConnTrace, Started, ThreadKey, Tracker};
@@ -110,24 +111,30 @@ pub struct DeliveryLink {
     pub fingerprint: Option<u64>,
 }
 
-#[derive(Debug)]
 pub struct ConnectionTable {
-    conns: FxHashMap<ConnKey, Connection>,
+    /// Least recently active first out when full.
+    conns: LruCache<ConnKey, Connection, FxBuildHasher>,
     /// Connections by their endpoints, to find the other end of a local one.
     by_tuple: FxHashMap<Tuple, ConnKey>,
-    max: usize,
     scratch: Scratch,
+}
+
+impl std::fmt::Debug for ConnectionTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionTable").field("connections", &self.conns.len()).finish()
+    }
 }
 
 impl ConnectionTable {
     pub fn new(max: usize) -> Self {
-        Self { conns: FxHashMap::default(), by_tuple: FxHashMap::default(), max, scratch: Scratch::default() }
+        let cap = std::num::NonZeroUsize::new(max.max(1)).expect("at least one");
+        Self { conns: LruCache::with_hasher(cap, FxBuildHasher), by_tuple: FxHashMap::default(), scratch: Scratch::default() }
     }
 
     /// The tracked other end of a connection on this host, if there is one.
     pub fn peer(&self, tuple: &Tuple) -> Option<(ConnKey, &Connection)> {
         let key = self.by_tuple.get(&tuple.reversed())?;
-        self.conns.get(key).map(|c| (*key, c))
+        self.conns.peek(key).map(|c| (*key, c))
     }
 
     pub fn len(&self) -> usize {
@@ -160,28 +167,25 @@ impl ConnectionTable {
     }
 
     fn insert(&mut self, key: ConnKey, tuple: Tuple, role: Role, now: u64, tracker: &mut Tracker, t: &Telemetry) {
-        if self.conns.len() >= self.max && !self.conns.contains_key(&key) {
-            // Evict the least recently active connection.
-            if let Some(oldest) = self.conns.iter().min_by_key(|(_, c)| c.last_activity).map(|(k, _)| *k) {
-                if let Some(mut gone) = self.conns.remove(&oldest) {
+        self.by_tuple.insert(tuple, key);
+        let conn = Connection {
+            tuple,
+            role,
+            parser: Parser::Detecting { attempts: 0, held: Vec::new() },
+            last_activity: now,
+            reported: [0; MAX_COUNTS],
+            trace: ConnTrace::default(),
+        };
+        // Full: the least recently active connection goes.
+        if let Some((old_key, mut gone)) = self.conns.push(key, conn) {
+            if old_key != key {
+                if self.by_tuple.get(&gone.tuple) == Some(&old_key) {
                     self.by_tuple.remove(&gone.tuple);
-                    tracker.on_close(&mut gone.trace, oldest.pid);
                 }
+                tracker.on_close(&mut gone.trace, old_key.pid);
                 t.inc(Counter::ConnectionsEvicted);
             }
         }
-        self.by_tuple.insert(tuple, key);
-        self.conns.insert(
-            key,
-            Connection {
-                tuple,
-                role,
-                parser: Parser::Detecting { attempts: 0, held: Vec::new() },
-                last_activity: now,
-                reported: [0; MAX_COUNTS],
-                trace: ConnTrace::default(),
-            },
-        );
     }
 
     /// Bytes moved on a connection by `thread`.
@@ -198,12 +202,13 @@ impl ConnectionTable {
         t: &Telemetry,
     ) {
         // A different peer on the same fd: the close was missed.
-        if self.conns.get(&key).is_some_and(|c| c.tuple != tuple) {
+        if self.conns.peek(&key).is_some_and(|c| c.tuple != tuple) {
             self.close(key, tracker, out, t);
         }
-        if !self.conns.contains_key(&key) {
+        if !self.conns.contains(&key) {
             self.insert(key, tuple, role, chunk.ts_exit, tracker, t);
         }
+        // Most recently active now.
         let Some(conn) = self.conns.get_mut(&key) else { return };
         conn.last_activity = chunk.ts_exit;
         if let Parser::Detecting { attempts, held } = &mut conn.parser {
@@ -258,7 +263,7 @@ impl ConnectionTable {
     /// startup, found elsewhere; ignored when the fd now holds another
     /// connection. Whether it was applied.
     pub fn tell_database(&mut self, key: ConnKey, tuple: &Tuple, user: &str, database: &str) -> bool {
-        match self.conns.get_mut(&key) {
+        match self.conns.peek_mut(&key) {
             Some(Connection { tuple: now, parser: Parser::Postgres(session), .. }) if now == tuple => {
                 session.tell_identity(user, database);
                 true
@@ -269,7 +274,7 @@ impl ConnectionTable {
 
     /// The fd was closed: flush what the close completes and forget it.
     pub fn close(&mut self, key: ConnKey, tracker: &mut Tracker, out: &mut Vec<Outcome>, t: &Telemetry) {
-        let Some(mut conn) = self.conns.remove(&key) else { return };
+        let Some(mut conn) = self.conns.pop(&key) else { return };
         if self.by_tuple.get(&conn.tuple) == Some(&key) {
             self.by_tuple.remove(&conn.tuple);
         }
@@ -289,7 +294,7 @@ impl ConnectionTable {
 
     /// Forget every connection of a process that exited.
     pub fn forget_process(&mut self, pid: u32, tracker: &mut Tracker, out: &mut Vec<Outcome>, t: &Telemetry) {
-        let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.pid == pid).copied().collect();
+        let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| *k).filter(|k| k.pid == pid).collect();
         for key in keys {
             self.close(key, tracker, out, t);
         }
@@ -575,7 +580,7 @@ mod tests {
         }
         assert_eq!(table.len(), 2);
         assert_eq!(t.get(Counter::ConnectionsEvicted), 1);
-        assert!(!table.conns.contains_key(&ConnKey { pid: 1, fd: 0 }));
+        assert!(!table.conns.contains(&ConnKey { pid: 1, fd: 0 }));
     }
 
     #[test]
