@@ -162,7 +162,7 @@ fn span(kind: SpanKind, signal: Signal, attrs: Vec<Attr>) -> Span {
         name: "mythical-server".into(),
         namespace: Some("mythical".into()),
         instance_id: "host:42".into(),
-        attributes: vec![("service.name".into(), AttrValue::Str("mythical-server".into()))],
+        attributes: vec![],
     });
     Span {
         service: svc,

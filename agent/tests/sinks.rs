@@ -23,7 +23,6 @@ fn service(name: &str, instance: &str) -> ServiceRef {
         namespace: Some("shop".into()),
         instance_id: instance.into(),
         attributes: vec![
-            ("service.name".into(), AttrValue::Str(name.into())),
             ("service.namespace".into(), AttrValue::Str("shop".into())),
             ("service.instance.id".into(), AttrValue::Str(instance.into())),
             ("process.pid".into(), AttrValue::Int(42)),

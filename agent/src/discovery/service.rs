@@ -476,11 +476,6 @@ pub fn build_service_in_pod(info: &ProcessInfo, opts: &ServiceOptions, k8s: Opti
     let k8s_len = k8s.map_or(1, |k| k.attributes.len());
     let mut attrs: Vec<(String, AttrValue)> = Vec::with_capacity(12 + k8s_len + env.len());
     let mut push = |k: &str, v: AttrValue| attrs.push((k.to_owned(), v));
-    push(semconv::SERVICE_NAME, name.clone().into());
-    if let Some(ns) = &namespace {
-        push(semconv::SERVICE_NAMESPACE, ns.clone().into());
-    }
-    push(semconv::SERVICE_INSTANCE_ID, instance_id.clone().into());
     push(semconv::PROCESS_PID, AttrValue::Int(i64::from(info.pid)));
     push(
         semconv::PROCESS_EXECUTABLE_NAME,
@@ -514,7 +509,10 @@ pub fn build_service_in_pod(info: &ProcessInfo, opts: &ServiceOptions, k8s: Opti
 
     let fixed = attrs.len();
     for (k, v) in env {
-        if k == semconv::SERVICE_INSTANCE_ID || attrs[..fixed].iter().any(|(a, _)| a == k) {
+        // The service's identities are its fields (name and namespace came
+        // from these same variables above).
+        let own = [semconv::SERVICE_NAME, semconv::SERVICE_NAMESPACE, semconv::SERVICE_INSTANCE_ID];
+        if own.contains(&k.as_str()) || attrs[..fixed].iter().any(|(a, _)| a == k) {
             continue;
         }
         match attrs[fixed..].iter_mut().find(|(a, _)| a == k) {
@@ -572,11 +570,9 @@ mod tests {
         }
     }
 
-    fn attr<'a>(svc: &'a Service, key: &str) -> Option<&'a AttrValue> {
-        svc.attributes
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
+    /// A resource attribute, the service's own identities included.
+    fn attr(svc: &Service, key: &str) -> Option<AttrValue> {
+        svc.resource_attributes().find(|(k, _)| *k == key).map(|(_, v)| v.into_owned())
     }
 
     #[test]
@@ -648,7 +644,7 @@ mod tests {
         assert_eq!(svc.namespace.as_deref(), Some("env-ns"));
         assert_eq!(
             attr(&svc, "service.namespace"),
-            Some(&AttrValue::from("env-ns"))
+            Some(AttrValue::from("env-ns"))
         );
     }
 
@@ -665,7 +661,7 @@ mod tests {
             ("deployment.environment", "prod"),
         ]);
         let svc = build_service(&info, &opts());
-        let keys: Vec<&str> = svc.attributes.iter().map(|(k, _)| k.as_str()).collect();
+        let keys: Vec<&str> = svc.resource_attributes().map(|(k, _)| k).collect();
         assert_eq!(
             keys,
             [
@@ -688,33 +684,33 @@ mod tests {
         assert_eq!(svc.instance_id, "box-4242");
         assert_eq!(
             attr(&svc, "service.instance.id"),
-            Some(&AttrValue::from("box-4242"))
+            Some(AttrValue::from("box-4242"))
         );
-        assert_eq!(attr(&svc, "process.pid"), Some(&AttrValue::Int(4242)));
+        assert_eq!(attr(&svc, "process.pid"), Some(AttrValue::Int(4242)));
         assert_eq!(
             attr(&svc, "process.executable.name"),
-            Some(&AttrValue::from("python3.11"))
+            Some(AttrValue::from("python3.11"))
         );
         assert_eq!(
             attr(&svc, "process.executable.path"),
-            Some(&AttrValue::from("/usr/bin/python3.11"))
+            Some(AttrValue::from("/usr/bin/python3.11"))
         );
         assert_eq!(
             attr(&svc, "process.command"),
-            Some(&AttrValue::from("python3"))
+            Some(AttrValue::from("python3"))
         );
-        assert_eq!(attr(&svc, "host.name"), Some(&AttrValue::from("box")));
+        assert_eq!(attr(&svc, "host.name"), Some(AttrValue::from("box")));
         assert_eq!(
             attr(&svc, "telemetry.sdk.name"),
-            Some(&AttrValue::from("periscope"))
+            Some(AttrValue::from("periscope"))
         );
         assert_eq!(
             attr(&svc, "telemetry.sdk.language"),
-            Some(&AttrValue::from("python"))
+            Some(AttrValue::from("python"))
         );
         assert_eq!(
             attr(&svc, "deployment.environment"),
-            Some(&AttrValue::from("prod"))
+            Some(AttrValue::from("prod"))
         );
         assert_eq!(svc.namespace.as_deref(), Some("shop"));
 
@@ -726,7 +722,7 @@ mod tests {
         assert!(attr(&svc, "process.executable.path").is_none());
         assert_eq!(
             attr(&svc, "telemetry.sdk.language"),
-            Some(&AttrValue::from("go"))
+            Some(AttrValue::from("go"))
         );
     }
 
@@ -856,7 +852,7 @@ mod tests {
         assert_eq!(svc.name, "server");
         assert_eq!(
             attr(&svc, "telemetry.sdk.language"),
-            Some(&AttrValue::from("nodejs"))
+            Some(AttrValue::from("nodejs"))
         );
         let svc = build_service(&proc_info("/usr/bin/python3", &["python3", "-c", "x"]), &o);
         assert_eq!(svc.name, "python3");
@@ -887,9 +883,9 @@ mod tests {
         let o = ServiceOptions { name_override: Some("ovr".into()), namespace: Some("cli-ns".into()), ..opts() };
         let svc = build_service_in_pod(&info, &o, Some(&k8s));
         assert_eq!((svc.name.as_str(), svc.namespace.as_deref()), ("checkout", Some("shop")), "the pod beats the flags");
-        let keys: Vec<&str> = svc.attributes.iter().map(|(k, _)| k.as_str()).collect();
+        let keys: Vec<&str> = svc.resource_attributes().map(|(k, _)| k).collect();
         assert_eq!(&keys[10..], ["telemetry.sdk.language", "k8s.namespace.name", "k8s.pod.name", "container.id", "team"]);
-        assert_eq!(attr(&svc, "k8s.pod.name"), Some(&AttrValue::from("checkout-7d9f8b6c5-x2x9q")));
+        assert_eq!(attr(&svc, "k8s.pod.name"), Some(AttrValue::from("checkout-7d9f8b6c5-x2x9q")));
         // The process's own environment beats the pod.
         info.env_service_name = Some("from-env".into());
         info.env_resource_attrs.push(("service.namespace".into(), "env-ns".into()));
@@ -898,8 +894,8 @@ mod tests {
         // Not in a known pod: container.id alone, when in a container.
         info.container = Some(crate::kubernetes::ContainerRef { container_id: Some("c2".into()), pod_uid: None });
         let svc = build_service(&info, &o);
-        assert_eq!(attr(&svc, "container.id"), Some(&AttrValue::from("c2")));
-        assert_eq!(attr(&svc, "k8s.pod.name"), Some(&AttrValue::from("spoofed")), "only the env's own");
+        assert_eq!(attr(&svc, "container.id"), Some(AttrValue::from("c2")));
+        assert_eq!(attr(&svc, "k8s.pod.name"), Some(AttrValue::from("spoofed")), "only the env's own");
         let resolved = resolve_service(&info, &o, None);
         assert!(!resolved.awaiting_kubernetes);
     }

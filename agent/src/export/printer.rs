@@ -165,7 +165,7 @@ fn json_line(span: &Span) -> String {
     let attributes: Map<String, Value> =
         span.attributes.iter().map(|a| (a.key.to_owned(), json_value(&a.value))).collect();
     let resource: Map<String, Value> =
-        span.service.attributes.iter().map(|(k, v)| (k.clone(), json_value(v))).collect();
+        span.service.resource_attributes().map(|(k, v)| (k.to_owned(), json_value(&v))).collect();
     let (status, status_message) = match &span.status {
         SpanStatus::Unset => ("unset", Value::Null),
         SpanStatus::Error(m) => ("error", Value::String(m.clone())),
@@ -220,7 +220,7 @@ mod tests {
                 name: "frontend".into(),
                 namespace: None,
                 instance_id: "f-1".into(),
-                attributes: vec![("service.name".into(), AttrValue::Str("frontend".into()))],
+                attributes: vec![],
             }),
             signal: crate::model::Signal::HttpServer,
             trace_id: TraceId([0xab; 16]),

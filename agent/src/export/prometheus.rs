@@ -302,10 +302,10 @@ pub fn render(snap: &MetricsSnapshot, counters: &[CounterSample]) -> String {
         out.push_str("# HELP target_info Target metadata\n# TYPE target_info gauge\n");
         for svc in &snap.services {
             let mut labels = vec![("job".to_owned(), job(&svc.service)), ("instance".to_owned(), svc.service.instance_id.clone())];
-            for (k, v) in &svc.service.attributes {
+            for (k, v) in svc.service.resource_attributes() {
                 let key = sanitize_name(k);
                 if !labels.iter().any(|(l, _)| *l == key) {
-                    labels.push((key, label_value(v)));
+                    labels.push((key, label_value(&v)));
                 }
             }
             out.push_str("target_info");

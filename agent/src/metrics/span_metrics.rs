@@ -80,11 +80,49 @@ pub struct Dimension {
 impl Dimension {
     /// The span's value for this dimension, borrowed: span attributes first,
     /// then the service's resource attributes (e.g. `service.version`).
-    fn value<'a>(&self, span: &'a Span) -> Option<&'a AttrValue> {
-        let resource = |k: &str| span.service.attributes.iter().find(|(rk, _)| rk == k).map(|(_, v)| v);
+    fn value<'a>(&self, span: &'a Span) -> Option<Dim<'a>> {
+        let resource = |k: &str| match k {
+            semconv::SERVICE_NAME => Some(Dim::Text(span.service.name.as_str())),
+            semconv::SERVICE_NAMESPACE => span.service.namespace.as_deref().map(Dim::Text),
+            semconv::SERVICE_INSTANCE_ID => Some(Dim::Text(span.service.instance_id.as_str())),
+            _ => span.service.attributes.iter().find(|(rk, _)| rk == k).map(|(_, v)| Dim::Attr(v)),
+        };
+        let attr = |k: &str| span.attr(k).map(Dim::Attr);
         match self.sources {
-            Some(keys) => keys.iter().find_map(|k| span.attr(k)).or_else(|| keys.iter().find_map(|k| resource(k))),
-            None => span.attr(&self.key).or_else(|| resource(&self.key)),
+            Some(keys) => keys.iter().find_map(|k| attr(k)).or_else(|| keys.iter().find_map(|k| resource(k))),
+            None => attr(&self.key).or_else(|| resource(&self.key)),
+        }
+    }
+}
+
+/// A dimension's value, borrowed from the span or its service.
+#[derive(Clone, Copy, Debug)]
+enum Dim<'a> {
+    Attr(&'a AttrValue),
+    /// The service's own name, namespace or instance id.
+    Text(&'a str),
+}
+
+impl Dim<'_> {
+    fn hash(&self, h: &mut FxHasher) {
+        match self {
+            Dim::Attr(v) => hash_value(v, h),
+            Dim::Text(s) => s.hash(h),
+        }
+    }
+
+    fn same(&self, owned: &AttrValue) -> bool {
+        match (self, owned) {
+            (Dim::Attr(v), o) => same_value(v, o),
+            (Dim::Text(s), AttrValue::Str(o)) => s == o,
+            (Dim::Text(_), _) => false,
+        }
+    }
+
+    fn to_owned_value(self) -> AttrValue {
+        match self {
+            Dim::Attr(v) => v.clone(),
+            Dim::Text(s) => AttrValue::Str(s.to_owned()),
         }
     }
 }
@@ -145,7 +183,7 @@ pub(super) struct SpanMetricsState {
     overflow: Option<(u64, HistogramData)>,
 }
 
-fn key_hash(name: &str, kind: SpanKind, status: &str, dims: &[Option<&AttrValue>]) -> u64 {
+fn key_hash(name: &str, kind: SpanKind, status: &str, dims: &[Option<Dim<'_>>]) -> u64 {
     let mut h = FxHasher::default();
     name.hash(&mut h);
     kind.hash(&mut h);
@@ -155,7 +193,7 @@ fn key_hash(name: &str, kind: SpanKind, status: &str, dims: &[Option<&AttrValue>
             None => 0u8.hash(&mut h),
             Some(v) => {
                 1u8.hash(&mut h);
-                hash_value(v, &mut h);
+                v.hash(&mut h);
             }
         }
     }
@@ -165,7 +203,7 @@ fn key_hash(name: &str, kind: SpanKind, status: &str, dims: &[Option<&AttrValue>
 impl SpanMetricsState {
     /// Counts the span. Nothing is allocated when its series exists.
     pub(super) fn record(&mut self, cfg: &SpanMetricsConfig, span: &Span, limit: usize, now: u64, telemetry: &Telemetry) {
-        let mut values: [Option<&AttrValue>; MAX_DIMENSIONS] = [None; MAX_DIMENSIONS];
+        let mut values: [Option<Dim<'_>>; MAX_DIMENSIONS] = [None; MAX_DIMENSIONS];
         let n = cfg.dimensions.len().min(MAX_DIMENSIONS);
         for (slot, d) in values.iter_mut().zip(&cfg.dimensions) {
             *slot = d.value(span);
@@ -184,7 +222,7 @@ impl SpanMetricsState {
                     && s.dims.len() == values.len()
                     && s.dims.iter().zip(values).all(|(a, b)| match (a, b) {
                         (None, None) => true,
-                        (Some(a), Some(b)) => same_value(a, b),
+                        (Some(a), Some(b)) => b.same(a),
                         _ => false,
                     })
             })
@@ -198,7 +236,7 @@ impl SpanMetricsState {
                 name: span.name.clone(),
                 kind: span.kind,
                 status,
-                dims: values.iter().map(|v| v.cloned()).collect(),
+                dims: values.iter().map(|v| v.map(Dim::to_owned_value)).collect(),
                 start_unix_nanos: now,
                 latency,
             });

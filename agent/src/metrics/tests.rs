@@ -6,7 +6,7 @@ fn service(name: &str, instance: &str) -> ServiceRef {
         name: name.into(),
         namespace: None,
         instance_id: instance.into(),
-        attributes: vec![("service.name".into(), AttrValue::Str(name.into()))],
+        attributes: vec![],
     })
 }
 

@@ -41,7 +41,6 @@ fn service(name: &str, instance: &str) -> ServiceRef {
         namespace: None,
         instance_id: instance.into(),
         attributes: vec![
-            ("service.name".into(), AttrValue::Str(name.into())),
             ("service.version".into(), AttrValue::Str("1.2.3".into())),
         ],
     })

@@ -152,7 +152,9 @@ impl Attr {
     }
 }
 
-/// The Resource of one watched service: what every span and metric of it carries.
+/// The Resource of one watched service: what every span and metric of it
+/// carries. The three `service.*` identities live in their fields only;
+/// [`Service::resource_attributes`] puts them first among the rest.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Service {
     /// `service.name`
@@ -161,9 +163,23 @@ pub struct Service {
     pub namespace: Option<String>,
     /// `service.instance.id`: unique per process.
     pub instance_id: String,
-    /// All resource attributes in export order, including the three above
-    /// (process.pid, process.executable.name, host.name, telemetry.sdk.*, ...).
+    /// The other resource attributes, in export order (process.pid,
+    /// process.executable.name, host.name, telemetry.sdk.*, k8s.*, ...).
     pub attributes: Vec<(String, AttrValue)>,
+}
+
+impl Service {
+    /// Every resource attribute in export order: `service.name`,
+    /// `service.namespace`, `service.instance.id`, then the others.
+    pub fn resource_attributes(&self) -> impl Iterator<Item = (&str, std::borrow::Cow<'_, AttrValue>)> + '_ {
+        use std::borrow::Cow;
+        let own = [
+            Some((crate::semconv::SERVICE_NAME, Cow::Owned(AttrValue::Str(self.name.clone())))),
+            self.namespace.as_ref().map(|ns| (crate::semconv::SERVICE_NAMESPACE, Cow::Owned(AttrValue::Str(ns.clone())))),
+            Some((crate::semconv::SERVICE_INSTANCE_ID, Cow::Owned(AttrValue::Str(self.instance_id.clone())))),
+        ];
+        own.into_iter().flatten().chain(self.attributes.iter().map(|(k, v)| (k.as_str(), Cow::Borrowed(v))))
+    }
 }
 
 pub type ServiceRef = Arc<Service>;

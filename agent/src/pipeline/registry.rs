@@ -222,8 +222,6 @@ fn child_service(parent: &Service, pid: u32, host: &str) -> Service {
     for (key, value) in &mut service.attributes {
         if key == semconv::PROCESS_PID {
             *value = AttrValue::Int(i64::from(pid));
-        } else if key == semconv::SERVICE_INSTANCE_ID {
-            *value = service.instance_id.clone().into();
         }
     }
     service
@@ -250,16 +248,13 @@ mod tests {
             name: "postgres".into(),
             namespace: None,
             instance_id: "box-10".into(),
-            attributes: vec![
-                ("service.name".into(), "postgres".into()),
-                ("service.instance.id".into(), "box-10".into()),
-                ("process.pid".into(), AttrValue::Int(10)),
-            ],
+            attributes: vec![("process.pid".into(), AttrValue::Int(10))],
         };
         let child = child_service(&parent, 11, "box");
         assert_eq!(child.instance_id, "box-11");
-        assert_eq!(child.attributes[1].1, AttrValue::Str("box-11".into()));
-        assert_eq!(child.attributes[2].1, AttrValue::Int(11));
+        assert_eq!(child.attributes[0].1, AttrValue::Int(11));
         assert_eq!(child.name, "postgres");
+        let resource: Vec<_> = child.resource_attributes().map(|(k, v)| (k.to_owned(), v.into_owned())).collect();
+        assert_eq!(resource[1], ("service.instance.id".to_owned(), AttrValue::Str("box-11".into())));
     }
 }

@@ -1,5 +1,4 @@
 //! Model -> OTLP protobuf conversions shared by both signals.
-use crate::semconv;
 use opentelemetry_proto::tonic::{
     common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue},
     resource::v1::Resource,
@@ -32,23 +31,8 @@ pub fn key_value(k: &str, v: &AttrValue) -> KeyValue {
     KeyValue { key: k.to_owned(), value: Some(any_value(v)), ..Default::default() }
 }
 
-/// The service's Resource. `service.name`/`service.namespace`/`service.instance.id`
-/// are added from the struct fields if `attributes` lacks them.
+/// The service's Resource.
 pub fn resource(service: &Service) -> Resource {
-    let mut attributes: Vec<KeyValue> = service.attributes.iter().map(|(k, v)| key_value(k, v)).collect();
-    let has = |attrs: &[KeyValue], k: &str| attrs.iter().any(|a| a.key == k);
-    let mut extra = Vec::new();
-    if !has(&attributes, semconv::SERVICE_NAME) {
-        extra.push(key_value(semconv::SERVICE_NAME, &AttrValue::Str(service.name.clone())));
-    }
-    if let Some(ns) = &service.namespace {
-        if !has(&attributes, semconv::SERVICE_NAMESPACE) {
-            extra.push(key_value(semconv::SERVICE_NAMESPACE, &AttrValue::Str(ns.clone())));
-        }
-    }
-    if !has(&attributes, semconv::SERVICE_INSTANCE_ID) {
-        extra.push(key_value(semconv::SERVICE_INSTANCE_ID, &AttrValue::Str(service.instance_id.clone())));
-    }
-    extra.append(&mut attributes);
-    Resource { attributes: extra, ..Default::default() }
+    let attributes = service.resource_attributes().map(|(k, v)| key_value(k, &v)).collect();
+    Resource { attributes, ..Default::default() }
 }

@@ -358,7 +358,7 @@ mod tests {
             name: "mythical-server".into(),
             namespace: Some("mythical".into()),
             instance_id: "srv-1".into(),
-            attributes: vec![("service.name".into(), AttrValue::Str("mythical-server".into()))],
+            attributes: vec![],
         });
         let http = vec![
             Attr::new("http.request.method", "POST"),

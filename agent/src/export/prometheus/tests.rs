@@ -89,7 +89,6 @@ fn svc(name: &str, ns: Option<&str>, instance: &str) -> ServiceRef {
         namespace: ns.map(Into::into),
         instance_id: instance.into(),
         attributes: vec![
-            ("service.name".into(), AttrValue::Str(name.into())),
             ("host.name".into(), AttrValue::Str("node-1".into())),
             ("process.pid".into(), AttrValue::Int(7)),
         ],
