@@ -168,33 +168,24 @@ impl Pipeline {
         sinks: Vec<Box<dyn SpanSink>>,
         view: TargetsView,
         kubernetes: Option<KubernetesMetadata>,
-    ) -> Result<Self, String> {
-        let raw = &settings.raw;
-        let router = Router::new(&raw.routes, &raw.ignored_routes, raw.route_unmatched, raw.max_routes)?;
-        let service_opts = ServiceOptions {
-            namespace: raw.service_namespace.clone(),
-            name_override: raw.service_name.clone(),
-            host_name: discovery::host_name(),
-        };
-        let http_opts =
-            HttpSpanOptions { old_semconv: settings.old_http_semconv, include_query: raw.include_query_string };
-        let sql_opts = SqlSpanOptions {
-            query_text: raw.db_query_text,
-            old_semconv: settings.old_db_semconv,
-            query_text_literals: raw.db_query_literals,
-        };
+    ) -> Self {
+        let router = Router::from_config(settings.spans.router.clone());
+        let service_opts = settings.service.clone();
+        let http_opts = settings.spans.http;
+        let sql_opts = settings.spans.sql;
+        let context = settings.context;
         let assembly = Assembler::new(
-            AssemblyOptions { max_wait_ns: raw.trace_max_wait * 1_000_000, ..AssemblyOptions::default() },
-            settings.sampler,
+            AssemblyOptions { max_wait_ns: context.max_wait.as_nanos() as u64, ..AssemblyOptions::default() },
+            context.sampler,
         );
-        Ok(Self {
+        Self {
             departed: std::collections::VecDeque::new(),
             exited: Exited::default(),
-            linker: Linker::new(raw.trace_link_wait * 1_000_000),
+            linker: Linker::new(context.link_wait.as_nanos() as u64),
             kubernetes,
             db_names: DbNames::default(),
             sql_opts,
-            table: ConnectionTable::new(raw.max_connections),
+            table: ConnectionTable::new(settings.agent.max_connections),
             tracker: Tracker::new(assembly, MAX_THREADS),
             settings,
             probes,
@@ -207,7 +198,7 @@ impl Pipeline {
             view,
             service_opts,
             http_opts,
-        })
+        }
     }
 
     /// Runs until `shutdown` resolves. Discovery scans run on their own thread.
@@ -218,7 +209,7 @@ impl Pipeline {
     ) -> std::io::Result<()> {
         let (scan_tx, mut scan_rx) = mpsc::channel::<Vec<ProcessInfo>>(2);
         let selector = self.settings.selector.clone();
-        let interval = Duration::from_millis(self.settings.raw.discovery_interval.max(50));
+        let interval = self.settings.agent.discovery_interval.max(Duration::from_millis(50));
         let mut scanner = Scanner::new();
         if let Some(k) = self.kubernetes.clone() {
             scanner = scanner.with_kubernetes(k);
@@ -236,7 +227,7 @@ impl Pipeline {
 
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // Data events wake us only when many are waiting; the rest is drained here.
-        let mut drain = tokio::time::interval(Duration::from_millis(self.settings.raw.ring_buffer_drain_interval));
+        let mut drain = tokio::time::interval(self.settings.capture.drain_interval);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
