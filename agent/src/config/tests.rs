@@ -182,3 +182,148 @@ fn bad_yaml_names_the_key() {
     let err = Settings::from_args(["periscope", "--config", "/nonexistent.yaml"]).unwrap_err().to_string();
     assert!(err.contains("cannot read"), "{err}");
 }
+
+#[test]
+fn bad_otlp_values_stop_startup_naming_the_key() {
+    let none = |_: &str| None;
+    // A flag (or its variable), checked with everything else.
+    let err = Settings::from_args_env(["periscope", "--pid", "1", "--otlp-protocol", "http/json"], &none).unwrap_err();
+    assert!(matches!(err, ConfigError::Otlp(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "invalid value \"http/json\" for OTEL_EXPORTER_OTLP_PROTOCOL: expected `grpc` or `http/protobuf` (http/json is not supported)"
+    );
+    let err = Settings::from_args_env(["periscope", "--pid", "1", "--otlp-endpoint", "collector:4318"], &none)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{err}");
+    let err = Settings::from_args_env(
+        ["periscope", "--pid", "1", "--otlp-endpoint", "http://c:4318", "--metric-export-interval", "10s"],
+        &none,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("OTEL_METRIC_EXPORT_INTERVAL"), "{err}");
+    // A variable that is no flag.
+    let env = |name: &str| (name == "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").then(|| "udp".to_owned());
+    let err = Settings::from_args_env(["periscope", "--pid", "1", "--otlp-endpoint", "http://c:4318"], &env)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") && err.contains("udp"), "{err}");
+    // The file's keys go the same way.
+    let f = yaml("pid: 1\notlp_endpoint: https://c:4318\n");
+    let err = Settings::from_args_env(["periscope", "--config", f.0.to_str().unwrap()], &none).unwrap_err().to_string();
+    assert!(err.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && err.contains("TLS"), "{err}");
+    // As today: the interval is only read when there is an endpoint.
+    assert!(Settings::from_args_env(["periscope", "--pid", "1", "--metric-export-interval", "10s"], &none).is_ok());
+}
+
+#[test]
+fn per_signal_otlp_variables_are_read_with_the_flags() {
+    use crate::export::otlp::Protocol;
+    use std::time::Duration;
+    let vars = [
+        ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-only=traces"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "700"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "64"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+        // The agent's --export-queue-size wins over this one (as before).
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "10"),
+    ];
+    let env = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+    let s = Settings::from_args_env(
+        [
+            "periscope",
+            "--pid",
+            "1",
+            "--otlp-endpoint",
+            "http://c:4318",
+            "--otlp-headers",
+            "a=b",
+            "--metric-export-interval",
+            "5000",
+            "--export-queue-size",
+            "100",
+        ],
+        &env,
+    )
+    .unwrap();
+    let otlp = s.export.otlp.unwrap();
+    let traces = otlp.traces.unwrap();
+    let metrics = otlp.metrics.unwrap();
+    assert_eq!((traces.protocol, traces.endpoint.as_str()), (Protocol::HttpProtobuf, "http://c:4318/v1/traces"));
+    assert_eq!((metrics.protocol, metrics.endpoint.as_str()), (Protocol::Grpc, "http://c:4318"));
+    assert_eq!(traces.headers, [("x-only".to_owned(), "traces".to_owned())]);
+    assert_eq!(metrics.headers, [("a".to_owned(), "b".to_owned())]);
+    assert_eq!((traces.timeout, metrics.timeout), (Duration::from_millis(2500), Duration::from_millis(700)));
+    assert_eq!(otlp.metric_export_interval, Duration::from_secs(5));
+    assert_eq!((otlp.batch.max_batch_size, otlp.batch.max_batch_delay), (64, Duration::from_millis(250)));
+    assert_eq!(otlp.batch.queue_capacity, 100);
+    assert_eq!(s.export.printer, None, "traces go to OTLP: no printer unless asked");
+
+    // A per-signal endpoint variable is a flag too: it overrides the generic one.
+    let s = Settings::from_args_env(
+        ["periscope", "--pid", "1", "--otlp-endpoint", "http://c:4318", "--otlp-traces-endpoint", "http://t:4318/x"],
+        &|_: &str| None,
+    )
+    .unwrap();
+    let otlp = s.export.otlp.unwrap();
+    assert_eq!(otlp.traces.unwrap().endpoint, "http://t:4318/x");
+    assert_eq!(otlp.metrics.unwrap().endpoint, "http://c:4318/v1/metrics");
+}
+
+#[test]
+fn semconv_opt_ins_are_a_set_and_unknown_values_are_ignored() {
+    let set = SemconvOptIns::parse(" database/dup ,http/dup");
+    assert!(set.contains(SemconvOptIn::HttpDup) && set.contains(SemconvOptIn::DatabaseDup));
+    // Unknown values (the SDKs' `http`, a typo, another case) change nothing and are no error.
+    for list in ["", "http", "database", "HTTP/DUP", "http/dupe", "bogus,,"] {
+        assert_eq!(SemconvOptIns::parse(list), SemconvOptIns::default(), "{list:?}");
+    }
+    let set = SemconvOptIns::parse("http,database/dup,bogus");
+    assert!(!set.contains(SemconvOptIn::HttpDup) && set.contains(SemconvOptIn::DatabaseDup));
+
+    let s = Settings::from_args(["periscope", "--pid", "1", "--semconv-stability-opt-in", "http/dup,whatever"]).unwrap();
+    assert!(s.spans.http.old_semconv && !s.spans.sql.old_semconv);
+    let s = Settings::from_args(["periscope", "--pid", "1", "--semconv-stability-opt-in", "database/dup"]).unwrap();
+    assert!(!s.spans.http.old_semconv && s.spans.sql.old_semconv);
+}
+
+#[test]
+fn groups_resolve_into_typed_settings() {
+    use std::time::Duration;
+    let s = Settings::from_args([
+        "periscope",
+        "--pid",
+        "1",
+        "--trace-link-wait",
+        "0",
+        "--trace-max-wait",
+        "1500",
+        "--ring-buffer-drain-interval",
+        "25",
+        "--discovery-interval",
+        "800",
+        "--trace-printer",
+        "off",
+        "--prometheus-port",
+        "9400",
+        "--routes",
+        "/a/{id}",
+        "--route-unmatched",
+        "wildcard",
+    ])
+    .unwrap();
+    assert_eq!((s.context.link_wait, s.context.max_wait), (Duration::ZERO, Duration::from_millis(1500)));
+    assert_eq!(s.capture.drain_interval, Duration::from_millis(25));
+    assert_eq!(s.agent.discovery_interval, Duration::from_millis(800));
+    assert_eq!(s.export.printer, None);
+    assert!(s.export.otlp.is_none());
+    assert_eq!(s.export.prometheus, Some("0.0.0.0:9400".parse().unwrap()));
+    assert_eq!(s.spans.router.unmatched(), crate::spans::routes::Unmatched::Wildcard);
+    // No OTLP traces: the printer defaults to text.
+    let s = Settings::from_args(["periscope", "--pid", "1"]).unwrap();
+    assert_eq!(s.export.printer, Some(crate::export::printer::PrintFormat::Text));
+}

@@ -110,3 +110,31 @@ fn headers_are_url_decoded_and_signal_headers_override() {
     assert_eq!(c.metric_export_interval, Duration::from_secs(5));
     assert_eq!(t.timeout, Duration::from_millis(2500));
 }
+
+#[test]
+fn flags_and_variables_resolve_alike() {
+    let flags = OtlpFlags {
+        endpoint: Some("http://c:4317"),
+        metrics_endpoint: Some("http://m:4318/api"),
+        headers: Some("k=v"),
+        metric_export_interval: Some(" "),
+        ..OtlpFlags::default()
+    };
+    let env = |k: &str| (k == "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL").then(|| "http/protobuf".to_owned());
+    let from_flags = resolve(&flags, env).unwrap();
+    let from_vars = cfg(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4318/api"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "k=v"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", " "),
+        ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+    ])
+    .unwrap();
+    assert_eq!(from_flags, from_vars);
+    let c = from_flags.unwrap();
+    assert_eq!(c.metrics.unwrap().endpoint, "http://m:4318/api");
+    assert_eq!(c.metric_export_interval, Duration::from_secs(60), "blank counts as unset");
+    // Flag values are not looked up again in the environment.
+    let only_env = |k: &str| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://c:4318".to_owned());
+    assert_eq!(resolve(&OtlpFlags::default(), only_env).unwrap(), None);
+}
