@@ -35,6 +35,7 @@ pub struct ContextArgs {
 /// The trace-context group resolved.
 #[derive(Clone, Copy, Debug)]
 pub struct ContextSettings {
+    /// The head sampler of new traces.
     pub sampler: Sampler,
     /// How long a server span waits for its caller's client span.
     pub link_wait: Duration,

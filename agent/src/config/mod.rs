@@ -64,20 +64,28 @@ pub struct Args {
     /// YAML file with any of these options (keys: flag names, `-` or `_`).
     #[arg(long, env = "PERISCOPE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Which processes to watch.
     #[command(flatten)]
     pub selection: SelectionArgs,
+    /// service.name and service.namespace.
     #[command(flatten)]
     pub service: ServiceArgs,
+    /// OTLP, the span printer, Prometheus.
     #[command(flatten)]
     pub export: ExportArgs,
+    /// Bytes per syscall, the ring buffer.
     #[command(flatten)]
     pub capture: CaptureArgs,
+    /// Routes, query strings, SQL text, attribute names.
     #[command(flatten)]
     pub spans: SpanArgs,
+    /// Cardinality, span metrics, service graph.
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    /// Sampling and link waits.
     #[command(flatten)]
     pub context: ContextArgs,
+    /// Logging, priority, discovery pace, `--check-config`.
     #[command(flatten)]
     pub agent: AgentArgs,
     /// `--kubernetes*` flags and the `kubernetes:` YAML block (kubernetes/config.rs).
@@ -91,8 +99,10 @@ pub enum ConfigError {
     /// clap's own error (unknown flag, bad number, `--help`): it prints and exits.
     #[error("{0}")]
     Cli(#[from] clap::Error),
+    /// The `--config` file cannot be read, or one of its keys is wrong.
     #[error("config file {path}: {message}")]
     File { path: PathBuf, message: String },
+    /// A value clap accepted but its subsystem does not; `key` is the flag name.
     #[error("{key}: {message}")]
     Invalid { key: &'static str, message: String },
     /// A bad `OTEL_*` export value; the message names the variable.
@@ -109,12 +119,19 @@ pub struct Settings {
     pub open_ports_given: Option<String>,
     /// How services are named.
     pub service: ServiceOptions,
+    /// Which sinks run: OTLP, the printer, Prometheus.
     pub export: ExportSettings,
+    /// What the kernel side is loaded with.
     pub capture: CaptureSettings,
+    /// The router's patterns and the span builders' options.
     pub spans: SpanSettings,
+    /// What the metrics aggregator is built with.
     pub metrics: MetricsConfig,
+    /// Sampling and link waits.
     pub context: ContextSettings,
+    /// The agent process itself.
     pub agent: AgentSettings,
+    /// Kubernetes metadata (off unless in a pod or asked for).
     pub kubernetes: KubernetesSettings,
 }
 

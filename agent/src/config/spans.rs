@@ -50,7 +50,9 @@ pub struct SpanArgs {
 pub struct SpanSettings {
     /// The validated route patterns; the pipeline builds its router from them.
     pub router: RouterConfig,
+    /// Old attribute names, query strings.
     pub http: HttpSpanOptions,
+    /// Query text, literals, old attribute names.
     pub sql: SqlSpanOptions,
 }
 
@@ -118,6 +120,7 @@ impl SemconvOptIns {
         set
     }
 
+    /// Whether `opt` was given.
     pub fn contains(self, opt: SemconvOptIn) -> bool {
         self.0 & opt.bit() != 0
     }

@@ -79,5 +79,6 @@ pub struct OtlpConfig {
     pub metrics: Option<SignalConfig>,
     /// `OTEL_METRIC_EXPORT_INTERVAL` (ms, default 60000).
     pub metric_export_interval: Duration,
+    /// Trace batching and retries.
     pub batch: BatchConfig,
 }
