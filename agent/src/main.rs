@@ -10,19 +10,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    periscope::run::init_logging(&settings.raw.log_level);
+    periscope::run::init_logging(&settings.agent.log_level);
     let env_names: Vec<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
-    if settings.raw.check_config {
+    if settings.agent.check_config {
         return check_config(&settings, &env_names);
     }
     for line in periscope::config::unknown_env_vars(env_names.iter().map(String::as_str)) {
         tracing::warn!("{line}");
     }
-    if settings.raw.nice != 0 {
+    if settings.agent.nice != 0 {
         // Before any thread starts: they all inherit it.
         // SAFETY: setpriority(2) on the calling thread, no pointers.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, settings.raw.nice) } != 0 {
-            tracing::warn!(nice = settings.raw.nice, "cannot change the agent's priority: {}", std::io::Error::last_os_error());
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, settings.agent.nice) } != 0 {
+            tracing::warn!(nice = settings.agent.nice, "cannot change the agent's priority: {}", std::io::Error::last_os_error());
         }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

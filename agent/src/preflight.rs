@@ -268,55 +268,60 @@ pub fn check() -> Result<Vec<Finding>, PreflightError> {
 }
 
 /// `periscope --check-config`: the effective configuration, in lines, or
-/// what is wrong with it. Covers what `Settings` leaves to later stages (the
-/// OTLP variables) and the environment variables no option reads.
+/// what is wrong with it: the environment variables no option reads
+/// (everything else was checked when `settings` was made).
 pub fn config_report<'a>(
     settings: &crate::config::Settings,
     env_names: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<String>, Vec<String>> {
-    let mut problems = crate::config::unknown_env_vars(env_names);
-    let otlp = match crate::export::otlp::OtlpConfig::from_env_values(|name| settings.otel_var(name)) {
-        Ok(c) => c,
-        Err(e) => {
-            problems.push(e.to_string());
-            None
-        }
-    };
+    let problems = crate::config::unknown_env_vars(env_names);
     if !problems.is_empty() {
         return Err(problems);
     }
-    let c = &settings.raw;
-    let list = |v: &[String]| if v.is_empty() { "-".to_owned() } else { v.join(",") };
+    let list = |v: &[&str]| if v.is_empty() { "-".to_owned() } else { v.join(",") };
     let signal = |s: Option<&crate::export::otlp::SignalConfig>| {
         s.map_or("off".to_owned(), |s| format!("{} ({:?})", s.endpoint, s.protocol))
     };
-    let has_traces = otlp.as_ref().is_some_and(|o| o.traces.is_some());
+    let selector = &settings.selector;
+    let export = &settings.export;
+    let otlp = export.otlp.as_ref();
+    let spans = &settings.spans;
+    let exe_globs: Vec<&str> = selector.exe_globs.iter().flat_map(|g| g.patterns()).map(String::as_str).collect();
+    let pids: Vec<String> = selector.pids.iter().map(u32::to_string).collect();
+    let printer = match export.printer {
+        Some(crate::export::printer::PrintFormat::Text) => "Text",
+        Some(crate::export::printer::PrintFormat::Json) => "Json",
+        None => "Off",
+    };
+    let routes: Vec<&str> = spans.router.patterns().collect();
     Ok(vec![
-        format!("open ports: {}", c.open_port.as_deref().unwrap_or("-")),
-        format!("executable globs: {}", list(&c.exe_path)),
-        format!("pids: {}", list(&c.pid.iter().map(u32::to_string).collect::<Vec<_>>())),
-        format!("service namespace: {}", c.service_namespace.as_deref().unwrap_or("-")),
-        format!("service name override: {}", c.service_name.as_deref().unwrap_or("-")),
-        format!("otlp traces: {}", signal(otlp.as_ref().and_then(|o| o.traces.as_ref()))),
-        format!("otlp metrics: {}", signal(otlp.as_ref().and_then(|o| o.metrics.as_ref()))),
+        format!("open ports: {}", settings.open_ports_given.as_deref().unwrap_or("-")),
+        format!("executable globs: {}", list(&exe_globs)),
+        format!("pids: {}", list(&pids.iter().map(String::as_str).collect::<Vec<_>>())),
+        format!("service namespace: {}", settings.service.namespace.as_deref().unwrap_or("-")),
+        format!("service name override: {}", settings.service.name_override.as_deref().unwrap_or("-")),
+        format!("otlp traces: {}", signal(otlp.and_then(|o| o.traces.as_ref()))),
+        format!("otlp metrics: {}", signal(otlp.and_then(|o| o.metrics.as_ref()))),
+        // Not SocketAddr's form: an IPv6 address is shown without brackets.
+        format!("prometheus: {}", export.prometheus.map_or("off".to_owned(), |a| format!("{}:{}", a.ip(), a.port()))),
+        format!("trace printer: {printer}"),
+        format!("traces sampler: {:?}", settings.context.sampler),
+        format!("old http attribute names: {}", spans.http.old_semconv),
+        format!("old database attribute names: {}", spans.sql.old_semconv),
+        format!("routes: {} (unmatched: {:?})", list(&routes), spans.router.unmatched()),
         format!(
-            "prometheus: {}",
-            c.prometheus_port.map_or("off".to_owned(), |p| format!("{}:{p}", c.prometheus_address))
+            "span metrics: {}, service graph: {}",
+            settings.metrics.span_metrics.is_some(),
+            settings.metrics.service_graph.is_some()
         ),
-        format!("trace printer: {:?}", settings.printer(has_traces)),
-        format!("traces sampler: {:?}", settings.sampler),
-        format!("old http attribute names: {}", settings.old_http_semconv),
-        format!("old database attribute names: {}", settings.old_db_semconv),
-        format!("routes: {} (unmatched: {:?})", list(&c.routes), c.route_unmatched),
-        format!("span metrics: {}, service graph: {}", settings.span_metrics.is_some(), settings.service_graph.is_some()),
         if settings.kubernetes.enabled {
-            let k = &c.kubernetes;
+            let pods = settings.kubernetes.pod_selector.clone().unwrap_or_default();
             format!(
                 "kubernetes: on (node {}; namespaces {}; pod labels {}; owners {})",
                 settings.kubernetes.node_name,
-                list(&k.namespace),
-                list(&k.pod_label),
-                list(&k.owner_name)
+                list(&pods.namespace_globs()),
+                list(&pods.label_globs().iter().map(String::as_str).collect::<Vec<_>>()),
+                list(&pods.owner_globs())
             )
         } else {
             "kubernetes: off".to_owned()

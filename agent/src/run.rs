@@ -1,7 +1,6 @@
 //! Wiring: builds the sinks, loads the probes, runs the pipeline until
 //! SIGINT/SIGTERM, then flushes the exporters.
 use std::{
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -10,15 +9,15 @@ use anyhow::Context;
 
 use crate::{
     capture::reader::RingReader,
-    config::{PrinterMode, Settings},
+    config::Settings,
     export::{
-        otlp::{spawn_metrics_exporter, spawn_trace_exporter, OtlpConfig, SpanSink as OtlpQueue},
-        printer::{PrinterMode as PrintFormat, TracePrinter},
+        otlp::{spawn_metrics_exporter, spawn_trace_exporter, SpanSink as OtlpQueue},
+        printer::TracePrinter,
         prometheus::{PrometheusServer, PrometheusState},
     },
-    metrics::{Metrics, MetricsConfig},
+    metrics::Metrics,
     pipeline::{Pipeline, SpanSink, TargetsView},
-    probes::{ProbeConfig, Probes},
+    probes::Probes,
     spans::Span,
     telemetry::Telemetry,
 };
@@ -74,31 +73,15 @@ async fn shutdown_signal() {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     crate::preflight::check()?;
     let telemetry = Arc::new(Telemetry::default());
-    let metrics = Arc::new(Metrics::new(
-        MetricsConfig {
-            max_attribute_sets: settings.raw.metric_cardinality_limit,
-            span_metrics: settings.span_metrics.clone(),
-            service_graph: settings.service_graph.clone(),
-        },
-        telemetry.clone(),
-    ));
-    let otlp = OtlpConfig::from_env_values(|name| settings.otel_var(name))
-        .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?
-        .map(|mut c| {
-            c.batch.queue_capacity = settings.raw.export_queue_size;
-            c
-        });
+    let metrics = Arc::new(Metrics::new(settings.metrics.clone(), telemetry.clone()));
 
     let mut sinks: Vec<Box<dyn SpanSink>> = vec![Box::new(MetricsSink(metrics.clone()))];
-    let printer = settings.printer(otlp.as_ref().is_some_and(|c| c.traces.is_some()));
-    match printer {
-        PrinterMode::Text => sinks.push(Box::new(TracePrinter::new(PrintFormat::Text, Box::new(std::io::stdout())))),
-        PrinterMode::Json => sinks.push(Box::new(TracePrinter::new(PrintFormat::Json, Box::new(std::io::stdout())))),
-        PrinterMode::Off => {}
+    if let Some(format) = settings.export.printer {
+        sinks.push(Box::new(TracePrinter::new(format, Box::new(std::io::stdout()))));
     }
     let mut trace_queue = None;
     let mut metrics_exporter = None;
-    if let Some(cfg) = &otlp {
+    if let Some(cfg) = &settings.export.otlp {
         if cfg.traces.is_some() {
             let q = spawn_trace_exporter(cfg, telemetry.clone()).context("starting the OTLP trace exporter")?;
             sinks.push(Box::new(q.clone()));
@@ -113,16 +96,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     // Probes first: /healthz answering means the kernel side is attached.
-    let probe_cfg = ProbeConfig {
-        capture_size: settings.raw.capture_size,
-        ring_buffer_bytes: settings.raw.ring_buffer_size,
-        wakeup_bytes: settings.raw.ring_buffer_wakeup_bytes,
-    };
-    let (probes, ring) = Probes::load(&probe_cfg)?;
+    let (probes, ring) = Probes::load(&settings.capture.probes)?;
     tracing::info!(programs = probes.program_names().len(), "kernel programs attached");
     let view: TargetsView = Arc::new(Mutex::new(Vec::new()));
-    if let Some(port) = settings.raw.prometheus_port {
-        let addr = SocketAddr::new(settings.raw.prometheus_address, port);
+    if let Some(addr) = settings.export.prometheus {
         let targets = view.clone();
         let state = PrometheusState::new(metrics.clone(), telemetry.clone()).with_targets(move || {
             let list = targets.lock().map(|v| v.clone()).unwrap_or_default();
@@ -159,8 +136,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let reader = RingReader::new(ring).context("watching the ring buffer")?;
     let metadata = kubernetes.as_ref().map(|k| k.metadata.clone());
-    let pipeline = Pipeline::new(settings, probes, telemetry.clone(), sinks, view, metadata)
-        .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?;
+    let pipeline = Pipeline::new(settings, probes, telemetry.clone(), sinks, view, metadata);
     pipeline.run(reader, shutdown_signal()).await.context("event pipeline failed")?;
     drop(kubernetes);
 

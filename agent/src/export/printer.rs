@@ -5,8 +5,9 @@ use serde_json::{json, Map, Value};
 
 use crate::model::{AttrValue, Span, SpanKind, SpanStatus};
 
+/// How the [`TracePrinter`] writes a span (`--trace-printer text|json`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PrinterMode {
+pub enum PrintFormat {
     /// One human-readable line per span.
     Text,
     /// One JSON object per line.
@@ -14,21 +15,21 @@ pub enum PrinterMode {
 }
 
 pub struct TracePrinter {
-    mode: PrinterMode,
+    format: PrintFormat,
     writer: Box<dyn Write + Send>,
     warned: bool,
 }
 
 impl TracePrinter {
-    pub fn new(mode: PrinterMode, writer: Box<dyn Write + Send>) -> Self {
-        Self { mode, writer, warned: false }
+    pub fn new(format: PrintFormat, writer: Box<dyn Write + Send>) -> Self {
+        Self { format, writer, warned: false }
     }
 
     /// Writes one line; write errors are logged once and otherwise ignored.
     pub fn print(&mut self, span: &Span) {
-        let line = match self.mode {
-            PrinterMode::Text => text_line(span),
-            PrinterMode::Json => json_line(span),
+        let line = match self.format {
+            PrintFormat::Text => text_line(span),
+            PrintFormat::Json => json_line(span),
         };
         let res = writeln!(self.writer, "{line}").and_then(|_| self.writer.flush());
         if let Err(e) = res {
@@ -257,7 +258,7 @@ mod tests {
     #[test]
     fn text_line_for_http_and_sql() {
         let buf = Buf::default();
-        let mut p = TracePrinter::new(PrinterMode::Text, Box::new(buf.clone()));
+        let mut p = TracePrinter::new(PrintFormat::Text, Box::new(buf.clone()));
         p.print(&span());
         let mut db = span();
         db.kind = SpanKind::Client;
@@ -291,7 +292,7 @@ mod tests {
     #[test]
     fn json_line_has_all_fields() {
         let buf = Buf::default();
-        let mut p = TracePrinter::new(PrinterMode::Json, Box::new(buf.clone()));
+        let mut p = TracePrinter::new(PrintFormat::Json, Box::new(buf.clone()));
         let mut s = span();
         s.attributes.push(Attr::new("ratio", AttrValue::Double(0.25)));
         s.attributes.push(Attr::new("cached", true));

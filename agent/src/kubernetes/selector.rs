@@ -103,6 +103,21 @@ impl PodSelector {
         self.owners.is_empty() || Owners::of(m).names().any(|n| any(&self.owners, n))
     }
 
+    /// The namespace globs (blank ones skipped).
+    pub fn namespace_globs(&self) -> Vec<&str> {
+        self.namespaces.iter().map(|p| p.source.as_str()).collect()
+    }
+
+    /// The label criteria, as `key=glob`.
+    pub fn label_globs(&self) -> Vec<String> {
+        self.labels.iter().map(|(k, p)| format!("{k}={}", p.source)).collect()
+    }
+
+    /// The owner-name globs (blank ones skipped).
+    pub fn owner_globs(&self) -> Vec<&str> {
+        self.owners.iter().map(|p| p.source.as_str()).collect()
+    }
+
     /// The criteria as given (for logs).
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();

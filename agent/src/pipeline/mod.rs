@@ -34,7 +34,7 @@ use crate::{
     config::Settings,
     connections::{ConnKey, ConnectionTable, Outcome},
     context::{assembly::AssemblyOptions, Assembler, ThreadKey, Tracker},
-    discovery::{self as procs, ProcessInfo, Scanner, ServiceOptions},
+    discovery::{ProcessInfo, Scanner},
     kubernetes::KubernetesMetadata,
     probes::{wire::periscope_counter, Probes},
     spans::{
@@ -90,43 +90,30 @@ impl Pipeline {
         sinks: Vec<Box<dyn SpanSink>>,
         view: TargetsView,
         kubernetes: Option<KubernetesMetadata>,
-    ) -> Result<Self, String> {
-        let raw = &settings.raw;
-        let router = Router::new(&raw.routes, &raw.ignored_routes, raw.route_unmatched, raw.max_routes)?;
-        let service_opts = ServiceOptions {
-            namespace: raw.service_namespace.clone(),
-            name_override: raw.service_name.clone(),
-            host_name: procs::host_name(),
-        };
-        let http_opts =
-            HttpSpanOptions { old_semconv: settings.old_http_semconv, include_query: raw.include_query_string };
-        let sql_opts = SqlSpanOptions {
-            query_text: raw.db_query_text,
-            old_semconv: settings.old_db_semconv,
-            query_text_literals: raw.db_query_literals,
-        };
+    ) -> Self {
+        let context = settings.context;
         let assembly = Assembler::new(
-            AssemblyOptions { max_wait_ns: raw.trace_max_wait * 1_000_000, ..AssemblyOptions::default() },
-            settings.sampler,
+            AssemblyOptions { max_wait_ns: context.max_wait.as_nanos() as u64, ..AssemblyOptions::default() },
+            context.sampler,
         );
-        Ok(Self {
-            linker: Linker::new(raw.trace_link_wait * 1_000_000),
-            registry: Registry::new(service_opts, view, kubernetes.clone()),
+        Self {
+            linker: Linker::new(context.link_wait.as_nanos() as u64),
+            registry: Registry::new(settings.service.clone(), view, kubernetes.clone()),
             kubernetes,
             db_names: DbNames::default(),
-            table: ConnectionTable::new(raw.max_connections),
+            table: ConnectionTable::new(settings.agent.max_connections),
             tracker: Tracker::new(assembly, MAX_THREADS),
             sinks: Sinks::new(sinks),
+            router: Router::from_config(settings.spans.router.clone()),
+            http_opts: settings.spans.http,
+            sql_opts: settings.spans.sql,
             settings,
             probes,
-            router,
             clock: Clock::new(),
             telemetry,
             outcomes: Vec::new(),
-            http_opts,
-            sql_opts,
             requests: None,
-        })
+        }
     }
 
     /// Runs until `shutdown` resolves. /proc is read on the discovery thread.
@@ -146,7 +133,7 @@ impl Pipeline {
         let worker = Worker {
             scanner,
             selector: self.settings.selector.clone(),
-            interval: Duration::from_millis(self.settings.raw.discovery_interval.max(50)),
+            interval: self.settings.agent.discovery_interval.max(Duration::from_millis(50)),
             requests,
             answers,
             resolver,
@@ -155,7 +142,7 @@ impl Pipeline {
 
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // Data events wake us only when many are waiting; the rest is drained here.
-        let mut drain = tokio::time::interval(Duration::from_millis(self.settings.raw.ring_buffer_drain_interval));
+        let mut drain = tokio::time::interval(self.settings.capture.drain_interval);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {

@@ -116,13 +116,43 @@ pub fn heuristic(path: &str) -> String {
     out
 }
 
-/// Resolves routes for every service; one instance lives in the pipeline.
-#[derive(Debug)]
-pub struct Router {
+/// The route options, validated (patterns parsed): what a [`Router`] is
+/// built from. Made once at startup by the configuration.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
     patterns: Vec<Pattern>,
     ignored: Vec<Pattern>,
     unmatched: Unmatched,
     max_routes: usize,
+}
+
+impl RouterConfig {
+    /// `patterns` (`/users/{id}`, `/static/**`) name routes, `ignored` paths
+    /// make no span; every pattern must start with `/`.
+    pub fn new(patterns: &[String], ignored: &[String], unmatched: Unmatched, max_routes: usize) -> Result<Self, String> {
+        Ok(Self {
+            patterns: patterns.iter().map(|p| Pattern::parse(p)).collect::<Result<_, _>>()?,
+            ignored: ignored.iter().map(|p| Pattern::parse(p)).collect::<Result<_, _>>()?,
+            unmatched,
+            max_routes,
+        })
+    }
+
+    /// The route patterns as given.
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.patterns.iter().map(|p| p.text.as_str())
+    }
+
+    /// What `http.route` is for paths no pattern matches.
+    pub fn unmatched(&self) -> Unmatched {
+        self.unmatched
+    }
+}
+
+/// Resolves routes for every service; one instance lives in the pipeline.
+#[derive(Debug)]
+pub struct Router {
+    config: RouterConfig,
     seen: HashMap<String, HashSet<String>>,
 }
 
@@ -139,24 +169,25 @@ pub enum Route {
 }
 
 impl Router {
+    /// A router from the validated options.
+    pub fn from_config(config: RouterConfig) -> Self {
+        Self { config, seen: HashMap::default() }
+    }
+
+    /// Validates the options and builds the router (see [`RouterConfig::new`]).
     pub fn new(patterns: &[String], ignored: &[String], unmatched: Unmatched, max_routes: usize) -> Result<Self, String> {
-        Ok(Self {
-            patterns: patterns.iter().map(|p| Pattern::parse(p)).collect::<Result<_, _>>()?,
-            ignored: ignored.iter().map(|p| Pattern::parse(p)).collect::<Result<_, _>>()?,
-            unmatched,
-            max_routes,
-            seen: HashMap::default(),
-        })
+        RouterConfig::new(patterns, ignored, unmatched, max_routes).map(Self::from_config)
     }
 
     /// `service` is the service.instance.id the cap applies to; `path` has no query.
     pub fn route(&mut self, service: &str, path: &str) -> Route {
-        if self.ignored.iter().any(|p| p.matches(path)) {
+        let config = &self.config;
+        if config.ignored.iter().any(|p| p.matches(path)) {
             return Route::Ignored;
         }
-        let route = match self.patterns.iter().find(|p| p.matches(path)) {
+        let route = match config.patterns.iter().find(|p| p.matches(path)) {
             Some(p) => p.text.clone(),
-            None => match self.unmatched {
+            None => match config.unmatched {
                 Unmatched::Heuristic => heuristic(path),
                 Unmatched::Path => path.to_owned(),
                 Unmatched::Wildcard => OVERFLOW_ROUTE.to_owned(),
@@ -168,7 +199,7 @@ impl Router {
             if seen.contains(&route) {
                 return Route::Some(route);
             }
-            if seen.len() >= self.max_routes {
+            if seen.len() >= config.max_routes {
                 return Route::Overflow;
             }
             seen.insert(route.clone());

@@ -5,7 +5,7 @@ mod metrics;
 mod traces;
 mod transport;
 
-pub use config::{BatchConfig, ConfigError, OtlpConfig, Protocol, Signal, SignalConfig};
+pub use config::{BatchConfig, OtlpConfig, Protocol, Signal, SignalConfig};
 pub use convert::{resource, SCOPE_NAME};
 pub use metrics::{snapshot_to_resource_metrics, spawn_metrics_exporter, telemetry_resource_metrics, MetricsExporter};
 pub use traces::{build_request, span_to_otlp, spawn_trace_exporter, SpanSink};

@@ -1,0 +1,207 @@
+//! Configuration: command-line flags, each with an environment variable
+//! (`PERISCOPE_*` or the standard `OTEL_*`), and an optional YAML file.
+//! Precedence: flag > environment > YAML file > default.
+//!
+//! One flag group per subsystem, each `XArgs -> resolve() -> XSettings`
+//! (the shape of `kubernetes/config.rs`), all resolved and checked at
+//! startup by [`Settings::from_args`]; a bad value stops startup with a
+//! message naming its key.
+//!
+//! | group | flags | resolves into |
+//! |---|---|---|
+//! | [`selection`] | `--open-port`, `--exe-path`, `--pid` | [`Selector`] |
+//! | [`service`] | `--service-name`, `--service-namespace` | [`ServiceOptions`] |
+//! | [`export`] | `--otlp-*`, `--metric-export-interval`, `--trace-printer`, `--prometheus-*`, `--export-queue-size` | [`ExportSettings`] |
+//! | [`capture`] | `--capture-size`, `--ring-buffer-*` | [`CaptureSettings`] |
+//! | [`spans`] | `--routes` and co., `--include-query-string`, `--db-query-*`, `--semconv-stability-opt-in` | [`SpanSettings`] |
+//! | [`metrics`] | `--metric-cardinality-limit`, `--span-metrics*`, `--service-graph-metrics` | [`MetricsConfig`] |
+//! | [`context`] | `--traces-sampler*`, `--trace-link-wait`, `--trace-max-wait` | [`ContextSettings`] |
+//! | [`agent`] | `--discovery-interval`, `--max-connections`, `--nice`, `--log-level`, `--check-config` | [`AgentSettings`] |
+//! | `kubernetes` | `--kubernetes*` (`kubernetes/config.rs`) | [`KubernetesSettings`] |
+use std::{ffi::OsString, path::PathBuf};
+
+use clap::Parser;
+use thiserror::Error;
+
+pub mod agent;
+pub mod capture;
+pub mod context;
+mod env_names;
+pub mod export;
+pub mod metrics;
+pub mod otlp;
+pub mod selection;
+pub mod service;
+mod sources;
+pub mod spans;
+
+pub use agent::{AgentArgs, AgentSettings};
+pub use capture::{CaptureArgs, CaptureSettings};
+pub use context::{ContextArgs, ContextSettings};
+pub use env_names::{known_env_vars, unknown_env_vars};
+pub use export::{ExportArgs, ExportSettings, PrinterArg};
+pub use metrics::MetricsArgs;
+pub use otlp::OtlpConfigError;
+pub use selection::SelectionArgs;
+pub use service::ServiceArgs;
+pub use spans::{SemconvOptIn, SemconvOptIns, SpanArgs, SpanSettings};
+
+use crate::{
+    discovery::{Selector, ServiceOptions},
+    kubernetes::{KubernetesArgs, KubernetesSettings},
+    metrics::MetricsConfig,
+};
+
+/// Every flag of `periscope`, by group.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "periscope",
+    version,
+    about = "eBPF auto-instrumentation: HTTP and SQL spans and RED metrics of unmodified processes",
+    args_override_self = true
+)]
+pub struct Args {
+    /// YAML file with any of these options (keys: flag names, `-` or `_`).
+    #[arg(long, env = "PERISCOPE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Which processes to watch.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// service.name and service.namespace.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// OTLP, the span printer, Prometheus.
+    #[command(flatten)]
+    pub export: ExportArgs,
+    /// Bytes per syscall, the ring buffer.
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    /// Routes, query strings, SQL text, attribute names.
+    #[command(flatten)]
+    pub spans: SpanArgs,
+    /// Cardinality, span metrics, service graph.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    /// Sampling and link waits.
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// Logging, priority, discovery pace, `--check-config`.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// `--kubernetes*` flags and the `kubernetes:` YAML block (kubernetes/config.rs).
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// clap's own error (unknown flag, bad number, `--help`): it prints and exits.
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+    /// The `--config` file cannot be read, or one of its keys is wrong.
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    /// A value clap accepted but its subsystem does not; `key` is the flag name.
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    /// A bad `OTEL_*` export value; the message names the variable.
+    #[error(transparent)]
+    Otlp(#[from] OtlpConfigError),
+}
+
+/// The parsed and validated configuration, one typed part per subsystem.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Which processes to watch: ports, executables, pids, pods.
+    pub selector: Selector,
+    /// `--open-port` as given (the selector merges the ranges), for `--check-config`.
+    pub open_ports_given: Option<String>,
+    /// How services are named.
+    pub service: ServiceOptions,
+    /// Which sinks run: OTLP, the printer, Prometheus.
+    pub export: ExportSettings,
+    /// What the kernel side is loaded with.
+    pub capture: CaptureSettings,
+    /// The router's patterns and the span builders' options.
+    pub spans: SpanSettings,
+    /// What the metrics aggregator is built with.
+    pub metrics: MetricsConfig,
+    /// Sampling and link waits.
+    pub context: ContextSettings,
+    /// The agent process itself.
+    pub agent: AgentSettings,
+    /// Kubernetes metadata (off unless in a pod or asked for).
+    pub kubernetes: KubernetesSettings,
+}
+
+impl Settings {
+    /// Parses `args` (the program name first) with the process's environment
+    /// and the `--config` file, and checks everything.
+    pub fn from_args<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Self::from_args_env(args, &|name| std::env::var(name).ok())
+    }
+
+    /// `from_args` with the variables that are not clap's own (Beyla's
+    /// feature lists, the OTLP variables that are no flag) read through `get`.
+    fn from_args_env<I, T>(args: I, get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let after_name = 1.min(args.len());
+        let extra = sources::beyla_feature_args(&args[after_name..], get);
+        args.splice(after_name..after_name, extra);
+        let first = Args::try_parse_from(&args)?;
+        let parsed = match &first.config {
+            Some(path) => {
+                let mut merged = vec![args.first().cloned().unwrap_or_else(|| "periscope".into())];
+                merged.extend(sources::file_args(path, &args[after_name..])?);
+                merged.extend(args.iter().skip(1).cloned());
+                Args::try_parse_from(merged).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string().trim().to_owned(),
+                })?
+            }
+            None => first,
+        };
+        Self::resolve(&parsed, get)
+    }
+
+    /// Resolves every group, in the order their errors are reported.
+    fn resolve(args: &Args, get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut selector = args.selection.resolve()?;
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let kubernetes = args
+            .kubernetes
+            .resolve(in_cluster, crate::discovery::host_name)
+            .map_err(|e| ConfigError::Invalid { key: "kubernetes", message: e.to_string() })?;
+        selector.pods = kubernetes.pod_selector.clone();
+        selection::ensure_something_to_watch(&selector)?;
+        let spans = args.spans.resolve()?;
+        let capture = args.capture.resolve()?;
+        let context = args.context.resolve()?;
+        let metrics = args.metrics.resolve()?;
+        let export = args.export.resolve(get)?;
+        Ok(Self {
+            selector,
+            open_ports_given: args.selection.open_port.clone(),
+            service: args.service.resolve(crate::discovery::host_name),
+            export,
+            capture,
+            spans,
+            metrics,
+            context,
+            agent: args.agent.resolve(),
+            kubernetes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
