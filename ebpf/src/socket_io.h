@@ -160,7 +160,8 @@ static __always_inline int handle_io_exit(struct trace_event_raw_sys_exit *ctx, 
 SEC("tracepoint/syscalls/sys_enter_read")
 int handle_enter_read(struct trace_event_raw_sys_enter *ctx)
 {
-	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_READ, PERISCOPE_DIR_INGRESS, ctx->args[1], 0);
+	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_READ, PERISCOPE_DIR_INGRESS, ctx->args[1],
+			0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_readv")
@@ -180,14 +181,15 @@ int handle_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
 int handle_enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	return remember(ctx, PENDING_MSG, PERISCOPE_SYS_RECVMSG, PERISCOPE_DIR_INGRESS, ctx->args[1],
-			0);
+	return remember(ctx, PENDING_MSG, PERISCOPE_SYS_RECVMSG, PERISCOPE_DIR_INGRESS,
+			ctx->args[1], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
 int handle_enter_write(struct trace_event_raw_sys_enter *ctx)
 {
-	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_WRITE, PERISCOPE_DIR_EGRESS, ctx->args[1], 0);
+	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_WRITE, PERISCOPE_DIR_EGRESS, ctx->args[1],
+			0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
@@ -200,14 +202,15 @@ int handle_enter_writev(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int handle_enter_sendto(struct trace_event_raw_sys_enter *ctx)
 {
-	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_SENDTO, PERISCOPE_DIR_EGRESS, ctx->args[1],
-			0);
+	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_SENDTO, PERISCOPE_DIR_EGRESS,
+			ctx->args[1], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int handle_enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	return remember(ctx, PENDING_MSG, PERISCOPE_SYS_SENDMSG, PERISCOPE_DIR_EGRESS, ctx->args[1], 0);
+	return remember(ctx, PENDING_MSG, PERISCOPE_SYS_SENDMSG, PERISCOPE_DIR_EGRESS, ctx->args[1],
+			0);
 }
 
 /* sendfile64(out_fd, in_fd, offset, count): bytes only, no user buffer. */
@@ -299,11 +302,22 @@ static __always_inline int handle_open_exit(struct trace_event_raw_sys_exit *ctx
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept")
-int handle_exit_accept(struct trace_event_raw_sys_exit *ctx) { return handle_open_exit(ctx, PENDING_ACCEPT); }
+int handle_exit_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	return handle_open_exit(ctx, PENDING_ACCEPT);
+}
+
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int handle_exit_accept4(struct trace_event_raw_sys_exit *ctx) { return handle_open_exit(ctx, PENDING_ACCEPT); }
+int handle_exit_accept4(struct trace_event_raw_sys_exit *ctx)
+{
+	return handle_open_exit(ctx, PENDING_ACCEPT);
+}
+
 SEC("tracepoint/syscalls/sys_exit_connect")
-int handle_exit_connect(struct trace_event_raw_sys_exit *ctx) { return handle_open_exit(ctx, PENDING_CONNECT); }
+int handle_exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	return handle_open_exit(ctx, PENDING_CONNECT);
+}
 
 SEC("tracepoint/syscalls/sys_enter_close")
 int handle_enter_close(struct trace_event_raw_sys_enter *ctx)
@@ -336,6 +350,13 @@ static __always_inline int forget_fd(__s32 fd)
 }
 
 SEC("tracepoint/syscalls/sys_enter_dup2")
-int handle_enter_dup2(struct trace_event_raw_sys_enter *ctx) { return forget_fd((__s32)ctx->args[1]); }
+int handle_enter_dup2(struct trace_event_raw_sys_enter *ctx)
+{
+	return forget_fd((__s32)ctx->args[1]);
+}
+
 SEC("tracepoint/syscalls/sys_enter_dup3")
-int handle_enter_dup3(struct trace_event_raw_sys_enter *ctx) { return forget_fd((__s32)ctx->args[1]); }
+int handle_enter_dup3(struct trace_event_raw_sys_enter *ctx)
+{
+	return forget_fd((__s32)ctx->args[1]);
+}
