@@ -5,8 +5,14 @@
 mod support;
 
 use std::{
+    io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
     time::Duration,
+};
+
+use periscope::{
+    capture::{decode, Event},
+    probes::{ProbeConfig, Probes},
 };
 
 use support::agent::{free_port, http_get, wait_for, wait_listening, Agent, Proc};
@@ -156,4 +162,90 @@ fn sigterm_detaches_every_program() {
         let live = all_ids();
         ids.iter().all(|id| !live.contains(id)).then_some(())
     });
+}
+
+/// A python3 process whose threads end in the order `mode` says, one step per
+/// line on stdin: threads that end before the process first ("early" on
+/// stdout), then either every thread at once (`group`: exit_group while eight
+/// threads wait in a read) or the leader thread alone (`leader`), its other
+/// threads at the next line.
+const THREADED_EXIT: &str = r#"
+import ctypes, os, sys, threading, time
+sys.stdin.readline()
+early = [threading.Thread(target=lambda: None) for _ in range(3)]
+for t in early: t.start()
+for t in early: t.join()
+print("early", flush=True)
+sys.stdin.readline()
+if sys.argv[1] == "group":
+    r, w = os.pipe()
+    for _ in range(8):
+        threading.Thread(target=os.read, args=(r, 1), daemon=True).start()
+    time.sleep(0.05)
+    os._exit(0)
+else:
+    go = threading.Event()
+    for _ in range(3):
+        threading.Thread(target=go.wait).start()
+    threading.Thread(target=lambda: (sys.stdin.readline(), go.set())).start()
+    SYS_exit = {"x86_64": 60, "aarch64": 93}[os.uname().machine]
+    ctypes.CDLL(None).syscall(SYS_exit, 0)
+"#;
+
+/// Process-exit events of `pid` among the records waiting in the ring buffer.
+fn exit_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, pid: u32) -> usize {
+    let mut exits = 0;
+    while let Some(record) = ring.next() {
+        if let Ok(Event::ProcExit(e)) = decode(&record) {
+            exits += usize::from(e.header.pid == pid);
+        }
+    }
+    exits
+}
+
+/// The kernel sends exactly one exit per process, not one per thread: not
+/// when threads end before it, not when its leader thread ends first, and not
+/// when exit_group kills every thread at once (several of them may see the
+/// group dead; one only may say so).
+#[test]
+fn one_exit_event_per_process_not_per_thread() {
+    let config = ProbeConfig { capture_size: 64, ring_buffer_bytes: 1 << 20, wakeup_bytes: 4096 };
+    let (mut probes, mut ring) = Probes::load(&config).expect("load the kernel programs");
+    let modes = std::iter::repeat_n("group", 10).chain(std::iter::repeat_n("leader", 3));
+    for mode in modes {
+        let mut child = Command::new("python3")
+            .args(["-c", THREADED_EXIT, mode])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        probes.track(pid).unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut alive = |what: &str| {
+            assert_eq!(exit_events(&mut ring, pid), 0, "{mode}: {what}, the process did not");
+            assert!(probes.tracked_pids().contains(&pid), "{mode}: still tracked once {what}");
+        };
+        stdin.write_all(b"\n").unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "early", "{mode}: the child's first step");
+        alive("three threads ended");
+
+        stdin.write_all(b"\n").unwrap();
+        if mode == "leader" {
+            // The leader is a zombie until the last thread of its group ends.
+            wait_for("the leader thread to end", Duration::from_secs(10), || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                stat.rsplit_once(')')?.1.trim_start().starts_with('Z').then_some(())
+            });
+            alive("the leader thread ended");
+            stdin.write_all(b"\n").unwrap();
+        }
+        assert!(child.wait().unwrap().success(), "{mode}: the child exits cleanly");
+        // Reaped: every thread went through the exit tracepoint.
+        assert_eq!(exit_events(&mut ring, pid), 1, "{mode}: one exit event for pid {pid}");
+        assert!(!probes.tracked_pids().contains(&pid), "{mode}: untracked by the kernel at exit");
+    }
 }

@@ -41,8 +41,9 @@
 /* Events sent per read; beyond, the rest of the read is not copied. */
 #define PERISCOPE_AMQP_MAX_EVENTS 64
 /* Longest segment: a segment always fits in one event of its own. */
-#define PERISCOPE_MAX_SEGMENT                                                    \
-	(PERISCOPE_MAX_CAPTURE - sizeof(struct periscope_segments) - sizeof(struct periscope_segment))
+#define PERISCOPE_MAX_SEGMENT                                        \
+	(PERISCOPE_MAX_CAPTURE - sizeof(struct periscope_segments) - \
+	 sizeof(struct periscope_segment))
 
 enum periscope_event_kind {
 	PERISCOPE_EV_DATA = 1,       /* struct periscope_data_event */
@@ -98,7 +99,7 @@ enum periscope_counter {
  * once it knows what the connection speaks. */
 enum periscope_capture_policy {
 	PERISCOPE_CAPTURE_PREFIX = 0,      /* the first capture_size bytes of each syscall */
-	PERISCOPE_CAPTURE_AMQP_FRAMES = 1, /* reads: the bytes of each AMQP frame the agent parses */
+	PERISCOPE_CAPTURE_AMQP_FRAMES = 1, /* reads: bytes of each AMQP frame the agent parses */
 };
 
 /* How data[] of a data event is laid out. */

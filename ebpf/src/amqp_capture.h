@@ -31,9 +31,9 @@
 
 /* Where a connection's incoming frames stand between two reads. */
 struct amqp_stream {
-	__u32 pos;  /* bytes of the frame in progress already read (0: none) */
-	__u32 len;  /* its length: header, payload, end octet */
-	__u32 want; /* its first bytes to copy */
+	__u32 pos;    /* bytes of the frame in progress already read (0: none) */
+	__u32 len;    /* its length: header, payload, end octet */
+	__u32 want;   /* its first bytes to copy */
 	__u8 aligned; /* where the next read starts in the frames is known */
 	__u8 hdr_len; /* bytes of a frame header cut by the end of the last read */
 	__u8 _pad[2];
@@ -93,9 +93,9 @@ struct amqp_walk {
 	__u32 next_pos;
 	__u32 next_len;
 	__u32 next_want;
-	__u8 cut[8];     /* a header cut by the end of the read */
+	__u8 cut[8]; /* a header cut by the end of the read */
 	__u8 cut_len;
-	__u8 status;     /* enum amqp_walk_status */
+	__u8 status; /* enum amqp_walk_status */
 	__u8 segs_full;
 	__u8 _pad;
 };
@@ -268,7 +268,7 @@ static long amqp_walk_frame(__u64 index, void *ctx)
 /* Copying the segments into data events (bpf_loop context). */
 struct amqp_emit {
 	__u64 buf;
-	__u32 len;    /* bytes read */
+	__u32 len; /* bytes read */
 	__u32 nseg;
 	__u32 used;   /* bytes of data[] used in the event being filled */
 	__u32 start;  /* first byte of the read it covers */
@@ -293,7 +293,8 @@ static __always_inline void amqp_flush(struct amqp_emit *m, struct scratch_event
 }
 
 /* Appends bytes [off, off + n) of the read as one segment (n fits). */
-static __always_inline void amqp_put(struct amqp_emit *m, struct scratch_event *s, __u32 off, __u32 n)
+static __always_inline void amqp_put(struct amqp_emit *m, struct scratch_event *s, __u32 off,
+				     __u32 n)
 {
 	if (n > PERISCOPE_MAX_SEGMENT)
 		n = PERISCOPE_MAX_SEGMENT;
@@ -431,7 +432,8 @@ static __always_inline int amqp_capture(struct scratch_event *s, struct pending_
 		w.at = rest;
 	}
 	bpf_loop(PERISCOPE_AMQP_MAX_FRAMES, amqp_walk_frame, &w, 0);
-	if (w.status == AMQP_WALK_BAD || (!st->aligned && (w.status != AMQP_WALK_DONE || !w.checked)))
+	if (w.status == AMQP_WALK_BAD ||
+	    (!st->aligned && (w.status != AMQP_WALK_DONE || !w.checked)))
 		goto bad;
 	if (w.status != AMQP_WALK_DONE) {
 		/* Too many frames, or unreadable: where the next read starts is unknown. */

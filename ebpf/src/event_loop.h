@@ -26,22 +26,22 @@ static __always_inline int handle_loop_wait(void)
 }
 
 SEC("tracepoint/syscalls/sys_enter_epoll_wait")
-int handle_enter_epoll_wait(void *ctx) { return handle_loop_wait(); }
+int handle_enter_epoll_wait(struct trace_event_raw_sys_enter *ctx) { return handle_loop_wait(); }
 
 SEC("tracepoint/syscalls/sys_enter_epoll_pwait")
-int handle_enter_epoll_pwait(void *ctx) { return handle_loop_wait(); }
+int handle_enter_epoll_pwait(struct trace_event_raw_sys_enter *ctx) { return handle_loop_wait(); }
 
 SEC("tracepoint/syscalls/sys_enter_epoll_pwait2")
-int handle_enter_epoll_pwait2(void *ctx) { return handle_loop_wait(); }
+int handle_enter_epoll_pwait2(struct trace_event_raw_sys_enter *ctx) { return handle_loop_wait(); }
 
 SEC("tracepoint/syscalls/sys_enter_poll")
-int handle_enter_poll(void *ctx) { return handle_loop_wait(); }
+int handle_enter_poll(struct trace_event_raw_sys_enter *ctx) { return handle_loop_wait(); }
 
 SEC("tracepoint/syscalls/sys_enter_ppoll")
-int handle_enter_ppoll(void *ctx) { return handle_loop_wait(); }
+int handle_enter_ppoll(struct trace_event_raw_sys_enter *ctx) { return handle_loop_wait(); }
 
 SEC("tracepoint/syscalls/sys_enter_select")
-int handle_enter_select(void *ctx) { return handle_loop_wait(); }
+int handle_enter_select(struct trace_event_raw_sys_enter *ctx) { return handle_loop_wait(); }
 
 SEC("tracepoint/syscalls/sys_enter_pselect6")
-int handle_enter_pselect6(void *ctx) { return handle_loop_wait(); }
+int handle_enter_pselect6(struct trace_event_raw_sys_enter *ctx) { return handle_loop_wait(); }

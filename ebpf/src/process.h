@@ -6,14 +6,6 @@
 
 #include "maps.h"
 
-struct sched_exit_ctx {
-	__u64 common;
-	char comm[16];
-	__s32 pid;
-	__s32 prio;
-	__u8 group_dead;
-};
-
 static __always_inline void emit_proc_event(__u32 kind, __u32 pid, __u32 tid, __u32 ppid)
 {
 	struct periscope_proc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -36,7 +28,8 @@ static __always_inline void emit_proc_event(__u32 kind, __u32 pid, __u32 tid, __
 }
 
 /* raw_tp args: (struct task_struct *parent, struct task_struct *child).
- * Read through a __u64 pointer (see DEVELOPERS.md on aya and ctx->args). */
+ * Read through a plain __u64 pointer: ctx->args[1] on vmlinux.h's zero-length
+ * args[] is a CO-RE access that aya rejects ("array index out of bounds"). */
 SEC("raw_tracepoint/sched_process_fork")
 int handle_fork(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -57,8 +50,26 @@ int handle_fork(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+/* Whether the exiting thread ends its process. do_exit() decrements
+ * signal->live, the number of live threads of the group, before it fires
+ * sched_process_exit (kernel/exit.c: so in 4.x, so still in 6.18): the last
+ * thread out reads 0. The tracepoint's own `group_dead` field is recent (older
+ * kernels give sched_process_exit the sched_process_template record, without
+ * it); a bpf_core_field_exists() test with this as the fallback would leave
+ * the older kernels' path unexercised on newer ones, so one rule serves all.
+ * Threads that exit together (exit_group) may each read 0, the last
+ * decrement being done by the time they look: handle_exit emits only for the
+ * one whose delete of the tgid from tracked_pids succeeds. */
+static __always_inline int process_is_dead(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	return BPF_CORE_READ(task, signal, live.counter) == 0;
+}
+
+/* No field of the record is read (the context type is the sched_process
+ * template, the layout every kernel's vmlinux.h has). */
 SEC("tracepoint/sched/sched_process_exit")
-int handle_exit(struct sched_exit_ctx *ctx)
+int handle_exit(struct trace_event_raw_sched_process_template *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
@@ -69,15 +80,17 @@ int handle_exit(struct sched_exit_ctx *ctx)
 		return 0;
 	__u32 tid = (__u32)id;
 	bpf_map_delete_elem(&loop_seqs, &tid);
-	if (!ctx->group_dead)
+	if (!process_is_dead())
 		return 0;
-	bpf_map_delete_elem(&tracked_pids, &tgid);
-	emit_proc_event(PERISCOPE_EV_PROC_EXIT, tgid, (__u32)id, 0);
+	/* Fails for every thread but one when several saw the group dead. */
+	if (bpf_map_delete_elem(&tracked_pids, &tgid))
+		return 0;
+	emit_proc_event(PERISCOPE_EV_PROC_EXIT, tgid, tid, 0);
 	return 0;
 }
 
 SEC("tracepoint/sched/sched_process_exec")
-int handle_exec(void *ctx)
+int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	emit_proc_event(PERISCOPE_EV_PROC_EXEC, id >> 32, (__u32)id, 0);

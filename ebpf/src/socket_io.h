@@ -6,20 +6,11 @@
 #include "conn.h"
 #include "amqp_capture.h"
 
-/* Layout of syscalls:sys_enter_* / sys_exit_* records (stable tracepoint ABI). */
-struct sys_enter_ctx {
-	__u64 common;
-	__s64 syscall_nr;
-	__u64 args[6];
-};
+/* The programs' contexts are the syscalls:sys_enter_* / sys_exit_* records,
+ * vmlinux.h's struct trace_event_raw_sys_enter (args[6]) and
+ * trace_event_raw_sys_exit (ret). */
 
-struct sys_exit_ctx {
-	__u64 common;
-	__s64 syscall_nr;
-	__s64 ret;
-};
-
-static __always_inline int remember(struct sys_enter_ctx *ctx, __u8 kind, __u8 syscall,
+static __always_inline int remember(struct trace_event_raw_sys_enter *ctx, __u8 kind, __u8 syscall,
 				    __u8 direction, __u64 buf, __u32 iovcnt)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -101,7 +92,7 @@ static __always_inline void emit_conn_event(__u32 kind, __u64 id, __s32 fd, __u6
 
 /* `reads`: the exit of a read-side syscall (a constant: write-side programs
  * carry no frame-capture code for the verifier to walk). */
-static __always_inline int handle_io_exit(struct sys_exit_ctx *ctx, const int reads)
+static __always_inline int handle_io_exit(struct trace_event_raw_sys_exit *ctx, const int reads)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct pending_io *p = bpf_map_lookup_elem(&pending, &id);
@@ -167,61 +158,64 @@ static __always_inline int handle_io_exit(struct sys_exit_ctx *ctx, const int re
 /* --- entries --- */
 
 SEC("tracepoint/syscalls/sys_enter_read")
-int handle_enter_read(struct sys_enter_ctx *ctx)
+int handle_enter_read(struct trace_event_raw_sys_enter *ctx)
 {
-	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_READ, PERISCOPE_DIR_INGRESS, ctx->args[1], 0);
+	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_READ, PERISCOPE_DIR_INGRESS, ctx->args[1],
+			0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_readv")
-int handle_enter_readv(struct sys_enter_ctx *ctx)
+int handle_enter_readv(struct trace_event_raw_sys_enter *ctx)
 {
 	return remember(ctx, PENDING_IOV, PERISCOPE_SYS_READV, PERISCOPE_DIR_INGRESS, ctx->args[1],
 			ctx->args[2]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int handle_enter_recvfrom(struct sys_enter_ctx *ctx)
+int handle_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
 {
 	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_RECVFROM, PERISCOPE_DIR_INGRESS,
 			ctx->args[1], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int handle_enter_recvmsg(struct sys_enter_ctx *ctx)
+int handle_enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	return remember(ctx, PENDING_MSG, PERISCOPE_SYS_RECVMSG, PERISCOPE_DIR_INGRESS, ctx->args[1],
-			0);
+	return remember(ctx, PENDING_MSG, PERISCOPE_SYS_RECVMSG, PERISCOPE_DIR_INGRESS,
+			ctx->args[1], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
-int handle_enter_write(struct sys_enter_ctx *ctx)
+int handle_enter_write(struct trace_event_raw_sys_enter *ctx)
 {
-	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_WRITE, PERISCOPE_DIR_EGRESS, ctx->args[1], 0);
+	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_WRITE, PERISCOPE_DIR_EGRESS, ctx->args[1],
+			0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
-int handle_enter_writev(struct sys_enter_ctx *ctx)
+int handle_enter_writev(struct trace_event_raw_sys_enter *ctx)
 {
 	return remember(ctx, PENDING_IOV, PERISCOPE_SYS_WRITEV, PERISCOPE_DIR_EGRESS, ctx->args[1],
 			ctx->args[2]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
-int handle_enter_sendto(struct sys_enter_ctx *ctx)
+int handle_enter_sendto(struct trace_event_raw_sys_enter *ctx)
 {
-	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_SENDTO, PERISCOPE_DIR_EGRESS, ctx->args[1],
-			0);
+	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_SENDTO, PERISCOPE_DIR_EGRESS,
+			ctx->args[1], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int handle_enter_sendmsg(struct sys_enter_ctx *ctx)
+int handle_enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	return remember(ctx, PENDING_MSG, PERISCOPE_SYS_SENDMSG, PERISCOPE_DIR_EGRESS, ctx->args[1], 0);
+	return remember(ctx, PENDING_MSG, PERISCOPE_SYS_SENDMSG, PERISCOPE_DIR_EGRESS, ctx->args[1],
+			0);
 }
 
 /* sendfile64(out_fd, in_fd, offset, count): bytes only, no user buffer. */
 SEC("tracepoint/syscalls/sys_enter_sendfile64")
-int handle_enter_sendfile(struct sys_enter_ctx *ctx)
+int handle_enter_sendfile(struct trace_event_raw_sys_enter *ctx)
 {
 	return remember(ctx, PENDING_NONE, PERISCOPE_SYS_SENDFILE, PERISCOPE_DIR_EGRESS, 0, 0);
 }
@@ -229,47 +223,47 @@ int handle_enter_sendfile(struct sys_enter_ctx *ctx)
 /* --- exits --- */
 
 SEC("tracepoint/syscalls/sys_exit_read")
-int handle_exit_read(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 1); }
+int handle_exit_read(struct trace_event_raw_sys_exit *ctx) { return handle_io_exit(ctx, 1); }
 SEC("tracepoint/syscalls/sys_exit_readv")
-int handle_exit_readv(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 1); }
+int handle_exit_readv(struct trace_event_raw_sys_exit *ctx) { return handle_io_exit(ctx, 1); }
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int handle_exit_recvfrom(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 1); }
+int handle_exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return handle_io_exit(ctx, 1); }
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int handle_exit_recvmsg(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 1); }
+int handle_exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return handle_io_exit(ctx, 1); }
 SEC("tracepoint/syscalls/sys_exit_write")
-int handle_exit_write(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
+int handle_exit_write(struct trace_event_raw_sys_exit *ctx) { return handle_io_exit(ctx, 0); }
 SEC("tracepoint/syscalls/sys_exit_writev")
-int handle_exit_writev(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
+int handle_exit_writev(struct trace_event_raw_sys_exit *ctx) { return handle_io_exit(ctx, 0); }
 SEC("tracepoint/syscalls/sys_exit_sendto")
-int handle_exit_sendto(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
+int handle_exit_sendto(struct trace_event_raw_sys_exit *ctx) { return handle_io_exit(ctx, 0); }
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int handle_exit_sendmsg(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
+int handle_exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return handle_io_exit(ctx, 0); }
 SEC("tracepoint/syscalls/sys_exit_sendfile64")
-int handle_exit_sendfile(struct sys_exit_ctx *ctx) { return handle_io_exit(ctx, 0); }
+int handle_exit_sendfile(struct trace_event_raw_sys_exit *ctx) { return handle_io_exit(ctx, 0); }
 
 /* --- connection lifecycle --- */
 
 SEC("tracepoint/syscalls/sys_enter_accept")
-int handle_enter_accept(struct sys_enter_ctx *ctx)
+int handle_enter_accept(struct trace_event_raw_sys_enter *ctx)
 {
 	return remember(ctx, PENDING_ACCEPT, 0, 0, 0, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_accept4")
-int handle_enter_accept4(struct sys_enter_ctx *ctx)
+int handle_enter_accept4(struct trace_event_raw_sys_enter *ctx)
 {
 	return remember(ctx, PENDING_ACCEPT, 0, 0, 0, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_connect")
-int handle_enter_connect(struct sys_enter_ctx *ctx)
+int handle_enter_connect(struct trace_event_raw_sys_enter *ctx)
 {
 	return remember(ctx, PENDING_CONNECT, 0, 0, 0, 0);
 }
 
 #define PS_EINPROGRESS 115
 
-static __always_inline int handle_open_exit(struct sys_exit_ctx *ctx, __u8 expect_kind)
+static __always_inline int handle_open_exit(struct trace_event_raw_sys_exit *ctx, __u8 expect_kind)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct pending_io *p = bpf_map_lookup_elem(&pending, &id);
@@ -308,14 +302,25 @@ static __always_inline int handle_open_exit(struct sys_exit_ctx *ctx, __u8 expec
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept")
-int handle_exit_accept(struct sys_exit_ctx *ctx) { return handle_open_exit(ctx, PENDING_ACCEPT); }
+int handle_exit_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	return handle_open_exit(ctx, PENDING_ACCEPT);
+}
+
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int handle_exit_accept4(struct sys_exit_ctx *ctx) { return handle_open_exit(ctx, PENDING_ACCEPT); }
+int handle_exit_accept4(struct trace_event_raw_sys_exit *ctx)
+{
+	return handle_open_exit(ctx, PENDING_ACCEPT);
+}
+
 SEC("tracepoint/syscalls/sys_exit_connect")
-int handle_exit_connect(struct sys_exit_ctx *ctx) { return handle_open_exit(ctx, PENDING_CONNECT); }
+int handle_exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	return handle_open_exit(ctx, PENDING_CONNECT);
+}
 
 SEC("tracepoint/syscalls/sys_enter_close")
-int handle_enter_close(struct sys_enter_ctx *ctx)
+int handle_enter_close(struct trace_event_raw_sys_enter *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!is_tracked(id >> 32))
@@ -345,6 +350,13 @@ static __always_inline int forget_fd(__s32 fd)
 }
 
 SEC("tracepoint/syscalls/sys_enter_dup2")
-int handle_enter_dup2(struct sys_enter_ctx *ctx) { return forget_fd((__s32)ctx->args[1]); }
+int handle_enter_dup2(struct trace_event_raw_sys_enter *ctx)
+{
+	return forget_fd((__s32)ctx->args[1]);
+}
+
 SEC("tracepoint/syscalls/sys_enter_dup3")
-int handle_enter_dup3(struct sys_enter_ctx *ctx) { return forget_fd((__s32)ctx->args[1]); }
+int handle_enter_dup3(struct trace_event_raw_sys_enter *ctx)
+{
+	return forget_fd((__s32)ctx->args[1]);
+}

@@ -12,6 +12,8 @@ pub struct Options {}
 pub(crate) const PACKAGES: &[&str] = &[
     "clang-19",
     "llvm-19",
+    // `cargo xtask test` checks the kernel C against ebpf/.clang-format.
+    "clang-format-19",
     "libbpf-dev",
     "bpftool",
     "nginx-light",

@@ -1,8 +1,14 @@
-//! The whole suite: unit tests, then the kernel integration tests one at a
-//! time (they load eBPF programs and start real servers).
-use anyhow::bail;
+//! The whole suite: the kernel C's formatting, unit tests, then the kernel
+//! integration tests one at a time (they load eBPF programs and start real
+//! servers).
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context};
 
 use crate::deps::{self, sh};
+
+/// The formatter `ebpf/.clang-format` is written for (`cargo xtask deps` installs it).
+const CLANG_FORMAT: &str = "clang-format-19";
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -17,6 +23,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         bail!("the kernel tests load eBPF programs: run as root");
     }
     let filter = o.filter.unwrap_or_default();
+    if filter.is_empty() {
+        check_c_format()?;
+    }
     sh(&format!("cargo test --workspace --lib --bins -- {filter}"))?;
     if filter.is_empty() {
         // deploy/ linted and validated; its agent-side test runs with the integration tests.
@@ -29,6 +38,32 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         sh("cargo xtask demo --duration 20s")?;
         // A short run of every fuzz target (the long runs: cargo xtask fuzz --runs N).
         sh("cargo xtask fuzz")?;
+    }
+    Ok(())
+}
+
+/// The kernel sources under `ebpf/src` and the shared `events.h`, never the
+/// generated `vmlinux.h`: formatted as `ebpf/.clang-format` says.
+fn check_c_format() -> anyhow::Result<()> {
+    let ebpf = deps::workspace_root().join("ebpf");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(ebpf.join("src"))
+        .context("ebpf/src")?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| p.extension().is_some_and(|x| x == "c" || x == "h"));
+    files.sort();
+    files.push(ebpf.join("include/events.h"));
+    eprintln!("xtask: {CLANG_FORMAT} --dry-run --Werror on ebpf/src and ebpf/include/events.h");
+    let status = Command::new(CLANG_FORMAT)
+        .args(["--dry-run", "--Werror", "--style=file"])
+        .args(&files)
+        .status()
+        .with_context(|| format!("running {CLANG_FORMAT} (cargo xtask deps installs it)"))?;
+    if !status.success() {
+        bail!(
+            "the kernel C is not formatted as ebpf/.clang-format says (above); run: \
+             {CLANG_FORMAT} -i ebpf/src/*.[ch] ebpf/include/events.h"
+        );
     }
     Ok(())
 }
