@@ -11,14 +11,14 @@ use crate::{
     capture::reader::RingReader,
     config::Settings,
     export::{
-        otlp::{spawn_metrics_exporter, spawn_trace_exporter, SpanSink as OtlpQueue},
+        otlp::{spawn_metrics_exporter, spawn_trace_exporter, TraceQueue},
         printer::TracePrinter,
         prometheus::{PrometheusServer, PrometheusState},
     },
     metrics::Metrics,
     pipeline::{Pipeline, SpanSink, TargetsView},
     probes::Probes,
-    spans::Span,
+    model::Span,
     telemetry::Telemetry,
 };
 
@@ -35,9 +35,9 @@ impl SpanSink for TracePrinter {
     }
 }
 
-impl SpanSink for OtlpQueue {
+impl SpanSink for TraceQueue {
     fn submit(&mut self, span: &Span) {
-        OtlpQueue::submit(self, span.clone());
+        TraceQueue::submit(self, span.clone());
     }
 }
 

@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::{span::SpanKind as OtlpKind, status::StatusCode},
 };
 use periscope::{
-    export::otlp::{spawn_metrics_exporter, spawn_trace_exporter, OtlpConfig, Protocol},
+    export::otlp::{spawn_metrics_exporter, spawn_trace_exporter, OtlpConfig, OtlpProtocol},
     metrics::{Metrics, MetricsConfig},
     model::{Attr, AttrValue, Service, ServiceRef, Signal, Span, SpanId, SpanKind, SpanStatus, TraceId},
     telemetry::{Counter, Telemetry},
@@ -83,7 +83,7 @@ async fn two_services_one_request(via: Via) {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.into()),
         ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20s3cr%3Dt,x-tenant=acme".into()),
     ]);
-    assert_eq!(cfg.traces.as_ref().unwrap().protocol, if via == Via::Grpc { Protocol::Grpc } else { Protocol::HttpProtobuf });
+    assert_eq!(cfg.traces.as_ref().unwrap().protocol, if via == Via::Grpc { OtlpProtocol::Grpc } else { OtlpProtocol::HttpProtobuf });
     let telemetry = Arc::new(Telemetry::default());
     let sink = spawn_trace_exporter(&cfg, telemetry.clone()).unwrap();
 

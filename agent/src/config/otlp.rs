@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use crate::export::otlp::{BatchConfig, OtlpConfig, Protocol, Signal, SignalConfig};
+use crate::export::otlp::{BatchConfig, OtlpConfig, OtlpProtocol, OtlpSignal, SignalConfig};
 
 /// A bad OTLP value, named by its variable.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -47,10 +47,10 @@ const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
 const METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
 
 /// `OTEL_EXPORTER_OTLP_<SIGNAL>_<what>`.
-fn signal_var(signal: Signal, what: &str) -> String {
+fn signal_var(signal: OtlpSignal, what: &str) -> String {
     let upper = match signal {
-        Signal::Traces => "TRACES",
-        Signal::Metrics => "METRICS",
+        OtlpSignal::Traces => "TRACES",
+        OtlpSignal::Metrics => "METRICS",
     };
     format!("OTEL_EXPORTER_OTLP_{upper}_{what}")
 }
@@ -65,10 +65,10 @@ pub fn resolve(flags: &OtlpFlags<'_>, env: impl Fn(&str) -> Option<String>) -> R
     let generic_protocol = given(flags.protocol).map(|v| parse_protocol(PROTOCOL, &v)).transpose()?;
     let generic_headers = given(flags.headers).map(|v| parse_headers(HEADERS, &v)).transpose()?;
 
-    let signal = |s: Signal| -> Result<Option<SignalConfig>, OtlpConfigError> {
+    let signal = |s: OtlpSignal| -> Result<Option<SignalConfig>, OtlpConfigError> {
         let specific_endpoint = match s {
-            Signal::Traces => flags.traces_endpoint,
-            Signal::Metrics => flags.metrics_endpoint,
+            OtlpSignal::Traces => flags.traces_endpoint,
+            OtlpSignal::Metrics => flags.metrics_endpoint,
         };
         let (var, raw, specific) = match given(specific_endpoint) {
             Some(v) => (signal_var(s, "ENDPOINT"), v, true),
@@ -84,13 +84,13 @@ pub fn resolve(flags: &OtlpFlags<'_>, env: impl Fn(&str) -> Option<String>) -> R
             None => generic_protocol.unwrap_or_else(|| infer_protocol(&url)),
         };
         let endpoint = match protocol {
-            Protocol::Grpc => {
+            OtlpProtocol::Grpc => {
                 let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
                 let host = url.host_str().unwrap_or_default();
                 format!("{}://{host}{port}", url.scheme())
             }
-            Protocol::HttpProtobuf if specific => url.to_string(),
-            Protocol::HttpProtobuf => {
+            OtlpProtocol::HttpProtobuf if specific => url.to_string(),
+            OtlpProtocol::HttpProtobuf => {
                 let mut u = url.clone();
                 let path = format!("{}/v1/{}", url.path().trim_end_matches('/'), s.as_str());
                 u.set_path(&path);
@@ -109,8 +109,8 @@ pub fn resolve(flags: &OtlpFlags<'_>, env: impl Fn(&str) -> Option<String>) -> R
         };
         Ok(Some(SignalConfig { protocol, endpoint, headers, timeout }))
     };
-    let traces = signal(Signal::Traces)?;
-    let metrics = signal(Signal::Metrics)?;
+    let traces = signal(OtlpSignal::Traces)?;
+    let metrics = signal(OtlpSignal::Metrics)?;
     if traces.is_none() && metrics.is_none() {
         return Ok(None);
     }
@@ -135,8 +135,8 @@ impl OtlpConfig {
     pub fn from_env_values(get: impl Fn(&str) -> Option<String>) -> Result<Option<OtlpConfig>, OtlpConfigError> {
         let [endpoint, traces_endpoint, metrics_endpoint, protocol, headers, metric_export_interval] = [
             ENDPOINT.to_owned(),
-            signal_var(Signal::Traces, "ENDPOINT"),
-            signal_var(Signal::Metrics, "ENDPOINT"),
+            signal_var(OtlpSignal::Traces, "ENDPOINT"),
+            signal_var(OtlpSignal::Metrics, "ENDPOINT"),
             PROTOCOL.to_owned(),
             HEADERS.to_owned(),
             METRIC_EXPORT_INTERVAL.to_owned(),
@@ -154,10 +154,10 @@ impl OtlpConfig {
     }
 }
 
-fn parse_protocol(var: &str, v: &str) -> Result<Protocol, OtlpConfigError> {
+fn parse_protocol(var: &str, v: &str) -> Result<OtlpProtocol, OtlpConfigError> {
     match v.trim() {
-        "grpc" => Ok(Protocol::Grpc),
-        "http/protobuf" => Ok(Protocol::HttpProtobuf),
+        "grpc" => Ok(OtlpProtocol::Grpc),
+        "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
         other => Err(OtlpConfigError::invalid(
             var,
             other,
@@ -183,10 +183,10 @@ fn parse_url(var: &str, raw: &str) -> Result<Url, OtlpConfigError> {
 }
 
 /// Port 4317 (or one ending in it) is gRPC, anything else HTTP.
-fn infer_protocol(url: &Url) -> Protocol {
+fn infer_protocol(url: &Url) -> OtlpProtocol {
     match url.port_or_known_default() {
-        Some(p) if p.to_string().ends_with("4317") => Protocol::Grpc,
-        _ => Protocol::HttpProtobuf,
+        Some(p) if p.to_string().ends_with("4317") => OtlpProtocol::Grpc,
+        _ => OtlpProtocol::HttpProtobuf,
     }
 }
 

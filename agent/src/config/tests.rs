@@ -220,7 +220,7 @@ fn bad_otlp_values_stop_startup_naming_the_key() {
 
 #[test]
 fn per_signal_otlp_variables_are_read_with_the_flags() {
-    use crate::export::otlp::Protocol;
+    use crate::export::otlp::OtlpProtocol;
     use std::time::Duration;
     let vars = [
         ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
@@ -253,8 +253,8 @@ fn per_signal_otlp_variables_are_read_with_the_flags() {
     let otlp = s.export.otlp.unwrap();
     let traces = otlp.traces.unwrap();
     let metrics = otlp.metrics.unwrap();
-    assert_eq!((traces.protocol, traces.endpoint.as_str()), (Protocol::HttpProtobuf, "http://c:4318/v1/traces"));
-    assert_eq!((metrics.protocol, metrics.endpoint.as_str()), (Protocol::Grpc, "http://c:4318"));
+    assert_eq!((traces.protocol, traces.endpoint.as_str()), (OtlpProtocol::HttpProtobuf, "http://c:4318/v1/traces"));
+    assert_eq!((metrics.protocol, metrics.endpoint.as_str()), (OtlpProtocol::Grpc, "http://c:4318"));
     assert_eq!(traces.headers, [("x-only".to_owned(), "traces".to_owned())]);
     assert_eq!(metrics.headers, [("a".to_owned(), "b".to_owned())]);
     assert_eq!((traces.timeout, metrics.timeout), (Duration::from_millis(2500), Duration::from_millis(700)));

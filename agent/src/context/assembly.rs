@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 
 use super::sampler::Sampler;
-use crate::spans::{Span, SpanId, TraceId};
+use crate::model::{Span, SpanId, TraceId};
 use crate::telemetry::{Counter, Telemetry};
 
 pub type GroupId = u64;
@@ -513,7 +513,7 @@ impl ClaimedIds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spans::{Service, SpanKind};
+    use crate::model::{Service, SpanKind};
     use std::sync::Arc;
 
     fn span(name: &str) -> Span {

@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 
 use crate::protocols::{Chunk, Direction};
-use crate::spans::{traceparent::TraceParent, SpanId, TraceId};
+use crate::model::{traceparent::TraceParent, SpanId, TraceId};
 use crate::telemetry::{Counter, Telemetry};
 
 pub use assembly::{Assembler, GroupId};

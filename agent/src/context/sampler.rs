@@ -14,7 +14,7 @@
 //! `traceidratio`, which ignore the flag.
 use std::fmt;
 
-use crate::spans::TraceId;
+use crate::model::TraceId;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Sampler {

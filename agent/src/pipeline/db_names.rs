@@ -48,7 +48,7 @@ pub struct Lookup {
 
 /// The discovery thread's answer to a [`Lookup`].
 #[derive(Debug, PartialEq)]
-pub struct Answer {
+pub struct NameAnswer {
     key: ConnKey,
     tuple: Tuple,
     backend: Option<PgBackend>,
@@ -98,7 +98,7 @@ impl DbNames {
 
     /// An answer: the backend found for a connection still waiting for it
     /// (answers for connections since replaced on their fd are dropped).
-    pub fn on_answer(&mut self, answer: Answer, t: &Telemetry) -> Option<(ConnKey, Tuple, PgBackend)> {
+    pub fn on_answer(&mut self, answer: NameAnswer, t: &Telemetry) -> Option<(ConnKey, Tuple, PgBackend)> {
         if self.pending.get(&answer.key) != Some(&answer.tuple) {
             return None;
         }
@@ -148,13 +148,13 @@ impl Resolver {
     /// Answers lookups: from the latest index when it knows the backend (a
     /// scan published it since), else after a rescan of `/proc` for backends
     /// (at most one per [`MIN_RESCAN_GAP`]).
-    pub fn resolve(&mut self, scanner: &mut Scanner, lookups: Vec<Lookup>) -> Vec<Answer> {
+    pub fn resolve(&mut self, scanner: &mut Scanner, lookups: Vec<Lookup>) -> Vec<NameAnswer> {
         let mut answers = Vec::with_capacity(lookups.len());
         let mut misses = Vec::new();
         let index = self.directory.current();
         for lookup in lookups {
             match index.find(&lookup.query) {
-                Some(backend) => answers.push(Answer { key: lookup.key, tuple: lookup.tuple, backend: Some(backend.clone()) }),
+                Some(backend) => answers.push(NameAnswer { key: lookup.key, tuple: lookup.tuple, backend: Some(backend.clone()) }),
                 None => misses.push(lookup),
             }
         }
@@ -169,7 +169,7 @@ impl Resolver {
         let index = self.directory.current();
         for lookup in misses {
             let backend = index.find(&lookup.query).cloned();
-            answers.push(Answer { key: lookup.key, tuple: lookup.tuple, backend });
+            answers.push(NameAnswer { key: lookup.key, tuple: lookup.tuple, backend });
         }
         answers
     }
@@ -306,7 +306,7 @@ mod tests {
             server_pid: 1,
             server_ports: vec![5432],
         };
-        let stale = Answer { key, tuple: tuple("127.0.0.1:39999"), backend: Some(backend) };
+        let stale = NameAnswer { key, tuple: tuple("127.0.0.1:39999"), backend: Some(backend) };
         assert!(names.on_answer(stale, &t).is_none());
         assert!(names.pending.contains_key(&key));
     }

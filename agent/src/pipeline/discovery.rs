@@ -48,7 +48,7 @@ pub enum Answer {
     Execed { tracked: bool, info: Option<ProcessInfo> },
     /// Watched processes whose /proc entry is gone.
     Gone(Vec<u32>),
-    Database(db_names::Answer),
+    Database(db_names::NameAnswer),
 }
 
 pub struct Worker {

@@ -287,7 +287,7 @@ mod tests {
     use crate::connections::{ConnKey, Outcome};
     use crate::context::{assembly::AssemblyOptions, sampler::Sampler, Assembler, ThreadKey};
     use crate::protocols::{Chunk, Direction};
-    use crate::spans::{Service, SpanKind};
+    use crate::model::{Service, SpanKind};
 
     const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
 

@@ -6,6 +6,3 @@ pub mod messaging;
 pub mod routes;
 pub mod sql;
 
-// The data model, where it used to live (kept while other modules move to `crate::model`).
-pub use crate::model::*;
-pub use crate::model::traceparent;

@@ -16,9 +16,9 @@ fn no_endpoint_means_no_exporter() {
 fn port_4317_implies_grpc_and_ignores_path() {
     let c = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317/some/path")]).unwrap().unwrap();
     let t = c.traces.unwrap();
-    assert_eq!(t.protocol, Protocol::Grpc);
+    assert_eq!(t.protocol, OtlpProtocol::Grpc);
     assert_eq!(t.endpoint, "http://collector:4317");
-    assert_eq!(c.metrics.unwrap().protocol, Protocol::Grpc);
+    assert_eq!(c.metrics.unwrap().protocol, OtlpProtocol::Grpc);
     assert_eq!(t.timeout, Duration::from_secs(10));
     assert_eq!(c.metric_export_interval, Duration::from_secs(60));
 }
@@ -27,11 +27,11 @@ fn port_4317_implies_grpc_and_ignores_path() {
 fn port_4318_implies_http_and_generic_endpoint_gets_signal_path() {
     let c = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).unwrap().unwrap();
     let t = c.traces.unwrap();
-    assert_eq!(t.protocol, Protocol::HttpProtobuf);
+    assert_eq!(t.protocol, OtlpProtocol::HttpProtobuf);
     assert_eq!(t.endpoint, "http://collector:4318/v1/traces");
     assert_eq!(c.metrics.unwrap().endpoint, "http://collector:4318/v1/metrics");
     let c = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://gw:9000/otlp/")]).unwrap().unwrap();
-    assert_eq!(c.traces.as_ref().unwrap().protocol, Protocol::HttpProtobuf, "unknown port defaults to http");
+    assert_eq!(c.traces.as_ref().unwrap().protocol, OtlpProtocol::HttpProtobuf, "unknown port defaults to http");
     assert_eq!(c.traces.unwrap().endpoint, "http://gw:9000/otlp/v1/traces");
 }
 
@@ -46,15 +46,15 @@ fn explicit_protocol_wins_and_signal_endpoint_used_as_is() {
     ])
     .unwrap()
     .unwrap();
-    assert_eq!(c.traces.as_ref().unwrap().protocol, Protocol::Grpc);
+    assert_eq!(c.traces.as_ref().unwrap().protocol, OtlpProtocol::Grpc);
     let m = c.metrics.unwrap();
-    assert_eq!(m.protocol, Protocol::HttpProtobuf);
+    assert_eq!(m.protocol, OtlpProtocol::HttpProtobuf);
     assert_eq!(m.endpoint, "http://m:9090/api/otlp");
 
     let c = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])
         .unwrap()
         .unwrap();
-    assert_eq!(c.traces.unwrap().protocol, Protocol::Grpc);
+    assert_eq!(c.traces.unwrap().protocol, OtlpProtocol::Grpc);
 }
 
 #[test]

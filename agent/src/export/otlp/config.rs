@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// How a signal is sent (`OTEL_EXPORTER_OTLP_PROTOCOL`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
+pub enum OtlpProtocol {
     /// `grpc`
     Grpc,
     /// `http/protobuf`
@@ -14,16 +14,16 @@ pub enum Protocol {
 
 /// One of the exported signals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Signal {
+pub enum OtlpSignal {
     Traces,
     Metrics,
 }
 
-impl Signal {
+impl OtlpSignal {
     pub fn as_str(self) -> &'static str {
         match self {
-            Signal::Traces => "traces",
-            Signal::Metrics => "metrics",
+            OtlpSignal::Traces => "traces",
+            OtlpSignal::Metrics => "metrics",
         }
     }
 }
@@ -31,7 +31,7 @@ impl Signal {
 /// Where and how one signal is sent.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SignalConfig {
-    pub protocol: Protocol,
+    pub protocol: OtlpProtocol,
     /// Full URL: for http/protobuf the URL POSTed to; for gRPC `scheme://host:port`.
     pub endpoint: String,
     /// Extra request headers (lower-cased names).

@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::{
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use super::{
-    config::{OtlpConfig, Signal},
+    config::{OtlpConfig, OtlpSignal},
     convert::{key_value, resource, scope},
     transport::{deliver, Backoff, Outbox, Payload, Pending, Transport},
     ExportError,
@@ -242,7 +242,7 @@ pub fn spawn_metrics_exporter(
     metrics: Arc<Metrics>,
     telemetry: Arc<Telemetry>,
 ) -> Result<MetricsExporter, ExportError> {
-    let signal_cfg = cfg.metrics.as_ref().ok_or(ExportError::NotConfigured(Signal::Metrics))?;
+    let signal_cfg = cfg.metrics.as_ref().ok_or(ExportError::NotConfigured(OtlpSignal::Metrics))?;
     let transport = Transport::new(signal_cfg)?;
     let outbox = Outbox::new(MAX_PENDING_METRIC_REQUESTS, telemetry.clone());
     let (shutdown_tx, mut shutdown_rx) = oneshot::channel::<()>();
@@ -267,7 +267,7 @@ pub fn spawn_metrics_exporter(
         outbox.clone(),
         transport,
         Backoff::new(cfg.batch.backoff_initial, cfg.batch.backoff_max),
-        Signal::Metrics,
+        OtlpSignal::Metrics,
     ));
     Ok(MetricsExporter {
         shutdown: Mutex::new(Some(shutdown_tx)),

@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use super::{
-    config::{OtlpConfig, Signal},
+    config::{OtlpConfig, OtlpSignal},
     convert::{key_value, resource, scope},
     transport::{deliver, Backoff, Outbox, Payload, Pending, Transport},
     ExportError,
@@ -90,14 +90,14 @@ struct Tasks {
 
 /// Where the pipeline hands finished spans. Cheap to clone; `submit` never blocks.
 #[derive(Clone)]
-pub struct SpanSink {
+pub struct TraceQueue {
     tx: mpsc::Sender<Span>,
     telemetry: Arc<Telemetry>,
     outbox: Arc<Outbox>,
     tasks: Arc<Mutex<Tasks>>,
 }
 
-impl SpanSink {
+impl TraceQueue {
     /// Queues the span; drops it (counted in `SpansDroppedQueue`) when the queue is full.
     pub fn submit(&self, span: Span) {
         if self.tx.try_send(span).is_err() {
@@ -141,8 +141,8 @@ impl SpanSink {
 }
 
 /// Starts the batching and delivery tasks (needs a tokio runtime).
-pub fn spawn_trace_exporter(cfg: &OtlpConfig, telemetry: Arc<Telemetry>) -> Result<SpanSink, ExportError> {
-    let signal_cfg = cfg.traces.as_ref().ok_or(ExportError::NotConfigured(Signal::Traces))?;
+pub fn spawn_trace_exporter(cfg: &OtlpConfig, telemetry: Arc<Telemetry>) -> Result<TraceQueue, ExportError> {
+    let signal_cfg = cfg.traces.as_ref().ok_or(ExportError::NotConfigured(OtlpSignal::Traces))?;
     let transport = Transport::new(signal_cfg)?;
     let b = cfg.batch.clone();
     let (tx, rx) = mpsc::channel(b.queue_capacity.max(1));
@@ -153,9 +153,9 @@ pub fn spawn_trace_exporter(cfg: &OtlpConfig, telemetry: Arc<Telemetry>) -> Resu
         outbox.clone(),
         transport,
         Backoff::new(b.backoff_initial, b.backoff_max),
-        Signal::Traces,
+        OtlpSignal::Traces,
     ));
-    Ok(SpanSink {
+    Ok(TraceQueue {
         tx,
         telemetry,
         outbox,

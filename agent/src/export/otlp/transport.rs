@@ -17,7 +17,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use super::config::{Protocol, Signal, SignalConfig};
+use super::config::{OtlpProtocol, OtlpSignal, SignalConfig};
 use crate::telemetry::{Counter, Telemetry};
 
 /// One request of either signal.
@@ -59,7 +59,7 @@ impl Transport {
     pub fn new(cfg: &SignalConfig) -> Result<Self, TransportError> {
         let bad = |reason: String| TransportError::Endpoint { endpoint: cfg.endpoint.clone(), reason };
         let inner = match cfg.protocol {
-            Protocol::Grpc => {
+            OtlpProtocol::Grpc => {
                 let channel = Endpoint::from_shared(cfg.endpoint.clone())
                     .map_err(|e| bad(e.to_string()))?
                     .connect_timeout(cfg.timeout)
@@ -73,7 +73,7 @@ impl Transport {
                 }
                 Inner::Grpc { channel, metadata }
             }
-            Protocol::HttpProtobuf => {
+            OtlpProtocol::HttpProtobuf => {
                 let mut headers = reqwest::header::HeaderMap::new();
                 for (k, v) in &cfg.headers {
                     let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
@@ -282,12 +282,12 @@ impl Backoff {
 /// Delivers the outbox's requests in order until it is closed and empty.
 /// Retryable failures are retried (with backoff) for as long as the request
 /// stays in the outbox; permanent ones drop the request.
-pub async fn deliver(outbox: Arc<Outbox>, transport: Transport, mut backoff: Backoff, signal: Signal) {
+pub async fn deliver(outbox: Arc<Outbox>, transport: Transport, mut backoff: Backoff, signal: OtlpSignal) {
     while let Some(p) = outbox.next().await {
         match transport.send(&p.payload).await {
             Ok(()) => {
                 backoff.reset();
-                if signal == Signal::Traces {
+                if signal == OtlpSignal::Traces {
                     outbox.telemetry.add(Counter::SpansExported, p.items);
                 }
             }
