@@ -29,7 +29,8 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use crate::deps::{self, sh};
+use crate::cmd::{self, cmd};
+use crate::deps;
 use crate::otlp_sink as sink;
 use agent::{Agent, Costs};
 use load::LoadResult;
@@ -188,7 +189,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let root = root();
     if !o.no_build {
         eprintln!("bench: building periscope (release)");
-        sh(&format!("cd {} && cargo build --release -q -p periscope", root.display()))?;
+        cmd::run(cmd("cargo", ["build", "--release", "-q", "-p", "periscope"]).current_dir(&root))?;
     }
     let bin = root.join("target/release/periscope");
     if !bin.exists() {
@@ -287,17 +288,17 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
 
     let meta = report::Meta {
-        date: util::sh_out("date -u +%Y-%m-%dT%H:%M:%SZ"),
-        kernel: util::sh_out("uname -r"),
-        cpu: util::sh_out("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-"),
-        cores: util::sh_out("nproc"),
-        memory: util::sh_out("free -h | awk '/Mem:/{print $2}'"),
+        date: cmd::utc_now(),
+        kernel: cmd::read(&mut cmd("uname", ["-r"])),
+        cpu: cmd::cpu_model(),
+        cores: cmd::cores(),
+        memory: cmd::memory_total(),
         versions: vec![
-            ("periscope (git)".into(), util::sh_out(&format!("git -C {} describe --always --dirty", root.display()))),
-            ("nginx".into(), util::sh_out("nginx -v 2>&1 | cut -d/ -f2")),
-            ("node".into(), util::sh_out("node --version")),
-            ("postgres".into(), util::sh_out("pgbench --version | awk '{print $3}'")),
-            ("wrk".into(), util::sh_out("wrk -v 2>&1 | head -1 | awk '{print $2}'")),
+            ("periscope (git)".into(), cmd::read(cmd("git", ["describe", "--always", "--dirty"]).current_dir(&root))),
+            ("nginx".into(), cmd::read_all(&mut cmd("nginx", ["-v"])).split('/').nth(1).unwrap_or_default().to_owned()),
+            ("node".into(), cmd::read(&mut cmd("node", ["--version"]))),
+            ("postgres".into(), cmd::read(&mut cmd("pgbench", ["--version"])).split_whitespace().nth(2).unwrap_or_default().to_owned()),
+            ("wrk".into(), cmd::read_all(&mut cmd("wrk", ["-v"])).split_whitespace().nth(1).unwrap_or_default().to_owned()),
         ],
         pairs,
         run_seconds: secs,
@@ -475,21 +476,19 @@ fn prepare(env: &Env, kind: Kind, dur: Duration) -> anyhow::Result<Prepared> {
             std::fs::create_dir_all(&logdir)?;
             // The shell waits for a line on stdin, then execs pgbench in the same
             // pid: the agent tracks that pid (--pid) before any query is sent.
-            let script = format!(
-                "read go; exec {} -n -S -c {PG_CLIENTS} -j 2 -T {} -l --log-prefix={}/pgbench_log -h 127.0.0.1 -p {} -U postgres postgres",
-                pg.pgbench().display(),
-                dur.as_secs(),
-                logdir.display(),
-                pg.port
-            );
+            // A fixed gate script; pgbench and its arguments reach exec as "$@".
             let mut child = Command::new("sh")
-                .args(["-c", &script])
+                .args(["-c", "read -r _ && exec \"$@\"", "gate"])
+                .arg(pg.pgbench())
+                .args(["-n", "-S", "-c", &PG_CLIENTS.to_string(), "-j", "2", "-T", &dur.as_secs().to_string(), "-l"])
+                .arg(format!("--log-prefix={}/pgbench_log", logdir.display()))
+                .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "postgres"])
                 .current_dir(&logdir)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
-                .context("starting sh -c 'read; exec pgbench'")?;
+                .context("starting pgbench behind its gate")?;
             let pid = child.id();
             Ok(Prepared {
                 selector: vec!["--pid".into(), pid.to_string(), "--exe-path".into(), "*/pgbench".into()],

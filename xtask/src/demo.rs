@@ -22,7 +22,8 @@ use anyhow::{bail, Context};
 
 use crate::{
     bench::util::http_get,
-    deps::{self, sh},
+    cmd::{self, cmd},
+    deps,
     mythical::{self, Backends, Proc, ServiceOptions, SERVICES},
 };
 
@@ -56,7 +57,7 @@ const WINDOW: usize = 5;
 
 pub fn run(o: Options) -> anyhow::Result<()> {
     deps::ensure()?;
-    sh("cargo build -q -p periscope")?;
+    cmd::run(&mut cmd("cargo", ["build", "-q", "-p", "periscope"]))?;
     let dir = std::env::temp_dir().join("periscope-mythical");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

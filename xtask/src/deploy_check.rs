@@ -12,7 +12,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context};
 
-use crate::deps::{self, sh};
+use crate::cmd::{self, cmd};
+use crate::deps;
 
 #[derive(clap::Args)]
 pub struct Options {}
@@ -41,50 +42,40 @@ pub fn check(with_rust_test: bool) -> anyhow::Result<()> {
     let root = deps::workspace_root();
     let deploy = root.join("deploy");
     let tools = ensure_tools()?;
-    let tool = |name: &str| tools.cmd(name);
-    let q = |p: &Path| format!("'{}'", p.display());
 
     eprintln!("deploy-check: Dockerfile");
-    sh(&format!("{} {}", tool("hadolint"), q(&deploy.join("Dockerfile"))))?;
+    cmd::run(tools.cmd("hadolint").arg(deploy.join("Dockerfile")))?;
     let script = deploy.join("build-in-image.sh");
-    sh(&format!("bash -n {0} && {1} {0}", q(&script), tool("shellcheck")))?;
+    cmd::run(&mut cmd("bash", ["-n".as_ref(), script.as_os_str()]))?;
+    cmd::run(tools.cmd("shellcheck").arg(&script))?;
     let metadata = cargo_metadata(&root)?;
     check_dockerfile(&root, &metadata)?;
     // The image's build step itself, with the dev profile the tests already built.
     let out = root.join("target/deploy-check");
-    sh(&format!("cd {} && PERISCOPE_PROFILE=dev {} build {} >/dev/null", q(&root), q(&script), q(&out)))?;
+    cmd::run_quiet(cmd(&script.to_string_lossy(), ["build".as_ref(), out.as_os_str()]).current_dir(&root).env("PERISCOPE_PROFILE", "dev"))?;
     let version = Command::new(out.join("periscope")).arg("--version").output()?;
     ensure!(version.status.success(), "the binary built by build-in-image.sh does not run");
 
     eprintln!("deploy-check: compose files");
     let compose: Vec<PathBuf> = files(&deploy.join("compose"), "yml")?;
-    sh(&format!(
-        "{} --schemafile {} {}",
-        tool("check-jsonschema"),
-        q(&deploy.join("schemas/compose-spec.json")),
-        compose.iter().map(|p| q(p)).collect::<Vec<_>>().join(" ")
-    ))?;
+    cmd::run(tools.cmd("check-jsonschema").arg("--schemafile").arg(deploy.join("schemas/compose-spec.json")).args(&compose))?;
 
     eprintln!("deploy-check: Kubernetes manifests");
     let k8s = deploy.join("kubernetes");
     let manifests: Vec<PathBuf> = files(&k8s, "yaml")?.into_iter().filter(|p| !p.ends_with("kustomization.yaml")).collect();
     check_kustomization(&std::fs::read_to_string(k8s.join("kustomization.yaml"))?, &manifests)?;
-    sh(&format!(
-        "{} --strict --quiet -k {KUBERNETES_VERSION} {}",
-        tool("kubernetes-validate"),
-        manifests.iter().map(|p| q(p)).collect::<Vec<_>>().join(" ")
-    ))?;
+    cmd::run(tools.cmd("kubernetes-validate").args(["--strict", "--quiet", "-k", KUBERNETES_VERSION]).args(&manifests))?;
 
     let readme = std::fs::read_to_string(deploy.join("README.md")).context("deploy/README.md")?;
     for cap in CAPABILITIES {
         ensure!(readme.contains(cap), "deploy/README.md does not explain {cap}");
     }
 
-    sh(&format!("python3 {} --check", q(&deploy.join("dashboards/generate.py"))))?;
+    cmd::run(&mut cmd("python3", [deploy.join("dashboards/generate.py").as_os_str(), "--check".as_ref()]))?;
 
     if with_rust_test {
         eprintln!("deploy-check: dashboards and configurations against the agent");
-        sh("cargo test -p periscope --test deploy_artifacts")?;
+        cmd::run(&mut cmd("cargo", ["test", "-p", "periscope", "--test", "deploy_artifacts"]))?;
     }
     eprintln!("deploy-check: ok");
     Ok(())
@@ -97,9 +88,11 @@ pub struct Tools {
 }
 
 impl Tools {
-    /// A shell command running the tool `name` with its Python modules in reach.
-    fn cmd(&self, name: &str) -> String {
-        format!("PYTHONPATH='{0}' '{0}/bin/{name}'", self.dir.display())
+    /// The tool `name`, with its Python modules in reach.
+    fn cmd(&self, name: &str) -> Command {
+        let mut c = Command::new(self.dir.join("bin").join(name));
+        c.env("PYTHONPATH", &self.dir);
+        c
     }
 }
 
@@ -114,14 +107,14 @@ pub fn ensure_tools() -> anyhow::Result<Tools> {
         let pkgs: Vec<&str> = PYTHON_TOOLS.iter().map(|(pkg, _)| *pkg).collect();
         eprintln!("xtask: installing with pip into {}: {}", dir.display(), pkgs.join(" "));
         let _ = std::fs::remove_dir_all(&dir);
-        if sh("python3 -m pip --version >/dev/null 2>&1").is_err() {
+        if !cmd::succeeds(&mut cmd("python3", ["-m", "pip", "--version"])) {
             deps::ensure_packages(&["python3-pip"])?;
         }
-        sh(&format!(
-            "python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --target '{}' {}",
-            dir.display(),
-            pkgs.join(" ")
-        ))?;
+        cmd::run(
+            cmd("python3", ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-script-location", "--target"])
+                .arg(&dir)
+                .args(&pkgs),
+        )?;
         for (_, exe) in PYTHON_TOOLS {
             ensure!(dir.join("bin").join(exe).exists(), "{exe} missing from {} after pip install", dir.display());
         }

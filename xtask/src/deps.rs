@@ -3,7 +3,9 @@
 //! directories, psycopg for python3). Quick when everything is already there.
 use std::process::Command;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+
+use crate::cmd::{self, cmd};
 
 #[derive(clap::Args)]
 pub struct Options {}
@@ -49,8 +51,12 @@ fn installed(pkg: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
+/// Whether `program` is an executable file on PATH.
+fn have(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .any(|dir| std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 pub fn run(_: Options) -> anyhow::Result<()> {
@@ -64,7 +70,7 @@ pub fn ensure() -> anyhow::Result<()> {
     crate::deploy_check::ensure_tools()?;
     if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
         eprintln!("xtask: mounting tracefs");
-        sh("mount -t tracefs nodev /sys/kernel/tracing")?;
+        cmd::run(&mut cmd("mount", ["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))?;
     }
     Ok(())
 }
@@ -86,8 +92,8 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
         .collect();
     if !missing.is_empty() {
         eprintln!("xtask: installing with apt-get: {}", missing.join(" "));
-        sh("apt-get update -qq")?;
-        sh(&format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {} >/dev/null", missing.join(" ")))?;
+        cmd::run(&mut cmd("apt-get", ["update", "-qq"]))?;
+        cmd::run_quiet(cmd("apt-get", ["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     Ok(())
 }
@@ -103,7 +109,7 @@ fn ensure_node_modules() -> anyhow::Result<()> {
         let missing = modules.iter().any(|m| !dir.join("node_modules").join(m).join("package.json").exists());
         if missing {
             eprintln!("xtask: npm install in {}", dir.display());
-            sh(&format!("cd '{}' && npm install --no-audit --no-fund --loglevel=error", dir.display()))?;
+            cmd::run(cmd("npm", ["install", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&dir))?;
         }
     }
     Ok(())
@@ -123,7 +129,7 @@ fn ensure_psycopg() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing psycopg for python3");
-    if sh("python3 -m pip install --quiet 'psycopg[binary]'").is_err() || !ok() {
+    if cmd::run(&mut cmd("python3", ["-m", "pip", "install", "--quiet", "psycopg[binary]"])).is_err() || !ok() {
         ensure_packages(&["python3-psycopg"])?;
     }
     if !ok() {
@@ -132,10 +138,4 @@ fn ensure_psycopg() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn sh(script: &str) -> anyhow::Result<()> {
-    let status = Command::new("sh").args(["-c", script]).status().with_context(|| format!("running {script}"))?;
-    if !status.success() {
-        bail!("`{script}` failed with {status}");
-    }
-    Ok(())
-}
+

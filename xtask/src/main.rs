@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: project chores. Each command lives in its own module.
 mod bench;
+mod cmd;
 mod compare;
 mod demo;
 mod deploy_check;

@@ -96,7 +96,7 @@ impl Drop for Proc {
 pub fn leftovers(pgids: &[u32]) -> Vec<u32> {
     let mut out = Vec::new();
     for pgid in pgids {
-        let list = crate::bench::util::sh_out(&format!("pgrep -g {pgid}"));
+        let list = crate::cmd::read(&mut crate::cmd::cmd("pgrep", ["-g", &pgid.to_string()]));
         out.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
     }
     out

@@ -18,9 +18,10 @@ use anyhow::{bail, Context};
 use crate::bench::{
     agent::Agent,
     services::Nginx,
-    util::{http_get, prom_value, sh_out},
+    util::{http_get, prom_value},
 };
-use crate::deps::{self, sh};
+use crate::cmd::{self, cmd};
+use crate::deps;
 use crate::otlp_sink as sink;
 
 #[derive(clap::Args)]
@@ -58,9 +59,9 @@ fn map_ids_of(pid: u32) -> HashSet<u64> {
 fn map_entries(agent_pid: u32, name: &str) -> anyhow::Result<usize> {
     let ids = map_ids_of(agent_pid);
     for id in ids {
-        let info = sh_out(&format!("bpftool map show id {id}"));
+        let info = cmd::read(&mut cmd("bpftool", ["map", "show", "id", &id.to_string()]));
         if info.contains(&format!(" name {name} ")) {
-            let dump = sh_out(&format!("bpftool -j map dump id {id}"));
+            let dump = cmd::read(&mut cmd("bpftool", ["-j", "map", "dump", "id", &id.to_string()]));
             let v: serde_json::Value = serde_json::from_str(&dump).context("parsing bpftool map dump")?;
             return Ok(v.as_array().map_or(0, Vec::len));
         }
@@ -90,7 +91,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     deps::ensure()?;
     deps::ensure_packages(&["wrk"])?;
     if !o.no_build {
-        sh("cargo build --release -q -p periscope")?;
+        cmd::run(&mut cmd("cargo", ["build", "--release", "-q", "-p", "periscope"]))?;
     }
     let bin = root().join("target/release/periscope");
     let dir = std::env::temp_dir().join(format!("periscope-soak-{}", std::process::id()));
@@ -100,7 +101,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         "# Soak results\n\n`cargo xtask soak --down-minutes {} --processes {}`, {}\n\n",
         o.down_minutes,
         o.processes,
-        sh_out("date -u +%Y-%m-%dT%H:%M:%SZ").trim()
+        cmd::utc_now()
     );
 
     // (1) A dead OTLP endpoint for minutes, then back.

@@ -5,7 +5,10 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Context};
 
-use crate::deps::{self, sh};
+use crate::{
+    cmd::{self, cmd},
+    deps,
+};
 
 /// The formatter `ebpf/.clang-format` is written for (`cargo xtask deps` installs it).
 const CLANG_FORMAT: &str = "clang-format-19";
@@ -22,22 +25,26 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         bail!("the kernel tests load eBPF programs: run as root");
     }
-    let filter = o.filter.unwrap_or_default();
+    let filter: Vec<String> = o.filter.into_iter().collect();
     if filter.is_empty() {
         check_c_format()?;
     }
-    sh(&format!("cargo test --workspace --lib --bins -- {filter}"))?;
+    cmd::run(cmd("cargo", ["test", "--workspace", "--lib", "--bins", "--"]).args(&filter))?;
     if filter.is_empty() {
         // deploy/ linted and validated; its agent-side test runs with the integration tests.
         crate::deploy_check::check(false)?;
     }
-    sh(&format!("cargo test -p periscope --test '*' -- --test-threads=1 {filter}"))?;
+    // The root-only tests are behind the `root-tests` feature (a plain `cargo test` skips them).
+    cmd::run(
+        cmd("cargo", ["test", "-p", "periscope", "--features", "root-tests", "--test", "*", "--", "--test-threads=1"])
+            .args(&filter),
+    )?;
     if filter.is_empty() {
         // The demo, non-interactive (~40 s): fails unless periscope saw
         // every Mythical service.
-        sh("cargo xtask demo --duration 20s")?;
+        cmd::run(&mut cmd("cargo", ["xtask", "demo", "--duration", "20s"]))?;
         // A short run of every fuzz target (the long runs: cargo xtask fuzz --runs N).
-        sh("cargo xtask fuzz")?;
+        cmd::run(&mut cmd("cargo", ["xtask", "fuzz"]))?;
     }
     Ok(())
 }

@@ -152,7 +152,7 @@ impl Agent {
 
     pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
         let at = Instant::now();
-        let progs: Value = serde_json::from_str(&super::util::sh_out("bpftool prog show -j"))
+        let progs: Value = serde_json::from_str(&crate::cmd::read(&mut crate::cmd::cmd("bpftool", ["prog", "show", "-j"])))
             .context("parsing `bpftool prog show -j`")?;
         let mut bpf = BTreeMap::new();
         for p in progs.as_array().into_iter().flatten() {
@@ -269,7 +269,7 @@ pub fn prog_ids_of(pid: u32) -> HashSet<u32> {
 
 /// Ids of every loaded BPF program.
 pub fn loaded_prog_ids() -> HashSet<u32> {
-    serde_json::from_str::<Value>(&super::util::sh_out("bpftool prog show -j"))
+    serde_json::from_str::<Value>(&crate::cmd::read(&mut crate::cmd::cmd("bpftool", ["prog", "show", "-j"])))
         .ok()
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default()
@@ -281,7 +281,7 @@ pub fn loaded_prog_ids() -> HashSet<u32> {
 /// Names and ids of loaded `handle_*` programs (periscope's naming), e.g. left
 /// by another periscope on the machine.
 pub fn loaded_handle_programs() -> Vec<(u32, String)> {
-    serde_json::from_str::<Value>(&super::util::sh_out("bpftool prog show -j"))
+    serde_json::from_str::<Value>(&crate::cmd::read(&mut crate::cmd::cmd("bpftool", ["prog", "show", "-j"])))
         .ok()
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default()

@@ -2,7 +2,6 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    process::Command,
     time::Duration,
 };
 
@@ -49,15 +48,6 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// stdout of a shell command, trimmed ("" when it fails).
-pub fn sh_out(script: &str) -> String {
-    Command::new("sh")
-        .args(["-c", script])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// Checks that nothing listens on 127.0.0.1:`port`.
