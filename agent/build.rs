@@ -42,9 +42,7 @@ fn main() {
         .arg("-o")
         .arg(&object)
         .status()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {clang} ({e}); install clang-19 and libbpf-dev (cargo xtask deps)")
-        });
+        .unwrap_or_else(|e| panic!("cannot run {clang} ({e}); install clang-19 and libbpf-dev (cargo xtask deps)"));
     assert!(status.success(), "{clang} failed to compile ebpf/src/periscope.bpf.c");
 
     bindgen::Builder::default()

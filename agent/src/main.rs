@@ -22,7 +22,11 @@ fn main() -> ExitCode {
         // Before any thread starts: they all inherit it.
         // SAFETY: setpriority(2) on the calling thread, no pointers.
         if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, settings.agent.nice) } != 0 {
-            tracing::warn!(nice = settings.agent.nice, "cannot change the agent's priority: {}", std::io::Error::last_os_error());
+            tracing::warn!(
+                nice = settings.agent.nice,
+                "cannot change the agent's priority: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

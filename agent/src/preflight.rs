@@ -106,7 +106,8 @@ pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
 /// `/proc/self/uid_map` of the initial user namespace is the single line
 /// `0 0 4294967295` (columns padded with spaces).
 pub fn is_initial_uid_map(uid_map: &str) -> bool {
-    let lines: Vec<Vec<&str>> = uid_map.lines().map(|l| l.split_whitespace().collect()).filter(|f: &Vec<&str>| !f.is_empty()).collect();
+    let lines: Vec<Vec<&str>> =
+        uid_map.lines().map(|l| l.split_whitespace().collect()).filter(|f: &Vec<&str>| !f.is_empty()).collect();
     lines.len() == 1 && lines[0] == ["0", "0", "4294967295"]
 }
 
@@ -224,9 +225,8 @@ pub fn evaluate(h: &HostFacts) -> Vec<Finding> {
             "tracepoints missing under {TRACEFS}/events: {} (syscall tracepoints need CONFIG_FTRACE_SYSCALLS=y)",
             missing.join(", ")
         ))),
-        Tracefs::Unreadable(e) => out.push(Finding::error(format!(
-            "cannot read {TRACEFS} ({e}): run as root (uid 0) or make tracefs readable"
-        ))),
+        Tracefs::Unreadable(e) => out
+            .push(Finding::error(format!("cannot read {TRACEFS} ({e}): run as root (uid 0) or make tracefs readable"))),
         _ => {}
     }
     if h.lockdown.as_deref() == Some("confidentiality") {

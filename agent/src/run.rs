@@ -16,15 +16,15 @@ use crate::{
         prometheus::{PrometheusServer, PrometheusState},
     },
     metrics::Metrics,
+    model::Span,
     pipeline::{Pipeline, SpanSink, TargetsView},
     probes::Probes,
-    model::Span,
     telemetry::Telemetry,
 };
 
 pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr: stdout belongs to the trace printer.
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

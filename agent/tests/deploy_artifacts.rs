@@ -33,12 +33,25 @@ fn yaml(rel: &str) -> Value {
 
 // ------------------------------------------------------------ PromQL names
 
-const KEYWORDS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"];
+const KEYWORDS: &[&str] =
+    &["by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"];
 const GROUPING: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
 /// Aggregation operators, which may be followed by `by (...)` rather than `(`.
 const AGGREGATIONS: &[&str] = &[
-    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk", "quantile",
-    "limitk", "limit_ratio",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
 ];
 
 /// (metric names, label names) a PromQL expression (Grafana variables
@@ -132,7 +145,9 @@ fn promql_extraction_finds_metrics_and_labels() {
     );
     assert_eq!(m.into_iter().collect::<Vec<_>>(), ["bar", "foo_total", "http_server_request_duration_seconds_bucket"]);
     assert_eq!(l.into_iter().collect::<Vec<_>>(), ["a", "http_route", "le", "service_name"]);
-    let (m, l) = variable_names(r#"label_values(http_server_request_duration_seconds_count{service_namespace=~"$namespace"}, service_name)"#);
+    let (m, l) = variable_names(
+        r#"label_values(http_server_request_duration_seconds_count{service_namespace=~"$namespace"}, service_name)"#,
+    );
     assert_eq!(m.into_iter().collect::<Vec<_>>(), ["http_server_request_duration_seconds_count"]);
     assert_eq!(l.into_iter().collect::<Vec<_>>(), ["service_name", "service_namespace"]);
 }
@@ -207,9 +222,8 @@ async fn scrape() -> String {
     for s in spans_for_every_instrument() {
         metrics.record_span(&s);
     }
-    let server = PrometheusServer::bind("127.0.0.1:0".parse().unwrap(), PrometheusState::new(metrics, telemetry))
-        .await
-        .unwrap();
+    let server =
+        PrometheusServer::bind("127.0.0.1:0".parse().unwrap(), PrometheusState::new(metrics, telemetry)).await.unwrap();
     let addr = server.local_addr().unwrap();
     let task = tokio::spawn(server.run());
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -330,13 +344,19 @@ fn strings(v: &Value) -> Vec<String> {
 #[test]
 fn check_config_rejects_what_it_should() {
     // The semantic checks below rely on these failing.
-    let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
+    let env =
+        |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
     for bad in [
         env(&[("PERISCOPE_OPEN_PORT", "4000"), ("PERISCOPE_OPEN_PORTS", "4001")]),
         env(&[("BEYLA_OPEN_PORT", "4000")]),
         env(&[("PERISCOPE_OPEN_PORT", "4000"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_periscope")).arg("--check-config").env_clear().envs(&bad).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_periscope"))
+            .arg("--check-config")
+            .env_clear()
+            .envs(&bad)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad:?} accepted");
     }
 }
@@ -397,7 +417,8 @@ fn kubernetes_config_is_accepted_by_the_agent() {
     assert!(mounts.iter().any(|m| m["mountPath"].as_str() == Some(&mount_dir)), "{} is not mounted", args[1]);
     assert!(mounts.iter().any(|m| m["mountPath"].as_str() == Some("/sys/kernel/tracing")));
     let env_list = &container["env"];
-    let node = env_list.as_sequence().unwrap().iter().find(|e| e["name"].as_str() == Some("NODE_NAME")).expect("NODE_NAME");
+    let node =
+        env_list.as_sequence().unwrap().iter().find(|e| e["name"].as_str() == Some("NODE_NAME")).expect("NODE_NAME");
     assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"].as_str(), Some("spec.nodeName"));
 
     // RBAC covers what the agent watches (agent/src/kubernetes/mod.rs).
@@ -406,7 +427,9 @@ fn kubernetes_config_is_accepted_by_the_agent() {
         .as_sequence()
         .unwrap()
         .iter()
-        .filter(|r| strings(&r["verbs"]).iter().any(|v| v == "watch") && strings(&r["verbs"]).iter().any(|v| v == "list"))
+        .filter(|r| {
+            strings(&r["verbs"]).iter().any(|v| v == "watch") && strings(&r["verbs"]).iter().any(|v| v == "list")
+        })
         .flat_map(|r| strings(&r["resources"]))
         .collect();
     for resource in ["pods", "nodes", "replicasets"] {
@@ -414,7 +437,8 @@ fn kubernetes_config_is_accepted_by_the_agent() {
     }
 
     // Same capabilities as the compose overlay.
-    let k8s_caps: BTreeSet<String> = strings(&container["securityContext"]["capabilities"]["add"]).into_iter().collect();
+    let k8s_caps: BTreeSet<String> =
+        strings(&container["securityContext"]["capabilities"]["add"]).into_iter().collect();
     let compose = yaml("compose/docker-compose.periscope.yml");
     let compose_caps: BTreeSet<String> = strings(&compose["services"]["periscope"]["cap_add"]).into_iter().collect();
     assert_eq!(k8s_caps, compose_caps);

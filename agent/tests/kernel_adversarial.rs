@@ -152,7 +152,11 @@ fn garbage_slowloris_huge_headers_storms_and_vanishing_clients() {
     });
     let m = agent.metrics();
     let named = |route: &str| {
-        support::agent::sample_sum(&m, "http_server_request_duration_seconds_count", &[&format!("http_route=\"{route}\"")])
+        support::agent::sample_sum(
+            &m,
+            "http_server_request_duration_seconds_count",
+            &[&format!("http_route=\"{route}\"")],
+        )
     };
     assert_eq!(named("/slow-client"), 1.0);
     assert_eq!(named("/big-headers"), 1.0);

@@ -33,7 +33,11 @@ const CONSUMER: i32 = 5;
 
 fn fixtures() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/amqp");
-    assert!(dir.join("node_modules/amqplib").exists(), "{}/node_modules is missing: run `cargo xtask deps`", dir.display());
+    assert!(
+        dir.join("node_modules/amqplib").exists(),
+        "{}/node_modules is missing: run `cargo xtask deps`",
+        dir.display()
+    );
     dir
 }
 
@@ -60,22 +64,13 @@ async fn producer_and_consumer_spans_join_the_publishing_request() {
     let rx = Receiver::start().await;
     // The default capture size: up to 10 deliveries (prefetch) arrive in one
     // read, each seen through the kernel's AMQP frame capture.
-    let env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
-    ];
+    let env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into())];
     // Gates: both processes start once periscope watches them, so it sees
     // their AMQP connections from the protocol header on.
     let gate = |script: &str, args: &[String], name: &str| {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "read go; exec node \"$@\"", "sh"]).arg(fx.join(script)).args(args);
-        Proc(
-            cmd.env("OTEL_SERVICE_NAME", name)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        )
+        Proc(cmd.env("OTEL_SERVICE_NAME", name).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap())
     };
     let port = free_port();
     let mut producer = gate("ctx_producer.js", &[port.to_string(), rmq.url()], "producer");
@@ -110,7 +105,8 @@ async fn producer_and_consumer_spans_join_the_publishing_request() {
             break;
         }
         if std::time::Instant::now() > deadline {
-            let names: Vec<String> = spans.iter().map(|s| format!("{} {} {}", service(s), s.span.kind, s.span.name)).collect();
+            let names: Vec<String> =
+                spans.iter().map(|s| format!("{} {} {}", service(s), s.span.kind, s.span.name)).collect();
             let m = agent.metrics();
             let nonzero: Vec<&str> = m.lines().filter(|l| l.starts_with("periscope_") && !l.ends_with(" 0")).collect();
             panic!("timed out waiting for 20 server, producer and consumer spans: {names:#?}\n{nonzero:#?}");
@@ -122,14 +118,16 @@ async fn producer_and_consumer_spans_join_the_publishing_request() {
     let spans = rx.spans();
     let by_id: HashMap<Vec<u8>, &ReceivedSpan> = spans.iter().map(|s| (s.span.span_id.clone(), s)).collect();
 
-    let servers: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.span.kind == SERVER && service(s) == "producer").collect();
+    let servers: Vec<&ReceivedSpan> =
+        spans.iter().filter(|s| s.span.kind == SERVER && service(s) == "producer").collect();
     let producers: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.span.kind == PRODUCER).collect();
     let consumers: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.span.kind == CONSUMER).collect();
     assert_eq!((servers.len(), producers.len(), consumers.len()), (20, 20, 20), "exactly one of each per request");
 
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     // trace id -> span id the app wrote in its own traceparents.
-    let app_tp: HashMap<String, String> = own_tp.values().map(|tp| (tp[3..35].to_owned(), tp[36..52].to_owned())).collect();
+    let app_tp: HashMap<String, String> =
+        own_tp.values().map(|tp| (tp[3..35].to_owned(), tp[36..52].to_owned())).collect();
     for p in &producers {
         assert_eq!(service(p), "producer");
         assert_eq!(p.span.name, "publish jobs");
@@ -157,7 +155,9 @@ async fn producer_and_consumer_spans_join_the_publishing_request() {
         assert_eq!(service(c), "consumer");
         assert_eq!(c.span.name, "process jobs");
         assert_eq!(c.attr_str("messaging.operation.type").as_deref(), Some("process"));
-        let producer = by_id.get(&c.span.parent_span_id).unwrap_or_else(|| panic!("consumer {:?} has no exported parent", c.span.span_id));
+        let producer = by_id
+            .get(&c.span.parent_span_id)
+            .unwrap_or_else(|| panic!("consumer {:?} has no exported parent", c.span.span_id));
         assert_eq!(producer.span.kind, PRODUCER);
         assert_eq!(producer.span.trace_id, c.span.trace_id, "one trace from the HTTP request to the consumer");
         let ms = (c.span.end_time_unix_nano - c.span.start_time_unix_nano) as f64 / 1e6;
@@ -192,8 +192,11 @@ async fn a_consumer_that_fell_behind_gets_a_consumer_span_per_message() {
     let rx = Receiver::start().await;
     let env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into())];
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "read go; exec node \"$@\"", "sh"]).arg(fx.join("burst_consumer.js")).args([rmq.url(), BURST.to_string()]);
-    let mut consumer = Proc(cmd.env("OTEL_SERVICE_NAME", "burst").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap());
+    cmd.args(["-c", "read go; exec node \"$@\"", "sh"])
+        .arg(fx.join("burst_consumer.js"))
+        .args([rmq.url(), BURST.to_string()]);
+    let mut consumer =
+        Proc(cmd.env("OTEL_SERVICE_NAME", "burst").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap());
     let agent = Agent::start(&["--pid", &consumer.pid().to_string()], &env);
     agent.wait_tracked(consumer.pid());
     consumer.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
@@ -219,20 +222,32 @@ async fn a_consumer_that_fell_behind_gets_a_consumer_span_per_message() {
     let counters: Vec<&str> = metrics
         .lines()
         .filter(|l| {
-            ["periscope_kernel_capture", "periscope_requests_unmatched", "periscope_protocol_desync", "periscope_events_lost"]
-                .iter()
-                .any(|p| l.starts_with(p))
+            [
+                "periscope_kernel_capture",
+                "periscope_requests_unmatched",
+                "periscope_protocol_desync",
+                "periscope_events_lost",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
         })
         .collect();
     let producers = rx.spans().iter().filter(|s| s.span.kind == PRODUCER).count();
-    eprintln!("burst: {} CONSUMER spans, {producers} PRODUCER spans for {BURST} messages\n{counters:#?}", consumers.len());
+    eprintln!(
+        "burst: {} CONSUMER spans, {producers} PRODUCER spans for {BURST} messages\n{counters:#?}",
+        consumers.len()
+    );
     assert_eq!(consumers.len(), BURST as usize, "one CONSUMER span per message");
     // Message i carried traceparent 00-<i>-<i>-01: its span is in that trace, under that span.
     let mut seen: Vec<u64> = consumers
         .iter()
         .map(|c| {
             let trace = u64::from_str_radix(&hex(&c.span.trace_id)[16..], 16).unwrap();
-            assert_eq!(hex(&c.span.parent_span_id), format!("{trace:016x}"), "the message's traceparent names the parent");
+            assert_eq!(
+                hex(&c.span.parent_span_id),
+                format!("{trace:016x}"),
+                "the message's traceparent names the parent"
+            );
             trace
         })
         .collect();

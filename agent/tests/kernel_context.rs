@@ -70,10 +70,7 @@ fn service(s: &ReceivedSpan) -> String {
 
 /// The request id a span is about: from the path, the URL or the SQL literal.
 fn request_id(s: &ReceivedSpan) -> Option<u64> {
-    let text = s
-        .attr_str("url.path")
-        .or_else(|| s.attr_str("url.full"))
-        .or_else(|| s.attr_str("db.query.text"))?;
+    let text = s.attr_str("url.path").or_else(|| s.attr_str("url.full")).or_else(|| s.attr_str("db.query.text"))?;
     let digits = |t: &str| t.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok();
     if let Some(i) = text.rfind("/work/") {
         return digits(&text[i + 6..]);
@@ -245,7 +242,11 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
     let counters: Vec<String> = agent
         .metrics()
         .lines()
-        .filter(|l| l.starts_with("periscope_context") || l.starts_with("periscope_link") || l.starts_with("periscope_spans_linked"))
+        .filter(|l| {
+            l.starts_with("periscope_context")
+                || l.starts_with("periscope_link")
+                || l.starts_with("periscope_spans_linked")
+        })
         .map(String::from)
         .collect();
     let (sc, wrong) = score(&spans, name, with_sql);

@@ -117,7 +117,13 @@ async fn python_http_server_and_curl_over_grpc() {
     wait_exit(&mut curl);
 
     let spans = rx.wait_for_spans(10, Duration::from_secs(20)).await;
-    let expected = names(&[("GET /a.txt", 200), ("GET /a.txt", 200), ("GET /a.txt", 200), ("GET /missing", 404), ("GET /missing", 404)]);
+    let expected = names(&[
+        ("GET /a.txt", 200),
+        ("GET /a.txt", 200),
+        ("GET /a.txt", 200),
+        ("GET /missing", 404),
+        ("GET /missing", 404),
+    ]);
     assert_eq!(summary(&spans, SERVER, server.pid()), expected, "python server spans");
     let client = summary(&spans, CLIENT, curl.pid());
     assert_eq!(client.len(), 5, "curl client spans: {client:?}");
@@ -324,7 +330,8 @@ async fn nginx_and_a_rust_client() {
         d = dir.display()
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let nginx = Proc(Command::new("/usr/sbin/nginx").args(["-c", dir.join("nginx.conf").to_str().unwrap()]).spawn().unwrap());
+    let nginx =
+        Proc(Command::new("/usr/sbin/nginx").args(["-c", dir.join("nginx.conf").to_str().unwrap()]).spawn().unwrap());
     wait_listening(port);
     let agent = Agent::start(
         &["--open-port", &port.to_string(), "--pid", &std::process::id().to_string()],
@@ -370,7 +377,10 @@ fn bad_configuration_is_one_clear_line() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("open-port") && err.contains("80-70"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_periscope")).args(["--pid", "1", "--trace-printer", "fancy"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_periscope"))
+        .args(["--pid", "1", "--trace-printer", "fancy"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--trace-printer"));
 }

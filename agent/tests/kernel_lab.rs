@@ -53,7 +53,11 @@ const RECORDER_BUSY_MS: u32 = 15;
 
 fn mythical() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mythical");
-    assert!(dir.join("node_modules/express").exists(), "{}/node_modules is missing: run `cargo xtask deps`", dir.display());
+    assert!(
+        dir.join("node_modules/express").exists(),
+        "{}/node_modules is missing: run `cargo xtask deps`",
+        dir.display()
+    );
     dir
 }
 
@@ -206,7 +210,8 @@ async fn the_lab_load_keeps_every_trace_connected() {
     let received = counter(recorder_port, "mythical_recorder_received_total") as usize;
     // Held spans leave once their trace is decided; the agent's exit flushes the rest.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let metrics = wait_for("periscope's /metrics", Duration::from_secs(20), || Some(agent.metrics()).filter(|m| !m.is_empty()));
+    let metrics =
+        wait_for("periscope's /metrics", Duration::from_secs(20), || Some(agent.metrics()).filter(|m| !m.is_empty()));
     assert!(agent.stop(), "periscope exited uncleanly");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let spans = rx.spans();
@@ -276,7 +281,8 @@ async fn the_lab_load_keeps_every_trace_connected() {
             if r.server.iter().any(|s| child_of(q, s)) {
                 sql_ok += 1;
             } else if wrong.len() < 20 {
-                let owner = by_rid.iter().find(|(_, o)| o.server.iter().any(|s| s.span.span_id == q.span.parent_span_id));
+                let owner =
+                    by_rid.iter().find(|(_, o)| o.server.iter().any(|s| s.span.span_id == q.span.parent_span_id));
                 wrong.push(format!("rid {id}: SQL span under {:?}", owner.map(|(i, _)| i)));
             }
         }
@@ -286,7 +292,8 @@ async fn the_lab_load_keeps_every_trace_connected() {
     let consumer_linked = consumers.iter().filter(|c| producers.contains(&c.span.parent_span_id)).count();
     let with_namespace = sql_spans.iter().filter(|s| s.attr_str("db.namespace").as_deref() == Some("shop")).count();
     let with_db_name = sql_spans.iter().filter(|s| s.attr_str("db.name").as_deref() == Some("shop")).count();
-    let server_spans: Vec<_> = spans.iter().filter(|s| s.span.kind == SERVER && service(s) == "mythical-server").collect();
+    let server_spans: Vec<_> =
+        spans.iter().filter(|s| s.span.kind == SERVER && service(s) == "mythical-server").collect();
     let peer_name_is_host = server_spans
         .iter()
         .filter(|s| s.attr_str("net.peer.name").is_some_and(|n| Some(n) == s.attr_str("server.address")))

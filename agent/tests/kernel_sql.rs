@@ -127,10 +127,22 @@ async fn wait_sql(rx: &Receiver, agent: &Agent, kind: i32, pid: Option<u32>, n: 
             let all: Vec<String> = rx
                 .spans()
                 .iter()
-                .map(|s| format!("{} kind={} pid={:?} {:?}", s.span.name, s.span.kind, pid_of(s), s.attr_str("db.query.text")))
+                .map(|s| {
+                    format!(
+                        "{} kind={} pid={:?} {:?}",
+                        s.span.name,
+                        s.span.kind,
+                        pid_of(s),
+                        s.attr_str("db.query.text")
+                    )
+                })
                 .collect();
-            let counters: Vec<String> =
-                agent.metrics().lines().filter(|l| l.starts_with("periscope_") && !l.ends_with(" 0")).map(String::from).collect();
+            let counters: Vec<String> = agent
+                .metrics()
+                .lines()
+                .filter(|l| l.starts_with("periscope_") && !l.ends_with(" 0"))
+                .map(String::from)
+                .collect();
             panic!(
                 "timed out waiting for {n} SQL spans of kind {kind} from {pid:?}; spans: {all:#?}\ncounters: {counters:#?}\nrequests: {}, metrics port {} get: {:?}",
                 rx.requests().len(), agent.metrics_port, support::agent::http_get(agent.metrics_port, "/healthz")
@@ -165,7 +177,11 @@ fn check_common(spans: &[ReceivedSpan], system: &str, port: u16) {
     for s in spans {
         let ctx = format!("span {:?} {:?}", s.span.name, s.attr_str("db.query.text"));
         assert_eq!(s.attr_str("db.system.name").as_deref(), Some(system), "{ctx}");
-        assert_eq!(s.attr_str("db.namespace").as_deref(), Some(DATABASE), "{ctx}: namespace from the startup/handshake");
+        assert_eq!(
+            s.attr_str("db.namespace").as_deref(),
+            Some(DATABASE),
+            "{ctx}: namespace from the startup/handshake"
+        );
         assert_eq!(s.attr_str("server.address").as_deref(), Some("127.0.0.1"), "{ctx}");
         assert_eq!(s.attr_int("server.port"), Some(port as i64), "{ctx}");
         let op = s.attr_str("db.operation.name");
@@ -327,7 +343,10 @@ async fn node_pg_simple_extended_and_named_statements() {
     let svc = "service_name=\"pg_client\"";
     assert_eq!(db_histogram_count(&agent, &[svc], 13.0), 13.0, "histogram count = statements:\n{}", agent.metrics());
     assert_eq!(agent.sample_sum("db_client_operation_duration_seconds_count", &[svc, "error_type=\"23505\""]), 1.0);
-    assert_eq!(agent.sample_sum("db_client_operation_duration_seconds_count", &[svc, "db_collection_name=\"unicorn\""]), 9.0);
+    assert_eq!(
+        agent.sample_sum("db_client_operation_duration_seconds_count", &[svc, "db_collection_name=\"unicorn\""]),
+        9.0
+    );
     assert_eq!(agent.sample_sum("periscope_parse_errors_total", &[]), 0.0);
 }
 
@@ -341,8 +360,7 @@ async fn python_psycopg() {
     let pg = Postgres::start("psycopg");
     let agent = Agent::start(&["--pid", &std::process::id().to_string()], &grpc_env(&rx));
     agent.wait_tracked(std::process::id());
-    let mut client =
-        gated(Command::new(python()).arg(fixtures.join("psycopg_client.py")).arg(pg.port.to_string()));
+    let mut client = gated(Command::new(python()).arg(fixtures.join("psycopg_client.py")).arg(pg.port.to_string()));
     agent.wait_tracked(client.pid());
     release(&mut client);
     assert_eq!(finish(&mut client).trim(), "42P01");
@@ -387,7 +405,10 @@ fn tokio_postgres_client_entry() {
         b.unwrap();
         c.unwrap();
         // Simple protocol, two statements in one Query.
-        client.batch_execute("UPDATE unicorn SET name = 'tokyo' WHERE name = 'tokio'; DELETE FROM unicorn WHERE id > 100").await.unwrap();
+        client
+            .batch_execute("UPDATE unicorn SET name = 'tokyo' WHERE name = 'tokio'; DELETE FROM unicorn WHERE id > 100")
+            .await
+            .unwrap();
         drop(client);
         conn.await.unwrap().unwrap();
     });
@@ -571,7 +592,12 @@ fn connect_from(local_port: u16, port: u16) -> std::net::TcpStream {
         let local = sin(local_port);
         assert_eq!(libc::bind(fd, (&raw const local).cast(), len), 0, "bind: {}", std::io::Error::last_os_error());
         let remote = sin(port);
-        assert_eq!(libc::connect(fd, (&raw const remote).cast(), len), 0, "connect: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            libc::connect(fd, (&raw const remote).cast(), len),
+            0,
+            "connect: {}",
+            std::io::Error::last_os_error()
+        );
         std::net::TcpStream::from_raw_fd(fd)
     }
 }
@@ -610,7 +636,12 @@ fn postgres_backend_titles_name_their_clients() {
     let mut scanner = Scanner::new();
     let directory = scanner.backend_directory();
     let mut find = |conn: &std::net::TcpStream| {
-        let query = BackendQuery { client: conn.local_addr().unwrap(), server: conn.peer_addr().unwrap(), netns, backend_pid: None };
+        let query = BackendQuery {
+            client: conn.local_addr().unwrap(),
+            server: conn.peer_addr().unwrap(),
+            netns,
+            backend_pid: None,
+        };
         let found = wait_for("the backend to be indexed", Duration::from_secs(5), || {
             scanner.refresh_backends();
             directory.current().find(&query).cloned()
@@ -627,7 +658,8 @@ fn postgres_backend_titles_name_their_clients() {
         assert_eq!((found.user.as_str(), found.database.as_str()), (USER, DATABASE), "{host}");
         assert_eq!(found.netns, Some(netns));
         assert_eq!((found.server_pid, &found.server_ports[..]), (pg.pid(), &[pg.port][..]), "its server, its port");
-        let title = String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", found.pid)).unwrap()).into_owned();
+        let title =
+            String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", found.pid)).unwrap()).into_owned();
         let client_port = conn.local_addr().unwrap().port();
         assert!(title.contains(&format!(" {USER} {DATABASE} {host}({client_port})")), "{title:?}");
     }
@@ -659,11 +691,14 @@ async fn connections_adopted_after_their_startup_know_their_database() {
     let quiet = Postgres::start_with("adopted-quiet", &["cluster_name=lab main", "update_process_title=off", listen]);
 
     let mut node = gated(Command::new("node").arg(fixtures.join("pg_adopted_client.js")).arg(pg.port.to_string()));
-    let backend: u32 = first_line(&mut node).strip_prefix("connected ").and_then(|p| p.parse().ok()).expect("backend pid");
+    let backend: u32 =
+        first_line(&mut node).strip_prefix("connected ").and_then(|p| p.parse().ok()).expect("backend pid");
     let host = if ipv6 { "::1" } else { "127.0.0.1" };
-    let mut py = gated(
-        Command::new(python()).arg(fixtures.join("psycopg_client.py")).args([&quiet.port.to_string(), host, "connect-first"]),
-    );
+    let mut py = gated(Command::new(python()).arg(fixtures.join("psycopg_client.py")).args([
+        &quiet.port.to_string(),
+        host,
+        "connect-first",
+    ]));
     assert_eq!(first_line(&mut py), "connected");
     let title = std::fs::read(format!("/proc/{backend}/cmdline")).unwrap();
     assert!(title.starts_with(b"postgres: app shop 127.0.0.1("), "{:?}", String::from_utf8_lossy(&title));
@@ -704,7 +739,8 @@ async fn connections_adopted_after_their_startup_know_their_database() {
     for s in &py_spans {
         assert_eq!(s.attr_str("server.address").as_deref(), Some(host));
     }
-    let lookups = |reason: &str| agent.sample_sum("periscope_db_namespace_lookups_total", &[&format!("reason=\"{reason}\"")]);
+    let lookups =
+        |reason: &str| agent.sample_sum("periscope_db_namespace_lookups_total", &[&format!("reason=\"{reason}\"")]);
     assert_eq!(lookups("index"), 5.0, "three node connections, psycopg's, the backend's:\n{}", agent.metrics());
     assert_eq!(agent.sample_sum("periscope_db_namespace_lookups_total", &[]), 5.0);
     assert_eq!(agent.sample_sum("periscope_db_namespace_unknown_total", &[]), 0.0);
@@ -734,7 +770,8 @@ async fn mariadb_cli_and_node_mysql2() {
                   SELEC 1;\n\
                   SELECT * FROM dragon;\n\
                   SELECT SLEEP(0.2);\n";
-    let args = ["--no-defaults", "--protocol=tcp", "-h", "127.0.0.1", "-P", &port, "-u", USER, "-D", DATABASE, "--force"];
+    let args =
+        ["--no-defaults", "--protocol=tcp", "-h", "127.0.0.1", "-P", &port, "-u", USER, "-D", DATABASE, "--force"];
     let mut cli = gated_exec("mariadb", &args, &[("MYSQL_PWD", PASSWORD)]);
     agent.wait_tracked(cli.pid());
     release_with(&mut cli, script);
@@ -881,7 +918,10 @@ async fn detection_is_by_content_not_port() {
         .map(|s| (s.span.name.clone(), s.attr_int("http.response.status_code").unwrap_or(0)))
         .collect();
     http.sort();
-    assert_eq!(http, vec![("GET /a.txt".to_string(), 200), ("GET /a.txt".to_string(), 200), ("GET /missing".to_string(), 404)]);
+    assert_eq!(
+        http,
+        vec![("GET /a.txt".to_string(), 200), ("GET /a.txt".to_string(), 200), ("GET /missing".to_string(), 404)]
+    );
     assert_eq!(spans.len(), 3, "only the HTTP spans: {:?}", spans.iter().map(|s| &s.span.name).collect::<Vec<_>>());
     assert!(spans.iter().all(|s| !is_sql(s)));
     assert!(spans.iter().all(|s| s.attr_int("server.port") == Some(http_port as i64)));
@@ -975,7 +1015,8 @@ async fn node_http_service_querying_postgres() {
     // Each statement ran inside the request that caused it.
     for (h, q) in http.iter().zip(&sql) {
         assert!(
-            h.span.start_time_unix_nano <= q.span.start_time_unix_nano && q.span.end_time_unix_nano <= h.span.end_time_unix_nano,
+            h.span.start_time_unix_nano <= q.span.start_time_unix_nano
+                && q.span.end_time_unix_nano <= h.span.end_time_unix_nano,
             "{} within {}",
             q.span.name,
             h.span.name

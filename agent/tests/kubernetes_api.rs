@@ -36,9 +36,7 @@ const NODE: &str = "worker-1";
 const WAIT: Duration = Duration::from_secs(15);
 
 fn fixture(name: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/kubernetes")
-        .join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kubernetes").join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -94,11 +92,7 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = (b[i] == b'%' && i + 2 < b.len())
-            .then(|| {
-                std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
+            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
             .flatten();
         match (hex, b[i]) {
             (Some(v), _) => {
@@ -141,27 +135,14 @@ fn filter_list(body: &str, selector: Option<&String>) -> String {
 }
 
 fn json(status: StatusCode, body: String) -> Response {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body))
-        .unwrap()
+    Response::builder().status(status).header(header::CONTENT_TYPE, "application/json").body(Body::from(body)).unwrap()
 }
 
 async fn api(State(st): State<Arc<ApiState>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let query = parse_query(req.uri().query().unwrap_or(""));
-    let accept = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    st.requests.lock().unwrap().push(Seen {
-        path: path.clone(),
-        query: query.clone(),
-        accept,
-    });
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    st.requests.lock().unwrap().push(Seen { path: path.clone(), query: query.clone(), accept });
     if *st.dead.borrow() {
         return json(StatusCode::SERVICE_UNAVAILABLE, String::new());
     }
@@ -182,9 +163,8 @@ async fn api(State(st): State<Arc<ApiState>>, req: Request) -> Response {
     };
     let rx = st.pushed.subscribe();
     let dead = st.dead.clone();
-    let stream = futures_util::stream::unfold(
-        (recorded, rx, dead),
-        move |(mut recorded, mut rx, mut dead)| async move {
+    let stream =
+        futures_util::stream::unfold((recorded, rx, dead), move |(mut recorded, mut rx, mut dead)| async move {
             if let Some(line) = recorded.pop_front() {
                 return Some((Ok::<_, Infallible>(Bytes::from(line + "\n")), (recorded, rx, dead)));
             }
@@ -199,12 +179,8 @@ async fn api(State(st): State<Arc<ApiState>>, req: Request) -> Response {
                 };
                 return next.map(|line| (Ok(Bytes::from(line + "\n")), (recorded, rx, dead)));
             }
-        },
-    );
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(stream))
-        .unwrap()
+        });
+    Response::builder().header(header::CONTENT_TYPE, "application/json").body(Body::from_stream(stream)).unwrap()
 }
 
 impl ApiServer {
@@ -222,10 +198,8 @@ impl ApiServer {
             ("nodes", fixture("nodes-list.json")),
         ]);
         lists.extend(overrides.iter().cloned());
-        let mut recorded: HashMap<&'static str, String> = ["pods", "replicasets", "nodes"]
-            .into_iter()
-            .map(|c| (c, fixture(&format!("{c}-watch.jsonl"))))
-            .collect();
+        let mut recorded: HashMap<&'static str, String> =
+            ["pods", "replicasets", "nodes"].into_iter().map(|c| (c, fixture(&format!("{c}-watch.jsonl")))).collect();
         recorded.extend(watches.iter().cloned());
         let (kill, dead) = watch::channel(false);
         let state = Arc::new(ApiState {
@@ -247,20 +221,12 @@ impl ApiServer {
                 })
                 .await;
         });
-        Self {
-            addr,
-            state,
-            kill,
-            task,
-        }
+        Self { addr, state, kill, task }
     }
 
     /// Sends one watch event line on the open watch of `collection`.
     fn push(&self, collection: &'static str, line: &str) {
-        self.state
-            .pushed
-            .send((collection, line.trim().to_owned()))
-            .expect("a watch is open");
+        self.state.pushed.send((collection, line.trim().to_owned())).expect("a watch is open");
     }
 
     fn set_list(&self, collection: &'static str, body: String) {
@@ -275,10 +241,7 @@ impl ApiServer {
     /// refuses connections.
     async fn die(self) {
         self.kill.send_replace(true);
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("server stops")
-            .unwrap();
+        tokio::time::timeout(WAIT, self.task).await.expect("server stops").unwrap();
     }
 }
 
@@ -312,12 +275,8 @@ struct Agent {
 
 async fn start_agent(server: &ApiServer) -> Agent {
     let telemetry = Arc::new(Telemetry::default());
-    let kube = Kubernetes::start_with_client(
-        client(server.addr),
-        &settings(),
-        StoreLimits::default(),
-        telemetry.clone(),
-    );
+    let kube =
+        Kubernetes::start_with_client(client(server.addr), &settings(), StoreLimits::default(), telemetry.clone());
     let store = kube.metadata.store().clone();
     // Six pods listed; the node too.
     wait_until("the pod list", || store.pod_count() == 6).await;
@@ -332,10 +291,7 @@ async fn start_agent(server: &ApiServer) -> Agent {
 }
 
 fn by_id(id: &str) -> ContainerRef {
-    ContainerRef {
-        container_id: Some(id.into()),
-        pod_uid: None,
-    }
+    ContainerRef { container_id: Some(id.into()), pod_uid: None }
 }
 
 fn get<'a>(attrs: &'a [(String, AttrValue)], key: &str) -> Option<&'a str> {
@@ -358,11 +314,7 @@ fn process_in(container: ContainerRef) -> ProcessInfo {
 }
 
 fn options() -> ServiceOptions {
-    ServiceOptions {
-        namespace: None,
-        name_override: None,
-        host_name: NODE.into(),
-    }
+    ServiceOptions { namespace: None, name_override: None, host_name: NODE.into() }
 }
 
 #[tokio::test]
@@ -385,10 +337,7 @@ async fn recorded_api_resolves_pods_owners_and_service_names() {
     assert_eq!(get(a, "k8s.replicaset.name"), Some("checkout-7d9f8b6c5"));
     assert_eq!(get(a, "k8s.deployment.name"), Some("checkout"));
     assert_eq!(get(a, "k8s.cluster.name"), Some("lab"));
-    assert_eq!(
-        (r.service_name.as_str(), r.service_namespace.as_str()),
-        ("checkout", "shop")
-    );
+    assert_eq!((r.service_name.as_str(), r.service_namespace.as_str()), ("checkout", "shop"));
     // The sidecar of the same pod: same workload, its own container name.
     let r = m.resource(&by_id(ISTIO_PROXY)).unwrap();
     assert_eq!(get(&r.attributes, "k8s.container.name"), Some("istio-proxy"));
@@ -399,26 +348,14 @@ async fn recorded_api_resolves_pods_owners_and_service_names() {
 
     // service.name precedence: annotation > label > owner.
     let r = m.resource(&by_id(CART)).unwrap();
-    assert_eq!(
-        (r.service_name.as_str(), r.service_namespace.as_str()),
-        ("cart", "webshop"),
-        "annotations"
-    );
+    assert_eq!((r.service_name.as_str(), r.service_namespace.as_str()), ("cart", "webshop"), "annotations");
     assert_eq!(get(&r.attributes, "deployment.environment"), Some("production"));
     assert_eq!(get(&r.attributes, "k8s.deployment.name"), Some("cart"));
     let r = m.resource(&by_id(PAYMENTS)).unwrap();
-    assert_eq!(
-        (r.service_name.as_str(), r.service_namespace.as_str()),
-        ("payments-api", "billing-suite"),
-        "labels"
-    );
+    assert_eq!((r.service_name.as_str(), r.service_namespace.as_str()), ("payments-api", "billing-suite"), "labels");
     assert_eq!(get(&r.attributes, "k8s.statefulset.name"), Some("payments"));
     let r = m.resource(&by_id(NODE_EXPORTER)).unwrap();
-    assert_eq!(
-        (r.service_name.as_str(), r.service_namespace.as_str()),
-        ("node-exporter", "monitoring"),
-        "owner"
-    );
+    assert_eq!((r.service_name.as_str(), r.service_namespace.as_str()), ("node-exporter", "monitoring"), "owner");
     assert_eq!(get(&r.attributes, "k8s.daemonset.name"), Some("node-exporter"));
     // A ReplicaSet the API did not list: the Deployment from pod-template-hash.
     let r = m.resource(&by_id(LEGACY)).unwrap();
@@ -432,10 +369,7 @@ async fn recorded_api_resolves_pods_owners_and_service_names() {
     assert_eq!(get(&svc.attributes, "k8s.pod.name"), Some("cart-5c8d7f9b4-qwert"));
     info.env_service_name = Some("cart-from-env".into());
     let svc = resolve_service(&info, &options(), Some(m)).service;
-    assert_eq!(
-        (svc.name.as_str(), svc.namespace.as_deref()),
-        ("cart-from-env", Some("webshop"))
-    );
+    assert_eq!((svc.name.as_str(), svc.namespace.as_deref()), ("cart-from-env", Some("webshop")));
 
     // What was asked: pods of this node only, ReplicaSets as metadata only,
     // this node only; each listed then watched.
@@ -446,20 +380,12 @@ async fn recorded_api_resolves_pods_owners_and_service_names() {
             && pods.iter().any(|s| s.query.get("watch").is_some_and(|w| w == "true"))
     );
     for s in &pods {
-        assert_eq!(
-            s.query.get("fieldSelector").map(String::as_str),
-            Some("spec.nodeName=worker-1"),
-            "{s:?}"
-        );
+        assert_eq!(s.query.get("fieldSelector").map(String::as_str), Some("spec.nodeName=worker-1"), "{s:?}");
     }
     let nodes: Vec<&Seen> = seen.iter().filter(|s| s.path == "/api/v1/nodes").collect();
     assert!(!nodes.is_empty());
     for s in &nodes {
-        assert_eq!(
-            s.query.get("fieldSelector").map(String::as_str),
-            Some("metadata.name=worker-1"),
-            "{s:?}"
-        );
+        assert_eq!(s.query.get("fieldSelector").map(String::as_str), Some("metadata.name=worker-1"), "{s:?}");
     }
     let rs: Vec<&Seen> = seen.iter().filter(|s| s.path == "/apis/apps/v1/replicasets").collect();
     assert!(!rs.is_empty());
@@ -475,24 +401,15 @@ async fn late_metadata_then_a_deleted_pod() {
     let server = ApiServer::start().await;
     let agent = start_agent(&server).await;
     let m = &agent.kube.metadata;
-    wait_until("the pod watch", || {
-        server.state.watched.lock().unwrap().contains("pods")
-    })
-    .await;
+    wait_until("the pod watch", || server.state.watched.lock().unwrap().contains("pods")).await;
 
     // A container of the pending pod runs before the kubelet reported its id:
     // the pod is known, the container is not, the Resource waits for it.
-    let pending = ContainerRef {
-        container_id: Some(PENDING.into()),
-        pod_uid: Some(PENDING_UID.into()),
-    };
+    let pending = ContainerRef { container_id: Some(PENDING.into()), pod_uid: Some(PENDING_UID.into()) };
     let info = process_in(pending.clone());
     let first = resolve_service(&info, &options(), Some(m));
     assert!(first.awaiting_kubernetes);
-    assert_eq!(
-        get(&first.service.attributes, "k8s.pod.name"),
-        Some("checkout-7d9f8b6c5-pndng")
-    );
+    assert_eq!(get(&first.service.attributes, "k8s.pod.name"), Some("checkout-7d9f8b6c5-pndng"));
     assert_eq!(get(&first.service.attributes, "k8s.container.name"), None);
     let generation = m.generation();
 
@@ -524,14 +441,9 @@ async fn api_outage_keeps_the_last_known_metadata_and_counts_errors() {
     server.die().await;
     // The watches end, the watchers retry against a closed port.
     wait_until("API errors", || agent.telemetry.get(Counter::KubernetesApiErrors) >= 3).await;
-    let r = m
-        .resource(&by_id(CHECKOUT))
-        .expect("metadata kept while the API is down");
+    let r = m.resource(&by_id(CHECKOUT)).expect("metadata kept while the API is down");
     assert_eq!(get(&r.attributes, "k8s.deployment.name"), Some("checkout"));
-    assert_eq!(
-        get(&r.attributes, "k8s.node.uid"),
-        Some("5b1e0c1a-7d2f-4e3b-9a8c-6d5e4f3a2b1c")
-    );
+    assert_eq!(get(&r.attributes, "k8s.node.uid"), Some("5b1e0c1a-7d2f-4e3b-9a8c-6d5e4f3a2b1c"));
     assert_eq!(m.store().pod_count(), 6);
 
     // The API comes back (same address) after the pod watch's resourceVersion
@@ -546,10 +458,7 @@ async fn api_outage_keeps_the_last_known_metadata_and_counts_errors() {
     wait_until("the re-list after the outage", || m.resource(&by_id(LEGACY)).is_none()).await;
     assert_eq!(m.store().pod_count(), 5);
     assert!(m.resource(&by_id(CHECKOUT)).is_some());
-    assert!(back
-        .requests()
-        .iter()
-        .any(|s| s.path == "/api/v1/pods" && !s.query.contains_key("watch")));
+    assert!(back.requests().iter().any(|s| s.path == "/api/v1/pods" && !s.query.contains_key("watch")));
 }
 
 #[tokio::test]
@@ -557,10 +466,7 @@ async fn a_relist_after_410_gone_drops_pods_no_longer_listed() {
     let server = ApiServer::start().await;
     let agent = start_agent(&server).await;
     let m = &agent.kube.metadata;
-    wait_until("the pod watch", || {
-        server.state.watched.lock().unwrap().contains("pods")
-    })
-    .await;
+    wait_until("the pod watch", || server.state.watched.lock().unwrap().contains("pods")).await;
     assert!(m.resource(&by_id(LEGACY)).is_some());
 
     // The watch expired: the API answers the next list without the pod that
@@ -570,9 +476,5 @@ async fn a_relist_after_410_gone_drops_pods_no_longer_listed() {
     wait_until("the re-list", || m.resource(&by_id(LEGACY)).is_none()).await;
     assert_eq!(m.store().pod_count(), 5);
     assert!(m.resource(&by_id(CHECKOUT)).is_some());
-    assert_eq!(
-        agent.telemetry.get(Counter::KubernetesApiErrors),
-        1,
-        "the 410 is counted"
-    );
+    assert_eq!(agent.telemetry.get(Counter::KubernetesApiErrors), 1, "the 410 is counted");
 }

@@ -83,7 +83,10 @@ async fn two_services_one_request(via: Via) {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.into()),
         ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20s3cr%3Dt,x-tenant=acme".into()),
     ]);
-    assert_eq!(cfg.traces.as_ref().unwrap().protocol, if via == Via::Grpc { OtlpProtocol::Grpc } else { OtlpProtocol::HttpProtobuf });
+    assert_eq!(
+        cfg.traces.as_ref().unwrap().protocol,
+        if via == Via::Grpc { OtlpProtocol::Grpc } else { OtlpProtocol::HttpProtobuf }
+    );
     let telemetry = Arc::new(Telemetry::default());
     let sink = spawn_trace_exporter(&cfg, telemetry.clone()).unwrap();
 
@@ -182,8 +185,11 @@ async fn batches_split_at_max_batch_size() {
         sink.submit(server_span(&svc, &format!("/{i}"), 1));
     }
     rx.wait_for_spans(25, WAIT).await;
-    let sizes: Vec<usize> =
-        rx.trace_requests().iter().map(|(_, r)| r.resource_spans.iter().map(|rs| rs.scope_spans[0].spans.len()).sum()).collect();
+    let sizes: Vec<usize> = rx
+        .trace_requests()
+        .iter()
+        .map(|(_, r)| r.resource_spans.iter().map(|rs| rs.scope_spans[0].spans.len()).sum())
+        .collect();
     assert!(sizes.iter().all(|&n| n <= 10), "{sizes:?}");
     assert_eq!(sizes.iter().sum::<usize>(), 25);
     wait_counter(&t, Counter::SpansExported, 25).await;
@@ -192,7 +198,8 @@ async fn batches_split_at_max_batch_size() {
 #[tokio::test]
 async fn shutdown_flushes_the_open_batch() {
     let rx = Receiver::start().await;
-    let mut cfg = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into())]);
+    let mut cfg =
+        config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into())]);
     cfg.batch.max_batch_delay = Duration::from_secs(3600);
     let t = Arc::new(Telemetry::default());
     let sink = spawn_trace_exporter(&cfg, t.clone()).unwrap();
@@ -217,7 +224,8 @@ async fn endpoint_down_then_up(via: Via) {
         Via::Http => rx.http_endpoint(),
     };
     let protocol = if via == Via::Grpc { "grpc" } else { "http/protobuf" };
-    let mut cfg = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.into())]);
+    let mut cfg =
+        config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.into())]);
     cfg.batch.queue_capacity = 16;
     cfg.batch.max_batch_size = 4;
     cfg.batch.max_pending_batches = 3;
@@ -240,7 +248,11 @@ async fn endpoint_down_then_up(via: Via) {
         sink.submit(server_span(&svc, "/burst", 1));
         submitted += 1;
     }
-    assert!(t.get(Counter::SpansDroppedQueue) >= 100 - 16, "queue cap respected: {}", t.get(Counter::SpansDroppedQueue));
+    assert!(
+        t.get(Counter::SpansDroppedQueue) >= 100 - 16,
+        "queue cap respected: {}",
+        t.get(Counter::SpansDroppedQueue)
+    );
     assert!(t.get(Counter::ExportErrors) > 0);
     assert!(t.get(Counter::ExportBatchesDropped) > 0);
     assert!(rx.attempts() > 0);
@@ -284,7 +296,10 @@ async fn nothing_listening_counts_errors_and_never_blocks() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     drop(l);
-    let mut cfg = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into())]);
+    let mut cfg = config(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+    ]);
     cfg.batch.max_batch_delay = Duration::from_millis(10);
     let t = Arc::new(Telemetry::default());
     let sink = spawn_trace_exporter(&cfg, t.clone()).unwrap();
@@ -309,7 +324,10 @@ async fn metrics_export(via: Via) {
         Via::Http => (rx.http_endpoint(), "http/protobuf"),
     };
     let cfg = config(&[
-        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", if via == Via::Http { format!("{endpoint}/v1/metrics") } else { endpoint }),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            if via == Via::Http { format!("{endpoint}/v1/metrics") } else { endpoint },
+        ),
         ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", protocol.into()),
         ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-scope=metrics".into()),
         ("OTEL_METRIC_EXPORT_INTERVAL", "100".into()),
@@ -341,7 +359,10 @@ async fn metrics_export(via: Via) {
     assert_eq!(h.aggregation_temporality, 2, "cumulative");
     assert_eq!(h.data_points.len(), 1);
     let dp = &h.data_points[0];
-    assert_eq!(dp.explicit_bounds, [0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]);
+    assert_eq!(
+        dp.explicit_bounds,
+        [0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+    );
     assert_eq!(dp.bucket_counts, [0, 3, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1]);
     assert_eq!(dp.count, 5);
     assert!((dp.sum.unwrap() - 12.313).abs() < 1e-9);
@@ -349,9 +370,15 @@ async fn metrics_export(via: Via) {
     assert_eq!(dp.max, Some(12.0));
     assert!(dp.start_time_unix_nano > 0 && dp.start_time_unix_nano <= dp.time_unix_nano);
     let route = dp.attributes.iter().find(|kv| kv.key == "http.route").expect("route attribute");
-    assert_eq!(format!("{:?}", route.value), format!("{:?}", Some(opentelemetry_proto::tonic::common::v1::AnyValue {
-        value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("/a".into()))
-    })));
+    assert_eq!(
+        format!("{:?}", route.value),
+        format!(
+            "{:?}",
+            Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("/a".into()))
+            })
+        )
+    );
 
     let backend = metrics.iter().find(|m| m.service_name() == Some("backend")).expect("backend");
     let Some(Data::Histogram(h)) = &backend.metric.data else { panic!() };
@@ -394,10 +421,8 @@ async fn http_metrics_export_histograms_and_counters() {
 async fn metrics_survive_an_outage() {
     let rx = Receiver::start().await;
     rx.set_failing(true);
-    let cfg = config(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.http_endpoint()),
-        ("OTEL_METRIC_EXPORT_INTERVAL", "50".into()),
-    ]);
+    let cfg =
+        config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", rx.http_endpoint()), ("OTEL_METRIC_EXPORT_INTERVAL", "50".into())]);
     let t = Arc::new(Telemetry::default());
     let m = Arc::new(Metrics::new(MetricsConfig::default(), t.clone()));
     m.record_span(&server_span(&service("s", "s-1"), "/", 1_000));
@@ -408,13 +433,10 @@ async fn metrics_survive_an_outage() {
     rx.set_failing(false);
     let got = rx.wait_for_metric_requests(1, WAIT).await;
     assert!(got.iter().any(|m| m.metric.name == "http.server.request.duration"));
-    let errors = got
-        .iter()
-        .find(|m| m.metric.name == "periscope_export_errors")
-        .and_then(|m| match &m.metric.data {
-            Some(Data::Sum(s)) => s.data_points[0].value,
-            _ => None,
-        });
+    let errors = got.iter().find(|m| m.metric.name == "periscope_export_errors").and_then(|m| match &m.metric.data {
+        Some(Data::Sum(s)) => s.data_points[0].value,
+        _ => None,
+    });
     assert!(matches!(errors, Some(number_data_point::Value::AsInt(n)) if n > 0), "{errors:?}");
     exporter.shutdown(Duration::from_secs(1)).await;
 }

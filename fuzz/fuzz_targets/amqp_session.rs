@@ -6,7 +6,8 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use periscope::model::Service;
 use periscope::protocols::amqp::{
-    looks_like_amqp, AmqpEvent, AmqpSession, Deliveries, Side, MAX_CHANNELS, MAX_PENDING_PER_CHANNEL, MAX_TRACKED_CHANNELS,
+    looks_like_amqp, AmqpEvent, AmqpSession, Deliveries, Side, MAX_CHANNELS, MAX_PENDING_PER_CHANNEL,
+    MAX_TRACKED_CHANNELS,
 };
 use periscope::spans::clock::Clock;
 use periscope::spans::messaging::{build_consumed, build_publish, MessagingContext};

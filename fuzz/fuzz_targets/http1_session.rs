@@ -31,7 +31,12 @@ fuzz_target!(|input: &[u8]| {
         }
     }
     if periscope_fuzz::verbose() {
-        eprintln!("{} exchanges {:?}: {:?}", out.len(), s.stats(), out.iter().map(|e| (&e.request.target, e.response.status)).collect::<Vec<_>>());
+        eprintln!(
+            "{} exchanges {:?}: {:?}",
+            out.len(),
+            s.stats(),
+            out.iter().map(|e| (&e.request.target, e.response.status)).collect::<Vec<_>>()
+        );
     }
     for e in &out {
         assert!(e.request.target.len() <= 16 * 1024);

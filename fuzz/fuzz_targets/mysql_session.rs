@@ -23,6 +23,12 @@ fuzz_target!(|input: &[u8]| {
     }
     let _ = (s.namespace(), s.encrypted(), s.stats());
     if periscope_fuzz::verbose() {
-        eprintln!("{} calls ns={:?} {:?}: {:?}", out.len(), s.namespace(), s.stats(), out.iter().map(|c| (&c.query, &c.outcome)).collect::<Vec<_>>());
+        eprintln!(
+            "{} calls ns={:?} {:?}: {:?}",
+            out.len(),
+            s.namespace(),
+            s.stats(),
+            out.iter().map(|c| (&c.query, &c.outcome)).collect::<Vec<_>>()
+        );
     }
 });

@@ -2,8 +2,8 @@
 //! patterns, every unmatched mode, the per-service cap).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use periscope::spans::routes::{heuristic, Route, Router, Unmatched};
 use periscope::model::traceparent::TraceParent;
+use periscope::spans::routes::{heuristic, Route, Router, Unmatched};
 
 fuzz_target!(|input: &[u8]| {
     let Some((&flags, rest)) = input.split_first() else { return };

@@ -198,7 +198,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let pairs = o.pairs.unwrap_or(if o.quick { 1 } else { 5 });
     let secs = o.duration.unwrap_or(if o.quick { 5 } else { 10 });
     let with_otlp = !o.no_otlp && !o.quick;
-    let out_dir = o.out.clone().unwrap_or_else(|| if o.quick { root.join("target/bench-quick") } else { root.join("bench") });
+    let out_dir =
+        o.out.clone().unwrap_or_else(|| if o.quick { root.join("target/bench-quick") } else { root.join("bench") });
     for s in &o.scenarios {
         if !["nginx", "node", "pgbench", "fixed-rate"].contains(&s.as_str()) {
             bail!("unknown scenario {s:?} (nginx, node, pgbench, fixed-rate)");
@@ -251,9 +252,15 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                     Kind::Nginx,
                     "nginx",
                     format!("(a) nginx keep-alive, wrk -t1 -c{CONNS}"),
-                    if with_otlp { vec![Arm::Without, Arm::With, Arm::WithOtlp] } else { vec![Arm::Without, Arm::With] },
+                    if with_otlp {
+                        vec![Arm::Without, Arm::With, Arm::WithOtlp]
+                    } else {
+                        vec![Arm::Without, Arm::With]
+                    },
                 ),
-                "node" => (Kind::Node, "node", format!("(b) Node.js http, wrk -t1 -c{CONNS}"), vec![Arm::Without, Arm::With]),
+                "node" => {
+                    (Kind::Node, "node", format!("(b) Node.js http, wrk -t1 -c{CONNS}"), vec![Arm::Without, Arm::With])
+                }
                 "pgbench" => (
                     Kind::Pgbench,
                     "pgbench",
@@ -297,8 +304,14 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             ("periscope (git)".into(), cmd::read(cmd("git", ["describe", "--always", "--dirty"]).current_dir(&root))),
             ("nginx".into(), cmd::read_all(&mut cmd("nginx", ["-v"])).split('/').nth(1).unwrap_or_default().to_owned()),
             ("node".into(), cmd::read(&mut cmd("node", ["--version"]))),
-            ("postgres".into(), cmd::read(&mut cmd("pgbench", ["--version"])).split_whitespace().nth(2).unwrap_or_default().to_owned()),
-            ("wrk".into(), cmd::read_all(&mut cmd("wrk", ["-v"])).split_whitespace().nth(1).unwrap_or_default().to_owned()),
+            (
+                "postgres".into(),
+                cmd::read(&mut cmd("pgbench", ["--version"])).split_whitespace().nth(2).unwrap_or_default().to_owned(),
+            ),
+            (
+                "wrk".into(),
+                cmd::read_all(&mut cmd("wrk", ["-v"])).split_whitespace().nth(1).unwrap_or_default().to_owned(),
+            ),
         ],
         pairs,
         run_seconds: secs,
@@ -398,8 +411,15 @@ fn run_arm(env: &mut Env, sc: &mut Scenario, pair: usize, arm: Arm) -> anyhow::R
     }
     let mut args = prepared.selector.clone();
     args.extend(
-        ["--trace-printer", "off", "--prometheus-address", "127.0.0.1", "--prometheus-port", &env.prom_port.to_string()]
-            .map(String::from),
+        [
+            "--trace-printer",
+            "off",
+            "--prometheus-address",
+            "127.0.0.1",
+            "--prometheus-port",
+            &env.prom_port.to_string(),
+        ]
+        .map(String::from),
     );
     if arm == Arm::WithOtlp {
         args.extend(

@@ -46,10 +46,7 @@ pub fn succeeds(c: &mut Command) -> bool {
 
 /// stdout of `c`, trimmed ("" when it cannot run).
 pub fn read(c: &mut Command) -> String {
-    c.stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
+    c.stderr(Stdio::null()).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
 }
 
 /// stdout and stderr of `c` together, trimmed (for tools that print their
@@ -68,7 +65,12 @@ pub fn read_all(c: &mut Command) -> String {
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
         .unwrap_or_default()
 }
 

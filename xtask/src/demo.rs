@@ -257,7 +257,9 @@ impl Table {
 
     /// Requests recorded for `service` since the agent started.
     fn total_for(&self, service: &str) -> f64 {
-        self.history.back().map_or(0.0, |(_, rows)| rows.iter().filter(|(k, _)| k.0 == service).map(|(_, a)| a.count).sum())
+        self.history
+            .back()
+            .map_or(0.0, |(_, rows)| rows.iter().filter(|(k, _)| k.0 == service).map(|(_, a)| a.count).sum())
     }
 
     fn render(&self, spans: &BTreeMap<String, u64>) -> String {

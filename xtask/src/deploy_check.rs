@@ -52,19 +52,28 @@ pub fn check(with_rust_test: bool) -> anyhow::Result<()> {
     check_dockerfile(&root, &metadata)?;
     // The image's build step itself, with the dev profile the tests already built.
     let out = root.join("target/deploy-check");
-    cmd::run_quiet(cmd(&script.to_string_lossy(), ["build".as_ref(), out.as_os_str()]).current_dir(&root).env("PERISCOPE_PROFILE", "dev"))?;
+    cmd::run_quiet(
+        cmd(&script.to_string_lossy(), ["build".as_ref(), out.as_os_str()])
+            .current_dir(&root)
+            .env("PERISCOPE_PROFILE", "dev"),
+    )?;
     let version = Command::new(out.join("periscope")).arg("--version").output()?;
     ensure!(version.status.success(), "the binary built by build-in-image.sh does not run");
 
     eprintln!("deploy-check: compose files");
     let compose: Vec<PathBuf> = files(&deploy.join("compose"), "yml")?;
-    cmd::run(tools.cmd("check-jsonschema").arg("--schemafile").arg(deploy.join("schemas/compose-spec.json")).args(&compose))?;
+    cmd::run(
+        tools.cmd("check-jsonschema").arg("--schemafile").arg(deploy.join("schemas/compose-spec.json")).args(&compose),
+    )?;
 
     eprintln!("deploy-check: Kubernetes manifests");
     let k8s = deploy.join("kubernetes");
-    let manifests: Vec<PathBuf> = files(&k8s, "yaml")?.into_iter().filter(|p| !p.ends_with("kustomization.yaml")).collect();
+    let manifests: Vec<PathBuf> =
+        files(&k8s, "yaml")?.into_iter().filter(|p| !p.ends_with("kustomization.yaml")).collect();
     check_kustomization(&std::fs::read_to_string(k8s.join("kustomization.yaml"))?, &manifests)?;
-    cmd::run(tools.cmd("kubernetes-validate").args(["--strict", "--quiet", "-k", KUBERNETES_VERSION]).args(&manifests))?;
+    cmd::run(
+        tools.cmd("kubernetes-validate").args(["--strict", "--quiet", "-k", KUBERNETES_VERSION]).args(&manifests),
+    )?;
 
     let readme = std::fs::read_to_string(deploy.join("README.md")).context("deploy/README.md")?;
     for cap in CAPABILITIES {
@@ -111,9 +120,20 @@ pub fn ensure_tools() -> anyhow::Result<Tools> {
             deps::ensure_packages(&["python3-pip"])?;
         }
         cmd::run(
-            cmd("python3", ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-script-location", "--target"])
-                .arg(&dir)
-                .args(&pkgs),
+            cmd(
+                "python3",
+                [
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--no-warn-script-location",
+                    "--target",
+                ],
+            )
+            .arg(&dir)
+            .args(&pkgs),
         )?;
         for (_, exe) in PYTHON_TOOLS {
             ensure!(dir.join("bin").join(exe).exists(), "{exe} missing from {} after pip install", dir.display());
@@ -204,7 +224,8 @@ fn is_pinned(image: &str) -> bool {
 fn check_dockerfile(root: &Path, meta: &Metadata) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(root.join("deploy/Dockerfile"))?;
     let script = std::fs::read_to_string(root.join("deploy/build-in-image.sh"))?;
-    let ignore = std::fs::read_to_string(root.join(".dockerignore")).context(".dockerignore (keeps target/ out of the context)")?;
+    let ignore = std::fs::read_to_string(root.join(".dockerignore"))
+        .context(".dockerignore (keeps target/ out of the context)")?;
     check_dockerfile_text(&text, &script, &ignore, meta, |p| root.join(p).exists())
 }
 
@@ -234,7 +255,11 @@ fn check_dockerfile_text(
                     image = image.replace(&format!("${{{k}}}"), v).replace(&format!("${k}"), v);
                 }
                 ensure!(is_pinned(&image), "base image {image} is not pinned to a version");
-                let alias = words.iter().position(|w| w.eq_ignore_ascii_case("as")).and_then(|i| words.get(i + 1)).map(|s| s.to_string());
+                let alias = words
+                    .iter()
+                    .position(|w| w.eq_ignore_ascii_case("as"))
+                    .and_then(|i| words.get(i + 1))
+                    .map(|s| s.to_string());
                 stages.push((image, alias));
             }
             "COPY" => {
@@ -272,7 +297,10 @@ fn check_dockerfile_text(
     let (runtime_image, _) = stages.last().unwrap();
     ensure!(!runtime_image.starts_with("rust:"), "the runtime stage should not carry the toolchain");
     let copied = final_copy.context("the runtime stage copies nothing from the build stage")?;
-    ensure!(entrypoint.as_deref() == Some(copied.as_str()), "ENTRYPOINT {entrypoint:?} is not the copied binary {copied}");
+    ensure!(
+        entrypoint.as_deref() == Some(copied.as_str()),
+        "ENTRYPOINT {entrypoint:?} is not the copied binary {copied}"
+    );
 
     // The script's steps and packages.
     for (op, rest) in &ins {
@@ -294,7 +322,11 @@ fn check_dockerfile_text(
         words.contains(&"--release") || script.contains("PERISCOPE_PROFILE:-release}"),
         "`{cargo}` does not build the release profile by default"
     );
-    let package = words.iter().position(|w| *w == "-p").and_then(|i| words.get(i + 1)).context("`cargo build` names no package")?;
+    let package = words
+        .iter()
+        .position(|w| *w == "-p")
+        .and_then(|i| words.get(i + 1))
+        .context("`cargo build` names no package")?;
     ensure!(meta.packages.contains(*package), "`cargo build -p {package}`: no such workspace package");
     let list = script
         .lines()
@@ -305,9 +337,15 @@ fn check_dockerfile_text(
         ensure!(deps::PACKAGES.contains(&pkg), "build-in-image.sh installs {pkg}, which `cargo xtask deps` does not");
     }
     for pkg in ["clang-19", "libbpf-dev"] {
-        ensure!(list.split_whitespace().any(|p| p == pkg), "build-in-image.sh does not install {pkg} (agent/build.rs needs it)");
+        ensure!(
+            list.split_whitespace().any(|p| p == pkg),
+            "build-in-image.sh does not install {pkg} (agent/build.rs needs it)"
+        );
     }
-    ensure!(dockerignore.lines().any(|l| l.trim().trim_matches('/') == "target"), ".dockerignore does not exclude target");
+    ensure!(
+        dockerignore.lines().any(|l| l.trim().trim_matches('/') == "target"),
+        ".dockerignore does not exclude target"
+    );
     Ok(())
 }
 
@@ -341,8 +379,10 @@ COPY --from=build /out/periscope /usr/local/bin/periscope\nENTRYPOINT [\"/usr/lo
     }
 
     fn check(dockerfile: &str, script: &str) -> Result<(), String> {
-        check_dockerfile_text(dockerfile, script, "target\n", &meta(), |p| ["deploy/build-in-image.sh", "agent"].contains(&p))
-            .map_err(|e| e.to_string())
+        check_dockerfile_text(dockerfile, script, "target\n", &meta(), |p| {
+            ["deploy/build-in-image.sh", "agent"].contains(&p)
+        })
+        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -361,7 +401,11 @@ COPY --from=build /out/periscope /usr/local/bin/periscope\nENTRYPOINT [\"/usr/lo
             (GOOD.replace("rust:1.95.0", "rust:1.80.0"), SCRIPT.to_owned(), "rust-version"),
             (GOOD.replace("COPY agent agent", "COPY agnet agent"), SCRIPT.to_owned(), "agnet does not exist"),
             (GOOD.replace("build-in-image.sh build", "build-in-image.sh compile"), SCRIPT.to_owned(), "no such step"),
-            (GOOD.replace("[\"/usr/local/bin/periscope\"]", "[\"/periscope\"]"), SCRIPT.to_owned(), "not the copied binary"),
+            (
+                GOOD.replace("[\"/usr/local/bin/periscope\"]", "[\"/periscope\"]"),
+                SCRIPT.to_owned(),
+                "not the copied binary",
+            ),
             (GOOD.replace("ENTRYPOINT", "USER 1000\nENTRYPOINT"), SCRIPT.to_owned(), "uid 0"),
             (GOOD.replace(" AS build", ""), SCRIPT.to_owned(), "no name"),
             (GOOD.to_owned(), SCRIPT.replace("--locked ", ""), "lacks --locked"),

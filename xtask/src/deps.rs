@@ -41,7 +41,10 @@ pub(crate) const PACKAGES: &[&str] = &[
 const NODE_PROJECTS: &[(&str, &[&str])] = &[
     ("agent/tests/fixtures/sql", &["pg", "mysql2"]),
     ("agent/tests/fixtures/amqp", &["amqplib"]),
-    ("deploy/mythical", &["express", "pg", "amqplib", "@opentelemetry/sdk-node", "@opentelemetry/auto-instrumentations-node"]),
+    (
+        "deploy/mythical",
+        &["express", "pg", "amqplib", "@opentelemetry/sdk-node", "@opentelemetry/auto-instrumentations-node"],
+    ),
 ];
 
 fn installed(pkg: &str) -> bool {
@@ -55,8 +58,9 @@ fn installed(pkg: &str) -> bool {
 fn have(program: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .any(|dir| std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }
 
 pub fn run(_: Options) -> anyhow::Result<()> {
@@ -93,7 +97,9 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     if !missing.is_empty() {
         eprintln!("xtask: installing with apt-get: {}", missing.join(" "));
         cmd::run(&mut cmd("apt-get", ["update", "-qq"]))?;
-        cmd::run_quiet(cmd("apt-get", ["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        cmd::run_quiet(
+            cmd("apt-get", ["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
     }
     Ok(())
 }
@@ -137,5 +143,3 @@ fn ensure_psycopg() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-

@@ -140,11 +140,8 @@ fn fuzz_one(bin: &Path, fuzz_dir: &Path, target: &str, o: &Options) -> anyhow::R
     // New inputs go to the first directory; the seeds are only read.
     cmd.arg(&work_corpus).arg(&seeds);
     let t = Instant::now();
-    let status = cmd
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .status()
-        .with_context(|| format!("running {}", bin.display()))?;
+    let status =
+        cmd.stdout(log.try_clone()?).stderr(log).status().with_context(|| format!("running {}", bin.display()))?;
     let seconds = t.elapsed().as_secs_f64();
     let text = std::fs::read_to_string(&log_path).unwrap_or_default();
     let executions = text
@@ -153,14 +150,10 @@ fn fuzz_one(bin: &Path, fuzz_dir: &Path, target: &str, o: &Options) -> anyhow::R
         .and_then(|v| v.trim().parse().ok())
         .or_else(|| {
             // "Done 20000 runs in 3 second(s)"
-            text.lines()
-                .find_map(|l| l.strip_prefix("Done "))
-                .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            text.lines().find_map(|l| l.strip_prefix("Done ")).and_then(|l| l.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0);
-    let artifact = text
-        .lines()
-        .find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim().to_owned()));
+    let artifact = text.lines().find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim().to_owned()));
     let crashed = !status.success() || artifact.is_some();
     if crashed {
         eprintln!("xtask: {target} FAILED ({status}); log: {}", log_path.display());
@@ -205,14 +198,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let build_secs = build.elapsed().as_secs_f64();
     eprintln!("xtask: fuzz targets built in {build_secs:.0}s");
 
-    let bin_dir = fuzz_dir
-        .join("target")
-        .join(host_triple()?)
-        .join(if o.release { "release" } else { "debug" });
-    let jobs = o
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
-        .clamp(1, targets.len());
+    let bin_dir = fuzz_dir.join("target").join(host_triple()?).join(if o.release { "release" } else { "debug" });
+    let jobs =
+        o.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).clamp(1, targets.len());
     let queue = Arc::new(Mutex::new(targets.iter().cloned().collect::<VecDeque<_>>()));
     let results = Arc::new(Mutex::new(Vec::new()));
     let o = Arc::new(o);
@@ -262,10 +250,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|");
     print!("{rows}");
     let total: u64 = outcomes.iter().map(|r| r.executions).sum();
-    println!(
-        "\n{total} executions over {} targets; build {build_secs:.0}s, total {total_secs:.0}s",
-        outcomes.len()
-    );
+    println!("\n{total} executions over {} targets; build {build_secs:.0}s, total {total_secs:.0}s", outcomes.len());
     if o.record {
         let path = fuzz_dir.join("RESULTS.md");
         let mut text = std::fs::read_to_string(&path).unwrap_or_default();

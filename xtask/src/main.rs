@@ -4,11 +4,11 @@ mod cmd;
 mod compare;
 mod demo;
 mod deploy_check;
+mod deps;
 mod fuzz;
 mod mythical;
 mod otlp_sink;
 mod soak;
-mod deps;
 mod test;
 
 use clap::Parser;

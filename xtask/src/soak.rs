@@ -170,7 +170,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         stats.requests.load(Ordering::Relaxed),
         stats.bytes.load(Ordering::Relaxed) as f64 / 1e6,
     );
-    let ok_otlp = exported_after > exported_down && stats.requests.load(Ordering::Relaxed) >= 3 && max_rss < start_rss + 64 * 1024;
+    let ok_otlp = exported_after > exported_down
+        && stats.requests.load(Ordering::Relaxed) >= 3
+        && max_rss < start_rss + 64 * 1024;
 
     // (2) Short-lived watched processes.
     let base_tracked = map_entries(agent.pid(), "tracked_pids")?;

@@ -7,9 +7,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use thiserror::Error;
 
 use crate::probes::wire::{
-    periscope_capture_policy, periscope_conn_event, periscope_data_event, periscope_data_layout,
-    periscope_direction, periscope_event_header, periscope_event_kind, periscope_proc_event,
-    periscope_role, periscope_segment, periscope_segments, periscope_tuple,
+    periscope_capture_policy, periscope_conn_event, periscope_data_event, periscope_data_layout, periscope_direction,
+    periscope_event_header, periscope_event_kind, periscope_proc_event, periscope_role, periscope_segment,
+    periscope_segments, periscope_tuple,
 };
 use crate::protocols::{Chunk, Direction};
 
@@ -24,9 +24,8 @@ pub enum CapturePolicy {
 }
 
 // The kernel copies of each body frame the bytes the AMQP parser fingerprints.
-const _: () = assert!(
-    crate::probes::wire::PERISCOPE_AMQP_BODY_KEEP as usize == crate::protocols::amqp::FINGERPRINT_BYTES
-);
+const _: () =
+    assert!(crate::probes::wire::PERISCOPE_AMQP_BODY_KEEP as usize == crate::protocols::amqp::FINGERPRINT_BYTES);
 
 impl CapturePolicy {
     pub fn wire(self) -> u8 {
@@ -298,8 +297,10 @@ pub(crate) fn tuple(t: &periscope_tuple) -> Tuple {
 // decode() reads direction, role, syscall and layout as four adjacent bytes.
 const _: () = assert!(
     std::mem::offset_of!(periscope_data_event, role) == std::mem::offset_of!(periscope_data_event, direction) + 1
-        && std::mem::offset_of!(periscope_data_event, syscall) == std::mem::offset_of!(periscope_data_event, direction) + 2
-        && std::mem::offset_of!(periscope_data_event, layout) == std::mem::offset_of!(periscope_data_event, direction) + 3
+        && std::mem::offset_of!(periscope_data_event, syscall)
+            == std::mem::offset_of!(periscope_data_event, direction) + 2
+        && std::mem::offset_of!(periscope_data_event, layout)
+            == std::mem::offset_of!(periscope_data_event, direction) + 3
 );
 
 /// Decodes one ring buffer record. The data slice borrows from `record`.
@@ -320,10 +321,9 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             let captured: u32 = read(at(std::mem::offset_of!(periscope_data_event, captured)), "capture size")?;
             let flags: [u8; 4] = read(at(std::mem::offset_of!(periscope_data_event, direction)), "flags")?;
             let captured = captured as usize;
-            let data = record.get(prefix..prefix + captured).ok_or(DecodeError::BadCapture {
-                captured,
-                len: record.len() - prefix,
-            })?;
+            let data = record
+                .get(prefix..prefix + captured)
+                .ok_or(DecodeError::BadCapture { captured, len: record.len() - prefix })?;
             let bytes = bytes.max(0) as usize;
             let (e_direction, e_role, e_layout) = (flags[0], flags[1], flags[3]);
             let (data, layout) = match u32::from(e_layout) {

@@ -26,8 +26,12 @@ pub struct MetricsArgs {
 
     /// Span (else resource) attributes that become span-metrics labels, dots as underscores.
     /// http.target is the route, never the raw path.
-    #[arg(long, env = "PERISCOPE_SPAN_METRICS_DIMENSIONS", value_delimiter = ',',
-          default_value = "http.method,http.target,http.status_code,service.version")]
+    #[arg(
+        long,
+        env = "PERISCOPE_SPAN_METRICS_DIMENSIONS",
+        value_delimiter = ',',
+        default_value = "http.method,http.target,http.status_code,service.version"
+    )]
     pub span_metrics_dimensions: Vec<String>,
 }
 

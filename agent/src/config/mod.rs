@@ -163,10 +163,8 @@ impl Settings {
                 let mut merged = vec![args.first().cloned().unwrap_or_else(|| "periscope".into())];
                 merged.extend(sources::file_args(path, &args[after_name..])?);
                 merged.extend(args.iter().skip(1).cloned());
-                Args::try_parse_from(merged).map_err(|e| ConfigError::File {
-                    path: path.clone(),
-                    message: e.to_string().trim().to_owned(),
-                })?
+                Args::try_parse_from(merged)
+                    .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string().trim().to_owned() })?
             }
             None => first,
         };

@@ -57,7 +57,10 @@ fn signal_var(signal: OtlpSignal, what: &str) -> String {
 
 /// The exporter settings from the flags and the variables only `env` gives
 /// (e.g. `|k| std::env::var(k).ok()`). `Ok(None)` when no endpoint is set.
-pub fn resolve(flags: &OtlpFlags<'_>, env: impl Fn(&str) -> Option<String>) -> Result<Option<OtlpConfig>, OtlpConfigError> {
+pub fn resolve(
+    flags: &OtlpFlags<'_>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<OtlpConfig>, OtlpConfigError> {
     let given = |v: Option<&str>| v.map(str::to_owned).filter(|v| !v.trim().is_empty());
     let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
     let generic_endpoint = given(flags.endpoint);
@@ -158,17 +161,16 @@ fn parse_protocol(var: &str, v: &str) -> Result<OtlpProtocol, OtlpConfigError> {
     match v.trim() {
         "grpc" => Ok(OtlpProtocol::Grpc),
         "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
-        other => Err(OtlpConfigError::invalid(
-            var,
-            other,
-            "expected `grpc` or `http/protobuf` (http/json is not supported)",
-        )),
+        other => {
+            Err(OtlpConfigError::invalid(var, other, "expected `grpc` or `http/protobuf` (http/json is not supported)"))
+        }
     }
 }
 
 fn parse_url(var: &str, raw: &str) -> Result<Url, OtlpConfigError> {
-    let url = Url::parse(raw.trim())
-        .map_err(|e| OtlpConfigError::invalid(var, raw, format!("not a URL ({e}); expected e.g. http://collector:4318")))?;
+    let url = Url::parse(raw.trim()).map_err(|e| {
+        OtlpConfigError::invalid(var, raw, format!("not a URL ({e}); expected e.g. http://collector:4318"))
+    })?;
     match url.scheme() {
         "http" => {}
         "https" => {
@@ -231,7 +233,11 @@ pub fn parse_headers(var: &str, raw: &str) -> Result<Vec<(String, String)>, Otlp
             return Err(OtlpConfigError::invalid(var, raw, format!("{key:?} is not a valid header name")));
         }
         if reqwest::header::HeaderValue::from_str(&value).is_err() {
-            return Err(OtlpConfigError::invalid(var, raw, format!("the value of {key:?} is not a valid header value")));
+            return Err(OtlpConfigError::invalid(
+                var,
+                raw,
+                format!("the value of {key:?} is not a valid header value"),
+            ));
         }
         out.push((key, value));
     }

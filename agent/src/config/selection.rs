@@ -42,8 +42,9 @@ pub fn ensure_something_to_watch(selector: &Selector) -> Result<(), ConfigError>
     if selector.is_empty() {
         return Err(ConfigError::Invalid {
             key: "open-port",
-            message: "nothing to watch: give --open-port, --exe-path, --pid or --kubernetes-namespace/-pod-label/-owner-name"
-                .into(),
+            message:
+                "nothing to watch: give --open-port, --exe-path, --pid or --kubernetes-namespace/-pod-label/-owner-name"
+                    .into(),
         });
     }
     Ok(())

@@ -40,7 +40,9 @@ fn flags_parse_and_validate() {
 
 #[test]
 fn yaml_file_fills_what_flags_do_not_set() {
-    let f = yaml("open_port: 8080\nroutes: [\"/users/{id}\", \"/a\"]\ncapture-size: 256\nsemconv_stability_opt_in: http/dup\n");
+    let f = yaml(
+        "open_port: 8080\nroutes: [\"/users/{id}\", \"/a\"]\ncapture-size: 256\nsemconv_stability_opt_in: http/dup\n",
+    );
     let path = f.0.to_str().unwrap().to_owned();
     let s = Settings::from_args(["periscope", "--config", &path, "--capture-size", "128"]).unwrap();
     assert!(s.selector.matches_port(8080));
@@ -89,10 +91,19 @@ fn nice_takes_negative_values_within_the_kernel_range() {
 fn sampler_comes_from_the_sdk_variables_and_bad_values_are_named() {
     let s = Settings::from_args(["periscope", "--pid", "1"]).unwrap();
     assert_eq!(s.context.sampler, crate::context::sampler::Sampler::default());
-    let s = Settings::from_args(["periscope", "--pid", "1", "--traces-sampler", "traceidratio", "--traces-sampler-arg", "0.1"])
-        .unwrap();
+    let s = Settings::from_args([
+        "periscope",
+        "--pid",
+        "1",
+        "--traces-sampler",
+        "traceidratio",
+        "--traces-sampler-arg",
+        "0.1",
+    ])
+    .unwrap();
     assert_eq!(s.context.sampler, crate::context::sampler::Sampler::TraceIdRatio(0.1));
-    let err = Settings::from_args(["periscope", "--pid", "1", "--traces-sampler", "sometimes"]).unwrap_err().to_string();
+    let err =
+        Settings::from_args(["periscope", "--pid", "1", "--traces-sampler", "sometimes"]).unwrap_err().to_string();
     assert!(err.starts_with("traces-sampler: unknown OTEL_TRACES_SAMPLER"), "{err}");
 }
 
@@ -102,9 +113,13 @@ fn trace_metrics_are_off_by_default_and_switch_on_by_flag_yaml_or_beyla_features
     let s = Settings::from_args_env(["periscope", "--pid", "1"], &none).unwrap();
     assert!(s.metrics.span_metrics.is_none() && s.metrics.service_graph.is_none());
     let args = <Args as clap::Parser>::try_parse_from(["periscope", "--pid", "1"]).unwrap();
-    assert_eq!(args.metrics.span_metrics_dimensions, ["http.method", "http.target", "http.status_code", "service.version"]);
+    assert_eq!(
+        args.metrics.span_metrics_dimensions,
+        ["http.method", "http.target", "http.status_code", "service.version"]
+    );
 
-    let s = Settings::from_args_env(["periscope", "--pid", "1", "--span-metrics", "--service-graph-metrics"], &none).unwrap();
+    let s = Settings::from_args_env(["periscope", "--pid", "1", "--span-metrics", "--service-graph-metrics"], &none)
+        .unwrap();
     let labels: Vec<_> = s.metrics.span_metrics.unwrap().dimensions.into_iter().map(|d| d.label).collect();
     assert_eq!(labels, ["http_method", "http_target", "http_status_code", "service_version"]);
     assert!(s.metrics.service_graph.is_some());
@@ -117,9 +132,12 @@ fn trace_metrics_are_off_by_default_and_switch_on_by_flag_yaml_or_beyla_features
     let labels: Vec<_> = s.metrics.span_metrics.unwrap().dimensions.into_iter().map(|d| d.label).collect();
     assert_eq!(labels, ["db_name", "k8s_pod_name"]);
     let many = (0..17).map(|i| format!("a{i}")).collect::<Vec<_>>().join(",");
-    let err = Settings::from_args_env(["periscope", "--pid", "1", "--span-metrics", "--span-metrics-dimensions", &many], &none)
-        .unwrap_err()
-        .to_string();
+    let err = Settings::from_args_env(
+        ["periscope", "--pid", "1", "--span-metrics", "--span-metrics-dimensions", &many],
+        &none,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("span-metrics-dimensions"), "{err}");
 
     // Beyla's feature lists, either exporter's.
@@ -285,7 +303,8 @@ fn semconv_opt_ins_are_a_set_and_unknown_values_are_ignored() {
     let set = SemconvOptIns::parse("http,database/dup,bogus");
     assert!(!set.contains(SemconvOptIn::HttpDup) && set.contains(SemconvOptIn::DatabaseDup));
 
-    let s = Settings::from_args(["periscope", "--pid", "1", "--semconv-stability-opt-in", "http/dup,whatever"]).unwrap();
+    let s =
+        Settings::from_args(["periscope", "--pid", "1", "--semconv-stability-opt-in", "http/dup,whatever"]).unwrap();
     assert!(s.spans.http.old_semconv && !s.spans.sql.old_semconv);
     let s = Settings::from_args(["periscope", "--pid", "1", "--semconv-stability-opt-in", "database/dup"]).unwrap();
     assert!(!s.spans.http.old_semconv && s.spans.sql.old_semconv);

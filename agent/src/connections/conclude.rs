@@ -29,7 +29,13 @@ impl Conclude for Exchange {
     fn conclude(self, cx: &mut Cx<'_>) {
         let start = if cx.server_side { self.request_start_exit } else { self.request_start_enter };
         let started = cx.tracker.take_started(cx.trace, cx.server_side, cx.key.pid, start, self.response_end, cx.t);
-        cx.out.push(Outcome::Http { key: cx.key, tuple: cx.tuple, server_side: cx.server_side, started, exchange: self });
+        cx.out.push(Outcome::Http {
+            key: cx.key,
+            tuple: cx.tuple,
+            server_side: cx.server_side,
+            started,
+            exchange: self,
+        });
     }
 }
 
@@ -53,7 +59,8 @@ impl Conclude for AmqpMessage {
             AmqpMessage::Delivered(d) => {
                 let id = (d.channel, d.delivery_tag);
                 let started = cx.tracker.started_delivery(cx.trace, id, cx.thread, d.ts_received, cx.t);
-                let link = DeliveryLink { traceparent: d.traceparent, tracestate: d.tracestate, fingerprint: d.fingerprint };
+                let link =
+                    DeliveryLink { traceparent: d.traceparent, tracestate: d.tracestate, fingerprint: d.fingerprint };
                 cx.out.push(Outcome::Delivered { key, tuple, started, link });
             }
             AmqpMessage::Consumed(message) => {

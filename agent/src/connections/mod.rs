@@ -32,7 +32,10 @@ pub struct ConnKey {
 /// The parser of a connection.
 pub enum Parser {
     /// Not decided yet; small chunks are held until enough bytes decide.
-    Detecting { attempts: u8, held: Vec<HeldChunk> },
+    Detecting {
+        attempts: u8,
+        held: Vec<HeldChunk>,
+    },
     Http(http1::Http1Session),
     Postgres(postgres::PgSession),
     MySql(mysql::MySqlSession),
@@ -87,19 +90,60 @@ pub struct Connection {
 pub enum Outcome {
     /// A request to the tracked process began (HTTP: its head was read),
     /// with the traceparent it carried.
-    RequestStarted { key: ConnKey, tuple: Tuple, started: Started, traceparent: Option<TraceParent>, tracestate: Option<String> },
+    RequestStarted {
+        key: ConnKey,
+        tuple: Tuple,
+        started: Started,
+        traceparent: Option<TraceParent>,
+        tracestate: Option<String>,
+    },
     /// A message was delivered to a consumer of the tracked process.
-    Delivered { key: ConnKey, tuple: Tuple, started: Started, link: DeliveryLink },
-    Http { key: ConnKey, tuple: Tuple, server_side: bool, started: Started, exchange: http1::Exchange },
-    Sql { key: ConnKey, tuple: Tuple, server_side: bool, started: Started, call: SqlCall },
-    Published { key: ConnKey, tuple: Tuple, started: Started, publish: Publish },
-    Consumed { key: ConnKey, tuple: Tuple, started: Started, message: ConsumedMessage },
+    Delivered {
+        key: ConnKey,
+        tuple: Tuple,
+        started: Started,
+        link: DeliveryLink,
+    },
+    Http {
+        key: ConnKey,
+        tuple: Tuple,
+        server_side: bool,
+        started: Started,
+        exchange: http1::Exchange,
+    },
+    Sql {
+        key: ConnKey,
+        tuple: Tuple,
+        server_side: bool,
+        started: Started,
+        call: SqlCall,
+    },
+    Published {
+        key: ConnKey,
+        tuple: Tuple,
+        started: Started,
+        publish: Publish,
+    },
+    Consumed {
+        key: ConnKey,
+        tuple: Tuple,
+        started: Started,
+        message: ConsumedMessage,
+    },
     /// A PostgreSQL connection adopted after its startup: its database is
     /// for someone else to find ([`ConnectionTable::tell_database`]).
-    DatabaseUnknown { key: ConnKey, tuple: Tuple, server_side: bool },
+    DatabaseUnknown {
+        key: ConnKey,
+        tuple: Tuple,
+        server_side: bool,
+    },
     /// The connection was classified: the kernel should capture it this way
     /// from now on (the table does no I/O; the pipeline tells the kernel).
-    Capture { key: ConnKey, tuple: Tuple, policy: CapturePolicy },
+    Capture {
+        key: ConnKey,
+        tuple: Tuple,
+        policy: CapturePolicy,
+    },
 }
 
 /// What a delivered message says about its producer.
@@ -128,7 +172,11 @@ impl std::fmt::Debug for ConnectionTable {
 impl ConnectionTable {
     pub fn new(max: usize) -> Self {
         let cap = std::num::NonZeroUsize::new(max.max(1)).expect("at least one");
-        Self { conns: LruCache::with_hasher(cap, FxBuildHasher), by_tuple: FxHashMap::default(), scratch: Scratch::default() }
+        Self {
+            conns: LruCache::with_hasher(cap, FxBuildHasher),
+            by_tuple: FxHashMap::default(),
+            scratch: Scratch::default(),
+        }
     }
 
     /// The tracked other end of a connection on this host, if there is one.
@@ -320,7 +368,8 @@ impl ConnectionTable {
             } else if quiet >= idle_ns {
                 let server_side = serves(conn);
                 let Connection { parser, trace, tuple, .. } = conn;
-                let mut cx = Cx { tracker: &mut *tracker, trace, key: *key, tuple: *tuple, server_side, thread: None, out, t };
+                let mut cx =
+                    Cx { tracker: &mut *tracker, trace, key: *key, tuple: *tuple, server_side, thread: None, out, t };
                 with_session!(parser, s => idle_session(s, &mut self.scratch, &mut cx), _ => {});
             }
         }
@@ -354,14 +403,16 @@ fn on_known_chunk(
         // parser decides that first, so the context layer sees the previous
         // exchange complete when it decides who this request is for (a
         // queue's hand-off).
-        let mut cx = Cx { tracker: &mut *tracker, trace: &mut *trace, key, tuple, server_side, thread: Some(thread), out, t };
+        let mut cx =
+            Cx { tracker: &mut *tracker, trace: &mut *trace, key, tuple, server_side, thread: Some(thread), out, t };
         with_session!(parser, s => feed(s, chunk, scratch, &mut cx), _ => {});
         tracker.on_chunk(trace, server_side, thread, key.fd, chunk, t);
     } else {
         if exchanges {
             started = tracker.on_chunk(trace, server_side, thread, key.fd, chunk, t);
         }
-        let mut cx = Cx { tracker: &mut *tracker, trace: &mut *trace, key, tuple, server_side, thread: Some(thread), out, t };
+        let mut cx =
+            Cx { tracker: &mut *tracker, trace: &mut *trace, key, tuple, server_side, thread: Some(thread), out, t };
         with_session!(parser, s => feed(s, chunk, scratch, &mut cx), _ => {});
     }
     announce(tracker, key, conn, server_side, started, out);
@@ -440,7 +491,13 @@ fn announce(
                     tracker.on_incoming_traceparent(tp);
                 }
                 if let Some(started) = conn.trace.started_at(head.start_enter) {
-                    out.push(Outcome::RequestStarted { key, tuple, started, traceparent: tp, tracestate: head.tracestate });
+                    out.push(Outcome::RequestStarted {
+                        key,
+                        tuple,
+                        started,
+                        traceparent: tp,
+                        tracestate: head.tracestate,
+                    });
                 }
             }
         }
@@ -491,7 +548,10 @@ fn protocol_of<S: Session>(_: &S) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::{sampler::Sampler, assembly::{AssemblyOptions, Assembler}};
+    use crate::context::{
+        assembly::{Assembler, AssemblyOptions},
+        sampler::Sampler,
+    };
 
     const TH: ThreadKey = ThreadKey { pid: 1, tid: 1, loop_seq: 0 };
 
@@ -500,7 +560,11 @@ mod tests {
     }
 
     fn tuple(port: u16) -> Tuple {
-        Tuple { local: "127.0.0.1:8080".parse().unwrap(), remote: format!("127.0.0.1:{port}").parse().unwrap(), netns: 1 }
+        Tuple {
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: format!("127.0.0.1:{port}").parse().unwrap(),
+            netns: 1,
+        }
     }
 
     fn chunk(direction: Direction, data: &[u8], t: u64) -> Chunk<'_> {
@@ -533,8 +597,26 @@ mod tests {
         let (mut table, mut tr) = new_table(16);
         let mut out = Vec::new();
         let key = ConnKey { pid: 1, fd: 5 };
-        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 1), &mut tr, &mut out, &t);
-        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2), &mut tr, &mut out, &t);
+        table.data(
+            key,
+            tuple(1),
+            Role::Unknown,
+            TH,
+            &chunk(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 1),
+            &mut tr,
+            &mut out,
+            &t,
+        );
+        table.data(
+            key,
+            tuple(1),
+            Role::Unknown,
+            TH,
+            &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2),
+            &mut tr,
+            &mut out,
+            &t,
+        );
         assert!(matches!(&finished(&out)[..], [Outcome::Http { server_side: true, .. }]));
         table.close(key, &mut tr, &mut out, &t);
         assert!(table.is_empty());
@@ -547,9 +629,27 @@ mod tests {
         let mut out = Vec::new();
         let key = ConnKey { pid: 1, fd: 5 };
         for (i, b) in b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n".iter().enumerate() {
-            table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, std::slice::from_ref(b), 10 + i as u64), &mut tr, &mut out, &t);
+            table.data(
+                key,
+                tuple(1),
+                Role::Unknown,
+                TH,
+                &chunk(Direction::Ingress, std::slice::from_ref(b), 10 + i as u64),
+                &mut tr,
+                &mut out,
+                &t,
+            );
         }
-        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 100), &mut tr, &mut out, &t);
+        table.data(
+            key,
+            tuple(1),
+            Role::Unknown,
+            TH,
+            &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 100),
+            &mut tr,
+            &mut out,
+            &t,
+        );
         let [Outcome::Http { exchange, server_side: true, .. }] = &finished(&out)[..] else { panic!("{out:?}") };
         assert_eq!(exchange.request.target, "/slow");
         assert_eq!(exchange.request_start_exit, 11, "starts at the first byte");
@@ -563,7 +663,16 @@ mod tests {
         let mut out = Vec::new();
         let key = ConnKey { pid: 1, fd: 5 };
         for i in 0..10 {
-            table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, b"\x16\x03\x01garbage", i), &mut tr, &mut out, &t);
+            table.data(
+                key,
+                tuple(1),
+                Role::Unknown,
+                TH,
+                &chunk(Direction::Ingress, b"\x16\x03\x01garbage", i),
+                &mut tr,
+                &mut out,
+                &t,
+            );
         }
         assert_eq!(t.get(Counter::UnknownProtocol), 1);
         assert!(out.is_empty());
@@ -589,9 +698,36 @@ mod tests {
         let (mut table, mut tr) = new_table(4);
         let mut out = Vec::new();
         let key = ConnKey { pid: 1, fd: 5 };
-        table.data(key, tuple(1), Role::Unknown, TH, &chunk(Direction::Ingress, b"GET /a HTTP/1.1\r\n\r\n", 1), &mut tr, &mut out, &t);
-        table.data(key, tuple(2), Role::Unknown, TH, &chunk(Direction::Ingress, b"GET /b HTTP/1.1\r\n\r\n", 2), &mut tr, &mut out, &t);
-        table.data(key, tuple(2), Role::Unknown, TH, &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3), &mut tr, &mut out, &t);
+        table.data(
+            key,
+            tuple(1),
+            Role::Unknown,
+            TH,
+            &chunk(Direction::Ingress, b"GET /a HTTP/1.1\r\n\r\n", 1),
+            &mut tr,
+            &mut out,
+            &t,
+        );
+        table.data(
+            key,
+            tuple(2),
+            Role::Unknown,
+            TH,
+            &chunk(Direction::Ingress, b"GET /b HTTP/1.1\r\n\r\n", 2),
+            &mut tr,
+            &mut out,
+            &t,
+        );
+        table.data(
+            key,
+            tuple(2),
+            Role::Unknown,
+            TH,
+            &chunk(Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3),
+            &mut tr,
+            &mut out,
+            &t,
+        );
         let Outcome::Http { exchange, .. } = finished(&out)[0] else { panic!("not http") };
         assert_eq!(exchange.request.target, "/b");
         assert_eq!(t.get(Counter::RequestsUnmatched), 1, "the /a request lost its connection");
@@ -603,15 +739,44 @@ mod tests {
         let (mut table, mut tr) = new_table(16);
         let mut out = Vec::new();
         let policies = |out: &[Outcome]| {
-            out.iter().filter_map(|o| if let Outcome::Capture { policy, .. } = o { Some(*policy) } else { None }).collect::<Vec<_>>()
+            out.iter()
+                .filter_map(|o| if let Outcome::Capture { policy, .. } = o { Some(*policy) } else { None })
+                .collect::<Vec<_>>()
         };
         let (client, broker) = (ConnKey { pid: 1, fd: 5 }, ConnKey { pid: 1, fd: 6 });
-        table.data(client, tuple(1), Role::Client, TH, &chunk(Direction::Egress, b"AMQP\x00\x00\x09\x01", 1), &mut tr, &mut out, &t);
-        table.data(client, tuple(1), Role::Client, TH, &chunk(Direction::Ingress, &[8, 0, 0, 0, 0, 0, 0, 0xCE], 2), &mut tr, &mut out, &t);
+        table.data(
+            client,
+            tuple(1),
+            Role::Client,
+            TH,
+            &chunk(Direction::Egress, b"AMQP\x00\x00\x09\x01", 1),
+            &mut tr,
+            &mut out,
+            &t,
+        );
+        table.data(
+            client,
+            tuple(1),
+            Role::Client,
+            TH,
+            &chunk(Direction::Ingress, &[8, 0, 0, 0, 0, 0, 0, 0xCE], 2),
+            &mut tr,
+            &mut out,
+            &t,
+        );
         assert_eq!(policies(&out), [CapturePolicy::AmqpFrames]);
         // A tracked broker reads the clients' frames: no spans, no policy.
         out.clear();
-        table.data(broker, tuple(2), Role::Server, TH, &chunk(Direction::Ingress, b"AMQP\x00\x00\x09\x01", 3), &mut tr, &mut out, &t);
+        table.data(
+            broker,
+            tuple(2),
+            Role::Server,
+            TH,
+            &chunk(Direction::Ingress, b"AMQP\x00\x00\x09\x01", 3),
+            &mut tr,
+            &mut out,
+            &t,
+        );
         assert_eq!(policies(&out), []);
     }
 }

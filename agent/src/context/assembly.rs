@@ -69,7 +69,9 @@ struct Held {
 #[derive(Debug)]
 enum State {
     /// Its link is not known yet: finished spans are held.
-    Open { held: Vec<Held> },
+    Open {
+        held: Vec<Held>,
+    },
     Joined(GroupId),
     Decided(Decided),
 }
@@ -517,7 +519,8 @@ mod tests {
     use std::sync::Arc;
 
     fn span(name: &str) -> Span {
-        let service = Arc::new(Service { name: "s".into(), namespace: None, instance_id: "i".into(), attributes: vec![] });
+        let service =
+            Arc::new(Service { name: "s".into(), namespace: None, instance_id: "i".into(), attributes: vec![] });
         Span { start_unix_nanos: 1, end_unix_nanos: 2, ..Span::for_test(&service, SpanKind::Internal, name) }
     }
 
@@ -636,7 +639,13 @@ mod tests {
     fn groups_are_bounded_in_time_and_number() {
         let t = Telemetry::default();
         let mut a = Assembler::new(
-            AssemblyOptions { max_wait_ns: 100, keep_decided_ns: 100, max_open_ns: 1_000, max_groups: 4, max_held: 100 },
+            AssemblyOptions {
+                max_wait_ns: 100,
+                keep_decided_ns: 100,
+                max_open_ns: 1_000,
+                max_groups: 4,
+                max_held: 100,
+            },
             Sampler::default(),
         );
         let g = a.new_group(0, &t);
@@ -671,7 +680,13 @@ mod tests {
     fn a_full_table_forgets_idle_groups_before_busy_or_undecided_ones() {
         let t = Telemetry::default();
         let mut a = Assembler::new(
-            AssemblyOptions { max_wait_ns: 1_000, keep_decided_ns: 1_000, max_open_ns: 10_000, max_groups: 4, max_held: 100 },
+            AssemblyOptions {
+                max_wait_ns: 1_000,
+                keep_decided_ns: 1_000,
+                max_open_ns: 10_000,
+                max_groups: 4,
+                max_held: 100,
+            },
             Sampler::default(),
         );
         // One slow request stays open while many fast ones come and go.

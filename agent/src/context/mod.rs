@@ -33,12 +33,12 @@ use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 
-use crate::protocols::{Chunk, Direction};
 use crate::model::{traceparent::TraceParent, SpanId, TraceId};
+use crate::protocols::{Chunk, Direction};
 use crate::telemetry::{Counter, Telemetry};
 
-pub use assembly::{Assembler, GroupId};
 use assembly::ClaimedIds;
+pub use assembly::{Assembler, GroupId};
 
 /// A span that may become a parent: its id and the group deciding its trace id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,7 +271,11 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(assembly: Assembler, max_threads: usize) -> Self {
-        Self { threads: Threads { map: FxHashMap::default(), max: max_threads }, assembly, claimed: ClaimedIds::default() }
+        Self {
+            threads: Threads { map: FxHashMap::default(), max: max_threads },
+            assembly,
+            claimed: ClaimedIds::default(),
+        }
     }
 
     /// An exchange of `group` will never finish.

@@ -51,14 +51,31 @@ impl World {
         self.now += 10;
         let thread = ThreadKey { pid: 1, tid, loop_seq: seq };
         let tuple = tuple(2000 + fd as u16, 5000 + fd as u16);
-        self.table.open(ConnKey { pid: 1, fd }, tuple, Role::Client, thread, self.now, &mut self.tracker, &mut self.out, &self.t);
+        self.table.open(
+            ConnKey { pid: 1, fd },
+            tuple,
+            Role::Client,
+            thread,
+            self.now,
+            &mut self.tracker,
+            &mut self.out,
+            &self.t,
+        );
     }
 
     /// (fd, server_side, span id, parent span id) of every outcome so far.
     fn spans(&self) -> Vec<(i32, bool, SpanId, Option<SpanId>)> {
         self.out
             .iter()
-            .filter(|o| !matches!(o, Outcome::RequestStarted { .. } | Outcome::Delivered { .. } | Outcome::DatabaseUnknown { .. } | Outcome::Capture { .. }))
+            .filter(|o| {
+                !matches!(
+                    o,
+                    Outcome::RequestStarted { .. }
+                        | Outcome::Delivered { .. }
+                        | Outcome::DatabaseUnknown { .. }
+                        | Outcome::Capture { .. }
+                )
+            })
             .map(|o| match o {
                 Outcome::Http { key, server_side, started, .. } | Outcome::Sql { key, server_side, started, .. } => {
                     (key.fd, *server_side, started.ctx.span_id, started.parent.map(|p| p.span_id))
@@ -66,7 +83,10 @@ impl World {
                 Outcome::Published { key, started, .. } | Outcome::Consumed { key, started, .. } => {
                     (key.fd, false, started.ctx.span_id, started.parent.map(|p| p.span_id))
                 }
-                Outcome::RequestStarted { .. } | Outcome::Delivered { .. } | Outcome::DatabaseUnknown { .. } | Outcome::Capture { .. } => {
+                Outcome::RequestStarted { .. }
+                | Outcome::Delivered { .. }
+                | Outcome::DatabaseUnknown { .. }
+                | Outcome::Capture { .. } => {
                     unreachable!("filtered")
                 }
             })
@@ -148,7 +168,7 @@ fn a_connection_opened_for_a_request_carries_it_to_the_first_write() {
     let mut w = World::new();
     w.server_io(1, 1, 5, IN, REQ);
     w.connect(1, 1, 7); // non-blocking connect in the handler
-    // The "connected" callback of a later iteration, after another request was read.
+                        // The "connected" callback of a later iteration, after another request was read.
     w.server_io(1, 2, 6, IN, REQ);
     w.client_io(1, 2, 7, OUT, REQ);
     w.client_io(1, 3, 7, IN, RESP);

@@ -26,8 +26,8 @@ pub use ports::{PortSet, PortSetError};
 pub use scanner::{read_process, ScanResult, Scanner};
 pub use selector::{matches_exe, ExeGlobs, Selector};
 pub use service::{
-    build_service, build_service_in_pod, host_name, interpreter_service_name,
-    parse_resource_attributes, resolve_service, Language, ResolvedService, ServiceOptions,
+    build_service, build_service_in_pod, host_name, interpreter_service_name, parse_resource_attributes,
+    resolve_service, Language, ResolvedService, ServiceOptions,
 };
 
 pub use crate::model::Service;
@@ -45,11 +45,7 @@ pub enum DiscoveryError {
         source: std::io::Error,
     },
     #[error("cannot parse {what} of process {pid} ({path})")]
-    Parse {
-        pid: u32,
-        path: PathBuf,
-        what: &'static str,
-    },
+    Parse { pid: u32, path: PathBuf, what: &'static str },
     #[error("kernel thread {pid} cannot be instrumented")]
     KernelThread { pid: u32 },
     #[error("invalid executable glob {pattern:?}: {source}")]

@@ -164,7 +164,8 @@ impl BackendIndex {
         let client = SocketAddr::new(q.client.ip().to_canonical(), q.client.port());
         if let Some(found) = self.by_addr.get(&client) {
             if q.netns != 0 {
-                let same: Vec<usize> = found.iter().copied().filter(|&i| self.backends[i].netns == Some(q.netns)).collect();
+                let same: Vec<usize> =
+                    found.iter().copied().filter(|&i| self.backends[i].netns == Some(q.netns)).collect();
                 if let Some(b) = self.only(&same, q) {
                     return Some(b);
                 }
@@ -180,7 +181,8 @@ impl BackendIndex {
         if let [i] = found {
             return Some(&self.backends[*i]);
         }
-        let mut on_port = found.iter().map(|&i| &self.backends[i]).filter(|b| b.server_ports.contains(&q.server.port()));
+        let mut on_port =
+            found.iter().map(|&i| &self.backends[i]).filter(|b| b.server_ports.contains(&q.server.port()));
         match (on_port.next(), on_port.next()) {
             (Some(b), None) => Some(b),
             _ => None,
@@ -281,8 +283,7 @@ impl BackendTracker {
         let changed = std::mem::take(&mut self.changed) || gone.values().any(Option::is_some);
         if changed {
             // Servers whose backends all ended (a pid may come back as another process).
-            let parents: std::collections::HashSet<u32> =
-                self.known.values().flatten().map(|b| b.server_pid).collect();
+            let parents: std::collections::HashSet<u32> = self.known.values().flatten().map(|b| b.server_pid).collect();
             self.servers.retain(|pid, _| parents.contains(pid));
             let backends = self.known.values().flatten().cloned().collect();
             self.directory.publish(BackendIndex::new(backends));
@@ -306,15 +307,30 @@ mod tests {
     fn client_backend_titles_as_postgresql_15_writes_them() {
         // Read from a PostgreSQL 15 on this project's CI host (psql clients,
         // cluster_name 'lab main', update_process_title off, log_hostname on).
-        assert_eq!(parse_title("postgres: app shop 127.0.0.1(54321) idle"), title("app", "shop", addr("127.0.0.1:54321")));
+        assert_eq!(
+            parse_title("postgres: app shop 127.0.0.1(54321) idle"),
+            title("app", "shop", addr("127.0.0.1:54321"))
+        );
         assert_eq!(
             parse_title("postgres: lab main: postgres template1 ::1(56990) SELECT"),
             title("postgres", "template1", addr("[::1]:56990"))
         );
-        assert_eq!(parse_title("postgres: 15/main: app shop 10.0.0.7(40000) idle in transaction (aborted)"), title("app", "shop", addr("10.0.0.7:40000")));
-        assert_eq!(parse_title("postgres: postgres postgres localhost(43296) "), title("postgres", "postgres", ClientEnd::Host("localhost".into(), 43296)));
-        assert_eq!(parse_title("postgres: app shop ::ffff:127.0.0.1(5000) authentication"), title("app", "shop", addr("127.0.0.1:5000")));
-        assert_eq!(parse_title("postgres: app shop fe80::1%eth0(5000) idle"), title("app", "shop", addr("[fe80::1]:5000")));
+        assert_eq!(
+            parse_title("postgres: 15/main: app shop 10.0.0.7(40000) idle in transaction (aborted)"),
+            title("app", "shop", addr("10.0.0.7:40000"))
+        );
+        assert_eq!(
+            parse_title("postgres: postgres postgres localhost(43296) "),
+            title("postgres", "postgres", ClientEnd::Host("localhost".into(), 43296))
+        );
+        assert_eq!(
+            parse_title("postgres: app shop ::ffff:127.0.0.1(5000) authentication"),
+            title("app", "shop", addr("127.0.0.1:5000"))
+        );
+        assert_eq!(
+            parse_title("postgres: app shop fe80::1%eth0(5000) idle"),
+            title("app", "shop", addr("[fe80::1]:5000"))
+        );
         // Activity text that looks like a client comes after the real one.
         assert_eq!(parse_title("postgres: app shop 10.0.0.1(1) SELECT f(2)"), title("app", "shop", addr("10.0.0.1:1")));
     }
@@ -347,7 +363,12 @@ mod tests {
     }
 
     fn query(client: &str, netns: u64) -> BackendQuery {
-        BackendQuery { client: client.parse().unwrap(), server: "127.0.0.1:5432".parse().unwrap(), netns, backend_pid: None }
+        BackendQuery {
+            client: client.parse().unwrap(),
+            server: "127.0.0.1:5432".parse().unwrap(),
+            netns,
+            backend_pid: None,
+        }
     }
 
     fn db<'a>(index: &'a BackendIndex, q: &BackendQuery) -> Option<&'a str> {
@@ -397,7 +418,10 @@ mod tests {
             on(backend(10, Some(1), "shop", addr("127.0.0.1:40000")), 5432),
             on(backend(11, Some(1), "stock", addr("127.0.0.1:40000")), 5433),
         ]);
-        let to = |port: u16| BackendQuery { server: SocketAddr::from(([127, 0, 0, 1], port)), ..query("127.0.0.1:40000", 1) };
+        let to = |port: u16| BackendQuery {
+            server: SocketAddr::from(([127, 0, 0, 1], port)),
+            ..query("127.0.0.1:40000", 1)
+        };
         assert_eq!(db(&index, &to(5432)), Some("shop"));
         assert_eq!(db(&index, &to(5433)), Some("stock"));
         assert_eq!(db(&index, &to(15432)), None, "a mapped port decides nothing");

@@ -28,10 +28,7 @@ impl PortSet {
     /// A set from explicit inclusive ranges (normalised: sorted and merged).
     /// Reversed ranges are swapped.
     pub fn from_ranges(ranges: impl IntoIterator<Item = (u16, u16)>) -> Self {
-        let mut v: Vec<(u16, u16)> = ranges
-            .into_iter()
-            .map(|(a, b)| if a <= b { (a, b) } else { (b, a) })
-            .collect();
+        let mut v: Vec<(u16, u16)> = ranges.into_iter().map(|(a, b)| if a <= b { (a, b) } else { (b, a) }).collect();
         v.sort_unstable();
         let mut merged: Vec<(u16, u16)> = Vec::with_capacity(v.len());
         for (lo, hi) in v {
@@ -61,22 +58,14 @@ impl PortSet {
 
 fn parse_port(s: &str, item: &str) -> Result<u16, PortSetError> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(PortSetError::NotANumber {
-            item: item.to_owned(),
-        });
+        return Err(PortSetError::NotANumber { item: item.to_owned() });
     }
     // All digits: only overflow can fail here.
-    let n: u64 = s.parse().map_err(|_| PortSetError::OutOfRange {
-        item: item.to_owned(),
-    })?;
+    let n: u64 = s.parse().map_err(|_| PortSetError::OutOfRange { item: item.to_owned() })?;
     match n {
-        0 => Err(PortSetError::PortZero {
-            item: item.to_owned(),
-        }),
+        0 => Err(PortSetError::PortZero { item: item.to_owned() }),
         1..=65535 => Ok(n as u16),
-        _ => Err(PortSetError::OutOfRange {
-            item: item.to_owned(),
-        }),
+        _ => Err(PortSetError::OutOfRange { item: item.to_owned() }),
     }
 }
 
@@ -91,19 +80,14 @@ impl FromStr for PortSet {
         for (i, raw) in s.split(',').enumerate() {
             let item = raw.trim();
             if item.is_empty() {
-                return Err(PortSetError::EmptyItem {
-                    list: s.to_owned(),
-                    position: i + 1,
-                });
+                return Err(PortSetError::EmptyItem { list: s.to_owned(), position: i + 1 });
             }
             let range = match item.split_once('-') {
                 Some((a, b)) => {
                     let lo = parse_port(a.trim(), item)?;
                     let hi = parse_port(b.trim(), item)?;
                     if lo > hi {
-                        return Err(PortSetError::ReversedRange {
-                            item: item.to_owned(),
-                        });
+                        return Err(PortSetError::ReversedRange { item: item.to_owned() });
                     }
                     (lo, hi)
                 }
@@ -204,80 +188,22 @@ mod tests {
     fn rejects_bad_items_naming_them() {
         let cases: &[(&str, PortSetError, &str)] = &[
             ("", PortSetError::EmptyList, "empty port list"),
-            (
-                "80,,443",
-                PortSetError::EmptyItem {
-                    list: "80,,443".into(),
-                    position: 2,
-                },
-                "position 2",
-            ),
-            (
-                "80,",
-                PortSetError::EmptyItem {
-                    list: "80,".into(),
-                    position: 2,
-                },
-                "position 2",
-            ),
+            ("80,,443", PortSetError::EmptyItem { list: "80,,443".into(), position: 2 }, "position 2"),
+            ("80,", PortSetError::EmptyItem { list: "80,".into(), position: 2 }, "position 2"),
             ("0", PortSetError::PortZero { item: "0".into() }, "\"0\""),
-            (
-                "65536",
-                PortSetError::OutOfRange {
-                    item: "65536".into(),
-                },
-                "\"65536\"",
-            ),
+            ("65536", PortSetError::OutOfRange { item: "65536".into() }, "\"65536\""),
             (
                 "80,99999999999999999999999",
-                PortSetError::OutOfRange {
-                    item: "99999999999999999999999".into(),
-                },
+                PortSetError::OutOfRange { item: "99999999999999999999999".into() },
                 "99999999999999999999999",
             ),
-            (
-                "9000-8000",
-                PortSetError::ReversedRange {
-                    item: "9000-8000".into(),
-                },
-                "\"9000-8000\"",
-            ),
-            (
-                "0-10",
-                PortSetError::PortZero {
-                    item: "0-10".into(),
-                },
-                "\"0-10\"",
-            ),
-            (
-                "http",
-                PortSetError::NotANumber {
-                    item: "http".into(),
-                },
-                "\"http\"",
-            ),
-            (
-                "-5",
-                PortSetError::NotANumber { item: "-5".into() },
-                "\"-5\"",
-            ),
-            (
-                "80-",
-                PortSetError::NotANumber { item: "80-".into() },
-                "\"80-\"",
-            ),
-            (
-                "1-2-3",
-                PortSetError::NotANumber {
-                    item: "1-2-3".into(),
-                },
-                "\"1-2-3\"",
-            ),
-            (
-                "+80",
-                PortSetError::NotANumber { item: "+80".into() },
-                "\"+80\"",
-            ),
+            ("9000-8000", PortSetError::ReversedRange { item: "9000-8000".into() }, "\"9000-8000\""),
+            ("0-10", PortSetError::PortZero { item: "0-10".into() }, "\"0-10\""),
+            ("http", PortSetError::NotANumber { item: "http".into() }, "\"http\""),
+            ("-5", PortSetError::NotANumber { item: "-5".into() }, "\"-5\""),
+            ("80-", PortSetError::NotANumber { item: "80-".into() }, "\"80-\""),
+            ("1-2-3", PortSetError::NotANumber { item: "1-2-3".into() }, "\"1-2-3\""),
+            ("+80", PortSetError::NotANumber { item: "+80".into() }, "\"+80\""),
         ];
         for (input, want, text) in cases {
             let err = input.parse::<PortSet>().unwrap_err();

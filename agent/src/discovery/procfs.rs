@@ -64,9 +64,7 @@ pub(crate) fn parse_cmdline(raw: &[u8]) -> Vec<String> {
     if raw.is_empty() {
         return Vec::new();
     }
-    raw.split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+    raw.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }
 
 /// The two OTel variables discovery reads from `/proc/PID/environ`:
@@ -93,9 +91,7 @@ pub(crate) fn parse_listen_table(table: &str, out: &mut HashMap<u64, u16>) {
     // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
     for line in table.lines().skip(1) {
         let mut f = line.split_ascii_whitespace();
-        let (Some(_sl), Some(local), Some(_remote), Some(state)) =
-            (f.next(), f.next(), f.next(), f.next())
-        else {
+        let (Some(_sl), Some(local), Some(_remote), Some(state)) = (f.next(), f.next(), f.next(), f.next()) else {
             continue;
         };
         if state != TCP_LISTEN {
@@ -104,10 +100,7 @@ pub(crate) fn parse_listen_table(table: &str, out: &mut HashMap<u64, u16>) {
         let Some(inode) = f.nth(5).and_then(|i| i.parse::<u64>().ok()) else {
             continue;
         };
-        let Some(port) = local
-            .rsplit_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-        else {
+        let Some(port) = local.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok()) else {
             continue;
         };
         if inode != 0 {
@@ -153,9 +146,7 @@ pub(crate) struct ProcFs {
 
 impl Default for ProcFs {
     fn default() -> Self {
-        Self {
-            root: PathBuf::from("/proc"),
-        }
+        Self { root: PathBuf::from("/proc") }
     }
 }
 
@@ -174,11 +165,7 @@ impl ProcFs {
         if is_gone(&e) {
             DiscoveryError::Gone { pid }
         } else {
-            DiscoveryError::Io {
-                pid,
-                path,
-                source: e,
-            }
+            DiscoveryError::Io { pid, path, source: e }
         }
     }
 
@@ -200,18 +187,12 @@ impl ProcFs {
     pub fn stat(&self, pid: u32) -> Result<Stat, DiscoveryError> {
         let path = self.path(pid, "stat");
         let text = fs::read_to_string(&path).map_err(|e| self.err(pid, path.clone(), e))?;
-        parse_stat(&text).ok_or(DiscoveryError::Parse {
-            pid,
-            path,
-            what: "stat",
-        })
+        parse_stat(&text).ok_or(DiscoveryError::Parse { pid, path, what: "stat" })
     }
 
     /// The executable, `None` when unreadable (permissions, zombie, ...).
     pub fn exe(&self, pid: u32) -> Option<PathBuf> {
-        fs::read_link(self.path(pid, "exe"))
-            .ok()
-            .map(clean_exe_link)
+        fs::read_link(self.path(pid, "exe")).ok().map(clean_exe_link)
     }
 
     /// `/proc/PID/exe` itself: opening it works even when the binary lives in
@@ -245,9 +226,7 @@ impl ProcFs {
     }
 
     pub fn netns(&self, pid: u32) -> Option<u64> {
-        fs::read_link(self.path(pid, "ns/net"))
-            .ok()
-            .and_then(|l| parse_ns_link(l.as_os_str()))
+        fs::read_link(self.path(pid, "ns/net")).ok().and_then(|l| parse_ns_link(l.as_os_str()))
     }
 
     /// Inodes of all sockets the process has open. Permission errors and fds
@@ -282,9 +261,7 @@ impl ProcFs {
                     any = true;
                     parse_listen_table(&t, &mut out);
                 }
-                Err(e) if is_gone(&e) && !self.exists(pid) => {
-                    return Err(DiscoveryError::Gone { pid })
-                }
+                Err(e) if is_gone(&e) && !self.exists(pid) => return Err(DiscoveryError::Gone { pid }),
                 Err(_) => {}
             }
         }
@@ -363,14 +340,8 @@ mod tests {
 
     #[test]
     fn cmdline_and_environ() {
-        assert_eq!(
-            parse_cmdline(b"python3\0-m\0http.server\0"),
-            ["python3", "-m", "http.server"]
-        );
-        assert_eq!(
-            parse_cmdline(b"nginx: worker process"),
-            ["nginx: worker process"]
-        );
+        assert_eq!(parse_cmdline(b"python3\0-m\0http.server\0"), ["python3", "-m", "http.server"]);
+        assert_eq!(parse_cmdline(b"nginx: worker process"), ["nginx: worker process"]);
         assert!(parse_cmdline(b"").is_empty());
         let env = b"PATH=/bin\0OTEL_SERVICE_NAME=a\0OTEL_RESOURCE_ATTRIBUTES=x=1\0OTEL_SERVICE_NAME=b\0XOTEL_SERVICE_NAME=c\0";
         assert_eq!(parse_environ(env), (Some("b".into()), Some("x=1".into())));
@@ -403,18 +374,9 @@ mod tests {
         assert_eq!(parse_socket_link(OsStr::new("socket:[98765]")), Some(98765));
         assert_eq!(parse_socket_link(OsStr::new("pipe:[98765]")), None);
         assert_eq!(parse_socket_link(OsStr::new("/dev/null")), None);
-        assert_eq!(
-            parse_ns_link(OsStr::new("net:[4026531833]")),
-            Some(4026531833)
-        );
-        assert_eq!(
-            clean_exe_link(PathBuf::from("/usr/sbin/nginx (deleted)")),
-            PathBuf::from("/usr/sbin/nginx")
-        );
-        assert_eq!(
-            clean_exe_link(PathBuf::from("/bin/sh")),
-            PathBuf::from("/bin/sh")
-        );
+        assert_eq!(parse_ns_link(OsStr::new("net:[4026531833]")), Some(4026531833));
+        assert_eq!(clean_exe_link(PathBuf::from("/usr/sbin/nginx (deleted)")), PathBuf::from("/usr/sbin/nginx"));
+        assert_eq!(clean_exe_link(PathBuf::from("/bin/sh")), PathBuf::from("/bin/sh"));
     }
 
     /// A minimal ELF64 with a section-name table and one named section.
@@ -459,11 +421,7 @@ mod tests {
         let mut me = fs::File::open("/proc/self/exe").unwrap();
         assert!(!is_go_elf(&mut me).unwrap());
         // A real Go binary, when the machine has one.
-        for go in [
-            "/usr/local/bin/docker",
-            "/usr/local/go/bin/go",
-            "/usr/bin/containerd",
-        ] {
+        for go in ["/usr/local/bin/docker", "/usr/local/go/bin/go", "/usr/bin/containerd"] {
             if let Ok(mut f) = fs::File::open(go) {
                 let mut head = [0u8; 4];
                 if f.read_exact(&mut head).is_ok() && &head == b"\x7fELF" {

@@ -21,12 +21,7 @@ struct NetCache {
 }
 
 impl NetCache {
-    fn table(
-        &mut self,
-        fs: &ProcFs,
-        pid: u32,
-        netns: Option<u64>,
-    ) -> Result<ListenTable, DiscoveryError> {
+    fn table(&mut self, fs: &ProcFs, pid: u32, netns: Option<u64>) -> Result<ListenTable, DiscoveryError> {
         if let Some(ns) = netns {
             if let Some(t) = self.by_ns.get(&ns) {
                 return Ok(t.clone());
@@ -43,10 +38,7 @@ impl NetCache {
 }
 
 fn ports_of(table: &HashMap<u64, u16>, socket_inodes: &[u64]) -> Vec<u16> {
-    let mut ports: Vec<u16> = socket_inodes
-        .iter()
-        .filter_map(|i| table.get(i).copied())
-        .collect();
+    let mut ports: Vec<u16> = socket_inodes.iter().filter_map(|i| table.get(i).copied()).collect();
     ports.sort_unstable();
     ports.dedup();
     ports
@@ -105,10 +97,7 @@ fn complete(
         cmdline,
         listening_ports,
         env_service_name: env_name.filter(|n| !n.trim().is_empty()),
-        env_resource_attrs: env_attrs
-            .as_deref()
-            .map(super::parse_resource_attributes)
-            .unwrap_or_default(),
+        env_resource_attrs: env_attrs.as_deref().map(super::parse_resource_attributes).unwrap_or_default(),
         start_time_ticks: stat.start_time,
         netns_inode,
         language,
@@ -254,10 +243,7 @@ impl Scanner {
             Some(c) => c,
             None => self.fs.container(pid),
         };
-        let matched = container
-            .as_ref()
-            .and_then(|c| kubernetes.find(c))
-            .is_some_and(|pod| selector.matches_pod(&pod));
+        let matched = container.as_ref().and_then(|c| kubernetes.find(c)).is_some_and(|pod| selector.matches_pod(&pod));
         self.containers.insert(key, container);
         matched
     }
@@ -331,10 +317,7 @@ mod tests {
         let store = MetadataStore::new(StoreLimits::default(), Arc::new(Telemetry::default()));
         let meta = crate::kubernetes::KubernetesMetadata::new(store.clone(), "worker-1", None);
         let mut scanner = Scanner::with_proc_root(&root).with_kubernetes(meta);
-        let selector = Selector {
-            pods: Some(PodSelector::new(&["shop"], &[], &[]).unwrap()),
-            ..Selector::default()
-        };
+        let selector = Selector { pods: Some(PodSelector::new(&["shop"], &[], &[]).unwrap()), ..Selector::default() };
         assert!(scanner.scan(&selector).matched.is_empty(), "pod not known yet");
 
         store.apply_pod(PodMeta {

@@ -30,23 +30,13 @@ impl ExeGlobs {
             let glob = GlobBuilder::new(p)
                 .literal_separator(false)
                 .build()
-                .map_err(|source| DiscoveryError::InvalidGlob {
-                    pattern: p.to_owned(),
-                    source,
-                })?;
+                .map_err(|source| DiscoveryError::InvalidGlob { pattern: p.to_owned(), source })?;
             builder.add(glob);
             sources.push(p.to_owned());
         }
-        let set = builder
-            .build()
-            .map_err(|source| DiscoveryError::InvalidGlob {
-                pattern: sources.join(","),
-                source,
-            })?;
-        Ok(Self {
-            set,
-            patterns: sources,
-        })
+        let set =
+            builder.build().map_err(|source| DiscoveryError::InvalidGlob { pattern: sources.join(","), source })?;
+        Ok(Self { set, patterns: sources })
     }
 
     pub fn is_match(&self, path: &Path) -> bool {
@@ -90,12 +80,7 @@ impl Selector {
             Some(s) => Some(s.parse::<PortSet>()?),
         };
         let globs = ExeGlobs::new(exe_globs)?;
-        Ok(Self {
-            open_ports,
-            exe_globs: (!globs.is_empty()).then_some(globs),
-            pids: pids.to_vec(),
-            pods: None,
-        })
+        Ok(Self { open_ports, exe_globs: (!globs.is_empty()).then_some(globs), pids: pids.to_vec(), pods: None })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -128,10 +113,7 @@ impl Selector {
     /// one (which needs the process's pod: [`Self::matches_pod`]).
     pub fn matches(&self, info: &ProcessInfo) -> bool {
         self.matches_pid(info.pid)
-            || info
-                .exe_path
-                .as_deref()
-                .is_some_and(|p| self.matches_exe(p))
+            || info.exe_path.as_deref().is_some_and(|p| self.matches_exe(p))
             || info.listening_ports.iter().any(|&p| self.matches_port(p))
     }
 }
@@ -154,22 +136,15 @@ mod tests {
         assert!(!s.matches_exe(Path::new("/usr/local/sbin/nginx")));
         assert!(!s.matches_exe(Path::new("/usr/bin/python2")));
         assert!(matches_exe(&s, Path::new("/usr/bin/python3")));
-        assert_eq!(
-            s.exe_globs.as_ref().unwrap().patterns(),
-            ["*/python3*", "/usr/sbin/nginx"]
-        );
+        assert_eq!(s.exe_globs.as_ref().unwrap().patterns(), ["*/python3*", "/usr/sbin/nginx"]);
     }
 
     #[test]
     fn empty_and_errors() {
         assert!(Selector::default().is_empty());
         let none: &[&str] = &[];
-        assert!(Selector::from_parts(Some(" "), none, &[])
-            .unwrap()
-            .is_empty());
-        assert!(!Selector::from_parts(Some("80"), none, &[])
-            .unwrap()
-            .is_empty());
+        assert!(Selector::from_parts(Some(" "), none, &[]).unwrap().is_empty());
+        assert!(!Selector::from_parts(Some("80"), none, &[]).unwrap().is_empty());
         assert!(!Selector::from_parts(None, none, &[1]).unwrap().is_empty());
         let e = Selector::from_parts(None, &["/usr/[bin"], &[]).unwrap_err();
         assert!(e.to_string().contains("/usr/[bin"), "{e}");
@@ -181,10 +156,7 @@ mod tests {
     #[test]
     fn any_criterion_matches() {
         let s = Selector::from_parts(Some("8080"), &["*/nginx"], &[42]).unwrap();
-        let mut info = ProcessInfo {
-            pid: 7,
-            ..ProcessInfo::default()
-        };
+        let mut info = ProcessInfo { pid: 7, ..ProcessInfo::default() };
         assert!(!s.matches(&info));
         info.listening_ports = vec![22, 8080];
         assert!(s.matches(&info));

@@ -49,8 +49,7 @@ pub enum Language {
 
 /// `prefix` followed by nothing or a version (`3`, `3.11`, `2.7`).
 fn is_versioned(name: &str, prefix: &str) -> bool {
-    name.strip_prefix(prefix)
-        .is_some_and(|v| v.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+    name.strip_prefix(prefix).is_some_and(|v| v.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
 }
 
 impl Language {
@@ -76,9 +75,7 @@ impl Language {
             "dotnet" => Language::Dotnet,
             n if is_versioned(n, "python") || is_versioned(n, "pypy") => Language::Python,
             n if is_versioned(n, "ruby") => Language::Ruby,
-            n if is_versioned(n, "php") || n.starts_with("php-fpm") || n.starts_with("php-cgi") => {
-                Language::Php
-            }
+            n if is_versioned(n, "php") || n.starts_with("php-fpm") || n.starts_with("php-cgi") => Language::Php,
             _ => Language::Unknown,
         }
     }
@@ -179,9 +176,7 @@ pub fn interpreter_service_name(exe_name: &str, cmdline: &[String]) -> Option<St
         Language::Python => python_target(args),
         Language::Java => java_target(args),
         Language::Ruby => ruby_script(args),
-        Language::Php if is_versioned(exe_name, "php") => {
-            php_script(args).map(|s| stem(s, &["php", "phar"]))
-        }
+        Language::Php if is_versioned(exe_name, "php") => php_script(args).map(|s| stem(s, &["php", "phar"])),
         Language::Dotnet => dotnet_dll(args),
         _ => None,
     }?;
@@ -192,10 +187,7 @@ pub fn interpreter_service_name(exe_name: &str, cmdline: &[String]) -> Option<St
 /// File name of `path` without one of `exts`; `__main__`/`index`-free.
 fn stem(path: &str, exts: &[&str]) -> String {
     let p = Path::new(path);
-    let file = p
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let base = match file.rsplit_once('.') {
         Some((b, ext)) if !b.is_empty() && exts.contains(&ext) => b.to_owned(),
         _ => file,
@@ -260,11 +252,7 @@ fn python_target(args: &[String]) -> Option<String> {
             let rest = &cluster[i + c.len_utf8()..];
             match c {
                 'm' => {
-                    return if rest.is_empty() {
-                        it.next().cloned()
-                    } else {
-                        Some(rest.to_owned())
-                    };
+                    return if rest.is_empty() { it.next().cloned() } else { Some(rest.to_owned()) };
                 }
                 'c' => return None,
                 'W' | 'X' => {
@@ -300,11 +288,7 @@ fn java_target(args: &[String]) -> Option<String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "-jar" => return it.next().map(|j| stem(j, &["jar", "war"])),
-            "-m" | "--module" => {
-                return it
-                    .next()
-                    .map(|m| m.split('/').next().unwrap_or(m).to_owned())
-            }
+            "-m" | "--module" => return it.next().map(|m| m.split('/').next().unwrap_or(m).to_owned()),
             s if WITH_VALUE.contains(&s) => {
                 it.next();
             }
@@ -365,13 +349,8 @@ fn php_script(args: &[String]) -> Option<&str> {
 }
 
 fn dotnet_dll(args: &[String]) -> Option<String> {
-    const EXEC_WITH_VALUE: &[&str] = &[
-        "--runtimeconfig",
-        "--depsfile",
-        "--additionalprobingpath",
-        "--fx-version",
-        "--roll-forward",
-    ];
+    const EXEC_WITH_VALUE: &[&str] =
+        &["--runtimeconfig", "--depsfile", "--additionalprobingpath", "--fx-version", "--roll-forward"];
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -441,12 +420,7 @@ pub fn resolve_service(
 /// process in a container still gets `container.id`.
 pub fn build_service_in_pod(info: &ProcessInfo, opts: &ServiceOptions, k8s: Option<&KubernetesResource>) -> Service {
     let env = &info.env_resource_attrs;
-    let env_get = |key: &str| {
-        env.iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| non_empty(v))
-    };
+    let env_get = |key: &str| env.iter().rev().find(|(k, _)| k == key).and_then(|(_, v)| non_empty(v));
 
     let exe_name = non_empty(&info.exe_name).or_else(|| non_empty(&info.comm));
     let name = info
@@ -477,22 +451,11 @@ pub fn build_service_in_pod(info: &ProcessInfo, opts: &ServiceOptions, k8s: Opti
     let mut attrs: Vec<(String, AttrValue)> = Vec::with_capacity(12 + k8s_len + env.len());
     let mut push = |k: &str, v: AttrValue| attrs.push((k.to_owned(), v));
     push(semconv::PROCESS_PID, AttrValue::Int(i64::from(info.pid)));
-    push(
-        semconv::PROCESS_EXECUTABLE_NAME,
-        exe_name.unwrap_or_default().into(),
-    );
+    push(semconv::PROCESS_EXECUTABLE_NAME, exe_name.unwrap_or_default().into());
     if let Some(p) = &info.exe_path {
-        push(
-            semconv::PROCESS_EXECUTABLE_PATH,
-            p.to_string_lossy().into_owned().into(),
-        );
+        push(semconv::PROCESS_EXECUTABLE_PATH, p.to_string_lossy().into_owned().into());
     }
-    let command = info
-        .cmdline
-        .first()
-        .map(String::as_str)
-        .and_then(non_empty)
-        .unwrap_or(&info.comm);
+    let command = info.cmdline.first().map(String::as_str).and_then(non_empty).unwrap_or(&info.comm);
     push(semconv::PROCESS_COMMAND, command.into());
     push(semconv::HOST_NAME, opts.host_name.as_str().into());
     push(semconv::TELEMETRY_SDK_NAME, "periscope".into());
@@ -521,12 +484,7 @@ pub fn build_service_in_pod(info: &ProcessInfo, opts: &ServiceOptions, k8s: Opti
         }
     }
 
-    Service {
-        name,
-        namespace,
-        instance_id,
-        attributes: attrs,
-    }
+    Service { name, namespace, instance_id, attributes: attrs }
 }
 
 #[cfg(test)]
@@ -538,33 +496,20 @@ mod tests {
     }
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
     fn opts() -> ServiceOptions {
-        ServiceOptions {
-            namespace: None,
-            name_override: None,
-            host_name: "box".into(),
-        }
+        ServiceOptions { namespace: None, name_override: None, host_name: "box".into() }
     }
 
     fn proc_info(exe: &str, cmdline: &[&str]) -> ProcessInfo {
         ProcessInfo {
             pid: 4242,
             ppid: 1,
-            comm: Path::new(exe).file_name().unwrap().to_string_lossy()[..]
-                .chars()
-                .take(15)
-                .collect(),
+            comm: Path::new(exe).file_name().unwrap().to_string_lossy()[..].chars().take(15).collect(),
             exe_path: Some(exe.into()),
-            exe_name: Path::new(exe)
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned(),
+            exe_name: Path::new(exe).file_name().unwrap().to_string_lossy().into_owned(),
             cmdline: s(cmdline),
             ..ProcessInfo::default()
         }
@@ -578,20 +523,11 @@ mod tests {
     #[test]
     fn resource_attributes_parsing() {
         assert_eq!(
-            parse_resource_attributes(
-                "service.name=shop, deployment.environment = prod ,team=a%2Cb%3Dc"
-            ),
-            pairs(&[
-                ("service.name", "shop"),
-                ("deployment.environment", "prod"),
-                ("team", "a,b=c")
-            ])
+            parse_resource_attributes("service.name=shop, deployment.environment = prod ,team=a%2Cb%3Dc"),
+            pairs(&[("service.name", "shop"), ("deployment.environment", "prod"), ("team", "a,b=c")])
         );
         // Percent-encoded UTF-8 and keys; `+` is literal.
-        assert_eq!(
-            parse_resource_attributes("k%20ey=caf%C3%A9,plus=a+b"),
-            pairs(&[("k ey", "café"), ("plus", "a+b")])
-        );
+        assert_eq!(parse_resource_attributes("k%20ey=caf%C3%A9,plus=a+b"), pairs(&[("k ey", "café"), ("plus", "a+b")]));
         // Malformed pairs are skipped, the rest kept.
         assert_eq!(
             parse_resource_attributes("novalue,=nokey,bad=%ZZ,trunc=%4,inv=%FF,,ok=1,empty="),
@@ -635,17 +571,11 @@ mod tests {
         assert_eq!(svc.namespace, None);
         assert!(attr(&svc, "service.namespace").is_none());
         o.namespace = Some("cli-ns".into());
-        assert_eq!(
-            build_service(&info, &o).namespace.as_deref(),
-            Some("cli-ns")
-        );
+        assert_eq!(build_service(&info, &o).namespace.as_deref(), Some("cli-ns"));
         info.env_resource_attrs = pairs(&[("service.namespace", "env-ns")]);
         let svc = build_service(&info, &o);
         assert_eq!(svc.namespace.as_deref(), Some("env-ns"));
-        assert_eq!(
-            attr(&svc, "service.namespace"),
-            Some(AttrValue::from("env-ns"))
-        );
+        assert_eq!(attr(&svc, "service.namespace"), Some(AttrValue::from("env-ns")));
     }
 
     #[test]
@@ -682,36 +612,15 @@ mod tests {
         );
         assert_eq!(svc.name, "app");
         assert_eq!(svc.instance_id, "box-4242");
-        assert_eq!(
-            attr(&svc, "service.instance.id"),
-            Some(AttrValue::from("box-4242"))
-        );
+        assert_eq!(attr(&svc, "service.instance.id"), Some(AttrValue::from("box-4242")));
         assert_eq!(attr(&svc, "process.pid"), Some(AttrValue::Int(4242)));
-        assert_eq!(
-            attr(&svc, "process.executable.name"),
-            Some(AttrValue::from("python3.11"))
-        );
-        assert_eq!(
-            attr(&svc, "process.executable.path"),
-            Some(AttrValue::from("/usr/bin/python3.11"))
-        );
-        assert_eq!(
-            attr(&svc, "process.command"),
-            Some(AttrValue::from("python3"))
-        );
+        assert_eq!(attr(&svc, "process.executable.name"), Some(AttrValue::from("python3.11")));
+        assert_eq!(attr(&svc, "process.executable.path"), Some(AttrValue::from("/usr/bin/python3.11")));
+        assert_eq!(attr(&svc, "process.command"), Some(AttrValue::from("python3")));
         assert_eq!(attr(&svc, "host.name"), Some(AttrValue::from("box")));
-        assert_eq!(
-            attr(&svc, "telemetry.sdk.name"),
-            Some(AttrValue::from("periscope"))
-        );
-        assert_eq!(
-            attr(&svc, "telemetry.sdk.language"),
-            Some(AttrValue::from("python"))
-        );
-        assert_eq!(
-            attr(&svc, "deployment.environment"),
-            Some(AttrValue::from("prod"))
-        );
+        assert_eq!(attr(&svc, "telemetry.sdk.name"), Some(AttrValue::from("periscope")));
+        assert_eq!(attr(&svc, "telemetry.sdk.language"), Some(AttrValue::from("python")));
+        assert_eq!(attr(&svc, "deployment.environment"), Some(AttrValue::from("prod")));
         assert_eq!(svc.namespace.as_deref(), Some("shop"));
 
         // Unknown exe path: no process.executable.path; Go from ProcessInfo.
@@ -720,10 +629,7 @@ mod tests {
         info.language = Language::Go;
         let svc = build_service(&info, &opts());
         assert!(attr(&svc, "process.executable.path").is_none());
-        assert_eq!(
-            attr(&svc, "telemetry.sdk.language"),
-            Some(AttrValue::from("go"))
-        );
+        assert_eq!(attr(&svc, "telemetry.sdk.language"), Some(AttrValue::from("go")));
     }
 
     #[test]
@@ -755,93 +661,37 @@ mod tests {
             ("node", &["node", "server.js"], Some("server")),
             (
                 "node",
-                &[
-                    "node",
-                    "--inspect=9229",
-                    "-r",
-                    "dotenv/config",
-                    "/srv/api/main.mjs",
-                    "--port",
-                    "3",
-                ],
+                &["node", "--inspect=9229", "-r", "dotenv/config", "/srv/api/main.mjs", "--port", "3"],
                 Some("main"),
             ),
             ("node", &["node", "-e", "console.log(1)"], None),
             ("node", &["node"], None),
-            (
-                "python3",
-                &["python3", "-m", "http.server", "8000"],
-                Some("http.server"),
-            ),
+            ("python3", &["python3", "-m", "http.server", "8000"], Some("http.server")),
             ("python3.11", &["python3", "app.py"], Some("app")),
-            (
-                "python3",
-                &["python3", "-u", "-X", "dev", "-W", "ignore", "/srv/app.py"],
-                Some("app"),
-            ),
-            (
-                "python3",
-                &["python3", "-um", "uvicorn", "main:app"],
-                Some("uvicorn"),
-            ),
-            (
-                "python3",
-                &["python3", "-mhttp.server"],
-                Some("http.server"),
-            ),
+            ("python3", &["python3", "-u", "-X", "dev", "-W", "ignore", "/srv/app.py"], Some("app")),
+            ("python3", &["python3", "-um", "uvicorn", "main:app"], Some("uvicorn")),
+            ("python3", &["python3", "-mhttp.server"], Some("http.server")),
             ("python3", &["python3", "-Wignore", "srv.py"], Some("srv")),
             ("python3", &["python3", "-c", "import x"], None),
             ("python3", &["python3", "/srv/pkg/__main__.py"], Some("pkg")),
-            (
-                "python",
-                &["/usr/bin/python", "/usr/local/bin/gunicorn", "app:app"],
-                Some("gunicorn"),
-            ),
-            (
-                "java",
-                &["java", "-Xmx1g", "-cp", "a.jar:b.jar", "com.example.Shop"],
-                Some("Shop"),
-            ),
-            (
-                "java",
-                &["java", "-Dx=y", "-jar", "/opt/billing-1.2.jar"],
-                Some("billing-1.2"),
-            ),
-            (
-                "java",
-                &["java", "-m", "org.app/org.app.Main"],
-                Some("org.app"),
-            ),
+            ("python", &["/usr/bin/python", "/usr/local/bin/gunicorn", "app:app"], Some("gunicorn")),
+            ("java", &["java", "-Xmx1g", "-cp", "a.jar:b.jar", "com.example.Shop"], Some("Shop")),
+            ("java", &["java", "-Dx=y", "-jar", "/opt/billing-1.2.jar"], Some("billing-1.2")),
+            ("java", &["java", "-m", "org.app/org.app.Main"], Some("org.app")),
             ("ruby", &["ruby", "-Ilib", "app.rb"], Some("app")),
-            (
-                "ruby",
-                &["ruby", "/usr/local/bin/bundle", "exec", "puma", "-C", "x"],
-                Some("puma"),
-            ),
+            ("ruby", &["ruby", "/usr/local/bin/bundle", "exec", "puma", "-C", "x"], Some("puma")),
             ("ruby", &["ruby", "-e", "puts 1"], None),
             ("php", &["php", "artisan", "serve"], Some("artisan")),
-            (
-                "php8.2",
-                &["php", "-d", "x=1", "-f", "/var/www/index.php"],
-                Some("index"),
-            ),
+            ("php8.2", &["php", "-d", "x=1", "-f", "/var/www/index.php"], Some("index")),
             ("php", &["php", "-S", "0.0.0.0:8000", "-t", "public"], None),
             ("php-fpm8.2", &["php-fpm: master process"], None),
             ("dotnet", &["dotnet", "Api.dll"], Some("Api")),
-            (
-                "dotnet",
-                &["dotnet", "exec", "--depsfile", "x.json", "/app/Orders.dll"],
-                Some("Orders"),
-            ),
+            ("dotnet", &["dotnet", "exec", "--depsfile", "x.json", "/app/Orders.dll"], Some("Orders")),
             ("dotnet", &["dotnet", "run"], None),
             ("nginx", &["nginx", "-g", "daemon off;"], None),
         ];
         for (exe, cmd, want) in cases {
-            assert_eq!(
-                interpreter_service_name(exe, &s(cmd)).as_deref(),
-                *want,
-                "{exe} {cmd:?}"
-            );
+            assert_eq!(interpreter_service_name(exe, &s(cmd)).as_deref(), *want, "{exe} {cmd:?}");
         }
     }
 
@@ -850,21 +700,12 @@ mod tests {
         let o = opts();
         let svc = build_service(&proc_info("/usr/bin/node", &["node", "server.js"]), &o);
         assert_eq!(svc.name, "server");
-        assert_eq!(
-            attr(&svc, "telemetry.sdk.language"),
-            Some(AttrValue::from("nodejs"))
-        );
+        assert_eq!(attr(&svc, "telemetry.sdk.language"), Some(AttrValue::from("nodejs")));
         let svc = build_service(&proc_info("/usr/bin/python3", &["python3", "-c", "x"]), &o);
         assert_eq!(svc.name, "python3");
         // The override still beats the script name.
-        let o = ServiceOptions {
-            name_override: Some("ovr".into()),
-            ..opts()
-        };
-        assert_eq!(
-            build_service(&proc_info("/usr/bin/node", &["node", "a.js"]), &o).name,
-            "ovr"
-        );
+        let o = ServiceOptions { name_override: Some("ovr".into()), ..opts() };
+        assert_eq!(build_service(&proc_info("/usr/bin/node", &["node", "a.js"]), &o).name, "ovr");
     }
 
     #[test]
@@ -882,9 +723,16 @@ mod tests {
         info.env_resource_attrs = pairs(&[("k8s.pod.name", "spoofed"), ("team", "a")]);
         let o = ServiceOptions { name_override: Some("ovr".into()), namespace: Some("cli-ns".into()), ..opts() };
         let svc = build_service_in_pod(&info, &o, Some(&k8s));
-        assert_eq!((svc.name.as_str(), svc.namespace.as_deref()), ("checkout", Some("shop")), "the pod beats the flags");
+        assert_eq!(
+            (svc.name.as_str(), svc.namespace.as_deref()),
+            ("checkout", Some("shop")),
+            "the pod beats the flags"
+        );
         let keys: Vec<&str> = svc.resource_attributes().map(|(k, _)| k).collect();
-        assert_eq!(&keys[10..], ["telemetry.sdk.language", "k8s.namespace.name", "k8s.pod.name", "container.id", "team"]);
+        assert_eq!(
+            &keys[10..],
+            ["telemetry.sdk.language", "k8s.namespace.name", "k8s.pod.name", "container.id", "team"]
+        );
         assert_eq!(attr(&svc, "k8s.pod.name"), Some(AttrValue::from("checkout-7d9f8b6c5-x2x9q")));
         // The process's own environment beats the pod.
         info.env_service_name = Some("from-env".into());

@@ -38,21 +38,13 @@ impl Listener {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| format!("spawn {argv:?}: {e}"))?;
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .ok();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).ok();
         match line.trim().parse() {
             Ok(port) => Ok(Self { child, port }),
             Err(_) => {
                 let _ = child.kill();
-                let out = child
-                    .wait_with_output()
-                    .map(|o| o.stderr)
-                    .unwrap_or_default();
-                Err(format!(
-                    "{argv:?} did not listen: {}",
-                    String::from_utf8_lossy(&out)
-                ))
+                let out = child.wait_with_output().map(|o| o.stderr).unwrap_or_default();
+                Err(format!("{argv:?} did not listen: {}", String::from_utf8_lossy(&out)))
             }
         }
     }
@@ -90,13 +82,7 @@ fn scan_real_listeners_by_port_exe_and_pid() {
     let a = Listener::spawn(
         &[],
         "127.0.0.1",
-        &[
-            ("OTEL_SERVICE_NAME", "foo"),
-            (
-                "OTEL_RESOURCE_ATTRIBUTES",
-                "service.namespace=shop,team=a%20b,broken",
-            ),
-        ],
+        &[("OTEL_SERVICE_NAME", "foo"), ("OTEL_RESOURCE_ATTRIBUTES", "service.namespace=shop,team=a%20b,broken")],
     )
     .unwrap();
     let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
@@ -111,56 +97,30 @@ fn scan_real_listeners_by_port_exe_and_pid() {
     assert_eq!(info.env_service_name.as_deref(), Some("foo"));
     assert_eq!(
         info.env_resource_attrs,
-        vec![
-            ("service.namespace".to_owned(), "shop".to_owned()),
-            ("team".into(), "a b".into())
-        ]
+        vec![("service.namespace".to_owned(), "shop".to_owned()), ("team".into(), "a b".into())]
     );
     let exe = info.exe_path.as_deref().unwrap();
-    assert!(
-        exe.is_absolute() && exe.to_string_lossy().contains("python3"),
-        "{exe:?}"
-    );
+    assert!(exe.is_absolute() && exe.to_string_lossy().contains("python3"), "{exe:?}");
     assert!(info.exe_name.starts_with("python3"));
-    assert!(
-        info.cmdline[0].contains("python3") && info.cmdline[1] == "-c",
-        "{:?}",
-        info.cmdline
-    );
+    assert!(info.cmdline[0].contains("python3") && info.cmdline[1] == "-c", "{:?}", info.cmdline);
     assert_eq!(info.ppid, std::process::id());
     assert!(info.start_time_ticks > 0);
     assert_eq!(info.language, Language::Python);
     let my_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
-    assert_eq!(
-        format!("net:[{}]", info.netns_inode.unwrap()),
-        my_ns.to_string_lossy()
-    );
+    assert_eq!(format!("net:[{}]", info.netns_inode.unwrap()), my_ns.to_string_lossy());
 
-    let svc = build_service(
-        info,
-        &ServiceOptions {
-            host_name: "h".into(),
-            ..Default::default()
-        },
-    );
+    let svc = build_service(info, &ServiceOptions { host_name: "h".into(), ..Default::default() });
     assert_eq!(svc.name, "foo");
     assert_eq!(svc.namespace.as_deref(), Some("shop"));
     assert_eq!(svc.instance_id, format!("h-{}", a.pid()));
 
     // By port (IPv6 when available), via a range.
     let r = scanner.scan(&sel(Some(&format!("{}-{}", b.port, b.port)), &[], &[]));
-    let info_b =
-        find(&r, b.pid()).unwrap_or_else(|| panic!("port {} (v6={ipv6}) not found", b.port));
+    let info_b = find(&r, b.pid()).unwrap_or_else(|| panic!("port {} (v6={ipv6}) not found", b.port));
     assert_eq!(info_b.listening_ports, vec![b.port]);
     assert_eq!(info_b.env_service_name, None);
     // No env: the exe name (python3 -c has no script name to prefer).
-    let svc = build_service(
-        info_b,
-        &ServiceOptions {
-            host_name: "h".into(),
-            ..Default::default()
-        },
-    );
+    let svc = build_service(info_b, &ServiceOptions { host_name: "h".into(), ..Default::default() });
     assert_eq!(svc.name, info_b.exe_name);
 
     // By exe glob: both, with their ports filled although ports were not asked.
@@ -209,30 +169,18 @@ fn killed_processes_disappear() {
 
     a.kill_and_reap();
     assert!(pids_of(&scanner.scan(&selector)).is_empty());
-    assert!(matches!(
-        read_process(pid),
-        Err(DiscoveryError::Gone { .. })
-    ));
+    assert!(matches!(read_process(pid), Err(DiscoveryError::Gone { .. })));
 }
 
 #[test]
 fn other_network_namespace() {
-    let ok = Command::new("unshare")
-        .args(["--net", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = Command::new("unshare").args(["--net", "true"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     if !ok {
         eprintln!("SKIPPED other_network_namespace: `unshare --net` does not work here");
         return;
     }
     // `unshare` execs python3 in place: the child pid is the listener.
-    let a = Listener::spawn(
-        &["unshare", "--net"],
-        "127.0.0.1",
-        &[("OTEL_SERVICE_NAME", "in-ns")],
-    )
-    .unwrap();
+    let a = Listener::spawn(&["unshare", "--net"], "127.0.0.1", &[("OTEL_SERVICE_NAME", "in-ns")]).unwrap();
     let host = Listener::spawn(&[], "127.0.0.1", &[]).unwrap();
     let mut scanner = Scanner::new();
     let r = scanner.scan(&sel(Some(&format!("{},{}", a.port, host.port)), &[], &[]));
@@ -277,10 +225,7 @@ fn skips_self_and_kernel_threads() {
         ));
     }
     // read_process itself works on the agent's own pid.
-    assert_eq!(
-        read_process(std::process::id()).unwrap().pid,
-        std::process::id()
-    );
+    assert_eq!(read_process(std::process::id()).unwrap().pid, std::process::id());
     // An empty selector matches nothing (and does no work).
     assert!(Scanner::new().scan(&Selector::default()).matched.is_empty());
 }
@@ -295,11 +240,8 @@ fn unreadable_entries_are_skipped_not_fatal() {
     std::fs::create_dir_all(root.join("200")).unwrap();
     std::fs::create_dir_all(root.join("300")).unwrap();
     std::fs::create_dir_all(root.join("self")).unwrap();
-    std::fs::write(
-        root.join("100/stat"),
-        "100 (ghost) S 1 100 100 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0",
-    )
-    .unwrap();
+    std::fs::write(root.join("100/stat"), "100 (ghost) S 1 100 100 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0")
+        .unwrap();
     std::fs::write(root.join("300/stat"), "not a stat").unwrap();
     let mut scanner = Scanner::with_proc_root(&root);
     let r = scanner.scan(&sel(Some("1-65535"), &["*"], &[100, 200, 300]));

@@ -51,9 +51,9 @@ pub struct PrometheusServer {
 
 impl PrometheusServer {
     pub async fn bind(addr: SocketAddr, state: PrometheusState) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen for Prometheus on {addr}: {e}"))
-        })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for Prometheus on {addr}: {e}")))?;
         Ok(Self { listener, state })
     }
 
@@ -95,10 +95,7 @@ async fn targets_handler(State(s): State<PrometheusState>) -> Response {
 
 /// A valid Prometheus metric or label name: invalid characters become `_`.
 pub fn sanitize_name(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
-        .collect();
+    let mut out: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
     if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
     }
@@ -237,24 +234,49 @@ fn render_trace_metrics(out: &mut String, snap: &MetricsSnapshot) {
     fn edges(s: &ServiceMetrics) -> &[EdgePoint] {
         &s.service_graph
     }
-    write_family(out, snap, span_metrics::CALLS_NAME, "Spans, by service, name, kind, status and dimensions.", spans, |p| {
-        (&p.labels, Sample::Counter(p.latency.count))
-    });
+    write_family(
+        out,
+        snap,
+        span_metrics::CALLS_NAME,
+        "Spans, by service, name, kind, status and dimensions.",
+        spans,
+        |p| (&p.labels, Sample::Counter(p.latency.count)),
+    );
     write_family(out, snap, span_metrics::LATENCY_NAME, "Span durations in seconds.", spans, |p| {
         (&p.labels, Sample::Histogram(&p.latency))
     });
-    write_family(out, snap, service_graph::REQUEST_TOTAL_NAME, "Requests between two nodes of the service graph.", edges, |p| {
-        (&p.labels, Sample::Counter(p.client.count))
-    });
-    write_family(out, snap, service_graph::REQUEST_FAILED_NAME, "Failed requests between two nodes of the service graph.", edges, |p| {
-        (&p.labels, Sample::Counter(p.failed))
-    });
-    write_family(out, snap, service_graph::CLIENT_SECONDS_NAME, "Request durations seen by the client, in seconds.", edges, |p| {
-        (&p.labels, Sample::Histogram(&p.client))
-    });
-    write_family(out, snap, service_graph::SERVER_SECONDS_NAME, "Request durations seen by the server, in seconds.", edges, |p| {
-        (&p.labels, Sample::Histogram(&p.server))
-    });
+    write_family(
+        out,
+        snap,
+        service_graph::REQUEST_TOTAL_NAME,
+        "Requests between two nodes of the service graph.",
+        edges,
+        |p| (&p.labels, Sample::Counter(p.client.count)),
+    );
+    write_family(
+        out,
+        snap,
+        service_graph::REQUEST_FAILED_NAME,
+        "Failed requests between two nodes of the service graph.",
+        edges,
+        |p| (&p.labels, Sample::Counter(p.failed)),
+    );
+    write_family(
+        out,
+        snap,
+        service_graph::CLIENT_SECONDS_NAME,
+        "Request durations seen by the client, in seconds.",
+        edges,
+        |p| (&p.labels, Sample::Histogram(&p.client)),
+    );
+    write_family(
+        out,
+        snap,
+        service_graph::SERVER_SECONDS_NAME,
+        "Request durations seen by the server, in seconds.",
+        edges,
+        |p| (&p.labels, Sample::Histogram(&p.server)),
+    );
 }
 
 /// The whole exposition: span histograms, `target_info`, the agent's counters.
@@ -301,7 +323,8 @@ pub fn render(snap: &MetricsSnapshot, counters: &[CounterSample]) -> String {
     if !snap.services.is_empty() {
         out.push_str("# HELP target_info Target metadata\n# TYPE target_info gauge\n");
         for svc in &snap.services {
-            let mut labels = vec![("job".to_owned(), job(&svc.service)), ("instance".to_owned(), svc.service.instance_id.clone())];
+            let mut labels =
+                vec![("job".to_owned(), job(&svc.service)), ("instance".to_owned(), svc.service.instance_id.clone())];
             for (k, v) in svc.service.resource_attributes() {
                 let key = sanitize_name(k);
                 if !labels.iter().any(|(l, _)| *l == key) {

@@ -20,9 +20,9 @@
 //!
 //! Other `resource.opentelemetry.io/<key>` annotations become the resource
 //! attribute `<key>` (the OpenTelemetry operator's convention).
-use crate::semconv;
 use super::store::{PodMatch, RESOURCE_ANNOTATION_PREFIX};
 use crate::model::AttrValue;
+use crate::semconv;
 
 /// Kubernetes' part of a process's Resource.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,10 +47,7 @@ pub struct Owners {
 
 impl Owners {
     pub fn of(m: &PodMatch) -> Self {
-        let mut o = Owners {
-            deployment: m.deployment.clone(),
-            ..Owners::default()
-        };
+        let mut o = Owners { deployment: m.deployment.clone(), ..Owners::default() };
         if let Some(owner) = &m.pod.owner {
             let name = Some(owner.name.clone());
             match owner.kind.as_str() {
@@ -77,16 +74,10 @@ impl Owners {
 
     /// Every owner name (for selectors): ReplicaSet and Deployment both.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        [
-            &self.replicaset,
-            &self.deployment,
-            &self.statefulset,
-            &self.daemonset,
-            &self.job,
-        ]
-        .into_iter()
-        .filter_map(|n| n.as_deref())
-        .chain(self.other.as_ref().map(|(_, n)| n.as_str()))
+        [&self.replicaset, &self.deployment, &self.statefulset, &self.daemonset, &self.job]
+            .into_iter()
+            .filter_map(|n| n.as_deref())
+            .chain(self.other.as_ref().map(|(_, n)| n.as_str()))
     }
 }
 
@@ -100,12 +91,7 @@ fn non_empty(s: Option<&String>) -> Option<&str> {
 pub fn resource_of(m: &PodMatch, node_name: &str, cluster_name: Option<&str>) -> KubernetesResource {
     let pod = &m.pod;
     let owners = Owners::of(m);
-    let annotation = |key: &str| {
-        non_empty(
-            pod.resource_annotations
-                .get(&format!("{RESOURCE_ANNOTATION_PREFIX}{key}")),
-        )
-    };
+    let annotation = |key: &str| non_empty(pod.resource_annotations.get(&format!("{RESOURCE_ANNOTATION_PREFIX}{key}")));
     let label = |key: &str| non_empty(pod.labels.get(key));
 
     let service_name = annotation(semconv::SERVICE_NAME)
@@ -129,11 +115,7 @@ pub fn resource_of(m: &PodMatch, node_name: &str, cluster_name: Option<&str>) ->
     if let Some(id) = &m.container_id {
         push(semconv::CONTAINER_ID, id);
     }
-    let node = if pod.node_name.is_empty() {
-        node_name
-    } else {
-        &pod.node_name
-    };
+    let node = if pod.node_name.is_empty() { node_name } else { &pod.node_name };
     if !node.is_empty() {
         push("k8s.node.name", node);
     }
@@ -159,17 +141,16 @@ pub fn resource_of(m: &PodMatch, node_name: &str, cluster_name: Option<&str>) ->
     }
     for (k, v) in &pod.resource_annotations {
         let key = &k[RESOURCE_ANNOTATION_PREFIX.len()..];
-        if key.is_empty() || key == semconv::SERVICE_NAME || key == semconv::SERVICE_NAMESPACE || attrs.iter().any(|(a, _)| a == key)
+        if key.is_empty()
+            || key == semconv::SERVICE_NAME
+            || key == semconv::SERVICE_NAMESPACE
+            || attrs.iter().any(|(a, _)| a == key)
         {
             continue;
         }
         attrs.push((key.to_owned(), v.as_str().into()));
     }
-    KubernetesResource {
-        service_name,
-        service_namespace,
-        attributes: attrs,
-    }
+    KubernetesResource { service_name, service_namespace, attributes: attrs }
 }
 
 #[cfg(test)]
@@ -186,19 +167,13 @@ mod tests {
                 name: "web-5d8f7c9b4-x2x9q".into(),
                 namespace: "shop".into(),
                 node_name: "worker-1".into(),
-                owner: owner.map(|(k, n)| OwnerRef {
-                    kind: k.into(),
-                    name: n.into(),
-                }),
+                owner: owner.map(|(k, n)| OwnerRef { kind: k.into(), name: n.into() }),
                 ..PodMeta::default()
             }),
             container_name: Some("web".into()),
             container_id: Some("c".repeat(64)),
             deployment: deployment.map(Into::into),
-            node: Some(NodeMeta {
-                name: "worker-1".into(),
-                uid: "node-uid".into(),
-            }),
+            node: Some(NodeMeta { name: "worker-1".into(), uid: "node-uid".into() }),
         }
     }
 
@@ -215,66 +190,40 @@ mod tests {
         pod.labels.insert("app.kubernetes.io/name".into(), "web-label".into());
         pod.labels.insert("app.kubernetes.io/part-of".into(), "webshop".into());
         let r = resource_of(&m, "", None);
-        assert_eq!(
-            (r.service_name.as_str(), r.service_namespace.as_str()),
-            ("web-label", "webshop")
-        );
+        assert_eq!((r.service_name.as_str(), r.service_namespace.as_str()), ("web-label", "webshop"));
         let pod = Arc::make_mut(&mut m.pod);
-        pod.resource_annotations
-            .insert("resource.opentelemetry.io/service.name".into(), "web-annot".into());
-        pod.resource_annotations
-            .insert("resource.opentelemetry.io/service.namespace".into(), "ns-annot".into());
-        pod.resource_annotations
-            .insert("resource.opentelemetry.io/deployment.environment".into(), "prod".into());
+        pod.resource_annotations.insert("resource.opentelemetry.io/service.name".into(), "web-annot".into());
+        pod.resource_annotations.insert("resource.opentelemetry.io/service.namespace".into(), "ns-annot".into());
+        pod.resource_annotations.insert("resource.opentelemetry.io/deployment.environment".into(), "prod".into());
         let r = resource_of(&m, "", None);
-        assert_eq!(
-            (r.service_name.as_str(), r.service_namespace.as_str()),
-            ("web-annot", "ns-annot")
-        );
+        assert_eq!((r.service_name.as_str(), r.service_namespace.as_str()), ("web-annot", "ns-annot"));
         assert_eq!(get(&r, "deployment.environment"), Some(&AttrValue::from("prod")));
-        assert!(
-            get(&r, "service.name").is_none(),
-            "service.name is not a plain attribute here"
-        );
+        assert!(get(&r, "service.name").is_none(), "service.name is not a plain attribute here");
         // Empty values do not count.
         let pod = Arc::make_mut(&mut m.pod);
-        pod.resource_annotations
-            .insert("resource.opentelemetry.io/service.name".into(), " ".into());
+        pod.resource_annotations.insert("resource.opentelemetry.io/service.name".into(), " ".into());
         assert_eq!(resource_of(&m, "", None).service_name, "web-label");
     }
 
     #[test]
     fn owners_and_fallbacks() {
         let r = resource_of(&matched(Some(("ReplicaSet", "web-5d8f7c9b4")), None), "", None);
-        assert_eq!(
-            r.service_name, "web-5d8f7c9b4",
-            "a ReplicaSet without a known Deployment"
-        );
+        assert_eq!(r.service_name, "web-5d8f7c9b4", "a ReplicaSet without a known Deployment");
         let r = resource_of(&matched(Some(("StatefulSet", "db")), None), "", None);
         assert_eq!(r.service_name, "db");
         assert_eq!(get(&r, "k8s.statefulset.name"), Some(&AttrValue::from("db")));
         let r = resource_of(&matched(Some(("DaemonSet", "agent")), None), "", None);
         assert_eq!(get(&r, "k8s.daemonset.name"), Some(&AttrValue::from("agent")));
         let r = resource_of(&matched(Some(("Rollout", "canary")), None), "", None);
-        assert_eq!(
-            (r.service_name.as_str(), get(&r, "k8s.owner.name")),
-            ("canary", Some(&AttrValue::from("canary")))
-        );
+        assert_eq!((r.service_name.as_str(), get(&r, "k8s.owner.name")), ("canary", Some(&AttrValue::from("canary"))));
         let r = resource_of(&matched(None, None), "", None);
-        assert_eq!(
-            r.service_name, "web-5d8f7c9b4-x2x9q",
-            "a bare pod is named after itself"
-        );
+        assert_eq!(r.service_name, "web-5d8f7c9b4-x2x9q", "a bare pod is named after itself");
         assert!(get(&r, "k8s.owner.name").is_none());
     }
 
     #[test]
     fn attribute_order() {
-        let r = resource_of(
-            &matched(Some(("ReplicaSet", "web-5d8f7c9b4")), Some("web")),
-            "worker-1",
-            Some("prod-eu"),
-        );
+        let r = resource_of(&matched(Some(("ReplicaSet", "web-5d8f7c9b4")), Some("web")), "worker-1", Some("prod-eu"));
         let keys: Vec<&str> = r.attributes.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,

@@ -55,10 +55,7 @@ fn container_segment(seg: &str) -> Option<&str> {
     if scope.starts_with("crio-conmon-") {
         return None;
     }
-    SCOPE_PREFIXES
-        .iter()
-        .find_map(|p| scope.strip_prefix(p))
-        .filter(|id| is_container_id(id))
+    SCOPE_PREFIXES.iter().find_map(|p| scope.strip_prefix(p)).filter(|id| is_container_id(id))
 }
 
 /// The pod UID a cgroup path segment names, if any: `pod<uid>` (cgroupfs) or
@@ -66,10 +63,7 @@ fn container_segment(seg: &str) -> Option<&str> {
 fn pod_segment(seg: &str) -> Option<String> {
     let raw = if let Some(slice) = seg.strip_suffix(".slice") {
         let rest = slice.strip_prefix("kubepods-")?;
-        let rest = rest
-            .strip_prefix("burstable-")
-            .or_else(|| rest.strip_prefix("besteffort-"))
-            .unwrap_or(rest);
+        let rest = rest.strip_prefix("burstable-").or_else(|| rest.strip_prefix("besteffort-")).unwrap_or(rest);
         rest.strip_prefix("pod")?
     } else {
         seg.strip_prefix("pod")?
@@ -94,10 +88,8 @@ fn parse_path(path: &str) -> Option<ContainerRef> {
         None => segs.iter().rev().find_map(|s| container_segment(s)),
     };
     let pod_uid = pod_at.and_then(|i| pod_segment(segs[i]));
-    (container_id.is_some() || pod_uid.is_some()).then(|| ContainerRef {
-        container_id: container_id.map(str::to_owned),
-        pod_uid,
-    })
+    (container_id.is_some() || pod_uid.is_some())
+        .then(|| ContainerRef { container_id: container_id.map(str::to_owned), pod_uid })
 }
 
 /// Parses the text of `/proc/PID/cgroup`. Lines are `id:controllers:path`;
@@ -132,10 +124,7 @@ mod tests {
     const UID: &str = "7e4f3b1a-2c6d-4e8f-9a0b-1c2d3e4f5a6b";
 
     fn both() -> Option<ContainerRef> {
-        Some(ContainerRef {
-            container_id: Some(ID.into()),
-            pod_uid: Some(UID.into()),
-        })
+        Some(ContainerRef { container_id: Some(ID.into()), pod_uid: Some(UID.into()) })
     }
 
     #[test]
@@ -178,13 +167,7 @@ mod tests {
         // The pod cgroup alone (the pause process of some runtimes, or a
         // controller the runtime does not set up per container).
         let text = format!("5:pids:/kubepods/burstable/pod{UID}\n0::/\n");
-        assert_eq!(
-            parse_cgroup(&text),
-            Some(ContainerRef {
-                container_id: None,
-                pod_uid: Some(UID.into())
-            })
-        );
+        assert_eq!(parse_cgroup(&text), Some(ContainerRef { container_id: None, pod_uid: Some(UID.into()) }));
     }
 
     #[test]
@@ -210,10 +193,7 @@ mod tests {
         ] {
             assert_eq!(
                 parse_cgroup(&text),
-                Some(ContainerRef {
-                    container_id: Some(ID.into()),
-                    pod_uid: None
-                }),
+                Some(ContainerRef { container_id: Some(ID.into()), pod_uid: None }),
                 "{text}"
             );
         }
@@ -226,13 +206,7 @@ mod tests {
         assert_eq!(parse_cgroup(&text).unwrap().pod_uid.as_deref(), Some(hash));
         let uid_ = UID.replace('-', "_");
         let text = format!("0::/kubepods.slice/kubepods-pod{uid_}.slice/crio-conmon-{ID}.scope\n");
-        assert_eq!(
-            parse_cgroup(&text),
-            Some(ContainerRef {
-                container_id: None,
-                pod_uid: Some(UID.into())
-            })
-        );
+        assert_eq!(parse_cgroup(&text), Some(ContainerRef { container_id: None, pod_uid: Some(UID.into()) }));
     }
 
     #[test]

@@ -144,10 +144,7 @@ pub fn flatten_yaml(map: serde_yaml_ng::Mapping) -> Result<Vec<(serde_yaml_ng::V
             }
         };
         for (sub, value) in block {
-            let sub = sub
-                .as_str()
-                .ok_or("keys of the kubernetes block must be strings")?
-                .replace('-', "_");
+            let sub = sub.as_str().ok_or("keys of the kubernetes block must be strings")?.replace('-', "_");
             let flag = YAML_KEYS
                 .iter()
                 .find(|(key, _)| *key == sub)
@@ -192,10 +189,7 @@ mod tests {
     fn pod_selector_needs_metadata() {
         let mut a = args(Enable::False);
         a.namespace = vec!["shop".into()];
-        assert!(matches!(
-            a.resolve(false, String::new),
-            Err(KubernetesError::SelectorWithoutMetadata)
-        ));
+        assert!(matches!(a.resolve(false, String::new), Err(KubernetesError::SelectorWithoutMetadata)));
         a.enable = Enable::True;
         assert!(a.resolve(false, String::new).unwrap().pod_selector.is_some());
         a.pod_label = vec!["bad".into()];
@@ -210,15 +204,7 @@ mod tests {
         .unwrap();
         let flat = flatten_yaml(doc).unwrap();
         let keys: Vec<&str> = flat.iter().map(|(k, _)| k.as_str().unwrap()).collect();
-        assert_eq!(
-            keys,
-            [
-                "open_port",
-                "kubernetes",
-                "kubernetes-node-name",
-                "kubernetes-namespace"
-            ]
-        );
+        assert_eq!(keys, ["open_port", "kubernetes", "kubernetes-node-name", "kubernetes-namespace"]);
         let doc: serde_yaml_ng::Mapping = serde_yaml_ng::from_str("kubernetes:\n  nod_name: w1\n").unwrap();
         assert!(flatten_yaml(doc).unwrap_err().contains("nod_name"));
         let doc: serde_yaml_ng::Mapping = serde_yaml_ng::from_str("kubernetes: false\n").unwrap();
@@ -243,10 +229,7 @@ mod settings_tests {
         .unwrap();
         assert!(s.kubernetes.enabled);
         assert_eq!(s.kubernetes.node_name, "worker-1");
-        assert!(
-            s.selector.pods.is_some() && !s.selector.is_empty(),
-            "a pod selector alone is something to watch"
-        );
+        assert!(s.selector.pods.is_some() && !s.selector.is_empty(), "a pod selector alone is something to watch");
 
         let path = std::env::temp_dir().join(format!("periscope-k8s-{}.yaml", std::process::id()));
         std::fs::write(
@@ -258,10 +241,7 @@ mod settings_tests {
         let _ = std::fs::remove_file(&path);
         let s = s.unwrap();
         assert!(s.kubernetes.enabled);
-        assert_eq!(
-            (s.kubernetes.node_name.as_str(), s.kubernetes.cluster_name.as_deref()),
-            ("worker-2", Some("lab"))
-        );
+        assert_eq!((s.kubernetes.node_name.as_str(), s.kubernetes.cluster_name.as_deref()), ("worker-2", Some("lab")));
         assert!(s.selector.pods.is_some());
 
         let err = Settings::from_args(["periscope", "--kubernetes=false", "--kubernetes-namespace", "shop"])

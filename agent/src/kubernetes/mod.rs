@@ -65,11 +65,7 @@ pub struct KubernetesMetadata {
 
 impl KubernetesMetadata {
     pub fn new(store: MetadataStore, node_name: &str, cluster_name: Option<&str>) -> Self {
-        Self {
-            store,
-            node_name: node_name.into(),
-            cluster_name: cluster_name.map(Into::into),
-        }
+        Self { store, node_name: node_name.into(), cluster_name: cluster_name.map(Into::into) }
     }
 
     pub fn store(&self) -> &MetadataStore {
@@ -114,12 +110,7 @@ impl Kubernetes {
     /// watchers. Returns at once: metadata arrives in the background.
     pub async fn start(settings: &KubernetesSettings, telemetry: Arc<Telemetry>) -> Result<Self, KubernetesError> {
         let client = watch::default_client().await?;
-        Ok(Self::start_with_client(
-            client,
-            settings,
-            StoreLimits::default(),
-            telemetry,
-        ))
+        Ok(Self::start_with_client(client, settings, StoreLimits::default(), telemetry))
     }
 
     /// The same with a given client (tests point it at a recorded API).

@@ -23,14 +23,8 @@ struct Pattern {
 
 impl Pattern {
     fn new(p: &str) -> Result<Self, PodSelectorError> {
-        let glob = Glob::new(p).map_err(|source| PodSelectorError::Glob {
-            pattern: p.to_owned(),
-            source,
-        })?;
-        Ok(Self {
-            source: p.to_owned(),
-            matcher: glob.compile_matcher(),
-        })
+        let glob = Glob::new(p).map_err(|source| PodSelectorError::Glob { pattern: p.to_owned(), source })?;
+        Ok(Self { source: p.to_owned(), matcher: glob.compile_matcher() })
     }
 
     fn is_match(&self, s: &str) -> bool {
@@ -58,12 +52,7 @@ impl PodSelector {
     /// `tier=backend`), owner names (`checkout*`). Blank items are skipped.
     pub fn new<S: AsRef<str>>(namespaces: &[S], labels: &[S], owners: &[S]) -> Result<Self, PodSelectorError> {
         let globs = |items: &[S]| -> Result<Vec<Pattern>, PodSelectorError> {
-            items
-                .iter()
-                .map(|s| s.as_ref().trim())
-                .filter(|s| !s.is_empty())
-                .map(Pattern::new)
-                .collect()
+            items.iter().map(|s| s.as_ref().trim()).filter(|s| !s.is_empty()).map(Pattern::new).collect()
         };
         let mut label_patterns = Vec::new();
         for l in labels.iter().map(|s| s.as_ref().trim()).filter(|s| !s.is_empty()) {
@@ -74,11 +63,7 @@ impl PodSelector {
             }
             label_patterns.push((k.to_owned(), Pattern::new(v.trim())?));
         }
-        Ok(Self {
-            namespaces: globs(namespaces)?,
-            labels: label_patterns,
-            owners: globs(owners)?,
-        })
+        Ok(Self { namespaces: globs(namespaces)?, labels: label_patterns, owners: globs(owners)? })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -93,10 +78,7 @@ impl PodSelector {
         if !self.namespaces.is_empty() && !any(&self.namespaces, &pod.namespace) {
             return false;
         }
-        let labels_ok = self
-            .labels
-            .iter()
-            .all(|(k, p)| pod.labels.get(k).is_some_and(|v| p.is_match(v)));
+        let labels_ok = self.labels.iter().all(|(k, p)| pod.labels.get(k).is_some_and(|v| p.is_match(v)));
         if !labels_ok {
             return false;
         }
@@ -150,10 +132,7 @@ mod tests {
                 name: "p".into(),
                 namespace: ns.into(),
                 labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
-                owner: Some(OwnerRef {
-                    kind: "ReplicaSet".into(),
-                    name: rs.into(),
-                }),
+                owner: Some(OwnerRef { kind: "ReplicaSet".into(), name: rs.into() }),
                 ..PodMeta::default()
             }),
             container_name: None,
@@ -170,10 +149,7 @@ mod tests {
         assert!(s.matches(&m("shop", &labels, "rs", None)));
         assert!(s.matches(&m("team-a", &labels, "rs", None)));
         assert!(!s.matches(&m("default", &labels, "rs", None)));
-        assert!(
-            !s.matches(&m("shop", &[("app", "web")], "rs", None)),
-            "tier label missing"
-        );
+        assert!(!s.matches(&m("shop", &[("app", "web")], "rs", None)), "tier label missing");
         assert!(!s.matches(&m("shop", &[("app", "api"), ("tier", "backend")], "rs", None)));
     }
 
@@ -183,10 +159,7 @@ mod tests {
         assert!(s.matches(&m("x", &[], "checkout-7d9f8b6c5", Some("checkout"))));
         assert!(!s.matches(&m("x", &[], "checkout-7d9f8b6c5", None)));
         let s = PodSelector::new::<&str>(&[], &[], &["checkout-*"]).unwrap();
-        assert!(
-            s.matches(&m("x", &[], "checkout-7d9f8b6c5", None)),
-            "the ReplicaSet name"
-        );
+        assert!(s.matches(&m("x", &[], "checkout-7d9f8b6c5", None)), "the ReplicaSet name");
     }
 
     #[test]

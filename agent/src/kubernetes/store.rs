@@ -69,14 +69,8 @@ fn controller_of(
     refs: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
 ) -> Option<OwnerRef> {
     let refs = refs?;
-    let r = refs
-        .iter()
-        .find(|r| r.controller == Some(true))
-        .or_else(|| refs.first())?;
-    Some(OwnerRef {
-        kind: r.kind.clone(),
-        name: r.name.clone(),
-    })
+    let r = refs.iter().find(|r| r.controller == Some(true)).or_else(|| refs.first())?;
+    Some(OwnerRef { kind: r.kind.clone(), name: r.name.clone() })
 }
 
 impl PodMeta {
@@ -94,22 +88,11 @@ impl PodMeta {
             .collect();
         let mut containers = Vec::new();
         if let Some(status) = &pod.status {
-            let all = [
-                &status.container_statuses,
-                &status.init_container_statuses,
-                &status.ephemeral_container_statuses,
-            ];
+            let all =
+                [&status.container_statuses, &status.init_container_statuses, &status.ephemeral_container_statuses];
             for cs in all.into_iter().flatten().flatten() {
-                if let Some(id) = cs
-                    .container_id
-                    .as_deref()
-                    .map(strip_runtime_scheme)
-                    .filter(|i| !i.is_empty())
-                {
-                    containers.push(ContainerMeta {
-                        id: id.to_owned(),
-                        name: cs.name.clone(),
-                    });
+                if let Some(id) = cs.container_id.as_deref().map(strip_runtime_scheme).filter(|i| !i.is_empty()) {
+                    containers.push(ContainerMeta { id: id.to_owned(), name: cs.name.clone() });
                 }
             }
         }
@@ -145,10 +128,7 @@ pub struct StoreLimits {
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        Self {
-            max_pods: 1024,
-            max_replicasets: 100_000,
-        }
+        Self { max_pods: 1024, max_replicasets: 100_000 }
     }
 }
 
@@ -195,8 +175,7 @@ impl Inner {
 
     fn index(&mut self, pod: &PodMeta) {
         for c in &pod.containers {
-            self.by_container
-                .insert(c.id.clone(), (pod.uid.clone(), c.name.clone()));
+            self.by_container.insert(c.id.clone(), (pod.uid.clone(), c.name.clone()));
         }
         if let Some(h) = &pod.mirror_hash {
             self.by_mirror.insert(h.clone(), pod.uid.clone());
@@ -236,10 +215,7 @@ pub struct MetadataStore {
 
 impl std::fmt::Debug for MetadataStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetadataStore")
-            .field("generation", &self.generation())
-            .field("limits", &self.limits)
-            .finish()
+        f.debug_struct("MetadataStore").field("generation", &self.generation()).field("limits", &self.limits).finish()
     }
 }
 
@@ -403,10 +379,9 @@ impl MetadataStore {
     /// Feeds one event of the watcher on this node's Node object.
     pub fn on_node_event(&self, event: Event<Node>) {
         let node = match event {
-            Event::Apply(n) | Event::InitApply(n) => Some(NodeMeta {
-                name: n.metadata.name.unwrap_or_default(),
-                uid: n.metadata.uid.unwrap_or_default(),
-            }),
+            Event::Apply(n) | Event::InitApply(n) => {
+                Some(NodeMeta { name: n.metadata.name.unwrap_or_default(), uid: n.metadata.uid.unwrap_or_default() })
+            }
             Event::Delete(_) => None,
             Event::Init | Event::InitDone => return,
         };
@@ -479,34 +454,19 @@ mod tests {
             node_name: "worker-1".into(),
             containers: containers
                 .iter()
-                .map(|(id, n)| ContainerMeta {
-                    id: (*id).into(),
-                    name: (*n).into(),
-                })
+                .map(|(id, n)| ContainerMeta { id: (*id).into(), name: (*n).into() })
                 .collect(),
             ..PodMeta::default()
         }
     }
 
     fn cref(id: Option<&str>, uid: Option<&str>) -> ContainerRef {
-        ContainerRef {
-            container_id: id.map(Into::into),
-            pod_uid: uid.map(Into::into),
-        }
+        ContainerRef { container_id: id.map(Into::into), pod_uid: uid.map(Into::into) }
     }
 
     fn store(max_pods: usize) -> (MetadataStore, Arc<Telemetry>) {
         let t = Arc::new(Telemetry::default());
-        (
-            MetadataStore::new(
-                StoreLimits {
-                    max_pods,
-                    max_replicasets: 2,
-                },
-                t.clone(),
-            ),
-            t,
-        )
+        (MetadataStore::new(StoreLimits { max_pods, max_replicasets: 2 }, t.clone()), t)
     }
 
     #[test]

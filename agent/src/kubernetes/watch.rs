@@ -85,21 +85,15 @@ pub fn spawn(client: Client, node: &str, store: MetadataStore, telemetry: Arc<Te
     // (resourceVersion=0), as client-go informers do; cheaper for the server.
     let pods = watcher(
         Api::<Pod>::all(client.clone()),
-        watcher::Config::default()
-            .fields(&pod_field_selector(node))
-            .any_semantic(),
+        watcher::Config::default().fields(&pod_field_selector(node)).any_semantic(),
     )
     .default_backoff();
-    let replicasets = watcher(
-        Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff();
+    let replicasets =
+        watcher(Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()), watcher::Config::default().any_semantic())
+            .default_backoff();
     let nodes = watcher(
         Api::<Node>::all(client),
-        watcher::Config::default()
-            .fields(&format!("metadata.name={node}"))
-            .any_semantic(),
+        watcher::Config::default().fields(&format!("metadata.name={node}")).any_semantic(),
     )
     .default_backoff();
 
@@ -107,12 +101,8 @@ pub fn spawn(client: Client, node: &str, store: MetadataStore, telemetry: Arc<Te
     let (s, t) = (store.clone(), telemetry.clone());
     tasks.push(tokio::spawn(drive("pod", pods, t, move |e| s.on_pod_event(e))));
     let (s, t) = (store.clone(), telemetry.clone());
-    tasks.push(tokio::spawn(drive("replicaset", replicasets, t, move |e| {
-        s.on_replicaset_event(e)
-    })));
-    tasks.push(tokio::spawn(drive("node", nodes, telemetry, move |e| {
-        store.on_node_event(e)
-    })));
+    tasks.push(tokio::spawn(drive("replicaset", replicasets, t, move |e| s.on_replicaset_event(e))));
+    tasks.push(tokio::spawn(drive("node", nodes, telemetry, move |e| store.on_node_event(e))));
     Watchers { tasks }
 }
 
@@ -122,9 +112,7 @@ pub async fn default_client() -> Result<Client, KubernetesError> {
     let config = if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
         kube::Config::incluster().map_err(|e| KubernetesError::Config(e.to_string()))?
     } else {
-        kube::Config::infer()
-            .await
-            .map_err(|e| KubernetesError::Config(e.to_string()))?
+        kube::Config::infer().await.map_err(|e| KubernetesError::Config(e.to_string()))?
     };
     Ok(Client::try_from(config)?)
 }

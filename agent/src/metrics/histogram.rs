@@ -2,14 +2,11 @@
 //! in `(bounds[i-1], bounds[i]]`; the last bucket counts values above every bound.
 
 /// Bucket bounds (seconds) of every duration histogram.
-pub const DURATION_BOUNDS: &[f64] = &[
-    0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-];
+pub const DURATION_BOUNDS: &[f64] =
+    &[0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
 
 /// Bucket bounds (bytes) of every body-size histogram.
-pub const BODY_SIZE_BOUNDS: &[f64] = &[
-    0.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
-];
+pub const BODY_SIZE_BOUNDS: &[f64] = &[0.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0];
 
 /// Aggregated data of one histogram series.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,14 +24,7 @@ pub struct HistogramData {
 
 impl HistogramData {
     pub fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            bucket_counts: vec![0; bounds.len() + 1],
-            count: 0,
-            sum: 0.0,
-            min: None,
-            max: None,
-        }
+        Self { bounds, bucket_counts: vec![0; bounds.len() + 1], count: 0, sum: 0.0, min: None, max: None }
     }
 
     /// Index of the bucket `value` falls in.

@@ -119,7 +119,9 @@ impl Instrument {
             Instrument::HttpServerDuration => "Duration of HTTP server requests.",
             Instrument::HttpClientDuration => "Duration of HTTP client requests.",
             Instrument::DbClientDuration => "Duration of database client operations.",
-            Instrument::MessagingClientDuration => "Duration of messaging operations initiated by a producer or consumer client.",
+            Instrument::MessagingClientDuration => {
+                "Duration of messaging operations initiated by a producer or consumer client."
+            }
             Instrument::MessagingProcessDuration => "Duration of processing operations.",
             Instrument::HttpServerRequestBodySize => "Size of HTTP server request bodies.",
             Instrument::HttpServerResponseBodySize => "Size of HTTP server response bodies.",
@@ -157,9 +159,7 @@ impl Instrument {
             | Instrument::HttpClientRequestBodySize
             | Instrument::HttpClientResponseBodySize => HTTP_CLIENT_ATTRS,
             Instrument::DbClientDuration => DB_ATTRS,
-            Instrument::MessagingClientDuration | Instrument::MessagingProcessDuration => {
-                MESSAGING_ATTRS
-            }
+            Instrument::MessagingClientDuration | Instrument::MessagingProcessDuration => MESSAGING_ATTRS,
         }
     }
 
@@ -376,10 +376,7 @@ pub struct Metrics {
 }
 
 pub(crate) fn now_unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 impl Metrics {
@@ -419,7 +416,10 @@ impl Metrics {
                 instrument.attribute_keys().iter().filter_map(|k| span.attr(k).map(|v| (*k, v))).collect();
             let hash = set_hash(set.iter().copied());
             let st = svc.instruments.entry(instrument).or_default();
-            let found = st.index.get(&hash).and_then(|ids| ids.iter().copied().find(|&i| same_set(&st.series[i].attributes, &set)));
+            let found = st
+                .index
+                .get(&hash)
+                .and_then(|ids| ids.iter().copied().find(|&i| same_set(&st.series[i].attributes, &set)));
             if let Some(i) = found {
                 st.series[i].data.record(value);
             } else if st.series.len() < self.cfg.max_attribute_sets {
@@ -517,8 +517,7 @@ impl Metrics {
                     .iter()
                     .filter_map(|i| {
                         let st = s.instruments.get(i)?;
-                        let series: Vec<_> =
-                            st.series.iter().chain(st.overflow.iter()).cloned().collect();
+                        let series: Vec<_> = st.series.iter().chain(st.overflow.iter()).cloned().collect();
                         (!series.is_empty()).then_some(MetricPoints { instrument: *i, series })
                     })
                     .collect(),

@@ -51,7 +51,8 @@ pub const SERVER_SECONDS_NAME: &str = "traces_service_graph_request_server_secon
 pub const USER_NODE: &str = "user";
 
 /// Attributes naming the peer of an unpaired client span, first found wins.
-const PEER_ATTRIBUTES: &[&str] = &[semconv::PEER_SERVICE, semconv::MESSAGING_SYSTEM, semconv::SERVER_ADDRESS, semconv::old::NET_PEER_NAME];
+const PEER_ATTRIBUTES: &[&str] =
+    &[semconv::PEER_SERVICE, semconv::MESSAGING_SYSTEM, semconv::SERVER_ADDRESS, semconv::old::NET_PEER_NAME];
 
 /// Tempo's `connection_type` label values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -150,9 +151,18 @@ struct Pending {
 
 /// An edge whose two ends are known, or whose wait is over.
 pub(super) enum Finished {
-    Paired { client: Side, server: Side, failed: bool, messaging: bool },
+    Paired {
+        client: Side,
+        server: Side,
+        failed: bool,
+        messaging: bool,
+    },
     /// A client whose server never showed up, towards a named peer.
-    Virtual { client: Side, peer: String, failed: bool },
+    Virtual {
+        client: Side,
+        peer: String,
+        failed: bool,
+    },
 }
 
 impl Finished {
@@ -237,9 +247,7 @@ impl PendingEdges {
                     None => SpanEdge::None,
                 };
             }
-            SpanKind::Client | SpanKind::Producer => {
-                (span.span_id, true, span.kind == SpanKind::Producer)
-            }
+            SpanKind::Client | SpanKind::Producer => (span.span_id, true, span.kind == SpanKind::Producer),
             SpanKind::Server | SpanKind::Consumer => match span.parent_span_id {
                 None => {
                     return SpanEdge::Now(EdgeObservation {
@@ -263,11 +271,8 @@ impl PendingEdges {
                 return SpanEdge::None;
             }
             let p = self.map.remove(&key).expect("present");
-            let (client, server) = if is_client {
-                (side, p.server.expect("checked"))
-            } else {
-                (p.client.expect("checked"), side)
-            };
+            let (client, server) =
+                if is_client { (side, p.server.expect("checked")) } else { (p.client.expect("checked"), side) };
             return SpanEdge::Finished(Finished::Paired {
                 client,
                 server,
@@ -290,7 +295,13 @@ impl PendingEdges {
 
     /// Ends the wait of every span whose deadline is past (or the oldest ones
     /// when too many completed entries pile up in the order queue).
-    pub(super) fn expire(&mut self, cfg: &ServiceGraphConfig, now: u64, telemetry: &Telemetry, mut out: impl FnMut(Finished)) {
+    pub(super) fn expire(
+        &mut self,
+        cfg: &ServiceGraphConfig,
+        now: u64,
+        telemetry: &Telemetry,
+        mut out: impl FnMut(Finished),
+    ) {
         let max_order = cfg.max_pending.saturating_mul(4).max(1024);
         while let Some(&(deadline, seq, key)) = self.order.front() {
             if deadline > now && self.order.len() <= max_order {

@@ -23,12 +23,12 @@ use crate::{
 };
 
 /// Tempo's default span-metrics buckets: `ExponentialBuckets(0.002, 2, 14)`.
-pub const SPAN_METRICS_BOUNDS: &[f64] = &[
-    0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192, 16.384,
-];
+pub const SPAN_METRICS_BOUNDS: &[f64] =
+    &[0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192, 16.384];
 
 /// What the lab's dashboards group by (old HTTP semantic-convention names).
-pub const DEFAULT_DIMENSIONS: &[&str] = &[semconv::old::HTTP_METHOD, semconv::old::HTTP_TARGET, semconv::old::HTTP_STATUS_CODE, semconv::SERVICE_VERSION];
+pub const DEFAULT_DIMENSIONS: &[&str] =
+    &[semconv::old::HTTP_METHOD, semconv::old::HTTP_TARGET, semconv::old::HTTP_STATUS_CODE, semconv::SERVICE_VERSION];
 
 /// Dimensions beyond this are refused: the lookup keeps values on the stack.
 pub const MAX_DIMENSIONS: usize = 16;
@@ -37,19 +37,28 @@ pub const CALLS_NAME: &str = "traces_spanmetrics_calls_total";
 pub const LATENCY_NAME: &str = "traces_spanmetrics_latency";
 
 /// Labels the span metrics always carry, plus the ones the exporters add.
-const RESERVED_LABELS: &[&str] = &["service", "span_name", "span_kind", "status_code", "status_message", "job", "instance"];
+const RESERVED_LABELS: &[&str] =
+    &["service", "span_name", "span_kind", "status_code", "status_message", "job", "instance"];
 
 /// Old attribute names the dashboards use, and where the agent keeps the same
 /// fact. `http.target` deliberately maps to the route only.
 fn sources(key: &str) -> Option<&'static [&'static str]> {
     Some(match key {
-        semconv::old::HTTP_METHOD | semconv::HTTP_REQUEST_METHOD => &[semconv::HTTP_REQUEST_METHOD, semconv::old::HTTP_METHOD],
-        semconv::old::HTTP_STATUS_CODE | semconv::HTTP_RESPONSE_STATUS_CODE => &[semconv::HTTP_RESPONSE_STATUS_CODE, semconv::old::HTTP_STATUS_CODE],
+        semconv::old::HTTP_METHOD | semconv::HTTP_REQUEST_METHOD => {
+            &[semconv::HTTP_REQUEST_METHOD, semconv::old::HTTP_METHOD]
+        }
+        semconv::old::HTTP_STATUS_CODE | semconv::HTTP_RESPONSE_STATUS_CODE => {
+            &[semconv::HTTP_RESPONSE_STATUS_CODE, semconv::old::HTTP_STATUS_CODE]
+        }
         semconv::old::HTTP_TARGET | semconv::HTTP_ROUTE => &[semconv::HTTP_ROUTE],
         semconv::old::DB_NAME | semconv::DB_NAMESPACE => &[semconv::DB_NAMESPACE, semconv::old::DB_NAME],
         semconv::old::DB_SYSTEM | semconv::DB_SYSTEM_NAME => &[semconv::DB_SYSTEM_NAME, semconv::old::DB_SYSTEM],
-        semconv::old::DB_OPERATION | semconv::DB_OPERATION_NAME => &[semconv::DB_OPERATION_NAME, semconv::old::DB_OPERATION],
-        semconv::old::DB_SQL_TABLE | semconv::DB_COLLECTION_NAME => &[semconv::DB_COLLECTION_NAME, semconv::old::DB_SQL_TABLE],
+        semconv::old::DB_OPERATION | semconv::DB_OPERATION_NAME => {
+            &[semconv::DB_OPERATION_NAME, semconv::old::DB_OPERATION]
+        }
+        semconv::old::DB_SQL_TABLE | semconv::DB_COLLECTION_NAME => {
+            &[semconv::DB_COLLECTION_NAME, semconv::old::DB_SQL_TABLE]
+        }
         semconv::old::NET_PEER_NAME => &[semconv::old::NET_PEER_NAME, semconv::SERVER_ADDRESS],
         _ => return None,
     })
@@ -202,7 +211,14 @@ fn key_hash(name: &str, kind: SpanKind, status: &str, dims: &[Option<Dim<'_>>]) 
 
 impl SpanMetricsState {
     /// Counts the span. Nothing is allocated when its series exists.
-    pub(super) fn record(&mut self, cfg: &SpanMetricsConfig, span: &Span, limit: usize, now: u64, telemetry: &Telemetry) {
+    pub(super) fn record(
+        &mut self,
+        cfg: &SpanMetricsConfig,
+        span: &Span,
+        limit: usize,
+        now: u64,
+        telemetry: &Telemetry,
+    ) {
         let mut values: [Option<Dim<'_>>; MAX_DIMENSIONS] = [None; MAX_DIMENSIONS];
         let n = cfg.dimensions.len().min(MAX_DIMENSIONS);
         for (slot, d) in values.iter_mut().zip(&cfg.dimensions) {

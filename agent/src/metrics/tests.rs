@@ -2,12 +2,7 @@ use super::*;
 use crate::model::{Attr, Service, SpanId, SpanStatus, TraceId};
 
 fn service(name: &str, instance: &str) -> ServiceRef {
-    Arc::new(Service {
-        name: name.into(),
-        namespace: None,
-        instance_id: instance.into(),
-        attributes: vec![],
-    })
+    Arc::new(Service { name: name.into(), namespace: None, instance_id: instance.into(), attributes: vec![] })
 }
 
 fn span(svc: &ServiceRef, kind: SpanKind, dur_nanos: u64, attrs: Vec<Attr>) -> Span {
@@ -159,9 +154,7 @@ fn attribute_selection_keeps_only_metric_attributes() {
     m.record_span(&db);
 
     let snap = m.snapshot();
-    let keys = |i| -> Vec<&str> {
-        snap.find("i1", i).unwrap().series[0].attributes.iter().map(|(k, _)| *k).collect()
-    };
+    let keys = |i| -> Vec<&str> { snap.find("i1", i).unwrap().series[0].attributes.iter().map(|(k, _)| *k).collect() };
     assert_eq!(
         keys(Instrument::HttpServerDuration),
         ["http.request.method", "url.scheme", "http.response.status_code", "http.route", "server.port", "http.method"]

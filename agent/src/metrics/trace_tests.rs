@@ -40,9 +40,7 @@ fn service(name: &str, instance: &str) -> ServiceRef {
         name: name.into(),
         namespace: None,
         instance_id: instance.into(),
-        attributes: vec![
-            ("service.version".into(), AttrValue::Str("1.2.3".into())),
-        ],
+        attributes: vec![("service.version".into(), AttrValue::Str("1.2.3".into()))],
     })
 }
 
@@ -88,7 +86,12 @@ fn labels(p: &[(String, String)]) -> Vec<(&str, &str)> {
 }
 
 fn edges(m: &Metrics, instance: &str) -> Vec<EdgePoint> {
-    m.snapshot().services.into_iter().find(|s| s.service.instance_id == instance).map(|s| s.service_graph).unwrap_or_default()
+    m.snapshot()
+        .services
+        .into_iter()
+        .find(|s| s.service.instance_id == instance)
+        .map(|s| s.service_graph)
+        .unwrap_or_default()
 }
 
 fn edge<'a>(points: &'a [EdgePoint], client: &str, server: &str) -> &'a EdgePoint {
@@ -128,7 +131,13 @@ fn span_metrics_carry_tempo_labels_and_the_route_as_http_target() {
     m.record_span(&no_route);
     // Every kind counts, as in Tempo.
     m.record_span(&span(&s, SpanKind::Internal, "work", 1, vec![]));
-    m.record_span(&span(&s, SpanKind::Client, "SELECT beasts", 20_000, vec![Attr::new("db.system.name", "postgresql")]));
+    m.record_span(&span(
+        &s,
+        SpanKind::Client,
+        "SELECT beasts",
+        20_000,
+        vec![Attr::new("db.system.name", "postgresql")],
+    ));
 
     let snap = m.snapshot();
     let sm = &snap.services[0].span_metrics;
@@ -164,8 +173,9 @@ fn span_metrics_carry_tempo_labels_and_the_route_as_http_target() {
 
 #[test]
 fn dimensions_are_configurable_with_old_names_and_collisions() {
-    let cfg = SpanMetricsConfig::new(&["db.name", "db.system", "service", "http.method", "http_method", " ", "k8s.pod.name"])
-        .unwrap();
+    let cfg =
+        SpanMetricsConfig::new(&["db.name", "db.system", "service", "http.method", "http_method", " ", "k8s.pod.name"])
+            .unwrap();
     let names: Vec<&str> = cfg.dimensions.iter().map(|d| d.label.as_str()).collect();
     assert_eq!(names, ["db_name", "db_system", "__service", "http_method", "k8s_pod_name"]);
     let too_many: Vec<String> = (0..17).map(|i| format!("a{i}")).collect();
@@ -215,14 +225,17 @@ fn off_by_default_and_nothing_recorded_when_off() {
     let s = service("s", "i1");
     m.record_span(&http_server(&s, "/a", "/a", 200));
     m.record_span(&span(&s, SpanKind::Internal, "work", 1, vec![]));
-    m.observe_edge(&s, &EdgeObservation {
-        client: "s",
-        server: "x",
-        connection_type: ConnectionType::Direct,
-        client_secs: None,
-        server_secs: None,
-        failed: false,
-    });
+    m.observe_edge(
+        &s,
+        &EdgeObservation {
+            client: "s",
+            server: "x",
+            connection_type: ConnectionType::Direct,
+            client_secs: None,
+            server_secs: None,
+            failed: false,
+        },
+    );
     let snap = m.snapshot();
     assert_eq!(snap.services.len(), 1);
     assert!(snap.services[0].span_metrics.is_empty() && snap.services[0].service_graph.is_empty());
@@ -284,7 +297,10 @@ fn client_and_server_spans_pair_into_one_edge_either_order() {
 
     let e = edges(&m, "req-1");
     assert_eq!(e.len(), 1, "{e:?}");
-    assert_eq!(labels(&e[0].labels), [("client", "mythical-requester"), ("server", "mythical-server"), ("connection_type", "")]);
+    assert_eq!(
+        labels(&e[0].labels),
+        [("client", "mythical-requester"), ("server", "mythical-server"), ("connection_type", "")]
+    );
     assert_eq!(e[0].client.count, 2);
     assert_eq!(e[0].failed, 1);
     assert!((e[0].client.sum - 0.35).abs() < 1e-9);
@@ -323,10 +339,19 @@ fn db_span(svc: &ServiceRef, attrs: &[(&'static str, &str)]) -> Span {
 fn database_calls_are_edges_at_once_named_like_tempo() {
     let (m, _) = with(false, true, 100);
     let s = service("mythical-server", "srv");
-    m.record_span(&db_span(&s, &[("db.system.name", "postgresql"), ("db.namespace", "postgres"), ("server.address", "172.18.0.3")]));
+    m.record_span(&db_span(
+        &s,
+        &[("db.system.name", "postgresql"), ("db.namespace", "postgres"), ("server.address", "172.18.0.3")],
+    ));
     m.record_span(&db_span(&s, &[("db.system.name", "postgresql"), ("server.address", "10.0.0.9")]));
-    m.record_span(&db_span(&s, &[("db.system.name", "mysql"), ("db.namespace", "shop"), ("server.address", "mysql.internal")]));
-    m.record_span(&db_span(&s, &[("db.system", "postgresql"), ("peer.service", "billing-db"), ("server.address", "db.internal")]));
+    m.record_span(&db_span(
+        &s,
+        &[("db.system.name", "mysql"), ("db.namespace", "shop"), ("server.address", "mysql.internal")],
+    ));
+    m.record_span(&db_span(
+        &s,
+        &[("db.system", "postgresql"), ("peer.service", "billing-db"), ("server.address", "db.internal")],
+    ));
     let mut failed = db_span(&s, &[("db.system.name", "postgresql"), ("db.namespace", "postgres")]);
     failed.status = SpanStatus::Error("23502".into());
     m.record_span(&failed);
@@ -349,7 +374,10 @@ fn root_server_spans_come_from_the_user_node() {
     let s = service("mythical-server", "srv");
     m.record_span(&span(&s, SpanKind::Server, "GET /unicorn", 120, vec![]));
     let e = edges(&m, "srv");
-    assert_eq!(labels(&e[0].labels), [("client", "user"), ("server", "mythical-server"), ("connection_type", "virtual_node")]);
+    assert_eq!(
+        labels(&e[0].labels),
+        [("client", "user"), ("server", "mythical-server"), ("connection_type", "virtual_node")]
+    );
     assert_eq!(e[0].client.sum, 0.0);
     assert!((e[0].server.sum - 0.12).abs() < 1e-9);
 }
@@ -375,7 +403,10 @@ fn unpaired_spans_expire_into_virtual_nodes_or_are_dropped_and_counted() {
 
     let e = edges(&m, "req");
     assert_eq!(e.len(), 1, "{e:?}");
-    assert_eq!(labels(&e[0].labels), [("client", "mythical-requester"), ("server", "mythical-server"), ("connection_type", "virtual_node")]);
+    assert_eq!(
+        labels(&e[0].labels),
+        [("client", "mythical-requester"), ("server", "mythical-server"), ("connection_type", "virtual_node")]
+    );
     assert!((e[0].client.sum - 0.2).abs() < 1e-9);
     assert_eq!((e[0].server.count, e[0].server.sum), (1, 0.0));
     assert!(edges(&m, "srv").is_empty());
@@ -399,14 +430,17 @@ fn edges_overflow_and_observe_edge_and_forget_service() {
     let (m, t) = with(true, true, 2);
     let a = service("a", "a-1");
     for server in ["x", "y", "z", "w"] {
-        m.observe_edge(&a, &EdgeObservation {
-            client: "a",
-            server,
-            connection_type: ConnectionType::Direct,
-            client_secs: Some(0.5),
-            server_secs: None,
-            failed: true,
-        });
+        m.observe_edge(
+            &a,
+            &EdgeObservation {
+                client: "a",
+                server,
+                connection_type: ConnectionType::Direct,
+                client_secs: Some(0.5),
+                server_secs: None,
+                failed: true,
+            },
+        );
     }
     assert_eq!(t.get(Counter::MetricOverflow), 2);
     let e = edges(&m, "a-1");

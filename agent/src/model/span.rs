@@ -175,7 +175,9 @@ impl Service {
         use std::borrow::Cow;
         let own = [
             Some((crate::semconv::SERVICE_NAME, Cow::Owned(AttrValue::Str(self.name.clone())))),
-            self.namespace.as_ref().map(|ns| (crate::semconv::SERVICE_NAMESPACE, Cow::Owned(AttrValue::Str(ns.clone())))),
+            self.namespace
+                .as_ref()
+                .map(|ns| (crate::semconv::SERVICE_NAMESPACE, Cow::Owned(AttrValue::Str(ns.clone())))),
             Some((crate::semconv::SERVICE_INSTANCE_ID, Cow::Owned(AttrValue::Str(self.instance_id.clone())))),
         ];
         own.into_iter().flatten().chain(self.attributes.iter().map(|(k, v)| (k.as_str(), Cow::Borrowed(v))))

@@ -86,7 +86,10 @@ impl DbNames {
             return Some(backend.clone());
         }
         let queued = self.pending.len() < MAX_LOOKUPS_IN_FLIGHT
-            && self.requests.as_ref().is_some_and(|tx| tx.try_send(Request::Database(Lookup { key, tuple, query })).is_ok());
+            && self
+                .requests
+                .as_ref()
+                .is_some_and(|tx| tx.try_send(Request::Database(Lookup { key, tuple, query })).is_ok());
         if queued {
             self.pending.insert(key, tuple);
         } else {
@@ -154,7 +157,9 @@ impl Resolver {
         let index = self.directory.current();
         for lookup in lookups {
             match index.find(&lookup.query) {
-                Some(backend) => answers.push(NameAnswer { key: lookup.key, tuple: lookup.tuple, backend: Some(backend.clone()) }),
+                Some(backend) => {
+                    answers.push(NameAnswer { key: lookup.key, tuple: lookup.tuple, backend: Some(backend.clone()) })
+                }
                 None => misses.push(lookup),
             }
         }
@@ -252,7 +257,8 @@ mod tests {
         let mut table = ConnectionTable::new(16);
         let mut tracker = Tracker::new(Assembler::new(AssemblyOptions::default(), Sampler::default()), 16);
         let mut out = Vec::new();
-        let (key, tuple, thread) = (ConnKey { pid: 1, fd: 5 }, tuple("127.0.0.1:40000"), ThreadKey { pid: 1, tid: 1, loop_seq: 0 });
+        let (key, tuple, thread) =
+            (ConnKey { pid: 1, fd: 5 }, tuple("127.0.0.1:40000"), ThreadKey { pid: 1, tid: 1, loop_seq: 0 });
         let mut io = |table: &mut ConnectionTable, out: &mut Vec<Outcome>, direction, data: &[u8], ts| {
             let chunk = Chunk { direction, data, total: data.len(), ts_enter: ts, ts_exit: ts + 1 };
             table.data(key, tuple, Role::Unknown, thread, &chunk, &mut tracker, out, &t);
@@ -263,8 +269,14 @@ mod tests {
         io(&mut table, &mut out, Direction::Ingress, answer, 20);
         io(&mut table, &mut out, Direction::Egress, query, 30);
         let reported: Vec<_> = out.iter().filter(|o| matches!(o, Outcome::DatabaseUnknown { .. })).collect();
-        assert!(matches!(reported[..], [Outcome::DatabaseUnknown { key: k, server_side: false, .. }] if *k == key), "{out:?}");
-        assert!(!table.tell_database(key, &super::tests::tuple("127.0.0.1:40001"), "app", "shop"), "another connection");
+        assert!(
+            matches!(reported[..], [Outcome::DatabaseUnknown { key: k, server_side: false, .. }] if *k == key),
+            "{out:?}"
+        );
+        assert!(
+            !table.tell_database(key, &super::tests::tuple("127.0.0.1:40001"), "app", "shop"),
+            "another connection"
+        );
         assert!(table.tell_database(key, &tuple, "app", "shop"));
         io(&mut table, &mut out, Direction::Ingress, answer, 40);
         let names: Vec<_> = out

@@ -45,7 +45,10 @@ pub enum Answer {
     Forked(Option<ProcessInfo>),
     /// An exec'd process: tracked, what it is now; untracked, it when it
     /// matches the executable globs (else None).
-    Execed { tracked: bool, info: Option<ProcessInfo> },
+    Execed {
+        tracked: bool,
+        info: Option<ProcessInfo>,
+    },
     /// Watched processes whose /proc entry is gone.
     Gone(Vec<u32>),
     Database(db_names::NameAnswer),
@@ -97,9 +100,9 @@ impl Worker {
                     }
                     Request::Fork { pid } => Answer::Forked(discovery::read_process(pid).ok()),
                     Request::Exec { pid, tracked } => Answer::Execed { tracked, info: self.exec(pid, tracked) },
-                    Request::Alive(pids) => {
-                        Answer::Gone(pids.into_iter().filter(|pid| !Path::new(&format!("/proc/{pid}")).exists()).collect())
-                    }
+                    Request::Alive(pids) => Answer::Gone(
+                        pids.into_iter().filter(|pid| !Path::new(&format!("/proc/{pid}")).exists()).collect(),
+                    ),
                 };
                 if self.answers.blocking_send(answer).is_err() {
                     return false;

@@ -14,8 +14,8 @@ use crate::{
         assembly::{Explicit, Link},
         GroupId, SpanCtx, Started, Tracker,
     },
-    protocols::amqp::Publish,
     model::{Span, SpanId, TraceParent},
+    protocols::amqp::Publish,
     telemetry::{Counter, Telemetry},
 };
 
@@ -286,8 +286,8 @@ mod tests {
     use crate::capture::Role;
     use crate::connections::{ConnKey, Outcome};
     use crate::context::{assembly::AssemblyOptions, sampler::Sampler, Assembler, ThreadKey};
-    use crate::protocols::{Chunk, Direction};
     use crate::model::{Service, SpanKind};
+    use crate::protocols::{Chunk, Direction};
 
     const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
 
@@ -329,21 +329,45 @@ mod tests {
         let mut tracker = Tracker::new(Assembler::new(AssemblyOptions::default(), Sampler::default()), 16);
         let mut linker = Linker::new(1_000_000_000);
         let mut out = Vec::new();
-        let server_tuple = Tuple { local: "127.0.0.1:80".parse().unwrap(), remote: "127.0.0.1:1000".parse().unwrap(), netns: 1 };
+        let server_tuple =
+            Tuple { local: "127.0.0.1:80".parse().unwrap(), remote: "127.0.0.1:1000".parse().unwrap(), netns: 1 };
         let (server, client) = (ConnKey { pid: 2, fd: 5 }, ConnKey { pid: 1, fd: 7 });
         let th = |pid| ThreadKey { pid, tid: pid, loop_seq: 0 };
         // The caller's connect is known, its request event not yet (it comes late).
         table.open(client, server_tuple.reversed(), Role::Client, th(1), 10, &mut tracker, &mut out, &t);
-        table.data(server, server_tuple, Role::Server, th(2), &chunk(Direction::Ingress, REQ, 100), &mut tracker, &mut out, &t);
+        table.data(
+            server,
+            server_tuple,
+            Role::Server,
+            th(2),
+            &chunk(Direction::Ingress, REQ, 100),
+            &mut tracker,
+            &mut out,
+            &t,
+        );
         let Some(Outcome::RequestStarted { started, .. }) = out.pop() else { panic!("{out:?}") };
         linker.on_request_started(&table, &mut tracker, &started, server_tuple, None, None, 100, &t);
         assert!(linker.is_waiting(started.ctx.span_id));
         // The server span finished: parked, not lost, not parentless.
-        let service = std::sync::Arc::new(Service { name: "s".into(), namespace: None, instance_id: "i".into(), attributes: vec![] });
+        let service = std::sync::Arc::new(Service {
+            name: "s".into(),
+            namespace: None,
+            instance_id: "i".into(),
+            attributes: vec![],
+        });
         let span = Span { span_id: started.ctx.span_id, ..Span::for_test(&service, SpanKind::Server, "GET") };
         assert!(linker.park(span).is_none());
         // The caller's write (it started before the server's read) arrives.
-        table.data(client, server_tuple.reversed(), Role::Client, th(1), &chunk(Direction::Egress, REQ, 90), &mut tracker, &mut out, &t);
+        table.data(
+            client,
+            server_tuple.reversed(),
+            Role::Client,
+            th(1),
+            &chunk(Direction::Egress, REQ, 90),
+            &mut tracker,
+            &mut out,
+            &t,
+        );
         let caller = table.peer(&server_tuple).unwrap().1.trace.in_flight_at(101).unwrap();
         linker.retry(&table, &mut tracker, 200, false, &t);
         let ready: Vec<_> = linker.take_ready().collect();

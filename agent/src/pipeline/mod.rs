@@ -26,8 +26,8 @@ use discovery::{Answer, Request, Worker, MAX_ANSWERS, MAX_REQUESTS};
 use link::Linker;
 use registry::{Found, Registry};
 pub use registry::{TargetView, TargetsView};
-pub use sinks::SpanSink;
 use sinks::Sinks;
+pub use sinks::SpanSink;
 
 use crate::{
     capture::{self, reader::RingReader, Event},
@@ -340,7 +340,17 @@ impl Pipeline {
         t.set(Counter::KernelConnMapFull, c(periscope_counter::PERISCOPE_CNT_CONN_FULL));
         t.set(Counter::KernelIovTruncated, c(periscope_counter::PERISCOPE_CNT_IOV_TRUNCATED));
         t.set(Counter::KernelReadFailed, c(periscope_counter::PERISCOPE_CNT_READ_FAILED));
-        t.set_for(Counter::KernelCaptureIncomplete, "amqp", "framing unknown", c(periscope_counter::PERISCOPE_CNT_AMQP_UNALIGNED));
-        t.set_for(Counter::KernelCaptureIncomplete, "amqp", "limits", c(periscope_counter::PERISCOPE_CNT_AMQP_TRUNCATED));
+        t.set_for(
+            Counter::KernelCaptureIncomplete,
+            "amqp",
+            "framing unknown",
+            c(periscope_counter::PERISCOPE_CNT_AMQP_UNALIGNED),
+        );
+        t.set_for(
+            Counter::KernelCaptureIncomplete,
+            "amqp",
+            "limits",
+            c(periscope_counter::PERISCOPE_CNT_AMQP_TRUNCATED),
+        );
     }
 }

@@ -55,7 +55,16 @@ impl Pipeline {
                 Outcome::RequestStarted { tuple, started, traceparent, tracestate, .. } => {
                     let t = &self.telemetry;
                     let tp = traceparent.as_ref();
-                    self.linker.on_request_started(&self.table, &mut self.tracker, &started, tuple, tp, tracestate, now, t);
+                    self.linker.on_request_started(
+                        &self.table,
+                        &mut self.tracker,
+                        &started,
+                        tuple,
+                        tp,
+                        tracestate,
+                        now,
+                        t,
+                    );
                     self.finish_linked();
                 }
                 Outcome::Delivered { started, link, .. } => {
@@ -69,7 +78,9 @@ impl Pipeline {
                 }
                 Outcome::Published { key, tuple, started, publish } => self.on_published(key, tuple, started, &publish),
                 Outcome::Consumed { key, tuple, started, message } => self.on_consumed(key, tuple, started, &message),
-                Outcome::Sql { key, tuple, server_side, started, call } => self.on_sql(key, tuple, server_side, started, &call),
+                Outcome::Sql { key, tuple, server_side, started, call } => {
+                    self.on_sql(key, tuple, server_side, started, &call)
+                }
                 Outcome::Http { key, tuple, server_side, started, exchange } => {
                     self.on_http(key, tuple, server_side, started, &exchange)
                 }
@@ -274,7 +285,10 @@ mod tests {
         // The same header written again: an id of its own, the header's parent.
         let reused = Pin { header_parent: Some(SpanId([9; 8])), ..pin };
         let mut s = span();
-        assert_eq!(identify(&mut s, &started(4, Some(2), Some(reused)), Some(reused)), Stamp::Pinned { keep_parent: true });
+        assert_eq!(
+            identify(&mut s, &started(4, Some(2), Some(reused)), Some(reused)),
+            Stamp::Pinned { keep_parent: true }
+        );
         assert_eq!((s.span_id, s.parent_span_id), (SpanId([4; 8]), Some(SpanId([9; 8]))));
     }
 }

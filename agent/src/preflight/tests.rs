@@ -138,7 +138,10 @@ fn tracefs_without_sys_admin_must_be_mounted_by_the_runtime() {
     h.tracefs = Tracefs::NotMounted;
     let errors: Vec<String> = evaluate(&h).into_iter().map(|f| f.to_string()).collect();
     assert_eq!(errors.len(), 1);
-    assert!(errors[0].starts_with("error: tracefs is not mounted") && errors[0].contains("/sys/kernel/tracing:ro"), "{errors:?}");
+    assert!(
+        errors[0].starts_with("error: tracefs is not mounted") && errors[0].contains("/sys/kernel/tracing:ro"),
+        "{errors:?}"
+    );
     h.tracefs = Tracefs::Unreadable("Permission denied (os error 13)".into());
     assert!(evaluate(&h)[0].message.contains("Permission denied"));
 }
@@ -162,8 +165,14 @@ fn read_tracefs_finds_missing_tracepoints() {
     let _ = fs::remove_dir_all(&dir);
     assert_eq!(read_tracefs(&dir, [("syscalls", "sys_enter_read")]), Tracefs::NotMounted);
     fs::create_dir_all(dir.join("events/syscalls/sys_enter_read")).unwrap();
-    let t = read_tracefs(&dir, [("syscalls", "sys_enter_read"), ("syscalls", "sys_enter_write"), ("sched", "sched_process_exit")]);
-    assert_eq!(t, Tracefs::Mounted { missing: vec!["syscalls:sys_enter_write".into(), "sched:sched_process_exit".into()] });
+    let t = read_tracefs(
+        &dir,
+        [("syscalls", "sys_enter_read"), ("syscalls", "sys_enter_write"), ("sched", "sched_process_exit")],
+    );
+    assert_eq!(
+        t,
+        Tracefs::Mounted { missing: vec!["syscalls:sys_enter_write".into(), "sched:sched_process_exit".into()] }
+    );
     fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -128,9 +128,7 @@ pub fn ensure_tracefs() -> Result<(), ProbeError> {
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: constant C strings, no pointers retained by the kernel.
-    let rc = unsafe {
-        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::PermissionDenied {
@@ -189,8 +187,8 @@ impl Probes {
             .map_err(|source| ProbeError::Map { map: "events", source })?;
         let tracked = HashMap::try_from(take(&mut ebpf, "tracked_pids")?)
             .map_err(|source| ProbeError::Map { map: "tracked_pids", source })?;
-        let conns = HashMap::try_from(take(&mut ebpf, "conns")?)
-            .map_err(|source| ProbeError::Map { map: "conns", source })?;
+        let conns =
+            HashMap::try_from(take(&mut ebpf, "conns")?).map_err(|source| ProbeError::Map { map: "conns", source })?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "counters")?)
             .map_err(|source| ProbeError::Map { map: "counters", source })?;
         Ok((Self { ebpf, tracked, conns, counters }, ring))

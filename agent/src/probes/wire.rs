@@ -42,7 +42,8 @@ mod layout_tests {
                 }
             } else if let (Some(name), Some(member)) = (&current, line.trim().strip_prefix('\'')) {
                 let (field, tail) = member.split_once('\'').unwrap();
-                let bits: usize = tail.split("bits_offset=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+                let bits: usize =
+                    tail.split("bits_offset=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
                 structs.get_mut(name).unwrap().1.insert(field.to_owned(), bits / 8);
             }
         }

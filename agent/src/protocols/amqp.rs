@@ -12,16 +12,16 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use framing::{
-    FrameSink, Framer, RawFrame, Ts, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
-    FRAME_OVERHEAD, PROTOCOL_HEADER,
-};
 use fields::{content_header, text, Cursor, Fingerprint};
+use framing::{
+    FrameSink, Framer, RawFrame, Ts, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_OVERHEAD,
+    PROTOCOL_HEADER,
+};
 
-pub use super::Side;
-use crate::model::TraceParent;
 use super::bounded::BoundedMap;
+pub use super::Side;
 use super::{Chunk, Direction};
+use crate::model::TraceParent;
 
 mod connection;
 mod deliveries;
@@ -235,7 +235,12 @@ struct PendingConsume {
 
 #[derive(Debug)]
 enum MsgKind {
-    Publish { exchange: String, routing_key: String, mandatory: bool, seq: Option<u64> },
+    Publish {
+        exchange: String,
+        routing_key: String,
+        mandatory: bool,
+        seq: Option<u64>,
+    },
     Deliver {
         consumer_tag: Option<String>,
         delivery_tag: u64,
@@ -244,7 +249,12 @@ enum MsgKind {
         routing_key: String,
         consumer: Consumer,
     },
-    Return { reply_code: u16, reply_text: String, exchange: String, routing_key: String },
+    Return {
+        reply_code: u16,
+        reply_text: String,
+        exchange: String,
+        routing_key: String,
+    },
 }
 
 /// A message whose content frames are being read.
@@ -503,12 +513,8 @@ impl Sink<'_> {
 
     fn on_body(&mut self, f: &RawFrame<'_>) {
         let side = self.side();
-        let Some(m) = self
-            .st
-            .channels
-            .get_mut(&f.channel)
-            .and_then(|ch| ch.content[side].as_mut())
-            .filter(|m| m.header_seen)
+        let Some(m) =
+            self.st.channels.get_mut(&f.channel).and_then(|ch| ch.content[side].as_mut()).filter(|m| m.header_seen)
         else {
             self.st.stats.orphan_content += 1;
             return;
@@ -692,14 +698,8 @@ impl Sink<'_> {
                     .channel(channel)
                     .and_then(|ch| ch.gets.pop_front())
                     .unwrap_or(Consumer { queue: None, no_ack: false });
-                let kind = MsgKind::Deliver {
-                    consumer_tag: None,
-                    delivery_tag,
-                    redelivered,
-                    exchange,
-                    routing_key,
-                    consumer,
-                };
+                let kind =
+                    MsgKind::Deliver { consumer_tag: None, delivery_tag, redelivered, exchange, routing_key, consumer };
                 self.begin(channel, kind, f.first);
             }
             (60, 72) => {

@@ -9,10 +9,7 @@ pub(crate) struct BoundedMap<K, V> {
 
 impl<K: PartialEq, V> BoundedMap<K, V> {
     pub fn new(cap: usize) -> Self {
-        BoundedMap {
-            entries: std::collections::VecDeque::new(),
-            cap: cap.max(1),
-        }
+        BoundedMap { entries: std::collections::VecDeque::new(), cap: cap.max(1) }
     }
 
     pub fn insert(&mut self, k: K, v: V) {
@@ -24,11 +21,7 @@ impl<K: PartialEq, V> BoundedMap<K, V> {
     }
 
     pub fn get(&self, k: &K) -> Option<&V> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|(ek, _)| ek == k)
-            .map(|(_, v)| v)
+        self.entries.iter().rev().find(|(ek, _)| ek == k).map(|(_, v)| v)
     }
 
     pub fn remove(&mut self, k: &K) {

@@ -9,18 +9,16 @@
 use std::collections::VecDeque;
 
 use super::bounded::BoundedMap;
-use super::Side;
 use super::sql::framing::{Frame, FrameSink, Framer};
-use super::sql::{
-    analyze_for, split_statements_for, DbSystem, SqlCall, SqlOutcome, SqlStats,
-};
+use super::sql::{analyze_for, split_statements_for, DbSystem, SqlCall, SqlOutcome, SqlStats};
+use super::Side;
 use super::{Chunk, Direction};
 
 mod packet;
 
 use packet::{
-    cstr, is_eof, le16, le32, lenenc, looks_like_greeting_body, packet_len, parse_err, parse_ok,
-    plausible_command, terminator_status, text,
+    cstr, is_eof, le16, le32, lenenc, looks_like_greeting_body, packet_len, parse_err, parse_ok, plausible_command,
+    terminator_status, text,
 };
 pub use packet::{looks_like_mysql_command, looks_like_mysql_server_greeting};
 
@@ -220,10 +218,7 @@ impl MySqlSession {
                 self.back = Framer::new(true);
             }
             self.st.last_back_ns = chunk.ts_exit;
-            let mut sink = BackSink {
-                st: &mut self.st,
-                out,
-            };
+            let mut sink = BackSink { st: &mut self.st, out };
             self.back.feed(chunk, &mut sink);
         }
     }
@@ -285,10 +280,7 @@ impl FrontSink<'_> {
         } else {
             Some(cstr(rest).1)
         };
-        let db = rest
-            .filter(|_| caps & CLIENT_CONNECT_WITH_DB != 0)
-            .map(|r| cstr(r).0)
-            .filter(|db| !db.is_empty());
+        let db = rest.filter(|_| caps & CLIENT_CONNECT_WITH_DB != 0).map(|r| cstr(r).0).filter(|db| !db.is_empty());
         if let Some(db) = db {
             self.st.namespace = Some(text(db));
         }
@@ -325,11 +317,8 @@ impl FrontSink<'_> {
         let cur = match cmd {
             COM_QUERY => {
                 let mut sql = &b[1..];
-                let attrs = self
-                    .st
-                    .caps()
-                    .map(|c| c & CLIENT_QUERY_ATTRIBUTES != 0)
-                    .unwrap_or(sql.starts_with(&[0, 1]));
+                let attrs =
+                    self.st.caps().map(|c| c & CLIENT_QUERY_ATTRIBUTES != 0).unwrap_or(sql.starts_with(&[0, 1]));
                 if attrs {
                     // parameter_count, parameter_set_count (lenenc).
                     let skip = lenenc(sql, 0).and_then(|(pc, n1)| {
@@ -346,12 +335,11 @@ impl FrontSink<'_> {
                     }
                 }
                 let sql = text(sql);
-                let mut stmts: VecDeque<Option<String>> =
-                    split_statements_for(DbSystem::Mysql, &sql)
-                        .into_iter()
-                        .take(MAX_STMTS_PER_QUERY)
-                        .map(Some)
-                        .collect();
+                let mut stmts: VecDeque<Option<String>> = split_statements_for(DbSystem::Mysql, &sql)
+                    .into_iter()
+                    .take(MAX_STMTS_PER_QUERY)
+                    .map(Some)
+                    .collect();
                 if stmts.is_empty() {
                     stmts.push_back(Some(sql));
                 }
@@ -396,11 +384,7 @@ impl FrameSink for FrontSink<'_> {
 
     fn parse_header(&mut self, h: &[u8]) -> Option<(usize, usize)> {
         let len = packet_len(h);
-        let keep = if self.st.front_cont || self.st.infile {
-            0
-        } else {
-            MAX_QUERY_BYTES + 64
-        };
+        let keep = if self.st.front_cont || self.st.infile { 0 } else { MAX_QUERY_BYTES + 64 };
         Some((len, keep))
     }
 
@@ -513,9 +497,9 @@ impl BackSink<'_> {
             return;
         }
         let outcome = match outcome {
-            SqlOutcome::Ok { rows } if cur.rows_acc > 0 => SqlOutcome::Ok {
-                rows: Some(rows.unwrap_or(0) + cur.rows_acc),
-            },
+            SqlOutcome::Ok { rows } if cur.rows_acc > 0 => {
+                SqlOutcome::Ok { rows: Some(rows.unwrap_or(0) + cur.rows_acc) }
+            }
             o => o,
         };
         cur.rows = 0;
@@ -532,11 +516,7 @@ impl BackSink<'_> {
 
     fn error_outcome(b: &[u8]) -> SqlOutcome {
         let (errno, state, message) = parse_err(b);
-        SqlOutcome::Error {
-            code: state.unwrap_or_else(|| errno.to_string()),
-            message,
-            mysql_errno: Some(errno),
-        }
+        SqlOutcome::Error { code: state.unwrap_or_else(|| errno.to_string()), message, mysql_errno: Some(errno) }
     }
 
     fn on_response(&mut self, f: &Frame<'_>) {
@@ -561,16 +541,13 @@ impl BackSink<'_> {
                 }
                 Some(0x00) => match cur.kind.clone() {
                     Kind::Prepare(sql) => {
-                        let (Some(id), Some(ncols), Some(nparams)) =
-                            (le32(b, 1), le16(b, 5), le16(b, 7))
-                        else {
+                        let (Some(id), Some(ncols), Some(nparams)) = (le32(b, 1), le16(b, 5), le16(b, 7)) else {
                             self.st.stats.parse_errors += 1;
                             self.st.current = None;
                             return;
                         };
                         self.st.statements.insert(id, sql);
-                        let blocks: VecDeque<u16> =
-                            [nparams, ncols].into_iter().filter(|&n| n > 0).collect();
+                        let blocks: VecDeque<u16> = [nparams, ncols].into_iter().filter(|&n| n > 0).collect();
                         match next_block(blocks) {
                             Some(r) => cur.resp = r,
                             None => self.st.current = None,
@@ -614,11 +591,7 @@ impl BackSink<'_> {
                 },
             },
             Resp::Columns(n) => {
-                cur.resp = if n > 1 {
-                    Resp::Columns(n - 1)
-                } else {
-                    Resp::ColumnsEnd
-                };
+                cur.resp = if n > 1 { Resp::Columns(n - 1) } else { Resp::ColumnsEnd };
             }
             Resp::ColumnsEnd => {
                 if first == Some(0xff) {
@@ -672,10 +645,7 @@ impl BackSink<'_> {
             }
             Resp::PrepareDefs { blocks, in_block } => {
                 if in_block > 1 {
-                    cur.resp = Resp::PrepareDefs {
-                        blocks,
-                        in_block: in_block - 1,
-                    };
+                    cur.resp = Resp::PrepareDefs { blocks, in_block: in_block - 1 };
                 } else if deprecate == Some(true) {
                     match next_block(blocks) {
                         Some(r) => cur.resp = r,
@@ -693,10 +663,7 @@ impl BackSink<'_> {
                     // next block.
                     match next_block(blocks) {
                         Some(Resp::PrepareDefs { blocks, in_block }) if in_block > 1 => {
-                            Some(Resp::PrepareDefs {
-                                blocks,
-                                in_block: in_block - 1,
-                            })
+                            Some(Resp::PrepareDefs { blocks, in_block: in_block - 1 })
                         }
                         Some(Resp::PrepareDefs { blocks, .. }) => {
                             if deprecate == Some(true) {
@@ -729,11 +696,7 @@ fn push_call(
 ) {
     let error = matches!(outcome, SqlOutcome::Error { .. });
     let query = query.unwrap_or_default();
-    let info = if query.is_empty() {
-        Default::default()
-    } else {
-        analyze_for(DbSystem::Mysql, &query)
-    };
+    let info = if query.is_empty() { Default::default() } else { analyze_for(DbSystem::Mysql, &query) };
     if !error && info.operation.as_deref() == Some("USE") {
         if let Some(db) = info.collection.clone().or_else(|| use_target(&query)) {
             st.namespace = Some(db);
@@ -754,10 +717,7 @@ fn push_call(
 
 fn next_block(mut blocks: VecDeque<u16>) -> Option<Resp> {
     let n = blocks.pop_front()?;
-    Some(Resp::PrepareDefs {
-        blocks,
-        in_block: n,
-    })
+    Some(Resp::PrepareDefs { blocks, in_block: n })
 }
 
 /// `USE db` target when the parser did not give one.
@@ -777,11 +737,7 @@ impl FrameSink for BackSink<'_> {
 
     fn parse_header(&mut self, h: &[u8]) -> Option<(usize, usize)> {
         let len = packet_len(h);
-        let in_rows = self
-            .st
-            .current
-            .as_ref()
-            .is_some_and(|c| matches!(c.resp, Resp::Rows | Resp::Columns(_)));
+        let in_rows = self.st.current.as_ref().is_some_and(|c| matches!(c.resp, Resp::Rows | Resp::Columns(_)));
         let keep = if self.st.back_cont {
             0
         } else if in_rows {
@@ -818,11 +774,7 @@ impl FrameSink for BackSink<'_> {
         }
         let b = f.body;
         match self.st.phase {
-            Phase::Unknown | Phase::Handshake
-                if f.header[3] == 0 && looks_like_greeting_body(b) =>
-            {
-                self.on_greeting(b)
-            }
+            Phase::Unknown | Phase::Handshake if f.header[3] == 0 && looks_like_greeting_body(b) => self.on_greeting(b),
             Phase::Auth => match b.first() {
                 Some(0x00) | Some(0xff) => self.st.phase = Phase::Command,
                 _ => {} // auth switch / more data
@@ -839,8 +791,7 @@ impl FrameSink for BackSink<'_> {
         match self.st.current.take() {
             // A result set under way: only its end went missing.
             Some(c)
-                if c.kind == Kind::Statement
-                    && matches!(c.resp, Resp::Columns(_) | Resp::ColumnsEnd | Resp::Rows) =>
+                if c.kind == Kind::Statement && matches!(c.resp, Resp::Columns(_) | Resp::ColumnsEnd | Resp::Rows) =>
             {
                 if let Some(old) = self.st.truncated.replace(c) {
                     self.st.stats.calls_dropped += old.stmts.len() as u64;

@@ -9,12 +9,11 @@
 use std::collections::VecDeque;
 
 use super::bounded::BoundedMap;
-use super::Side;
 use super::sql::framing::{Frame, FrameSink, Framer};
 use super::sql::{
-    analyze_for, looks_like_sql_text, operation_from_tag, split_statements, DbSystem,
-    SqlCall, SqlOutcome, SqlStats,
+    analyze_for, looks_like_sql_text, operation_from_tag, split_statements, DbSystem, SqlCall, SqlOutcome, SqlStats,
 };
+use super::Side;
 use super::{Chunk, Direction};
 
 /// Longest SQL text kept from a Query/Parse message.
@@ -217,10 +216,7 @@ impl PgSession {
                 self.back = Framer::new(true);
             }
             self.st.last_back_ns = chunk.ts_exit;
-            let mut sink = BackSink {
-                st: &mut self.st,
-                out,
-            };
+            let mut sink = BackSink { st: &mut self.st, out };
             self.back.feed(chunk, &mut sink);
         }
     }
@@ -400,12 +396,7 @@ impl FrontSink<'_> {
                 let calls: VecDeque<Pending> = split_statements(&sql)
                     .into_iter()
                     .take(MAX_CALLS_PER_GROUP)
-                    .map(|s| Pending {
-                        query: Some(s),
-                        start_ns: start,
-                        prepared: false,
-                        data_rows: 0,
-                    })
+                    .map(|s| Pending { query: Some(s), start_ns: start, prepared: false, data_rows: 0 })
                     .collect();
                 // A Query inside an unsynced extended batch is answered
                 // by the same ReadyForQuery: merge into that group.
@@ -483,11 +474,7 @@ fn push_group(st: &mut State, closed: bool) {
         let dropped = st.groups.pop_front().map_or(0, |g| g.calls.len());
         st.stats.calls_dropped += dropped as u64;
     }
-    st.groups.push_back(Group {
-        calls: VecDeque::new(),
-        closed,
-        failed: false,
-    });
+    st.groups.push_back(Group { calls: VecDeque::new(), closed, failed: false });
 }
 
 fn drop_all_groups(st: &mut State) {
@@ -524,9 +511,7 @@ impl FrameSink for FrontSink<'_> {
             // `then`, not `then_some`: the argument of `then_some` is
             // evaluated even when the length is out of range (found by
             // fuzzing: a length below 4 overflowed).
-            (8..=MAX_STARTUP_LEN)
-                .contains(&len)
-                .then(|| (len - 4, len - 4))
+            (8..=MAX_STARTUP_LEN).contains(&len).then(|| (len - 4, len - 4))
         }
     }
 
@@ -620,20 +605,9 @@ fn error_fields(mut b: &[u8]) -> (String, String) {
     (code, msg)
 }
 
-fn emit(
-    st: &State,
-    out: &mut Vec<SqlCall>,
-    p: Pending,
-    end_ns: u64,
-    outcome: SqlOutcome,
-    tag: Option<&str>,
-) {
+fn emit(st: &State, out: &mut Vec<SqlCall>, p: Pending, end_ns: u64, outcome: SqlOutcome, tag: Option<&str>) {
     let query = p.query.unwrap_or_default();
-    let mut info = if query.is_empty() {
-        Default::default()
-    } else {
-        analyze_for(DbSystem::Postgresql, &query)
-    };
+    let mut info = if query.is_empty() { Default::default() } else { analyze_for(DbSystem::Postgresql, &query) };
     if info.operation.is_none() {
         info.operation = tag.and_then(operation_from_tag);
     }
@@ -824,12 +798,8 @@ pub fn looks_like_postgres(first: &[u8], direction: Direction) -> bool {
         // Startup parameters: NUL-separated printable key/value pairs,
         // starting with a known-looking key.
         let body = &first[8..first.len().min(len)];
-        return body
-            .first()
-            .is_some_and(|c| c.is_ascii_lowercase() || *c == b'_')
-            && body
-                .iter()
-                .all(|&c| c == 0 || (0x20..0x7f).contains(&c) || c >= 0x80);
+        return body.first().is_some_and(|c| c.is_ascii_lowercase() || *c == b'_')
+            && body.iter().all(|&c| c == 0 || (0x20..0x7f).contains(&c) || c >= 0x80);
     }
     if first.len() < 6 {
         return false;
@@ -859,9 +829,8 @@ pub fn looks_like_postgres(first: &[u8], direction: Direction) -> bool {
         b'B' => {
             let (portal, rest) = cstr(body);
             let (stmt, rest) = cstr(rest);
-            let names_ok = portal.len() <= 64
-                && stmt.len() <= 64
-                && portal.iter().chain(stmt).all(|c| c.is_ascii_graphic());
+            let names_ok =
+                portal.len() <= 64 && stmt.len() <= 64 && portal.iter().chain(stmt).all(|c| c.is_ascii_graphic());
             // Parameter format code count follows: small.
             names_ok
                 && body.len() >= portal.len() + stmt.len() + 4

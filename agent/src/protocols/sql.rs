@@ -6,8 +6,7 @@
 //! Everything here is pure: text in, values out.
 
 use sqlparser::ast::{
-    CopySource, FromTable, ObjectName, Query, SetExpr, Statement, TableFactor, TableObject,
-    TableWithJoins,
+    CopySource, FromTable, ObjectName, Query, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
 };
 use sqlparser::dialect::{Dialect, GenericDialect, MySqlDialect, PostgreSqlDialect};
 use sqlparser::parser::Parser;
@@ -34,7 +33,6 @@ impl DbSystem {
         }
     }
 }
-
 
 /// How one statement execution ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,10 +225,13 @@ fn analyze_impl(system: Option<DbSystem>, sql: &str) -> SqlInfo {
         Some(DbSystem::Postgresql) => 1,
         Some(DbSystem::Mysql) => 2,
     };
-    let shape = (tag, match system {
-        Some(s) => sanitize_for(s, sql),
-        None => sanitize(sql),
-    });
+    let shape = (
+        tag,
+        match system {
+            Some(s) => sanitize_for(s, sql),
+            None => sanitize(sql),
+        },
+    );
     if let Some(hit) = CACHE.with(|c| c.borrow().get(&shape).cloned()) {
         return hit;
     }
@@ -262,10 +263,7 @@ fn analyze_uncached(system: Option<DbSystem>, sql: &str) -> SqlInfo {
     if !parsed {
         collection = table_from_tokens(&words);
     }
-    SqlInfo {
-        operation,
-        collection,
-    }
+    SqlInfo { operation, collection }
 }
 
 /// Significant token (no whitespace or comments) for the token based
@@ -303,10 +301,7 @@ fn operation_from_tokens(toks: &[STok]) -> Option<String> {
             STok::Punct('(') => depth += 1,
             STok::Punct(')') => depth -= 1,
             STok::Word(_, up) if depth == 0 => {
-                if matches!(
-                    up.as_str(),
-                    "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "VALUES" | "TABLE"
-                ) {
+                if matches!(up.as_str(), "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "VALUES" | "TABLE") {
                     return Some(up.clone());
                 }
             }
@@ -364,10 +359,8 @@ fn table_from_tokens(toks: &[STok]) -> Option<String> {
     let first_kw = toks.iter().find_map(STok::kw);
     for (i, t) in toks.iter().enumerate() {
         let Some(kw) = t.kw() else { continue };
-        let trigger = matches!(
-            kw,
-            "FROM" | "INTO" | "UPDATE" | "TABLE" | "JOIN" | "TRUNCATE"
-        ) || (kw == "COPY" && i == 0)
+        let trigger = matches!(kw, "FROM" | "INTO" | "UPDATE" | "TABLE" | "JOIN" | "TRUNCATE")
+            || (kw == "COPY" && i == 0)
             || (kw == "ON" && first_kw == Some("CREATE"));
         if !trigger {
             continue;
@@ -431,11 +424,7 @@ fn dotted_name(toks: &[STok], mut j: usize) -> Option<String> {
 }
 
 fn object_name(name: &ObjectName) -> Option<String> {
-    let parts: Vec<&str> = name
-        .0
-        .iter()
-        .filter_map(|p| p.as_ident().map(|i| i.value.as_str()))
-        .collect();
+    let parts: Vec<&str> = name.0.iter().filter_map(|p| p.as_ident().map(|i| i.value.as_str())).collect();
     if parts.is_empty() {
         None
     } else {
@@ -497,21 +486,17 @@ fn table_of_setexpr(e: &SetExpr, ctes: &[(String, &Query)], depth: usize) -> Opt
     match e {
         SetExpr::Select(s) => s.from.iter().find_map(|t| table_of_twj(t, ctes, depth + 1)),
         SetExpr::Query(q) => table_of_query(q, ctes, depth + 1),
-        SetExpr::SetOperation { left, right, .. } => table_of_setexpr(left, ctes, depth + 1)
-            .or_else(|| table_of_setexpr(right, ctes, depth + 1)),
-        SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) => {
-            table_of_statement(s, ctes, depth + 1)
+        SetExpr::SetOperation { left, right, .. } => {
+            table_of_setexpr(left, ctes, depth + 1).or_else(|| table_of_setexpr(right, ctes, depth + 1))
         }
+        SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) => table_of_statement(s, ctes, depth + 1),
         _ => None,
     }
 }
 
 fn table_of_twj(t: &TableWithJoins, ctes: &[(String, &Query)], depth: usize) -> Option<String> {
-    table_of_factor(&t.relation, ctes, depth + 1).or_else(|| {
-        t.joins
-            .iter()
-            .find_map(|j| table_of_factor(&j.relation, ctes, depth + 1))
-    })
+    table_of_factor(&t.relation, ctes, depth + 1)
+        .or_else(|| t.joins.iter().find_map(|j| table_of_factor(&j.relation, ctes, depth + 1)))
 }
 
 fn table_of_factor(f: &TableFactor, ctes: &[(String, &Query)], depth: usize) -> Option<String> {
@@ -523,27 +508,20 @@ fn table_of_factor(f: &TableFactor, ctes: &[(String, &Query)], depth: usize) -> 
             if args.is_some() {
                 return None; // table function
             }
-            let single = if name.0.len() == 1 {
-                name.0[0].as_ident()
-            } else {
-                None
-            };
+            let single = if name.0.len() == 1 { name.0[0].as_ident() } else { None };
             if let Some(id) = single {
                 let lower = id.value.to_ascii_lowercase();
                 if let Some((_, q)) = ctes.iter().find(|(n, _)| *n == lower) {
                     // The CTE's own main table; the CTE itself is not
                     // visible to nested lookups of the same name.
-                    let inner: Vec<(String, &Query)> =
-                        ctes.iter().filter(|(n, _)| *n != lower).cloned().collect();
+                    let inner: Vec<(String, &Query)> = ctes.iter().filter(|(n, _)| *n != lower).cloned().collect();
                     return table_of_query(q, &inner, depth + 1);
                 }
             }
             object_name(name)
         }
         TableFactor::Derived { subquery, .. } => table_of_query(subquery, ctes, depth + 1),
-        TableFactor::NestedJoin {
-            table_with_joins, ..
-        } => table_of_twj(table_with_joins, ctes, depth + 1),
+        TableFactor::NestedJoin { table_with_joins, .. } => table_of_twj(table_with_joins, ctes, depth + 1),
         _ => None,
     }
 }
@@ -590,17 +568,13 @@ enum Piece {
 }
 
 fn sanitize_impl(system: Option<DbSystem>, sql: &str) -> String {
-    let pieces = sanitize_with_sqlparser(system, sql)
-        .unwrap_or_else(|| sanitize_by_hand(is_mysql(system), sql));
+    let pieces = sanitize_with_sqlparser(system, sql).unwrap_or_else(|| sanitize_by_hand(is_mysql(system), sql));
     join_pieces(pieces)
 }
 
 fn sanitize_with_sqlparser(system: Option<DbSystem>, sql: &str) -> Option<Vec<Piece>> {
     let dialect = dialect_for(system);
-    let tokens = Tokenizer::new(dialect.as_ref(), sql)
-        .with_unescape(false)
-        .tokenize()
-        .ok()?;
+    let tokens = Tokenizer::new(dialect.as_ref(), sql).with_unescape(false).tokenize().ok()?;
     let mut out = Vec::with_capacity(tokens.len());
     for t in tokens {
         let p = match t {
@@ -657,9 +631,7 @@ fn sanitize_with_sqlparser(system: Option<DbSystem>, sql: &str) -> Option<Vec<Pi
             | Token::Question
             | Token::ShiftLeft
             | Token::ShiftRight) => Piece::Other(t.to_string()),
-            Token::Char(c) if c.is_ascii_punctuation() && c != '\'' && c != '"' => {
-                Piece::Other(c.to_string())
-            }
+            Token::Char(c) if c.is_ascii_punctuation() && c != '\'' && c != '"' => Piece::Other(c.to_string()),
             // Everything else: literals of all kinds, COPY data, custom
             // operators and anything a future sqlparser adds.
             _ => Piece::Literal,
@@ -678,9 +650,7 @@ fn is_placeholder(p: &str) -> bool {
     match head {
         "$" => !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()),
         "?" => rest.bytes().all(|b| b.is_ascii_digit()),
-        ":" | "@" => {
-            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        }
+        ":" | "@" => !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
         _ => false,
     }
 }
@@ -693,9 +663,7 @@ fn sanitize_by_hand(mysql: bool, sql: &str) -> Vec<Piece> {
             match l.kind {
                 LexKind::Ws | LexKind::Comment => Piece::Space,
                 LexKind::Str | LexKind::Number | LexKind::Unterminated => Piece::Literal,
-                LexKind::Word | LexKind::QuotedIdent | LexKind::Placeholder => {
-                    Piece::Operand(text.to_string())
-                }
+                LexKind::Word | LexKind::QuotedIdent | LexKind::Placeholder => Piece::Operand(text.to_string()),
                 LexKind::Punct if text == "-" => Piece::Minus,
                 LexKind::Punct if text == ")" => Piece::Operand(text.to_string()),
                 LexKind::Punct => Piece::Other(text.to_string()),
@@ -717,10 +685,8 @@ fn join_pieces(pieces: Vec<Piece>) -> String {
                 continue;
             }
             Piece::Minus => {
-                let next_lit = pieces[i + 1..]
-                    .iter()
-                    .find(|p| **p != Piece::Space)
-                    .is_some_and(|p| *p == Piece::Literal);
+                let next_lit =
+                    pieces[i + 1..].iter().find(|p| **p != Piece::Space).is_some_and(|p| *p == Piece::Literal);
                 if next_lit && !prev_operand {
                     continue; // unary minus of a literal
                 }
@@ -817,9 +783,7 @@ const SQL_KEYWORDS: &[&str] = &[
 /// whitespace, comments or `(`, then a known keyword; printable throughout.
 pub(crate) fn looks_like_sql_text(b: &[u8]) -> bool {
     let b = &b[..b.len().min(256)];
-    if b.iter()
-        .any(|&c| c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r'))
-    {
+    if b.iter().any(|&c| c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r')) {
         return false;
     }
     let mut i = 0;
@@ -840,11 +804,7 @@ pub(crate) fn looks_like_sql_text(b: &[u8]) -> bool {
             break;
         }
     }
-    let w: Vec<u8> = b[i..]
-        .iter()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .map(u8::to_ascii_uppercase)
-        .collect();
+    let w: Vec<u8> = b[i..].iter().take_while(|c| c.is_ascii_alphabetic()).map(u8::to_ascii_uppercase).collect();
     let next = b.get(i + w.len()).copied();
     let boundary = next.is_none_or(|c| !c.is_ascii_alphanumeric() && c != b'_');
     boundary && SQL_KEYWORDS.iter().any(|k| k.as_bytes() == w.as_slice())

@@ -4,10 +4,7 @@ use crate::model::{Attr, ServiceRef, Signal, Span, SpanKind, SpanStatus};
 use crate::semconv;
 use std::net::SocketAddr;
 
-use super::{
-    clock::Clock,
-    routes::Route,
-};
+use super::{clock::Clock, routes::Route};
 use crate::protocols::http1::Exchange;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -57,13 +54,7 @@ fn host_port(host: &str) -> (&str, Option<u16>) {
     }
 }
 
-pub fn build(
-    ex: &Exchange,
-    ctx: &HttpContext<'_>,
-    route: &Route,
-    clock: &Clock,
-    opts: HttpSpanOptions,
-) -> Span {
+pub fn build(ex: &Exchange, ctx: &HttpContext<'_>, route: &Route, clock: &Clock, opts: HttpSpanOptions) -> Span {
     let method = ex.request.method.as_str();
     let status = ex.response.status;
     let (path, query) = split_target(&ex.request.target);
@@ -155,8 +146,8 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::http1::head::{Headers, RequestHead, ResponseHead};
     use crate::model::{AttrValue, Service};
+    use crate::protocols::http1::head::{Headers, RequestHead, ResponseHead};
     use std::sync::Arc;
 
     fn exchange(target: &str, status: u16, traceparent: Option<&str>) -> Exchange {

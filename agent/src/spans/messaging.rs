@@ -50,9 +50,7 @@ use crate::model::{Attr, ServiceRef, Signal, Span, SpanKind, SpanStatus};
 use crate::semconv;
 use std::net::SocketAddr;
 
-use super::{
-    clock::Clock,
-};
+use super::clock::Clock;
 use crate::protocols::amqp::{ConsumedMessage, Publish, SettleOutcome, Settlement};
 
 pub const SYSTEM: &str = "rabbitmq";
@@ -154,8 +152,6 @@ pub fn build_publish(p: &Publish, ctx: &MessagingContext<'_>, clock: &Clock) -> 
     Span::new(ctx.service, SpanKind::Producer, Signal::MessagingSend, name, start, end, attrs, SpanStatus::Unset)
 }
 
-
-
 /// CONSUMER `process` span (settled) or CLIENT `receive` span (unsettled)
 /// of one delivery (its parent, the message's creation context, is the
 /// context layer's).
@@ -171,7 +167,10 @@ pub fn build_consumed(m: &ConsumedMessage, ctx: &MessagingContext<'_>, clock: &C
     let name = span_name(operation, &destination, is_anonymous);
     common_attrs(&mut attrs, ctx, operation, operation, destination, is_anonymous);
     message_attrs(&mut attrs, &d.routing_key, d.body_size, d.message_id.as_deref(), d.correlation_id.as_deref());
-    attrs.push(Attr::new(semconv::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG, i64::try_from(d.delivery_tag).unwrap_or(i64::MAX)));
+    attrs.push(Attr::new(
+        semconv::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
+        i64::try_from(d.delivery_tag).unwrap_or(i64::MAX),
+    ));
     let mut status = SpanStatus::Unset;
     if let Settlement::Settled { outcome, .. } = &m.settlement {
         let requeue = match outcome {
@@ -186,7 +185,6 @@ pub fn build_consumed(m: &ConsumedMessage, ctx: &MessagingContext<'_>, clock: &C
     let signal = if kind == SpanKind::Consumer { Signal::MessagingProcess } else { Signal::MessagingReceive };
     Span::new(ctx.service, kind, signal, name, clock.to_unix(d.ts_received), clock.to_unix(end_ns), attrs, status)
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -5,4 +5,3 @@ pub mod http;
 pub mod messaging;
 pub mod routes;
 pub mod sql;
-

@@ -97,10 +97,7 @@ fn is_identifier(seg: &str) -> bool {
         return false;
     }
     let all_hex = seg.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-    digits == seg.len()
-        || (all_hex && seg.len() >= 8)
-        || seg.len() >= 16
-        || (seg.len() > 3 && digits * 2 >= seg.len())
+    digits == seg.len() || (all_hex && seg.len() >= 8) || seg.len() >= 16 || (seg.len() > 3 && digits * 2 >= seg.len())
 }
 
 /// The heuristic low-cardinality form of a path.
@@ -129,7 +126,12 @@ pub struct RouterConfig {
 impl RouterConfig {
     /// `patterns` (`/users/{id}`, `/static/**`) name routes, `ignored` paths
     /// make no span; every pattern must start with `/`.
-    pub fn new(patterns: &[String], ignored: &[String], unmatched: Unmatched, max_routes: usize) -> Result<Self, String> {
+    pub fn new(
+        patterns: &[String],
+        ignored: &[String],
+        unmatched: Unmatched,
+        max_routes: usize,
+    ) -> Result<Self, String> {
         Ok(Self {
             patterns: patterns.iter().map(|p| Pattern::parse(p)).collect::<Result<_, _>>()?,
             ignored: ignored.iter().map(|p| Pattern::parse(p)).collect::<Result<_, _>>()?,
@@ -175,7 +177,12 @@ impl Router {
     }
 
     /// Validates the options and builds the router (see [`RouterConfig::new`]).
-    pub fn new(patterns: &[String], ignored: &[String], unmatched: Unmatched, max_routes: usize) -> Result<Self, String> {
+    pub fn new(
+        patterns: &[String],
+        ignored: &[String],
+        unmatched: Unmatched,
+        max_routes: usize,
+    ) -> Result<Self, String> {
         RouterConfig::new(patterns, ignored, unmatched, max_routes).map(Self::from_config)
     }
 
@@ -232,13 +239,9 @@ mod tests {
 
     #[test]
     fn patterns_win_and_ignored_paths_vanish() {
-        let mut r = Router::new(
-            &["/users/{id}".into(), "/static/**".into()],
-            &["/health".into()],
-            Unmatched::Heuristic,
-            10,
-        )
-        .unwrap();
+        let mut r =
+            Router::new(&["/users/{id}".into(), "/static/**".into()], &["/health".into()], Unmatched::Heuristic, 10)
+                .unwrap();
         assert_eq!(r.route("s", "/users/abc"), Route::Some("/users/{id}".into()));
         assert_eq!(r.route("s", "/users/abc/x"), Route::Some("/users/abc/x".into()));
         assert_eq!(r.route("s", "/static/css/site.css"), Route::Some("/static/**".into()));

@@ -4,9 +4,7 @@ use crate::model::{Attr, ServiceRef, Signal, Span, SpanKind, SpanStatus};
 use crate::semconv;
 use std::net::SocketAddr;
 
-use super::{
-    clock::Clock,
-};
+use super::clock::Clock;
 use crate::protocols::sql::{sanitize_for, SqlCall, SqlOutcome};
 
 #[derive(Clone, Copy, Debug)]
@@ -35,12 +33,63 @@ pub struct SqlContext<'a> {
 /// Statement keywords accepted as db.operation.name. Anything else (a typo,
 /// garbage) would mint span names and metric series at will.
 const OPERATIONS: &[&str] = &[
-    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "REPLACE", "CREATE", "DROP", "ALTER",
-    "TRUNCATE", "BEGIN", "START", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "SET", "SHOW", "USE",
-    "CALL", "EXEC", "EXECUTE", "PREPARE", "DEALLOCATE", "COPY", "LOCK", "UNLOCK", "GRANT", "REVOKE",
-    "EXPLAIN", "ANALYZE", "VACUUM", "WITH", "VALUES", "LISTEN", "NOTIFY", "UNLISTEN", "DECLARE",
-    "FETCH", "CLOSE", "MOVE", "DISCARD", "RESET", "CHECKPOINT", "REINDEX", "CLUSTER", "COMMENT", "DO",
-    "LOAD", "HANDLER", "DESCRIBE", "DESC", "OPTIMIZE", "REFRESH", "TABLE", "RENAME",
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "MERGE",
+    "UPSERT",
+    "REPLACE",
+    "CREATE",
+    "DROP",
+    "ALTER",
+    "TRUNCATE",
+    "BEGIN",
+    "START",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "SET",
+    "SHOW",
+    "USE",
+    "CALL",
+    "EXEC",
+    "EXECUTE",
+    "PREPARE",
+    "DEALLOCATE",
+    "COPY",
+    "LOCK",
+    "UNLOCK",
+    "GRANT",
+    "REVOKE",
+    "EXPLAIN",
+    "ANALYZE",
+    "VACUUM",
+    "WITH",
+    "VALUES",
+    "LISTEN",
+    "NOTIFY",
+    "UNLISTEN",
+    "DECLARE",
+    "FETCH",
+    "CLOSE",
+    "MOVE",
+    "DISCARD",
+    "RESET",
+    "CHECKPOINT",
+    "REINDEX",
+    "CLUSTER",
+    "COMMENT",
+    "DO",
+    "LOAD",
+    "HANDLER",
+    "DESCRIBE",
+    "DESC",
+    "OPTIMIZE",
+    "REFRESH",
+    "TABLE",
+    "RENAME",
 ];
 
 /// The call's operation, if it is a known statement keyword.
@@ -96,7 +145,11 @@ pub fn build(call: &SqlCall, ctx: &SqlContext<'_>, clock: &Clock, opts: SqlSpanO
             attrs.push(Attr::new(semconv::DB_RESPONSE_STATUS_CODE, code.as_str()));
             attrs.push(Attr::new(semconv::ERROR_TYPE, code.as_str()));
             // Server messages quote values ("Duplicate entry 'bob'"): redact them too.
-            status = SpanStatus::Error(if opts.query_text_literals { message.clone() } else { sanitize_for(call.system, message) });
+            status = SpanStatus::Error(if opts.query_text_literals {
+                message.clone()
+            } else {
+                sanitize_for(call.system, message)
+            });
         }
     }
     if opts.old_semconv {
@@ -122,8 +175,8 @@ pub fn build(call: &SqlCall, ctx: &SqlContext<'_>, clock: &Clock, opts: SqlSpanO
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::sql::DbSystem;
     use crate::model::{AttrValue, Service};
+    use crate::protocols::sql::DbSystem;
     use std::sync::Arc;
 
     fn call(outcome: SqlOutcome) -> SqlCall {
@@ -153,8 +206,14 @@ mod tests {
             remote: "127.0.0.1:5432".parse().unwrap(),
             server_side: false,
         };
-        let failed = SqlOutcome::Error { code: "42P01".into(), message: "relation does not exist".into(), mysql_errno: None };
-        let span = build(&call(failed), &ctx, &Clock::with_offset(0), SqlSpanOptions { query_text: true, old_semconv: true, query_text_literals: false });
+        let failed =
+            SqlOutcome::Error { code: "42P01".into(), message: "relation does not exist".into(), mysql_errno: None };
+        let span = build(
+            &call(failed),
+            &ctx,
+            &Clock::with_offset(0),
+            SqlSpanOptions { query_text: true, old_semconv: true, query_text_literals: false },
+        );
         assert_eq!(span.name, "SELECT unicorn");
         assert_eq!(span.kind, SpanKind::Client);
         let text = span.attr("db.query.text").unwrap().to_string();
@@ -165,7 +224,12 @@ mod tests {
         assert_eq!(span.attr("server.port"), Some(&AttrValue::Int(5432)));
         assert!(matches!(span.status, SpanStatus::Error(_)));
         assert_eq!((span.start_unix_nanos, span.end_unix_nanos), (100, 350));
-        let quiet = build(&call(SqlOutcome::Ok { rows: Some(1) }), &ctx, &Clock::with_offset(0), SqlSpanOptions { query_text: false, ..SqlSpanOptions::default() });
+        let quiet = build(
+            &call(SqlOutcome::Ok { rows: Some(1) }),
+            &ctx,
+            &Clock::with_offset(0),
+            SqlSpanOptions { query_text: false, ..SqlSpanOptions::default() },
+        );
         assert!(quiet.attr("db.query.text").is_none() && quiet.attr("db.statement").is_none());
     }
 
@@ -178,7 +242,11 @@ mod tests {
             remote: "127.0.0.1:3306".parse().unwrap(),
             server_side: false,
         };
-        let dup = SqlOutcome::Error { code: "23000".into(), message: "Duplicate entry 'bob' for key 'name'".into(), mysql_errno: Some(1062) };
+        let dup = SqlOutcome::Error {
+            code: "23000".into(),
+            message: "Duplicate entry 'bob' for key 'name'".into(),
+            mysql_errno: Some(1062),
+        };
         let span = build(&call(dup), &ctx, &Clock::with_offset(0), SqlSpanOptions::default());
         let SpanStatus::Error(msg) = &span.status else { panic!() };
         assert!(!msg.contains("bob") && msg.contains("Duplicate entry"), "{msg}");

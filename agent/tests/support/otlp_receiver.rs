@@ -209,9 +209,7 @@ impl MetricsService for Grpc {
 }
 
 fn http_headers(h: &HeaderMap) -> HashMap<String, String> {
-    h.iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect()
+    h.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect()
 }
 
 fn protobuf(status: StatusCode, body: Vec<u8>) -> Response {

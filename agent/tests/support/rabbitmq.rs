@@ -179,9 +179,7 @@ impl RabbitMq {
 /// Environment shared by the server and rabbitmqctl: the node's home (its
 /// Erlang cookie) and an empty env file instead of /etc/rabbitmq's.
 fn env<'a>(cmd: &'a mut Command, dir: &Path, node: &str) -> &'a mut Command {
-    cmd.env("HOME", dir)
-        .env("RABBITMQ_NODENAME", node)
-        .env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"))
+    cmd.env("HOME", dir).env("RABBITMQ_NODENAME", node).env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"))
 }
 
 fn chown_tree(dir: &Path, uid: u32, gid: u32) {

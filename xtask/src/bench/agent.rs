@@ -107,7 +107,10 @@ impl Agent {
         let start = Instant::now();
         loop {
             if let Some(status) = agent.child.try_wait()? {
-                bail!("periscope exited during startup ({status}); log: {}", std::fs::read_to_string(log).unwrap_or_default());
+                bail!(
+                    "periscope exited during startup ({status}); log: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
             }
             if http_get(prom_port, "/healthz").is_ok() {
                 break;
@@ -152,8 +155,9 @@ impl Agent {
 
     pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
         let at = Instant::now();
-        let progs: Value = serde_json::from_str(&crate::cmd::read(&mut crate::cmd::cmd("bpftool", ["prog", "show", "-j"])))
-            .context("parsing `bpftool prog show -j`")?;
+        let progs: Value =
+            serde_json::from_str(&crate::cmd::read(&mut crate::cmd::cmd("bpftool", ["prog", "show", "-j"])))
+                .context("parsing `bpftool prog show -j`")?;
         let mut bpf = BTreeMap::new();
         for p in progs.as_array().into_iter().flatten() {
             let Some(id) = p.get("id").and_then(Value::as_u64) else { continue };
@@ -254,10 +258,8 @@ pub fn prog_ids_of(pid: u32) -> HashSet<u32> {
     if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
         for fd in fds.flatten() {
             if let Ok(info) = std::fs::read_to_string(fd.path()) {
-                if let Some(id) = info
-                    .lines()
-                    .find_map(|l| l.strip_prefix("prog_id:"))
-                    .and_then(|v| v.trim().parse::<u32>().ok())
+                if let Some(id) =
+                    info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse::<u32>().ok())
                 {
                     ids.insert(id);
                 }

@@ -97,11 +97,8 @@ pub fn parse_pgbench(summary: &str, logs: &[String]) -> anyhow::Result<LoadResul
             r.rate = v.split_whitespace().next().unwrap_or("0").parse()?;
         }
     }
-    let mut lat: Vec<u64> = logs
-        .iter()
-        .flat_map(|l| l.lines())
-        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
-        .collect();
+    let mut lat: Vec<u64> =
+        logs.iter().flat_map(|l| l.lines()).filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()).collect();
     lat.sort_unstable();
     if r.requests == 0 || lat.is_empty() {
         bail!("pgbench completed no transaction:\n{summary}");
@@ -116,7 +113,13 @@ pub fn parse_pgbench(summary: &str, logs: &[String]) -> anyhow::Result<LoadResul
 /// measured from the due time (so a server or generator that falls behind
 /// shows up in the latency, like wrk2's coordinated-omission correction) and,
 /// separately, from the actual send (service time).
-pub fn fixed_rate(port: u16, rate: f64, conns: usize, dur: Duration, stop: Arc<AtomicBool>) -> anyhow::Result<LoadResult> {
+pub fn fixed_rate(
+    port: u16,
+    rate: f64,
+    conns: usize,
+    dur: Duration,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<LoadResult> {
     let request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: periscope-bench\r\n\r\n";
     let t0 = Instant::now() + Duration::from_millis(50);
     let interval = Duration::from_secs_f64(conns as f64 / rate);

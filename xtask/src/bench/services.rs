@@ -130,7 +130,13 @@ fn as_postgres(cmd: &Path, args: &[&str]) -> anyhow::Result<String> {
         .output()
         .with_context(|| format!("running {}", cmd.display()))?;
     if !out.status.success() {
-        bail!("{} {:?} failed: {}{}", cmd.display(), args, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{} {:?} failed: {}{}",
+            cmd.display(),
+            args,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -157,7 +163,19 @@ impl Postgres {
             &["-D", &d, "-l", root.join("log").to_str().unwrap(), "-o", &opts, "-w", "-t", "60", "start"],
         )?;
         let out = Command::new(bindir.join("pgbench"))
-            .args(["-i", "-q", "-s", &scale.to_string(), "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "postgres"])
+            .args([
+                "-i",
+                "-q",
+                "-s",
+                &scale.to_string(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "postgres",
+            ])
             .stdin(Stdio::null())
             .output()
             .context("pgbench -i")?;
@@ -174,6 +192,9 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = as_postgres(&self.bindir.join("pg_ctl"), &["-D", self.data.to_str().unwrap_or(""), "-m", "fast", "-w", "stop"]);
+        let _ = as_postgres(
+            &self.bindir.join("pg_ctl"),
+            &["-D", self.data.to_str().unwrap_or(""), "-m", "fast", "-w", "stop"],
+        );
     }
 }

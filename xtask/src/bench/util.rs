@@ -84,10 +84,7 @@ pub fn children(pid: u32) -> Vec<u32> {
 
 /// 1-minute load average.
 pub fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0.0)
 }
 
 pub fn send_signal(pid: u32, sig: i32) {
@@ -119,7 +116,8 @@ mod tests {
 
     #[test]
     fn prom_and_stats() {
-        let t = "# HELP x\nperiscope_a_total 3\nperiscope_a_total_more 9\nperiscope_b{x=\"1\"} 2\nperiscope_b{x=\"2\"} 5\n";
+        let t =
+            "# HELP x\nperiscope_a_total 3\nperiscope_a_total_more 9\nperiscope_b{x=\"1\"} 2\nperiscope_b{x=\"2\"} 5\n";
         assert_eq!(prom_value(t, "periscope_a_total"), 3.0);
         assert_eq!(prom_value(t, "periscope_b"), 7.0);
         assert_eq!(median([3.0, 1.0, 2.0]), Some(2.0));

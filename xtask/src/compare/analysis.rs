@@ -121,24 +121,28 @@ pub fn analyze(sdk: Vec<Span>, periscope: Vec<Span>, window: (u64, u64)) -> Anal
         let same_id = sdk_by_id.get(&p.id).copied().filter(|&si| !taken[si] && cands.contains(&si));
         let best = same_id.or_else(|| {
             cands
-            .iter()
-            .copied()
-            .filter(|&si| !taken[si])
-            .filter(|&si| {
-                let s = &sdk[si];
-                if sql {
-                    s.start <= p.start + SLACK_NS && p.end <= s.end + SLACK_NS && s.end.abs_diff(p.end) <= MAX_START_GAP_NS
-                } else {
-                    s.start < p.end + SLACK_NS && p.start < s.end + SLACK_NS && s.start.abs_diff(p.start) <= MAX_START_GAP_NS
-                }
-            })
-            .min_by_key(|&si| {
-                if sql {
-                    sdk[si].end.abs_diff(p.end)
-                } else {
-                    sdk[si].start.abs_diff(p.start) + sdk[si].end.abs_diff(p.end)
-                }
-            })
+                .iter()
+                .copied()
+                .filter(|&si| !taken[si])
+                .filter(|&si| {
+                    let s = &sdk[si];
+                    if sql {
+                        s.start <= p.start + SLACK_NS
+                            && p.end <= s.end + SLACK_NS
+                            && s.end.abs_diff(p.end) <= MAX_START_GAP_NS
+                    } else {
+                        s.start < p.end + SLACK_NS
+                            && p.start < s.end + SLACK_NS
+                            && s.start.abs_diff(p.start) <= MAX_START_GAP_NS
+                    }
+                })
+                .min_by_key(|&si| {
+                    if sql {
+                        sdk[si].end.abs_diff(p.end)
+                    } else {
+                        sdk[si].start.abs_diff(p.start) + sdk[si].end.abs_diff(p.end)
+                    }
+                })
         });
         if let Some(si) = best {
             taken[si] = true;
@@ -163,7 +167,11 @@ pub fn analyze(sdk: Vec<Span>, periscope: Vec<Span>, window: (u64, u64)) -> Anal
                 row.sdk.push(i);
                 row.attrs_sdk.extend(s.attrs.keys().cloned());
             }
-            None => *a.sdk_unclassified.entry(format!("{} {} {}", s.service, super::spans::kind_name(s.kind), s.name)).or_default() += 1,
+            None => {
+                *a.sdk_unclassified
+                    .entry(format!("{} {} {}", s.service, super::spans::kind_name(s.kind), s.name))
+                    .or_default() += 1
+            }
         }
     }
     for (pi, p) in periscope.iter().enumerate().filter(|(_, s)| in_window(s, window)) {
@@ -179,7 +187,9 @@ pub fn analyze(sdk: Vec<Span>, periscope: Vec<Span>, window: (u64, u64)) -> Anal
             }
         }
         let Some(c) = &p.class else {
-            *a.periscope_unclassified.entry(format!("{} {} {}", p.service, super::spans::kind_name(p.kind), p.name)).or_default() += 1;
+            *a.periscope_unclassified
+                .entry(format!("{} {} {}", p.service, super::spans::kind_name(p.kind), p.name))
+                .or_default() += 1;
             continue;
         };
         let row = a.rows.entry(c.group.clone()).or_default();
@@ -248,7 +258,8 @@ impl Analysis {
 
     /// Median of periscope duration minus SDK duration over the pairs.
     pub fn paired_delta_ms(&self, row: &Row) -> Option<f64> {
-        let d: Vec<f64> = row.pairs.iter().map(|&(p, s)| self.periscope[p].duration_ms() - self.sdk[s].duration_ms()).collect();
+        let d: Vec<f64> =
+            row.pairs.iter().map(|&(p, s)| self.periscope[p].duration_ms() - self.sdk[s].duration_ms()).collect();
         percentile(&d, 50.0)
     }
 }
@@ -310,13 +321,12 @@ mod tests {
 
     #[test]
     fn sdk_written_traceparent_and_window() {
-        let sdk = vec![span(50, None, CLIENT, 0, 10_000, &[("http.method", "GET"), ("http.url", "http://h:4000/unicorn")])];
+        let sdk =
+            vec![span(50, None, CLIENT, 0, 10_000, &[("http.method", "GET"), ("http.url", "http://h:4000/unicorn")])];
         // periscope's server span took the SDK client span as parent; it has no
         // counterpart (no SDK server span), so it counts only as a header parent.
-        let p = vec![
-            span(1, Some(50), SERVER, 1_000, 9_000, GET),
-            span(2, None, SERVER, 500_000_000, 500_000_100, GET),
-        ];
+        let p =
+            vec![span(1, Some(50), SERVER, 1_000, 9_000, GET), span(2, None, SERVER, 500_000_000, 500_000_100, GET)];
         let a = analyze(sdk, p, (0, 400_000_000));
         assert_eq!(a.sdk_header_parents, 1);
         assert_eq!(a.sdk_header_same_trace, 1);

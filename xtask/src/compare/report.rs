@@ -76,7 +76,11 @@ pub fn summary(a: &Analysis) -> String {
             .filter(|(_, r)| if sdk { r.periscope.is_empty() } else { r.sdk.is_empty() })
             .map(|(g, r)| format!("{g} ({})", if sdk { r.sdk.len() } else { r.periscope.len() }))
             .collect();
-        if v.is_empty() { "none".to_owned() } else { v.join("; ") }
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join("; ")
+        }
     };
     let _ = writeln!(m, "* Only the SDK: {}.", only(true));
     let _ = writeln!(m, "* Only periscope: {}.", only(false));
@@ -156,8 +160,10 @@ pub fn tables(a: &Analysis) -> String {
     let _ = writeln!(m, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for (group, row) in &a.rows {
         let (ds, dp) = (a.durations(row, Side::Sdk), a.durations(row, Side::Periscope));
-        let (s50, p50, s95, p95) = (percentile(&ds, 50.0), percentile(&dp, 50.0), percentile(&ds, 95.0), percentile(&dp, 95.0));
-        let status = if row.pairs.is_empty() { "-".to_owned() } else { format!("{}/{}", row.status_agree, row.pairs.len()) };
+        let (s50, p50, s95, p95) =
+            (percentile(&ds, 50.0), percentile(&dp, 50.0), percentile(&ds, 95.0), percentile(&dp, 95.0));
+        let status =
+            if row.pairs.is_empty() { "-".to_owned() } else { format!("{}/{}", row.status_agree, row.pairs.len()) };
         let _ = writeln!(
             m,
             "| {group} | {} | {} | {} | {status} | {} | {} | {} | {} | {} | {} | {} |",
@@ -207,7 +213,10 @@ pub fn tables(a: &Analysis) -> String {
 
     let _ = writeln!(m, "\n## Attributes one side has and the other lacks\n");
     let _ = writeln!(m, "Attribute names seen on any span of the row (periscope runs with `OTEL_SEMCONV_STABILITY_OPT_IN=http/dup,database/dup`, so it emits old and new names).\n");
-    let _ = writeln!(m, "| row | only SDK | only periscope | same name, different value (pairs; first example SDK → periscope) |");
+    let _ = writeln!(
+        m,
+        "| row | only SDK | only periscope | same name, different value (pairs; first example SDK → periscope) |"
+    );
     let _ = writeln!(m, "|---|---|---|---|");
     for (group, row) in a.rows.iter().filter(|(_, r)| !r.sdk.is_empty() && !r.periscope.is_empty()) {
         let only_s = row.attrs_sdk.difference(&row.attrs_periscope).cloned().collect();
@@ -264,7 +273,10 @@ pub fn chart(a: &Analysis, path: &Path) -> anyhow::Result<()> {
     let (lo, hi) = if lo <= hi { ((lo * 0.8).max(0.01), hi * 1.25) } else { (0.01, 10.0) };
     let n = rows.len().max(1) as f64;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Span durations (ms, log scale): SDK (blue) vs periscope (orange); box p25-p75, line p50, whiskers p5-p95", ("sans-serif", 20))
+        .caption(
+            "Span durations (ms, log scale): SDK (blue) vs periscope (orange); box p25-p75, line p50, whiskers p5-p95",
+            ("sans-serif", 20),
+        )
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(460)
@@ -292,7 +304,8 @@ pub fn chart(a: &Analysis, path: &Path) -> anyhow::Result<()> {
         for (side, offset, color) in [(Side::Sdk, 0.55, sdk_color), (Side::Periscope, 0.15, p_color)] {
             let d = a.durations(row, side);
             let q = |p: f64| percentile(&d, p);
-            let (Some(p5), Some(p25), Some(p50), Some(p75), Some(p95)) = (q(5.0), q(25.0), q(50.0), q(75.0), q(95.0)) else {
+            let (Some(p5), Some(p25), Some(p50), Some(p75), Some(p95)) = (q(5.0), q(25.0), q(50.0), q(75.0), q(95.0))
+            else {
                 continue;
             };
             let (y0, y1) = (base + offset, base + offset + 0.3);
@@ -318,7 +331,8 @@ pub fn chart(a: &Analysis, path: &Path) -> anyhow::Result<()> {
 /// font lookup): DejaVu Sans from Debian's fonts-dejavu-core.
 fn register_font() -> anyhow::Result<()> {
     const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-    let bytes = std::fs::read(FONT).with_context(|| format!("reading {FONT} (cargo xtask deps installs fonts-dejavu-core)"))?;
+    let bytes =
+        std::fs::read(FONT).with_context(|| format!("reading {FONT} (cargo xtask deps installs fonts-dejavu-core)"))?;
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
         .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))?;

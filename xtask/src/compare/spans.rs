@@ -158,7 +158,8 @@ fn url_port(v: &str) -> Option<String> {
 
 /// Operation and table of a SQL text: `SELECT name from unicorn` -> (SELECT, unicorn).
 pub fn sql_op_table(sql: &str) -> (String, String) {
-    let words: Vec<&str> = sql.split(|c: char| c.is_whitespace() || c == '(' || c == ';').filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> =
+        sql.split(|c: char| c.is_whitespace() || c == '(' || c == ';').filter(|w| !w.is_empty()).collect();
     let op = words.first().map(|w| w.to_ascii_uppercase()).unwrap_or_default();
     let after = |kw: &str| {
         words.iter().position(|w| w.eq_ignore_ascii_case(kw)).and_then(|i| {
@@ -245,8 +246,14 @@ mod tests {
         let p = span(SERVER, &[("http.request.method", "GET"), ("url.path", "/unicorn"), ("http.route", "/unicorn")]);
         assert_eq!(classify(&sdk), classify(&p));
         assert_eq!(classify(&p).unwrap().group, "svc SERVER GET /{beast}");
-        let sdk_client = span(CLIENT, &[("http.method", "POST"), ("http.url", "http://127.0.0.1:4000/owlbear"), ("net.peer.port", "4000")]);
-        let p_client = span(CLIENT, &[("http.request.method", "POST"), ("url.full", "http://127.0.0.1:4000/owlbear"), ("server.port", "4000")]);
+        let sdk_client = span(
+            CLIENT,
+            &[("http.method", "POST"), ("http.url", "http://127.0.0.1:4000/owlbear"), ("net.peer.port", "4000")],
+        );
+        let p_client = span(
+            CLIENT,
+            &[("http.request.method", "POST"), ("url.full", "http://127.0.0.1:4000/owlbear"), ("server.port", "4000")],
+        );
         assert_eq!(classify(&sdk_client), classify(&p_client));
         assert_eq!(classify(&p_client).unwrap().key, "svc CLIENT POST /owlbear :4000");
     }
@@ -266,7 +273,14 @@ mod tests {
 
     #[test]
     fn messaging_and_internal() {
-        let p = span(PRODUCER, &[("messaging.system", "rabbitmq"), ("messaging.destination", ""), ("messaging.rabbitmq.routing_key", "messages")]);
+        let p = span(
+            PRODUCER,
+            &[
+                ("messaging.system", "rabbitmq"),
+                ("messaging.destination", ""),
+                ("messaging.rabbitmq.routing_key", "messages"),
+            ],
+        );
         assert_eq!(classify(&p).unwrap().group, "svc PRODUCER amqp messages");
         assert_eq!(classify(&span(1, &[("express.type", "middleware")])), None);
     }

@@ -76,11 +76,10 @@ fn bad_values_name_the_variable() {
     assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
     let e = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")]).unwrap_err();
     assert!(e.to_string().contains("TLS"), "{e}");
-    let e = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_METRIC_EXPORT_INTERVAL", "10s")])
-        .unwrap_err();
+    let e =
+        cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_METRIC_EXPORT_INTERVAL", "10s")]).unwrap_err();
     assert!(e.to_string().contains("OTEL_METRIC_EXPORT_INTERVAL"), "{e}");
-    let e = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "-1")])
-        .unwrap_err();
+    let e = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "-1")]).unwrap_err();
     assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_TIMEOUT"), "{e}");
     let e = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")])
         .unwrap_err();

@@ -424,7 +424,11 @@ mod tests {
             ("server".into(), "postgresql".into()),
             ("connection_type".into(), "database".into()),
         ]));
-        for n in ["traces_service_graph_request_failed_total", "traces_service_graph_request_client_seconds", "traces_service_graph_request_server_seconds"] {
+        for n in [
+            "traces_service_graph_request_failed_total",
+            "traces_service_graph_request_client_seconds",
+            "traces_service_graph_request_server_seconds",
+        ] {
             find(n);
         }
         // Items counted for the exporter include the sums' points.

@@ -159,7 +159,11 @@ pub fn spawn_trace_exporter(cfg: &OtlpConfig, telemetry: Arc<Telemetry>) -> Resu
         tx,
         telemetry,
         outbox,
-        tasks: Arc::new(Mutex::new(Tasks { shutdown: Some(shutdown_tx), batcher: Some(batcher), sender: Some(sender) })),
+        tasks: Arc::new(Mutex::new(Tasks {
+            shutdown: Some(shutdown_tx),
+            batcher: Some(batcher),
+            sender: Some(sender),
+        })),
     })
 }
 

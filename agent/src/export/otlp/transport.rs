@@ -78,8 +78,8 @@ impl Transport {
                 for (k, v) in &cfg.headers {
                     let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
                         .map_err(|e| bad(format!("header {k:?}: {e}")))?;
-                    let value = reqwest::header::HeaderValue::from_str(v)
-                        .map_err(|e| bad(format!("header {k:?}: {e}")))?;
+                    let value =
+                        reqwest::header::HeaderValue::from_str(v).map_err(|e| bad(format!("header {k:?}: {e}")))?;
                     headers.insert(name, value);
                 }
                 let client = reqwest::Client::builder()

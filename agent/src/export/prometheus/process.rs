@@ -63,7 +63,11 @@ pub fn append(out: &mut String) {
         "Resident memory size in bytes.",
         stat.as_ref().filter(|_| page > 0).map(|s| (s.rss_pages * page as u64) as f64),
     );
-    family("process_virtual_memory_bytes", "Virtual memory size in bytes.", stat.as_ref().map(|s| s.vsize_bytes as f64));
+    family(
+        "process_virtual_memory_bytes",
+        "Virtual memory size in bytes.",
+        stat.as_ref().map(|s| s.vsize_bytes as f64),
+    );
     family("process_open_fds", "Open file descriptors.", fds);
     family(
         "process_start_time_seconds",
@@ -83,7 +87,13 @@ mod tests {
                     98123 31563776 2890 18446744073709551615 1 1 0 0 0 0 0 4096 17663 0 0 0 17 1 0 0 0 0 0";
         assert_eq!(
             parse_self_stat(line),
-            Some(SelfStat { utime_ticks: 153, stime_ticks: 47, start_ticks: 98123, vsize_bytes: 31563776, rss_pages: 2890 })
+            Some(SelfStat {
+                utime_ticks: 153,
+                stime_ticks: 47,
+                start_ticks: 98123,
+                vsize_bytes: 31563776,
+                rss_pages: 2890
+            })
         );
         assert_eq!(parse_self_stat("4242 (x) S 1"), None);
         assert_eq!(parse_boot_time("cpu  1 2 3\nintr 5\nbtime 1732425600\nprocesses 9\n"), Some(1732425600));

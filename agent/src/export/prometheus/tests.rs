@@ -3,8 +3,8 @@ use std::collections::{BTreeMap, HashMap};
 use super::*;
 use crate::{
     metrics::MetricsConfig,
-    telemetry::Counter,
     model::{Attr, ServiceRef, Span, SpanId, SpanKind, SpanStatus, TraceId},
+    telemetry::Counter,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -164,10 +164,7 @@ fn histograms_parse_back_cumulative_with_count_equal_to_inf_bucket() {
         assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "cumulative in {name}");
         let inf = buckets.last().unwrap();
         assert_eq!(inf.0, f64::INFINITY);
-        let count = samples
-            .iter()
-            .find(|s| s.name == format!("{name}_count") && &s.labels == labels)
-            .expect("_count");
+        let count = samples.iter().find(|s| s.name == format!("{name}_count") && &s.labels == labels).expect("_count");
         assert_eq!(count.value, inf.1, "_count = +Inf bucket for {name}");
         assert!(samples.iter().any(|s| s.name == format!("{name}_sum") && &s.labels == labels));
     }
@@ -224,7 +221,10 @@ fn families_are_contiguous_and_typed_before_samples() {
         let family = typed
             .iter()
             .rev()
-            .find(|f| name == f.as_str() || name.strip_prefix(f.as_str()).is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s)))
+            .find(|f| {
+                name == f.as_str()
+                    || name.strip_prefix(f.as_str()).is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))
+            })
             .unwrap_or_else(|| panic!("sample {name} before its TYPE"))
             .clone();
         if seen_families.last() != Some(&family) {
@@ -247,10 +247,7 @@ fn target_info_and_agent_counters() {
     let c = samples.iter().find(|s| s.name == "periscope_spans_produced_total").unwrap();
     assert_eq!(c.value, 42.0);
     assert!(c.labels.is_empty());
-    assert_eq!(
-        samples.iter().filter(|s| s.name.starts_with("periscope_")).count(),
-        Counter::ALL.len()
-    );
+    assert_eq!(samples.iter().filter(|s| s.name.starts_with("periscope_")).count(), Counter::ALL.len());
 }
 
 #[test]
@@ -325,7 +322,12 @@ fn trace_metrics_text() -> String {
         m.record_span(&client);
         m.record_span(&server);
     }
-    let mut db = span(&server_a, SpanKind::Client, 2, vec![Attr::new("db.system.name", "postgresql"), Attr::new("db.namespace", "postgres")]);
+    let mut db = span(
+        &server_a,
+        SpanKind::Client,
+        2,
+        vec![Attr::new("db.system.name", "postgresql"), Attr::new("db.namespace", "postgres")],
+    );
     db.status = SpanStatus::Error("23502".into());
     m.record_span(&db);
     render(&m.snapshot(), &t.snapshot())
@@ -367,17 +369,29 @@ fn span_metrics_and_service_graph_render_with_tempo_names() {
 
     let les: Vec<&str> = samples
         .iter()
-        .filter(|s| s.name == "traces_spanmetrics_latency_bucket" && s.labels["instance"] == "srv-a" && s.labels["span_kind"] == "SPAN_KIND_SERVER")
+        .filter(|s| {
+            s.name == "traces_spanmetrics_latency_bucket"
+                && s.labels["instance"] == "srv-a"
+                && s.labels["span_kind"] == "SPAN_KIND_SERVER"
+        })
         .map(|s| s.labels["le"].as_str())
         .collect();
     assert_eq!(
         les,
-        ["0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256", "0.512", "1.024", "2.048", "4.096", "8.192", "16.384", "+Inf"]
+        [
+            "0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256", "0.512", "1.024", "2.048", "4.096",
+            "8.192", "16.384", "+Inf"
+        ]
     );
     let bucket = |le: &str| {
         samples
             .iter()
-            .find(|s| s.name == "traces_spanmetrics_latency_bucket" && s.labels["instance"] == "srv-a" && s.labels["span_kind"] == "SPAN_KIND_SERVER" && s.labels["le"] == le)
+            .find(|s| {
+                s.name == "traces_spanmetrics_latency_bucket"
+                    && s.labels["instance"] == "srv-a"
+                    && s.labels["span_kind"] == "SPAN_KIND_SERVER"
+                    && s.labels["le"] == le
+            })
             .unwrap()
             .value
     };
@@ -401,7 +415,10 @@ fn span_metrics_and_service_graph_render_with_tempo_names() {
     assert_eq!(total.labels["connection_type"], "");
     assert_eq!(total.labels["instance"], "req-1", "held by the client's instance");
     assert_eq!(edge("traces_service_graph_request_failed_total", "mythical-requester", "mythical-server").value, 0.0);
-    assert_eq!(edge("traces_service_graph_request_server_seconds_count", "mythical-requester", "mythical-server").value, 3.0);
+    assert_eq!(
+        edge("traces_service_graph_request_server_seconds_count", "mythical-requester", "mythical-server").value,
+        3.0
+    );
     let db = edge("traces_service_graph_request_total", "mythical-server", "postgres");
     assert_eq!((db.value, db.labels["connection_type"].as_str()), (1.0, "database"));
     assert_eq!(edge("traces_service_graph_request_failed_total", "mythical-server", "postgres").value, 1.0);

@@ -46,7 +46,12 @@ impl std::fmt::Debug for AmqpConnection {
 
 impl AmqpConnection {
     pub fn new(side: Side) -> Self {
-        Self { session: AmqpSession::new(side), deliveries: Deliveries::new(), events: Vec::new(), consumed: Vec::new() }
+        Self {
+            session: AmqpSession::new(side),
+            deliveries: Deliveries::new(),
+            events: Vec::new(),
+            consumed: Vec::new(),
+        }
     }
 
     pub fn stats(&self) -> &AmqpStats {
@@ -72,7 +77,9 @@ impl AmqpConnection {
                     self.deliveries.on_delivery(d, &mut self.consumed);
                 }
                 AmqpEvent::Settle(s) => self.deliveries.on_settle(&s, &mut self.consumed),
-                AmqpEvent::Close(c) => self.deliveries.on_closed((c.channel != 0).then_some(c.channel), &mut self.consumed),
+                AmqpEvent::Close(c) => {
+                    self.deliveries.on_closed((c.channel != 0).then_some(c.channel), &mut self.consumed)
+                }
                 AmqpEvent::Confirm(_) | AmqpEvent::Return(_) => {}
             }
         }

@@ -140,9 +140,7 @@ pub(crate) fn plausible_frame(d: &[u8], need_end: bool, max_size: usize) -> bool
                 })
         }
         // Content header: class 60 (basic), weight 0.
-        FRAME_HEADER => {
-            size >= 14 && channel != 0 && (d.len() < 11 || (d[7..9] == [0, 60] && d[9..11] == [0, 0]))
-        }
+        FRAME_HEADER => size >= 14 && channel != 0 && (d.len() < 11 || (d[7..9] == [0, 60] && d[9..11] == [0, 0])),
         FRAME_BODY => channel != 0,
         FRAME_HEARTBEAT => channel == 0 && size == 0,
         _ => false,
@@ -352,7 +350,8 @@ impl Framer {
             // bytes when they follow contiguously.
             let whole_frame = (cand.len() >= PROTOCOL_HEADER.len() && cand.starts_with(b"AMQP"))
                 || (cand.len() >= FRAME_HEADER_LEN
-                    && cand.len() > FRAME_HEADER_LEN + u32::from_be_bytes([cand[3], cand[4], cand[5], cand[6]]) as usize);
+                    && cand.len()
+                        > FRAME_HEADER_LEN + u32::from_be_bytes([cand[3], cand[4], cand[5], cand[6]]) as usize);
             let short = cand.len() < PROBE_WANT
                 && !whole_frame
                 && (b"AMQP".starts_with(&cand[..cand.len().min(4)])

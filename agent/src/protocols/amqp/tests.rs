@@ -175,7 +175,15 @@ fn consumer_fixture_deliveries_and_settles() {
     let got: Vec<DeliveryRow<'_>> = d
         .iter()
         .map(|d| {
-            (d.channel, d.delivery_tag, d.queue.as_deref(), d.exchange.as_str(), d.routing_key.as_str(), d.no_ack, d.via_get)
+            (
+                d.channel,
+                d.delivery_tag,
+                d.queue.as_deref(),
+                d.exchange.as_str(),
+                d.routing_key.as_str(),
+                d.no_ack,
+                d.via_get,
+            )
         })
         .collect();
     assert_eq!(
@@ -198,7 +206,10 @@ fn consumer_fixture_deliveries_and_settles() {
     assert_eq!(d[2].traceparent.map(|t| t.to_string()).as_deref(), Some(TP_AUDIT));
     assert_eq!(d[2].consumer_tag.as_deref(), Some("audit-reader"));
     assert!(d[0].consumer_tag.as_deref().unwrap().starts_with("amq.ctag-"));
-    assert_eq!((d[3].traceparent.map(|t| t.to_string()).as_deref(), d[3].consumer_tag.as_deref()), (Some(TP_JOB), None));
+    assert_eq!(
+        (d[3].traceparent.map(|t| t.to_string()).as_deref(), d[3].consumer_tag.as_deref()),
+        (Some(TP_JOB), None)
+    );
     assert!(!d[0].redelivered);
 
     let st: Vec<(u16, u64, bool, SettleOutcome)> =
@@ -215,8 +226,11 @@ fn consumer_fixture_deliveries_and_settles() {
     );
     // Settles are written after the deliveries were read.
     assert!(settles(&ev)[0].ts > d[0].ts_received);
-    let errors: Vec<&Close> =
-        ev.iter().filter_map(|e| if let AmqpEvent::Close(c) = e { Some(c) } else { None }).filter(|c| c.is_error()).collect();
+    let errors: Vec<&Close> = ev
+        .iter()
+        .filter_map(|e| if let AmqpEvent::Close(c) = e { Some(c) } else { None })
+        .filter(|c| c.is_error())
+        .collect();
     assert_eq!(errors.len(), 1);
     let e = errors[0];
     assert_eq!((e.channel, e.reply_code, e.class_id, e.method_id, e.by_client), (4, 404, 50, 10, false));
@@ -520,11 +534,8 @@ fn kernel_ranges(stream: &[u8]) -> Vec<(usize, usize)> {
 /// The chunks of one read of bytes `r0..r1` of `stream`, as the agent
 /// builds them from the kernel's segments (capture::DataEvent::chunks).
 fn segmented_read(stream: &[u8], ranges: &[(usize, usize)], r0: usize, r1: usize) -> Vec<(Vec<u8>, usize)> {
-    let segs: Vec<(usize, usize)> = ranges
-        .iter()
-        .map(|&(a, b)| (a.max(r0), b.min(r1)))
-        .filter(|(a, b)| a < b)
-        .collect();
+    let segs: Vec<(usize, usize)> =
+        ranges.iter().map(|&(a, b)| (a.max(r0), b.min(r1))).filter(|(a, b)| a < b).collect();
     let mut out = Vec::new();
     let first = segs.first().map_or(r1, |s| s.0);
     if first > r0 {
@@ -575,7 +586,8 @@ fn replay_segmented(
         let mut r0 = reads.0;
         for len in reads.1 {
             for (data, total) in segmented_read(&stream, &ranges, r0, r0 + len) {
-                let chunk = Chunk { direction: Direction::Ingress, data: &data, total, ts_enter: ts, ts_exit: ts + 500 };
+                let chunk =
+                    Chunk { direction: Direction::Ingress, data: &data, total, ts_enter: ts, ts_exit: ts + 500 };
                 s.on_chunk(&chunk, &mut out);
             }
             r0 += len;
@@ -676,7 +688,13 @@ fn a_burst_of_deliveries_in_large_reads_is_seen_whole() {
     let mut out = Vec::new();
     for r0 in (0..stream.len()).step_by(65_536) {
         let r1 = (r0 + 65_536).min(stream.len());
-        let chunk = Chunk { direction: Direction::Ingress, data: &stream[r0..r0 + 512], total: r1 - r0, ts_enter: 1, ts_exit: 2 };
+        let chunk = Chunk {
+            direction: Direction::Ingress,
+            data: &stream[r0..r0 + 512],
+            total: r1 - r0,
+            ts_enter: 1,
+            ts_exit: 2,
+        };
         s.on_chunk(&chunk, &mut out);
     }
     assert!(deliveries(&out).len() < 50, "{}", deliveries(&out).len());

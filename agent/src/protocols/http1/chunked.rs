@@ -3,13 +3,19 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Reading the hex size line (size digits, then extensions up to LF).
-    Size { value: u64, digits: u8, in_ext: bool },
+    Size {
+        value: u64,
+        digits: u8,
+        in_ext: bool,
+    },
     /// Inside chunk data, this many bytes left.
     Data(u64),
     /// The CRLF after chunk data: this many bytes left.
     DataEnd(u8),
     /// Trailer section after the last chunk: `line_len` bytes of the current line so far.
-    Trailer { line_len: u32 },
+    Trailer {
+        line_len: u32,
+    },
     Done,
 }
 

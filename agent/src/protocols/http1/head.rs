@@ -57,15 +57,12 @@ pub enum HeadError {
     Invalid(&'static str),
 }
 
-const METHODS: &[&str] = &[
-    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-];
+const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"];
 
 /// Cheap check on the first bytes of a message: does it start like a request?
 pub fn looks_like_request(buf: &[u8]) -> bool {
-    METHODS.iter().any(|m| {
-        buf.len() > m.len() && buf.starts_with(m.as_bytes()) && buf[m.len()] == b' '
-    }) && (buf.len() < 16 || buf[..buf.len().min(8192)].windows(6).any(|w| w == b"HTTP/1"))
+    METHODS.iter().any(|m| buf.len() > m.len() && buf.starts_with(m.as_bytes()) && buf[m.len()] == b' ')
+        && (buf.len() < 16 || buf[..buf.len().min(8192)].windows(6).any(|w| w == b"HTTP/1"))
 }
 
 /// Could more bytes still make this the start of a request? True for a

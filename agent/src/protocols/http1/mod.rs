@@ -66,8 +66,15 @@ enum Body {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum State {
     Idle,
-    Head { buf: Vec<u8>, start_enter: u64, start_exit: u64 },
-    Body { body: Body, bytes: u64 },
+    Head {
+        buf: Vec<u8>,
+        start_enter: u64,
+        start_exit: u64,
+    },
+    Body {
+        body: Body,
+        bytes: u64,
+    },
     /// Bytes we cannot frame: ignored until the other side speaks.
     Lost,
 }
@@ -221,11 +228,8 @@ impl Http1Session {
                     return;
                 }
                 State::Idle => {
-                    self.side(&msg).state = State::Head {
-                        buf: Vec::new(),
-                        start_enter: chunk.ts_enter,
-                        start_exit: chunk.ts_exit,
-                    };
+                    self.side(&msg).state =
+                        State::Head { buf: Vec::new(), start_enter: chunk.ts_enter, start_exit: chunk.ts_exit };
                 }
                 State::Head { mut buf, start_enter, start_exit } => {
                     let before = buf.len();
@@ -488,7 +492,6 @@ impl super::Session for Http1Session {
         ]
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,8 @@
 //! MySQL packet readers and detection heuristics.
 
 use super::{
-    COM_CHANGE_USER, COM_FIELD_LIST, COM_INIT_DB, COM_QUERY, COM_QUIT, COM_STMT_CLOSE,
-    COM_STMT_EXECUTE, COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_SEND_LONG_DATA,
+    COM_CHANGE_USER, COM_FIELD_LIST, COM_INIT_DB, COM_QUERY, COM_QUIT, COM_STMT_CLOSE, COM_STMT_EXECUTE,
+    COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_SEND_LONG_DATA,
 };
 use crate::protocols::sql::looks_like_sql_text;
 
@@ -97,24 +97,14 @@ pub(super) fn plausible_command(data: &[u8]) -> bool {
         COM_QUERY | COM_STMT_PREPARE => {
             let body = &data[5..data.len().min(4 + len)];
             // Skip the query-attributes prefix (no parameters, one set).
-            let sql = if body.starts_with(&[0, 1]) {
-                &body[2..]
-            } else {
-                body
-            };
+            let sql = if body.starts_with(&[0, 1]) { &body[2..] } else { body };
             looks_like_sql_text(sql)
         }
-        COM_STMT_EXECUTE => {
-            len >= 10
-                && (data.len() < 14 || le32(data, 10) == Some(1))
-                && data.get(9) <= Some(&0x0f)
-        }
+        COM_STMT_EXECUTE => len >= 10 && (data.len() < 14 || le32(data, 10) == Some(1)) && data.get(9) <= Some(&0x0f),
         COM_STMT_CLOSE | 0x1a => len == 5,
         COM_INIT_DB => (2..=256).contains(&len),
         0x0e | COM_QUIT | 0x1f => len == 1,
-        COM_STMT_SEND_LONG_DATA | COM_STMT_FETCH | 0x1b | COM_CHANGE_USER | COM_FIELD_LIST => {
-            len < 1 << 20
-        }
+        COM_STMT_SEND_LONG_DATA | COM_STMT_FETCH | 0x1b | COM_CHANGE_USER | COM_FIELD_LIST => len < 1 << 20,
         _ => false,
     }
 }
@@ -148,7 +138,5 @@ pub fn looks_like_mysql_server_greeting(first: &[u8]) -> bool {
 /// open when we start watching): sequence 0 and COM_QUERY /
 /// COM_STMT_PREPARE with SQL-looking text, or a sane COM_STMT_EXECUTE.
 pub fn looks_like_mysql_command(first: &[u8]) -> bool {
-    first.len() >= 5
-        && matches!(first[4], COM_QUERY | COM_STMT_PREPARE | COM_STMT_EXECUTE)
-        && plausible_command(first)
+    first.len() >= 5 && matches!(first[4], COM_QUERY | COM_STMT_PREPARE | COM_STMT_EXECUTE) && plausible_command(first)
 }

@@ -27,28 +27,13 @@ fn query(sql: &str) -> Vec<u8> {
 
 /// Parse: statement name, query, i16 parameter type count (0).
 fn parse(name: &str, sql: &str) -> Vec<u8> {
-    msg(
-        b'P',
-        &cat(&[name.as_bytes(), b"\0", sql.as_bytes(), b"\0", b"\0\0"]),
-    )
+    msg(b'P', &cat(&[name.as_bytes(), b"\0", sql.as_bytes(), b"\0", b"\0\0"]))
 }
 
 /// Bind: portal, statement, i16 #param formats (0), i16 #params (1) with one
 /// 1-byte value "7", i16 #result formats (0).
 fn bind(portal: &str, stmt: &str) -> Vec<u8> {
-    msg(
-        b'B',
-        &cat(&[
-            portal.as_bytes(),
-            b"\0",
-            stmt.as_bytes(),
-            b"\0",
-            b"\0\0",
-            b"\0\x01",
-            b"\0\0\0\x017",
-            b"\0\0",
-        ]),
-    )
+    msg(b'B', &cat(&[portal.as_bytes(), b"\0", stmt.as_bytes(), b"\0", b"\0\0", b"\0\x01", b"\0\0\0\x017", b"\0\0"]))
 }
 
 fn describe_portal(portal: &str) -> Vec<u8> {
@@ -73,48 +58,22 @@ fn complete(tag: &str) -> Vec<u8> {
 }
 
 fn error(code: &str, m: &str) -> Vec<u8> {
-    msg(
-        b'E',
-        &cat(&[
-            b"SERROR\0VERROR\0C",
-            code.as_bytes(),
-            b"\0M",
-            m.as_bytes(),
-            b"\0",
-            b"\0",
-        ]),
-    )
+    msg(b'E', &cat(&[b"SERROR\0VERROR\0C", code.as_bytes(), b"\0M", m.as_bytes(), b"\0", b"\0"]))
 }
 
 /// RowDescription with one int4 column "id".
 fn row_desc() -> Vec<u8> {
-    msg(
-        b'T',
-        &cat(&[
-            b"\0\x01",
-            b"id\0",
-            b"\0\0\0\0",
-            b"\0\0",
-            b"\0\0\0\x17",
-            b"\0\x04",
-            b"\xff\xff\xff\xff",
-            b"\0\0",
-        ]),
-    )
+    msg(b'T', &cat(&[b"\0\x01", b"id\0", b"\0\0\0\0", b"\0\0", b"\0\0\0\x17", b"\0\x04", b"\xff\xff\xff\xff", b"\0\0"]))
 }
 
 /// DataRow with one text column.
 fn data_row(v: &str) -> Vec<u8> {
-    msg(
-        b'D',
-        &cat(&[b"\0\x01", &(v.len() as u32).to_be_bytes(), v.as_bytes()]),
-    )
+    msg(b'D', &cat(&[b"\0\x01", &(v.len() as u32).to_be_bytes(), v.as_bytes()]))
 }
 
 /// StartupMessage, bytes written out by hand: length 32, protocol 3.0,
 /// user=bob, database=shop, terminator.
-const STARTUP_BOB_SHOP: &[u8] =
-    b"\x00\x00\x00\x20\x00\x03\x00\x00user\x00bob\x00database\x00shop\x00\x00";
+const STARTUP_BOB_SHOP: &[u8] = b"\x00\x00\x00\x20\x00\x03\x00\x00user\x00bob\x00database\x00shop\x00\x00";
 
 /// Drives a session; chunk i has ts_enter = 100*i and ts_exit = 100*i + 10.
 struct Conv {
@@ -125,11 +84,7 @@ struct Conv {
 
 impl Conv {
     fn new(role: Side) -> Self {
-        Conv {
-            s: PgSession::new(role),
-            n: 0,
-            calls: Vec::new(),
-        }
+        Conv { s: PgSession::new(role), n: 0, calls: Vec::new() }
     }
 
     fn client() -> Self {
@@ -144,13 +99,7 @@ impl Conv {
     fn send_partial(&mut self, dir: Direction, data: &[u8], total: usize) -> u64 {
         self.n += 1;
         let ts = self.n * 100;
-        let c = Chunk {
-            direction: dir,
-            data,
-            total,
-            ts_enter: ts,
-            ts_exit: ts + 10,
-        };
+        let c = Chunk { direction: dir, data, total, ts_enter: ts, ts_exit: ts + 10 };
         self.s.on_chunk(&c, &mut self.calls);
         ts
     }
@@ -159,12 +108,7 @@ impl Conv {
         self.send(E, STARTUP_BOB_SHOP);
         self.send(
             I,
-            &cat(&[
-                AUTH_OK,
-                &msg(b'S', b"server_version\x0016.2\0"),
-                b"K\0\0\0\x0c\0\0\0\x01\0\0\0\x02",
-                READY_IDLE,
-            ]),
+            &cat(&[AUTH_OK, &msg(b'S', b"server_version\x0016.2\0"), b"K\0\0\0\x0c\0\0\0\x01\0\0\0\x02", READY_IDLE]),
         );
     }
 }
@@ -182,15 +126,7 @@ fn startup_with_database_sets_namespace() {
     c.startup();
     assert_eq!(c.s.namespace(), Some("shop"));
     let t0 = c.send(E, &query("SELECT 1"));
-    let t1 = c.send(
-        I,
-        &cat(&[
-            &row_desc(),
-            &data_row("1"),
-            &complete("SELECT 1"),
-            READY_IDLE,
-        ]),
-    );
+    let t1 = c.send(I, &cat(&[&row_desc(), &data_row("1"), &complete("SELECT 1"), READY_IDLE]));
     assert_eq!(c.calls.len(), 1);
     let call = &c.calls[0];
     assert_eq!(call.system, DbSystem::Postgresql);
@@ -214,21 +150,9 @@ fn startup_without_database_defaults_to_user() {
 fn simple_query_two_statements() {
     let mut c = Conv::client();
     c.startup();
-    let t0 = c.send(
-        E,
-        &query("INSERT INTO items VALUES (1); SELECT * FROM items"),
-    );
+    let t0 = c.send(E, &query("INSERT INTO items VALUES (1); SELECT * FROM items"));
     let t1 = c.send(I, &complete("INSERT 0 1"));
-    let t2 = c.send(
-        I,
-        &cat(&[
-            &row_desc(),
-            &data_row("1"),
-            &data_row("2"),
-            &complete("SELECT 2"),
-            READY_IDLE,
-        ]),
-    );
+    let t2 = c.send(I, &cat(&[&row_desc(), &data_row("1"), &data_row("2"), &complete("SELECT 2"), READY_IDLE]));
     assert_eq!(c.calls.len(), 2);
     assert_eq!(c.calls[0].query, "INSERT INTO items VALUES (1)");
     assert_eq!(c.calls[0].operation.as_deref(), Some("INSERT"));
@@ -245,13 +169,7 @@ fn error_in_first_statement_skips_the_rest() {
     let mut c = Conv::client();
     c.startup();
     c.send(E, &query("SELECT * FROM nope; SELECT 2"));
-    c.send(
-        I,
-        &cat(&[
-            &error("42P01", "relation \"nope\" does not exist"),
-            READY_IDLE,
-        ]),
-    );
+    c.send(I, &cat(&[&error("42P01", "relation \"nope\" does not exist"), READY_IDLE]));
     assert_eq!(c.calls.len(), 1);
     assert_eq!(
         c.calls[0].outcome,
@@ -276,26 +194,10 @@ fn extended_unnamed_like_node_postgres() {
     c.startup();
     let sql = "SELECT name FROM users WHERE id = $1";
     // node-postgres writes Parse, Bind, Describe, Execute, Sync in one write.
-    let t0 = c.send(
-        E,
-        &cat(&[
-            &parse("", sql),
-            &bind("", ""),
-            &describe_portal(""),
-            &execute(""),
-            SYNC,
-        ]),
-    );
+    let t0 = c.send(E, &cat(&[&parse("", sql), &bind("", ""), &describe_portal(""), &execute(""), SYNC]));
     let t1 = c.send(
         I,
-        &cat(&[
-            PARSE_COMPLETE,
-            BIND_COMPLETE,
-            &row_desc(),
-            &data_row("bob"),
-            &complete("SELECT 1"),
-            READY_IDLE,
-        ]),
+        &cat(&[PARSE_COMPLETE, BIND_COMPLETE, &row_desc(), &data_row("bob"), &complete("SELECT 1"), READY_IDLE]),
     );
     assert_eq!(c.calls.len(), 1);
     let call = &c.calls[0];
@@ -311,19 +213,8 @@ fn named_statement_executed_in_three_batches() {
     let mut c = Conv::client();
     c.startup();
     let sql = "UPDATE counters SET n = n + 1 WHERE id = $1";
-    c.send(
-        E,
-        &cat(&[&parse("s1", sql), &bind("", "s1"), &execute(""), SYNC]),
-    );
-    c.send(
-        I,
-        &cat(&[
-            PARSE_COMPLETE,
-            BIND_COMPLETE,
-            &complete("UPDATE 1"),
-            READY_IDLE,
-        ]),
-    );
+    c.send(E, &cat(&[&parse("s1", sql), &bind("", "s1"), &execute(""), SYNC]));
+    c.send(I, &cat(&[PARSE_COMPLETE, BIND_COMPLETE, &complete("UPDATE 1"), READY_IDLE]));
     for _ in 0..2 {
         c.send(E, &cat(&[&bind("", "s1"), &execute(""), SYNC]));
         c.send(I, &cat(&[BIND_COMPLETE, &complete("UPDATE 1"), READY_IDLE]));
@@ -341,42 +232,12 @@ fn named_statement_executed_in_three_batches() {
 fn pipelined_executes_before_one_sync() {
     let mut c = Conv::client();
     c.startup();
-    let t0 = c.send(
-        E,
-        &cat(&[
-            &parse("a", "INSERT INTO q VALUES ($1)"),
-            &parse("b", "DELETE FROM q WHERE id = $1"),
-        ]),
-    );
-    let t1 = c.send(
-        E,
-        &cat(&[&bind("", "a"), &execute(""), &bind("", "b"), &execute("")]),
-    );
+    let t0 = c.send(E, &cat(&[&parse("a", "INSERT INTO q VALUES ($1)"), &parse("b", "DELETE FROM q WHERE id = $1")]));
+    let t1 = c.send(E, &cat(&[&bind("", "a"), &execute(""), &bind("", "b"), &execute("")]));
     let t2 = c.send(E, &cat(&[&bind("", "a"), &execute(""), SYNC]));
-    c.send(
-        I,
-        &cat(&[
-            PARSE_COMPLETE,
-            PARSE_COMPLETE,
-            BIND_COMPLETE,
-            &complete("INSERT 0 1"),
-            BIND_COMPLETE,
-        ]),
-    );
-    let t4 = c.send(
-        I,
-        &cat(&[
-            &complete("DELETE 0"),
-            BIND_COMPLETE,
-            &complete("INSERT 0 1"),
-            READY_IDLE,
-        ]),
-    );
-    let got: Vec<_> = c
-        .calls
-        .iter()
-        .map(|c| (c.operation.clone().unwrap(), ok_rows(c), c.start_ns))
-        .collect();
+    c.send(I, &cat(&[PARSE_COMPLETE, PARSE_COMPLETE, BIND_COMPLETE, &complete("INSERT 0 1"), BIND_COMPLETE]));
+    let t4 = c.send(I, &cat(&[&complete("DELETE 0"), BIND_COMPLETE, &complete("INSERT 0 1"), READY_IDLE]));
+    let got: Vec<_> = c.calls.iter().map(|c| (c.operation.clone().unwrap(), ok_rows(c), c.start_ns)).collect();
     assert_eq!(
         got,
         vec![
@@ -421,10 +282,7 @@ fn error_in_middle_of_pipeline() {
     assert!(matches!(&c.calls[1].outcome, SqlOutcome::Error { code, .. } if code == "23505"));
     // Next batch is matched correctly.
     c.send(E, &cat(&[&bind("", "a"), &execute(""), SYNC]));
-    c.send(
-        I,
-        &cat(&[BIND_COMPLETE, &complete("INSERT 0 1"), READY_IDLE]),
-    );
+    c.send(I, &cat(&[BIND_COMPLETE, &complete("INSERT 0 1"), READY_IDLE]));
     assert_eq!(c.calls.len(), 3);
     assert_eq!(ok_rows(&c.calls[2]), Some(1));
     assert_eq!(c.s.stats().calls_dropped, 0);
@@ -471,16 +329,7 @@ fn notification_interleaved() {
     let notify = msg(b'A', b"\0\0\x04\xd2ch\0hello\0");
     c.send(I, &notify);
     c.send(E, &query("SELECT 1"));
-    c.send(
-        I,
-        &cat(&[
-            &row_desc(),
-            &notify,
-            &data_row("1"),
-            &complete("SELECT 1"),
-            READY_IDLE,
-        ]),
-    );
+    c.send(I, &cat(&[&row_desc(), &notify, &data_row("1"), &complete("SELECT 1"), READY_IDLE]));
     assert_eq!(c.calls.len(), 2);
     assert_eq!(c.calls[0].operation.as_deref(), Some("LISTEN"));
     assert_eq!(ok_rows(&c.calls[1]), Some(1));
@@ -529,10 +378,7 @@ fn gssenc_request_answered_g() {
 fn cancel_request_is_skipped() {
     let mut c = Conv::client();
     // length 16, code 80877102, pid 1234, secret key.
-    c.send(
-        E,
-        b"\x00\x00\x00\x10\x04\xd2\x16\x2e\x00\x00\x04\xd2\xde\xad\xbe\xef",
-    );
+    c.send(E, b"\x00\x00\x00\x10\x04\xd2\x16\x2e\x00\x00\x04\xd2\xde\xad\xbe\xef");
     assert_eq!(c.s.stats().skipped, 1);
     assert!(c.calls.is_empty());
     assert_eq!(c.s.stats().parse_errors, 0);
@@ -543,52 +389,18 @@ fn full_conversation() -> Vec<(Direction, Vec<u8>)> {
         (E, STARTUP_BOB_SHOP.to_vec()),
         (I, cat(&[AUTH_OK, READY_IDLE])),
         (E, query("SELECT * FROM a; UPDATE b SET x = 1")),
-        (
-            I,
-            cat(&[
-                &row_desc(),
-                &data_row("x"),
-                &complete("SELECT 1"),
-                &complete("UPDATE 4"),
-                READY_IDLE,
-            ]),
-        ),
-        (
-            E,
-            cat(&[
-                &parse("", "DELETE FROM c"),
-                &bind("", ""),
-                &describe_portal(""),
-                &execute(""),
-                SYNC,
-            ]),
-        ),
-        (
-            I,
-            cat(&[
-                PARSE_COMPLETE,
-                BIND_COMPLETE,
-                NO_DATA,
-                &complete("DELETE 3"),
-                READY_IDLE,
-            ]),
-        ),
+        (I, cat(&[&row_desc(), &data_row("x"), &complete("SELECT 1"), &complete("UPDATE 4"), READY_IDLE])),
+        (E, cat(&[&parse("", "DELETE FROM c"), &bind("", ""), &describe_portal(""), &execute(""), SYNC])),
+        (I, cat(&[PARSE_COMPLETE, BIND_COMPLETE, NO_DATA, &complete("DELETE 3"), READY_IDLE])),
     ]
 }
 
 fn summary(calls: &[SqlCall]) -> Vec<(String, Option<u64>)> {
-    calls
-        .iter()
-        .map(|c| (c.query.clone(), ok_rows(c)))
-        .collect()
+    calls.iter().map(|c| (c.query.clone(), ok_rows(c))).collect()
 }
 
 fn expected_summary() -> Vec<(String, Option<u64>)> {
-    vec![
-        ("SELECT * FROM a".into(), Some(1)),
-        ("UPDATE b SET x = 1".into(), Some(4)),
-        ("DELETE FROM c".into(), Some(3)),
-    ]
+    vec![("SELECT * FROM a".into(), Some(1)), ("UPDATE b SET x = 1".into(), Some(4)), ("DELETE FROM c".into(), Some(3))]
 }
 
 #[test]
@@ -704,7 +516,10 @@ fn long_extended_statement_past_the_capture() {
     let sql = format!("SELECT name FROM unicorn WHERE name = $1 OR name IN ({})", many.join(", "));
     let batch = cat(&[&parse("", &sql), &bind("", ""), &describe_portal(""), &execute(""), SYNC]);
     let t0 = c.send_partial(E, &batch[..512], batch.len());
-    let t1 = c.send(I, &cat(&[PARSE_COMPLETE, BIND_COMPLETE, &row_desc(), &data_row("bob"), &complete("SELECT 1"), READY_IDLE]));
+    let t1 = c.send(
+        I,
+        &cat(&[PARSE_COMPLETE, BIND_COMPLETE, &row_desc(), &data_row("bob"), &complete("SELECT 1"), READY_IDLE]),
+    );
     // A prepare-only batch (no Execute) of a long statement: no call.
     let prep = cat(&[&parse("s1", &sql), &describe_portal(""), SYNC]);
     c.send_partial(E, &prep[..512], prep.len());
@@ -790,10 +605,7 @@ fn attach_mid_connection() {
     assert_eq!(c.calls[0].namespace, None);
     // A statement prepared before we attached: no SQL, operation from the tag.
     c.send(E, &cat(&[&bind("", "old_stmt"), &execute(""), SYNC]));
-    c.send(
-        I,
-        &cat(&[BIND_COMPLETE, &complete("INSERT 0 5"), READY_IDLE]),
-    );
+    c.send(I, &cat(&[BIND_COMPLETE, &complete("INSERT 0 5"), READY_IDLE]));
     assert_eq!(c.calls.len(), 2);
     assert_eq!(c.calls[1].query, "");
     assert_eq!(c.calls[1].operation.as_deref(), Some("INSERT"));
@@ -820,26 +632,8 @@ fn portal_suspended_and_empty_query() {
     c.send(I, &cat(&[b"I\0\0\0\x04", READY_IDLE]));
     assert!(c.calls.is_empty());
     // Execute with a row limit: PortalSuspended completes the first call.
-    c.send(
-        E,
-        &cat(&[
-            &parse("", "SELECT id FROM big"),
-            &bind("", ""),
-            &msg(b'E', b"\0\0\0\0\x02"),
-            SYNC,
-        ]),
-    );
-    c.send(
-        I,
-        &cat(&[
-            PARSE_COMPLETE,
-            BIND_COMPLETE,
-            &data_row("1"),
-            &data_row("2"),
-            b"s\0\0\0\x04",
-            READY_IDLE,
-        ]),
-    );
+    c.send(E, &cat(&[&parse("", "SELECT id FROM big"), &bind("", ""), &msg(b'E', b"\0\0\0\0\x02"), SYNC]));
+    c.send(I, &cat(&[PARSE_COMPLETE, BIND_COMPLETE, &data_row("1"), &data_row("2"), b"s\0\0\0\x04", READY_IDLE]));
     assert_eq!(c.calls.len(), 1);
     assert_eq!(ok_rows(&c.calls[0]), Some(2));
 }
@@ -859,16 +653,9 @@ fn statement_map_is_bounded() {
 #[test]
 fn garbage_never_panics() {
     let mut rng = Rng(0x2545F4914F6CDD1D);
-    let conv: Vec<u8> = full_conversation()
-        .into_iter()
-        .flat_map(|(_, b)| b)
-        .collect();
+    let conv: Vec<u8> = full_conversation().into_iter().flat_map(|(_, b)| b).collect();
     for round in 0..3000 {
-        let mut s = PgSession::new(if round % 2 == 0 {
-            Side::Client
-        } else {
-            Side::Server
-        });
+        let mut s = PgSession::new(if round % 2 == 0 { Side::Client } else { Side::Server });
         let mut out = Vec::new();
         let len = rng.below(300);
         let mut data: Vec<u8> = if round % 3 == 0 {
@@ -889,21 +676,13 @@ fn garbage_never_panics() {
         let mut ts = 0;
         while i < data.len() {
             let n = (rng.below(40) + 1).min(data.len() - i);
-            let cap = if rng.below(4) == 0 {
-                rng.below(n + 1)
-            } else {
-                n
-            };
+            let cap = if rng.below(4) == 0 { rng.below(n + 1) } else { n };
             let dir = if rng.below(2) == 0 { E } else { I };
             ts += 10;
             let c = Chunk {
                 direction: dir,
                 data: &data[i..i + cap],
-                total: n + if rng.below(10) == 0 {
-                    rng.below(100_000)
-                } else {
-                    0
-                },
+                total: n + if rng.below(10) == 0 { rng.below(100_000) } else { 0 },
                 ts_enter: ts,
                 ts_exit: ts + 1,
             };
@@ -937,44 +716,26 @@ fn detection() {
     assert!(looks_like_postgres(STARTUP_BOB_SHOP, E));
     assert!(looks_like_postgres(SSL_REQUEST_BYTES, E));
     assert!(looks_like_postgres(b"\x00\x00\x00\x08\x04\xd2\x16\x30", E));
-    assert!(looks_like_postgres(
-        b"\x00\x00\x00\x10\x04\xd2\x16\x2e\x00\x00\x04\xd2\xde\xad\xbe\xef",
-        E
-    ));
+    assert!(looks_like_postgres(b"\x00\x00\x00\x10\x04\xd2\x16\x2e\x00\x00\x04\xd2\xde\xad\xbe\xef", E));
     assert!(looks_like_postgres(&query("SELECT 1"), E));
     assert!(looks_like_postgres(&query("  begin"), I));
-    assert!(looks_like_postgres(
-        &cat(&[&parse("", "SELECT $1"), &bind("", ""), SYNC]),
-        E
-    ));
+    assert!(looks_like_postgres(&cat(&[&parse("", "SELECT $1"), &bind("", ""), SYNC]), E));
     assert!(looks_like_postgres(&bind("", "s1"), E));
 
-    assert!(!looks_like_postgres(
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-        E
-    ));
+    assert!(!looks_like_postgres(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", E));
     assert!(!looks_like_postgres(b"POST /api HTTP/1.1\r\n\r\n", E));
     assert!(!looks_like_postgres(b"PUT /x HTTP/1.1\r\n\r\n", E));
     // TLS ClientHello record header.
-    assert!(!looks_like_postgres(
-        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
-        E
-    ));
+    assert!(!looks_like_postgres(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", E));
     // MySQL greeting and COM_QUERY.
-    assert!(!looks_like_postgres(
-        b"\x4a\x00\x00\x00\x0a8.0.36\x00\x08\x00\x00\x00",
-        I
-    ));
+    assert!(!looks_like_postgres(b"\x4a\x00\x00\x00\x0a8.0.36\x00\x08\x00\x00\x00", I));
     assert!(!looks_like_postgres(b"\x09\x00\x00\x00\x03SELECT 1", E));
     // 'Q' with junk text, wrong terminator, absurd length.
     assert!(!looks_like_postgres(b"Q\x00\x00\x00\x09hello\0", E));
     assert!(!looks_like_postgres(b"Q\x00\x00\x00\x0cSELECT 1x", E));
     assert!(!looks_like_postgres(b"Q\x7f\x00\x00\x0cSELECT 1\0", E));
     // Startup with an unknown protocol / random bytes.
-    assert!(!looks_like_postgres(
-        b"\x00\x00\x00\x20\x00\x02\x00\x00user\x00bob\x00\x00",
-        E
-    ));
+    assert!(!looks_like_postgres(b"\x00\x00\x00\x20\x00\x02\x00\x00user\x00bob\x00\x00", E));
     let mut rng = Rng(7);
     for _ in 0..2000 {
         let d: Vec<u8> = (0..rng.below(64)).map(|_| rng.next() as u8).collect();

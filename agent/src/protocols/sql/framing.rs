@@ -19,11 +19,7 @@ pub(crate) struct ChunkTs {
 
 impl ChunkTs {
     fn of(c: &Chunk<'_>) -> Self {
-        ChunkTs {
-            egress: c.direction == Direction::Egress,
-            ts_enter: c.ts_enter,
-            ts_exit: c.ts_exit,
-        }
+        ChunkTs { egress: c.direction == Direction::Egress, ts_enter: c.ts_enter, ts_exit: c.ts_exit }
     }
 
     /// When a request carried by this chunk started: a write starts at
@@ -127,13 +123,7 @@ impl Framer {
 
     fn deliver<S: FrameSink>(&mut self, last: ChunkTs, sink: &mut S) {
         let body_len = self.msg.as_ref().map_or(0, |m| m.body_len);
-        sink.on_frame(Frame {
-            header: &self.hdr,
-            body: &self.body,
-            body_len,
-            first: self.first,
-            last,
-        });
+        sink.on_frame(Frame { header: &self.hdr, body: &self.body, body_len, first: self.first, last });
         self.reset();
     }
 
@@ -166,12 +156,8 @@ impl Framer {
                 if self.hdr.len() >= hl {
                     match sink.parse_header(&self.hdr) {
                         Some((body_len, keep)) => {
-                            self.msg = Some(Msg {
-                                body_len,
-                                remaining: body_len,
-                                keep: keep.min(body_len),
-                                gap: false,
-                            });
+                            self.msg =
+                                Some(Msg { body_len, remaining: body_len, keep: keep.min(body_len), gap: false });
                             if body_len == 0 {
                                 self.deliver(ts, sink);
                             }
@@ -210,10 +196,7 @@ impl Framer {
                         return;
                     }
                 }
-                None if chunk.missing() == 0
-                    && !data.is_empty()
-                    && self.probe.len() + data.len() <= PROBE_MAX =>
-                {
+                None if chunk.missing() == 0 && !data.is_empty() && self.probe.len() + data.len() <= PROBE_MAX => {
                     if self.probe.is_empty() {
                         self.probe_ts = ts;
                     }
@@ -254,4 +237,3 @@ impl Framer {
         }
     }
 }
-

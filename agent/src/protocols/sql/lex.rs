@@ -74,11 +74,7 @@ pub(crate) fn lex(s: &str, mysql: bool) -> Vec<Lexeme> {
                     i += 1;
                 }
             }
-            kind = if depth == 0 {
-                LexKind::Comment
-            } else {
-                LexKind::Unterminated
-            };
+            kind = if depth == 0 { LexKind::Comment } else { LexKind::Unterminated };
         } else if c == b'\'' {
             // A prefix word glued to the quote makes it part of the literal.
             let mut backslash = mysql;
@@ -94,16 +90,11 @@ pub(crate) fn lex(s: &str, mysql: bool) -> Vec<Lexeme> {
                         lit_start = prev.start;
                         out.pop();
                     }
-                } else if prev.kind == LexKind::Punct
-                    && prev.end == start
-                    && &s[prev.start..prev.end] == "&"
-                {
+                } else if prev.kind == LexKind::Punct && prev.end == start && &s[prev.start..prev.end] == "&" {
                     // U&'...'
                     if out.len() >= 2 {
                         let w = out[out.len() - 2];
-                        if w.kind == LexKind::Word
-                            && w.end == prev.start
-                            && s[w.start..w.end].eq_ignore_ascii_case("u")
+                        if w.kind == LexKind::Word && w.end == prev.start && s[w.start..w.end].eq_ignore_ascii_case("u")
                         {
                             lit_start = w.start;
                             out.pop();
@@ -115,11 +106,7 @@ pub(crate) fn lex(s: &str, mysql: bool) -> Vec<Lexeme> {
             let (end, closed) = quoted(b, i, b'\'', backslash);
             i = end;
             out.push(Lexeme {
-                kind: if closed {
-                    LexKind::Str
-                } else {
-                    LexKind::Unterminated
-                },
+                kind: if closed { LexKind::Str } else { LexKind::Unterminated },
                 start: lit_start,
                 end: i,
             });
@@ -137,11 +124,7 @@ pub(crate) fn lex(s: &str, mysql: bool) -> Vec<Lexeme> {
         } else if c == b'`' {
             let (end, closed) = quoted(b, i, b'`', false);
             i = end;
-            kind = if closed {
-                LexKind::QuotedIdent
-            } else {
-                LexKind::Unterminated
-            };
+            kind = if closed { LexKind::QuotedIdent } else { LexKind::Unterminated };
         } else if c == b'$' && !mysql {
             if b.get(i + 1).is_some_and(|d| d.is_ascii_digit()) {
                 i += 1;
@@ -165,8 +148,7 @@ pub(crate) fn lex(s: &str, mysql: bool) -> Vec<Lexeme> {
                 i += 1;
                 kind = LexKind::Punct;
             }
-        } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit))
-        {
+        } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) {
             i += 1;
             while i < n {
                 let d = b[i];
@@ -181,10 +163,7 @@ pub(crate) fn lex(s: &str, mysql: bool) -> Vec<Lexeme> {
         } else if c == b'?' {
             i += 1;
             kind = LexKind::Placeholder;
-        } else if c == b':'
-            && b.get(i + 1).is_some_and(|&d| is_ident_start(d))
-            && (i == 0 || b[i - 1] != b':')
-        {
+        } else if c == b':' && b.get(i + 1).is_some_and(|&d| is_ident_start(d)) && (i == 0 || b[i - 1] != b':') {
             i += 1;
             while i < n && is_ident_cont(b[i]) {
                 i += 1;
@@ -199,11 +178,7 @@ pub(crate) fn lex(s: &str, mysql: bool) -> Vec<Lexeme> {
             i += 1;
             kind = LexKind::Punct;
         }
-        out.push(Lexeme {
-            kind,
-            start,
-            end: i,
-        });
+        out.push(Lexeme { kind, start, end: i });
     }
     out
 }
@@ -252,10 +227,7 @@ fn find(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
     if needle.is_empty() || from > hay.len() {
         return None;
     }
-    hay[from..]
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| p + from)
+    hay[from..].windows(needle.len()).position(|w| w == needle).map(|p| p + from)
 }
 
 /// Significant tokens for the token based analysis.

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::*;
 use crate::metrics::{measurements, Instrument};
+use crate::model::{AttrValue, Service};
 use crate::protocols::amqp::{AmqpEvent, AmqpSession, ConsumedMessage, Deliveries, DeliveryStats, Side};
 use crate::protocols::{Chunk, Direction};
-use crate::model::{AttrValue, Service};
 
 const PRODUCER: &[u8] = include_bytes!("../../protocols/amqp/fixtures/producer.bin");
 const CONSUMER: &[u8] = include_bytes!("../../protocols/amqp/fixtures/consumer.bin");
@@ -32,7 +32,11 @@ fn svc() -> ServiceRef {
 }
 
 fn ctx(s: &ServiceRef) -> MessagingContext<'_> {
-    MessagingContext { service: s, local: "127.0.0.1:40000".parse().unwrap(), remote: "127.0.0.1:5672".parse().unwrap() }
+    MessagingContext {
+        service: s,
+        local: "127.0.0.1:40000".parse().unwrap(),
+        remote: "127.0.0.1:5672".parse().unwrap(),
+    }
 }
 
 fn str_attr<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
@@ -102,7 +106,10 @@ fn publish_spans_from_the_producer_fixture() {
     assert_eq!(span.kind, SpanKind::Producer);
     assert_eq!(span.signal, Signal::MessagingSend);
     // The message's traceparent is parsed by the protocol; ids are the context layer's.
-    assert_eq!(p.traceparent.map(|tp| tp.to_string()).as_deref(), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+    assert_eq!(
+        p.traceparent.map(|tp| tp.to_string()).as_deref(),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
     assert_eq!(span.parent_span_id, None);
     assert_eq!(str_attr(span, "messaging.system"), Some("rabbitmq"));
     assert_eq!(str_attr(span, "messaging.operation.name"), Some("publish"));
@@ -132,7 +139,12 @@ fn process_and_receive_spans_from_the_consumer_fixture() {
     let summary: Vec<(&str, SpanKind, i64, Option<&str>)> = spans
         .iter()
         .map(|sp| {
-            (sp.name.as_str(), sp.kind, int_attr(sp, "messaging.rabbitmq.message.delivery_tag").unwrap(), str_attr(sp, "error.type"))
+            (
+                sp.name.as_str(),
+                sp.kind,
+                int_attr(sp, "messaging.rabbitmq.message.delivery_tag").unwrap(),
+                str_attr(sp, "error.type"),
+            )
         })
         .collect();
     // In settlement order: the no-ack delivery finishes when read.
@@ -207,4 +219,3 @@ fn destinations_and_anonymous_queues() {
     assert!(m.trace_state.is_none());
     assert_eq!(m.start_unix_nanos, m.end_unix_nanos, "end never before start");
 }
-
