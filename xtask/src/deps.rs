@@ -54,6 +54,16 @@ fn installed(pkg: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
+/// rustfmt and clippy for the gates of `cargo xtask test` (rustup adds them when missing).
+fn ensure_rust_components() -> anyhow::Result<()> {
+    let missing = |sub: &str| !cmd::succeeds(&mut cmd("cargo", [sub, "--version"]));
+    if missing("fmt") || missing("clippy") {
+        eprintln!("xtask: rustup component add rustfmt clippy");
+        cmd::run(&mut cmd("rustup", ["component", "add", "rustfmt", "clippy"]))?;
+    }
+    Ok(())
+}
+
 /// Whether `program` is an executable file on PATH.
 fn have(program: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -69,6 +79,7 @@ pub fn run(_: Options) -> anyhow::Result<()> {
 
 pub fn ensure() -> anyhow::Result<()> {
     ensure_packages(PACKAGES)?;
+    ensure_rust_components()?;
     ensure_node_modules()?;
     ensure_psycopg()?;
     crate::deploy_check::ensure_tools()?;

@@ -27,7 +27,26 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     let filter: Vec<String> = o.filter.into_iter().collect();
     if filter.is_empty() {
+        // The gates first: formatting (Rust and kernel C) and clippy, warnings as errors.
         check_c_format()?;
+        eprintln!("xtask: cargo fmt --all --check");
+        cmd::run(&mut cmd("cargo", ["fmt", "--all", "--check"]))
+            .context("the Rust is not formatted as rustfmt.toml says; run: cargo fmt --all")?;
+        eprintln!("xtask: cargo clippy --workspace --all-targets -- -D warnings");
+        cmd::run(&mut cmd(
+            "cargo",
+            [
+                "clippy",
+                "-q",
+                "--workspace",
+                "--all-targets",
+                "--features",
+                "periscope/root-tests",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ))?;
     }
     cmd::run(cmd("cargo", ["test", "--workspace", "--lib", "--bins", "--"]).args(&filter))?;
     if filter.is_empty() {

@@ -359,7 +359,7 @@ impl Http1Session {
                 if self.heads.len() < MAX_PENDING {
                     self.heads.push(HeadSeen {
                         start_enter,
-                        traceparent: head.headers.traceparent.clone(),
+                        traceparent: head.headers.traceparent,
                         tracestate: head.headers.tracestate.clone(),
                     });
                 }
