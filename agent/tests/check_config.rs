@@ -200,8 +200,8 @@ fn bad_otlp_values_stop_startup_naming_the_key() {
         ),
         (
             &["--pid", "1", "--otlp-endpoint", "https://c:4318"],
-            &[],
-            "periscope: configuration error: invalid value \"https://c:4318\" for OTEL_EXPORTER_OTLP_ENDPOINT: https is not supported (built without TLS); use http://",
+            &[("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/periscope/key.pem")],
+            "periscope: configuration error: invalid value \"/etc/periscope/key.pem\" for OTEL_EXPORTER_OTLP_CLIENT_KEY: set together with OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE (or its per-signal variant)",
         ),
     ] {
         for check in [true, false] {

@@ -19,6 +19,7 @@ pub(crate) const PACKAGES: &[&str] = &[
     "libbpf-dev",
     "bpftool",
     "nginx-light",
+    "openssl",
     "curl",
     "python3",
     "nodejs",

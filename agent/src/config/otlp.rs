@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use crate::export::otlp::{BatchConfig, OtlpConfig, OtlpProtocol, OtlpSignal, SignalConfig};
+use crate::export::otlp::{
+    tls, BatchConfig, ClientIdentity, Compression, OtlpConfig, OtlpProtocol, OtlpSignal, SignalConfig, TlsFiles,
+};
 
 /// A bad OTLP value, named by its variable.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -45,6 +47,10 @@ const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 const HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
 const METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
+const COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+const CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+const CLIENT_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE";
+const CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_CLIENT_KEY";
 
 /// `OTEL_EXPORTER_OTLP_<SIGNAL>_<what>`.
 fn signal_var(signal: OtlpSignal, what: &str) -> String {
@@ -110,7 +116,40 @@ pub fn resolve(
             Some(v) => millis(&timeout_var, Some(v), 0)?,
             None => timeout,
         };
-        Ok(Some(SignalConfig { protocol, endpoint, headers, timeout }))
+        // The per-signal variable first, then the generic one.
+        let pick = |generic: &str, what: &str| {
+            let specific = signal_var(s, what);
+            match env(&specific) {
+                Some(v) => Some((specific, v)),
+                None => env(generic).map(|v| (generic.to_owned(), v)),
+            }
+        };
+        let compression = match pick(COMPRESSION, "COMPRESSION") {
+            None => Compression::None,
+            Some((var, v)) => match v.trim() {
+                "gzip" => Compression::Gzip,
+                "none" => Compression::None,
+                other => return Err(OtlpConfigError::invalid(&var, other, "expected `gzip` or `none`")),
+            },
+        };
+        let files = [
+            pick(CERTIFICATE, "CERTIFICATE"),
+            pick(CLIENT_CERTIFICATE, "CLIENT_CERTIFICATE"),
+            pick(CLIENT_KEY, "CLIENT_KEY"),
+        ];
+        let tls = if url.scheme() == "https" {
+            Some(tls_files(files)?)
+        } else {
+            if let Some((var, _)) = files.iter().flatten().next() {
+                return Err(OtlpConfigError::invalid(
+                    &var.clone(),
+                    &raw,
+                    format!("{var} is set but the endpoint is not https://"),
+                ));
+            }
+            None
+        };
+        Ok(Some(SignalConfig { protocol, endpoint, headers, timeout, tls, compression }))
     };
     let traces = signal(OtlpSignal::Traces)?;
     let metrics = signal(OtlpSignal::Metrics)?;
@@ -172,16 +211,61 @@ fn parse_url(var: &str, raw: &str) -> Result<Url, OtlpConfigError> {
         OtlpConfigError::invalid(var, raw, format!("not a URL ({e}); expected e.g. http://collector:4318"))
     })?;
     match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(OtlpConfigError::invalid(var, raw, "https is not supported (built without TLS); use http://"))
+        "http" | "https" => {}
+        _ => {
+            return Err(OtlpConfigError::invalid(
+                var,
+                raw,
+                "expected an http:// or https:// URL, e.g. http://collector:4318",
+            ))
         }
-        _ => return Err(OtlpConfigError::invalid(var, raw, "expected an http:// URL, e.g. http://collector:4318")),
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(OtlpConfigError::invalid(var, raw, "the URL has no host"));
     }
     Ok(url)
+}
+
+/// The TLS files named by `[CA, client certificate, client key]` (each
+/// `(variable, path)`), read and checked now.
+fn tls_files(named: [Option<(String, String)>; 3]) -> Result<TlsFiles, OtlpConfigError> {
+    let read = |(var, path): &(String, String)| {
+        std::fs::read(path.trim()).map_err(|e| OtlpConfigError::invalid(var, path, format!("cannot read it: {e}")))
+    };
+    let [ca, cert, key] = named;
+    let ca_pem = match &ca {
+        Some(named) => {
+            let pem = read(named)?;
+            tls::certificates(&pem).map_err(|e| OtlpConfigError::invalid(&named.0, &named.1, e.to_string()))?;
+            Some(pem)
+        }
+        None => None,
+    };
+    let client = match (&cert, &key) {
+        (None, None) => None,
+        (Some((var, path)), None) | (None, Some((var, path))) => {
+            let other = if var.ends_with("KEY") { CLIENT_CERTIFICATE } else { CLIENT_KEY };
+            return Err(OtlpConfigError::invalid(
+                var,
+                path,
+                format!("set together with {other} (or its per-signal variant)"),
+            ));
+        }
+        (Some(c), Some(k)) => Some(ClientIdentity { cert_pem: read(c)?, key_pem: read(k)? }),
+    };
+    let files = TlsFiles { ca_pem, client };
+    if let Err(e) = tls::check(&files) {
+        // Name the variable the failure belongs to.
+        let (var, path) = match (&e, &cert, &key, &ca) {
+            (tls::TlsError::BadKey(_), _, Some(k), _) => k.clone(),
+            (tls::TlsError::Mismatch(_), Some(c), _, _) => c.clone(),
+            (_, _, _, Some(a)) => a.clone(),
+            (_, Some(c), _, _) => c.clone(),
+            _ => (CERTIFICATE.to_owned(), String::new()),
+        };
+        return Err(OtlpConfigError::invalid(&var, &path, e.to_string()));
+    }
+    Ok(files)
 }
 
 /// Port 4317 (or one ending in it) is gRPC, anything else HTTP.

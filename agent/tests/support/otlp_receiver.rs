@@ -38,6 +38,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 use tokio::task::JoinHandle;
+use tonic::codec::CompressionEncoding;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
@@ -216,7 +217,21 @@ fn protobuf(status: StatusCode, body: Vec<u8>) -> Response {
     (status, [("content-type", "application/x-protobuf")], body).into_response()
 }
 
+/// The body as sent, gunzipped when `Content-Encoding: gzip` says so (as a
+/// collector does); `None` when it does not inflate.
+fn inflate(headers: &HeaderMap, body: Bytes) -> Option<Bytes> {
+    if headers.get("content-encoding").is_none_or(|v| v != "gzip") {
+        return Some(body);
+    }
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out).ok()?;
+    Some(out.into())
+}
+
 async fn http_traces(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(body) = inflate(&headers, body) else {
+        return (StatusCode::BAD_REQUEST, "bad gzip body").into_response();
+    };
     let Ok(req) = ExportTraceServiceRequest::decode(body) else {
         return (StatusCode::BAD_REQUEST, "not an ExportTraceServiceRequest").into_response();
     };
@@ -228,6 +243,9 @@ async fn http_traces(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byt
 }
 
 async fn http_metrics(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(body) = inflate(&headers, body) else {
+        return (StatusCode::BAD_REQUEST, "bad gzip body").into_response();
+    };
     let Ok(req) = ExportMetricsServiceRequest::decode(body) else {
         return (StatusCode::BAD_REQUEST, "not an ExportMetricsServiceRequest").into_response();
     };
@@ -263,11 +281,11 @@ impl Receiver {
         let grpc_routes = Router::new()
             .route_service(
                 "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-                TraceServiceServer::new(Grpc(shared.clone())),
+                TraceServiceServer::new(Grpc(shared.clone())).accept_compressed(CompressionEncoding::Gzip),
             )
             .route_service(
                 "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
-                MetricsServiceServer::new(Grpc(shared.clone())),
+                MetricsServiceServer::new(Grpc(shared.clone())).accept_compressed(CompressionEncoding::Gzip),
             );
         let grpc = tonic::transport::Server::builder()
             .serve_with_incoming(grpc_routes, tonic::transport::server::TcpIncoming::from(grpc_listener));

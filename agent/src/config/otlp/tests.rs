@@ -74,8 +74,11 @@ fn bad_values_name_the_variable() {
     assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), "{e}");
     let e = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]).unwrap_err();
     assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
-    let e = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")]).unwrap_err();
-    assert!(e.to_string().contains("TLS"), "{e}");
+    let e = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://c:4318")]).unwrap_err();
+    assert!(e.to_string().contains("https://"), "{e}");
+    let e = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"), ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")])
+        .unwrap_err();
+    assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_COMPRESSION"), "{e}");
     let e =
         cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_METRIC_EXPORT_INTERVAL", "10s")]).unwrap_err();
     assert!(e.to_string().contains("OTEL_METRIC_EXPORT_INTERVAL"), "{e}");
@@ -84,6 +87,38 @@ fn bad_values_name_the_variable() {
     let e = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")])
         .unwrap_err();
     assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_HEADERS"), "{e}");
+}
+
+#[test]
+fn tls_files_are_read_at_startup_and_named_by_their_variable() {
+    let dir = std::env::temp_dir().join(format!("periscope-otlp-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let junk = junk.to_str().unwrap();
+    let https = ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318");
+    // Unreadable, not PEM, half a client identity, TLS files for a plaintext endpoint.
+    let e = cfg(&[https, ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")]).unwrap_err().to_string();
+    assert!(e.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && e.contains("cannot read"), "{e}");
+    let e = cfg(&[https, ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", junk)]).unwrap_err().to_string();
+    assert!(e.contains("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE") && e.contains("no PEM certificate"), "{e}");
+    let e = cfg(&[https, ("OTEL_EXPORTER_OTLP_CLIENT_KEY", junk)]).unwrap_err().to_string();
+    assert!(e.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY") && e.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"), "{e}");
+    let e = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_EXPORTER_OTLP_CERTIFICATE", junk)])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not https://"), "{e}");
+    // Per-signal compression over the generic one.
+    let c = cfg(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "none"),
+    ])
+    .unwrap()
+    .unwrap();
+    assert_eq!(c.traces.unwrap().compression, crate::export::otlp::Compression::Gzip);
+    assert_eq!(c.metrics.unwrap().compression, crate::export::otlp::Compression::None);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

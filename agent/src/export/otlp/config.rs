@@ -28,6 +28,44 @@ impl OtlpSignal {
     }
 }
 
+/// How request bodies are compressed (`OTEL_EXPORTER_OTLP_COMPRESSION`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// `none` (the default)
+    #[default]
+    None,
+    /// `gzip`: `Content-Encoding: gzip` over HTTP, `grpc-encoding: gzip` over gRPC.
+    Gzip,
+}
+
+/// TLS for an `https://` endpoint: the PEM files named by
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`, `_CLIENT_CERTIFICATE` and `_CLIENT_KEY`
+/// (or their per-signal variants), read and checked at startup.
+#[derive(Clone, Default, PartialEq)]
+pub struct TlsFiles {
+    /// CA certificates that sign the endpoint's certificate; `None`: the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate chain and its key, for endpoints that ask for one (mTLS).
+    pub client: Option<ClientIdentity>,
+}
+
+/// A client certificate chain and its private key, PEM.
+#[derive(Clone, PartialEq)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    /// Never the key: sizes only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("ca_pem_bytes", &self.ca_pem.as_ref().map(Vec::len))
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
 /// Where and how one signal is sent.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SignalConfig {
@@ -38,6 +76,9 @@ pub struct SignalConfig {
     pub headers: Vec<(String, String)>,
     /// Per-attempt timeout.
     pub timeout: Duration,
+    /// `Some` for an `https://` endpoint.
+    pub tls: Option<TlsFiles>,
+    pub compression: Compression,
 }
 
 /// Batching and retry knobs shared by both signals.

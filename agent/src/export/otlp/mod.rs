@@ -2,10 +2,13 @@
 mod config;
 mod convert;
 mod metrics;
+pub mod tls;
 mod traces;
 mod transport;
 
-pub use config::{BatchConfig, OtlpConfig, OtlpProtocol, OtlpSignal, SignalConfig};
+pub use config::{
+    BatchConfig, ClientIdentity, Compression, OtlpConfig, OtlpProtocol, OtlpSignal, SignalConfig, TlsFiles,
+};
 pub use convert::{resource, SCOPE_NAME};
 pub use metrics::{snapshot_to_resource_metrics, spawn_metrics_exporter, telemetry_resource_metrics, MetricsExporter};
 pub use traces::{build_request, span_to_otlp, spawn_trace_exporter, TraceQueue};
