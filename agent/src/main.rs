@@ -2,6 +2,8 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // One TLS provider for the whole process (ring), whatever client asks first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let settings = match periscope::config::Settings::from_args(std::env::args_os()) {
         Ok(s) => s,
         Err(periscope::config::ConfigError::Cli(e)) => e.exit(),

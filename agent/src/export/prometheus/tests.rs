@@ -273,7 +273,10 @@ async fn serves_metrics_targets_healthz_and_reports_taken_port() {
     let taken = serve(addr, state).await.expect_err("port is taken");
     assert!(taken.to_string().contains(&addr.to_string()), "{taken}");
 
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(crate::export::otlp::tls::plaintext_config())
+        .build()
+        .unwrap();
     let resp = client.get(format!("http://{addr}/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], CONTENT_TYPE);
