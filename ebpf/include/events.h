@@ -81,7 +81,7 @@ enum periscope_syscall {
 /* Indexes of the per-CPU `counters` array; the agent exports each one. */
 enum periscope_counter {
 	PERISCOPE_CNT_RINGBUF_FULL = 0,  /* event dropped: ring buffer reservation failed */
-	PERISCOPE_CNT_PENDING_FULL = 1,  /* syscall not followed: pending-args map full */
+	PERISCOPE_CNT_PENDING_FULL = 1,  /* syscall not followed: no pending-args slot */
 	PERISCOPE_CNT_CONN_FULL = 2,     /* connection not cached: map update failed */
 	PERISCOPE_CNT_IOV_TRUNCATED = 3, /* more than PERISCOPE_MAX_IOV iovecs */
 	PERISCOPE_CNT_READ_FAILED = 4,   /* bpf_probe_read_user of a buffer failed */

@@ -22,7 +22,8 @@ struct {
 	__type(value, struct periscope_pid_config);
 } tracked_pids SEC(".maps");
 
-/* Arguments of a syscall in flight, keyed by pid_tgid, kept from entry to exit. */
+/* Arguments of a syscall in flight, kept from entry to exit in the thread's
+ * own task storage. */
 struct pending_io {
 	__u64 ts_enter_ns;
 	__u64 buf;    /* user pointer: data, iovec array, or msghdr */
@@ -31,7 +32,8 @@ struct pending_io {
 	__u8 kind;    /* enum pending_kind */
 	__u8 syscall; /* enum periscope_syscall */
 	__u8 direction;
-	__u8 _pad[5];
+	__u8 active; /* set at entry, cleared at exit: a slot with nothing in flight is 0 */
+	__u8 _pad[4];
 };
 
 struct ps_iovec {
@@ -48,15 +50,34 @@ enum pending_kind {
 	PENDING_CONNECT = 5,
 };
 
-/* A plain preallocated hash: cheaper than LRU on every syscall. Entries live
- * from entry to exit; a thread that dies inside a syscall has its entry
- * removed by the sched_process_exit handler. */
+/* Task storage: one slot per thread, created at its first tracked syscall and
+ * freed by the kernel with the thread. No hash insert and delete per syscall
+ * (a lookup in the task's own small storage list instead), no capacity to run
+ * out of, nothing to clean when a thread dies inside a syscall. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct pending_io);
 } pending SEC(".maps");
+
+/* The calling thread's slot (created when `create`), or NULL. */
+static __always_inline struct pending_io *pending_slot(int create)
+{
+	return bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0,
+				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
+/* Takes what the calling thread's entry left (0 when nothing is in flight). */
+static __always_inline int take_pending(struct pending_io *out)
+{
+	struct pending_io *p = pending_slot(0);
+	if (!p || !p->active)
+		return 0;
+	*out = *p;
+	p->active = 0;
+	return 1;
+}
 
 /* (tgid, fd) of a tracked process -> what that fd is (events.h). */
 struct {

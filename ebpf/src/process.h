@@ -73,9 +73,6 @@ int handle_exit(struct trace_event_raw_sched_process_template *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	/* A thread dying inside a blocking syscall never reaches sys_exit; done
-	 * for every thread, since its process may have been untracked meanwhile. */
-	bpf_map_delete_elem(&pending, &id);
 	if (!is_tracked(tgid))
 		return 0;
 	__u32 tid = (__u32)id;

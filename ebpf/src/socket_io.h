@@ -16,17 +16,20 @@ static __always_inline int remember(struct trace_event_raw_sys_enter *ctx, __u8 
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!is_tracked(id >> 32))
 		return 0;
-	struct pending_io p = {
-		.ts_enter_ns = bpf_ktime_get_ns(),
-		.buf = buf,
-		.iovcnt = iovcnt,
-		.fd = (__s32)ctx->args[0],
-		.kind = kind,
-		.syscall = syscall,
-		.direction = direction,
-	};
-	if (bpf_map_update_elem(&pending, &id, &p, BPF_ANY))
+	struct pending_io *p = pending_slot(1);
+	if (!p) {
+		/* no memory for the thread's slot */
 		count(PERISCOPE_CNT_PENDING_FULL);
+		return 0;
+	}
+	p->ts_enter_ns = bpf_ktime_get_ns();
+	p->buf = buf;
+	p->iovcnt = iovcnt;
+	p->fd = (__s32)ctx->args[0];
+	p->kind = kind;
+	p->syscall = syscall;
+	p->direction = direction;
+	p->active = 1;
 	return 0;
 }
 
@@ -95,11 +98,9 @@ static __always_inline void emit_conn_event(__u32 kind, __u64 id, __s32 fd, __u6
 static __always_inline int handle_io_exit(struct trace_event_raw_sys_exit *ctx, const int reads)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct pending_io *p = bpf_map_lookup_elem(&pending, &id);
-	if (!p)
+	struct pending_io args;
+	if (!take_pending(&args))
 		return 0;
-	struct pending_io args = *p;
-	bpf_map_delete_elem(&pending, &id);
 
 	__s64 ret = ctx->ret;
 	if (ret <= 0)
@@ -266,11 +267,9 @@ int handle_enter_connect(struct trace_event_raw_sys_enter *ctx)
 static __always_inline int handle_open_exit(struct trace_event_raw_sys_exit *ctx, __u8 expect_kind)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct pending_io *p = bpf_map_lookup_elem(&pending, &id);
-	if (!p)
+	struct pending_io args;
+	if (!take_pending(&args))
 		return 0;
-	struct pending_io args = *p;
-	bpf_map_delete_elem(&pending, &id);
 	if (args.kind != expect_kind)
 		return 0;
 

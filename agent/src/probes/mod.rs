@@ -153,6 +153,9 @@ impl Probes {
             .override_global("capture_size", &capture, true)
             .override_global("wakeup_bytes", &config.wakeup_bytes.min(config.ring_buffer_bytes / 4), true)
             .map_max_entries("events", config.ring_buffer_bytes)
+            // `pending` is task storage, which aya 0.14 creates but has no typed handle for
+            // (the agent never touches it).
+            .allow_unsupported_maps()
             .load(OBJECT)
             .map_err(ProbeError::Load)?;
 
