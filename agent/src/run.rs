@@ -39,6 +39,10 @@ impl SpanSink for TraceQueue {
     fn submit(&mut self, span: &Span) {
         TraceQueue::submit(self, span.clone());
     }
+
+    fn submit_owned(&mut self, span: Span) {
+        TraceQueue::submit(self, span);
+    }
 }
 
 struct MetricsSink(Arc<Metrics>);

@@ -10,6 +10,12 @@ use crate::model::Span;
 pub trait SpanSink: Send {
     fn submit(&mut self, span: &Span);
 
+    /// The span itself, for a sink that keeps it (the OTLP queue): given to
+    /// the last trace sink, so that no span is cloned for the export queue.
+    fn submit_owned(&mut self, span: Span) {
+        self.submit(&span);
+    }
+
     /// Metrics sinks see every span as soon as it finishes, sampled or not,
     /// before its trace id is decided; trace sinks see sampled spans with
     /// their final ids.
@@ -46,10 +52,15 @@ impl Sinks {
 
     /// Spans whose trace is decided and sampled.
     pub fn decided(&mut self, spans: &mut Vec<Span>) {
+        let Some(last) = self.sinks.iter().rposition(|s| !s.sees_every_span()) else {
+            spans.clear();
+            return;
+        };
         for span in spans.drain(..) {
-            for sink in self.sinks.iter_mut().filter(|s| !s.sees_every_span()) {
+            for sink in self.sinks[..last].iter_mut().filter(|s| !s.sees_every_span()) {
                 sink.submit(&span);
             }
+            self.sinks[last].submit_owned(span);
         }
     }
 
@@ -66,5 +77,57 @@ impl Sinks {
                 sink.forget_service(&instance);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::model::{Service, Signal, SpanKind, SpanStatus};
+
+    /// (span name, given owned?) in the order they came.
+    type Log = Arc<Mutex<Vec<(String, bool)>>>;
+
+    /// Records what it got and how.
+    struct Recorder {
+        every: bool,
+        got: Log,
+    }
+
+    impl SpanSink for Recorder {
+        fn submit(&mut self, span: &Span) {
+            self.got.lock().unwrap().push((span.name.clone(), false));
+        }
+        fn submit_owned(&mut self, span: Span) {
+            self.got.lock().unwrap().push((span.name, true));
+        }
+        fn sees_every_span(&self) -> bool {
+            self.every
+        }
+    }
+
+    #[test]
+    fn every_trace_sink_gets_each_decided_span_and_the_last_one_owns_it() {
+        let logs: Vec<Log> = (0..3).map(|_| Arc::default()).collect();
+        let mut sinks = Sinks::new(vec![
+            Box::new(Recorder { every: false, got: logs[0].clone() }),
+            Box::new(Recorder { every: false, got: logs[1].clone() }),
+            Box::new(Recorder { every: true, got: logs[2].clone() }),
+        ]);
+        let service =
+            Arc::new(Service { name: "s".into(), namespace: None, instance_id: "i".into(), attributes: vec![] });
+        let span = |name: &str| {
+            Span::new(&service, SpanKind::Server, Signal::HttpServer, name.into(), 1, 2, vec![], SpanStatus::Unset)
+        };
+        sinks.finished(&span("early"));
+        let mut decided = vec![span("a"), span("b")];
+        sinks.decided(&mut decided);
+        assert!(decided.is_empty());
+        let got = |i: usize| logs[i].lock().unwrap().clone();
+        assert_eq!(got(0), [("a".into(), false), ("b".into(), false)]);
+        assert_eq!(got(1), [("a".into(), true), ("b".into(), true)], "the last trace sink owns the spans");
+        assert_eq!(got(2), [("early".into(), false)], "the metrics sink sees spans as they finish only");
     }
 }
