@@ -1,6 +1,7 @@
 //! OTLP export of spans and metrics over gRPC or HTTP/protobuf.
 mod config;
 mod convert;
+mod encode;
 mod metrics;
 pub mod tls;
 mod traces;

@@ -17,6 +17,7 @@ use tokio::{
 use super::{
     config::{OtlpConfig, OtlpSignal},
     convert::{key_value, resource, scope},
+    encode::encode_request,
     transport::{deliver, Backoff, Outbox, Payload, Pending, Transport},
     ExportError,
 };
@@ -30,24 +31,36 @@ const FLAG_HAS_IS_REMOTE: u32 = 0x100;
 /// Bit 9: the parent is remote.
 const FLAG_IS_REMOTE: u32 = 0x200;
 
-pub fn span_to_otlp(span: &Span) -> otlp::Span {
-    let kind = match span.kind {
+pub(super) fn otlp_kind(kind: SpanKind) -> OtlpKind {
+    match kind {
         SpanKind::Server => OtlpKind::Server,
         SpanKind::Client => OtlpKind::Client,
         SpanKind::Producer => OtlpKind::Producer,
         SpanKind::Consumer => OtlpKind::Consumer,
         SpanKind::Internal => OtlpKind::Internal,
-    };
-    let status = match &span.status {
-        SpanStatus::Unset => None,
-        SpanStatus::Error(msg) => Some(otlp::Status { message: msg.clone(), code: StatusCode::Error as i32 }),
-    };
-    // The parent of a span the agent sees is in another process (server spans:
-    // the caller) or unknown; only server/consumer parents are known remote.
+    }
+}
+
+/// OTLP `Span.flags`: the W3C trace flags, and whether the parent is remote.
+/// The parent of a span the agent sees is in another process (server spans:
+/// the caller) or unknown; only server/consumer parents are known remote.
+pub(super) fn span_flags(span: &Span) -> u32 {
     let mut flags = u32::from(span.trace_flags);
     if span.parent_span_id.is_some() && matches!(span.kind, SpanKind::Server | SpanKind::Consumer) {
         flags |= FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE;
     }
+    flags
+}
+
+/// One span as the generated OTLP type (tests, tools; the exporter writes
+/// bytes directly: `encode.rs`).
+pub fn span_to_otlp(span: &Span) -> otlp::Span {
+    let kind = otlp_kind(span.kind);
+    let status = match &span.status {
+        SpanStatus::Unset => None,
+        SpanStatus::Error(msg) => Some(otlp::Status { message: msg.clone(), code: StatusCode::Error as i32 }),
+    };
+    let flags = span_flags(span);
     otlp::Span {
         trace_id: span.trace_id.0.to_vec(),
         span_id: span.span_id.0.to_vec(),
@@ -64,7 +77,9 @@ pub fn span_to_otlp(span: &Span) -> otlp::Span {
     }
 }
 
-/// One request for a batch: one ResourceSpans per service instance, in first-seen order.
+/// One request for a batch: one ResourceSpans per service instance, in
+/// first-seen order, as the generated types (what `encode::encode_request`
+/// writes as bytes).
 pub fn build_request(spans: &[Span]) -> ExportTraceServiceRequest {
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut out: Vec<ResourceSpans> = Vec::new();
@@ -172,7 +187,7 @@ fn seal(batch: &mut Vec<Span>, outbox: &Outbox) {
         return;
     }
     let items = batch.len() as u64;
-    outbox.push(Pending { payload: Payload::Traces(build_request(batch)), items });
+    outbox.push(Pending { payload: Payload::Traces(encode_request(batch)), items });
     batch.clear();
 }
 

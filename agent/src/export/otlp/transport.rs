@@ -6,9 +6,10 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::{
     metrics::v1::{metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest},
-    trace::v1::{trace_service_client::TraceServiceClient, ExportTraceServiceRequest},
+    trace::v1::ExportTraceServiceResponse,
 };
 use prost::Message;
 use tokio::sync::Notify;
@@ -27,9 +28,50 @@ use crate::telemetry::{Counter, Telemetry};
 /// One request of either signal.
 #[derive(Clone, Debug)]
 pub enum Payload {
-    Traces(ExportTraceServiceRequest),
+    /// An `ExportTraceServiceRequest`, encoded (`encode.rs`): a retry resends the same bytes.
+    Traces(Bytes),
     Metrics(ExportMetricsServiceRequest),
 }
+
+/// gRPC with a request already encoded: the bytes go out as they are, the
+/// response is decoded with prost.
+struct EncodedCodec<R>(std::marker::PhantomData<R>);
+
+struct BytesEncoder;
+
+struct ProstDecoder<R>(std::marker::PhantomData<R>);
+
+impl<R: Message + Default + Send + 'static> tonic::codec::Codec for EncodedCodec<R> {
+    type Encode = Bytes;
+    type Decode = R;
+    type Encoder = BytesEncoder;
+    type Decoder = ProstDecoder<R>;
+    fn encoder(&mut self) -> BytesEncoder {
+        BytesEncoder
+    }
+    fn decoder(&mut self) -> ProstDecoder<R> {
+        ProstDecoder(std::marker::PhantomData)
+    }
+}
+
+impl tonic::codec::Encoder for BytesEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl<R: Message + Default> tonic::codec::Decoder for ProstDecoder<R> {
+    type Item = R;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<R>, tonic::Status> {
+        R::decode(src).map(Some).map_err(|e| tonic::Status::internal(format!("undecodable response: {e}")))
+    }
+}
+
+const TRACE_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Why an attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,14 +168,21 @@ impl Transport {
         match &self.inner {
             Inner::Grpc { channel, metadata } => {
                 let result = match payload {
-                    Payload::Traces(r) => {
-                        let mut req = tonic::Request::new(r.clone());
+                    Payload::Traces(bytes) => {
+                        let mut req = tonic::Request::new(bytes.clone());
                         *req.metadata_mut() = metadata.clone();
-                        let mut client = TraceServiceClient::new(channel.clone());
+                        let mut grpc = tonic::client::Grpc::new(channel.clone());
                         if self.compression == Compression::Gzip {
-                            client = client.send_compressed(CompressionEncoding::Gzip);
+                            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
                         }
-                        client.accept_compressed(CompressionEncoding::Gzip).export(req).await.map(|resp| {
+                        grpc = grpc.accept_compressed(CompressionEncoding::Gzip);
+                        let sent = async {
+                            grpc.ready().await.map_err(|e| tonic::Status::unavailable(format!("connecting: {e}")))?;
+                            let path = tonic::codegen::http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH);
+                            let codec = EncodedCodec::<ExportTraceServiceResponse>(std::marker::PhantomData);
+                            grpc.unary(req, path, codec).await
+                        };
+                        sent.await.map(|resp| {
                             if let Some(p) = resp.into_inner().partial_success.filter(|p| p.rejected_spans > 0) {
                                 tracing::warn!(rejected = p.rejected_spans, msg = %p.error_message, "OTLP endpoint rejected spans");
                             }
@@ -165,8 +214,8 @@ impl Transport {
             }
             Inner::Http { client, url, headers } => {
                 let body = match payload {
-                    Payload::Traces(r) => r.encode_to_vec(),
-                    Payload::Metrics(r) => r.encode_to_vec(),
+                    Payload::Traces(bytes) => bytes.clone(),
+                    Payload::Metrics(r) => r.encode_to_vec().into(),
                 };
                 let mut request = client
                     .post(url)
@@ -176,7 +225,7 @@ impl Transport {
                     Compression::None => body,
                     Compression::Gzip => {
                         request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
-                        gzip(&body)
+                        gzip(&body).into()
                     }
                 };
                 let resp = request.body(body).send().await.map_err(|e| SendError::Retryable(format!("HTTP: {e}")))?;
@@ -362,7 +411,7 @@ mod tests {
     use super::*;
 
     fn pending(n: u64) -> Pending {
-        Pending { payload: Payload::Traces(ExportTraceServiceRequest::default()), items: n }
+        Pending { payload: Payload::Traces(Bytes::new()), items: n }
     }
 
     #[test]
