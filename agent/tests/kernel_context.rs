@@ -160,6 +160,8 @@ enum Frontend {
     /// This test binary re-executed as a server with a fixed pool of 4
     /// worker threads (no SQL: a backend call per request).
     RustPool,
+    /// gunicorn, 3 pre-forked sync worker processes recycled every 15 requests.
+    Gunicorn,
 }
 
 /// Runs `total` requests at `concurrency` through caller -> frontend -> (pg, backend).
@@ -175,6 +177,7 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
         Frontend::Node(_) => "frontend-node",
         Frontend::Python => "frontend-python",
         Frontend::RustPool => "frontend-rust",
+        Frontend::Gunicorn => "frontend-gunicorn",
     };
     let _front = match frontend {
         Frontend::Node(mode) => spawn(Command::new("node").arg(fx.join("ctx_frontend.js")).args(&args).arg(mode), name),
@@ -183,6 +186,15 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
             Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", "rust_pool_server_entry", "--nocapture", "--test-threads=1", "--quiet"])
                 .env("PERISCOPE_CTX_RUST_SERVER", format!("{front_port},{back_port}")),
+            name,
+        ),
+        Frontend::Gunicorn => spawn(
+            Command::new(python())
+                .args(["-m", "gunicorn", "-c", "ctx_gunicorn_conf.py", "ctx_wsgi_frontend:app"])
+                .current_dir(&fx)
+                .env("CTX_HTTP_PORT", front_port.to_string())
+                .env("CTX_PG_PORT", pg.port.to_string())
+                .env("CTX_BACKEND_PORT", back_port.to_string()),
             name,
         ),
     };
@@ -250,6 +262,20 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
         .map(String::from)
         .collect();
     let (sc, wrong) = score(&spans, name, with_sql);
+    if matches!(frontend, Frontend::Gunicorn) {
+        // The load outlived the first workers: spans came from processes forked while it ran.
+        let pids: std::collections::HashSet<i64> = spans
+            .iter()
+            .filter(|s| service(s) == name && s.span.kind == SERVER)
+            .filter_map(|s| match s.resource.get("process.pid") {
+                Some(Val::Int(p)) => Some(*p),
+                _ => None,
+            })
+            .collect();
+        // More than 3 x 15 requests: some worker was recycled.
+        assert!(pids.len() > 3 || total <= 45, "{} worker pids for {total} requests (3 workers, 15 each)", pids.len());
+        eprintln!("{name}: server spans from {} worker processes", pids.len());
+    }
     eprintln!("{name} concurrency {concurrency}: {sc:?}\n{counters:#?}");
     assert_eq!(sc.total, total, "requests seen");
     (sc, wrong)
@@ -278,6 +304,17 @@ async fn python_threads_every_span_has_the_right_parent_at_1_10_50_concurrent() 
     for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
         let (sc, wrong) = run(Frontend::Python, concurrency, total).await;
         assert_exact(&sc, &wrong, &format!("python threads, {concurrency} concurrent"));
+    }
+}
+
+/// Pre-fork workers (gunicorn sync): found by their listening socket at
+/// start, and the ones the master forks later (a worker is recycled every 15
+/// requests) tracked from their fork, each with its own name and parents.
+#[tokio::test(flavor = "multi_thread")]
+async fn gunicorn_prefork_workers_every_span_has_the_right_parent_at_1_10_50_concurrent() {
+    for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
+        let (sc, wrong) = run(Frontend::Gunicorn, concurrency, total).await;
+        assert_exact(&sc, &wrong, &format!("gunicorn pre-fork, {concurrency} concurrent"));
     }
 }
 

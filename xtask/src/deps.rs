@@ -133,25 +133,25 @@ fn ensure_node_modules() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// psycopg 3 for the `python3` on PATH: pip (psycopg[binary]), or Debian's
-/// python3-psycopg (over libpq5) when pip refuses an externally managed
-/// system Python.
+/// psycopg 3 and gunicorn (the pre-fork test of kernel_context) for the
+/// `python3` on PATH: pip, or Debian's python3-psycopg / python3-gunicorn
+/// when pip refuses an externally managed system Python.
 fn ensure_psycopg() -> anyhow::Result<()> {
-    let ok = || {
-        Command::new("python3")
-            .args(["-c", "import psycopg; psycopg.pq.version()"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ok() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing psycopg for python3");
-    if cmd::run(&mut cmd("python3", ["-m", "pip", "install", "--quiet", "psycopg[binary]"])).is_err() || !ok() {
-        ensure_packages(&["python3-psycopg"])?;
-    }
-    if !ok() {
-        bail!("python3 cannot import psycopg after installing it");
+    for (import, pip, deb) in [
+        ("import psycopg; psycopg.pq.version()", "psycopg[binary]", "python3-psycopg"),
+        ("import gunicorn", "gunicorn", "python3-gunicorn"),
+    ] {
+        let ok = || cmd::succeeds(&mut cmd("python3", ["-c", import]));
+        if ok() {
+            continue;
+        }
+        eprintln!("xtask: installing {pip} for python3");
+        if cmd::run(&mut cmd("python3", ["-m", "pip", "install", "--quiet", pip])).is_err() || !ok() {
+            ensure_packages(&[deb])?;
+        }
+        if !ok() {
+            bail!("python3 cannot `{import}` after installing {pip}");
+        }
     }
     Ok(())
 }
