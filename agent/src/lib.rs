@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod config;
 pub mod connections;
+pub mod conntrack;
 pub mod context;
 pub mod discovery;
 pub mod export;

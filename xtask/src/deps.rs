@@ -30,6 +30,9 @@ pub(crate) const PACKAGES: &[&str] = &[
     "mariadb-server",
     "mariadb-client",
     "libpq5",
+    // Cross-namespace link tests: namespaces, veths, bridges, NAT rules.
+    "iproute2",
+    "iptables",
     // The demo and the comparison: the Mythical services' message broker,
     // and a font for the comparison's latency chart.
     "rabbitmq-server",

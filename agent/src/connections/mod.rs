@@ -5,9 +5,10 @@
 //! `conclude`'s.
 mod conclude;
 mod detect;
+mod peers;
 
 use lru::LruCache;
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use rustc_hash::FxBuildHasher;
 
 use crate::capture::{CapturePolicy, Role, Tuple};
 use crate::context::{ConnTrace, Started, ThreadKey, Tracker};
@@ -22,6 +23,7 @@ use crate::telemetry::{Counter, Telemetry};
 
 use conclude::{Buffer, Conclude, Cx, Scratch};
 use detect::{detect, HeldChunk, DETECT_ATTEMPTS, HOLD_BYTES, HOLD_CHUNKS};
+use peers::Peers;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {
@@ -159,7 +161,7 @@ pub struct ConnectionTable {
     /// Least recently active first out when full.
     conns: LruCache<ConnKey, Connection, FxBuildHasher>,
     /// Connections by their endpoints, to find the other end of a local one.
-    by_tuple: FxHashMap<Tuple, ConnKey>,
+    peers: Peers,
     scratch: Scratch,
 }
 
@@ -174,15 +176,27 @@ impl ConnectionTable {
         let cap = std::num::NonZeroUsize::new(max.max(1)).expect("at least one");
         Self {
             conns: LruCache::with_hasher(cap, FxBuildHasher),
-            by_tuple: FxHashMap::default(),
+            peers: Peers::default(),
             scratch: Scratch::default(),
         }
     }
 
-    /// The tracked other end of a connection on this host, if there is one.
-    pub fn peer(&self, tuple: &Tuple) -> Option<(ConnKey, &Connection)> {
-        let key = self.by_tuple.get(&tuple.reversed())?;
-        self.conns.peek(key).map(|c| (*key, c))
+    /// The tracked other end of a connection on this host: almost always
+    /// one or none (see `peers` for when there are more).
+    pub fn peers(&self, tuple: &Tuple) -> impl Iterator<Item = (ConnKey, &Connection)> {
+        self.with_ends(&tuple.reversed())
+    }
+
+    /// The connections with these addresses, seen from the same end.
+    pub fn with_ends(&self, tuple: &Tuple) -> impl Iterator<Item = (ConnKey, &Connection)> {
+        self.peers.with_ends(tuple).iter().filter_map(|k| self.conns.peek(k).map(|c| (*k, c)))
+    }
+
+    /// Client-side connections whose local endpoint is `addr` (`netns`
+    /// matters for loopback addresses only): the callers of a server
+    /// connection whose client called a translated address.
+    pub fn from_endpoint(&self, addr: std::net::SocketAddr, netns: u32) -> impl Iterator<Item = (ConnKey, &Connection)> {
+        self.peers.from_endpoint(addr, netns).iter().filter_map(|k| self.conns.peek(k).map(|c| (*k, c)))
     }
 
     pub fn len(&self) -> usize {
@@ -215,7 +229,6 @@ impl ConnectionTable {
     }
 
     fn insert(&mut self, key: ConnKey, tuple: Tuple, role: Role, now: u64, tracker: &mut Tracker, t: &Telemetry) {
-        self.by_tuple.insert(tuple, key);
         let conn = Connection {
             tuple,
             role,
@@ -226,14 +239,13 @@ impl ConnectionTable {
         };
         // Full: the least recently active connection goes.
         if let Some((old_key, mut gone)) = self.conns.push(key, conn) {
+            self.peers.remove(old_key, &gone.tuple);
             if old_key != key {
-                if self.by_tuple.get(&gone.tuple) == Some(&old_key) {
-                    self.by_tuple.remove(&gone.tuple);
-                }
                 tracker.on_close(&mut gone.trace, old_key.pid);
                 t.inc(Counter::ConnectionsEvicted);
             }
         }
+        self.peers.insert(key, &tuple, role != Role::Server);
     }
 
     /// Bytes moved on a connection by `thread`.
@@ -323,9 +335,7 @@ impl ConnectionTable {
     /// The fd was closed: flush what the close completes and forget it.
     pub fn close(&mut self, key: ConnKey, tracker: &mut Tracker, out: &mut Vec<Outcome>, t: &Telemetry) {
         let Some(mut conn) = self.conns.pop(&key) else { return };
-        if self.by_tuple.get(&conn.tuple) == Some(&key) {
-            self.by_tuple.remove(&conn.tuple);
-        }
+        self.peers.remove(key, &conn.tuple);
         if let Parser::Detecting { attempts, held } = &conn.parser {
             // Bytes were seen and none made sense: this was not a protocol we know.
             if *attempts > 0 || !held.is_empty() {

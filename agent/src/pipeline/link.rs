@@ -3,13 +3,24 @@
 //! host (the same connection seen from the other end), else the PRODUCER
 //! span of the same message published on this host, else nothing. The
 //! remote parent found is kept for the span the exchange becomes.
-use std::collections::VecDeque;
+//!
+//! The tracked caller is the same connection seen from the other end
+//! (`connections::peers`: across network namespaces, loopback per
+//! namespace), else, when the server's peer address is the local address of
+//! a tracked client connection that called another address, the connection
+//! conntrack says it was before translation (DNAT): the server's request
+//! waits for that answer (`conntrack`, on its own thread) as it waits for a
+//! late caller event. Every caller looked for is counted once as tried,
+//! then as made or missed, with how or why.
+use std::{collections::VecDeque, num::NonZeroUsize};
 
+use lru::LruCache;
 use rustc_hash::FxHashMap;
 
 use crate::{
     capture::Tuple,
-    connections::{ConnectionTable, DeliveryLink},
+    connections::{ConnKey, Connection, ConnectionTable, DeliveryLink},
+    conntrack::{Namespace, Query, Translation},
     context::{
         assembly::{Explicit, Link},
         GroupId, SpanCtx, Started, Tracker,
@@ -61,6 +72,42 @@ const MAX_WAITS: usize = 4096;
 const MAX_PARENTS: usize = 65_536;
 /// Publishes remembered for consumers on this host.
 const MAX_PUBLISHES: usize = 8192;
+/// Server connections whose translation is remembered (a keep-alive
+/// connection asks once); least recently used forgotten first.
+const MAX_TRANSLATIONS: usize = 16_384;
+/// A translation known is asked again after this long (the tuple may have
+/// become another connection's).
+const TRANSLATION_TTL_NS: u64 = 30_000_000_000;
+/// A question without an answer for this long is asked again.
+const QUESTION_TTL_NS: u64 = 5_000_000_000;
+/// Contexts of possible translated callers kept per waiting request.
+const MAX_SEEN: usize = 8;
+/// The protocol label of the link counters: links are about connections.
+const LINK: &str = "tcp";
+
+/// What is known of a server connection's address translation.
+#[derive(Clone, Copy, Debug)]
+enum Nat {
+    /// Asked of conntrack, no answer yet.
+    Asked,
+    /// The client's connection, as the client sees it.
+    Client(Tuple),
+    /// Not a translated connection of a tracked client, or unknown (why).
+    Missed(&'static str),
+}
+
+/// Who called a server request, as far as is known now.
+#[derive(Debug)]
+enum Caller {
+    /// This client exchange (how it was found: the counters' reason).
+    Found(SpanCtx, &'static str),
+    /// A tracked caller whose request (or translation) is not known yet.
+    NotYet,
+    /// Not a tracked process on this host.
+    Untracked,
+    /// A tracked caller that cannot be told (why).
+    Missed(&'static str),
+}
 
 /// A server request whose caller is a tracked process on this host, whose
 /// request event has not arrived yet (the ring buffer has no order across
@@ -73,6 +120,14 @@ struct Wait {
     request_start: u64,
     /// The request named its trace itself: only its exact parent is looked for.
     explicit: bool,
+    /// The server process (its namespace may be where a translation is known).
+    pid: u32,
+    /// Counted as a link tried (a tracked caller looked for).
+    tried: bool,
+    /// Exchanges in flight at the request's start on the client connections
+    /// that may be its translated caller, kept while conntrack is asked: the
+    /// connection may have closed by the time the answer comes.
+    seen: Vec<(Tuple, SpanCtx)>,
     due: u64,
     /// The request's span, when it finished before its link was known: it
     /// leaves with its parent once the wait is over.
@@ -89,6 +144,20 @@ pub struct Linker {
     /// Parked spans whose wait is over, with their parent: for the pipeline
     /// to finish (`take_ready`).
     ready: Vec<(GroupId, Span)>,
+    /// Translations of server connections, by the server's tuple, with when.
+    nat: LruCache<Tuple, (Nat, u64)>,
+    /// Questions for the conntrack thread (`take_queries`).
+    queries: Vec<Query>,
+}
+
+/// A server request that began, for the link stage.
+#[derive(Debug)]
+pub struct ServerRequest<'a> {
+    pub key: ConnKey,
+    pub tuple: Tuple,
+    pub started: &'a Started,
+    pub traceparent: Option<&'a TraceParent>,
+    pub tracestate: Option<String>,
 }
 
 pub fn explicit(tp: &TraceParent, trace_state: Option<String>) -> Explicit {
@@ -104,7 +173,35 @@ impl Linker {
             parent_order: VecDeque::new(),
             published: PublishContexts::new(MAX_PUBLISHES),
             ready: Vec::new(),
+            nat: LruCache::new(NonZeroUsize::new(MAX_TRANSLATIONS).expect("not zero")),
+            queries: Vec::new(),
         }
+    }
+
+    /// Questions for the conntrack thread since the last call.
+    pub fn take_queries(&mut self) -> std::vec::Drain<'_, Query> {
+        self.queries.drain(..)
+    }
+
+    /// Whether there are questions for the conntrack thread.
+    pub fn has_queries(&self) -> bool {
+        !self.queries.is_empty()
+    }
+
+    /// The conntrack thread's answer for a server connection (or the
+    /// question could not be sent: `Translation::Failed`). The waiting
+    /// requests use it at their next retry.
+    pub fn on_translation(&mut self, server: Tuple, translation: Translation, now: u64) {
+        let nat = match translation {
+            // Conntrack names no namespace: a loopback translation (REDIRECT)
+            // stays in the server's, any other is keyed without one.
+            Translation::Original { client, called } => {
+                Nat::Client(Tuple { local: client, remote: called, netns: server.netns })
+            }
+            Translation::NotTranslated => Nat::Missed("not translated"),
+            Translation::Failed => Nat::Missed("lookup failed"),
+        };
+        self.nat.put(server, (nat, now));
     }
 
     /// A server span finished while its request still waits for its
@@ -163,34 +260,34 @@ impl Linker {
 
     /// A server request began: settles its trace now, or waits (briefly) for
     /// its tracked caller's request event.
-    #[allow(clippy::too_many_arguments)]
     pub fn on_request_started(
         &mut self,
         table: &ConnectionTable,
         ctx: &mut Tracker,
-        started: &Started,
-        tuple: Tuple,
-        traceparent: Option<&TraceParent>,
-        tracestate: Option<String>,
+        request: ServerRequest<'_>,
         now: u64,
         t: &Telemetry,
     ) {
+        let started = request.started;
         let group = started.ctx.group;
-        let explicit_link = traceparent.is_some();
-        if let Some(tp) = traceparent {
+        let explicit_link = request.traceparent.is_some();
+        if let Some(tp) = request.traceparent {
             // The caller said who it is: that wins over anything inferred.
-            ctx.settle(group, Link::Explicit(explicit(tp, tracestate)), t);
+            ctx.settle(group, Link::Explicit(explicit(tp, request.tracestate)), t);
         }
         let wait = Wait {
             span: started.ctx.span_id,
             group,
-            tuple,
+            tuple: request.tuple,
             request_start: started.ts_exit,
             explicit: explicit_link,
+            pid: request.key.pid,
+            tried: false,
+            seen: Vec::new(),
             due: now + self.wait_ns,
             parked: None,
         };
-        if let Some(wait) = self.try_link(table, ctx, wait, t) {
+        if let Some(wait) = self.try_link(table, ctx, wait, now, t) {
             if self.wait_ns == 0 || self.waits.len() >= MAX_WAITS {
                 self.give_up(ctx, wait, t);
             } else {
@@ -201,18 +298,26 @@ impl Linker {
 
     /// Links to the caller's client exchange when the caller is a tracked
     /// process on this host; hands the wait back when the caller is tracked
-    /// but its request has not been seen yet.
-    fn try_link(&mut self, table: &ConnectionTable, ctx: &mut Tracker, mut wait: Wait, t: &Telemetry) -> Option<Wait> {
-        let caller = match table.peer(&wait.tuple) {
-            // An untracked caller: nothing to wait for.
-            None => None,
-            Some((_, conn)) => match conn.trace.in_flight_at(wait.request_start) {
-                Some(ctx) => Some(ctx),
-                None => return Some(wait),
-            },
+    /// but its request (or the connection's translation) is not known yet.
+    fn try_link(
+        &mut self,
+        table: &ConnectionTable,
+        ctx: &mut Tracker,
+        mut wait: Wait,
+        now: u64,
+        t: &Telemetry,
+    ) -> Option<Wait> {
+        let caller = match self.caller(table, &mut wait, now, t) {
+            Caller::NotYet => return Some(wait),
+            Caller::Found(caller, how) => Some((caller, how)),
+            Caller::Missed(why) => {
+                t.add_for(Counter::LinksMissed, LINK, why, 1);
+                None
+            }
+            Caller::Untracked => None,
         };
         match caller {
-            Some(caller) => {
+            Some((caller, how)) => {
                 if wait.parked.is_some() {
                     self.release(&mut wait, Some(caller.span_id));
                 } else {
@@ -221,7 +326,7 @@ impl Linker {
                 if !wait.explicit {
                     ctx.settle(wait.group, Link::Caller(caller.group), t);
                 }
-                t.inc(Counter::SpansLinked);
+                t.add_for(Counter::SpansLinked, LINK, how, 1);
             }
             None => {
                 self.release(&mut wait, None);
@@ -233,8 +338,81 @@ impl Linker {
         None
     }
 
+    /// The caller of a waiting request: the other end of its connection,
+    /// else the client connection conntrack says it was before translation.
+    fn caller(&mut self, table: &ConnectionTable, wait: &mut Wait, now: u64, t: &Telemetry) -> Caller {
+        let tried = |wait: &mut Wait, how: &'static str| {
+            if !wait.tried {
+                wait.tried = true;
+                t.add_for(Counter::LinksTried, LINK, how, 1);
+            }
+        };
+        let mut direct = table.peers(&wait.tuple).peekable();
+        if let Some((_, peer)) = direct.peek() {
+            tried(wait, "same connection");
+            let how = if peer.tuple.netns == wait.tuple.netns { "same namespace" } else { "across namespaces" };
+            return choose(direct.map(|(_, c)| c), wait.request_start, how);
+        }
+        let known = self.nat.get(&wait.tuple).copied().filter(|(nat, at)| {
+            let ttl = if matches!(nat, Nat::Asked) { QUESTION_TTL_NS } else { TRANSLATION_TTL_NS };
+            now.saturating_sub(*at) < ttl
+        });
+        match known.map(|(nat, _)| nat) {
+            Some(Nat::Asked) => {
+                remember_callers(table, wait);
+                Caller::NotYet
+            }
+            Some(Nat::Client(client)) => {
+                let seen = wait.seen.iter().find(|(tuple, _)| same_ends(tuple, &client)).map(|(_, ctx)| *ctx);
+                if seen.is_none() && table.with_ends(&client).next().is_none() {
+                    // Not (or no longer) a tracked connection.
+                    return if wait.tried { Caller::Missed("partner gone") } else { Caller::Untracked };
+                }
+                tried(wait, "translated");
+                match (choose(table.with_ends(&client).map(|(_, c)| c), wait.request_start, "translated"), seen) {
+                    (found @ (Caller::Found(..) | Caller::Missed(_)), _) => found,
+                    (_, Some(ctx)) => Caller::Found(ctx, "translated"),
+                    (_, None) => Caller::NotYet,
+                }
+            }
+            Some(Nat::Missed(why)) => {
+                if wait.tried {
+                    Caller::Missed(why)
+                } else {
+                    Caller::Untracked
+                }
+            }
+            None => {
+                // A tracked client whose own address is the server's peer,
+                // which called another address: a translation, maybe.
+                let callers: Vec<(ConnKey, &Connection)> = table
+                    .from_endpoint(wait.tuple.remote, wait.tuple.netns)
+                    .filter(|(_, c)| c.tuple.remote != wait.tuple.local)
+                    .take(MAX_SEEN)
+                    .collect();
+                if callers.is_empty() {
+                    return Caller::Untracked;
+                }
+                tried(wait, "translated");
+                let mut namespaces: Vec<Namespace> =
+                    callers.iter().map(|(k, c)| Namespace { inode: c.tuple.netns, pid: k.pid }).collect();
+                namespaces.push(Namespace { inode: wait.tuple.netns, pid: wait.pid });
+                self.queries.push(Query { server: wait.tuple, namespaces });
+                self.nat.put(wait.tuple, (Nat::Asked, now));
+                remember_callers(table, wait);
+                Caller::NotYet
+            }
+        }
+    }
+
     fn give_up(&mut self, ctx: &mut Tracker, mut wait: Wait, t: &Telemetry) {
-        t.inc(Counter::LinkPartnerLate);
+        let asked = matches!(self.nat.peek(&wait.tuple), Some((Nat::Asked, _)));
+        if asked && wait.tried {
+            t.add_for(Counter::LinksMissed, LINK, "translation late", 1);
+        } else {
+            t.inc(Counter::LinkPartnerLate);
+            t.add_for(Counter::LinksMissed, LINK, "partner late", 1);
+        }
         self.release(&mut wait, None);
         if !wait.explicit {
             ctx.settle(wait.group, Link::None, t);
@@ -246,7 +424,7 @@ impl Linker {
     pub fn retry(&mut self, table: &ConnectionTable, ctx: &mut Tracker, now: u64, all: bool, t: &Telemetry) {
         for _ in 0..self.waits.len() {
             let Some(wait) = self.waits.pop_front() else { break };
-            let Some(wait) = self.try_link(table, ctx, wait, t) else { continue };
+            let Some(wait) = self.try_link(table, ctx, wait, now, t) else { continue };
             if all || wait.due <= now {
                 self.give_up(ctx, wait, t);
             } else {
@@ -273,9 +451,49 @@ impl Linker {
             Some(producer) => {
                 self.keep_parent(started.ctx.span_id, producer.span_id);
                 ctx.settle(group, Link::Caller(producer.group), t);
-                t.inc(Counter::SpansLinked);
+                t.add_for(Counter::SpansLinked, "amqp", "message", 1);
             }
             None => ctx.settle(group, Link::None, t),
+        }
+    }
+}
+
+/// The client exchange in flight at `ts` on one of `conns` (the other
+/// ends of one connection: almost always one).
+fn choose<'a>(conns: impl Iterator<Item = &'a Connection>, ts: u64, how: &'static str) -> Caller {
+    let mut found: Option<SpanCtx> = None;
+    let mut any = false;
+    for conn in conns {
+        any = true;
+        if let Some(ctx) = conn.trace.in_flight_at(ts) {
+            if found.is_some_and(|f| f.span_id != ctx.span_id) {
+                // One address in two namespaces, both calling at once.
+                return Caller::Missed("ambiguous");
+            }
+            found = Some(ctx);
+        }
+    }
+    match found {
+        Some(ctx) => Caller::Found(ctx, how),
+        None if any => Caller::NotYet,
+        None => Caller::Untracked,
+    }
+}
+
+/// Two tuples with the same addresses, as the link keys them (conntrack
+/// answers carry no namespace).
+fn same_ends(a: &Tuple, b: &Tuple) -> bool {
+    a.local == b.local && a.remote == b.remote
+}
+
+/// Keeps the exchanges in flight at the request's start on the client
+/// connections that may be its translated caller.
+fn remember_callers(table: &ConnectionTable, wait: &mut Wait) {
+    let callers = table.from_endpoint(wait.tuple.remote, wait.tuple.netns).filter(|(_, c)| c.tuple.remote != wait.tuple.local);
+    for (_, conn) in callers {
+        let Some(ctx) = conn.trace.in_flight_at(wait.request_start) else { continue };
+        if wait.seen.len() < MAX_SEEN && !wait.seen.iter().any(|(tuple, _)| same_ends(tuple, &conn.tuple)) {
+            wait.seen.push((conn.tuple, ctx));
         }
     }
 }
@@ -346,7 +564,8 @@ mod tests {
             &t,
         );
         let Some(Outcome::RequestStarted { started, .. }) = out.pop() else { panic!("{out:?}") };
-        linker.on_request_started(&table, &mut tracker, &started, server_tuple, None, None, 100, &t);
+        let request = ServerRequest { key: server, tuple: server_tuple, started: &started, traceparent: None, tracestate: None };
+        linker.on_request_started(&table, &mut tracker, request, 100, &t);
         assert!(linker.is_waiting(started.ctx.span_id));
         // The server span finished: parked, not lost, not parentless.
         let service = std::sync::Arc::new(Service {
@@ -368,7 +587,7 @@ mod tests {
             &mut out,
             &t,
         );
-        let caller = table.peer(&server_tuple).unwrap().1.trace.in_flight_at(101).unwrap();
+        let caller = table.peers(&server_tuple).next().unwrap().1.trace.in_flight_at(101).unwrap();
         linker.retry(&table, &mut tracker, 200, false, &t);
         let ready: Vec<_> = linker.take_ready().collect();
         assert_eq!(ready.len(), 1);

@@ -33,6 +33,7 @@ use crate::{
     capture::{self, reader::RingReader, Event},
     config::Settings,
     connections::{ConnKey, ConnectionTable, Outcome},
+    conntrack::{self, Translation},
     context::{assembly::AssemblyOptions, Assembler, ThreadKey, Tracker},
     discovery::{ProcessInfo, Scanner},
     kubernetes::KubernetesMetadata,
@@ -80,6 +81,8 @@ pub struct Pipeline {
     requests: Option<std_mpsc::SyncSender<Request>>,
     /// For the discovery thread's scanner.
     kubernetes: Option<KubernetesMetadata>,
+    /// Questions to the conntrack thread (set once it runs).
+    conntrack: Option<std_mpsc::SyncSender<conntrack::Query>>,
 }
 
 impl Pipeline {
@@ -113,6 +116,7 @@ impl Pipeline {
             telemetry,
             outcomes: Vec::new(),
             requests: None,
+            conntrack: None,
         }
     }
 
@@ -139,6 +143,10 @@ impl Pipeline {
             resolver,
         };
         std::thread::Builder::new().name("discovery".into()).spawn(move || worker.run())?;
+        let (queries, queries_rx) = std_mpsc::sync_channel(conntrack::MAX_QUERIES);
+        let (nat_answers, mut nat_rx) = mpsc::channel(conntrack::MAX_ANSWERS);
+        conntrack::spawn(queries_rx, nat_answers)?;
+        self.conntrack = Some(queries);
 
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // Data events wake us only when many are waiting; the rest is drained here.
@@ -156,6 +164,11 @@ impl Pipeline {
                     self.on_links(monotonic_now(), false);
                 }
                 Some(answer) = answers_rx.recv() => self.on_answer(answer),
+                Some(answer) = nat_rx.recv() => {
+                    let now = monotonic_now();
+                    self.linker.on_translation(answer.server, answer.translation, now);
+                    self.on_links(now, false);
+                }
                 _ = tick.tick() => self.on_tick(),
                 () = &mut shutdown => break,
             }
@@ -215,6 +228,22 @@ impl Pipeline {
         let sent = self.requests.as_ref().is_some_and(|r| r.try_send(request).is_ok());
         if !sent {
             self.telemetry.inc(Counter::DiscoveryRequestsDropped);
+        }
+    }
+
+    /// Questions the link stage has for the conntrack thread; one that
+    /// cannot be sent (queue full) is a failed lookup.
+    fn ask_conntrack(&mut self, now: u64) {
+        if !self.linker.has_queries() {
+            return;
+        }
+        let queries: Vec<conntrack::Query> = self.linker.take_queries().collect();
+        for query in queries {
+            let server = query.server;
+            let sent = self.conntrack.as_ref().is_some_and(|c| c.try_send(query).is_ok());
+            if !sent {
+                self.linker.on_translation(server, Translation::Failed, now);
+            }
         }
     }
 

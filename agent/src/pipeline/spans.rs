@@ -4,7 +4,7 @@
 //! trace), shown to the metrics sinks at once and to the trace sinks once
 //! its trace id is decided. Requests and deliveries that start go to the
 //! link stage.
-use super::Pipeline;
+use super::{link::ServerRequest, Pipeline};
 use crate::{
     capture::{CapturePolicy, Tuple},
     connections::{ConnKey, Outcome},
@@ -52,19 +52,10 @@ impl Pipeline {
         let now = monotonic_now();
         for outcome in pending.drain(..) {
             match outcome {
-                Outcome::RequestStarted { tuple, started, traceparent, tracestate, .. } => {
-                    let t = &self.telemetry;
-                    let tp = traceparent.as_ref();
-                    self.linker.on_request_started(
-                        &self.table,
-                        &mut self.tracker,
-                        &started,
-                        tuple,
-                        tp,
-                        tracestate,
-                        now,
-                        t,
-                    );
+                Outcome::RequestStarted { key, tuple, started, traceparent, tracestate } => {
+                    let request =
+                        ServerRequest { key, tuple, started: &started, traceparent: traceparent.as_ref(), tracestate };
+                    self.linker.on_request_started(&self.table, &mut self.tracker, request, now, &self.telemetry);
                     self.finish_linked();
                 }
                 Outcome::Delivered { started, link, .. } => {
@@ -89,6 +80,7 @@ impl Pipeline {
         if self.outcomes.is_empty() {
             self.outcomes = pending;
         }
+        self.ask_conntrack(now);
         self.emit_decided();
     }
 
@@ -114,7 +106,7 @@ impl Pipeline {
         };
         let ctx = SqlContext { service, local: tuple.local, remote: tuple.remote, server_side };
         let span = sql_spans::build(call, &ctx, &self.clock, self.sql_opts);
-        self.place(span, started, tuple, server_side, None);
+        self.place(span, started, key, tuple, server_side, None);
     }
 
     fn on_http(&mut self, key: ConnKey, tuple: Tuple, server_side: bool, started: Started, exchange: &Exchange) {
@@ -140,7 +132,7 @@ impl Pipeline {
             span.trace_state.clone_from(&headers.tracestate);
         }
         let explicit = headers.traceparent.map(|tp| (tp, headers.tracestate.clone()));
-        self.place(span, started, tuple, server_side, explicit);
+        self.place(span, started, key, tuple, server_side, explicit);
     }
 
     /// PRODUCER span: a child of the request that published; remembered by
@@ -191,6 +183,7 @@ impl Pipeline {
         &mut self,
         mut span: Span,
         started: Started,
+        key: ConnKey,
         tuple: Tuple,
         server_side: bool,
         explicit: Option<(TraceParent, Option<String>)>,
@@ -208,7 +201,8 @@ impl Pipeline {
             // Its start was never announced (its head was not seen): settle now.
             let (tp, state) = explicit.map_or((None, None), |(tp, s)| (Some(tp), s));
             let (now, t) = (monotonic_now(), &self.telemetry);
-            self.linker.on_request_started(&self.table, &mut self.tracker, &started, tuple, tp.as_ref(), state, now, t);
+            let request = ServerRequest { key, tuple, started: &started, traceparent: tp.as_ref(), tracestate: state };
+            self.linker.on_request_started(&self.table, &mut self.tracker, request, now, t);
         }
         // The exact client span of a tracked caller wins over the header's
         // parent id (a header reused for two requests names only one).
@@ -240,6 +234,7 @@ impl Pipeline {
     /// start traces of their own.
     pub(super) fn on_links(&mut self, now: u64, all: bool) {
         self.linker.retry(&self.table, &mut self.tracker, now, all, &self.telemetry);
+        self.ask_conntrack(now);
         self.finish_linked();
         self.emit_decided();
     }

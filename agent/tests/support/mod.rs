@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod agent;
 pub mod db;
+pub mod netns;
 pub mod otlp_receiver;
 pub mod rabbitmq;
