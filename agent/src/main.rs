@@ -20,6 +20,13 @@ fn main() -> ExitCode {
     for line in periscope::config::unknown_env_vars(env_names.iter().map(String::as_str)) {
         tracing::warn!("{line}");
     }
+    let host = &settings.host;
+    match host.source {
+        periscope::discovery::HostNameSource::Container { .. } => {
+            tracing::warn!("host.name {} is {}", host.name, host.source)
+        }
+        _ => tracing::info!("host.name {} ({})", host.name, host.source),
+    }
     if settings.agent.nice != 0 {
         // Before any thread starts: they all inherit it.
         // SAFETY: setpriority(2) on the calling thread, no pointers.
@@ -61,6 +68,7 @@ fn check_config(settings: &periscope::config::Settings, env_names: &[String]) ->
                 println!("host checks (for information):");
                 findings.iter().for_each(|f| println!("  {f}"));
             }
+            println!("host.name: {} ({})", settings.host.name, settings.host.source);
             ExitCode::SUCCESS
         }
         Err(problems) => {

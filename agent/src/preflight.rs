@@ -11,6 +11,10 @@
 //! ([`evaluate`]), which is pure and unit-tested on real `/proc` shapes.
 use std::{fmt, fs, path::Path};
 
+pub mod seccomp;
+
+pub use seccomp::{parse_seccomp, SeccompMode, Trial};
+
 /// Capability numbers from include/uapi/linux/capability.h.
 pub mod cap {
     pub const DAC_OVERRIDE: u32 = 1;
@@ -87,6 +91,12 @@ pub struct HostFacts {
     pub pid_ns: Option<u64>,
     pub btf: bool,
     pub tracefs: Tracefs,
+    /// `Seccomp:` of /proc/self/status.
+    pub seccomp: Option<SeccompMode>,
+    /// `bpf(BPF_MAP_CREATE)` of a tiny array, tried once ([`seccomp::try_bpf`]).
+    pub bpf_syscall: Trial,
+    /// A CPU-wide `perf_event_open`, tried once ([`seccomp::try_perf_event_open`]).
+    pub perf_event_open: Trial,
 }
 
 /// `CapEff:\t000001ffffffffff` in /proc/self/status -> the bit set.
@@ -131,7 +141,9 @@ fn has(caps: u64, bit: u32) -> bool {
 impl HostFacts {
     /// Reads the facts of the running host. Missing files become `None`.
     pub fn read() -> Self {
-        let cap_eff = fs::read_to_string("/proc/self/status").ok().as_deref().and_then(parse_cap_eff);
+        let status = fs::read_to_string("/proc/self/status").ok();
+        let cap_eff = status.as_deref().and_then(parse_cap_eff);
+        let seccomp = status.as_deref().and_then(parse_seccomp);
         let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").ok().as_deref().and_then(parse_kernel_release);
         let initial_user_ns = fs::read_to_string("/proc/self/uid_map").ok().map(|m| is_initial_uid_map(&m));
         let lockdown = fs::read_to_string("/sys/kernel/security/lockdown").ok().as_deref().and_then(parse_lockdown);
@@ -144,6 +156,9 @@ impl HostFacts {
             pid_ns,
             btf: Path::new(BTF).exists(),
             tracefs: read_tracefs(Path::new(TRACEFS), crate::probes::required_tracepoints()),
+            seccomp,
+            bpf_syscall: seccomp::try_bpf(),
+            perf_event_open: seccomp::try_perf_event_open(),
         }
     }
 }
@@ -191,6 +206,9 @@ pub fn evaluate(h: &HostFacts) -> Vec<Finding> {
                 out.push(Finding::warning(
                     "kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK: without CAP_SYS_RESOURCE the limit cannot be raised; add SYS_RESOURCE or set the memlock limit to unlimited",
                 ));
+            }
+            if let Some(finding) = syscall_refusals(h, caps) {
+                out.push(finding);
             }
             if !has(caps, cap::SYS_PTRACE) {
                 out.push(Finding::warning(
@@ -243,6 +261,95 @@ pub fn evaluate(h: &HostFacts) -> Vec<Finding> {
     }
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
+}
+
+/// The trial syscalls that failed although the capabilities allow them: one
+/// error naming the seccomp filter when there is one (the engine's profile,
+/// not a capability, is what to change), else naming what else refuses.
+fn syscall_refusals(h: &HostFacts, caps: u64) -> Option<Finding> {
+    let admin = has(caps, cap::SYS_ADMIN);
+    let mut refused = Vec::new();
+    if (admin || has(caps, cap::BPF)) && h.bpf_syscall.denied() {
+        refused.push(("bpf", "CAP_BPF", h.bpf_syscall));
+    }
+    if (admin || has(caps, cap::PERFMON)) && h.perf_event_open.denied() {
+        refused.push(("perf_event_open", "CAP_PERFMON", h.perf_event_open));
+    }
+    if refused.is_empty() {
+        return None;
+    }
+    let what = refused
+        .iter()
+        .map(|(call, cap, trial)| {
+            let errno = match trial {
+                Trial::Failed(e) => seccomp::errno_name(*e),
+                Trial::Allowed => unreachable!("only refusals are listed"),
+            };
+            let held = if admin { "CAP_SYS_ADMIN" } else { cap };
+            format!("{call} returned {errno} although {held} is held")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let calls = refused.iter().map(|(call, _, _)| *call).collect::<Vec<_>>().join(" and ");
+    Some(Finding::error(match h.seccomp {
+        Some(SeccompMode::Filter) | Some(SeccompMode::Strict) => format!(
+            "a seccomp filter denies {calls} ({what}; Seccomp: {} in /proc/self/status): podman's default profile and containerd's (Kubernetes RuntimeDefault) allow bpf and perf_event_open only with CAP_SYS_ADMIN; add {}",
+            if h.seccomp == Some(SeccompMode::Strict) { 1 } else { 2 },
+            seccomp::SECCOMP_REMEDY
+        ),
+        _ => format!(
+            "the kernel refuses {calls} ({what}; no seccomp filter): an LSM (SELinux, AppArmor, Landlock) or a user namespace stands in the way; run the agent unconfined and rootful"
+        ),
+    }))
+}
+
+/// The cause of a permission error while loading or attaching the kernel
+/// programs, from the host as it is now: a seccomp filter that refuses the
+/// syscalls, missing capabilities, the memlock limit of kernels before 5.11.
+/// Said in place of a guess (CAP_SYS_RESOURCE is not needed from 5.11 on).
+pub fn permission_hint() -> String {
+    let h = HostFacts::read();
+    let caps = h.cap_eff.unwrap_or(0);
+    if let Some(f) = syscall_refusals(&h, caps) {
+        return f.message;
+    }
+    let admin = has(caps, cap::SYS_ADMIN);
+    let mut missing = Vec::new();
+    if !admin && !has(caps, cap::BPF) {
+        missing.push("CAP_BPF");
+    }
+    if !admin && !has(caps, cap::PERFMON) {
+        missing.push("CAP_PERFMON");
+    }
+    if !missing.is_empty() {
+        return format!("missing {}: add them, or run privileged", missing.join(" and "));
+    }
+    if h.kernel.is_some_and(|k| k < (5, 11)) && !has(caps, cap::SYS_RESOURCE) {
+        return "kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK: add CAP_SYS_RESOURCE or set the memlock limit to unlimited".into();
+    }
+    if matches!(h.seccomp, Some(SeccompMode::Filter | SeccompMode::Strict)) {
+        // The trial calls passed, yet a later one was refused: a profile
+        // that filters on arguments (e.g. allows BPF_MAP_CREATE, not BPF_PROG_LOAD).
+        return format!(
+            "this process runs under a seccomp filter (Seccomp: 2 in /proc/self/status), which may deny the call; add {}",
+            seccomp::SECCOMP_REMEDY
+        );
+    }
+    "the capabilities allow it and no seccomp filter is installed; an LSM (SELinux, AppArmor) may deny it".into()
+}
+
+/// For a load failure that is no permission error (a relocation that found
+/// a kernel feature missing, ...): the loader probes features by loading tiny
+/// programs, and a seccomp filter refusing them makes features look absent.
+/// `Some` only when this process runs under a filter.
+pub fn seccomp_note() -> Option<String> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    matches!(parse_seccomp(&status), Some(SeccompMode::Filter | SeccompMode::Strict)).then(|| {
+        format!(
+            "this process runs under a seccomp filter (Seccomp: 2 in /proc/self/status): if it refuses bpf(BPF_PROG_LOAD), the loader's feature probes fail and kernel features look missing; add {}",
+            seccomp::SECCOMP_REMEDY
+        )
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

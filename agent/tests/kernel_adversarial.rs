@@ -214,6 +214,7 @@ fn agent_restart_while_keep_alive_traffic_flows() {
         assert_eq!(request(c, "GET /first HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
     }
     wait_for("first agent's spans", Duration::from_secs(10), || (spans_of(&first) == 3.0).then_some(()));
+    let first_id = instance_id(&first, server.pid());
     assert!(first.stop());
     let second = Agent::start(&["--open-port", &port.to_string(), "--trace-printer", "off"], &[]);
     second.wait_tracked(server.pid());
@@ -222,4 +223,13 @@ fn agent_restart_while_keep_alive_traffic_flows() {
     }
     wait_for("second agent's spans", Duration::from_secs(10), || (spans_of(&second) == 3.0).then_some(()));
     assert_eq!(second.sample_sum("http_server_request_duration_seconds_count", &["http_route=\"/second\""]), 3.0);
+    // The restarted agent names the same process the same: host, pid, start time.
+    assert_eq!(instance_id(&second, server.pid()), first_id);
+}
+
+/// `service.instance.id` of `pid` in the agent's /targets.
+fn instance_id(agent: &Agent, pid: u32) -> String {
+    let targets: serde_json::Value = serde_json::from_str(&agent.targets()).expect("/targets is JSON");
+    let target = targets.as_array().unwrap().iter().find(|t| t["pid"] == pid).expect("the server in /targets");
+    target["instance_id"].as_str().unwrap().to_owned()
 }

@@ -249,3 +249,57 @@ fn one_exit_event_per_process_not_per_thread() {
         assert!(!probes.tracked_pids().contains(&pid), "{mode}: untracked by the kernel at exit");
     }
 }
+
+/// Forks `n` children (each sleeps until stdin closes) and prints their pids.
+const FORKER: &str = r#"
+import os, sys
+pids = []
+for _ in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        sys.stdin.read()
+        os._exit(0)
+    pids.append(pid)
+print(" ".join(map(str, pids)), flush=True)
+sys.stdin.read()
+for p in pids:
+    os.waitpid(p, 0)
+"#;
+
+/// The fork event names the child's instance with the same start time as
+/// `/proc/PID/stat` (field 22), so a forked child's `service.instance.id`
+/// does not change when /proc is read after the fork.
+#[test]
+fn fork_events_carry_the_childs_start_time_as_proc_shows_it() {
+    let config = ProbeConfig { capture_size: 64, ring_buffer_bytes: 1 << 20, wakeup_bytes: 4096 };
+    let (mut probes, mut ring) = Probes::load(&config).expect("load the kernel programs");
+    let mut parent = Command::new("python3")
+        .args(["-c", FORKER, "20"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Tracked before it forks: python needs far longer to start than this.
+    probes.track(parent.id()).unwrap();
+    let mut line = String::new();
+    BufReader::new(parent.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let children: Vec<u32> = line.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(children.len(), 20, "{line}");
+    let mut forks = std::collections::HashMap::new();
+    while let Some(record) = ring.next() {
+        // (The python3 on PATH may be a shim whose helpers fork too.)
+        if let Ok(Event::ProcFork(e)) = decode(&record) {
+            forks.insert(e.header.pid, (e.ppid, e.start_time_ticks()));
+        }
+    }
+    for pid in &children {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        // Field 22 overall; the 20th after the `)` that ends the comm.
+        let proc_ticks: u64 = fields[19].parse().unwrap();
+        let want = (parent.id(), proc_ticks);
+        assert_eq!(forks.get(pid), Some(&want), "child {pid}: (ppid, start) of the fork event vs /proc/{pid}/stat");
+    }
+    drop(parent.stdin.take());
+    assert!(parent.wait().unwrap().success());
+}

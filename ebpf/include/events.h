@@ -174,6 +174,9 @@ struct periscope_proc_event {
 	struct periscope_event_header hdr; /* pid = the process concerned */
 	__u32 ppid;                        /* fork: the tracked parent */
 	__u32 _pad;
+	/* fork: the child's task_struct start_boottime (CLOCK_BOOTTIME ns), what
+	 * /proc/PID/stat shows in clock ticks as its start time; else 0 */
+	__u64 start_boottime_ns;
 	char comm[16];
 };
 

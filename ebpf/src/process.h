@@ -6,7 +6,8 @@
 
 #include "maps.h"
 
-static __always_inline void emit_proc_event(__u32 kind, __u32 pid, __u32 tid, __u32 ppid)
+static __always_inline void emit_proc_event(__u32 kind, __u32 pid, __u32 tid, __u32 ppid,
+					    __u64 start_boottime_ns)
 {
 	struct periscope_proc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -23,6 +24,7 @@ static __always_inline void emit_proc_event(__u32 kind, __u32 pid, __u32 tid, __
 	e->hdr._pad = 0;
 	e->ppid = ppid;
 	e->_pad = 0;
+	e->start_boottime_ns = start_boottime_ns;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, 0);
 }
@@ -46,7 +48,10 @@ int handle_fork(struct bpf_raw_tracepoint_args *ctx)
 		return 0; /* a new thread, not a new process */
 	struct periscope_pid_config copy = *cfg;
 	bpf_map_update_elem(&tracked_pids, &child_tgid, &copy, BPF_ANY);
-	emit_proc_event(PERISCOPE_EV_PROC_FORK, child_tgid, child_pid, parent_tgid);
+	/* The child's start time (what /proc shows) names its instance before
+	 * the agent has read /proc. */
+	emit_proc_event(PERISCOPE_EV_PROC_FORK, child_tgid, child_pid, parent_tgid,
+			BPF_CORE_READ(child, start_boottime));
 	return 0;
 }
 
@@ -82,7 +87,7 @@ int handle_exit(struct trace_event_raw_sched_process_template *ctx)
 	/* Fails for every thread but one when several saw the group dead. */
 	if (bpf_map_delete_elem(&tracked_pids, &tgid))
 		return 0;
-	emit_proc_event(PERISCOPE_EV_PROC_EXIT, tgid, tid, 0);
+	emit_proc_event(PERISCOPE_EV_PROC_EXIT, tgid, tid, 0, 0);
 	return 0;
 }
 
@@ -90,6 +95,6 @@ SEC("tracepoint/sched/sched_process_exec")
 int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	emit_proc_event(PERISCOPE_EV_PROC_EXEC, id >> 32, (__u32)id, 0);
+	emit_proc_event(PERISCOPE_EV_PROC_EXEC, id >> 32, (__u32)id, 0, 0);
 	return 0;
 }

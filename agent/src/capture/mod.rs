@@ -218,14 +218,34 @@ pub struct ConnEvent {
     pub role: Role,
 }
 
+/// `sysconf(_SC_CLK_TCK)`: USER_HZ, the unit of /proc's start times (100).
+fn clock_ticks_per_second() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *TICKS.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        t if t > 0 && 1_000_000_000 % t == 0 => t as u64,
+        _ => 100,
+    })
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct ProcEvent {
     pub header: Header,
     pub ppid: u32,
+    /// Fork: the child's start time, CLOCK_BOOTTIME ns (see [`ProcEvent::start_time_ticks`]); else 0.
+    pub start_boottime_ns: u64,
     pub comm: [u8; 16],
 }
 
 impl ProcEvent {
+    /// The start time as field 22 of `/proc/PID/stat` gives it: the kernel
+    /// divides the same `start_boottime` by NSEC_PER_SEC / USER_HZ
+    /// (`sysconf(_SC_CLK_TCK)`, 100 on x86 and arm64), exactly, outside a
+    /// time namespace.
+    pub fn start_time_ticks(&self) -> u64 {
+        self.start_boottime_ns / (1_000_000_000 / clock_ticks_per_second())
+    }
+
     pub fn comm(&self) -> &str {
         let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
         std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
@@ -372,7 +392,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         {
             let e: periscope_proc_event = read(record, "process event")?;
             let comm = e.comm.map(|c| c as u8);
-            let ev = ProcEvent { header: header(&e.hdr), ppid: e.ppid, comm };
+            let ev = ProcEvent { header: header(&e.hdr), ppid: e.ppid, start_boottime_ns: e.start_boottime_ns, comm };
             Ok(match k {
                 k if k == periscope_event_kind::PERISCOPE_EV_PROC_FORK as u32 => Event::ProcFork(ev),
                 k if k == periscope_event_kind::PERISCOPE_EV_PROC_EXIT as u32 => Event::ProcExit(ev),

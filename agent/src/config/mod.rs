@@ -10,7 +10,7 @@
 //! | group | flags | resolves into |
 //! |---|---|---|
 //! | [`selection`] | `--open-port`, `--exe-path`, `--pid` | [`Selector`] |
-//! | [`service`] | `--service-name`, `--service-namespace` | [`ServiceOptions`] |
+//! | [`service`] | `--service-name`, `--service-namespace`, `--host-name` | [`ServiceOptions`], [`HostName`] |
 //! | [`export`] | `--otlp-*`, `--metric-export-interval`, `--trace-printer`, `--prometheus-*`, `--export-queue-size` | [`ExportSettings`] |
 //! | [`capture`] | `--capture-size`, `--ring-buffer-*` | [`CaptureSettings`] |
 //! | [`spans`] | `--routes` and co., `--include-query-string`, `--db-query-*`, `--semconv-stability-opt-in` | [`SpanSettings`] |
@@ -47,7 +47,7 @@ pub use service::ServiceArgs;
 pub use spans::{SemconvOptIn, SemconvOptIns, SpanArgs, SpanSettings};
 
 use crate::{
-    discovery::{Selector, ServiceOptions},
+    discovery::{HostName, Selector, ServiceOptions},
     kubernetes::{KubernetesArgs, KubernetesSettings},
     metrics::MetricsConfig,
 };
@@ -119,6 +119,8 @@ pub struct Settings {
     pub open_ports_given: Option<String>,
     /// How services are named.
     pub service: ServiceOptions,
+    /// `host.name` and where it came from (the service options hold the name).
+    pub host: HostName,
     /// Which sinks run: OTLP, the printer, Prometheus.
     pub export: ExportSettings,
     /// What the kernel side is loaded with.
@@ -174,10 +176,14 @@ impl Settings {
     /// Resolves every group, in the order their errors are reported.
     fn resolve(args: &Args, get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut selector = args.selection.resolve()?;
+        let host = crate::discovery::resolve_host_name(
+            args.service.host_name.as_deref(),
+            args.kubernetes.node_name.as_deref(),
+        );
         let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
         let kubernetes = args
             .kubernetes
-            .resolve(in_cluster, crate::discovery::host_name)
+            .resolve(in_cluster, || host.name.clone())
             .map_err(|e| ConfigError::Invalid { key: "kubernetes", message: e.to_string() })?;
         selector.pods = kubernetes.pod_selector.clone();
         selection::ensure_something_to_watch(&selector)?;
@@ -189,7 +195,8 @@ impl Settings {
         Ok(Self {
             selector,
             open_ports_given: args.selection.open_port.clone(),
-            service: args.service.resolve(crate::discovery::host_name),
+            service: args.service.resolve(&host),
+            host,
             export,
             capture,
             spans,

@@ -1,5 +1,5 @@
-//! Service naming: `--service-name`, `--service-namespace`.
-use crate::discovery::ServiceOptions;
+//! Service naming: `--service-name`, `--service-namespace`, `--host-name`.
+use crate::discovery::{HostName, ServiceOptions};
 
 /// The service-naming flags.
 #[derive(Clone, Debug, clap::Args)]
@@ -12,15 +12,21 @@ pub struct ServiceArgs {
     /// service.namespace of watched processes that do not set their own.
     #[arg(long, env = "PERISCOPE_SERVICE_NAMESPACE")]
     pub service_namespace: Option<String>,
+
+    /// host.name of every watched process (and the prefix of its
+    /// service.instance.id). Default: NODE_NAME, else the host's own name
+    /// (the UTS namespace of pid 1), else this process's.
+    #[arg(long, env = "PERISCOPE_HOST_NAME")]
+    pub host_name: Option<String>,
 }
 
 impl ServiceArgs {
-    /// What discovery names services with; `host_name` is this machine's.
-    pub fn resolve(&self, host_name: impl FnOnce() -> String) -> ServiceOptions {
+    /// What discovery names services with; `host` is the resolved host name.
+    pub fn resolve(&self, host: &HostName) -> ServiceOptions {
         ServiceOptions {
             namespace: self.service_namespace.clone(),
             name_override: self.service_name.clone(),
-            host_name: host_name(),
+            host_name: host.name.clone(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! thread in async code.
 use std::path::PathBuf;
 
+pub mod host;
 pub mod pg_backends;
 mod ports;
 mod procfs;
@@ -22,11 +23,12 @@ mod service;
 #[cfg(test)]
 mod tests;
 
+pub use host::{resolve_host_name, HostName, HostNameSource};
 pub use ports::{PortSet, PortSetError};
 pub use scanner::{read_process, ScanResult, Scanner};
 pub use selector::{matches_exe, ExeGlobs, Selector};
 pub use service::{
-    build_service, build_service_in_pod, host_name, interpreter_service_name, parse_resource_attributes,
+    build_service, build_service_in_pod, instance_id, interpreter_service_name, parse_resource_attributes,
     resolve_service, Language, ResolvedService, ServiceOptions,
 };
 

@@ -20,10 +20,12 @@
 //! label `app.kubernetes.io/part-of`, the Kubernetes namespace; then
 //! `--service-namespace`.
 //!
-//! `service.instance.id` is `{host_name}-{pid}`: unique per running process on
-//! a host (pids are reused only after the process is gone). An
-//! `service.instance.id` in the target's env is ignored so that the id stays
-//! unique per process.
+//! `service.instance.id` is `{host.name}-{pid}-{start time}` ([`instance_id`]):
+//! unique per process on a host even when pids are reused, and the same
+//! for as long as the process lives, whatever happens to the agent (an
+//! agent restart, or its container recreated, gives the same ids: `host.name`
+//! is the host's, see [`super::host`]). An `service.instance.id` in the
+//! target's env is ignored so that the id stays unique per process.
 use crate::semconv;
 use std::path::Path;
 
@@ -81,6 +83,12 @@ impl Language {
     }
 }
 
+/// `service.instance.id` of the process `pid` that started `start_time_ticks`
+/// after boot (field 22 of `/proc/PID/stat`) on `host`.
+pub fn instance_id(host: &str, pid: u32, start_time_ticks: u64) -> String {
+    format!("{host}-{pid}-{start_time_ticks}")
+}
+
 /// Configuration that applies to every discovered service.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceOptions {
@@ -88,31 +96,9 @@ pub struct ServiceOptions {
     pub namespace: Option<String>,
     /// `--service-name`: used when the target's env sets none.
     pub name_override: Option<String>,
-    /// `host.name`, and the prefix of `service.instance.id`. See [`host_name`].
+    /// `host.name`, and the prefix of `service.instance.id`
+    /// ([`super::resolve_host_name`]: the host's, not the agent container's).
     pub host_name: String,
-}
-
-/// This machine's host name: `/proc/sys/kernel/hostname`, else
-/// `gethostname(2)`, else `"unknown"`.
-pub fn host_name() -> String {
-    if let Ok(s) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        let s = s.trim();
-        if !s.is_empty() {
-            return s.to_owned();
-        }
-    }
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates
-    // on success when the name fits, and we also stop at the buffer end.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc == 0 {
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        let s = String::from_utf8_lossy(&buf[..end]).trim().to_owned();
-        if !s.is_empty() {
-            return s;
-        }
-    }
-    "unknown".to_owned()
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -440,7 +426,7 @@ pub fn build_service_in_pod(info: &ProcessInfo, opts: &ServiceOptions, k8s: Opti
         .or_else(|| opts.namespace.as_deref().and_then(non_empty))
         .map(str::to_owned);
 
-    let instance_id = format!("{}-{}", opts.host_name, info.pid);
+    let instance_id = instance_id(&opts.host_name, info.pid, info.start_time_ticks);
 
     let language = match info.language {
         Language::Unknown => Language::from_exe_name(&info.exe_name),
@@ -507,6 +493,7 @@ mod tests {
         ProcessInfo {
             pid: 4242,
             ppid: 1,
+            start_time_ticks: 98_765,
             comm: Path::new(exe).file_name().unwrap().to_string_lossy()[..].chars().take(15).collect(),
             exe_path: Some(exe.into()),
             exe_name: Path::new(exe).file_name().unwrap().to_string_lossy().into_owned(),
@@ -611,8 +598,8 @@ mod tests {
             ]
         );
         assert_eq!(svc.name, "app");
-        assert_eq!(svc.instance_id, "box-4242");
-        assert_eq!(attr(&svc, "service.instance.id"), Some(AttrValue::from("box-4242")));
+        assert_eq!(svc.instance_id, "box-4242-98765");
+        assert_eq!(attr(&svc, "service.instance.id"), Some(AttrValue::from("box-4242-98765")));
         assert_eq!(attr(&svc, "process.pid"), Some(AttrValue::Int(4242)));
         assert_eq!(attr(&svc, "process.executable.name"), Some(AttrValue::from("python3.11")));
         assert_eq!(attr(&svc, "process.executable.path"), Some(AttrValue::from("/usr/bin/python3.11")));
@@ -746,11 +733,5 @@ mod tests {
         assert_eq!(attr(&svc, "k8s.pod.name"), Some(AttrValue::from("spoofed")), "only the env's own");
         let resolved = resolve_service(&info, &o, None);
         assert!(!resolved.awaiting_kubernetes);
-    }
-
-    #[test]
-    fn host_name_is_set() {
-        let h = host_name();
-        assert!(!h.is_empty() && !h.contains('\n'));
     }
 }

@@ -112,7 +112,7 @@ fn scan_real_listeners_by_port_exe_and_pid() {
     let svc = build_service(info, &ServiceOptions { host_name: "h".into(), ..Default::default() });
     assert_eq!(svc.name, "foo");
     assert_eq!(svc.namespace.as_deref(), Some("shop"));
-    assert_eq!(svc.instance_id, format!("h-{}", a.pid()));
+    assert_eq!(svc.instance_id, format!("h-{}-{}", a.pid(), info.start_time_ticks));
 
     // By port (IPv6 when available), via a range.
     let r = scanner.scan(&sel(Some(&format!("{}-{}", b.port, b.port)), &[], &[]));

@@ -15,7 +15,12 @@
 //! * cgroup v1 lists one line per hierarchy (`12:memory:/kubepods/...`,
 //!   `1:name=systemd:/kubepods.slice/...`); any of them names the container.
 //! * Plain Docker, no Kubernetes: `0::/system.slice/docker-<id>.scope`,
-//!   `12:pids:/docker/<id>`. Podman: `libpod-<id>.scope`.
+//!   `12:pids:/docker/<id>` (cgroupfs driver). Podman, systemd manager:
+//!   `0::/machine.slice/libpod-<id>.scope/container` (rootless: under
+//!   `user@<uid>.service/user.slice/`); cgroupfs manager (hosts without
+//!   systemd, cgroup v1 or v2): `/libpod_parent/libpod-<id>`. Its monitor,
+//!   conmon, sits in `libpod-conmon-<id>.scope` or `/libpod_parent/conmon`:
+//!   not the container. cri-o with cgroupfs: `/kubepods/.../pod<uid>/crio-<id>`.
 //! * Seen from inside a cgroup namespace (an agent in a container without
 //!   the host's cgroup namespace) the path is relative: `0::/../../kubepods-
 //!   besteffort-pod<uid>.slice/cri-containerd-<id>.scope`. Nested setups
@@ -42,20 +47,25 @@ fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Runtime prefixes of systemd scope names. `crio-conmon-` is cri-o's
-/// per-container monitor process, which is not the container.
+/// Runtime prefixes of container cgroups: systemd scope names
+/// (`<prefix><id>.scope`) and, with the cgroupfs manager, plain directory
+/// names (podman's `/libpod_parent/libpod-<id>`, cri-o's `crio-<id>`).
 const SCOPE_PREFIXES: &[&str] = &["cri-containerd-", "crio-", "docker-", "libpod-", "cri-dockerd-"];
+
+/// The per-container monitor processes of cri-o and podman (conmon): their
+/// cgroups carry the container id but are not the container.
+const MONITOR_PREFIXES: &[&str] = &["crio-conmon-", "libpod-conmon-"];
 
 /// The container id a cgroup path segment names, if any.
 fn container_segment(seg: &str) -> Option<&str> {
     if is_container_id(seg) {
         return Some(seg);
     }
-    let scope = seg.strip_suffix(".scope")?;
-    if scope.starts_with("crio-conmon-") {
+    let name = seg.strip_suffix(".scope").unwrap_or(seg);
+    if MONITOR_PREFIXES.iter().any(|p| name.starts_with(p)) {
         return None;
     }
-    SCOPE_PREFIXES.iter().find_map(|p| scope.strip_prefix(p)).filter(|id| is_container_id(id))
+    SCOPE_PREFIXES.iter().find_map(|p| name.strip_prefix(p)).filter(|id| is_container_id(id))
 }
 
 /// The pod UID a cgroup path segment names, if any: `pod<uid>` (cgroupfs) or
@@ -197,6 +207,53 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    /// Shapes of podman (systemd and cgroupfs managers, rootful and
+    /// rootless, pods), Docker and containerd outside Kubernetes, cgroup v1
+    /// and v2: every container process gets its container's id.
+    #[test]
+    fn engine_shapes_without_kubernetes() {
+        let id_only = Some(ContainerRef { container_id: Some(ID.into()), pod_uid: None });
+        for text in [
+            // podman, systemd cgroup manager, cgroup v2 (rootful, rootless, in a pod).
+            format!("0::/machine.slice/libpod-{ID}.scope/container\n"),
+            format!("0::/machine.slice/libpod-{ID}.scope\n"),
+            format!("0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container\n"),
+            format!("0::/machine.slice/machine-libpod_pod_{}.slice/libpod-{ID}.scope/container\n", "b".repeat(64)),
+            // podman, cgroupfs manager (no systemd), cgroup v2 and v1.
+            format!("0::/libpod_parent/libpod-{ID}\n"),
+            format!("11:memory:/libpod_parent/libpod-{ID}\n4:pids:/libpod_parent/libpod-{ID}\n0::/\n"),
+            // Seen from inside a private cgroup namespace.
+            format!("0::/../../libpod_parent/libpod-{ID}\n"),
+            // Docker: systemd driver v2, cgroupfs v2, cgroup v1.
+            format!("0::/system.slice/docker-{ID}.scope\n"),
+            format!("0::/docker/{ID}\n"),
+            format!("12:pids:/docker/{ID}\n11:memory:/docker/{ID}\n1:name=systemd:/docker/{ID}\n"),
+            // containerd without Kubernetes (nerdctl's default namespace), cgroupfs.
+            format!("0::/default/{ID}\n"),
+        ] {
+            assert_eq!(parse_cgroup(&text), id_only, "{text}");
+        }
+    }
+
+    #[test]
+    fn conmon_monitors_are_not_containers() {
+        for text in [
+            format!("0::/machine.slice/libpod-conmon-{ID}.scope\n"),
+            "0::/libpod_parent/conmon\n".to_owned(),
+            format!("11:memory:/libpod_parent/libpod-conmon-{ID}\n0::/\n"),
+        ] {
+            assert_eq!(parse_cgroup(&text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn cri_o_with_the_cgroupfs_driver() {
+        let text = format!("0::/kubepods/burstable/pod{UID}/crio-{ID}\n");
+        assert_eq!(parse_cgroup(&text), both());
+        let text = format!("0::/kubepods/burstable/pod{UID}/crio-conmon-{ID}\n");
+        assert_eq!(parse_cgroup(&text), Some(ContainerRef { container_id: None, pod_uid: Some(UID.into()) }));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use db_names::DbNames;
 use discovery::{Answer, Request, Worker, MAX_ANSWERS, MAX_REQUESTS};
 use link::Linker;
-use registry::{Found, Registry};
+use registry::{Found, Refresh, Registry};
 pub use registry::{TargetView, TargetsView};
 use sinks::Sinks;
 pub use sinks::SpanSink;
@@ -216,7 +216,7 @@ impl Pipeline {
                 table.open(key, c.tuple, c.role, thread, c.header.ts_exit, tracker, out, t);
             }
             Event::ConnClose(c) => table.close(ConnKey { pid: c.header.pid, fd: c.header.fd }, tracker, out, t),
-            Event::ProcFork(p) => self.on_fork(p.header.pid, p.ppid),
+            Event::ProcFork(p) => self.on_fork(p.header.pid, p.ppid, p.start_time_ticks()),
             Event::ProcExit(p) => self.forget(p.header.pid),
             Event::ProcExec(p) => self.on_exec(p.header.pid),
         }
@@ -252,8 +252,14 @@ impl Pipeline {
         match answer {
             Answer::Scan(found) => self.on_scan(found),
             Answer::Forked(Some(info)) | Answer::Execed { info: Some(info), tracked: true } => {
-                if self.registry.refresh(&info) {
-                    self.registry.publish_view();
+                match self.registry.refresh(&info) {
+                    Refresh::NotTracked => {}
+                    Refresh::Same => self.registry.publish_view(),
+                    Refresh::Renamed { old } => {
+                        self.router.forget(&old);
+                        self.sinks.departed(old);
+                        self.registry.publish_view();
+                    }
                 }
             }
             Answer::Execed { info: Some(info), tracked: false } => {
@@ -307,8 +313,8 @@ impl Pipeline {
 
     /// The kernel tracks a child of a tracked process from its fork: it is
     /// its parent's copy until the discovery thread has read it.
-    fn on_fork(&mut self, pid: u32, ppid: u32) {
-        if self.registry.adopt_child(pid, ppid) {
+    fn on_fork(&mut self, pid: u32, ppid: u32, start_time_ticks: u64) {
+        if self.registry.adopt_child(pid, ppid, start_time_ticks) {
             self.telemetry.inc(Counter::ProcessesTracked);
             self.registry.publish_view();
             self.ask(Request::Fork { pid });

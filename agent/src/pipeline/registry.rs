@@ -143,24 +143,30 @@ impl Registry {
     }
 
     /// A child of tracked `ppid` (the kernel tracks it from its fork): its
-    /// parent's Resource with its own pid, until /proc tells more
+    /// parent's Resource with its own pid and instance id (from the start
+    /// time the kernel gave with the fork), until /proc tells more
     /// ([`Registry::refresh`]). False when the parent is not tracked.
-    pub fn adopt_child(&mut self, pid: u32, ppid: u32) -> bool {
+    /// `start_time` stays unconfirmed (0) until a scan or the refresh reads it.
+    pub fn adopt_child(&mut self, pid: u32, ppid: u32, start_time_ticks: u64) -> bool {
         let Some(parent) = self.targets.get(&ppid) else { return false };
-        let service = Arc::new(child_service(&parent.service, pid, &self.opts.host_name));
+        let service = Arc::new(child_service(&parent.service, pid, &self.opts.host_name, start_time_ticks));
         let exe = parent.exe.clone();
         self.targets.insert(pid, Target { service, start_time: 0, exe, awaiting_kubernetes: None });
         true
     }
 
     /// What /proc says a tracked process is now (after its fork or exec):
-    /// its Resource again. False when it is not tracked (any more).
-    pub fn refresh(&mut self, info: &ProcessInfo) -> bool {
-        if !self.targets.contains_key(&info.pid) {
-            return false;
+    /// its Resource again.
+    pub fn refresh(&mut self, info: &ProcessInfo) -> Refresh {
+        let Some(before) = self.targets.get(&info.pid).map(|t| t.service.instance_id.clone()) else {
+            return Refresh::NotTracked;
+        };
+        let after = self.adopt(info);
+        if after.instance_id == before {
+            Refresh::Same
+        } else {
+            Refresh::Renamed { old: before }
         }
-        self.adopt(info);
-        true
     }
 
     /// The process exited: forgotten, and remembered as exited.
@@ -215,10 +221,23 @@ impl Registry {
     }
 }
 
+/// What [`Registry::refresh`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// The process is not tracked (any more).
+    NotTracked,
+    /// Its Resource was rebuilt; same instance id.
+    Same,
+    /// Its instance id changed (the start time /proc gives differs from the
+    /// one derived at fork: an agent in a time namespace): what was kept
+    /// under `old` is to be retired like a departed service's.
+    Renamed { old: String },
+}
+
 /// The Resource of a forked child: its parent's, with its own pid and instance id.
-fn child_service(parent: &Service, pid: u32, host: &str) -> Service {
+fn child_service(parent: &Service, pid: u32, host: &str, start_time_ticks: u64) -> Service {
     let mut service = parent.clone();
-    service.instance_id = format!("{host}-{pid}");
+    service.instance_id = discovery::instance_id(host, pid, start_time_ticks);
     for (key, value) in &mut service.attributes {
         if key == semconv::PROCESS_PID {
             *value = AttrValue::Int(i64::from(pid));
@@ -247,14 +266,35 @@ mod tests {
         let parent = Service {
             name: "postgres".into(),
             namespace: None,
-            instance_id: "box-10".into(),
+            instance_id: "box-10-500".into(),
             attributes: vec![("process.pid".into(), AttrValue::Int(10))],
         };
-        let child = child_service(&parent, 11, "box");
-        assert_eq!(child.instance_id, "box-11");
+        let child = child_service(&parent, 11, "box", 777);
+        assert_eq!(child.instance_id, "box-11-777");
         assert_eq!(child.attributes[0].1, AttrValue::Int(11));
         assert_eq!(child.name, "postgres");
         let resource: Vec<_> = child.resource_attributes().map(|(k, v)| (k.to_owned(), v.into_owned())).collect();
-        assert_eq!(resource[1], ("service.instance.id".to_owned(), AttrValue::Str("box-11".into())));
+        assert_eq!(resource[1], ("service.instance.id".to_owned(), AttrValue::Str("box-11-777".into())));
+    }
+
+    /// A forked child keeps the instance id the kernel's start time gave it
+    /// when /proc confirms that time; a differing one renames it, and the
+    /// old id is handed back to be retired.
+    #[test]
+    fn a_childs_instance_id_survives_the_refresh_from_proc() {
+        let opts = ServiceOptions { host_name: "box".into(), ..Default::default() };
+        let mut r = Registry::new(opts, TargetsView::default(), None);
+        let parent = ProcessInfo { pid: 10, start_time_ticks: 500, exe_name: "gunicorn".into(), ..Default::default() };
+        r.adopt(&parent);
+        assert!(r.adopt_child(11, 10, 777));
+        assert!(!r.adopt_child(12, 99, 1), "the parent is not tracked");
+        assert_eq!(r.service(11).unwrap().instance_id, "box-11-777");
+        let child = ProcessInfo { pid: 11, ppid: 10, start_time_ticks: 777, ..parent.clone() };
+        assert_eq!(r.on_found(&child), Found::Known { changed: false }, "start time confirmed by a scan");
+        assert_eq!(r.refresh(&child), Refresh::Same);
+        let shifted = ProcessInfo { start_time_ticks: 778, ..child.clone() };
+        assert_eq!(r.refresh(&shifted), Refresh::Renamed { old: "box-11-777".into() });
+        assert_eq!(r.service(11).unwrap().instance_id, "box-11-778");
+        assert_eq!(r.refresh(&ProcessInfo { pid: 13, ..child }), Refresh::NotTracked);
     }
 }

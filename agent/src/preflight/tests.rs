@@ -25,6 +25,9 @@ fn host(caps: u64) -> HostFacts {
         pid_ns: Some(INITIAL_PID_NS_INODE),
         btf: true,
         tracefs: Tracefs::Mounted { missing: Vec::new() },
+        seccomp: Some(SeccompMode::Disabled),
+        bpf_syscall: Trial::Allowed,
+        perf_event_open: Trial::Allowed,
     }
 }
 
@@ -132,6 +135,56 @@ fn memlock_matters_only_before_5_11() {
     assert_eq!(evaluate(&h), Vec::new());
 }
 
+/// Podman's default profile with exactly the recommended capabilities, as
+/// measured (issue 13): `bpf` and `perf_event_open` both return EPERM.
+#[test]
+fn seccomp_filter_denying_bpf_is_named_with_the_fix() {
+    let mut h = host(RECOMMENDED);
+    h.seccomp = Some(SeccompMode::Filter);
+    h.bpf_syscall = Trial::Failed(libc::EPERM);
+    h.perf_event_open = Trial::Failed(libc::EPERM);
+    let f = evaluate(&h);
+    let errors = messages(&f, Severity::Error);
+    assert_eq!(errors.len(), 1, "one line for both syscalls: {f:?}");
+    let e = errors[0];
+    assert!(e.starts_with("a seccomp filter denies bpf and perf_event_open"), "{e}");
+    assert!(e.contains("bpf returned EPERM although CAP_BPF is held"), "{e}");
+    assert!(e.contains("perf_event_open returned EPERM although CAP_PERFMON is held"), "{e}");
+    assert!(e.contains("security_opt: [seccomp=unconfined]") && e.contains("seccompProfile.type: Unconfined"), "{e}");
+    assert!(!e.contains("SYS_RESOURCE"), "{e}");
+    // Only perf_event_open denied (a profile that lists bpf): only it is named.
+    h.bpf_syscall = Trial::Allowed;
+    let e = evaluate(&h).remove(0).message;
+    assert!(e.starts_with("a seccomp filter denies perf_event_open ("), "{e}");
+    // A filter that allows both (docker's profile with CAP_BPF/CAP_PERFMON): nothing to say.
+    h.perf_event_open = Trial::Allowed;
+    assert_eq!(evaluate(&h), Vec::new());
+}
+
+#[test]
+fn refusals_are_judged_only_when_the_capabilities_allow_the_call() {
+    // Without CAP_BPF the kernel refuses bpf anyway: the capability is named, not seccomp.
+    let mut h = host(DOCKER_DEFAULT);
+    h.seccomp = Some(SeccompMode::Filter);
+    h.bpf_syscall = Trial::Failed(libc::EPERM);
+    h.perf_event_open = Trial::Failed(libc::EACCES);
+    let f = evaluate(&h);
+    assert!(f.iter().all(|f| !f.message.contains("seccomp")), "{f:?}");
+    // SYS_ADMIN held and still refused under a filter: the filter, naming SYS_ADMIN.
+    let mut h = host(PRIVILEGED);
+    h.seccomp = Some(SeccompMode::Filter);
+    h.bpf_syscall = Trial::Failed(libc::ENOSYS);
+    let e = evaluate(&h).remove(0).message;
+    assert!(e.contains("bpf returned ENOSYS although CAP_SYS_ADMIN is held"), "{e}");
+    // Refused without any filter: not blamed on seccomp.
+    h.seccomp = Some(SeccompMode::Disabled);
+    let e = evaluate(&h).remove(0).message;
+    assert!(e.starts_with("the kernel refuses bpf") && e.contains("no seccomp filter"), "{e}");
+    // A failure that is no refusal (EINVAL) is left to the loader's own error.
+    h.bpf_syscall = Trial::Failed(libc::EINVAL);
+    assert_eq!(evaluate(&h), Vec::new());
+}
+
 #[test]
 fn tracefs_without_sys_admin_must_be_mounted_by_the_runtime() {
     let mut h = host(RECOMMENDED);
@@ -184,5 +237,10 @@ fn reads_this_host() {
     assert!(h.kernel.is_some_and(|k| k >= (3, 0)), "{h:?}");
     assert!(h.pid_ns.is_some(), "{h:?}");
     assert!(h.initial_user_ns.is_some(), "{h:?}");
+    assert!(h.seccomp.is_some(), "{h:?}");
+    // The tests run as root without a seccomp filter: both trial syscalls go through.
+    if h.seccomp == Some(SeccompMode::Disabled) && h.cap_eff.is_some_and(|c| has(c, cap::SYS_ADMIN)) {
+        assert_eq!((h.bpf_syscall, h.perf_event_open), (Trial::Allowed, Trial::Allowed), "{h:?}");
+    }
     assert!(crate::probes::required_tracepoints().any(|t| t == ("syscalls", "sys_enter_read")));
 }

@@ -72,20 +72,21 @@ pub fn required_tracepoints() -> impl Iterator<Item = (&'static str, &'static st
 pub enum ProbeError {
     #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0}); run as root or mount it: mount -t tracefs nodev /sys/kernel/tracing")]
     NoTracefs(io::Error),
-    #[error("missing privileges: {0}; periscope needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE + CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH")]
+    #[error("missing privileges: {0}; periscope needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH")]
     NoPrivilege(String),
     #[error("unsupported kernel: {0}")]
     Kernel(String),
-    #[error("loading the eBPF object failed: {0} (periscope needs root or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE, and a kernel with BTF at /sys/kernel/btf/vmlinux)")]
-    Load(#[source] EbpfError),
+    /// `hint` says why, from the host as it is (see [`failure_hint`]).
+    #[error("loading the eBPF object failed: {source} ({hint})")]
+    Load { source: Box<EbpfError>, hint: String },
     #[error("program {program} is missing from the eBPF object")]
     MissingProgram { program: &'static str },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
-    #[error("loading program {program} failed: {source}")]
-    ProgramLoad { program: &'static str, source: ProgramError },
-    #[error("attaching {program} to tracepoint {tracepoint} failed: {source}")]
-    Attach { program: &'static str, tracepoint: String, source: ProgramError },
+    #[error("loading program {program} failed: {source}{hint}")]
+    ProgramLoad { program: &'static str, source: Box<ProgramError>, hint: String },
+    #[error("attaching {program} to tracepoint {tracepoint} failed: {source}{hint}")]
+    Attach { program: &'static str, tracepoint: String, source: Box<ProgramError>, hint: String },
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: MapError },
 }
@@ -139,6 +140,28 @@ pub fn ensure_tracefs() -> Result<(), ProbeError> {
     Ok(())
 }
 
+/// Why a load or attach failed, when a syscall in `error`'s chain was refused
+/// (EPERM, EACCES): a seccomp filter, missing capabilities or the memlock
+/// limit, whichever the host shows ([`crate::preflight::permission_hint`]).
+/// `None` for other failures, whose own message says enough.
+pub fn failure_hint(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                return Some(crate::preflight::permission_hint());
+            }
+        }
+        cause = e.source();
+    }
+    None
+}
+
+fn program_load(program: &'static str, source: ProgramError) -> ProbeError {
+    let hint = failure_hint(&source).map(|h| format!(" ({h})")).unwrap_or_default();
+    ProbeError::ProgramLoad { program, source: Box::new(source), hint }
+}
+
 impl Probes {
     /// Loads the object, attaches every program, and hands back the ring buffer.
     pub fn load(config: &ProbeConfig) -> Result<(Self, RingBuf<MapData>), ProbeError> {
@@ -157,19 +180,25 @@ impl Probes {
             // (the agent never touches it).
             .allow_unsupported_maps()
             .load(OBJECT)
-            .map_err(ProbeError::Load)?;
+            .map_err(|source| {
+                let hint = failure_hint(&source).or_else(crate::preflight::seccomp_note).unwrap_or_else(|| {
+                    "periscope needs root or CAP_BPF + CAP_PERFMON, and a kernel with BTF at /sys/kernel/btf/vmlinux".into()
+                });
+                ProbeError::Load { source: Box::new(source), hint }
+            })?;
 
         for &(program, category, name) in TRACEPOINTS {
             let prog: &mut TracePoint = ebpf
                 .program_mut(program)
                 .ok_or(ProbeError::MissingProgram { program })?
                 .try_into()
-                .map_err(|source| ProbeError::ProgramLoad { program, source })?;
-            prog.load().map_err(|source| ProbeError::ProgramLoad { program, source })?;
+                .map_err(|source| program_load(program, source))?;
+            prog.load().map_err(|source| program_load(program, source))?;
             prog.attach(category, name).map_err(|source| ProbeError::Attach {
                 program,
                 tracepoint: format!("{category}:{name}"),
-                source,
+                hint: failure_hint(&source).map(|h| format!(" ({h})")).unwrap_or_default(),
+                source: Box::new(source),
             })?;
         }
         for &(program, name) in RAW_TRACEPOINTS {
@@ -177,12 +206,13 @@ impl Probes {
                 .program_mut(program)
                 .ok_or(ProbeError::MissingProgram { program })?
                 .try_into()
-                .map_err(|source| ProbeError::ProgramLoad { program, source })?;
-            prog.load().map_err(|source| ProbeError::ProgramLoad { program, source })?;
+                .map_err(|source| program_load(program, source))?;
+            prog.load().map_err(|source| program_load(program, source))?;
             prog.attach(name).map_err(|source| ProbeError::Attach {
                 program,
                 tracepoint: format!("raw:{name}"),
-                source,
+                hint: failure_hint(&source).map(|h| format!(" ({h})")).unwrap_or_default(),
+                source: Box::new(source),
             })?;
         }
 
@@ -278,4 +308,21 @@ impl Probes {
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused syscall anywhere in the error's chain gets the host's
+    /// explanation; other failures keep their own message.
+    #[test]
+    fn permission_errors_in_the_chain_get_a_hint() {
+        let refused =
+            MapError::CreateError { name: "events".into(), io_error: io::Error::from_raw_os_error(libc::EPERM) };
+        assert!(failure_hint(&EbpfError::MapError(refused)).is_some());
+        let other =
+            MapError::CreateError { name: "events".into(), io_error: io::Error::from_raw_os_error(libc::EINVAL) };
+        assert_eq!(failure_hint(&EbpfError::MapError(other)), None);
+    }
 }
