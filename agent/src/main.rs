@@ -14,6 +14,10 @@ fn main() -> ExitCode {
     };
     periscope::run::init_logging(&settings.agent.log_level);
     let env_names: Vec<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
+    // Beyla/OBI variables read as aliases, keys of a Beyla/OBI file ignored.
+    for note in &settings.notes {
+        tracing::info!("{note}");
+    }
     if settings.agent.check_config {
         return check_config(&settings, &env_names);
     }

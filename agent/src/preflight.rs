@@ -410,7 +410,13 @@ pub fn config_report<'a>(
         format!("otlp traces: {}", signal(otlp.and_then(|o| o.traces.as_ref()))),
         format!("otlp metrics: {}", signal(otlp.and_then(|o| o.metrics.as_ref()))),
         // Not SocketAddr's form: an IPv6 address is shown without brackets.
-        format!("prometheus: {}", export.prometheus.map_or("off".to_owned(), |a| format!("{}:{}", a.ip(), a.port()))),
+        format!(
+            "prometheus: {}",
+            export.prometheus.map_or("off".to_owned(), |a| {
+                let path = if export.prometheus_path == "/metrics" { "" } else { export.prometheus_path.as_str() };
+                format!("{}:{}{path}", a.ip(), a.port())
+            })
+        ),
         format!("trace printer: {printer}"),
         format!("traces sampler: {:?}", settings.context.sampler),
         format!("old http attribute names: {}", spans.http.old_semconv),

@@ -105,14 +105,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let view: TargetsView = Arc::new(Mutex::new(Vec::new()));
     if let Some(addr) = settings.export.prometheus {
         let targets = view.clone();
-        let state = PrometheusState::new(metrics.clone(), telemetry.clone()).with_targets(move || {
-            let list = targets.lock().map(|v| v.clone()).unwrap_or_default();
-            serde_json::to_value(list).unwrap_or_default()
-        });
+        let state = PrometheusState::new(metrics.clone(), telemetry.clone())
+            .with_metrics_path(&settings.export.prometheus_path)
+            .with_targets(move || {
+                let list = targets.lock().map(|v| v.clone()).unwrap_or_default();
+                serde_json::to_value(list).unwrap_or_default()
+            });
         let server = PrometheusServer::bind(addr, state)
             .await
             .with_context(|| format!("cannot serve Prometheus metrics on {addr}"))?;
-        tracing::info!(%addr, "serving /metrics");
+        tracing::info!(%addr, path = %settings.export.prometheus_path, "serving Prometheus metrics");
         tokio::spawn(async move {
             if let Err(e) = server.run().await {
                 tracing::error!("Prometheus endpoint stopped: {e}");

@@ -215,3 +215,58 @@ fn bad_otlp_values_stop_startup_naming_the_key() {
         }
     }
 }
+
+/// A Beyla user's deployment, unchanged: the lab's sidecar variables and its
+/// `beyla/config.yaml` (through BEYLA_CONFIG_PATH). One line per variable
+/// read goes to the log.
+#[test]
+fn beyla_variables_and_the_labs_beyla_config_work_as_they_are() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/beyla/lab-config.yaml");
+    let env = [
+        ("BEYLA_OPEN_PORT", "4000"),
+        ("BEYLA_SERVICE_NAMESPACE", "mythical"),
+        ("BEYLA_PROMETHEUS_PORT", "9090"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://alloy:4317"),
+        ("BEYLA_CONFIG_PATH", config),
+    ];
+    assert_eq!(
+        report(&[], &env),
+        "configuration is valid
+  open ports: 4000
+  executable globs: -
+  pids: -
+  service namespace: mythical
+  service name override: -
+  otlp traces: http://alloy:4317 (Grpc)
+  otlp metrics: off
+  prometheus: 0.0.0.0:9090
+  trace printer: Off
+  traces sampler: ParentBased(AlwaysOn)
+  old http attribute names: false
+  old database attribute names: false
+  routes: /owlbear,/unicorn,/manticore,/illithid,/beholder (unmatched: Heuristic)
+  span metrics: false, service graph: false
+  kubernetes: off
+"
+    );
+    let out = periscope(&["--check-config"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for var in ["BEYLA_OPEN_PORT", "BEYLA_SERVICE_NAMESPACE", "BEYLA_PROMETHEUS_PORT", "BEYLA_CONFIG_PATH"] {
+        assert_eq!(stderr.lines().filter(|l| l.contains(&format!("{var} read as"))).count(), 1, "{var}:\n{stderr}");
+    }
+}
+
+/// Our own variable wins over its alias, and says so; an OBI name works as Beyla's does.
+#[test]
+fn our_variables_win_over_their_aliases() {
+    let env = [("PERISCOPE_OPEN_PORT", "5000"), ("BEYLA_OPEN_PORT", "4000"), ("OTEL_EBPF_SERVICE_NAMESPACE", "obi")];
+    let r = report(&[], &env);
+    assert!(r.contains("  open ports: 5000\n") && r.contains("  service namespace: obi\n"), "{r}");
+    let out = periscope(&["--check-config"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("BEYLA_OPEN_PORT ignored: PERISCOPE_OPEN_PORT is set"), "{stderr}");
+    // A Beyla variable periscope has no equivalent for is still named.
+    let out = periscope(&["--check-config", "--pid", "1"], &[("BEYLA_BPF_DEBUG", "true")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BEYLA_BPF_DEBUG is not read by periscope"));
+}

@@ -348,7 +348,8 @@ fn check_config_rejects_what_it_should() {
         |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
     for bad in [
         env(&[("PERISCOPE_OPEN_PORT", "4000"), ("PERISCOPE_OPEN_PORTS", "4001")]),
-        env(&[("BEYLA_OPEN_PORT", "4000")]),
+        // A Beyla variable periscope has no alias for (BEYLA_OPEN_PORT is one).
+        env(&[("PERISCOPE_OPEN_PORT", "4000"), ("BEYLA_BPF_DEBUG", "true")]),
         env(&[("PERISCOPE_OPEN_PORT", "4000"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_periscope"))
@@ -392,6 +393,28 @@ fn compose_overlay_is_accepted_by_the_agent() {
         let env = environment(&silence["services"][name]["environment"]);
         assert_eq!(env.get("OTEL_TRACES_SAMPLER").map(String::as_str), Some("always_off"), "{name}");
     }
+    assert_eq!(svc["uts"].as_str(), Some("host"), "host.name must be the host's");
+    // The SYS_ADMIN variant for engines without the CAP_BPF/CAP_PERFMON names
+    // is the same service but for its capabilities (and `uts`, which the
+    // agent does not need with SYS_ADMIN).
+    let variant = yaml("compose/docker-compose.periscope-sys-admin.yml");
+    let old = &variant["services"]["periscope"];
+    assert_eq!(strings(&old["cap_add"]), ["SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"]);
+    assert_eq!(strings(&old["cap_drop"]), ["ALL"]);
+    assert!(!strings(&old["cap_add"]).iter().any(|c| c == "BPF" || c == "PERFMON"), "names Docker 20.10 refuses");
+    let mut same = svc.as_mapping().unwrap().clone();
+    let mut other = old.as_mapping().unwrap().clone();
+    for key in ["cap_add", "uts"] {
+        same.remove(key);
+        other.remove(key);
+    }
+    assert_eq!(same, other, "the SYS_ADMIN variant drifted from docker-compose.periscope.yml");
+    for name in ["mythical-server", "mythical-requester", "mythical-recorder"] {
+        assert_eq!(variant["services"][name], doc["services"][name], "{name}");
+    }
+    // Podman's (and containerd's) seccomp profile needs lifting.
+    let podman = yaml("compose/docker-compose.podman.yml");
+    assert_eq!(strings(&podman["services"]["periscope"]["security_opt"]), ["seccomp=unconfined"]);
     // With the SDK off, the agent must ignore the not-sampled flag of the headers the services still send.
     let mut both = environment(&svc["environment"]);
     both.extend(environment(&silence["services"]["periscope"]["environment"]));

@@ -84,6 +84,7 @@ fn node(dir: &Path, script: &str, name: &str, env: &[(&str, String)]) -> Proc {
     cmd.arg(dir.join(script))
         .current_dir(dir)
         .env("OTEL_SERVICE_NAME", name)
+        .env("LISTEN_ADDRESS", "127.0.0.1")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());

@@ -314,7 +314,7 @@ fn process_in(container: ContainerRef) -> ProcessInfo {
 }
 
 fn options() -> ServiceOptions {
-    ServiceOptions { namespace: None, name_override: None, host_name: NODE.into() }
+    ServiceOptions { namespace: None, name_override: None, host_name: NODE.into(), rules: Vec::new() }
 }
 
 #[tokio::test]

@@ -12,6 +12,10 @@ const http = require('http');
 const amqp = require('amqplib');
 const { connectAmqp, QUEUE } = require('./queue');
 
+// LISTEN_ADDRESS: where it listens (0.0.0.0, so that other containers can
+// reach it; the demo and the tests run it with 127.0.0.1).
+const listenAddress = process.env.LISTEN_ADDRESS || '0.0.0.0';
+
 const minMs = Number(process.env.RECORDER_WORK_MIN_MS ?? 20);
 const maxMs = Math.max(minMs, Number(process.env.RECORDER_WORK_MAX_MS ?? 1500));
 const prefetch = Number(process.env.RECORDER_PREFETCH ?? 100);
@@ -36,7 +40,7 @@ async function main() {
       res.setHeader('content-type', 'text/plain; version=0.0.4');
       res.end(`mythical_recorder_received_total ${counts.received}\nmythical_recorder_acked_total ${counts.acked}\n`);
     })
-    .listen(Number(process.env.PORT || 4002), '127.0.0.1');
+    .listen(Number(process.env.PORT || 4002), listenAddress);
 }
 
 main().catch((e) => {

@@ -30,6 +30,9 @@ const { BEASTS } = require('./beasts');
 const { connectAmqp, QUEUE } = require('./queue');
 
 const env = (name, fallback) => Number(process.env[name] ?? fallback);
+// LISTEN_ADDRESS: where it listens (0.0.0.0, so that other containers can
+// reach it; the demo and the tests run it with 127.0.0.1).
+const listenAddress = process.env.LISTEN_ADDRESS || '0.0.0.0';
 const server = new URL(process.env.SERVER_URL || 'http://127.0.0.1:4000');
 const load = process.env.MYTHICAL_LOAD || 'loop';
 const interval = env('REQUEST_INTERVAL_MS', 100);
@@ -184,7 +187,7 @@ async function main() {
           `mythical_requester_done_total ${counts.done}\n`,
       );
     })
-    .listen(Number(process.env.PORT || 4001), '127.0.0.1');
+    .listen(Number(process.env.PORT || 4001), listenAddress);
   if (load === 'lab') {
     lab(channel);
   } else {

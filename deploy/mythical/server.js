@@ -19,6 +19,9 @@ const { Client } = require('pg');
 const { BEASTS } = require('./beasts');
 
 const port = Number(process.env.PORT || 4000);
+// LISTEN_ADDRESS: where it listens (0.0.0.0, so that other containers can
+// reach it; the demo and the tests run it with 127.0.0.1).
+const listenAddress = process.env.LISTEN_ADDRESS || '0.0.0.0';
 const counts = { requests: 0, errors: 0 };
 const db = new Client({ database: process.env.PGDATABASE || 'postgres' });
 const delayMs = Number(process.env.MYTHICAL_DB_DELAY_MS || 0);
@@ -89,7 +92,7 @@ async function main() {
     console.error(`mythical-server: database connection lost: ${e.message}`);
     process.exit(1);
   });
-  app.listen(port, '127.0.0.1', () => console.error(`mythical-server: listening on :${port}`));
+  app.listen(port, listenAddress, () => console.error(`mythical-server: listening on :${port}`));
 }
 
 main().catch((e) => {

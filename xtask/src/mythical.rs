@@ -378,6 +378,7 @@ pub fn spawn_services(dir: &Path, o: &ServiceOptions) -> anyhow::Result<Vec<Serv
         cmd.arg(code.join(script))
             .current_dir(&code)
             .env("PORT", port.to_string())
+            .env("LISTEN_ADDRESS", "127.0.0.1")
             .env("OTEL_SERVICE_NAME", name)
             .env("OTEL_RESOURCE_ATTRIBUTES", "service.namespace=mythical")
             .env("PGHOST", "127.0.0.1")

@@ -1,8 +1,9 @@
 //! Environment variables that look like options but are none: a typo in a
-//! `PERISCOPE_*` name, or a `BEYLA_*` variable, is otherwise silently ignored.
+//! `PERISCOPE_*` name, or a `BEYLA_*` / `OTEL_EBPF_*` variable that is no
+//! alias ([`super::compat`]), is otherwise silently ignored.
 use clap::CommandFactory;
 
-use super::{sources::BEYLA_FEATURE_VARS, Args};
+use super::{compat, Args};
 
 /// Environment variables periscope reads through its flags.
 pub fn known_env_vars() -> Vec<String> {
@@ -10,7 +11,8 @@ pub fn known_env_vars() -> Vec<String> {
 }
 
 /// One line per `PERISCOPE_*` variable that is no option (a typo is otherwise
-/// silently ignored) and per `BEYLA_*` variable periscope does not read.
+/// silently ignored) and per `BEYLA_*` / `OTEL_EBPF_*` variable periscope
+/// does not read.
 pub fn unknown_env_vars<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let known = known_env_vars();
     let mut out = Vec::new();
@@ -23,7 +25,9 @@ pub fn unknown_env_vars<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Str
                     None => format!("{name} is not a periscope option"),
                 });
             }
-        } else if let Some(rest) = name.strip_prefix("BEYLA_").filter(|_| !BEYLA_FEATURE_VARS.contains(&name)) {
+        } else if let Some(rest) =
+            name.strip_prefix("BEYLA_").or_else(|| name.strip_prefix("OTEL_EBPF_")).filter(|_| !compat::is_alias(name))
+        {
             let ours = format!("PERISCOPE_{rest}");
             out.push(if known.contains(&ours) {
                 format!("{name} is not read by periscope: use {ours}")

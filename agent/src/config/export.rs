@@ -32,6 +32,10 @@ pub struct ExportArgs {
     #[arg(long, env = "PERISCOPE_PROMETHEUS_ADDRESS", default_value = "0.0.0.0")]
     pub prometheus_address: IpAddr,
 
+    /// Path of the Prometheus metrics (`/targets` and `/healthz` stay where they are).
+    #[arg(long, env = "PERISCOPE_PROMETHEUS_PATH", default_value = "/metrics")]
+    pub prometheus_path: String,
+
     /// OTLP endpoint for traces and metrics (http://host:4317 is gRPC, :4318 HTTP).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
@@ -70,6 +74,8 @@ pub struct ExportSettings {
     pub printer: Option<PrintFormat>,
     /// Where the Prometheus endpoint listens; `None`: no endpoint.
     pub prometheus: Option<SocketAddr>,
+    /// The path it serves the metrics at (`/metrics`).
+    pub prometheus_path: String,
 }
 
 impl ExportArgs {
@@ -101,6 +107,21 @@ impl ExportArgs {
             otlp,
             printer,
             prometheus: self.prometheus_port.map(|port| SocketAddr::new(self.prometheus_address, port)),
+            prometheus_path: prometheus_path(&self.prometheus_path)?,
         })
     }
+}
+
+/// A path of its own for the metrics: absolute, and not one of the other endpoints.
+fn prometheus_path(path: &str) -> Result<String, ConfigError> {
+    let invalid =
+        |message: &str| ConfigError::Invalid { key: "prometheus-path", message: format!("{path:?}: {message}") };
+    let path = path.trim();
+    if !path.starts_with('/') || path.contains(char::is_whitespace) {
+        return Err(invalid("must be an absolute path such as /metrics"));
+    }
+    if ["/targets", "/healthz"].contains(&path) {
+        return Err(invalid("/targets and /healthz are the agent's own endpoints"));
+    }
+    Ok(path.to_owned())
 }

@@ -1,6 +1,8 @@
 //! Configuration: command-line flags, each with an environment variable
-//! (`PERISCOPE_*` or the standard `OTEL_*`), and an optional YAML file.
-//! Precedence: flag > environment > YAML file > default.
+//! (`PERISCOPE_*` or the standard `OTEL_*`; Beyla's `BEYLA_*` and OBI's
+//! `OTEL_EBPF_*` as aliases, [`compat`]), and an optional YAML file, ours or
+//! a Beyla/OBI one ([`beyla_yaml`]). Precedence: flag > environment (ours,
+//! then aliases) > YAML file > default.
 //!
 //! One flag group per subsystem, each `XArgs -> resolve() -> XSettings`
 //! (the shape of `kubernetes/config.rs`), all resolved and checked at
@@ -24,7 +26,9 @@ use clap::Parser;
 use thiserror::Error;
 
 pub mod agent;
+mod beyla_yaml;
 pub mod capture;
+mod compat;
 pub mod context;
 mod env_names;
 pub mod export;
@@ -37,6 +41,7 @@ pub mod spans;
 
 pub use agent::{AgentArgs, AgentSettings};
 pub use capture::{CaptureArgs, CaptureSettings};
+pub use compat::is_alias;
 pub use context::{ContextArgs, ContextSettings};
 pub use env_names::{known_env_vars, unknown_env_vars};
 pub use export::{ExportArgs, ExportSettings, PrinterArg};
@@ -135,6 +140,9 @@ pub struct Settings {
     pub agent: AgentSettings,
     /// Kubernetes metadata (off unless in a pod or asked for).
     pub kubernetes: KubernetesSettings,
+    /// One line per Beyla/OBI variable read as an alias (or ignored for ours),
+    /// and per key of a Beyla/OBI file ignored or adapted: logged at start.
+    pub notes: Vec<String>,
 }
 
 impl Settings {
@@ -157,20 +165,29 @@ impl Settings {
     {
         let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         let after_name = 1.min(args.len());
-        let extra = sources::beyla_feature_args(&args[after_name..], get);
-        args.splice(after_name..after_name, extra);
+        let (aliases, mut notes) = compat::alias_args(&args[after_name..], get)?;
+        let (features, feature_notes) = sources::beyla_feature_args(&args[after_name..], get);
+        notes.extend(feature_notes);
+        // Before the command line's own flags, which come later and win.
+        args.splice(after_name..after_name, aliases.into_iter().chain(features));
         let first = Args::try_parse_from(&args)?;
-        let parsed = match &first.config {
+        let (parsed, file) = match &first.config {
             Some(path) => {
+                let file = sources::file_args(path, &args[after_name..])?;
                 let mut merged = vec![args.first().cloned().unwrap_or_else(|| "periscope".into())];
-                merged.extend(sources::file_args(path, &args[after_name..])?);
+                merged.extend(file.args.iter().cloned());
                 merged.extend(args.iter().skip(1).cloned());
-                Args::try_parse_from(merged)
-                    .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string().trim().to_owned() })?
+                let parsed = Args::try_parse_from(merged)
+                    .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string().trim().to_owned() })?;
+                (parsed, file)
             }
-            None => first,
+            None => (first, sources::FileArgs::default()),
         };
-        Self::resolve(&parsed, get)
+        let mut settings = Self::resolve(&parsed, get)?;
+        settings.service.rules = file.rules;
+        notes.extend(file.notes);
+        settings.notes = notes;
+        Ok(settings)
     }
 
     /// Resolves every group, in the order their errors are reported.
@@ -204,6 +221,7 @@ impl Settings {
             context,
             agent: args.agent.resolve(),
             kubernetes,
+            notes: Vec::new(),
         })
     }
 }

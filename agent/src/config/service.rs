@@ -27,6 +27,7 @@ impl ServiceArgs {
             namespace: self.service_namespace.clone(),
             name_override: self.service_name.clone(),
             host_name: host.name.clone(),
+            rules: Vec::new(),
         }
     }
 }

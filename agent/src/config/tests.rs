@@ -61,6 +61,9 @@ fn unknown_env_vars_are_named() {
         "BEYLA_OPEN_PORT",
         "BEYLA_BPF_TRACK_REQUEST_HEADERS",
         "BEYLA_PROMETHEUS_FEATURES",
+        "BEYLA_DISCOVERY_INTERVAL",
+        "OTEL_EBPF_BPF_CONTEXT_PROPAGATION",
+        "OTEL_EBPF_TRACE_PRINTER",
         "PERISCOPE_KUBERNETES_NAMESPACE",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "PATH",
@@ -71,8 +74,9 @@ fn unknown_env_vars_are_named() {
             "PERISCOPE_OPEN_PORTS is not a periscope option (did you mean PERISCOPE_OPEN_PORT?)",
             "PERISCOPE_SERVICE_NAMESPAC is not a periscope option (did you mean PERISCOPE_SERVICE_NAMESPACE?)",
             "PERISCOPE_NOTHING_LIKE_IT is not a periscope option",
-            "BEYLA_OPEN_PORT is not read by periscope: use PERISCOPE_OPEN_PORT",
             "BEYLA_BPF_TRACK_REQUEST_HEADERS is not read by periscope (no equivalent option)",
+            "BEYLA_DISCOVERY_INTERVAL is not read by periscope: use PERISCOPE_DISCOVERY_INTERVAL",
+            "OTEL_EBPF_BPF_CONTEXT_PROPAGATION is not read by periscope (no equivalent option)",
         ]
     );
     assert!(known_env_vars().iter().any(|v| v == "OTEL_SEMCONV_STABILITY_OPT_IN"));
@@ -345,4 +349,123 @@ fn groups_resolve_into_typed_settings() {
     // No OTLP traces: the printer defaults to text.
     let s = Settings::from_args(["periscope", "--pid", "1"]).unwrap();
     assert_eq!(s.export.printer, Some(crate::export::printer::PrintFormat::Text));
+}
+
+/// The intro-to-mltp lab's `beyla/config.yaml`, byte for byte (as its Beyla
+/// sidecars read it, with BEYLA_OPEN_PORT and BEYLA_SERVICE_NAMESPACE).
+const LAB_BEYLA_CONFIG: &str = include_str!("../../tests/fixtures/beyla/lab-config.yaml");
+
+fn vars<'a>(list: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |k| list.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+}
+
+#[test]
+fn the_labs_beyla_config_and_variables_work_as_they_are() {
+    let f = yaml(LAB_BEYLA_CONFIG);
+    let path = f.0.to_str().unwrap().to_owned();
+    let env = [
+        ("BEYLA_OPEN_PORT", "4000"),
+        ("BEYLA_SERVICE_NAMESPACE", "mythical"),
+        ("BEYLA_PROMETHEUS_PORT", "9090"),
+        ("BEYLA_CONFIG_PATH", path.as_str()),
+    ];
+    let s = Settings::from_args_env(["periscope"], &vars(&env)).unwrap();
+    assert_eq!(s.open_ports_given.as_deref(), Some("4000"));
+    assert!(s.selector.matches_port(4000) && !s.selector.matches_port(4001));
+    assert_eq!(s.service.namespace.as_deref(), Some("mythical"));
+    assert_eq!(s.export.prometheus.map(|a| a.port()), Some(9090));
+    assert_eq!(
+        s.spans.router.patterns().collect::<Vec<_>>(),
+        ["/owlbear", "/unicorn", "/manticore", "/illithid", "/beholder"]
+    );
+    assert_eq!(s.spans.router.unmatched(), crate::spans::routes::Unmatched::Heuristic);
+    assert_eq!(
+        s.notes,
+        [
+            "BEYLA_CONFIG_PATH read as PERISCOPE_CONFIG (--config)".to_owned(),
+            "BEYLA_OPEN_PORT read as PERISCOPE_OPEN_PORT (--open-port)".to_owned(),
+            "BEYLA_SERVICE_NAMESPACE read as PERISCOPE_SERVICE_NAMESPACE (--service-namespace)".to_owned(),
+            "BEYLA_PROMETHEUS_PORT read as PERISCOPE_PROMETHEUS_PORT (--prometheus-port)".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn aliases_sit_between_our_variables_and_the_file() {
+    let f = yaml(
+        "discovery:\n  instrument:\n    - open_ports: 5000\nservice_namespace: from-file\ntrace_printer: disabled\n",
+    );
+    let path = f.0.to_str().unwrap().to_owned();
+    // The alias beats the file.
+    let env = [("OTEL_EBPF_OPEN_PORT", "4000"), ("OTEL_EBPF_TRACE_PRINTER", "json")];
+    let s = Settings::from_args_env(["periscope", "--config", &path], &vars(&env)).unwrap();
+    assert_eq!(s.open_ports_given.as_deref(), Some("4000"));
+    assert_eq!(s.export.printer, Some(crate::export::printer::PrintFormat::Json));
+    assert_eq!(s.service.namespace.as_deref(), Some("from-file"), "no alias set: the file's");
+    // A flag beats the alias.
+    let s = Settings::from_args_env(["periscope", "--config", &path, "--open-port", "6000"], &vars(&env)).unwrap();
+    assert_eq!(s.open_ports_given.as_deref(), Some("6000"));
+    assert!(s.notes.contains(&"OTEL_EBPF_OPEN_PORT ignored: --open-port is given".to_owned()), "{:?}", s.notes);
+    // Alone, the file's values (Beyla's printer value `disabled` included).
+    let none = |_: &str| None;
+    let s = Settings::from_args_env(["periscope", "--config", &path], &none).unwrap();
+    assert_eq!(s.open_ports_given.as_deref(), Some("5000"));
+    assert_eq!(s.export.printer, None);
+    // Our own variable beats the alias (the alias is not applied; clap reads ours).
+    let env = [("OTEL_EBPF_OPEN_PORT", "4000"), ("PERISCOPE_OPEN_PORT", "7000")];
+    let s = Settings::from_args_env(["periscope", "--config", &path], &vars(&env)).unwrap();
+    assert_eq!(s.open_ports_given.as_deref(), Some("5000"), "ours is not in this process's env: the file's remains");
+    assert_eq!(s.notes, ["OTEL_EBPF_OPEN_PORT ignored: PERISCOPE_OPEN_PORT is set"]);
+}
+
+#[test]
+fn a_beyla_file_names_services_and_notes_what_it_ignores() {
+    let f = yaml(
+        "discovery:
+  services:
+    - open_ports: 4000
+      name: mythical-server
+      namespace: mythical
+    - open_ports: 4001-4002
+  exclude_services:
+    - exe_path: sshd
+otel_traces_export:
+  endpoint: http://alloy:4317
+prometheus_export:
+  port: 9090
+  path: /internal/metrics
+attributes:
+  kubernetes:
+    enable: false
+ebpf:
+  wakeup_len: 100
+",
+    );
+    let none = |_: &str| None;
+    let s = Settings::from_args_env(["periscope", "--config", f.0.to_str().unwrap()], &none).unwrap();
+    assert_eq!(s.open_ports_given.as_deref(), Some("4000,4001-4002"));
+    assert_eq!(s.service.rules.len(), 1);
+    assert_eq!(s.service.rules[0].name.as_deref(), Some("mythical-server"));
+    let traces = s.export.otlp.as_ref().and_then(|o| o.traces.as_ref()).unwrap();
+    assert_eq!(traces.endpoint.as_str(), "http://alloy:4317");
+    assert_eq!(s.export.prometheus.map(|a| a.port()), Some(9090));
+    assert_eq!(s.export.prometheus_path, "/internal/metrics");
+    assert!(!s.kubernetes.enabled);
+    assert_eq!(
+        s.notes,
+        ["discovery.exclude_services: not read by periscope (ignored)", "ebpf: not read by periscope (ignored)"]
+    );
+    // A bad value stops startup naming the file and the key.
+    let f = yaml("routes:\n  patterns: [/a]\n  unmatched: sometimes\n");
+    let err = Settings::from_args_env(["periscope", "--pid", "1", "--config", f.0.to_str().unwrap()], &none)
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("config file ") && err.contains("routes.unmatched: unknown mode \"sometimes\""), "{err}");
+    // Our own format still refuses unknown keys (a typo there is ours to name).
+    let f = yaml("open_port: 8080\ncapture_sise: 10\n");
+    assert!(Settings::from_args_env(["periscope", "--config", f.0.to_str().unwrap()], &none).is_err());
+    let err = Settings::from_args_env(["periscope", "--pid", "1", "--prometheus-path", "healthz"], &none)
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("prometheus-path:"), "{err}");
 }

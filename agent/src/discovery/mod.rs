@@ -29,7 +29,7 @@ pub use scanner::{read_process, ScanResult, Scanner};
 pub use selector::{matches_exe, ExeGlobs, Selector};
 pub use service::{
     build_service, build_service_in_pod, instance_id, interpreter_service_name, parse_resource_attributes,
-    resolve_service, Language, ResolvedService, ServiceOptions,
+    resolve_service, Language, NamingRule, ResolvedService, ServiceOptions,
 };
 
 pub use crate::model::Service;

@@ -8,7 +8,9 @@
 //!    `resource.opentelemetry.io/service.name`, the label
 //!    `app.kubernetes.io/name`, the owner (Deployment, StatefulSet, ...) name,
 //!    the pod name (see [`crate::kubernetes::attributes`]);
-//! 4. [`ServiceOptions::name_override`] (`--service-name`);
+//! 4. the first [`NamingRule`] that selects the process (the `name` of a
+//!    Beyla/OBI `discovery` entry), then [`ServiceOptions::name_override`]
+//!    (`--service-name`);
 //! 5. the executable name, except for interpreters (node, python*, java,
 //!    ruby*, php*, dotnet) where the program they run names the service better
 //!    (see [`interpreter_service_name`]): `node server.js` -> `server`,
@@ -17,8 +19,8 @@
 //!
 //! `service.namespace`: `service.namespace` in `OTEL_RESOURCE_ATTRIBUTES`, then
 //! in a pod the annotation `resource.opentelemetry.io/service.namespace`, the
-//! label `app.kubernetes.io/part-of`, the Kubernetes namespace; then
-//! `--service-namespace`.
+//! label `app.kubernetes.io/part-of`, the Kubernetes namespace; then the
+//! first matching [`NamingRule`]'s; then `--service-namespace`.
 //!
 //! `service.instance.id` is `{host.name}-{pid}-{start time}` ([`instance_id`]):
 //! unique per process on a host even when pids are reused, and the same
@@ -99,7 +101,45 @@ pub struct ServiceOptions {
     /// `host.name`, and the prefix of `service.instance.id`
     /// ([`super::resolve_host_name`]: the host's, not the agent container's).
     pub host_name: String,
+    /// Names for the processes some criteria select (a Beyla/OBI config's
+    /// `discovery` entries with a `name` or `namespace`); first match wins.
+    pub rules: Vec<NamingRule>,
 }
+
+/// service.name and/or service.namespace for the processes that listen on
+/// one of `ports` and whose executable matches `exe` (both, when both are
+/// set: an entry of Beyla's `discovery.services` requires every criterion it
+/// lists).
+#[derive(Debug, Clone)]
+pub struct NamingRule {
+    pub ports: Option<super::PortSet>,
+    pub exe: Option<super::ExeGlobs>,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+}
+
+impl NamingRule {
+    /// Whether the rule names this process (a rule without criteria names none).
+    pub fn matches(&self, info: &ProcessInfo) -> bool {
+        let port = self.ports.as_ref().map(|p| info.listening_ports.iter().any(|&l| p.contains(l)));
+        let exe = self.exe.as_ref().map(|g| info.exe_path.as_deref().is_some_and(|e| g.is_match(e)));
+        match (port, exe) {
+            (None, None) => false,
+            (p, e) => p.unwrap_or(true) && e.unwrap_or(true),
+        }
+    }
+}
+
+impl PartialEq for NamingRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.ports == other.ports
+            && self.exe.as_ref().map(super::ExeGlobs::patterns) == other.exe.as_ref().map(super::ExeGlobs::patterns)
+            && self.name == other.name
+            && self.namespace == other.namespace
+    }
+}
+
+impl Eq for NamingRule {}
 
 fn hex(b: u8) -> Option<u8> {
     match b {
@@ -409,12 +449,16 @@ pub fn build_service_in_pod(info: &ProcessInfo, opts: &ServiceOptions, k8s: Opti
     let env_get = |key: &str| env.iter().rev().find(|(k, _)| k == key).and_then(|(_, v)| non_empty(v));
 
     let exe_name = non_empty(&info.exe_name).or_else(|| non_empty(&info.comm));
+    let rule = |field: fn(&NamingRule) -> Option<&String>| {
+        opts.rules.iter().filter(|r| r.matches(info)).find_map(|r| field(r).map(String::as_str).and_then(non_empty))
+    };
     let name = info
         .env_service_name
         .as_deref()
         .and_then(non_empty)
         .or_else(|| env_get(semconv::SERVICE_NAME))
         .or_else(|| k8s.and_then(|k| non_empty(&k.service_name)))
+        .or_else(|| rule(|r| r.name.as_ref()))
         .or_else(|| opts.name_override.as_deref().and_then(non_empty))
         .map(str::to_owned)
         .or_else(|| exe_name.and_then(|e| interpreter_service_name(e, &info.cmdline)))
@@ -423,6 +467,7 @@ pub fn build_service_in_pod(info: &ProcessInfo, opts: &ServiceOptions, k8s: Opti
 
     let namespace = env_get(semconv::SERVICE_NAMESPACE)
         .or_else(|| k8s.and_then(|k| non_empty(&k.service_namespace)))
+        .or_else(|| rule(|r| r.namespace.as_ref()))
         .or_else(|| opts.namespace.as_deref().and_then(non_empty))
         .map(str::to_owned);
 
@@ -486,7 +531,7 @@ mod tests {
     }
 
     fn opts() -> ServiceOptions {
-        ServiceOptions { namespace: None, name_override: None, host_name: "box".into() }
+        ServiceOptions { namespace: None, name_override: None, host_name: "box".into(), rules: Vec::new() }
     }
 
     fn proc_info(exe: &str, cmdline: &[&str]) -> ProcessInfo {
@@ -733,5 +778,45 @@ mod tests {
         assert_eq!(attr(&svc, "k8s.pod.name"), Some(AttrValue::from("spoofed")), "only the env's own");
         let resolved = resolve_service(&info, &o, None);
         assert!(!resolved.awaiting_kubernetes);
+    }
+
+    /// Beyla's per-entry names: a process selected by an entry's criteria
+    /// (all of them) takes its name and namespace, after the process's own
+    /// environment and before --service-name / --service-namespace.
+    #[test]
+    fn naming_rules_name_the_processes_their_criteria_select() {
+        let rule = |ports: Option<&str>, exe: Option<&str>, name: &str, ns: Option<&str>| NamingRule {
+            ports: ports.map(|p| p.parse().unwrap()),
+            exe: exe.map(|g| crate::discovery::ExeGlobs::new([g]).unwrap()),
+            name: Some(name.into()),
+            namespace: ns.map(Into::into),
+        };
+        let o = ServiceOptions {
+            name_override: Some("ovr".into()),
+            namespace: Some("cli-ns".into()),
+            rules: vec![
+                rule(Some("4000"), None, "server", Some("mythical")),
+                rule(Some("4001"), Some("*/python3*"), "both-needed", None),
+                rule(None, Some("*/node"), "any-node", None),
+            ],
+            ..opts()
+        };
+        let mut info = proc_info("/usr/bin/node", &["node", "index.js"]);
+        info.listening_ports = vec![4000];
+        let svc = build_service(&info, &o);
+        assert_eq!((svc.name.as_str(), svc.namespace.as_deref()), ("server", Some("mythical")));
+        // Port 4001 alone is not enough for the second rule: the third names it.
+        info.listening_ports = vec![4001];
+        let svc = build_service(&info, &o);
+        assert_eq!((svc.name.as_str(), svc.namespace.as_deref()), ("any-node", Some("cli-ns")));
+        // No rule: the override.
+        let info = proc_info("/usr/bin/ruby", &["ruby", "app.rb"]);
+        assert_eq!(build_service(&info, &o).name, "ovr");
+        // The process's own OTEL_SERVICE_NAME still comes first.
+        let mut info = proc_info("/usr/bin/node", &["node", "index.js"]);
+        info.listening_ports = vec![4000];
+        info.env_service_name = Some("own".into());
+        assert_eq!(build_service(&info, &o).name, "own");
+        assert!(!NamingRule { ports: None, exe: None, name: Some("x".into()), namespace: None }.matches(&info));
     }
 }

@@ -30,11 +30,24 @@ pub struct PrometheusState {
     pub telemetry: Arc<Telemetry>,
     /// Served as JSON at `/targets` (e.g. the tracked processes).
     pub targets: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// Where the metrics are served (`/metrics`).
+    pub metrics_path: String,
 }
 
 impl PrometheusState {
     pub fn new(metrics: Arc<Metrics>, telemetry: Arc<Telemetry>) -> Self {
-        Self { metrics, telemetry, targets: Arc::new(|| serde_json::Value::Array(Vec::new())) }
+        Self {
+            metrics,
+            telemetry,
+            targets: Arc::new(|| serde_json::Value::Array(Vec::new())),
+            metrics_path: "/metrics".to_owned(),
+        }
+    }
+
+    /// Serves the metrics at `path` instead of `/metrics` (Beyla's `prometheus_export.path`).
+    pub fn with_metrics_path(mut self, path: &str) -> Self {
+        self.metrics_path = path.to_owned();
+        self
     }
 
     pub fn with_targets(mut self, f: impl Fn() -> serde_json::Value + Send + Sync + 'static) -> Self {
@@ -74,7 +87,7 @@ pub async fn serve(addr: SocketAddr, state: PrometheusState) -> std::io::Result<
 
 pub fn router(state: PrometheusState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics_handler))
+        .route(&state.metrics_path, get(metrics_handler))
         .route("/targets", get(targets_handler))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)

@@ -293,6 +293,26 @@ async fn serves_metrics_targets_healthz_and_reports_taken_port() {
     task.abort();
 }
 
+/// Beyla's `prometheus_export.path`: the metrics move there, the rest stays.
+#[tokio::test]
+async fn metrics_are_served_at_the_configured_path() {
+    let t = Arc::new(Telemetry::default());
+    let m = Arc::new(Metrics::new(MetricsConfig::default(), t.clone()));
+    let state = PrometheusState::new(m, t).with_metrics_path("/internal/metrics");
+    let server = PrometheusServer::bind("127.0.0.1:0".parse().unwrap(), state).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let task = tokio::spawn(server.run());
+    let client = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let client = client.clone();
+        async move { client.get(format!("http://{addr}{path}")).send().await.unwrap().status() }
+    };
+    assert_eq!(get("/internal/metrics").await, 200);
+    assert_eq!(get("/metrics").await, 404);
+    assert_eq!(get("/healthz").await, 200);
+    task.abort();
+}
+
 /// Text with span metrics and service graph on: two instances of one service
 /// (kept apart by `instance`), a database edge and a paired edge.
 fn trace_metrics_text() -> String {
