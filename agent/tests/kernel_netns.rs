@@ -202,7 +202,9 @@ fn score(spans: &[ReceivedSpan]) -> (Score, Vec<String>) {
                 hex(&c.span.span_id),
                 hex(&c.span.trace_id)
             )),
-            _ => wrong.push(format!("request {id}: client span {}, server span {}", client.is_some(), server.is_some())),
+            _ => {
+                wrong.push(format!("request {id}: client span {}, server span {}", client.is_some(), server.is_some()))
+            }
         }
     }
     (sc, wrong)
@@ -220,10 +222,8 @@ async fn run_shape(shape: Shape, concurrency: usize, total: usize) -> (Score, Ve
     let mut client_cmd = net.client.command(&python());
     client_cmd.arg(fx.join("load.py")).args([net.url.clone(), total.to_string(), concurrency.to_string()]);
     let mut client = spawn(client_cmd, "netns-client", false);
-    let mut env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
-    ];
+    let mut env =
+        vec![("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into())];
     if let Ok(l) = std::env::var("CONTEXT_TEST_LOG") {
         env.push(("PERISCOPE_LOG_LEVEL", l));
     }

@@ -174,11 +174,7 @@ impl std::fmt::Debug for ConnectionTable {
 impl ConnectionTable {
     pub fn new(max: usize) -> Self {
         let cap = std::num::NonZeroUsize::new(max.max(1)).expect("at least one");
-        Self {
-            conns: LruCache::with_hasher(cap, FxBuildHasher),
-            peers: Peers::default(),
-            scratch: Scratch::default(),
-        }
+        Self { conns: LruCache::with_hasher(cap, FxBuildHasher), peers: Peers::default(), scratch: Scratch::default() }
     }
 
     /// The tracked other end of a connection on this host: almost always
@@ -195,7 +191,11 @@ impl ConnectionTable {
     /// Client-side connections whose local endpoint is `addr` (`netns`
     /// matters for loopback addresses only): the callers of a server
     /// connection whose client called a translated address.
-    pub fn from_endpoint(&self, addr: std::net::SocketAddr, netns: u32) -> impl Iterator<Item = (ConnKey, &Connection)> {
+    pub fn from_endpoint(
+        &self,
+        addr: std::net::SocketAddr,
+        netns: u32,
+    ) -> impl Iterator<Item = (ConnKey, &Connection)> {
         self.peers.from_endpoint(addr, netns).iter().filter_map(|k| self.conns.peek(k).map(|c| (*k, c)))
     }
 

@@ -16,14 +16,8 @@
 pub mod netlink;
 
 use std::{
-    fs::File,
-    io,
-    net::SocketAddr,
-    num::NonZeroUsize,
-    os::fd::AsRawFd,
-    os::unix::fs::MetadataExt,
-    sync::mpsc as std_mpsc,
-    time::Duration,
+    fs::File, io, net::SocketAddr, num::NonZeroUsize, os::fd::AsRawFd, os::unix::fs::MetadataExt,
+    sync::mpsc as std_mpsc, time::Duration,
 };
 
 use lru::LruCache;

@@ -489,7 +489,8 @@ fn same_ends(a: &Tuple, b: &Tuple) -> bool {
 /// Keeps the exchanges in flight at the request's start on the client
 /// connections that may be its translated caller.
 fn remember_callers(table: &ConnectionTable, wait: &mut Wait) {
-    let callers = table.from_endpoint(wait.tuple.remote, wait.tuple.netns).filter(|(_, c)| c.tuple.remote != wait.tuple.local);
+    let callers =
+        table.from_endpoint(wait.tuple.remote, wait.tuple.netns).filter(|(_, c)| c.tuple.remote != wait.tuple.local);
     for (_, conn) in callers {
         let Some(ctx) = conn.trace.in_flight_at(wait.request_start) else { continue };
         if wait.seen.len() < MAX_SEEN && !wait.seen.iter().any(|(tuple, _)| same_ends(tuple, &conn.tuple)) {
@@ -564,7 +565,8 @@ mod tests {
             &t,
         );
         let Some(Outcome::RequestStarted { started, .. }) = out.pop() else { panic!("{out:?}") };
-        let request = ServerRequest { key: server, tuple: server_tuple, started: &started, traceparent: None, tracestate: None };
+        let request =
+            ServerRequest { key: server, tuple: server_tuple, started: &started, traceparent: None, tracestate: None };
         linker.on_request_started(&table, &mut tracker, request, 100, &t);
         assert!(linker.is_waiting(started.ctx.span_id));
         // The server span finished: parked, not lost, not parentless.

@@ -273,10 +273,7 @@ async fn serves_metrics_targets_healthz_and_reports_taken_port() {
     let taken = serve(addr, state).await.expect_err("port is taken");
     assert!(taken.to_string().contains(&addr.to_string()), "{taken}");
 
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(crate::export::otlp::tls::plaintext_config())
-        .build()
-        .unwrap();
+    let client = http_client();
     let resp = client.get(format!("http://{addr}/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], CONTENT_TYPE);
@@ -302,7 +299,7 @@ async fn metrics_are_served_at_the_configured_path() {
     let server = PrometheusServer::bind("127.0.0.1:0".parse().unwrap(), state).await.unwrap();
     let addr = server.local_addr().unwrap();
     let task = tokio::spawn(server.run());
-    let client = reqwest::Client::new();
+    let client = http_client();
     let get = |path: &'static str| {
         let client = client.clone();
         async move { client.get(format!("http://{addr}{path}")).send().await.unwrap().status() }
@@ -467,4 +464,9 @@ fn trace_metric_families_are_contiguous_and_absent_when_off() {
     }
     assert!(seen.contains(&"traces_service_graph_request_server_seconds"));
     assert!(!sample_text().contains("traces_"), "off by default");
+}
+
+/// A plain-HTTP client (reqwest is built without a TLS provider of its own).
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().tls_backend_preconfigured(crate::export::otlp::tls::plaintext_config()).build().unwrap()
 }
