@@ -191,12 +191,8 @@ impl ConnectionTable {
     /// Client-side connections whose local endpoint is `addr` (`netns`
     /// matters for loopback addresses only): the callers of a server
     /// connection whose client called a translated address.
-    pub fn from_endpoint(
-        &self,
-        addr: std::net::SocketAddr,
-        netns: u32,
-    ) -> impl Iterator<Item = (ConnKey, &Connection)> {
-        self.peers.from_endpoint(addr, netns).iter().filter_map(|k| self.conns.peek(k).map(|c| (*k, c)))
+    pub fn at_endpoint(&self, addr: std::net::SocketAddr, netns: u32) -> impl Iterator<Item = (ConnKey, &Connection)> {
+        self.peers.at_endpoint(addr, netns).iter().filter_map(|k| self.conns.peek(k).map(|c| (*k, c)))
     }
 
     pub fn len(&self) -> usize {

@@ -152,7 +152,7 @@ impl Peers {
     }
 
     /// Client-side connections whose local endpoint is `addr`.
-    pub fn from_endpoint(&self, addr: SocketAddr, netns: u32) -> &[ConnKey] {
+    pub fn at_endpoint(&self, addr: SocketAddr, netns: u32) -> &[ConnKey] {
         self.by_local.get(&EndpointKey::of(addr, netns))
     }
 }
@@ -177,8 +177,8 @@ mod tests {
         peers.insert(ConnKey { pid: 3, fd: 3 }, &mapped, true);
         assert_eq!(peers.with_ends(&Tuple { netns: 11, ..mapped }), [], "v4 loopback mapped in v6");
         assert_eq!(peers.with_ends(&tuple("198.18.0.1:4000", "198.18.0.2:80", 11)), [b], "a veth's address");
-        assert_eq!(peers.from_endpoint("198.18.0.1:4000".parse().unwrap(), 99), [b]);
-        assert_eq!(peers.from_endpoint("127.0.0.1:4000".parse().unwrap(), 11), []);
+        assert_eq!(peers.at_endpoint("198.18.0.1:4000".parse().unwrap(), 99), [b]);
+        assert_eq!(peers.at_endpoint("127.0.0.1:4000".parse().unwrap(), 11), []);
     }
 
     #[test]

@@ -168,6 +168,13 @@ impl Resolver {
 
     /// The socket of `ns`, opened from inside it the first time.
     fn socket_in(&mut self, ns: Namespace) -> Result<&mut Socket, String> {
+        // A namespace asked before is asked through its socket, even after
+        // the process that led to it has exited (a client's last request is
+        // often resolved after the client is gone; the namespace may live on).
+        let known = u64::from(ns.inode);
+        if ns.inode != 0 && self.sockets.contains(&known) {
+            return Ok(self.sockets.get_mut(&known).expect("just checked"));
+        }
         let file = File::open(format!("/proc/{}/ns/net", ns.pid)).map_err(|e| e.to_string())?;
         let inode = file.metadata().map_err(|e| e.to_string())?.ino();
         if ns.inode != 0 && inode != u64::from(ns.inode) {

@@ -253,6 +253,11 @@ impl Linker {
         }
     }
 
+    /// Whether any server request waits for its caller.
+    pub fn has_waits(&self) -> bool {
+        !self.waits.is_empty()
+    }
+
     /// Whether a server request is still waiting for its caller.
     pub fn is_waiting(&self, span: SpanId) -> bool {
         self.waits.iter().any(|w| w.span == span)
@@ -314,6 +319,12 @@ impl Linker {
                 t.add_for(Counter::LinksMissed, LINK, why, 1);
                 None
             }
+            // A caller was seen, and its connection closed before its
+            // request was (every link tried ends made or missed).
+            Caller::Untracked if wait.tried => {
+                t.add_for(Counter::LinksMissed, LINK, "partner gone", 1);
+                None
+            }
             Caller::Untracked => None,
         };
         match caller {
@@ -366,7 +377,7 @@ impl Linker {
                 let seen = wait.seen.iter().find(|(tuple, _)| same_ends(tuple, &client)).map(|(_, ctx)| *ctx);
                 if seen.is_none() && table.with_ends(&client).next().is_none() {
                     // Not (or no longer) a tracked connection.
-                    return if wait.tried { Caller::Missed("partner gone") } else { Caller::Untracked };
+                    return Caller::Untracked;
                 }
                 tried(wait, "translated");
                 match (choose(table.with_ends(&client).map(|(_, c)| c), wait.request_start, "translated"), seen) {
@@ -386,7 +397,7 @@ impl Linker {
                 // A tracked client whose own address is the server's peer,
                 // which called another address: a translation, maybe.
                 let callers: Vec<(ConnKey, &Connection)> = table
-                    .from_endpoint(wait.tuple.remote, wait.tuple.netns)
+                    .at_endpoint(wait.tuple.remote, wait.tuple.netns)
                     .filter(|(_, c)| c.tuple.remote != wait.tuple.local)
                     .take(MAX_SEEN)
                     .collect();
@@ -490,7 +501,7 @@ fn same_ends(a: &Tuple, b: &Tuple) -> bool {
 /// connections that may be its translated caller.
 fn remember_callers(table: &ConnectionTable, wait: &mut Wait) {
     let callers =
-        table.from_endpoint(wait.tuple.remote, wait.tuple.netns).filter(|(_, c)| c.tuple.remote != wait.tuple.local);
+        table.at_endpoint(wait.tuple.remote, wait.tuple.netns).filter(|(_, c)| c.tuple.remote != wait.tuple.local);
     for (_, conn) in callers {
         let Some(ctx) = conn.trace.in_flight_at(wait.request_start) else { continue };
         if wait.seen.len() < MAX_SEEN && !wait.seen.iter().any(|(tuple, _)| same_ends(tuple, &conn.tuple)) {

@@ -195,6 +195,11 @@ impl Pipeline {
                 return;
             }
         };
+        if matches!(event, Event::ConnClose(_)) {
+            // The client end of a waiting link may be closing: its request
+            // is in the table now and never again.
+            self.retry_links_before_close();
+        }
         let (table, tracker, out, t) = (&mut self.table, &mut self.tracker, &mut self.outcomes, &*self.telemetry);
         match event {
             Event::Data(d) => {

@@ -239,6 +239,16 @@ impl Pipeline {
         self.emit_decided();
     }
 
+    /// Retries the waiting links before a connection closes (a caller's
+    /// exchange is forgotten with its connection; its events came before
+    /// its close). Nothing to do, and nothing done, when no link waits.
+    pub(super) fn retry_links_before_close(&mut self) {
+        if self.linker.has_waits() {
+            self.linker.retry(&self.table, &mut self.tracker, monotonic_now(), false, &self.telemetry);
+            self.finish_linked();
+        }
+    }
+
     /// Spans whose trace is decided go to the trace sinks.
     fn emit_decided(&mut self) {
         let decided = self.tracker.decided();
