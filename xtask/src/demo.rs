@@ -52,12 +52,18 @@ pub struct Options {
 
 const METRICS_PORT: u16 = 9464;
 const REFRESH: Duration = Duration::from_secs(2);
+/// The duration buckets periscope uses in the demo (seconds).
+const DEMO_BUCKETS: &str = "0,0.0001,0.00025,0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,5,10,30,60";
 /// Rates and percentiles are over the last this many refreshes.
 const WINDOW: usize = 5;
 
 pub fn run(o: Options) -> anyhow::Result<()> {
+    eprintln!("demo: checking what it needs (apt packages, npm modules, tracefs); the first time installs them");
     deps::ensure()?;
-    cmd::run(&mut cmd("cargo", ["build", "-q", "-p", "periscope"]))?;
+    // Not quiet: on a fresh machine this is the long step (minutes), and
+    // cargo's progress says how far it is.
+    eprintln!("demo: building periscope (cargo build -p periscope; the first build takes a few minutes)");
+    cmd::run(&mut cmd("cargo", ["build", "-p", "periscope"]))?;
     let dir = std::env::temp_dir().join("periscope-mythical");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -86,6 +92,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let spans_file = dir.join("spans.txt");
     let agent_log = dir.join("periscope.log");
     let mut cmd = mythical::periscope_command(&pids, METRICS_PORT);
+    // Finer duration buckets than the semantic conventions' (first one 5 ms),
+    // so the table's percentiles of fast operations (SQL, AMQP) are numbers.
+    cmd.args(["--duration-histogram-buckets", DEMO_BUCKETS]);
     // The lab's dashboards query the old HTTP and database attribute names.
     cmd.env("OTEL_SEMCONV_STABILITY_OPT_IN", "http/dup,database/dup");
     match &o.otlp_endpoint {

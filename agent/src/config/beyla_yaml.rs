@@ -10,6 +10,7 @@
 //! | `otel_traces_export.{endpoint, protocol, sampler}` | `--otlp-traces-endpoint`, `--otlp-protocol`, `--traces-sampler[-arg]` |
 //! | `otel_metrics_export.{endpoint, protocol, interval}` | `--otlp-metrics-endpoint`, `--otlp-protocol`, `--metric-export-interval` |
 //! | `prometheus_export.{port, path}` | `--prometheus-port`, `--prometheus-path` |
+//! | `{otel_metrics_export,prometheus_export}.buckets.duration_histogram` | `--duration-histogram-buckets` |
 //! | `*.features` with `application_span` / `application_service_graph` | `--span-metrics`, `--service-graph-metrics` |
 //! | `attributes.kubernetes.{enable, cluster_name}` | `--kubernetes`, `--kubernetes-cluster-name` |
 //! | `trace_printer`, `log_level` | `--trace-printer`, `--log-level` |
@@ -287,6 +288,34 @@ impl Translator {
                 "protocol" => t.protocol(path, v)?,
                 "interval" => t.flag("metric-export-interval", duration_ms(path, v)?.to_string()),
                 "features" => return t.features(path, v),
+                "buckets" => t.buckets(path, v)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })
+    }
+
+    /// `buckets.duration_histogram` (either export section; one setting
+    /// here); `request_size_histogram` / `response_size_histogram` keep
+    /// periscope's body-size buckets.
+    fn buckets(&mut self, path: &str, v: &Value) -> Result<(), String> {
+        self.section(path, v, |t, sub, full, v| {
+            match sub {
+                "duration_histogram" => {
+                    let list = text(full, v)?;
+                    match t.out.flags.iter().find(|(f, _)| f == "duration-histogram-buckets") {
+                        Some((_, first)) if *first != list => {
+                            return Err(format!(
+                                "{full}: {list:?} differs from the other section's {first:?}, and periscope has one set of duration buckets"
+                            ))
+                        }
+                        Some(_) => {}
+                        None => t.flag("duration-histogram-buckets", list),
+                    }
+                }
+                "request_size_histogram" | "response_size_histogram" => {
+                    t.note(format!("{full}: body-size buckets are fixed here (0, 32 B ... 8 KiB)"))
+                }
                 _ => return Ok(false),
             }
             Ok(true)
@@ -328,6 +357,7 @@ impl Translator {
                 }
                 "path" => t.flag("prometheus-path", text(path, v)?),
                 "features" => return t.features(path, v),
+                "buckets" => t.buckets(path, v)?,
                 _ => return Ok(false),
             }
             Ok(true)
@@ -464,6 +494,26 @@ mod tests {
 
     fn ours(flag: &str) -> bool {
         ["capture-size", "open-port", "routes"].contains(&flag)
+    }
+
+    #[test]
+    fn duration_buckets_from_either_export_section() {
+        let t = translate(
+            parse(
+                "prometheus_export:\n  buckets:\n    duration_histogram: [0, 0.0005, 0.001]\n    request_size_histogram: [0, 10]\n\
+                 otel_metrics_export:\n  buckets:\n    duration_histogram: [0, 0.0005, 0.001]\n",
+            ),
+            &ours,
+        )
+        .unwrap();
+        assert_eq!(flags(&t), [("duration-histogram-buckets", "0,0.0005,0.001")]);
+        assert!(t.notes.iter().any(|n| n.contains("request_size_histogram")), "{:?}", t.notes);
+        let err = translate(
+            parse("prometheus_export: {buckets: {duration_histogram: [0, 1]}}\notel_metrics_export: {buckets: {duration_histogram: [0, 2]}}\n"),
+            &ours,
+        )
+        .unwrap_err();
+        assert!(err.contains("differs"), "{err}");
     }
 
     #[test]

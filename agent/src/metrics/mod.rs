@@ -141,9 +141,10 @@ impl Instrument {
         )
     }
 
-    pub fn bounds(self) -> &'static [f64] {
+    /// Bucket bounds: `duration` (the configured ones) for durations.
+    pub fn bounds(self, duration: &'static [f64]) -> &'static [f64] {
         if self.is_duration() {
-            DURATION_BOUNDS
+            duration
         } else {
             BODY_SIZE_BOUNDS
         }
@@ -228,11 +229,14 @@ pub struct MetricsConfig {
     pub span_metrics: Option<SpanMetricsConfig>,
     /// Tempo-compatible service graph (`traces_service_graph_*`); `None`: off.
     pub service_graph: Option<ServiceGraphConfig>,
+    /// Bucket bounds (seconds) of the duration histograms
+    /// (`--duration-histogram-buckets`; default: the semantic conventions').
+    pub duration_bounds: &'static [f64],
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { max_attribute_sets: 2000, span_metrics: None, service_graph: None }
+        Self { max_attribute_sets: 2000, span_metrics: None, service_graph: None, duration_bounds: DURATION_BOUNDS }
     }
 }
 
@@ -423,7 +427,7 @@ impl Metrics {
             if let Some(i) = found {
                 st.series[i].data.record(value);
             } else if st.series.len() < self.cfg.max_attribute_sets {
-                let mut data = HistogramData::new(instrument.bounds());
+                let mut data = HistogramData::new(instrument.bounds(self.cfg.duration_bounds));
                 data.record(value);
                 let attributes: AttributeSet = set.iter().map(|(k, v)| (*k, (*v).clone())).collect();
                 st.series.push(SeriesPoint { attributes, start_unix_nanos: now, data });
@@ -434,7 +438,7 @@ impl Metrics {
                     .get_or_insert_with(|| SeriesPoint {
                         attributes: vec![(OVERFLOW_ATTRIBUTE, AttrValue::Bool(true))],
                         start_unix_nanos: now,
-                        data: HistogramData::new(instrument.bounds()),
+                        data: HistogramData::new(instrument.bounds(self.cfg.duration_bounds)),
                     })
                     .data
                     .record(value);

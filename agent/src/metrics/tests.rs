@@ -85,6 +85,23 @@ fn spans_land_in_expected_buckets_with_count_sum_min_max() {
 }
 
 #[test]
+fn configured_duration_buckets_are_used_for_durations_only() {
+    let t = Arc::new(Telemetry::default());
+    let bounds: &'static [f64] = &[0.0, 0.0005, 0.001, 0.002];
+    let m = Metrics::new(MetricsConfig { duration_bounds: bounds, ..Default::default() }, t);
+    let svc = service("front", "i1");
+    // 300 µs, 700 µs, 1.5 ms, 1 s
+    for nanos in [300_000u64, 700_000, 1_500_000, 1_000_000_000] {
+        m.record_span(&http_server(&svc, nanos, "/a", 200));
+    }
+    let snap = m.snapshot();
+    let d = &snap.find("i1", Instrument::HttpServerDuration).expect("metric").series[0].data;
+    assert_eq!(d.bounds, bounds);
+    assert_eq!(d.bucket_counts, [0, 1, 1, 1, 1]);
+    assert_eq!(Instrument::HttpServerRequestBodySize.bounds(bounds), BODY_SIZE_BOUNDS);
+}
+
+#[test]
 fn counts_equal_spans_recorded_and_kinds_map_to_instruments() {
     let (m, _) = metrics(100);
     let svc = service("s", "i1");

@@ -77,6 +77,7 @@ fn with(span_metrics: bool, graph: bool, limit: usize) -> (Metrics, Arc<Telemetr
         max_attribute_sets: limit,
         span_metrics: span_metrics.then(SpanMetricsConfig::default),
         service_graph: graph.then(ServiceGraphConfig::default),
+        ..Default::default()
     };
     (Metrics::new(cfg, t.clone()), t)
 }
