@@ -75,6 +75,9 @@ counters! {
     DiscoveryRequestsDropped => "periscope_discovery_requests_dropped_total", "Requests to the discovery thread (what a forked or exec'd process is, which watched ones are gone, a database lookup) dropped because its queue was full.",
     ContextHandoffs => "periscope_context_handoffs_total", "Client requests attributed to a queued request of the thread (a connection handed on by an in-process queue).",
     ContextWaitingDropped => "periscope_context_waiting_dropped_total", "Server requests dropped from a thread's queue bookkeeping because it held too many (their queued calls may get the wrong parent).",
+    ContextAsyncHops => "periscope_context_async_hops_total", "Runtime async hops (libuv thread-pool work: dns.lookup, fs, crypto) seen by uprobes, by runtime and outcome: carried (the callback ran for the request that submitted it), no request (submitted outside any request), unmatched (a callback whose submit was not seen or was forgotten).",
+    ContextAsyncDropped => "periscope_context_async_dropped_total", "Async hops forgotten before their callback because too many were in flight (their callbacks' calls start new traces).",
+    UprobeAttach => "periscope_uprobe_attach_total", "Runtime uprobe attachments, by runtime and result (attached, failed); one line is logged per failure.",
     ServiceGraphExpired => "periscope_service_graph_expired_total", "Service-graph spans whose partner span did not arrive in time (a client span with a known peer still counts as an edge to a virtual node).",
     ServiceGraphDropped => "periscope_service_graph_dropped_total", "Service-graph spans not paired because too many spans were waiting for their partner.",
     KubernetesApiErrors => "periscope_kubernetes_api_errors_total", "Failed Kubernetes API list/watch calls (retried with backoff; the last known metadata is kept).",
@@ -164,6 +167,16 @@ impl Telemetry {
     pub fn get_for(&self, counter: Counter, protocol: &str) -> u64 {
         self.labeled.lock().map_or(0, |m| {
             m.iter().filter(|((c, l), _)| *c == counter && l.protocol == protocol).map(|(_, v)| *v).sum()
+        })
+    }
+
+    /// The share of one (protocol, reason) of a counter.
+    pub fn get_labeled(&self, counter: Counter, protocol: &str, reason: &str) -> u64 {
+        self.labeled.lock().map_or(0, |m| {
+            m.iter()
+                .filter(|((c, l), _)| *c == counter && l.protocol == protocol && l.reason == reason)
+                .map(|(_, v)| *v)
+                .sum()
         })
     }
 

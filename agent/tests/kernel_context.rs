@@ -162,6 +162,9 @@ enum Frontend {
     RustPool,
     /// gunicorn, 3 pre-forked sync worker processes recycled every 15 requests.
     Gunicorn,
+    /// Node (pg pool of this mode) connecting by host name: PostgreSQL and a
+    /// fresh connection to the backend per call, each after a dns.lookup.
+    NodeByName(&'static str),
 }
 
 /// Runs `total` requests at `concurrency` through caller -> frontend -> (pg, backend).
@@ -174,13 +177,17 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
     let _backend = spawn(Command::new("node").arg(fx.join("ctx_backend.js")).arg(back_port.to_string()), "backend");
     let args = [front_port.to_string(), pg.port.to_string(), back_port.to_string()];
     let name = match frontend {
-        Frontend::Node(_) => "frontend-node",
+        Frontend::Node(_) | Frontend::NodeByName(_) => "frontend-node",
         Frontend::Python => "frontend-python",
         Frontend::RustPool => "frontend-rust",
         Frontend::Gunicorn => "frontend-gunicorn",
     };
     let _front = match frontend {
         Frontend::Node(mode) => spawn(Command::new("node").arg(fx.join("ctx_frontend.js")).args(&args).arg(mode), name),
+        Frontend::NodeByName(mode) => spawn(
+            Command::new("node").arg(fx.join("ctx_frontend.js")).args(&args).arg(mode).env("CTX_BY_NAME", "1"),
+            name,
+        ),
         Frontend::Python => spawn(Command::new(python()).arg(fx.join("ctx_threaded_frontend.py")).args(&args), name),
         Frontend::RustPool => spawn(
             Command::new(std::env::current_exe().unwrap())
@@ -296,6 +303,17 @@ async fn node_event_loop_every_span_has_the_right_parent_at_1_10_50_concurrent()
     for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
         let (sc, wrong) = run(Frontend::Node("pool:50"), concurrency, total).await;
         assert_exact(&sc, &wrong, &format!("node, pool of 50, {concurrency} concurrent"));
+    }
+}
+
+/// Calls by host name: every connect runs in the callback of a dns.lookup
+/// that libuv's thread pool answered, loop iterations after the request's
+/// read; the libuv uprobes carry the request across (docs/trace-context.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn node_calls_by_host_name_every_span_has_the_right_parent_at_1_10_50_concurrent() {
+    for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
+        let (sc, wrong) = run(Frontend::NodeByName("pool:10"), concurrency, total).await;
+        assert_exact(&sc, &wrong, &format!("node by host name, pool of 10, {concurrency} concurrent"));
     }
 }
 

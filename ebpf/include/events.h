@@ -52,6 +52,15 @@ enum periscope_event_kind {
 	PERISCOPE_EV_PROC_FORK = 4,  /* struct periscope_proc_event: child of a tracked pid */
 	PERISCOPE_EV_PROC_EXIT = 5,  /* struct periscope_proc_event: tracked pid exited */
 	PERISCOPE_EV_PROC_EXEC = 6,  /* struct periscope_proc_event: any exec */
+	PERISCOPE_EV_ASYNC = 7,      /* struct periscope_async_event: a runtime's async hop */
+};
+
+/* An async hop inside a tracked process, seen by a runtime uprobe: work
+ * handed to another thread or a later loop iteration (submit), then its
+ * completion callback starting (resume) on the loop thread. */
+enum periscope_async_phase {
+	PERISCOPE_ASYNC_SUBMIT = 0,
+	PERISCOPE_ASYNC_RESUME = 1,
 };
 
 enum periscope_direction {
@@ -168,6 +177,15 @@ struct periscope_conn_event {
 	struct periscope_tuple tuple;
 	__u8 role;
 	__u8 _pad[7];
+};
+
+struct periscope_async_event {
+	struct periscope_event_header hdr; /* fd = -1; ts_enter_ns = ts_exit_ns */
+	/* What ties the two phases together in the process: libuv, the address
+	 * of the request's `struct uv__work` */
+	__u64 key;
+	__u32 phase; /* enum periscope_async_phase */
+	__u32 _pad;
 };
 
 struct periscope_proc_event {

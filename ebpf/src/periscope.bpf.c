@@ -3,6 +3,7 @@
 #include "socket_io.h"
 #include "process.h"
 #include "event_loop.h"
+#include "libuv.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -11,6 +12,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 struct wire_types {
 	struct periscope_conn_event conn;
 	struct periscope_proc_event proc;
+	struct periscope_async_event async;
 	struct periscope_event_header header;
 	struct periscope_conn_info conn_info;
 	struct periscope_segments segments;

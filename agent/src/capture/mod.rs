@@ -7,9 +7,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use thiserror::Error;
 
 use crate::probes::wire::{
-    periscope_capture_policy, periscope_conn_event, periscope_data_event, periscope_data_layout, periscope_direction,
-    periscope_event_header, periscope_event_kind, periscope_proc_event, periscope_role, periscope_segment,
-    periscope_segments, periscope_tuple,
+    periscope_async_event, periscope_async_phase, periscope_capture_policy, periscope_conn_event, periscope_data_event,
+    periscope_data_layout, periscope_direction, periscope_event_header, periscope_event_kind, periscope_proc_event,
+    periscope_role, periscope_segment, periscope_segments, periscope_tuple,
 };
 use crate::protocols::{Chunk, Direction};
 
@@ -252,6 +252,24 @@ impl ProcEvent {
     }
 }
 
+/// Which side of a runtime's async hop an [`AsyncEvent`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsyncPhase {
+    /// Work handed off by the thread (libuv: `uv__work_submit`).
+    Submit,
+    /// Its completion callback starts on the thread (libuv: a `done` callback).
+    Resume,
+}
+
+/// An async hop inside a tracked process, seen by a runtime uprobe.
+#[derive(Clone, Copy, Debug)]
+pub struct AsyncEvent {
+    pub header: Header,
+    /// Ties the two phases together within the process (libuv: the `uv__work` address).
+    pub key: u64,
+    pub phase: AsyncPhase,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub enum Event<'a> {
     Data(DataEvent<'a>),
@@ -260,6 +278,7 @@ pub enum Event<'a> {
     ProcFork(ProcEvent),
     ProcExit(ProcEvent),
     ProcExec(ProcEvent),
+    Async(AsyncEvent),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -276,6 +295,8 @@ pub enum DecodeError {
     BadSegment { offset: usize, len: usize },
     #[error("unknown data layout {0}")]
     UnknownLayout(u8),
+    #[error("unknown async phase {0}")]
+    UnknownPhase(u32),
 }
 
 fn read<T: Copy>(record: &[u8], what: &'static str) -> Result<T, DecodeError> {
@@ -398,6 +419,15 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 k if k == periscope_event_kind::PERISCOPE_EV_PROC_EXIT as u32 => Event::ProcExit(ev),
                 _ => Event::ProcExec(ev),
             })
+        }
+        k if k == periscope_event_kind::PERISCOPE_EV_ASYNC as u32 => {
+            let e: periscope_async_event = read(record, "async event")?;
+            let phase = match e.phase {
+                p if p == periscope_async_phase::PERISCOPE_ASYNC_SUBMIT as u32 => AsyncPhase::Submit,
+                p if p == periscope_async_phase::PERISCOPE_ASYNC_RESUME as u32 => AsyncPhase::Resume,
+                other => return Err(DecodeError::UnknownPhase(other)),
+            };
+            Ok(Event::Async(AsyncEvent { header: header(&e.hdr), key: e.key, phase }))
         }
         other => Err(DecodeError::UnknownKind(other)),
     }

@@ -258,6 +258,18 @@ impl Threads {
     }
 }
 
+/// Async hops in flight at once (submitted, callback not run yet), over
+/// every tracked process; beyond, the oldest is forgotten (counted).
+const MAX_ASYNC_HOPS: usize = 65_536;
+
+/// A hop a request handed to a runtime's thread pool.
+#[derive(Clone, Copy, Debug)]
+struct Hop {
+    /// None: submitted outside any request.
+    ctx: Option<SpanCtx>,
+    tid: u32,
+}
+
 /// The context stage. Decides the span ids and in-process parents of
 /// exchanges as their bytes go by (every span id is given here), and, with
 /// its [`Assembler`], the trace ids of the groups they form.
@@ -267,6 +279,8 @@ pub struct Tracker {
     assembly: Assembler,
     /// Span ids named by traceparent headers seen so far.
     claimed: ClaimedIds,
+    /// (pid, runtime key) -> the request that submitted the work.
+    hops: lru::LruCache<(u32, u64), Hop>,
 }
 
 impl Tracker {
@@ -275,6 +289,57 @@ impl Tracker {
             threads: Threads { map: FxHashMap::default(), max: max_threads },
             assembly,
             claimed: ClaimedIds::default(),
+            hops: lru::LruCache::new(std::num::NonZeroUsize::new(MAX_ASYNC_HOPS).expect("not zero")),
+        }
+    }
+
+    /// A runtime async hop (libuv's thread pool): the request current when
+    /// the work was submitted is current again when its callback starts, in
+    /// whatever loop iteration that is; calls the callback makes (a connect
+    /// after dns.lookup, a query after fs.readFile) are its children. While
+    /// the work is out, the request waits on something: it is not taken for
+    /// a queue hand-off.
+    pub fn on_async(&mut self, thread: ThreadKey, key: u64, phase: crate::capture::AsyncPhase, telemetry: &Telemetry) {
+        const RUNTIME: &str = "libuv";
+        match phase {
+            crate::capture::AsyncPhase::Submit => {
+                let ctx = self.threads.current(thread);
+                match ctx {
+                    Some(ctx) => {
+                        if let Some(calls) = self.threads.calls_mut(thread.pid, thread.tid, ctx.span_id) {
+                            *calls = calls.saturating_add(1);
+                        }
+                    }
+                    None => telemetry.add_for(Counter::ContextAsyncHops, RUNTIME, "no request", 1),
+                }
+                // Given back: the same key's earlier hop (its callback was not
+                // seen: it is over, the memory reused), or the oldest (full).
+                if let Some((old_key, old)) = self.hops.push((thread.pid, key), Hop { ctx, tid: thread.tid }) {
+                    self.hop_done(old_key.0, old);
+                    if old_key != (thread.pid, key) {
+                        telemetry.inc(Counter::ContextAsyncDropped);
+                    }
+                }
+            }
+            crate::capture::AsyncPhase::Resume => match self.hops.pop(&(thread.pid, key)) {
+                Some(hop) => {
+                    self.hop_done(thread.pid, hop);
+                    // Submitted outside any request: the callback works for none.
+                    self.threads.set(thread, hop.ctx, telemetry);
+                    if hop.ctx.is_some() {
+                        telemetry.add_for(Counter::ContextAsyncHops, RUNTIME, "carried", 1);
+                    }
+                }
+                None => telemetry.add_for(Counter::ContextAsyncHops, RUNTIME, "unmatched", 1),
+            },
+        }
+    }
+
+    /// A hop's work is back: one call fewer in flight for its request.
+    fn hop_done(&mut self, pid: u32, hop: Hop) {
+        let Some(ctx) = hop.ctx else { return };
+        if let Some(calls) = self.threads.calls_mut(pid, hop.tid, ctx.span_id) {
+            *calls = calls.saturating_sub(1);
         }
     }
 

@@ -246,3 +246,75 @@ fn a_shared_connection_handed_on_by_a_queue_goes_to_the_oldest_waiting_request()
     assert_eq!(w.span_of(12, false, 0).1, Some(r8));
     assert_eq!(w.t.get(Counter::ContextHandoffs), 2);
 }
+
+impl World {
+    fn hop(&mut self, tid: u32, seq: u32, key: u64, phase: crate::capture::AsyncPhase) {
+        self.tracker.on_async(ThreadKey { pid: 1, tid, loop_seq: seq }, key, phase, &self.t);
+    }
+}
+
+/// dns.lookup on libuv's pool: the connect and the request run from the
+/// lookup's callback, iterations later, after other requests were read.
+#[test]
+fn a_thread_pool_hop_carries_its_request_to_the_callback() {
+    use crate::capture::AsyncPhase::{Resume, Submit};
+    let mut w = World::new();
+    // Iteration 1: A and B arrive; each looks a host name up.
+    w.server_io(1, 1, 5, IN, REQ);
+    w.hop(1, 1, 0xa, Submit);
+    w.server_io(1, 1, 6, IN, REQ);
+    w.hop(1, 1, 0xb, Submit);
+    // Iteration 2: C arrives; then B's lookup is done: B connects and calls.
+    w.server_io(1, 2, 8, IN, REQ);
+    w.hop(1, 2, 0xb, Resume);
+    w.connect(1, 2, 9);
+    w.client_io(1, 3, 9, OUT, REQ);
+    // Iteration 4: A's lookup is done: A calls on a new connection at once.
+    w.hop(1, 4, 0xa, Resume);
+    w.connect(1, 4, 10);
+    w.client_io(1, 4, 10, OUT, REQ);
+    // Iteration 5: a lookup submitted outside any request (a timer).
+    w.hop(1, 5, 0xc, Submit);
+    w.hop(1, 6, 0xc, Resume);
+    w.connect(1, 6, 11);
+    w.client_io(1, 6, 11, OUT, REQ);
+    for fd in [9, 10, 11] {
+        w.client_io(1, 7, fd, IN, RESP);
+    }
+    for fd in [5, 6, 8] {
+        w.server_io(1, 7, fd, OUT, RESP);
+    }
+    let (a, _) = w.span_of(5, true, 0);
+    let (b, _) = w.span_of(6, true, 0);
+    assert_eq!(w.span_of(9, false, 0).1, Some(b));
+    assert_eq!(w.span_of(10, false, 0).1, Some(a));
+    assert_eq!(w.span_of(11, false, 0).1, None, "no request submitted it");
+    let hops = |w: &World, reason| w.t.get_labeled(Counter::ContextAsyncHops, "libuv", reason);
+    assert_eq!((hops(&w, "carried"), hops(&w, "no request"), hops(&w, "unmatched")), (2, 1, 0));
+    // A callback whose submit was never seen changes nothing.
+    w.hop(1, 8, 0xd, Resume);
+    assert_eq!(hops(&w, "unmatched"), 1);
+}
+
+/// A request whose work is out on the pool waits on something: a shared
+/// connection handed on meanwhile goes to the next one that waits on nothing.
+#[test]
+fn a_request_with_work_on_the_pool_is_not_taken_for_a_queue_hand_off() {
+    use crate::capture::AsyncPhase::{Resume, Submit};
+    let mut w = World::new();
+    w.server_io(1, 1, 5, IN, REQ);
+    w.client_io(1, 1, 7, OUT, REQ); // A's query on the shared connection
+    w.server_io(1, 1, 6, IN, REQ); // B: looks a name up first
+    w.hop(1, 1, 0xb, Submit);
+    w.server_io(1, 1, 8, IN, REQ); // C: queued behind A's query
+                                   // Iteration 2: A's answer; the queue sends C's query (B is busy with its lookup).
+    w.client_io(1, 2, 7, IN, RESP);
+    w.client_io(1, 2, 7, OUT, REQ);
+    w.hop(1, 3, 0xb, Resume);
+    w.client_io(1, 4, 7, IN, RESP);
+    for fd in [5, 6, 8] {
+        w.server_io(1, 4, fd, OUT, RESP);
+    }
+    let (c, _) = w.span_of(8, true, 0);
+    assert_eq!(w.span_of(7, false, 1).1, Some(c));
+}

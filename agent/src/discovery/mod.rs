@@ -14,6 +14,7 @@
 use std::path::PathBuf;
 
 pub mod host;
+pub mod libuv;
 pub mod pg_backends;
 mod ports;
 mod procfs;
@@ -97,6 +98,9 @@ pub struct ProcessInfo {
     /// Container id and pod UID from `/proc/PID/cgroup`; `None` outside
     /// containers.
     pub container: Option<crate::kubernetes::ContainerRef>,
+    /// Its libuv, for the thread-pool uprobes (filled by the discovery
+    /// thread for the processes it hands to the pipeline).
+    pub libuv: Option<std::sync::Arc<libuv::LibuvHooks>>,
 }
 
 impl ProcessInfo {

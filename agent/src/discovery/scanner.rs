@@ -102,6 +102,7 @@ fn complete(
         netns_inode,
         language,
         container,
+        libuv: None,
     })
 }
 

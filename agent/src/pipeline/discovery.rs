@@ -54,6 +54,13 @@ pub enum Answer {
     Database(db_names::NameAnswer),
 }
 
+/// What runtime uprobes the process needs (a file's symbols are read once).
+fn with_runtime_hooks(info: &mut ProcessInfo) {
+    if info.language != discovery::Language::Go {
+        info.libuv = discovery::libuv::find(info.pid);
+    }
+}
+
 pub struct Worker {
     pub scanner: Scanner,
     pub selector: Selector,
@@ -68,7 +75,8 @@ impl Worker {
     /// pipeline is gone.
     pub fn run(mut self) {
         loop {
-            let found = self.scanner.scan(&self.selector).matched;
+            let mut found = self.scanner.scan(&self.selector).matched;
+            found.iter_mut().for_each(with_runtime_hooks);
             if self.answers.blocking_send(Answer::Scan(found)).is_err() {
                 return;
             }
@@ -98,8 +106,17 @@ impl Worker {
                         lookups.push(lookup);
                         continue;
                     }
-                    Request::Fork { pid } => Answer::Forked(discovery::read_process(pid).ok()),
-                    Request::Exec { pid, tracked } => Answer::Execed { tracked, info: self.exec(pid, tracked) },
+                    Request::Fork { pid } => Answer::Forked(discovery::read_process(pid).ok().map(|mut i| {
+                        with_runtime_hooks(&mut i);
+                        i
+                    })),
+                    Request::Exec { pid, tracked } => Answer::Execed {
+                        tracked,
+                        info: self.exec(pid, tracked).map(|mut i| {
+                            with_runtime_hooks(&mut i);
+                            i
+                        }),
+                    },
                     Request::Alive(pids) => Answer::Gone(
                         pids.into_iter().filter(|pid| !Path::new(&format!("/proc/{pid}")).exists()).collect(),
                     ),

@@ -224,6 +224,12 @@ impl Pipeline {
             Event::ProcFork(p) => self.on_fork(p.header.pid, p.ppid, p.start_time_ticks()),
             Event::ProcExit(p) => self.forget(p.header.pid),
             Event::ProcExec(p) => self.on_exec(p.header.pid),
+            Event::Async(a) => {
+                if self.registry.contains(a.header.pid) {
+                    let thread = ThreadKey { pid: a.header.pid, tid: a.header.tid, loop_seq: a.header.loop_seq };
+                    tracker.on_async(thread, a.key, a.phase, t);
+                }
+            }
         }
         self.flush_outcomes();
     }
@@ -257,6 +263,10 @@ impl Pipeline {
         match answer {
             Answer::Scan(found) => self.on_scan(found),
             Answer::Forked(Some(info)) | Answer::Execed { info: Some(info), tracked: true } => {
+                if self.registry.contains(info.pid) {
+                    // An exec'd process may run another runtime now.
+                    self.hook_runtimes(&info);
+                }
                 match self.registry.refresh(&info) {
                     Refresh::NotTracked => {}
                     Refresh::Same => self.registry.publish_view(),
@@ -313,7 +323,25 @@ impl Pipeline {
         let service = self.registry.adopt(info);
         tracing::info!(pid = info.pid, exe = %info.exe_name, service = %service.name, "watching process");
         self.telemetry.inc(Counter::ProcessesTracked);
+        self.hook_runtimes(info);
         true
+    }
+
+    /// Runtime uprobes for a tracked process, once per file (one line per
+    /// failure; the process keeps per-iteration context without them).
+    fn hook_runtimes(&mut self, info: &ProcessInfo) {
+        let Some(hooks) = &info.libuv else { return };
+        match self.probes.hook_libuv(hooks) {
+            Ok(true) => {
+                tracing::info!(pid = info.pid, file = %hooks.path.display(), callbacks = hooks.done.len(), "libuv thread-pool uprobes attached");
+                self.telemetry.add_for(Counter::UprobeAttach, "libuv", "attached", 1);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(pid = info.pid, "libuv thread-pool hops not followed: {e}");
+                self.telemetry.add_for(Counter::UprobeAttach, "libuv", "failed", 1);
+            }
+        }
     }
 
     /// The kernel tracks a child of a tracked process from its fork: it is

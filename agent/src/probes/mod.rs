@@ -7,7 +7,7 @@ use std::{fmt, io, path::Path};
 
 use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    programs::{uprobe::UProbeScope, ProgramError, RawTracePoint, TracePoint, UProbe},
     Ebpf, EbpfError, EbpfLoader,
 };
 use thiserror::Error;
@@ -62,6 +62,11 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("handle_exec", "sched", "sched_process_exec"),
 ];
 const RAW_TRACEPOINTS: &[(&str, &str)] = &[("handle_fork", "sched_process_fork")];
+/// Uprobe programs, loaded at start, attached to runtimes as they are found.
+const LIBUV_SUBMIT: &str = "handle_uv_work_submit";
+const LIBUV_DONE: &str = "handle_uv_work_done";
+/// Files whose runtime is hooked at once; beyond, new ones are not (counted).
+const MAX_HOOKED_FILES: usize = 64;
 
 /// (category, name) of every tracefs tracepoint the programs attach to.
 pub fn required_tracepoints() -> impl Iterator<Item = (&'static str, &'static str)> {
@@ -108,6 +113,8 @@ pub struct Probes {
     tracked: HashMap<MapData, u32, periscope_pid_config>,
     conns: HashMap<MapData, periscope_conn_key, periscope_conn_info>,
     counters: PerCpuArray<MapData, u64>,
+    /// Files whose libuv is hooked (None: the uprobe programs did not load).
+    libuv_files: Option<std::collections::HashSet<crate::discovery::libuv::FileId>>,
 }
 
 /// BPF_EXIST: update an entry only if it is there.
@@ -216,6 +223,22 @@ impl Probes {
             })?;
         }
 
+        // Uprobes are optional: without them, Node's thread-pool hops are
+        // not followed (one line, and everything else runs).
+        let mut uprobes_ok = true;
+        for program in [LIBUV_SUBMIT, LIBUV_DONE] {
+            let loaded = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::MissingProgram { program })
+                .and_then(|p| <&mut UProbe>::try_from(p).map_err(|source| program_load(program, source)))
+                .and_then(|p| p.load().map_err(|source| program_load(program, source)));
+            if let Err(e) = loaded {
+                tracing::warn!("continuing without runtime uprobes (libuv thread-pool hops are not followed): {e}");
+                uprobes_ok = false;
+                break;
+            }
+        }
+
         let ring = RingBuf::try_from(take(&mut ebpf, "events")?)
             .map_err(|source| ProbeError::Map { map: "events", source })?;
         let tracked = HashMap::try_from(take(&mut ebpf, "tracked_pids")?)
@@ -224,7 +247,8 @@ impl Probes {
             HashMap::try_from(take(&mut ebpf, "conns")?).map_err(|source| ProbeError::Map { map: "conns", source })?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "counters")?)
             .map_err(|source| ProbeError::Map { map: "counters", source })?;
-        Ok((Self { ebpf, tracked, conns, counters }, ring))
+        let libuv_files = uprobes_ok.then(std::collections::HashSet::new);
+        Ok((Self { ebpf, tracked, conns, counters, libuv_files }, ring))
     }
 
     /// Starts producing socket events for `pid` (its children follow in the kernel).
@@ -277,6 +301,40 @@ impl Probes {
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(source) => Err(ProbeError::Map { map: "conns", source }),
         }
+    }
+
+    /// Attaches the libuv thread-pool uprobes to the file of `hooks`, once
+    /// per file, for every process running it (the programs only report
+    /// tracked pids). Ok(false): already hooked, or uprobes are off.
+    pub fn hook_libuv(&mut self, hooks: &crate::discovery::libuv::LibuvHooks) -> Result<bool, String> {
+        let Some(files) = &mut self.libuv_files else { return Ok(false) };
+        if files.contains(&hooks.file) {
+            return Ok(false);
+        }
+        if files.len() >= MAX_HOOKED_FILES {
+            return Err(format!("{MAX_HOOKED_FILES} files hooked already"));
+        }
+        // Marked first: a file that fails is not tried again for each process.
+        files.insert(hooks.file);
+        let points = std::iter::once((LIBUV_SUBMIT, crate::discovery::libuv::SUBMIT, hooks.submit))
+            .chain(hooks.done.iter().map(|&(name, offset)| (LIBUV_DONE, name, offset)));
+        for (program, symbol, offset) in points {
+            let prog: &mut UProbe = self
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| format!("program {program} is not loaded"))?;
+            prog.attach(
+                aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(offset),
+                &hooks.path,
+                UProbeScope::AllProcesses,
+            )
+            .map_err(|e| {
+                let hint = failure_hint(&e).map(|h| format!(" ({h})")).unwrap_or_default();
+                format!("uprobe {symbol} at {:#x} of {}: {e}{hint}", offset, hooks.path.display())
+            })?;
+        }
+        Ok(true)
     }
 
     /// Pids the kernel currently tracks (including children it added itself).

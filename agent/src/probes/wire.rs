@@ -69,6 +69,7 @@ mod layout_tests {
         check!(btf, periscope_conn_info { tuple, is_tcp, role, policy });
         check!(btf, periscope_conn_event { hdr, tuple, role });
         check!(btf, periscope_proc_event { hdr, ppid, start_boottime_ns, comm });
+        check!(btf, periscope_async_event { hdr, key, phase });
         check!(btf, periscope_conn_key { pid, fd });
         check!(btf, periscope_pid_config { flags });
     }
