@@ -1,5 +1,5 @@
 //! Trace context: head sampling and how long spans wait for their links
-//! (`--traces-sampler*`, `--trace-link-wait`, `--trace-max-wait`).
+//! (`--traces-sampler*`, `--trace-link-wait`, `--trace-max-wait`, `--libuv-uprobes`).
 use std::time::Duration;
 
 use crate::context::sampler::Sampler;
@@ -30,6 +30,12 @@ pub struct ContextArgs {
     #[arg(long, env = "PERISCOPE_TRACE_MAX_WAIT", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub trace_max_wait: u64,
+
+    /// Follow libuv's thread pool (Node.js dns.lookup, fs, crypto callbacks)
+    /// with uprobes on the watched processes that embed or load libuv.
+    #[arg(long, env = "PERISCOPE_LIBUV_UPROBES", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub libuv_uprobes: bool,
 }
 
 /// The trace-context group resolved.
@@ -41,6 +47,8 @@ pub struct ContextSettings {
     pub link_wait: Duration,
     /// How long finished child spans are held back for their trace id.
     pub max_wait: Duration,
+    /// Whether libuv's thread-pool hops are followed with uprobes.
+    pub libuv_uprobes: bool,
 }
 
 impl ContextArgs {
@@ -52,6 +60,7 @@ impl ContextArgs {
             sampler,
             link_wait: Duration::from_millis(self.trace_link_wait),
             max_wait: Duration::from_millis(self.trace_max_wait),
+            libuv_uprobes: self.libuv_uprobes,
         })
     }
 }

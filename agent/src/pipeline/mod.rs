@@ -330,8 +330,8 @@ impl Pipeline {
     /// Runtime uprobes for a tracked process, once per file (one line per
     /// failure; the process keeps per-iteration context without them).
     fn hook_runtimes(&mut self, info: &ProcessInfo) {
-        let Some(hooks) = &info.libuv else { return };
-        match self.probes.hook_libuv(hooks) {
+        let Some(hooks) = info.libuv.as_ref().filter(|_| self.settings.context.libuv_uprobes) else { return };
+        match self.probes.hook_libuv(info.pid, hooks) {
             Ok(true) => {
                 tracing::info!(pid = info.pid, file = %hooks.path.display(), callbacks = hooks.done.len(), "libuv thread-pool uprobes attached");
                 self.telemetry.add_for(Counter::UprobeAttach, "libuv", "attached", 1);
@@ -361,6 +361,9 @@ impl Pipeline {
             self.table.forget_process(pid, &mut self.tracker, &mut self.outcomes, &self.telemetry);
             self.flush_outcomes();
             self.probes.purge_connections(pid);
+            // Its uprobes went with its old image; the new one is hooked
+            // when the discovery thread has read it.
+            self.probes.unhook(pid);
         } else if self.settings.selector.exe_globs.is_none() {
             return;
         }

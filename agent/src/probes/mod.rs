@@ -65,8 +65,8 @@ const RAW_TRACEPOINTS: &[(&str, &str)] = &[("handle_fork", "sched_process_fork")
 /// Uprobe programs, loaded at start, attached to runtimes as they are found.
 const LIBUV_SUBMIT: &str = "handle_uv_work_submit";
 const LIBUV_DONE: &str = "handle_uv_work_done";
-/// Files whose runtime is hooked at once; beyond, new ones are not (counted).
-const MAX_HOOKED_FILES: usize = 64;
+/// Processes whose runtime is hooked at once; beyond, new ones are not (counted).
+const MAX_HOOKED_PROCESSES: usize = 1024;
 
 /// (category, name) of every tracefs tracepoint the programs attach to.
 pub fn required_tracepoints() -> impl Iterator<Item = (&'static str, &'static str)> {
@@ -113,8 +113,10 @@ pub struct Probes {
     tracked: HashMap<MapData, u32, periscope_pid_config>,
     conns: HashMap<MapData, periscope_conn_key, periscope_conn_info>,
     counters: PerCpuArray<MapData, u64>,
-    /// Files whose libuv is hooked (None: the uprobe programs did not load).
-    libuv_files: Option<std::collections::HashSet<crate::discovery::libuv::FileId>>,
+    /// Processes whose libuv is hooked, with their uprobe links (None: the
+    /// uprobe programs did not load). Per process, not per file: processes
+    /// that are not watched never take the uprobes' traps.
+    libuv_hooked: Option<std::collections::HashMap<u32, Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>>>,
 }
 
 /// BPF_EXIST: update an entry only if it is there.
@@ -247,8 +249,8 @@ impl Probes {
             HashMap::try_from(take(&mut ebpf, "conns")?).map_err(|source| ProbeError::Map { map: "conns", source })?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "counters")?)
             .map_err(|source| ProbeError::Map { map: "counters", source })?;
-        let libuv_files = uprobes_ok.then(std::collections::HashSet::new);
-        Ok((Self { ebpf, tracked, conns, counters, libuv_files }, ring))
+        let libuv_hooked = uprobes_ok.then(std::collections::HashMap::new);
+        Ok((Self { ebpf, tracked, conns, counters, libuv_hooked }, ring))
     }
 
     /// Starts producing socket events for `pid` (its children follow in the kernel).
@@ -263,6 +265,7 @@ impl Probes {
         // Already gone when the kernel saw the exit: not an error.
         let _ = self.tracked.remove(&pid);
         self.purge_connections(pid);
+        self.unhook(pid);
     }
 
     /// Deletes the kernel's cached fd descriptions of `pid` (after exit or exec).
@@ -303,38 +306,52 @@ impl Probes {
         }
     }
 
-    /// Attaches the libuv thread-pool uprobes to the file of `hooks`, once
-    /// per file, for every process running it (the programs only report
-    /// tracked pids). Ok(false): already hooked, or uprobes are off.
-    pub fn hook_libuv(&mut self, hooks: &crate::discovery::libuv::LibuvHooks) -> Result<bool, String> {
-        let Some(files) = &mut self.libuv_files else { return Ok(false) };
-        if files.contains(&hooks.file) {
+    /// Attaches the libuv thread-pool uprobes of `hooks` for process `pid`
+    /// (once; [`Probes::untrack`] detaches them). Ok(false): hooked
+    /// already, or uprobes are off.
+    pub fn hook_libuv(&mut self, pid: u32, hooks: &crate::discovery::libuv::LibuvHooks) -> Result<bool, String> {
+        let Some(hooked) = &mut self.libuv_hooked else { return Ok(false) };
+        if hooked.contains_key(&pid) {
             return Ok(false);
         }
-        if files.len() >= MAX_HOOKED_FILES {
-            return Err(format!("{MAX_HOOKED_FILES} files hooked already"));
+        if hooked.len() >= MAX_HOOKED_PROCESSES {
+            return Err(format!("{MAX_HOOKED_PROCESSES} processes hooked already"));
         }
-        // Marked first: a file that fails is not tried again for each process.
-        files.insert(hooks.file);
+        let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).ok_or("pid 0")?);
         let points = std::iter::once((LIBUV_SUBMIT, crate::discovery::libuv::SUBMIT, hooks.submit))
             .chain(hooks.done.iter().map(|&(name, offset)| (LIBUV_DONE, name, offset)));
+        let mut links = Vec::new();
+        let mut failure = None;
         for (program, symbol, offset) in points {
-            let prog: &mut UProbe = self
-                .ebpf
-                .program_mut(program)
-                .and_then(|p| p.try_into().ok())
-                .ok_or_else(|| format!("program {program} is not loaded"))?;
-            prog.attach(
-                aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(offset),
-                &hooks.path,
-                UProbeScope::AllProcesses,
-            )
-            .map_err(|e| {
-                let hint = failure_hint(&e).map(|h| format!(" ({h})")).unwrap_or_default();
-                format!("uprobe {symbol} at {:#x} of {}: {e}{hint}", offset, hooks.path.display())
-            })?;
+            let Some(prog) = self.ebpf.program_mut(program).and_then(|p| <&mut UProbe>::try_from(p).ok()) else {
+                failure = Some(format!("program {program} is not loaded"));
+                break;
+            };
+            let at = aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(offset);
+            match prog.attach(at, &hooks.path, scope) {
+                Ok(link) => links.push((program, link)),
+                Err(e) => {
+                    let hint = failure_hint(&e).map(|h| format!(" ({h})")).unwrap_or_default();
+                    failure = Some(format!("uprobe {symbol} at {offset:#x} of {}: {e}{hint}", hooks.path.display()));
+                    break;
+                }
+            }
         }
-        Ok(true)
+        // Kept even on failure: the process is not tried again, and what
+        // attached is detached with it.
+        hooked.insert(pid, links);
+        failure.map_or(Ok(true), Err)
+    }
+
+    /// Detaches the runtime uprobes of `pid` (it exited or is no longer watched).
+    pub fn unhook(&mut self, pid: u32) {
+        let Some(links) = self.libuv_hooked.as_mut().and_then(|h| h.remove(&pid)) else { return };
+        for (program, link) in links {
+            if let Some(prog) = self.ebpf.program_mut(program).and_then(|p| <&mut UProbe>::try_from(p).ok()) {
+                // Gone with the process already: nothing to undo.
+                let _ = prog.detach(link);
+            }
+        }
     }
 
     /// Pids the kernel currently tracks (including children it added itself).
