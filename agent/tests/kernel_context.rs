@@ -165,6 +165,8 @@ enum Frontend {
     /// Node (pg pool of this mode) connecting by host name: PostgreSQL and a
     /// fresh connection to the backend per call, each after a dns.lookup.
     NodeByName(&'static str),
+    /// aiohttp server + asyncpg pool + aiohttp client on asyncio's default loop.
+    Asyncio,
 }
 
 /// Runs `total` requests at `concurrency` through caller -> frontend -> (pg, backend).
@@ -181,6 +183,7 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
         Frontend::Python => "frontend-python",
         Frontend::RustPool => "frontend-rust",
         Frontend::Gunicorn => "frontend-gunicorn",
+        Frontend::Asyncio => "frontend-asyncio",
     };
     let _front = match frontend {
         Frontend::Node(mode) => spawn(Command::new("node").arg(fx.join("ctx_frontend.js")).args(&args).arg(mode), name),
@@ -189,6 +192,7 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
             name,
         ),
         Frontend::Python => spawn(Command::new(python()).arg(fx.join("ctx_threaded_frontend.py")).args(&args), name),
+        Frontend::Asyncio => spawn(Command::new(python()).arg(fx.join("ctx_asyncio_frontend.py")).args(&args), name),
         Frontend::RustPool => spawn(
             Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", "rust_pool_server_entry", "--nocapture", "--test-threads=1", "--quiet"])
@@ -322,6 +326,17 @@ async fn python_threads_every_span_has_the_right_parent_at_1_10_50_concurrent() 
     for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
         let (sc, wrong) = run(Frontend::Python, concurrency, total).await;
         assert_exact(&sc, &wrong, &format!("python threads, {concurrency} concurrent"));
+    }
+}
+
+/// asyncio on the default event loop: each request's handler is a Task whose
+/// steps run loop iterations after the read that woke them; the asyncio
+/// uprobes say which Task works for which request (docs/trace-context.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn python_asyncio_every_span_has_the_right_parent_at_1_10_50_concurrent() {
+    for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
+        let (sc, wrong) = run(Frontend::Asyncio, concurrency, total).await;
+        assert_exact(&sc, &wrong, &format!("python asyncio (aiohttp, asyncpg), {concurrency} concurrent"));
     }
 }
 

@@ -61,6 +61,13 @@ enum periscope_event_kind {
 enum periscope_async_phase {
 	PERISCOPE_ASYNC_SUBMIT = 0,
 	PERISCOPE_ASYNC_RESUME = 1,
+	/* Python asyncio (key: the Task): a task is created (it works for the
+	 * creator's current request, or none); a future it waits on is done
+	 * (it works for the current request, if there is one); one of its steps
+	 * starts (its request is current). */
+	PERISCOPE_ASYNC_TASK_SPAWN = 2,
+	PERISCOPE_ASYNC_TASK_WAKE = 3,
+	PERISCOPE_ASYNC_TASK_STEP = 4,
 };
 
 enum periscope_direction {

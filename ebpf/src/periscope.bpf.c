@@ -4,6 +4,7 @@
 #include "process.h"
 #include "event_loop.h"
 #include "libuv.h"
+#include "asyncio.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

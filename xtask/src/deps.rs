@@ -136,13 +136,17 @@ fn ensure_node_modules() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// psycopg 3 and gunicorn (the pre-fork test of kernel_context) for the
+/// psycopg 3, gunicorn (the pre-fork test of kernel_context), aiohttp and
+/// asyncpg (its asyncio test) for the
 /// `python3` on PATH: pip, or Debian's python3-psycopg / python3-gunicorn
 /// when pip refuses an externally managed system Python.
 fn ensure_psycopg() -> anyhow::Result<()> {
     for (import, pip, deb) in [
         ("import psycopg; psycopg.pq.version()", "psycopg[binary]", "python3-psycopg"),
         ("import gunicorn", "gunicorn", "python3-gunicorn"),
+        // kernel_context's asyncio frontend.
+        ("import aiohttp", "aiohttp", "python3-aiohttp"),
+        ("import asyncpg", "asyncpg", "python3-asyncpg"),
     ] {
         let ok = || cmd::succeeds(&mut cmd("python3", ["-c", import]));
         if ok() {

@@ -259,6 +259,12 @@ pub enum AsyncPhase {
     Submit,
     /// Its completion callback starts on the thread (libuv: a `done` callback).
     Resume,
+    /// asyncio: a Task was created (key: the Task).
+    TaskSpawn,
+    /// asyncio: a future a Task waits on is done (key: the Task).
+    TaskWake,
+    /// asyncio: a step of the Task starts (key: the Task).
+    TaskStep,
 }
 
 /// An async hop inside a tracked process, seen by a runtime uprobe.
@@ -425,6 +431,9 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             let phase = match e.phase {
                 p if p == periscope_async_phase::PERISCOPE_ASYNC_SUBMIT as u32 => AsyncPhase::Submit,
                 p if p == periscope_async_phase::PERISCOPE_ASYNC_RESUME as u32 => AsyncPhase::Resume,
+                p if p == periscope_async_phase::PERISCOPE_ASYNC_TASK_SPAWN as u32 => AsyncPhase::TaskSpawn,
+                p if p == periscope_async_phase::PERISCOPE_ASYNC_TASK_WAKE as u32 => AsyncPhase::TaskWake,
+                p if p == periscope_async_phase::PERISCOPE_ASYNC_TASK_STEP as u32 => AsyncPhase::TaskStep,
                 other => return Err(DecodeError::UnknownPhase(other)),
             };
             Ok(Event::Async(AsyncEvent { header: header(&e.hdr), key: e.key, phase }))

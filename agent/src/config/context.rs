@@ -1,5 +1,5 @@
 //! Trace context: head sampling and how long spans wait for their links
-//! (`--traces-sampler*`, `--trace-link-wait`, `--trace-max-wait`, `--libuv-uprobes`).
+//! (`--traces-sampler*`, `--trace-link-wait`, `--trace-max-wait`, `--libuv-uprobes`, `--asyncio-uprobes`).
 use std::time::Duration;
 
 use crate::context::sampler::Sampler;
@@ -36,6 +36,12 @@ pub struct ContextArgs {
     #[arg(long, env = "PERISCOPE_LIBUV_UPROBES", default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub libuv_uprobes: bool,
+
+    /// Follow CPython 3.11 asyncio Tasks (which task works for which request)
+    /// with uprobes on the `_asyncio` module of watched processes.
+    #[arg(long, env = "PERISCOPE_ASYNCIO_UPROBES", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub asyncio_uprobes: bool,
 }
 
 /// The trace-context group resolved.
@@ -49,6 +55,8 @@ pub struct ContextSettings {
     pub max_wait: Duration,
     /// Whether libuv's thread-pool hops are followed with uprobes.
     pub libuv_uprobes: bool,
+    /// Whether asyncio Tasks are followed with uprobes.
+    pub asyncio_uprobes: bool,
 }
 
 impl ContextArgs {
@@ -61,6 +69,7 @@ impl ContextArgs {
             link_wait: Duration::from_millis(self.trace_link_wait),
             max_wait: Duration::from_millis(self.trace_max_wait),
             libuv_uprobes: self.libuv_uprobes,
+            asyncio_uprobes: self.asyncio_uprobes,
         })
     }
 }

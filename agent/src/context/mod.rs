@@ -207,6 +207,10 @@ struct Current {
     loop_seq: u32,
     /// The fd the thread last read from, and in which loop iteration.
     last_read: Option<(i32, u32)>,
+    /// asyncio: the loop iteration in which a Task step began on this
+    /// thread, until the thread reads a socket (reads run in I/O callbacks,
+    /// outside steps).
+    in_task_step: Option<u32>,
     waiting: WaitQueue,
 }
 
@@ -281,6 +285,8 @@ pub struct Tracker {
     claimed: ClaimedIds,
     /// (pid, runtime key) -> the request that submitted the work.
     hops: lru::LruCache<(u32, u64), Hop>,
+    /// (pid, asyncio Task) -> the request the task works for (None: none).
+    tasks: lru::LruCache<(u32, u64), Option<SpanCtx>>,
 }
 
 impl Tracker {
@@ -290,6 +296,7 @@ impl Tracker {
             assembly,
             claimed: ClaimedIds::default(),
             hops: lru::LruCache::new(std::num::NonZeroUsize::new(MAX_ASYNC_HOPS).expect("not zero")),
+            tasks: lru::LruCache::new(std::num::NonZeroUsize::new(MAX_ASYNC_HOPS).expect("not zero")),
         }
     }
 
@@ -299,8 +306,14 @@ impl Tracker {
     /// after dns.lookup, a query after fs.readFile) are its children. While
     /// the work is out, the request waits on something: it is not taken for
     /// a queue hand-off.
+    ///
+    /// asyncio: a Task works for the request current when it was created,
+    /// then for the request current whenever a future it waits on is done
+    /// (a read of the request, the answer to its call); each of its steps
+    /// makes that request current.
     pub fn on_async(&mut self, thread: ThreadKey, key: u64, phase: crate::capture::AsyncPhase, telemetry: &Telemetry) {
         const RUNTIME: &str = "libuv";
+        tracing::trace!(tid = thread.tid, seq = thread.loop_seq, key = format_args!("{key:#x}"), ?phase, current = ?self.threads.current(thread).map(|c| c.span_id), bound = ?self.tasks.peek(&(thread.pid, key)).map(|c| c.map(|c| c.span_id)), "async");
         match phase {
             crate::capture::AsyncPhase::Submit => {
                 let ctx = self.threads.current(thread);
@@ -319,6 +332,42 @@ impl Tracker {
                     if old_key != (thread.pid, key) {
                         telemetry.inc(Counter::ContextAsyncDropped);
                     }
+                }
+            }
+            crate::capture::AsyncPhase::TaskSpawn => {
+                // A task works for the request that created it (or none);
+                // a new task at a freed one's address starts over.
+                let ctx = self.threads.current(thread);
+                if self.tasks.push((thread.pid, key), ctx).is_some_and(|(k, _)| k != (thread.pid, key)) {
+                    telemetry.inc(Counter::ContextAsyncDropped);
+                }
+            }
+            crate::capture::AsyncPhase::TaskWake => {
+                // Woken from an I/O callback that works for a request (the
+                // read of a request, the answer to a call the task made): it
+                // works for that one. Woken by a timer: it goes on with its
+                // own. Woken by another task's step (a pool or a queue handed
+                // on, a lock released): its own too, unless it has none.
+                let in_step = self.threads.map.get(&(thread.pid, thread.tid)).and_then(|c| c.in_task_step)
+                    == Some(thread.loop_seq);
+                let unbound = !matches!(self.tasks.peek(&(thread.pid, key)), Some(Some(_)));
+                if let Some(ctx) = self.threads.current(thread).filter(|_| !in_step || unbound) {
+                    if self.tasks.push((thread.pid, key), Some(ctx)).is_some_and(|(k, _)| k != (thread.pid, key)) {
+                        telemetry.inc(Counter::ContextAsyncDropped);
+                    }
+                }
+            }
+            crate::capture::AsyncPhase::TaskStep => {
+                self.threads.entry(thread.pid, thread.tid, telemetry).in_task_step = Some(thread.loop_seq);
+                match self.tasks.get(&(thread.pid, key)).copied() {
+                    Some(ctx) => {
+                        self.threads.set(thread, ctx, telemetry);
+                        if ctx.is_some() {
+                            telemetry.add_for(Counter::ContextAsyncHops, "asyncio", "carried", 1);
+                        }
+                    }
+                    // Created before it was hooked: the step keeps the iteration's rules.
+                    None => telemetry.add_for(Counter::ContextAsyncHops, "asyncio", "unmatched", 1),
                 }
             }
             crate::capture::AsyncPhase::Resume => match self.hops.pop(&(thread.pid, key)) {
@@ -451,7 +500,9 @@ impl Tracker {
             && thread.loop_seq != 0
             && self.threads.last_read(thread) == Some((fd, thread.loop_seq));
         if chunk.direction == Direction::Ingress {
-            self.threads.entry(thread.pid, thread.tid, telemetry).last_read = Some((fd, thread.loop_seq));
+            let c = self.threads.entry(thread.pid, thread.tid, telemetry);
+            c.last_read = Some((fd, thread.loop_seq));
+            c.in_task_step = None;
         }
         let request_dir = if server_side { Direction::Ingress } else { Direction::Egress };
         let new_request = chunk.direction == request_dir && trace.last_dir != Some(request_dir);

@@ -318,3 +318,42 @@ fn a_request_with_work_on_the_pool_is_not_taken_for_a_queue_hand_off() {
     let (c, _) = w.span_of(8, true, 0);
     assert_eq!(w.span_of(7, false, 1).1, Some(c));
 }
+
+/// asyncio: handler tasks run loop iterations after the read that woke
+/// them; each Task carries its request, and a task woken by another task's
+/// step (a pool handing a connection on) keeps its own.
+#[test]
+fn asyncio_tasks_carry_their_requests_across_iterations() {
+    use crate::capture::AsyncPhase::{TaskSpawn, TaskStep, TaskWake};
+    let mut w = World::new();
+    // Two connection tasks exist before any request (created outside one).
+    w.hop(1, 1, 0x71, TaskSpawn);
+    w.hop(1, 1, 0x72, TaskSpawn);
+    // Iteration 2: A read on fd 5 wakes task 1; B read on fd 6 wakes task 2.
+    w.server_io(1, 2, 5, IN, REQ);
+    w.hop(1, 2, 0x71, TaskWake);
+    w.server_io(1, 2, 6, IN, REQ);
+    w.hop(1, 2, 0x72, TaskWake);
+    // Iteration 3: task 2 steps first and queries; task 1 steps and
+    // releases a pool slot, waking task 2 from its step.
+    w.hop(1, 3, 0x72, TaskStep);
+    w.client_io(1, 3, 7, OUT, REQ);
+    w.hop(1, 3, 0x71, TaskStep);
+    w.hop(1, 3, 0x72, TaskWake);
+    w.client_io(1, 3, 8, OUT, REQ);
+    // Iteration 4: a timer wakes task 2 (no request current); its step calls.
+    w.hop(1, 4, 0x72, TaskWake);
+    w.hop(1, 5, 0x72, TaskStep);
+    w.client_io(1, 5, 9, OUT, REQ);
+    for fd in [7, 8, 9] {
+        w.client_io(1, 6, fd, IN, RESP);
+    }
+    for fd in [5, 6] {
+        w.server_io(1, 6, fd, OUT, RESP);
+    }
+    let (a, _) = w.span_of(5, true, 0);
+    let (b, _) = w.span_of(6, true, 0);
+    assert_eq!(w.span_of(7, false, 0).1, Some(b));
+    assert_eq!(w.span_of(8, false, 0).1, Some(a));
+    assert_eq!(w.span_of(9, false, 0).1, Some(b), "woken by a task, then a timer: still B's");
+}

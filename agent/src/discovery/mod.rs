@@ -14,10 +14,10 @@
 use std::path::PathBuf;
 
 pub mod host;
-pub mod libuv;
 pub mod pg_backends;
 mod ports;
 mod procfs;
+pub mod runtime_hooks;
 mod scanner;
 mod selector;
 mod service;
@@ -98,9 +98,9 @@ pub struct ProcessInfo {
     /// Container id and pod UID from `/proc/PID/cgroup`; `None` outside
     /// containers.
     pub container: Option<crate::kubernetes::ContainerRef>,
-    /// Its libuv, for the thread-pool uprobes (filled by the discovery
+    /// Its runtimes to hook with uprobes (libuv, asyncio; filled by the discovery
     /// thread for the processes it hands to the pipeline).
-    pub libuv: Option<std::sync::Arc<libuv::LibuvHooks>>,
+    pub runtime_hooks: Vec<std::sync::Arc<runtime_hooks::RuntimeHooks>>,
 }
 
 impl ProcessInfo {

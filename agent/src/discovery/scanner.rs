@@ -102,7 +102,7 @@ fn complete(
         netns_inode,
         language,
         container,
-        libuv: None,
+        runtime_hooks: Vec::new(),
     })
 }
 

@@ -57,7 +57,7 @@ pub enum Answer {
 /// What runtime uprobes the process needs (a file's symbols are read once).
 fn with_runtime_hooks(info: &mut ProcessInfo) {
     if info.language != discovery::Language::Go {
-        info.libuv = discovery::libuv::find(info.pid);
+        info.runtime_hooks = discovery::runtime_hooks::find(info.pid);
     }
 }
 

@@ -35,7 +35,7 @@ use crate::{
     connections::{ConnKey, ConnectionTable, Outcome},
     conntrack::{self, Translation},
     context::{assembly::AssemblyOptions, Assembler, ThreadKey, Tracker},
-    discovery::{ProcessInfo, Scanner},
+    discovery::{runtime_hooks::Runtime, ProcessInfo, Scanner},
     kubernetes::KubernetesMetadata,
     probes::{wire::periscope_counter, Probes},
     spans::{
@@ -300,7 +300,11 @@ impl Pipeline {
         let mut changed = false;
         for info in found {
             match self.registry.on_found(&info) {
-                Found::Known { changed: c } => changed |= c,
+                Found::Known { changed: c } => {
+                    changed |= c;
+                    // A runtime library loaded since (import asyncio) is hooked now.
+                    self.hook_runtimes(&info);
+                }
                 Found::Exited => {}
                 Found::Reused => {
                     self.forget(info.pid);
@@ -327,19 +331,29 @@ impl Pipeline {
         true
     }
 
-    /// Runtime uprobes for a tracked process, once per file (one line per
-    /// failure; the process keeps per-iteration context without them).
+    /// Runtime uprobes for a tracked process, once per process and runtime
+    /// (one line per failure; the process keeps the syscall-only context
+    /// rules without them).
     fn hook_runtimes(&mut self, info: &ProcessInfo) {
-        let Some(hooks) = info.libuv.as_ref().filter(|_| self.settings.context.libuv_uprobes) else { return };
-        match self.probes.hook_libuv(info.pid, hooks) {
-            Ok(true) => {
-                tracing::info!(pid = info.pid, file = %hooks.path.display(), callbacks = hooks.done.len(), "libuv thread-pool uprobes attached");
-                self.telemetry.add_for(Counter::UprobeAttach, "libuv", "attached", 1);
+        for hooks in &info.runtime_hooks {
+            let on = match hooks.runtime {
+                Runtime::Libuv => self.settings.context.libuv_uprobes,
+                Runtime::Asyncio => self.settings.context.asyncio_uprobes,
+            };
+            if !on {
+                continue;
             }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(pid = info.pid, "libuv thread-pool hops not followed: {e}");
-                self.telemetry.add_for(Counter::UprobeAttach, "libuv", "failed", 1);
+            let runtime = hooks.runtime.as_str();
+            match self.probes.hook(info.pid, hooks) {
+                Ok(true) => {
+                    tracing::info!(pid = info.pid, file = %hooks.path.display(), functions = hooks.points.len(), "{runtime} uprobes attached");
+                    self.telemetry.add_for(Counter::UprobeAttach, runtime, "attached", 1);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(pid = info.pid, "{runtime} not followed: {e}");
+                    self.telemetry.add_for(Counter::UprobeAttach, runtime, "failed", 1);
+                }
             }
         }
     }

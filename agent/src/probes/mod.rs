@@ -13,6 +13,7 @@ use aya::{
 use thiserror::Error;
 
 use crate::capture::{self, CapturePolicy, Tuple};
+use crate::discovery::runtime_hooks::{Runtime, RuntimeHooks};
 use wire::{periscope_conn_info, periscope_conn_key, periscope_pid_config};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/periscope.bpf.o"));
@@ -62,9 +63,16 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("handle_exec", "sched", "sched_process_exec"),
 ];
 const RAW_TRACEPOINTS: &[(&str, &str)] = &[("handle_fork", "sched_process_fork")];
-/// Uprobe programs, loaded at start, attached to runtimes as they are found.
-const LIBUV_SUBMIT: &str = "handle_uv_work_submit";
-const LIBUV_DONE: &str = "handle_uv_work_done";
+/// Uprobe programs, loaded at start, attached to runtimes as they are found
+/// (see `discovery::runtime_hooks`).
+const UPROBES: &[&str] = &[
+    "handle_uv_work_submit",
+    "handle_uv_work_done",
+    "handle_asyncio_task_init",
+    "handle_asyncio_future_done",
+    "handle_asyncio_task_step",
+    "handle_asyncio_step_wrapper",
+];
 /// Processes whose runtime is hooked at once; beyond, new ones are not (counted).
 const MAX_HOOKED_PROCESSES: usize = 1024;
 
@@ -113,11 +121,14 @@ pub struct Probes {
     tracked: HashMap<MapData, u32, periscope_pid_config>,
     conns: HashMap<MapData, periscope_conn_key, periscope_conn_info>,
     counters: PerCpuArray<MapData, u64>,
-    /// Processes whose libuv is hooked, with their uprobe links (None: the
-    /// uprobe programs did not load). Per process, not per file: processes
-    /// that are not watched never take the uprobes' traps.
-    libuv_hooked: Option<std::collections::HashMap<u32, Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>>>,
+    /// Processes whose runtimes are hooked, with their uprobe links (None:
+    /// the uprobe programs did not load). Per process, not per file:
+    /// processes that are not watched never take the uprobes' traps.
+    hooked: Option<std::collections::HashMap<(u32, Runtime), Vec<UprobeLink>>>,
 }
+
+/// An attached uprobe: its program and link.
+type UprobeLink = (&'static str, aya::programs::uprobe::UProbeLinkId);
 
 /// BPF_EXIST: update an entry only if it is there.
 const BPF_EXIST: u64 = 2;
@@ -228,14 +239,14 @@ impl Probes {
         // Uprobes are optional: without them, Node's thread-pool hops are
         // not followed (one line, and everything else runs).
         let mut uprobes_ok = true;
-        for program in [LIBUV_SUBMIT, LIBUV_DONE] {
+        for &program in UPROBES {
             let loaded = ebpf
                 .program_mut(program)
                 .ok_or(ProbeError::MissingProgram { program })
                 .and_then(|p| <&mut UProbe>::try_from(p).map_err(|source| program_load(program, source)))
                 .and_then(|p| p.load().map_err(|source| program_load(program, source)));
             if let Err(e) = loaded {
-                tracing::warn!("continuing without runtime uprobes (libuv thread-pool hops are not followed): {e}");
+                tracing::warn!("continuing without runtime uprobes (libuv thread-pool hops and asyncio tasks are not followed): {e}");
                 uprobes_ok = false;
                 break;
             }
@@ -249,8 +260,8 @@ impl Probes {
             HashMap::try_from(take(&mut ebpf, "conns")?).map_err(|source| ProbeError::Map { map: "conns", source })?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "counters")?)
             .map_err(|source| ProbeError::Map { map: "counters", source })?;
-        let libuv_hooked = uprobes_ok.then(std::collections::HashMap::new);
-        Ok((Self { ebpf, tracked, conns, counters, libuv_hooked }, ring))
+        let hooked = uprobes_ok.then(std::collections::HashMap::new);
+        Ok((Self { ebpf, tracked, conns, counters, hooked }, ring))
     }
 
     /// Starts producing socket events for `pid` (its children follow in the kernel).
@@ -306,23 +317,22 @@ impl Probes {
         }
     }
 
-    /// Attaches the libuv thread-pool uprobes of `hooks` for process `pid`
-    /// (once; [`Probes::untrack`] detaches them). Ok(false): hooked
-    /// already, or uprobes are off.
-    pub fn hook_libuv(&mut self, pid: u32, hooks: &crate::discovery::libuv::LibuvHooks) -> Result<bool, String> {
-        let Some(hooked) = &mut self.libuv_hooked else { return Ok(false) };
-        if hooked.contains_key(&pid) {
+    /// Attaches the runtime uprobes of `hooks` for process `pid` (once;
+    /// [`Probes::untrack`] and [`Probes::unhook`] detach them). Ok(false):
+    /// hooked already, or uprobes are off.
+    pub fn hook(&mut self, pid: u32, hooks: &RuntimeHooks) -> Result<bool, String> {
+        let Some(hooked) = &mut self.hooked else { return Ok(false) };
+        let key = (pid, hooks.runtime);
+        if hooked.contains_key(&key) {
             return Ok(false);
         }
         if hooked.len() >= MAX_HOOKED_PROCESSES {
-            return Err(format!("{MAX_HOOKED_PROCESSES} processes hooked already"));
+            return Err(format!("{MAX_HOOKED_PROCESSES} runtimes hooked already"));
         }
         let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).ok_or("pid 0")?);
-        let points = std::iter::once((LIBUV_SUBMIT, crate::discovery::libuv::SUBMIT, hooks.submit))
-            .chain(hooks.done.iter().map(|&(name, offset)| (LIBUV_DONE, name, offset)));
         let mut links = Vec::new();
         let mut failure = None;
-        for (program, symbol, offset) in points {
+        for &(program, symbol, offset) in &hooks.points {
             let Some(prog) = self.ebpf.program_mut(program).and_then(|p| <&mut UProbe>::try_from(p).ok()) else {
                 failure = Some(format!("program {program} is not loaded"));
                 break;
@@ -339,13 +349,15 @@ impl Probes {
         }
         // Kept even on failure: the process is not tried again, and what
         // attached is detached with it.
-        hooked.insert(pid, links);
+        hooked.insert(key, links);
         failure.map_or(Ok(true), Err)
     }
 
-    /// Detaches the runtime uprobes of `pid` (it exited or is no longer watched).
+    /// Detaches the runtime uprobes of `pid` (it exited, exec'd or is no longer watched).
     pub fn unhook(&mut self, pid: u32) {
-        let Some(links) = self.libuv_hooked.as_mut().and_then(|h| h.remove(&pid)) else { return };
+        let Some(hooked) = self.hooked.as_mut() else { return };
+        let keys: Vec<(u32, Runtime)> = hooked.keys().filter(|(p, _)| *p == pid).copied().collect();
+        let links: Vec<_> = keys.iter().filter_map(|k| hooked.remove(k)).flatten().collect();
         for (program, link) in links {
             if let Some(prog) = self.ebpf.program_mut(program).and_then(|p| <&mut UProbe>::try_from(p).ok()) {
                 // Gone with the process already: nothing to undo.
