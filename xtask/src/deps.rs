@@ -147,14 +147,17 @@ fn ensure_psycopg() -> anyhow::Result<()> {
         // kernel_context's asyncio frontend.
         ("import aiohttp", "aiohttp", "python3-aiohttp"),
         ("import asyncpg", "asyncpg", "python3-asyncpg"),
+        ("import fastapi, uvicorn", "fastapi uvicorn", "python3-fastapi python3-uvicorn"),
+        ("import httpx", "httpx", "python3-httpx"),
     ] {
         let ok = || cmd::succeeds(&mut cmd("python3", ["-c", import]));
         if ok() {
             continue;
         }
         eprintln!("xtask: installing {pip} for python3");
-        if cmd::run(&mut cmd("python3", ["-m", "pip", "install", "--quiet", pip])).is_err() || !ok() {
-            ensure_packages(&[deb])?;
+        let pips = pip.split_whitespace();
+        if cmd::run(cmd("python3", ["-m", "pip", "install", "--quiet"]).args(pips)).is_err() || !ok() {
+            ensure_packages(&deb.split_whitespace().collect::<Vec<_>>())?;
         }
         if !ok() {
             bail!("python3 cannot `{import}` after installing {pip}");
