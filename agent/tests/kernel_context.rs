@@ -167,8 +167,8 @@ enum Frontend {
     NodeByName(&'static str),
     /// aiohttp server + asyncpg pool + aiohttp client on asyncio's default loop.
     Asyncio,
-    /// FastAPI under uvicorn (asyncio loop) + asyncpg pool + httpx client.
-    FastApi,
+    /// FastAPI under uvicorn (this loop: asyncio or uvloop) + asyncpg pool + httpx client.
+    FastApi(&'static str),
 }
 
 /// Runs `total` requests at `concurrency` through caller -> frontend -> (pg, backend).
@@ -186,7 +186,7 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
         Frontend::RustPool => "frontend-rust",
         Frontend::Gunicorn => "frontend-gunicorn",
         Frontend::Asyncio => "frontend-asyncio",
-        Frontend::FastApi => "frontend-fastapi",
+        Frontend::FastApi(_) => "frontend-fastapi",
     };
     let _front = match frontend {
         Frontend::Node(mode) => spawn(Command::new("node").arg(fx.join("ctx_frontend.js")).args(&args).arg(mode), name),
@@ -196,7 +196,10 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
         ),
         Frontend::Python => spawn(Command::new(python()).arg(fx.join("ctx_threaded_frontend.py")).args(&args), name),
         Frontend::Asyncio => spawn(Command::new(python()).arg(fx.join("ctx_asyncio_frontend.py")).args(&args), name),
-        Frontend::FastApi => spawn(Command::new(python()).arg(fx.join("ctx_fastapi_frontend.py")).args(&args), name),
+        Frontend::FastApi(event_loop) => spawn(
+            Command::new(python()).arg(fx.join("ctx_fastapi_frontend.py")).args(&args).env("CTX_LOOP", event_loop),
+            name,
+        ),
         Frontend::RustPool => spawn(
             Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", "rust_pool_server_entry", "--nocapture", "--test-threads=1", "--quiet"])
@@ -344,12 +347,14 @@ async fn python_asyncio_every_span_has_the_right_parent_at_1_10_50_concurrent() 
     }
 }
 
-/// FastAPI under uvicorn on the asyncio loop, httpx for the call.
+/// FastAPI under uvicorn on the asyncio loop and on uvloop, httpx for the call.
 #[tokio::test(flavor = "multi_thread")]
 async fn fastapi_uvicorn_every_span_has_the_right_parent_at_1_10_50_concurrent() {
-    for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
-        let (sc, wrong) = run(Frontend::FastApi, concurrency, total).await;
-        assert_exact(&sc, &wrong, &format!("fastapi/uvicorn + httpx, {concurrency} concurrent"));
+    for event_loop in ["asyncio", "uvloop"] {
+        for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
+            let (sc, wrong) = run(Frontend::FastApi(event_loop), concurrency, total).await;
+            assert_exact(&sc, &wrong, &format!("fastapi/uvicorn ({event_loop}) + httpx, {concurrency} concurrent"));
+        }
     }
 }
 

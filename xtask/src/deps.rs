@@ -149,6 +149,7 @@ fn ensure_psycopg() -> anyhow::Result<()> {
         ("import asyncpg", "asyncpg", "python3-asyncpg"),
         ("import fastapi, uvicorn", "fastapi uvicorn", "python3-fastapi python3-uvicorn"),
         ("import httpx", "httpx", "python3-httpx"),
+        ("import uvloop", "uvloop", "python3-uvloop"),
     ] {
         let ok = || cmd::succeeds(&mut cmd("python3", ["-c", import]));
         if ok() {
