@@ -3,6 +3,7 @@
 #include "socket_io.h"
 #include "process.h"
 #include "event_loop.h"
+#include "tls.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

@@ -22,7 +22,7 @@ use std::{sync::mpsc as std_mpsc, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 
 use db_names::DbNames;
-use discovery::{Answer, Request, Worker, MAX_ANSWERS, MAX_REQUESTS};
+use discovery::{Answer, Request, TlsRescan, Worker, MAX_ANSWERS, MAX_REQUESTS};
 use link::Linker;
 use registry::{Found, Refresh, Registry};
 pub use registry::{TargetView, TargetsView};
@@ -35,7 +35,7 @@ use crate::{
     connections::{ConnKey, ConnectionTable, Outcome},
     conntrack::{self, Translation},
     context::{assembly::AssemblyOptions, Assembler, ThreadKey, Tracker},
-    discovery::{ProcessInfo, Scanner},
+    discovery::{tls_libraries::TlsLibrary, ProcessInfo, Scanner},
     kubernetes::KubernetesMetadata,
     probes::{wire::periscope_counter, Probes},
     spans::{
@@ -141,6 +141,7 @@ impl Pipeline {
             requests,
             answers,
             resolver,
+            tls: TlsRescan::default(),
         };
         std::thread::Builder::new().name("discovery".into()).spawn(move || worker.run())?;
         let (queries, queries_rx) = std_mpsc::sync_channel(conntrack::MAX_QUERIES);
@@ -209,6 +210,9 @@ impl Pipeline {
                 }
                 let key = ConnKey { pid: d.header.pid, fd: d.header.fd };
                 let thread = ThreadKey { pid: d.header.pid, tid: d.header.tid, loop_seq: d.header.loop_seq };
+                if d.tls {
+                    table.tls_plaintext(key);
+                }
                 // A prefix is one chunk; a segmented capture (AMQP frames)
                 // one per segment, with the bytes not captured between them.
                 for chunk in d.chunks() {
@@ -278,6 +282,11 @@ impl Pipeline {
                     self.forget(pid);
                 }
             }
+            Answer::TlsLibraries(libraries) => {
+                for library in libraries {
+                    self.on_tls_library(&library);
+                }
+            }
             Answer::Database(answer) => {
                 if let Some((key, tuple, backend)) = self.db_names.on_answer(answer, &self.telemetry) {
                     self.table.tell_database(key, &tuple, &backend.user, &backend.database);
@@ -312,8 +321,27 @@ impl Pipeline {
         }
         let service = self.registry.adopt(info);
         tracing::info!(pid = info.pid, exe = %info.exe_name, service = %service.name, "watching process");
+        self.ask(Request::TlsLibraries { pid: info.pid });
         self.telemetry.inc(Counter::ProcessesTracked);
         true
+    }
+
+    /// A TLS library of a watched process: the uprobes go on its file once.
+    fn on_tls_library(&mut self, library: &TlsLibrary) {
+        if self.probes.tls_attached(library) {
+            return;
+        }
+        let label = library.kind.label();
+        match self.probes.attach_tls(library) {
+            Ok(programs) => {
+                self.telemetry.add_for(Counter::TlsLibrariesAttached, "tls", label, 1);
+                tracing::info!(library = %library.mapped_as.display(), programs, "TLS plaintext capture attached");
+            }
+            Err(e) => {
+                self.telemetry.add_for(Counter::TlsAttachFailed, "tls", label, 1);
+                tracing::warn!(library = %library.mapped_as.display(), "TLS uprobes not attached: {e}");
+            }
+        }
     }
 
     /// The kernel tracks a child of a tracked process from its fork: it is
@@ -392,5 +420,13 @@ impl Pipeline {
             "limits",
             c(periscope_counter::PERISCOPE_CNT_AMQP_TRUNCATED),
         );
+        t.set(Counter::TlsCiphertextDropped, c(periscope_counter::PERISCOPE_CNT_TLS_CIPHERTEXT));
+        t.set_for(
+            Counter::TlsPlaintextDropped,
+            "tls",
+            "socket unknown",
+            c(periscope_counter::PERISCOPE_CNT_TLS_NO_SOCKET),
+        );
+        t.set(Counter::TlsPlaintextEvents, c(periscope_counter::PERISCOPE_CNT_TLS_DATA_EVENTS));
     }
 }

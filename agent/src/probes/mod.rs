@@ -1,6 +1,7 @@
 //! Loading and attaching the kernel programs, and the agent's handles on
 //! their maps. Everything that needs privileges happens here, and every
 //! failure says in one line what is missing.
+pub mod tls;
 pub mod wire;
 
 use std::{fmt, io, path::Path};
@@ -108,6 +109,7 @@ pub struct Probes {
     tracked: HashMap<MapData, u32, periscope_pid_config>,
     conns: HashMap<MapData, periscope_conn_key, periscope_conn_info>,
     counters: PerCpuArray<MapData, u64>,
+    tls: tls::TlsProbes,
 }
 
 /// BPF_EXIST: update an entry only if it is there.
@@ -216,6 +218,9 @@ impl Probes {
             })?;
         }
 
+        // Optional: attached later, to each TLS library discovery finds.
+        let tls = tls::TlsProbes::load(&mut ebpf);
+
         let ring = RingBuf::try_from(take(&mut ebpf, "events")?)
             .map_err(|source| ProbeError::Map { map: "events", source })?;
         let tracked = HashMap::try_from(take(&mut ebpf, "tracked_pids")?)
@@ -224,7 +229,7 @@ impl Probes {
             HashMap::try_from(take(&mut ebpf, "conns")?).map_err(|source| ProbeError::Map { map: "conns", source })?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "counters")?)
             .map_err(|source| ProbeError::Map { map: "counters", source })?;
-        Ok((Self { ebpf, tracked, conns, counters }, ring))
+        Ok((Self { ebpf, tracked, conns, counters, tls }, ring))
     }
 
     /// Starts producing socket events for `pid` (its children follow in the kernel).
@@ -298,6 +303,19 @@ impl Probes {
             }
         }
         out
+    }
+
+    /// Attaches the TLS uprobes to `library` (once per file).
+    pub fn attach_tls(
+        &mut self,
+        library: &crate::discovery::tls_libraries::TlsLibrary,
+    ) -> Result<usize, tls::TlsAttachError> {
+        self.tls.attach(&mut self.ebpf, library)
+    }
+
+    /// Whether `library`'s file was tried already.
+    pub fn tls_attached(&self, library: &crate::discovery::tls_libraries::TlsLibrary) -> bool {
+        self.tls.is_attached(library)
     }
 
     /// Names of the attached programs (for diagnostics).
