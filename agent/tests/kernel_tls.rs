@@ -466,3 +466,56 @@ async fn psql_sslmode_require_gives_the_sql_spans_of_plaintext() {
     assert!(agent.sample_sum("periscope_tls_ciphertext_dropped_total", &[]) > 0.0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Loads OpenSSL only once released (`http.client` imports `ssl`), waits
+/// for the agent's maps rescan, then makes two HTTPS requests.
+const PY_LATE_CLIENT: &str = r#"
+import sys, time
+port, ca = int(sys.argv[1]), sys.argv[2]
+sys.stdin.readline()
+import http.client, ssl
+time.sleep(4)
+c = http.client.HTTPSConnection("127.0.0.1", port, context=ssl.create_default_context(cafile=ca))
+for path in ["/items/401", "/missing/402"]:
+    c.request("GET", path)
+    r = c.getresponse()
+    r.read()
+    print(path, r.status)
+"#;
+
+/// A TLS library loaded after the process was first watched is found by
+/// the rescan of watched processes' maps, and its uprobes attach then (the
+/// server, which maps the same file, is not watched: nothing else attaches
+/// them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_library_loaded_after_the_process_was_watched_is_instrumented() {
+    let rx = Receiver::start().await;
+    let dir = tmpdir("late");
+    let (cert, key) = self_signed(&dir);
+    std::fs::write(dir.join("server.py"), PY_SERVER).unwrap();
+    std::fs::write(dir.join("client.py"), PY_LATE_CLIENT).unwrap();
+    let py = python();
+    let port = free_port();
+    let _server =
+        Proc(Command::new(&py).arg(dir.join("server.py")).arg(port.to_string()).arg(&cert).arg(&key).spawn().unwrap());
+    wait_listening(port);
+    let mut client = gated(Command::new(&py).arg(dir.join("client.py")).arg(port.to_string()).arg(&cert));
+    let agent = start_agent(&rx, &["--pid", &client.pid().to_string(), "--routes", "/items/{id},/missing/{id}"]);
+    agent.wait_tracked(client.pid());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(agent.sample_sum("periscope_tls_libraries_attached_total", &[]), 0.0, "no TLS library mapped yet");
+    let out = run(&mut client);
+    assert_eq!(out, "/items/401 200\n/missing/402 404\n");
+
+    let spans = rx.wait_for_spans(2, Duration::from_secs(20)).await;
+    assert_eq!(
+        http_summary(&spans, CLIENT, client.pid()),
+        vec![
+            ("GET /items/{id}".to_owned(), "/items/401".to_owned(), 200),
+            ("GET /missing/{id}".to_owned(), "/missing/402".to_owned(), 404),
+        ],
+        "client spans of the late-loaded library"
+    );
+    assert_eq!(agent.sample_sum("periscope_tls_libraries_attached_total", &[]), 1.0);
+    let _ = std::fs::remove_dir_all(dir);
+}
