@@ -519,3 +519,103 @@ async fn a_library_loaded_after_the_process_was_watched_is_instrumented() {
     assert_eq!(agent.sample_sum("periscope_tls_libraries_attached_total", &[]), 1.0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// One server process: HTTP on argv[2], HTTPS on argv[3].
+const NODE_SERVER: &str = r#"
+const http = require('http'), https = require('https'), fs = require('fs');
+const [, , plain, tls, cert, key] = process.argv;
+const handler = (req, res) => {
+  let body = '';
+  req.on('data', (c) => (body += c));
+  req.on('end', () => {
+    if (req.url.startsWith('/ok/')) { res.writeHead(200); return res.end('x'.repeat(req.url.endsWith('/big') ? 5000 : 3)); }
+    if (req.method === 'POST') { res.writeHead(201); return res.end('created ' + body.length); }
+    res.writeHead(404); res.end();
+  });
+};
+http.createServer(handler).listen(Number(plain), '127.0.0.1');
+https.createServer({ key: fs.readFileSync(key), cert: fs.readFileSync(cert) }, handler).listen(Number(tls), '127.0.0.1');
+"#;
+
+/// Keep-alive requests with the http or https module (argv[3]: a CA, or -).
+const NODE_CLIENT: &str = r#"
+const http = require('http'), https = require('https'), fs = require('fs');
+const [, , port, ca] = process.argv;
+const mod = ca === '-' ? http : https;
+const agent = new mod.Agent({ keepAlive: true, maxSockets: 1, ...(ca === '-' ? {} : { ca: fs.readFileSync(ca) }) });
+function call(method, path, body) {
+  return new Promise((resolve, reject) => {
+    const req = mod.request({ host: '127.0.0.1', port: Number(port), method, path, agent }, (res) => {
+      res.resume(); res.on('end', () => resolve(res.statusCode));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+process.stdin.once('data', async () => {
+  for (const [m, p, b] of [['GET', '/ok/501'], ['GET', '/ok/502/big'], ['POST', '/items/503', 'q'.repeat(30)], ['GET', '/nope/504']]) {
+    console.log(m, p, await call(m, p, b));
+  }
+  agent.destroy();
+  process.exit(0);
+});
+"#;
+
+/// Node's `https` (OpenSSL linked into /usr/bin/node, on memory BIOs: the
+/// SSL object is tied to the socket the same thread just read) gives the
+/// spans of its `http` twin, server and client side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_https_gives_the_spans_of_plain_http() {
+    let rx = Receiver::start().await;
+    let dir = tmpdir("node");
+    let (cert, key) = self_signed(&dir);
+    std::fs::write(dir.join("server.js"), NODE_SERVER).unwrap();
+    std::fs::write(dir.join("client.js"), NODE_CLIENT).unwrap();
+    let (plain_port, tls_port) = (free_port(), free_port());
+    let server = Proc(
+        Command::new("node")
+            .arg(dir.join("server.js"))
+            .args([plain_port.to_string(), tls_port.to_string()])
+            .arg(&cert)
+            .arg(&key)
+            .spawn()
+            .expect("node (apt-get install nodejs)"),
+    );
+    wait_listening(plain_port);
+    wait_listening(tls_port);
+    let ports = format!("{plain_port},{tls_port}");
+    let agent = start_agent(
+        &rx,
+        &["--open-port", &ports, "--exe-path", "*/node", "--routes", "/ok/{id},/ok/{id}/big,/items/{id},/nope/{id}"],
+    );
+    agent.wait_tracked(server.pid());
+    wait_for("the TLS uprobes on node", Duration::from_secs(20), || {
+        (agent.sample_sum("periscope_tls_libraries_attached_total", &["reason=\"embedded\""]) >= 1.0).then_some(())
+    });
+
+    let client =
+        |port: u16, ca: &str| gated(Command::new("node").arg(dir.join("client.js")).arg(port.to_string()).arg(ca));
+    let mut plain_client = client(plain_port, "-");
+    let mut tls_client = client(tls_port, cert.to_str().unwrap());
+    agent.wait_tracked(plain_client.pid());
+    agent.wait_tracked(tls_client.pid());
+    let plain_out = run(&mut plain_client);
+    assert_eq!(run(&mut tls_client), plain_out);
+
+    let spans = rx.wait_for_spans(16, Duration::from_secs(20)).await;
+    let on_port = |port: u16| {
+        let server = server.pid();
+        move |s: &ReceivedSpan| {
+            s.span.kind == SERVER && pid_of(s) == Some(server) && s.attr_int("server.port") == Some(port as i64)
+        }
+    };
+    let expected = http_summary_where(&spans, on_port(plain_port));
+    assert_eq!(expected.len(), 4, "plaintext node server spans: {expected:?}");
+    assert_eq!(http_summary_where(&spans, on_port(tls_port)), expected, "TLS node server spans");
+    let expected_clients = http_summary(&spans, CLIENT, plain_client.pid());
+    assert_eq!(expected_clients.len(), 4, "plaintext node client spans: {expected_clients:?}");
+    assert_eq!(http_summary(&spans, CLIENT, tls_client.pid()), expected_clients, "TLS node client spans");
+    assert_linked_where(&spans, plain_client.pid(), on_port(plain_port));
+    assert_linked_where(&spans, tls_client.pid(), on_port(tls_port));
+    let _ = std::fs::remove_dir_all(dir);
+}

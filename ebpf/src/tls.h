@@ -31,10 +31,37 @@ static __always_inline int tls_enter(struct pt_regs *ctx, __u8 kind)
 	}
 	struct tls_ssl_key key = { .tgid = id >> 32, .ssl = call.ssl };
 	__s32 *fd = bpf_map_lookup_elem(&tls_sockets, &key);
-	if (fd)
-		call.fd = *fd;
+	if (fd) {
+		/* Only while that fd is still a TLS connection: a freed SSL object's
+		 * address may come back for a new connection. */
+		struct periscope_conn_key ck = { .pid = id >> 32, .fd = *fd };
+		struct periscope_conn_info *info = bpf_map_lookup_elem(&conns, &ck);
+		if (info && info->tls)
+			call.fd = *fd;
+	}
 	bpf_map_update_elem(&tls_calls, &id, &call, BPF_ANY);
 	return 0;
+}
+
+/* An SSL object whose calls made no syscall (its BIO is memory: Node.js
+ * feeds it the ciphertext the same thread has just read from the socket):
+ * tied to the thread's last TCP read, when that was moments ago. The
+ * connection is marked TLS, so its later ciphertext is dropped. -1: none. */
+#define TLS_TIE_WINDOW_NS (5 * 1000 * 1000ULL)
+
+static __always_inline __s32 tls_tie_to_last_read(__u64 id, __u64 ssl)
+{
+	struct pending_io *p = pending_slot(0);
+	if (!p || p->last_read_fd1 == 0 || bpf_ktime_get_ns() - p->last_read_ns > TLS_TIE_WINDOW_NS)
+		return -1;
+	__s32 fd = (__s32)(p->last_read_fd1 - 1);
+	struct periscope_conn_info *info = lookup_conn(id >> 32, fd);
+	if (!info || !info->is_tcp)
+		return -1;
+	info->tls = 1;
+	struct tls_ssl_key key = { .tgid = id >> 32, .ssl = ssl };
+	bpf_map_update_elem(&tls_sockets, &key, &fd, BPF_ANY);
+	return fd;
 }
 
 static __always_inline int tls_exit(struct pt_regs *ctx, __u8 kind)
@@ -45,6 +72,8 @@ static __always_inline int tls_exit(struct pt_regs *ctx, __u8 kind)
 		return 0;
 	struct tls_call call = *slot;
 	bpf_map_delete_elem(&tls_calls, &id);
+	if (call.fd < 0)
+		call.fd = tls_tie_to_last_read(id, call.ssl);
 	if (kind == TLS_CALL_HANDSHAKE)
 		return 0;
 
