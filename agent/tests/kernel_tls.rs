@@ -3,7 +3,8 @@
 //! (openssl CLI), and the same requests over plaintext as the ground truth.
 //! A TLS connection must give exactly the spans of its plaintext twin:
 //! method, route, path (ids in the paths), status, and the client -> server
-//! parent link on this host. With the TLS uprobes off, the TLS half gives
+//! parent link on this host: Python `ssl`, nginx + curl, Node `https` (its
+//! own OpenSSL), psql against PostgreSQL, and a library loaded late. With the TLS uprobes off, the TLS half gives
 //! nothing and every test here fails. Needs root.
 mod support;
 
