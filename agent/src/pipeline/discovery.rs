@@ -145,7 +145,11 @@ impl Worker {
                         continue;
                     }
                     Request::Fork { pid } => Answer::Forked(discovery::read_process(pid).ok()),
-                    Request::Exec { pid, tracked } => Answer::Execed { tracked, info: self.exec(pid, tracked) },
+                    Request::Exec { pid, tracked } => {
+                        // A new program: its libraries are read again.
+                        self.tls.with_tls.remove(&pid);
+                        Answer::Execed { tracked, info: self.exec(pid, tracked) }
+                    }
                     Request::Alive(pids) => {
                         let libraries = self.tls.rescan(&pids);
                         if !libraries.is_empty() && self.answers.blocking_send(Answer::TlsLibraries(libraries)).is_err()

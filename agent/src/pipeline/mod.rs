@@ -258,9 +258,14 @@ impl Pipeline {
 
     /// What the discovery thread found.
     fn on_answer(&mut self, answer: Answer) {
+        let execed = matches!(answer, Answer::Execed { tracked: true, .. });
         match answer {
             Answer::Scan(found) => self.on_scan(found),
             Answer::Forked(Some(info)) | Answer::Execed { info: Some(info), tracked: true } => {
+                if execed {
+                    // A watched process became another program: its TLS libraries.
+                    self.ask(Request::TlsLibraries { pid: info.pid });
+                }
                 match self.registry.refresh(&info) {
                     Refresh::NotTracked => {}
                     Refresh::Same => self.registry.publish_view(),
