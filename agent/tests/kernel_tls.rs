@@ -471,8 +471,9 @@ async fn psql_sslmode_require_gives_the_sql_spans_of_plaintext() {
 /// Loads OpenSSL only once released (`http.client` imports `ssl`), waits
 /// for the agent's maps rescan, then makes two HTTPS requests.
 const PY_LATE_CLIENT: &str = r#"
-import sys, time
-port, ca = int(sys.argv[1]), sys.argv[2]
+import ctypes, sys, time
+port, ca, fake = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctypes.CDLL(fake)
 sys.stdin.readline()
 import http.client, ssl
 time.sleep(4)
@@ -487,7 +488,8 @@ for path in ["/items/401", "/missing/402"]:
 /// A TLS library loaded after the process was first watched is found by
 /// the rescan of watched processes' maps, and its uprobes attach then (the
 /// server, which maps the same file, is not watched: nothing else attaches
-/// them).
+/// them). A `libssl` that is not OpenSSL (zlib under that name) is one
+/// counted failure, and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_library_loaded_after_the_process_was_watched_is_instrumented() {
     let rx = Receiver::start().await;
@@ -500,11 +502,16 @@ async fn a_library_loaded_after_the_process_was_watched_is_instrumented() {
     let _server =
         Proc(Command::new(&py).arg(dir.join("server.py")).arg(port.to_string()).arg(&cert).arg(&key).spawn().unwrap());
     wait_listening(port);
-    let mut client = gated(Command::new(&py).arg(dir.join("client.py")).arg(port.to_string()).arg(&cert));
+    let fake = dir.join("libssl-fake.so.3");
+    std::fs::copy("/usr/lib/x86_64-linux-gnu/libz.so.1", &fake).expect("zlib (a library that is not OpenSSL)");
+    let mut client = gated(Command::new(&py).arg(dir.join("client.py")).arg(port.to_string()).arg(&cert).arg(&fake));
     let agent = start_agent(&rx, &["--pid", &client.pid().to_string(), "--routes", "/items/{id},/missing/{id}"]);
     agent.wait_tracked(client.pid());
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(agent.sample_sum("periscope_tls_libraries_attached_total", &[]), 0.0, "no TLS library mapped yet");
+    wait_for("the fake libssl to be refused", Duration::from_secs(10), || {
+        (agent.sample_sum("periscope_tls_attach_failed_total", &["reason=\"libssl\""]) == 1.0).then_some(())
+    });
     let out = run(&mut client);
     assert_eq!(out, "/items/401 200\n/missing/402 404\n");
 
@@ -518,6 +525,7 @@ async fn a_library_loaded_after_the_process_was_watched_is_instrumented() {
         "client spans of the late-loaded library"
     );
     assert_eq!(agent.sample_sum("periscope_tls_libraries_attached_total", &[]), 1.0);
+    assert_eq!(agent.sample_sum("periscope_tls_attach_failed_total", &[]), 1.0, "the fake one, once");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -51,6 +51,8 @@ pub struct TlsLibrary {
     pub kind: LibraryKind,
     /// (symbol, file offset) of each of [`TLS_SYMBOLS`] the file exports.
     pub offsets: Vec<(&'static str, u64)>,
+    /// Why the uprobes cannot go on it (a `libssl` that is not OpenSSL's).
+    pub problem: Option<String>,
 }
 
 /// Reads maps and ELF files, remembering which files were read.
@@ -87,26 +89,21 @@ impl TlsFinder {
             if self.seen.len() >= MAX_FILES_SEEN {
                 self.seen.clear();
             }
-            let offsets = match symbol_offsets(&path) {
-                Ok(o) => o,
-                Err(e) => {
-                    if kind == LibraryKind::Shared {
-                        tracing::warn!(library = %mapped_as.display(), pid, "cannot read TLS library: {e}");
-                    }
-                    Vec::new()
-                }
+            let (offsets, problem) = match symbol_offsets(&path) {
+                Ok(o) => (o, None),
+                Err(e) => (Vec::new(), Some(format!("cannot read it: {e}"))),
             };
             // SSL_read and SSL_write at least; an executable without them
             // simply does not embed OpenSSL.
             let usable = ["SSL_read", "SSL_write"].iter().all(|s| offsets.iter().any(|(n, _)| n == s));
             self.seen.insert(key, usable);
-            if !usable {
-                if kind == LibraryKind::Shared {
-                    tracing::warn!(library = %mapped_as.display(), pid, "TLS library exports no SSL_read/SSL_write: not instrumented");
-                }
-                continue;
-            }
-            found.push(TlsLibrary { path, mapped_as, dev: key.0, inode: key.1, kind, offsets });
+            let problem = match (usable, kind) {
+                (true, _) => None,
+                (false, LibraryKind::Embedded) => continue,
+                // A libssl that is not OpenSSL's (or is damaged): reported.
+                (false, LibraryKind::Shared) => problem.or_else(|| Some("it exports no SSL_read/SSL_write".into())),
+            };
+            found.push(TlsLibrary { path, mapped_as, dev: key.0, inode: key.1, kind, offsets, problem });
         }
         found
     }

@@ -91,7 +91,9 @@ pub struct TlsRescan {
 impl TlsRescan {
     fn scan(&mut self, pid: u32) -> Vec<TlsLibrary> {
         let found = self.finder.scan(pid);
-        if !found.is_empty() {
+        // A library the uprobes cannot go on does not count: the real one
+        // may come later.
+        if found.iter().any(|l| l.problem.is_none()) {
             self.with_tls.insert(pid);
         }
         found

@@ -337,6 +337,11 @@ impl Pipeline {
             return;
         }
         let label = library.kind.label();
+        if let Some(problem) = &library.problem {
+            self.telemetry.add_for(Counter::TlsAttachFailed, "tls", label, 1);
+            tracing::warn!(library = %library.mapped_as.display(), "TLS uprobes not attached: {problem}");
+            return;
+        }
         match self.probes.attach_tls(library) {
             Ok(programs) => {
                 self.telemetry.add_for(Counter::TlsLibrariesAttached, "tls", label, 1);
