@@ -92,6 +92,10 @@ enum periscope_syscall {
 	PERISCOPE_SYS_SENDTO = 6,
 	PERISCOPE_SYS_SENDMSG = 7,
 	PERISCOPE_SYS_SENDFILE = 8,
+	/* Plaintext of a TLS connection, from uprobes on the TLS library
+	 * (ebpf/src/tls.h); fd, tuple and role are those of its socket. */
+	PERISCOPE_SYS_SSL_READ = 9,
+	PERISCOPE_SYS_SSL_WRITE = 10,
 };
 
 /* Indexes of the per-CPU `counters` array; the agent exports each one. */
@@ -108,7 +112,15 @@ enum periscope_counter {
 	/* AMQP reads captured in part: more frames, segments or events than the
 	 * limits above, or a user buffer that could not be read */
 	PERISCOPE_CNT_AMQP_TRUNCATED = 7,
-	PERISCOPE_CNT__MAX = 8,
+	/* Syscalls on a TLS connection (inside an SSL call, or on a socket an
+	 * SSL call used) not sent: their bytes are ciphertext */
+	PERISCOPE_CNT_TLS_CIPHERTEXT = 8,
+	/* SSL_read/SSL_write plaintext dropped: the SSL object's socket is not
+	 * known yet (no syscall of it seen inside an SSL call) */
+	PERISCOPE_CNT_TLS_NO_SOCKET = 9,
+	/* SSL_read/SSL_write plaintext events sent */
+	PERISCOPE_CNT_TLS_DATA_EVENTS = 10,
+	PERISCOPE_CNT__MAX = 11,
 };
 
 /* How the kernel captures a connection's bytes; set by the agent in `conns`
@@ -220,7 +232,10 @@ struct periscope_conn_info {
 	__u8 is_tcp;
 	__u8 role;   /* enum periscope_role */
 	__u8 policy; /* enum periscope_capture_policy */
-	__u8 _pad[5];
+	/* Set by the kernel once an SSL call used the socket: its syscalls
+	 * carry ciphertext and are dropped (the plaintext comes from uprobes). */
+	__u8 tls;
+	__u8 _pad[4];
 };
 
 /* Value of `tracked_pids` (key: tgid). */

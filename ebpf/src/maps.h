@@ -33,7 +33,10 @@ struct pending_io {
 	__u8 syscall; /* enum periscope_syscall */
 	__u8 direction;
 	__u8 active; /* set at entry, cleared at exit: a slot with nothing in flight is 0 */
-	__u8 _pad[4];
+	/* The thread's last read of a TCP socket (fd + 1, 0: none) and when:
+	 * an SSL object on a memory BIO (Node.js) is fed from it (tls.h). */
+	__u32 last_read_fd1;
+	__u64 last_read_ns;
 };
 
 struct ps_iovec {

@@ -5,6 +5,7 @@
 #include "event_loop.h"
 #include "libuv.h"
 #include "asyncio.h"
+#include "tls.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

@@ -5,6 +5,7 @@
 
 #include "conn.h"
 #include "amqp_capture.h"
+#include "tls_sockets.h"
 
 /* The programs' contexts are the syscalls:sys_enter_* / sys_exit_* records,
  * vmlinux.h's struct trace_event_raw_sys_enter (args[6]) and
@@ -107,6 +108,16 @@ static __always_inline int handle_io_exit(struct trace_event_raw_sys_exit *ctx, 
 		return 0;
 	struct periscope_conn_info *info = lookup_conn(id >> 32, args.fd);
 	if (!info || !info->is_tcp)
+		return 0;
+	if (reads) {
+		struct pending_io *p = pending_slot(0);
+		if (p) {
+			p->last_read_fd1 = (__u32)args.fd + 1;
+			p->last_read_ns = bpf_ktime_get_ns();
+		}
+	}
+	/* TLS: the plaintext comes from the SSL call's uprobes. */
+	if (tls_ciphertext(id, args.fd, info))
 		return 0;
 
 	__u32 zero = 0;

@@ -9,7 +9,7 @@ use thiserror::Error;
 use crate::probes::wire::{
     periscope_async_event, periscope_async_phase, periscope_capture_policy, periscope_conn_event, periscope_data_event,
     periscope_data_layout, periscope_direction, periscope_event_header, periscope_event_kind, periscope_proc_event,
-    periscope_role, periscope_segment, periscope_segments, periscope_tuple,
+    periscope_role, periscope_segment, periscope_segments, periscope_syscall, periscope_tuple,
 };
 use crate::protocols::{Chunk, Direction};
 
@@ -82,6 +82,9 @@ pub struct DataEvent<'a> {
     /// What of those bytes the kernel captured, laid out as `layout` says.
     pub data: &'a [u8],
     pub layout: Layout,
+    /// Plaintext of a TLS connection (SSL_read/SSL_write uprobes), not a
+    /// socket syscall's bytes.
+    pub tls: bool,
 }
 
 /// How the captured bytes of a data event are laid out.
@@ -372,7 +375,12 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 .get(prefix..prefix + captured)
                 .ok_or(DecodeError::BadCapture { captured, len: record.len() - prefix })?;
             let bytes = bytes.max(0) as usize;
-            let (e_direction, e_role, e_layout) = (flags[0], flags[1], flags[3]);
+            let (e_direction, e_role, e_syscall, e_layout) = (flags[0], flags[1], flags[2], flags[3]);
+            let tls = matches!(
+                u32::from(e_syscall),
+                x if x == periscope_syscall::PERISCOPE_SYS_SSL_READ as u32
+                    || x == periscope_syscall::PERISCOPE_SYS_SSL_WRITE as u32
+            );
             let (data, layout) = match u32::from(e_layout) {
                 x if x == periscope_data_layout::PERISCOPE_LAYOUT_PREFIX as u32 => (data, Layout::Prefix),
                 x if x == periscope_data_layout::PERISCOPE_LAYOUT_SEGMENTS as u32 => {
@@ -400,6 +408,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 bytes,
                 data,
                 layout,
+                tls,
             }))
         }
         k if k == periscope_event_kind::PERISCOPE_EV_CONN_OPEN as u32

@@ -315,6 +315,16 @@ impl ConnectionTable {
         on_known_chunk(conn, key, thread, chunk, &mut self.scratch, tracker, out, t);
     }
 
+    /// TLS plaintext arrives for `key`: a PostgreSQL session that switched
+    /// to TLS (SSLRequest, `S`) goes on with the decrypted stream.
+    pub fn tls_plaintext(&mut self, key: ConnKey) {
+        if let Some(Connection { parser: Parser::Postgres(session), .. }) = self.conns.peek_mut(&key) {
+            if session.encrypted() {
+                session.decrypted();
+            }
+        }
+    }
+
     /// The user and database of a PostgreSQL connection adopted after its
     /// startup, found elsewhere; ignored when the fd now holds another
     /// connection. Whether it was applied.

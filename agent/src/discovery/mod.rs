@@ -23,6 +23,7 @@ mod selector;
 mod service;
 #[cfg(test)]
 mod tests;
+pub mod tls_libraries;
 
 pub use host::{resolve_host_name, HostName, HostNameSource};
 pub use ports::{PortSet, PortSetError};

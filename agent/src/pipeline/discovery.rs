@@ -13,7 +13,11 @@ use std::{
 use tokio::sync::mpsc;
 
 use super::db_names::{self, Lookup, Resolver};
-use crate::discovery::{self, ProcessInfo, Scanner, Selector};
+use crate::discovery::{
+    self,
+    tls_libraries::{TlsFinder, TlsLibrary},
+    ProcessInfo, Scanner, Selector,
+};
 
 /// Requests waiting for the discovery thread at once; beyond, a request is
 /// dropped by its sender (its effect comes with the next scan, or not at
@@ -34,6 +38,8 @@ pub enum Request {
     Alive(Vec<u32>),
     /// The backend of an adopted PostgreSQL connection.
     Database(Lookup),
+    /// The TLS libraries of a process just watched.
+    TlsLibraries { pid: u32 },
 }
 
 /// What the discovery thread tells the pipeline.
@@ -52,6 +58,8 @@ pub enum Answer {
     /// Watched processes whose /proc entry is gone.
     Gone(Vec<u32>),
     Database(db_names::NameAnswer),
+    /// TLS libraries not reported before, to attach the uprobes to.
+    TlsLibraries(Vec<TlsLibrary>),
 }
 
 /// What runtime uprobes the process needs (a file's symbols are read once).
@@ -61,6 +69,13 @@ fn with_runtime_hooks(info: &mut ProcessInfo) {
     }
 }
 
+/// Watched processes without a TLS library yet have their maps read again
+/// every this many `Alive` requests (one a second): a library loaded after
+/// the process started (`import ssl`, dlopen) is found within seconds.
+const TLS_RESCAN_EVERY: u32 = 2;
+/// Processes whose maps one rescan reads at most.
+const MAX_TLS_RESCAN: usize = 512;
+
 pub struct Worker {
     pub scanner: Scanner,
     pub selector: Selector,
@@ -68,6 +83,39 @@ pub struct Worker {
     pub requests: std_mpsc::Receiver<Request>,
     pub answers: mpsc::Sender<Answer>,
     pub resolver: Resolver,
+    pub tls: TlsRescan,
+}
+
+/// Which watched processes may still load a TLS library.
+#[derive(Debug, Default)]
+pub struct TlsRescan {
+    finder: TlsFinder,
+    /// Pids seen with a TLS library (not read again).
+    with_tls: std::collections::HashSet<u32>,
+    rounds: u32,
+}
+
+impl TlsRescan {
+    fn scan(&mut self, pid: u32) -> Vec<TlsLibrary> {
+        let found = self.finder.scan(pid);
+        // A library the uprobes cannot go on does not count: the real one
+        // may come later.
+        if found.iter().any(|l| l.problem.is_none()) {
+            self.with_tls.insert(pid);
+        }
+        found
+    }
+
+    /// Every few rounds, the watched processes without a TLS library.
+    fn rescan(&mut self, pids: &[u32]) -> Vec<TlsLibrary> {
+        self.rounds = self.rounds.wrapping_add(1);
+        self.with_tls.retain(|pid| pids.contains(pid));
+        if !self.rounds.is_multiple_of(TLS_RESCAN_EVERY) {
+            return Vec::new();
+        }
+        let todo: Vec<u32> = pids.iter().copied().filter(|p| !self.with_tls.contains(p)).take(MAX_TLS_RESCAN).collect();
+        todo.into_iter().flat_map(|pid| self.scan(pid)).collect()
+    }
 }
 
 impl Worker {
@@ -110,16 +158,28 @@ impl Worker {
                         with_runtime_hooks(&mut i);
                         i
                     })),
-                    Request::Exec { pid, tracked } => Answer::Execed {
-                        tracked,
-                        info: self.exec(pid, tracked).map(|mut i| {
-                            with_runtime_hooks(&mut i);
-                            i
-                        }),
-                    },
-                    Request::Alive(pids) => Answer::Gone(
-                        pids.into_iter().filter(|pid| !Path::new(&format!("/proc/{pid}")).exists()).collect(),
-                    ),
+                    Request::Exec { pid, tracked } => {
+                        // A new program: its libraries are read again.
+                        self.tls.with_tls.remove(&pid);
+                        Answer::Execed {
+                            tracked,
+                            info: self.exec(pid, tracked).map(|mut i| {
+                                with_runtime_hooks(&mut i);
+                                i
+                            }),
+                        }
+                    }
+                    Request::Alive(pids) => {
+                        let libraries = self.tls.rescan(&pids);
+                        if !libraries.is_empty() && self.answers.blocking_send(Answer::TlsLibraries(libraries)).is_err()
+                        {
+                            return false;
+                        }
+                        Answer::Gone(
+                            pids.into_iter().filter(|pid| !Path::new(&format!("/proc/{pid}")).exists()).collect(),
+                        )
+                    }
+                    Request::TlsLibraries { pid } => Answer::TlsLibraries(self.tls.scan(pid)),
                 };
                 if self.answers.blocking_send(answer).is_err() {
                     return false;

@@ -22,7 +22,7 @@ use std::{sync::mpsc as std_mpsc, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 
 use db_names::DbNames;
-use discovery::{Answer, Request, Worker, MAX_ANSWERS, MAX_REQUESTS};
+use discovery::{Answer, Request, TlsRescan, Worker, MAX_ANSWERS, MAX_REQUESTS};
 use link::Linker;
 use registry::{Found, Refresh, Registry};
 pub use registry::{TargetView, TargetsView};
@@ -35,7 +35,7 @@ use crate::{
     connections::{ConnKey, ConnectionTable, Outcome},
     conntrack::{self, Translation},
     context::{assembly::AssemblyOptions, Assembler, ThreadKey, Tracker},
-    discovery::{runtime_hooks::Runtime, ProcessInfo, Scanner},
+    discovery::{runtime_hooks::Runtime, tls_libraries::TlsLibrary, ProcessInfo, Scanner},
     kubernetes::KubernetesMetadata,
     probes::{wire::periscope_counter, Probes},
     spans::{
@@ -141,6 +141,7 @@ impl Pipeline {
             requests,
             answers,
             resolver,
+            tls: TlsRescan::default(),
         };
         std::thread::Builder::new().name("discovery".into()).spawn(move || worker.run())?;
         let (queries, queries_rx) = std_mpsc::sync_channel(conntrack::MAX_QUERIES);
@@ -209,6 +210,9 @@ impl Pipeline {
                 }
                 let key = ConnKey { pid: d.header.pid, fd: d.header.fd };
                 let thread = ThreadKey { pid: d.header.pid, tid: d.header.tid, loop_seq: d.header.loop_seq };
+                if d.tls {
+                    table.tls_plaintext(key);
+                }
                 // A prefix is one chunk; a segmented capture (AMQP frames)
                 // one per segment, with the bytes not captured between them.
                 for chunk in d.chunks() {
@@ -260,12 +264,17 @@ impl Pipeline {
 
     /// What the discovery thread found.
     fn on_answer(&mut self, answer: Answer) {
+        let execed = matches!(answer, Answer::Execed { tracked: true, .. });
         match answer {
             Answer::Scan(found) => self.on_scan(found),
             Answer::Forked(Some(info)) | Answer::Execed { info: Some(info), tracked: true } => {
                 if self.registry.contains(info.pid) {
                     // An exec'd process may run another runtime now.
                     self.hook_runtimes(&info);
+                }
+                if execed {
+                    // A watched process became another program: its TLS libraries.
+                    self.ask(Request::TlsLibraries { pid: info.pid });
                 }
                 match self.registry.refresh(&info) {
                     Refresh::NotTracked => {}
@@ -286,6 +295,11 @@ impl Pipeline {
             Answer::Gone(pids) => {
                 for pid in pids {
                     self.forget(pid);
+                }
+            }
+            Answer::TlsLibraries(libraries) => {
+                for library in libraries {
+                    self.on_tls_library(&library);
                 }
             }
             Answer::Database(answer) => {
@@ -326,6 +340,7 @@ impl Pipeline {
         }
         let service = self.registry.adopt(info);
         tracing::info!(pid = info.pid, exe = %info.exe_name, service = %service.name, "watching process");
+        self.ask(Request::TlsLibraries { pid: info.pid });
         self.telemetry.inc(Counter::ProcessesTracked);
         self.hook_runtimes(info);
         true
@@ -354,6 +369,29 @@ impl Pipeline {
                     tracing::warn!(pid = info.pid, "{runtime} not followed: {e}");
                     self.telemetry.add_for(Counter::UprobeAttach, runtime, "failed", 1);
                 }
+            }
+        }
+    }
+
+    /// A TLS library of a watched process: the uprobes go on its file once.
+    fn on_tls_library(&mut self, library: &TlsLibrary) {
+        if self.probes.tls_attached(library) {
+            return;
+        }
+        let label = library.kind.label();
+        if let Some(problem) = &library.problem {
+            self.telemetry.add_for(Counter::TlsAttachFailed, "tls", label, 1);
+            tracing::warn!(library = %library.mapped_as.display(), "TLS uprobes not attached: {problem}");
+            return;
+        }
+        match self.probes.attach_tls(library) {
+            Ok(programs) => {
+                self.telemetry.add_for(Counter::TlsLibrariesAttached, "tls", label, 1);
+                tracing::info!(library = %library.mapped_as.display(), programs, "TLS plaintext capture attached");
+            }
+            Err(e) => {
+                self.telemetry.add_for(Counter::TlsAttachFailed, "tls", label, 1);
+                tracing::warn!(library = %library.mapped_as.display(), "TLS uprobes not attached: {e}");
             }
         }
     }
@@ -437,5 +475,13 @@ impl Pipeline {
             "limits",
             c(periscope_counter::PERISCOPE_CNT_AMQP_TRUNCATED),
         );
+        t.set(Counter::TlsCiphertextDropped, c(periscope_counter::PERISCOPE_CNT_TLS_CIPHERTEXT));
+        t.set_for(
+            Counter::TlsPlaintextDropped,
+            "tls",
+            "socket unknown",
+            c(periscope_counter::PERISCOPE_CNT_TLS_NO_SOCKET),
+        );
+        t.set(Counter::TlsPlaintextEvents, c(periscope_counter::PERISCOPE_CNT_TLS_DATA_EVENTS));
     }
 }

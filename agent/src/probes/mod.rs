@@ -1,6 +1,7 @@
 //! Loading and attaching the kernel programs, and the agent's handles on
 //! their maps. Everything that needs privileges happens here, and every
 //! failure says in one line what is missing.
+pub mod tls;
 pub mod wire;
 
 use std::{fmt, io, path::Path};
@@ -125,6 +126,7 @@ pub struct Probes {
     /// the uprobe programs did not load). Per process, not per file:
     /// processes that are not watched never take the uprobes' traps.
     hooked: Option<std::collections::HashMap<(u32, Runtime), Vec<UprobeLink>>>,
+    tls: tls::TlsProbes,
 }
 
 /// An attached uprobe: its program and link.
@@ -251,6 +253,8 @@ impl Probes {
                 break;
             }
         }
+        // Optional: attached later, to each TLS library discovery finds.
+        let tls = tls::TlsProbes::load(&mut ebpf);
 
         let ring = RingBuf::try_from(take(&mut ebpf, "events")?)
             .map_err(|source| ProbeError::Map { map: "events", source })?;
@@ -261,7 +265,7 @@ impl Probes {
         let counters = PerCpuArray::try_from(take(&mut ebpf, "counters")?)
             .map_err(|source| ProbeError::Map { map: "counters", source })?;
         let hooked = uprobes_ok.then(std::collections::HashMap::new);
-        Ok((Self { ebpf, tracked, conns, counters, hooked }, ring))
+        Ok((Self { ebpf, tracked, conns, counters, hooked, tls }, ring))
     }
 
     /// Starts producing socket events for `pid` (its children follow in the kernel).
@@ -385,6 +389,19 @@ impl Probes {
             }
         }
         out
+    }
+
+    /// Attaches the TLS uprobes to `library` (once per file).
+    pub fn attach_tls(
+        &mut self,
+        library: &crate::discovery::tls_libraries::TlsLibrary,
+    ) -> Result<usize, tls::TlsAttachError> {
+        self.tls.attach(&mut self.ebpf, library)
+    }
+
+    /// Whether `library`'s file was tried already.
+    pub fn tls_attached(&self, library: &crate::discovery::tls_libraries::TlsLibrary) -> bool {
+        self.tls.is_attached(library)
     }
 
     /// Names of the attached programs (for diagnostics).

@@ -66,7 +66,7 @@ mod layout_tests {
         check!(btf, periscope_data_event { hdr, tuple, bytes, captured, direction, role, syscall, layout, data });
         check!(btf, periscope_segments { start, end });
         check!(btf, periscope_segment { offset, len });
-        check!(btf, periscope_conn_info { tuple, is_tcp, role, policy });
+        check!(btf, periscope_conn_info { tuple, is_tcp, role, policy, tls });
         check!(btf, periscope_conn_event { hdr, tuple, role });
         check!(btf, periscope_proc_event { hdr, ppid, start_boottime_ns, comm });
         check!(btf, periscope_async_event { hdr, key, phase });

@@ -198,6 +198,12 @@ impl PgSession {
         self.st.encrypted
     }
 
+    /// What follows an SSLRequest answered `S` is TLS plaintext (the TLS
+    /// uprobes decrypt it): the startup that follows is parsed as usual.
+    pub fn decrypted(&mut self) {
+        self.st.encrypted = false;
+    }
+
     /// Feeds one syscall's bytes; completed statements are appended to `out`.
     pub fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<SqlCall>) {
         if self.st.encrypted {

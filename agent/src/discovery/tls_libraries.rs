@@ -1,0 +1,238 @@
+//! TLS libraries of watched processes: the OpenSSL files mapped by a process
+//! (`/proc/PID/maps`: `libssl.so*`) and executables that embed OpenSSL and
+//! export its symbols (Debian's `node`), each read once per file (device,
+//! inode), with the file offsets of the functions the uprobes attach to.
+//! Blocking reads: the discovery thread's business.
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use object::{Object, ObjectSection, ObjectSymbol};
+
+/// Functions whose plaintext is captured, and the one whose syscalls tie an
+/// SSL object to its socket before the first read or write.
+pub const TLS_SYMBOLS: &[&str] = &["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_do_handshake"];
+
+/// Files remembered as read (TLS or not): beyond, the oldest verdicts are
+/// forgotten and such a file may be read again.
+pub const MAX_FILES_SEEN: usize = 4096;
+
+/// How a TLS library came into a process; the label of its counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LibraryKind {
+    /// A shared `libssl`.
+    Shared,
+    /// OpenSSL linked into the executable itself.
+    Embedded,
+}
+
+impl LibraryKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            LibraryKind::Shared => "libssl",
+            LibraryKind::Embedded => "embedded",
+        }
+    }
+}
+
+/// One file to attach the TLS uprobes to.
+#[derive(Clone, Debug)]
+pub struct TlsLibrary {
+    /// A path that opens the file now (through the process's root, so files
+    /// in containers resolve too).
+    pub path: PathBuf,
+    /// The path as the process maps it (for logs).
+    pub mapped_as: PathBuf,
+    pub dev: u64,
+    pub inode: u64,
+    pub kind: LibraryKind,
+    /// (symbol, file offset) of each of [`TLS_SYMBOLS`] the file exports.
+    pub offsets: Vec<(&'static str, u64)>,
+    /// Why the uprobes cannot go on it (a `libssl` that is not OpenSSL's).
+    pub problem: Option<String>,
+}
+
+/// Reads maps and ELF files, remembering which files were read.
+#[derive(Debug, Default)]
+pub struct TlsFinder {
+    /// (dev, inode) -> whether it was a TLS library.
+    seen: HashMap<(u64, u64), bool>,
+}
+
+impl TlsFinder {
+    /// The TLS libraries of `pid` not reported before. A process that is gone
+    /// or unreadable has none.
+    pub fn scan(&mut self, pid: u32) -> Vec<TlsLibrary> {
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let mut candidates: Vec<(PathBuf, LibraryKind)> = Vec::new();
+        if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            for path in shared_libssl(&maps) {
+                if !candidates.iter().any(|(p, _)| p == &path) {
+                    candidates.push((path, LibraryKind::Shared));
+                }
+            }
+        }
+        if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+            candidates.push((exe, LibraryKind::Embedded));
+        }
+        let mut found = Vec::new();
+        for (mapped_as, kind) in candidates {
+            let path = root.join(mapped_as.strip_prefix("/").unwrap_or(&mapped_as));
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let key = (meta.dev(), meta.ino());
+            if self.seen.contains_key(&key) {
+                continue;
+            }
+            if self.seen.len() >= MAX_FILES_SEEN {
+                self.seen.clear();
+            }
+            let (offsets, problem) = match symbol_offsets(&path) {
+                Ok(o) => (o, None),
+                Err(e) => (Vec::new(), Some(format!("cannot read it: {e}"))),
+            };
+            // SSL_read and SSL_write at least; an executable without them
+            // simply does not embed OpenSSL.
+            let usable = ["SSL_read", "SSL_write"].iter().all(|s| offsets.iter().any(|(n, _)| n == s));
+            self.seen.insert(key, usable);
+            let problem = match (usable, kind) {
+                (true, _) => None,
+                (false, LibraryKind::Embedded) => continue,
+                // A libssl that is not OpenSSL's (or is damaged): reported.
+                (false, LibraryKind::Shared) => problem.or_else(|| Some("it exports no SSL_read/SSL_write".into())),
+            };
+            found.push(TlsLibrary { path, mapped_as, dev: key.0, inode: key.1, kind, offsets, problem });
+        }
+        found
+    }
+}
+
+/// Paths of the `libssl` files a `/proc/PID/maps` text maps.
+pub fn shared_libssl(maps: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for line in maps.lines() {
+        // address perms offset dev inode path
+        let Some(path) = line.split_whitespace().nth(5) else { continue };
+        if !path.starts_with('/') {
+            continue;
+        }
+        let name = Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("libssl") && name.contains(".so") && !out.iter().any(|p| p == Path::new(path)) {
+            out.push(PathBuf::from(path));
+        }
+    }
+    out
+}
+
+/// File offsets of the [`TLS_SYMBOLS`] an ELF file defines (dynamic symbol
+/// table first, then the full one).
+pub fn symbol_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>, String> {
+    let file = File::open(path).map_err(|e| format!("open: {e}"))?;
+    // SAFETY: read-only private mapping; a file truncated under us would
+    // fault, which executables and libraries in use are not.
+    let map = unsafe { Mmap::new(&file) }.map_err(|e| format!("mmap: {e}"))?;
+    let obj = object::File::parse(map.bytes()).map_err(|e| format!("not an ELF file: {e}"))?;
+    let mut out = Vec::new();
+    for symbols in [obj.dynamic_symbols(), obj.symbols()] {
+        for sym in symbols {
+            if !sym.is_definition() || out.len() == TLS_SYMBOLS.len() {
+                continue;
+            }
+            let Ok(name) = sym.name() else { continue };
+            let Some(&wanted) = TLS_SYMBOLS.iter().find(|s| **s == name) else { continue };
+            if out.iter().any(|(n, _)| *n == wanted) {
+                continue;
+            }
+            let Some(index) = sym.section_index() else { continue };
+            let Ok(section) = obj.section_by_index(index) else { continue };
+            let Some((offset, _)) = section.file_range() else { continue };
+            if let Some(at) = sym.address().checked_sub(section.address()) {
+                out.push((wanted, at + offset));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A read-only mapping of a whole file.
+struct Mmap {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mmap {
+    /// # Safety
+    /// The file must not be truncated while mapped.
+    unsafe fn new(file: &File) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let len = file.metadata()?.len() as usize;
+        if len == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "empty file"));
+        }
+        // SAFETY: a fresh private read-only mapping of an open file.
+        let ptr =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: a live mapping of `len` readable bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libssl_paths_come_from_maps_once_each() {
+        let maps = "7f0-7f1 r--p 00000000 08:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3\n\
+                    7f1-7f2 r-xp 00001000 08:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3\n\
+                    7f2-7f3 r-xp 00000000 08:01 124 /usr/lib/x86_64-linux-gnu/libcrypto.so.3\n\
+                    7f3-7f4 rw-p 00000000 00:00 0 [heap]\n\
+                    7f4-7f5 r-xp 00000000 08:01 125 /opt/app/libssl-abc123.so.3 (deleted)\n";
+        assert_eq!(
+            shared_libssl(maps),
+            vec![PathBuf::from("/usr/lib/x86_64-linux-gnu/libssl.so.3"), PathBuf::from("/opt/app/libssl-abc123.so.3")]
+        );
+    }
+
+    /// The host's libssl, when it has one: every symbol found, at distinct offsets.
+    #[test]
+    fn the_hosts_libssl_exports_every_symbol() {
+        let Some(path) = ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib/aarch64-linux-gnu/libssl.so.3"]
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+        else {
+            return;
+        };
+        let offsets = symbol_offsets(path).unwrap();
+        assert_eq!(offsets.len(), TLS_SYMBOLS.len(), "{offsets:?}");
+        let mut at: Vec<u64> = offsets.iter().map(|(_, o)| *o).collect();
+        at.sort_unstable();
+        at.dedup();
+        assert_eq!(at.len(), TLS_SYMBOLS.len());
+    }
+
+    #[test]
+    fn a_file_that_is_not_elf_is_an_error() {
+        let path = std::env::temp_dir().join(format!("periscope-not-elf-{}", std::process::id()));
+        std::fs::write(&path, b"#!/bin/sh\n").unwrap();
+        assert!(symbol_offsets(&path).is_err());
+        let _ = std::fs::remove_file(&path);
+    }
+}
