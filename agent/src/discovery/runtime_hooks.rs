@@ -158,7 +158,7 @@ pub fn symbol_offsets(elf: &[u8], names: &[&'static str]) -> Result<Vec<(&'stati
     let file = object::File::parse(elf).map_err(|e| format!("not an ELF file: {e}"))?;
     let mut found: Vec<Option<u64>> = vec![None; names.len()];
     for sym in file.symbols().chain(file.dynamic_symbols()) {
-        if !sym.is_definition() || sym.kind() != object::SymbolKind::Text {
+        if !sym.is_definition() {
             continue;
         }
         let Ok(name) = sym.name() else { continue };
@@ -168,19 +168,20 @@ pub fn symbol_offsets(elf: &[u8], names: &[&'static str]) -> Result<Vec<(&'stati
         }
         let Some(section) = sym.section_index().and_then(|i| file.section_by_index(i).ok()) else { continue };
         let Some((offset, _)) = section.file_range() else { continue };
-        found[i] = Some(sym.address() - section.address() + offset);
+        let Some(at) = sym.address().checked_sub(section.address()) else { continue };
+        found[i] = Some(at + offset);
     }
     Ok(names.iter().zip(found).filter_map(|(n, o)| o.map(|o| (*n, o))).collect())
 }
 
 /// A file mapped read-only (shared with the page cache; unmapped on drop).
-struct Mapped {
+pub(crate) struct Mapped {
     ptr: *mut libc::c_void,
     len: usize,
 }
 
 impl Mapped {
-    fn open(path: &Path) -> Result<Self, String> {
+    pub(crate) fn open(path: &Path) -> Result<Self, String> {
         let file = File::open(path).map_err(|e| format!("open: {e}"))?;
         let len = file.metadata().map_err(|e| format!("stat: {e}"))?.len() as usize;
         if len == 0 {
@@ -197,7 +198,7 @@ impl Mapped {
         Ok(Mapped { ptr, len })
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr` maps `len` readable bytes until drop. A file
         // truncated under us would fault; executables being run cannot be
         // written (ETXTBSY), and libraries are replaced, not rewritten.

@@ -5,12 +5,9 @@
 //! Blocking reads: the discovery thread's business.
 use std::{
     collections::HashMap,
-    fs::File,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
-
-use object::{Object, ObjectSection, ObjectSymbol};
 
 /// Functions whose plaintext is captured, and the one whose syscalls tie an
 /// SSL object to its socket before the first read or write.
@@ -126,71 +123,11 @@ pub fn shared_libssl(maps: &str) -> Vec<PathBuf> {
     out
 }
 
-/// File offsets of the [`TLS_SYMBOLS`] an ELF file defines (dynamic symbol
-/// table first, then the full one).
+/// File offsets of the [`TLS_SYMBOLS`] an ELF file defines (symbol table
+/// or dynamic symbols).
 pub fn symbol_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>, String> {
-    let file = File::open(path).map_err(|e| format!("open: {e}"))?;
-    // SAFETY: read-only private mapping; a file truncated under us would
-    // fault, which executables and libraries in use are not.
-    let map = unsafe { Mmap::new(&file) }.map_err(|e| format!("mmap: {e}"))?;
-    let obj = object::File::parse(map.bytes()).map_err(|e| format!("not an ELF file: {e}"))?;
-    let mut out = Vec::new();
-    for symbols in [obj.dynamic_symbols(), obj.symbols()] {
-        for sym in symbols {
-            if !sym.is_definition() || out.len() == TLS_SYMBOLS.len() {
-                continue;
-            }
-            let Ok(name) = sym.name() else { continue };
-            let Some(&wanted) = TLS_SYMBOLS.iter().find(|s| **s == name) else { continue };
-            if out.iter().any(|(n, _)| *n == wanted) {
-                continue;
-            }
-            let Some(index) = sym.section_index() else { continue };
-            let Ok(section) = obj.section_by_index(index) else { continue };
-            let Some((offset, _)) = section.file_range() else { continue };
-            if let Some(at) = sym.address().checked_sub(section.address()) {
-                out.push((wanted, at + offset));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A read-only mapping of a whole file.
-struct Mmap {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mmap {
-    /// # Safety
-    /// The file must not be truncated while mapped.
-    unsafe fn new(file: &File) -> std::io::Result<Self> {
-        use std::os::fd::AsRawFd;
-        let len = file.metadata()?.len() as usize;
-        if len == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "empty file"));
-        }
-        // SAFETY: a fresh private read-only mapping of an open file.
-        let ptr =
-            unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self { ptr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: a live mapping of `len` readable bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping once.
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
+    let map = super::runtime_hooks::Mapped::open(path)?;
+    super::runtime_hooks::symbol_offsets(map.bytes(), TLS_SYMBOLS)
 }
 
 #[cfg(test)]
