@@ -136,13 +136,15 @@ fn ensure_node_modules() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// psycopg 3 and gunicorn (the pre-fork test of kernel_context) for the
-/// `python3` on PATH: pip, or Debian's python3-psycopg / python3-gunicorn
-/// when pip refuses an externally managed system Python.
+/// psycopg 3, gunicorn (the pre-fork test of kernel_context) and grpcio
+/// (kernel_http2's gRPC server and client) for the `python3` on PATH: pip,
+/// or Debian's python3-psycopg / python3-gunicorn / python3-grpcio when pip
+/// refuses an externally managed system Python.
 fn ensure_psycopg() -> anyhow::Result<()> {
     for (import, pip, deb) in [
         ("import psycopg; psycopg.pq.version()", "psycopg[binary]", "python3-psycopg"),
         ("import gunicorn", "gunicorn", "python3-gunicorn"),
+        ("import grpc", "grpcio", "python3-grpcio"),
     ] {
         let ok = || cmd::succeeds(&mut cmd("python3", ["-c", import]));
         if ok() {
