@@ -134,7 +134,8 @@ impl Pipeline {
             return;
         }
         let (path, _) = http_spans::split_target(&exchange.request.target);
-        let route = self.router.route(&service.instance_id, path);
+        // An HTTP/2 stream whose :path could not be decoded has none: no route.
+        let route = if path.is_empty() { Route::None } else { self.router.route(&service.instance_id, path) };
         match route {
             Route::Ignored => {
                 self.tracker.abandon(started.ctx.group);

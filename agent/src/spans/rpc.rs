@@ -42,10 +42,11 @@ pub fn build(ex: &Exchange, call: &GrpcCall, ctx: &HttpContext<'_>, clock: &Cloc
     attrs.push(Attr::new(semconv::RPC_SYSTEM, "grpc"));
     attrs.push(Attr::new(semconv::RPC_SERVICE, call.service.as_str()));
     attrs.push(Attr::new(semconv::RPC_METHOD, call.method.as_str()));
-    // No grpc-status seen (trailers not captured, stream reset): unknown,
-    // as gRPC itself calls a call that ended without one.
-    let code = call.status.unwrap_or(2);
-    attrs.push(Attr::new(semconv::RPC_GRPC_STATUS_CODE, i64::from(code)));
+    // No grpc-status seen (trailers not captured, a table entry we never
+    // saw, a reset stream): no code, and no error claimed.
+    if let Some(code) = call.status {
+        attrs.push(Attr::new(semconv::RPC_GRPC_STATUS_CODE, i64::from(code)));
+    }
     attrs.push(Attr::new(semconv::NETWORK_PROTOCOL_NAME, "http"));
     attrs.push(Attr::new(semconv::NETWORK_PROTOCOL_VERSION, "2"));
     attrs.push(Attr::new(semconv::NETWORK_PEER_ADDRESS, ctx.remote.ip().to_string()));
@@ -60,6 +61,7 @@ pub fn build(ex: &Exchange, call: &GrpcCall, ctx: &HttpContext<'_>, clock: &Cloc
     let address = authority.filter(|h| !h.is_empty()).map_or_else(|| server.ip().to_string(), str::to_owned);
     attrs.push(Attr::new(semconv::SERVER_ADDRESS, address));
     attrs.push(Attr::new(semconv::SERVER_PORT, server.port()));
+    let code = call.status.unwrap_or(0);
     let error = if ctx.server_side { SERVER_ERRORS.contains(&code) } else { code != 0 };
     if error {
         attrs.push(Attr::new(semconv::ERROR_TYPE, status_name(code)));
@@ -131,6 +133,8 @@ mod tests {
         let s = span(true, Some(13));
         assert!(matches!(s.status, SpanStatus::Error(_)));
         assert_eq!(s.attr("error.type"), Some(&AttrValue::Str("INTERNAL".into())));
-        assert_eq!(span(false, None).attr("rpc.grpc.status_code"), Some(&AttrValue::Int(2)));
+        let unknown = span(false, None);
+        assert_eq!(unknown.attr("rpc.grpc.status_code"), None);
+        assert_eq!(unknown.status, SpanStatus::Unset, "a status not seen is no error");
     }
 }

@@ -44,7 +44,8 @@ pub struct GrpcCall {
     /// `package.Service` and `Method` of the `:path` `/package.Service/Method`.
     pub service: String,
     pub method: String,
-    /// `grpc-status` of the trailers (or of a trailers-only response).
+    /// `grpc-status` of the trailers (or of a trailers-only response); None
+    /// when not seen (not captured, or a table entry we never saw).
     pub status: Option<u32>,
 }
 
@@ -372,6 +373,11 @@ impl Http2Session {
         &self.stats
     }
 
+    /// Streams begun and not finished.
+    pub fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
     pub fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Http2Message>) {
         let is_request = chunk.direction == self.requests;
         let mut events = std::mem::take(&mut self.events);
@@ -490,14 +496,22 @@ impl Http2Session {
             return;
         };
         let req = *s.request;
-        let grpc = req.content_type.as_deref().filter(|c| c.starts_with("application/grpc")).map(|_| {
+        // gRPC by its content type; when that was a table entry we never
+        // saw, by the shape of its path (`/package.Service/Method`).
+        let is_grpc = match req.content_type.as_deref() {
+            Some(c) => c.starts_with("application/grpc"),
+            None => req.incomplete && req.path.as_deref().is_some_and(looks_like_grpc_path),
+        };
+        let grpc = is_grpc.then(|| {
             let path = req.path.as_deref().unwrap_or_default();
             let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
             GrpcCall { service: service.to_owned(), method: method.to_owned(), status: s.grpc_status }
         });
         let request = RequestHead {
             method: req.method.unwrap_or_else(|| "_OTHER".to_owned()),
-            target: req.path.unwrap_or_else(|| "/".to_owned()),
+            // Empty when `:path` could not be named (an entry of a table we
+            // never saw): no route then, rather than a wrong one.
+            target: req.path.unwrap_or_default(),
             version: VERSION,
             headers: Headers {
                 host: req.authority,
@@ -531,6 +545,12 @@ impl Http2Session {
             grpc,
         })));
     }
+}
+
+/// `/package.Service/Method`: two segments, a dot in the first.
+fn looks_like_grpc_path(path: &str) -> bool {
+    let mut parts = path.strip_prefix('/').unwrap_or_default().split('/');
+    matches!((parts.next(), parts.next(), parts.next()), (Some(s), Some(m), None) if s.contains('.') && !m.is_empty())
 }
 
 impl super::Session for Http2Session {

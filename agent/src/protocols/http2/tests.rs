@@ -163,6 +163,7 @@ fn a_connection_older_than_the_agent_decodes_what_the_static_table_names() {
     s.on_chunk(&chunk(Direction::Egress, &frame(frame::HEADERS, 5, 41, &[0x88]), 2), &mut out);
     let done = finished(&out);
     assert_eq!(done[0].exchange.request.method, "GET");
+    assert_eq!(done[0].exchange.request.target, "", "no path rather than a wrong one");
     assert!(done[0].exchange.request.truncated);
     assert_eq!(s.stats().unknown_fields, 2);
     // A response to a stream whose request was never seen.
@@ -221,4 +222,23 @@ fn garbage_never_panics() {
         }
         s.on_close(&mut out);
     }
+}
+
+#[test]
+fn grpc_is_known_by_its_path_when_its_content_type_was_never_seen() {
+    assert!(looks_like_grpc_path("/shop.Cart/Add"));
+    assert!(!looks_like_grpc_path("/ok/1"));
+    assert!(!looks_like_grpc_path("/a.b/c/d"));
+    let mut s = Http2Session::new(Direction::Ingress, false);
+    let mut out = Vec::new();
+    // :path literal, content-type and authority from a table we never saw.
+    let mut block = vec![0x83, 0x86, 0x04, 14];
+    block.extend_from_slice(b"/shop.Cart/Add");
+    block.extend_from_slice(&[0xbe, 0xbf]);
+    s.on_chunk(&chunk(Direction::Ingress, &frame(frame::HEADERS, 5, 9, &block), 1), &mut out);
+    let mut resp = frame(frame::HEADERS, 4, 9, &[0x88]);
+    resp.extend(frame(frame::HEADERS, 5, 9, &[0xc0]));
+    s.on_chunk(&chunk(Direction::Egress, &resp, 2), &mut out);
+    let done = finished(&out);
+    assert_eq!(done[0].grpc, Some(GrpcCall { service: "shop.Cart".into(), method: "Add".into(), status: None }));
 }
