@@ -55,6 +55,48 @@ def write(target, name, data):
         f.write(data)
 
 
+# --------------------------------------------------------------------- HTTP/2
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def frame(kind, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+def lit(name, value):
+    """Literal with incremental indexing, new name."""
+    return b"\x40" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+H2_REQ = (b"\x83\x86" + lit(b":path", b"/shop.Cart/Add") + lit(b":authority", b"cart:50051")
+          + lit(b"content-type", b"application/grpc")
+          + lit(b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"))
+H2_REQ2 = b"\x83\x86\xc1\xc0\xbf\xbe"
+H2_RESP = (frame(1, 4, 1, b"\x88" + lit(b"content-type", b"application/grpc"))
+           + frame(0, 0, 1, b"\x00\x00\x00\x00\x02\x08\x01")
+           + frame(1, 5, 1, lit(b"grpc-status", b"0")))
+H2_CLIENT = (PREFACE + frame(4, 0, 0, b"\x00\x03\x00\x00\x00\x64") + frame(1, 4, 1, H2_REQ)
+             + frame(0, 1, 1, b"\x00\x00\x00\x00\x00"))
+
+
+def write_h2():
+    for role, flags, req, resp in (("server", 2, IN, EG), ("client", 3, EG, IN)):
+        write("http2_session", f"{role}-unary", script(flags, step(req, H2_CLIENT), step(resp, H2_RESP),
+                                                       step(req, frame(1, 5, 3, H2_REQ2)),
+                                                       step(resp, H2_RESP.replace(b"\x00\x00\x00\x01", b"\x00\x00\x00\x03"))))
+        write("http2_session", f"{role}-split", script(flags, split(req, H2_CLIENT, [5, 20, 9, 3, 40]),
+                                                       split(resp, H2_RESP, [9, 1, 30])))
+        write("http2_session", f"{role}-gap", script(flags, step(req, H2_CLIENT[:60], gap=len(H2_CLIENT) - 60),
+                                                     step(req, frame(1, 5, 3, b"\x82\x84")), step(resp, frame(1, 5, 3, b"\x88"))))
+    write("http2_session", "midstream", script(0, step(IN, frame(1, 5, 7, b"\x82\xc1\xbe")),
+                                               step(EG, frame(1, 5, 7, b"\x88"))))
+    # RFC 7541 C.3 and C.4: requests sharing a table, plain and Huffman.
+    c3 = [b"\x82\x86\x84\x41\x0fwww.example.com", b"\x82\x86\x84\xbe\x58\x08no-cache"]
+    write("hpack", "rfc-c3", b"".join(bytes([len(b)]) + b for b in c3))
+    c4 = bytes([0x82, 0x86, 0x84, 0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff])
+    write("hpack", "rfc-c4", bytes([len(c4)]) + c4 + b"\x01\x3f" + bytes([len(H2_REQ)]) + H2_REQ)
+
+
 # --------------------------------------------------------------------- HTTP/1
 REQ = (b"GET /users/12345?x=1 HTTP/1.1\r\nHost: api.example\r\nUser-Agent: curl/8\r\n"
        b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n")
@@ -253,3 +295,4 @@ for kind in (2, 3):
 for kind in (4, 5, 6):
     write("ring_record", f"proc-{kind}", header(kind) + struct.pack("<II", 1, 0) + b"nginx\0" + b"\0" * 10)
 write("ring_record", "unknown", header(99))
+write_h2()

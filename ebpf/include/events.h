@@ -23,8 +23,10 @@
 #define PERISCOPE_DEFAULT_CAPTURE 512
 /* Bytes waiting in the ring buffer before a data event wakes the agent. */
 #define PERISCOPE_DEFAULT_WAKEUP_BYTES (64 * 1024)
-/* iovec entries walked per readv/writev/recvmsg/sendmsg call. */
-#define PERISCOPE_MAX_IOV 8
+/* iovec entries walked per readv/writev/recvmsg/sendmsg call. gRPC's
+ * HTTP/2 transport writes a header block as one iovec per name and value
+ * (22 for a first request of grpcio): 8 cut its HEADERS frames. */
+#define PERISCOPE_MAX_IOV 32
 
 /* AMQP 0-9-1 frame capture (PERISCOPE_CAPTURE_AMQP_FRAMES): payload bytes
  * copied per frame, by frame type. Method arguments are short strings and

@@ -34,36 +34,57 @@ static __always_inline int remember(struct trace_event_raw_sys_enter *ctx, __u8 
 	return 0;
 }
 
-/* Copies up to `limit` bytes from an iovec array into data[], returns bytes copied. */
-static __always_inline __u32 copy_iov(__u8 *data, __u64 iov_ptr, __u32 iovcnt, __u64 limit)
+/* One iovec walk: bpf_loop's context. */
+struct iov_walk {
+	__u64 iov_ptr;
+	__u64 limit;
+	__u32 iovcnt;
+	__u32 copied;
+};
+
+/* One iovec into the scratch event's data (bpf_loop callback): 0 to go on,
+ * 1 when done. */
+static long copy_one_iov(__u64 i, void *ctx)
 {
-	__u32 copied = 0;
+	struct iov_walk *w = ctx;
+	if (i >= w->iovcnt || w->copied >= w->limit)
+		return 1;
+	__u32 zero = 0;
+	struct scratch_event *s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return 1;
+	struct ps_iovec iov;
+	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(w->iov_ptr + i * sizeof(iov))))
+		return 1;
+	__u64 len = iov.len;
+	if (len > w->limit - w->copied)
+		len = w->limit - w->copied;
+	if (len > PERISCOPE_MAX_CAPTURE)
+		len = PERISCOPE_MAX_CAPTURE;
+	if (len == 0)
+		return 0;
+	__u32 off = w->copied & (PERISCOPE_MAX_CAPTURE - 1);
+	if (bpf_probe_read_user(s->ev.data + off, len, (void *)iov.base)) {
+		count(PERISCOPE_CNT_READ_FAILED);
+		return 1;
+	}
+	w->copied += len;
+	return 0;
+}
+
+/* Copies up to `limit` bytes from an iovec array into the scratch event's
+ * data, returns bytes copied. A bpf_loop, not an unrolled loop: gRPC writes
+ * a header block as one iovec per name and value, more than an unrolled
+ * loop's worth. */
+static __always_inline __u32 copy_iov(__u64 iov_ptr, __u32 iovcnt, __u64 limit)
+{
 	if (iovcnt > PERISCOPE_MAX_IOV) {
 		count(PERISCOPE_CNT_IOV_TRUNCATED);
 		iovcnt = PERISCOPE_MAX_IOV;
 	}
-#pragma unroll
-	for (int i = 0; i < PERISCOPE_MAX_IOV; i++) {
-		if (i >= iovcnt || copied >= limit)
-			break;
-		struct ps_iovec iov;
-		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(iov_ptr + i * sizeof(iov))))
-			break;
-		__u64 len = iov.len;
-		if (len > limit - copied)
-			len = limit - copied;
-		if (len > PERISCOPE_MAX_CAPTURE)
-			len = PERISCOPE_MAX_CAPTURE;
-		__u32 off = copied & (PERISCOPE_MAX_CAPTURE - 1);
-		if (len == 0)
-			continue;
-		if (bpf_probe_read_user(data + off, len, (void *)iov.base)) {
-			count(PERISCOPE_CNT_READ_FAILED);
-			break;
-		}
-		copied += len;
-	}
-	return copied;
+	struct iov_walk w = { .iov_ptr = iov_ptr, .limit = limit, .iovcnt = iovcnt, .copied = 0 };
+	bpf_loop(PERISCOPE_MAX_IOV, copy_one_iov, &w, 0);
+	return w.copied;
 }
 
 static __always_inline void fill_header(struct periscope_event_header *h, __u32 kind, __u64 id,
@@ -151,11 +172,11 @@ static __always_inline int handle_io_exit(struct trace_event_raw_sys_exit *ctx, 
 		else if (limit > 0)
 			count(PERISCOPE_CNT_READ_FAILED);
 	} else if (args.kind == PENDING_IOV) {
-		captured = copy_iov(e->data, args.buf, args.iovcnt, limit);
+		captured = copy_iov(args.buf, args.iovcnt, limit); /* into s->ev, that is e */
 	} else if (args.kind == PENDING_MSG) {
 		struct user_msghdr msg;
 		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)args.buf) == 0)
-			captured = copy_iov(e->data, (__u64)msg.msg_iov, msg.msg_iovlen, limit);
+			captured = copy_iov((__u64)msg.msg_iov, msg.msg_iovlen, limit);
 		else
 			count(PERISCOPE_CNT_READ_FAILED);
 	}

@@ -136,10 +136,10 @@ fn ensure_node_modules() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// psycopg 3, gunicorn (the pre-fork test of kernel_context), aiohttp and
-/// asyncpg (its asyncio test) for the
-/// `python3` on PATH: pip, or Debian's python3-psycopg / python3-gunicorn
-/// when pip refuses an externally managed system Python.
+/// psycopg 3, gunicorn (the pre-fork test of kernel_context), aiohttp,
+/// asyncpg, FastAPI/uvicorn, httpx and uvloop (its asyncio tests) and grpcio
+/// (kernel_http2's gRPC server and client) for the `python3` on PATH: pip,
+/// or Debian's packages when pip refuses an externally managed system Python.
 fn ensure_psycopg() -> anyhow::Result<()> {
     for (import, pip, deb) in [
         ("import psycopg; psycopg.pq.version()", "psycopg[binary]", "python3-psycopg"),
@@ -150,6 +150,7 @@ fn ensure_psycopg() -> anyhow::Result<()> {
         ("import fastapi, uvicorn", "fastapi uvicorn", "python3-fastapi python3-uvicorn"),
         ("import httpx", "httpx", "python3-httpx"),
         ("import uvloop", "uvloop", "python3-uvloop"),
+        ("import grpc", "grpcio", "python3-grpcio"),
     ] {
         let ok = || cmd::succeeds(&mut cmd("python3", ["-c", import]));
         if ok() {

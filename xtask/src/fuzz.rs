@@ -20,6 +20,8 @@ use anyhow::{bail, Context};
 pub const TARGETS: &[&str] = &[
     "http1_session",
     "http1_head",
+    "http2_session",
+    "hpack",
     "chunked",
     "postgres_session",
     "mysql_session",

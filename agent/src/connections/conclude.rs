@@ -2,7 +2,12 @@
 //! context layer gives their exchange (span id, in-process parent).
 use crate::capture::Tuple;
 use crate::context::{ConnTrace, ThreadKey, Tracker};
-use crate::protocols::{amqp::AmqpMessage, http1::Exchange, sql::SqlCall};
+use crate::protocols::{
+    amqp::AmqpMessage,
+    http1::Exchange,
+    http2::{Http2Message, StreamStart},
+    sql::SqlCall,
+};
 use crate::telemetry::Telemetry;
 
 use super::{ConnKey, DeliveryLink, Outcome};
@@ -35,7 +40,46 @@ impl Conclude for Exchange {
             server_side: cx.server_side,
             started,
             exchange: self,
+            grpc: None,
         });
+    }
+}
+
+/// A stream's identity is given when its request HEADERS go by (a server
+/// request is announced then, with its traceparent) and taken at its end.
+impl Conclude for Http2Message {
+    fn conclude(self, cx: &mut Cx<'_>) {
+        match self {
+            Http2Message::Started(StreamStart { stream, ts_enter, ts_exit, traceparent, tracestate }) => {
+                let started =
+                    cx.tracker.started_stream(cx.trace, cx.server_side, stream, cx.thread, ts_enter, ts_exit, cx.t);
+                if cx.server_side {
+                    if let Some(tp) = &traceparent {
+                        cx.tracker.on_incoming_traceparent(tp);
+                    }
+                    cx.out.push(Outcome::RequestStarted {
+                        key: cx.key,
+                        tuple: cx.tuple,
+                        started,
+                        traceparent,
+                        tracestate,
+                    });
+                }
+            }
+            Http2Message::Finished(done) => {
+                let ex = &done.exchange;
+                let started =
+                    cx.tracker.take_stream(cx.trace, done.stream, ex.request_start_enter, ex.response_end, cx.t);
+                cx.out.push(Outcome::Http {
+                    key: cx.key,
+                    tuple: cx.tuple,
+                    server_side: cx.server_side,
+                    started,
+                    exchange: done.exchange,
+                    grpc: done.grpc,
+                });
+            }
+        }
     }
 }
 
@@ -79,6 +123,7 @@ pub(super) struct Scratch {
     http: Vec<Exchange>,
     sql: Vec<SqlCall>,
     amqp: Vec<AmqpMessage>,
+    http2: Vec<Http2Message>,
 }
 
 pub(super) trait Buffer<M> {
@@ -100,5 +145,11 @@ impl Buffer<SqlCall> for Scratch {
 impl Buffer<AmqpMessage> for Scratch {
     fn buffer(&mut self) -> &mut Vec<AmqpMessage> {
         &mut self.amqp
+    }
+}
+
+impl Buffer<Http2Message> for Scratch {
+    fn buffer(&mut self) -> &mut Vec<Http2Message> {
+        &mut self.http2
     }
 }

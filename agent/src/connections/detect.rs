@@ -1,7 +1,7 @@
 //! Which protocol a connection speaks, from its first captured bytes, by
 //! content and never by port; chunks too short to tell are held.
 use crate::capture::{Role, Tuple};
-use crate::protocols::{amqp, http1, mysql, postgres, Chunk, Direction, Side};
+use crate::protocols::{amqp, http1, http2, mysql, postgres, Chunk, Direction, Side};
 
 use super::Parser;
 
@@ -52,6 +52,10 @@ pub(super) fn detect(chunk: &Chunk<'_>, conn_role: Role, tuple: &Tuple) -> Optio
     let data = chunk.data;
     let we_sent = chunk.direction == Direction::Egress;
     let side = |client: bool| if client { Side::Client } else { Side::Server };
+    if http2::frame::looks_like_preface(data) {
+        // Prior knowledge (h2c): whoever sends the preface is the client.
+        return Some(Parser::Http2(http2::Http2Session::new(chunk.direction, true)));
+    }
     if http1::looks_like_request(data) {
         // Whoever sends the request is the client.
         return Some(Parser::Http(http1::Http1Session::new(chunk.direction)));
@@ -81,6 +85,12 @@ pub(super) fn detect(chunk: &Chunk<'_>, conn_role: Role, tuple: &Tuple) -> Optio
             }
         };
         return Some(Parser::Amqp(amqp::AmqpConnection::new(side(client))));
+    }
+    if let Some(request) = http2::frame::looks_like_frames(data) {
+        // HTTP/2 mid-stream (older than the agent): a HEADERS frame whose
+        // first field is a request's pseudo-header travels with requests.
+        let requests = if request { chunk.direction } else { chunk.direction.flip() };
+        return Some(Parser::Http2(http2::Http2Session::new(requests, false)));
     }
     None
 }

@@ -15,7 +15,7 @@ use crate::context::{ConnTrace, Started, ThreadKey, Tracker};
 use crate::model::TraceParent;
 use crate::protocols::{
     amqp::{AmqpConnection, ConsumedMessage, Publish},
-    http1, mysql, postgres,
+    http1, http2, mysql, postgres,
     sql::SqlCall,
     Chunk, Count, Direction, Session, Side, MAX_COUNTS,
 };
@@ -42,7 +42,8 @@ pub enum Parser {
     Postgres(postgres::PgSession),
     MySql(mysql::MySqlSession),
     Amqp(AmqpConnection),
-    /// Not a protocol we parse (TLS, HTTP/2, ...): ignored until closed.
+    Http2(http2::Http2Session),
+    /// Not a protocol we parse (TLS, ...): ignored until closed.
     Unknown,
 }
 
@@ -55,6 +56,7 @@ macro_rules! with_session {
             Parser::Postgres($s) => $body,
             Parser::MySql($s) => $body,
             Parser::Amqp($s) => $body,
+            Parser::Http2($s) => $body,
             Parser::Detecting { .. } | Parser::Unknown => $other,
         }
     };
@@ -68,6 +70,7 @@ impl std::fmt::Debug for Parser {
             Parser::Postgres(_) => "postgresql",
             Parser::MySql(_) => "mysql",
             Parser::Amqp(_) => "amqp",
+            Parser::Http2(_) => "http2",
             Parser::Unknown => "unknown",
         })
     }
@@ -112,6 +115,8 @@ pub enum Outcome {
         server_side: bool,
         started: Started,
         exchange: http1::Exchange,
+        /// HTTP/2 streams of `application/grpc`: the call.
+        grpc: Option<http2::GrpcCall>,
     },
     Sql {
         key: ConnKey,
@@ -408,8 +413,9 @@ fn on_known_chunk(
     t: &Telemetry,
 ) {
     let server_side = serves(conn);
-    // AMQP has no request/response exchanges: its messages carry their identity.
-    let exchanges = !matches!(conn.parser, Parser::Amqp(_));
+    // AMQP has no request/response exchanges and HTTP/2 multiplexes them:
+    // their messages carry their identity.
+    let exchanges = !matches!(conn.parser, Parser::Amqp(_) | Parser::Http2(_));
     let Connection { parser, trace, tuple, .. } = conn;
     let tuple = *tuple;
     let mut started = None;

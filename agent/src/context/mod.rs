@@ -114,7 +114,13 @@ pub struct ConnTrace {
     /// AMQP: (channel, delivery tag) -> identity of the CONSUMER span of a
     /// delivery not settled yet.
     deliveries: FxHashMap<(u16, u64), Started>,
+    /// HTTP/2: stream id -> identity of its exchange, while open.
+    streams: FxHashMap<u32, Started>,
 }
+
+/// HTTP/2 streams of one connection whose identity is kept (the parser
+/// bounds them first; this is the context layer's own bound).
+const MAX_STREAMS: usize = 512;
 
 /// Deliveries of one connection remembered until settled (beyond: all are
 /// given up, counted, and their spans become roots).
@@ -137,6 +143,10 @@ impl ConnTrace {
             .find(|f| started_before(&f.started) && ts <= f.end)
             .map(|f| f.started.ctx)
             .or_else(|| self.pending.iter().rev().find(|s| started_before(s)).map(|s| s.ctx))
+            .or_else(|| {
+                // HTTP/2 streams in flight: the latest one started by then.
+                self.streams.values().filter(|s| started_before(s)).max_by_key(|s| s.ts_enter).map(|s| s.ctx)
+            })
     }
 }
 
@@ -646,6 +656,9 @@ impl Tracker {
         for (_, old) in trace.deliveries.drain() {
             self.assembly.abandon(old.ctx.group);
         }
+        for (_, old) in trace.streams.drain() {
+            self.assembly.abandon(old.ctx.group);
+        }
     }
 
     /// A message was published by `thread`: a child of its current request.
@@ -695,6 +708,69 @@ impl Tracker {
     /// (a root of its own when its delivery was not seen).
     pub fn take_delivery(&mut self, trace: &mut ConnTrace, id: (u16, u64), ts: u64, telemetry: &Telemetry) -> Started {
         trace.deliveries.remove(&id).unwrap_or_else(|| self.missing_start(ts, telemetry))
+    }
+
+    /// HTTP/2 stream `stream` began (its request HEADERS went by): a server
+    /// request of a group of its own, whose link is settled next, or a
+    /// client call, the child of the writing thread's current request.
+    #[allow(clippy::too_many_arguments)]
+    pub fn started_stream(
+        &mut self,
+        trace: &mut ConnTrace,
+        server_side: bool,
+        stream: u32,
+        thread: Option<ThreadKey>,
+        ts_enter: u64,
+        ts_exit: u64,
+        telemetry: &Telemetry,
+    ) -> Started {
+        if trace.streams.len() >= MAX_STREAMS {
+            for (_, s) in trace.streams.drain() {
+                self.assembly.abandon(s.ctx.group);
+                telemetry.inc(Counter::ContextMissing);
+            }
+        }
+        let (group, parent) = if server_side {
+            (self.assembly.new_group(ts_exit, telemetry), None)
+        } else {
+            let current = thread.and_then(|t| self.threads.current(t));
+            let parent = if trace.requests == 0 { trace.connect_ctx.or(current) } else { current };
+            trace.requests = trace.requests.saturating_add(1);
+            match parent {
+                Some(p) => (p.group, Some(p)),
+                None => (self.assembly.new_root(ts_enter, telemetry), None),
+            }
+        };
+        self.assembly.open(group);
+        let ctx = SpanCtx { span_id: SpanId::random(), group };
+        if let (true, Some(t)) = (server_side, thread) {
+            // The thread that read the request works for it.
+            self.threads.set(t, Some(ctx), telemetry);
+        }
+        let started = Started::new(ctx, parent, ts_enter, ts_exit);
+        if let Some(old) = trace.streams.insert(stream, started) {
+            self.assembly.abandon(old.ctx.group);
+        }
+        started
+    }
+
+    /// HTTP/2 stream `stream` ended at `end`: its identity (a root of its own
+    /// when its start was not seen); a client stream stays findable by the
+    /// server end for a while.
+    pub fn take_stream(
+        &mut self,
+        trace: &mut ConnTrace,
+        stream: u32,
+        ts: u64,
+        end: u64,
+        telemetry: &Telemetry,
+    ) -> Started {
+        let started = trace.streams.remove(&stream).unwrap_or_else(|| self.missing_start(ts, telemetry));
+        if trace.recent.len() >= MAX_RECENT {
+            trace.recent.pop_front();
+        }
+        trace.recent.push_back(Finished { started, end });
+        started
     }
 
     /// The identity of an exchange whose start was not seen: the root of a

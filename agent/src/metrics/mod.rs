@@ -34,6 +34,8 @@ pub enum Instrument {
     DbClientDuration,
     MessagingClientDuration,
     MessagingProcessDuration,
+    RpcServerDuration,
+    RpcClientDuration,
     HttpServerRequestBodySize,
     HttpServerResponseBodySize,
     HttpClientRequestBodySize,
@@ -69,6 +71,15 @@ const DB_ATTRS: &[&str] = &[
     semconv::ERROR_TYPE,
     semconv::DB_RESPONSE_STATUS_CODE,
 ];
+const RPC_ATTRS: &[&str] = &[
+    semconv::RPC_SYSTEM,
+    semconv::RPC_SERVICE,
+    semconv::RPC_METHOD,
+    semconv::RPC_GRPC_STATUS_CODE,
+    semconv::SERVER_ADDRESS,
+    semconv::SERVER_PORT,
+    semconv::ERROR_TYPE,
+];
 const MESSAGING_ATTRS: &[&str] = &[
     semconv::MESSAGING_SYSTEM,
     semconv::MESSAGING_OPERATION_NAME,
@@ -78,12 +89,14 @@ const MESSAGING_ATTRS: &[&str] = &[
 ];
 
 impl Instrument {
-    pub const ALL: [Instrument; 9] = [
+    pub const ALL: [Instrument; 11] = [
         Instrument::HttpServerDuration,
         Instrument::HttpClientDuration,
         Instrument::DbClientDuration,
         Instrument::MessagingClientDuration,
         Instrument::MessagingProcessDuration,
+        Instrument::RpcServerDuration,
+        Instrument::RpcClientDuration,
         Instrument::HttpServerRequestBodySize,
         Instrument::HttpServerResponseBodySize,
         Instrument::HttpClientRequestBodySize,
@@ -98,6 +111,8 @@ impl Instrument {
             Instrument::DbClientDuration => "db.client.operation.duration",
             Instrument::MessagingClientDuration => "messaging.client.operation.duration",
             Instrument::MessagingProcessDuration => "messaging.process.duration",
+            Instrument::RpcServerDuration => "rpc.server.duration",
+            Instrument::RpcClientDuration => "rpc.client.duration",
             Instrument::HttpServerRequestBodySize => "http.server.request.body.size",
             Instrument::HttpServerResponseBodySize => "http.server.response.body.size",
             Instrument::HttpClientRequestBodySize => "http.client.request.body.size",
@@ -123,6 +138,8 @@ impl Instrument {
                 "Duration of messaging operations initiated by a producer or consumer client."
             }
             Instrument::MessagingProcessDuration => "Duration of processing operations.",
+            Instrument::RpcServerDuration => "Duration of inbound RPCs.",
+            Instrument::RpcClientDuration => "Duration of outbound RPCs.",
             Instrument::HttpServerRequestBodySize => "Size of HTTP server request bodies.",
             Instrument::HttpServerResponseBodySize => "Size of HTTP server response bodies.",
             Instrument::HttpClientRequestBodySize => "Size of HTTP client request bodies.",
@@ -138,6 +155,8 @@ impl Instrument {
                 | Instrument::DbClientDuration
                 | Instrument::MessagingClientDuration
                 | Instrument::MessagingProcessDuration
+                | Instrument::RpcServerDuration
+                | Instrument::RpcClientDuration
         )
     }
 
@@ -161,6 +180,7 @@ impl Instrument {
             | Instrument::HttpClientResponseBodySize => HTTP_CLIENT_ATTRS,
             Instrument::DbClientDuration => DB_ATTRS,
             Instrument::MessagingClientDuration | Instrument::MessagingProcessDuration => MESSAGING_ATTRS,
+            Instrument::RpcServerDuration | Instrument::RpcClientDuration => RPC_ATTRS,
         }
     }
 
@@ -206,6 +226,14 @@ pub fn measurements(span: &Span) -> Vec<(Instrument, f64)> {
         }
         Signal::MessagingProcess => {
             out.push((Instrument::MessagingProcessDuration, dur));
+            return out;
+        }
+        Signal::RpcServer => {
+            out.push((Instrument::RpcServerDuration, dur));
+            return out;
+        }
+        Signal::RpcClient => {
+            out.push((Instrument::RpcClientDuration, dur));
             return out;
         }
         Signal::Db | Signal::MessagingReceive | Signal::Other => return out,

@@ -200,6 +200,9 @@ pub enum Signal {
     MessagingProcess,
     /// A message received and never settled (CLIENT `receive`).
     MessagingReceive,
+    /// A gRPC call answered (SERVER) or made (CLIENT).
+    RpcServer,
+    RpcClient,
     /// Anything else: no protocol metrics.
     Other,
 }
@@ -213,6 +216,8 @@ impl Signal {
         match kind {
             SpanKind::Server if has(crate::semconv::HTTP_REQUEST_METHOD) => Signal::HttpServer,
             SpanKind::Client if has(crate::semconv::HTTP_REQUEST_METHOD) => Signal::HttpClient,
+            SpanKind::Server if has(crate::semconv::RPC_SYSTEM) => Signal::RpcServer,
+            SpanKind::Client if has(crate::semconv::RPC_SYSTEM) => Signal::RpcClient,
             _ if has(crate::semconv::DB_SYSTEM_NAME) => Signal::Db,
             SpanKind::Producer if has(crate::semconv::MESSAGING_SYSTEM) => Signal::MessagingSend,
             SpanKind::Consumer if has(crate::semconv::MESSAGING_SYSTEM) => Signal::MessagingProcess,

@@ -13,6 +13,7 @@ use crate::{
     protocols::{
         amqp::{ConsumedMessage, Publish},
         http1::Exchange,
+        http2::GrpcCall,
         sql::{DbSystem, SqlCall},
     },
     spans::{
@@ -20,6 +21,7 @@ use crate::{
         http::{self as http_spans, HttpContext},
         messaging::{self, MessagingContext},
         routes::Route,
+        rpc as rpc_spans,
         sql::{self as sql_spans, SqlContext},
     },
     telemetry::Counter,
@@ -72,8 +74,8 @@ impl Pipeline {
                 Outcome::Sql { key, tuple, server_side, started, call } => {
                     self.on_sql(key, tuple, server_side, started, &call)
                 }
-                Outcome::Http { key, tuple, server_side, started, exchange } => {
-                    self.on_http(key, tuple, server_side, started, &exchange)
+                Outcome::Http { key, tuple, server_side, started, exchange, grpc } => {
+                    self.on_http(key, tuple, server_side, started, &exchange, grpc.as_ref())
                 }
             }
         }
@@ -109,13 +111,31 @@ impl Pipeline {
         self.place(span, started, key, tuple, server_side, None);
     }
 
-    fn on_http(&mut self, key: ConnKey, tuple: Tuple, server_side: bool, started: Started, exchange: &Exchange) {
+    fn on_http(
+        &mut self,
+        key: ConnKey,
+        tuple: Tuple,
+        server_side: bool,
+        started: Started,
+        exchange: &Exchange,
+        grpc: Option<&GrpcCall>,
+    ) {
         let Some(service) = self.registry.service(key.pid) else {
             self.tracker.abandon(started.ctx.group);
             return;
         };
+        if let Some(call) = grpc {
+            // gRPC: named by service and method, never routed.
+            let ctx = HttpContext { service, local: tuple.local, remote: tuple.remote, server_side };
+            let span = rpc_spans::build(exchange, call, &ctx, &self.clock);
+            let headers = &exchange.request.headers;
+            let explicit = headers.traceparent.map(|tp| (tp, headers.tracestate.clone()));
+            self.place(span, started, key, tuple, server_side, explicit);
+            return;
+        }
         let (path, _) = http_spans::split_target(&exchange.request.target);
-        let route = self.router.route(&service.instance_id, path);
+        // An HTTP/2 stream whose :path could not be decoded has none: no route.
+        let route = if path.is_empty() { Route::None } else { self.router.route(&service.instance_id, path) };
         match route {
             Route::Ignored => {
                 self.tracker.abandon(started.ctx.group);

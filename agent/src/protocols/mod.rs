@@ -4,6 +4,7 @@
 pub mod amqp;
 pub(crate) mod bounded;
 pub mod http1;
+pub mod http2;
 pub mod mysql;
 pub mod postgres;
 pub mod sql;

@@ -78,7 +78,12 @@ pub fn build(ex: &Exchange, ctx: &HttpContext<'_>, route: &Route, clock: &Clock,
     attrs.push(Attr::new(semconv::HTTP_REQUEST_METHOD, method));
     attrs.push(Attr::new(semconv::HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
     attrs.push(Attr::new(semconv::NETWORK_PROTOCOL_NAME, "http"));
-    attrs.push(Attr::new(semconv::NETWORK_PROTOCOL_VERSION, if ex.request.version == 0 { "1.0" } else { "1.1" }));
+    let version = match ex.request.version {
+        0 => "1.0",
+        crate::protocols::http2::VERSION => "2",
+        _ => "1.1",
+    };
+    attrs.push(Attr::new(semconv::NETWORK_PROTOCOL_VERSION, version));
     if let Some(r) = route_str {
         attrs.push(Attr::new(semconv::HTTP_ROUTE, r));
     }

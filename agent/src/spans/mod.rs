@@ -4,4 +4,5 @@ pub mod clock;
 pub mod http;
 pub mod messaging;
 pub mod routes;
+pub mod rpc;
 pub mod sql;

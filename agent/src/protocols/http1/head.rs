@@ -28,7 +28,8 @@ pub struct RequestHead {
     pub method: String,
     /// The request target as sent: origin form (`/a?b`) or absolute form.
     pub target: String,
-    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1; 2 for an HTTP/2
+    /// stream (`http2::VERSION`).
     pub version: u8,
     pub headers: Headers,
     /// The head did not fit in the captured bytes: headers may be missing.

@@ -1,0 +1,388 @@
+//! HTTP/2 cleartext (h2c, prior knowledge) and gRPC end to end against the
+//! real kernel: nginx serving h2c to curl, and a Python grpcio server and
+//! client (unary OK, unary errors, server streaming). Ground truth comes
+//! from outside the agent: request ids in the paths curl asks for, the
+//! status codes the gRPC client itself reports. Needs root.
+mod support;
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use support::agent::{free_port, wait_for, wait_listening, Agent, Proc};
+use support::otlp_receiver::{ReceivedSpan, Receiver, Val};
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+const STATUS_ERROR: i32 = 2;
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("periscope-h2-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The span's status code (unset: 0).
+fn status_code(s: &ReceivedSpan) -> i32 {
+    s.span.status.as_ref().map_or(0, |st| st.code)
+}
+
+fn pid_of(s: &ReceivedSpan) -> Option<u32> {
+    match s.resource.get("process.pid") {
+        Some(Val::Int(p)) => Some(*p as u32),
+        _ => None,
+    }
+}
+
+/// Starts a process that waits for one line on stdin before it starts.
+fn gated(cmd: &mut Command) -> Proc {
+    Proc(cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("cannot start client"))
+}
+
+fn release(p: &mut Proc, line: &str) {
+    let stdin = p.0.stdin.as_mut().unwrap();
+    stdin.write_all(line.as_bytes()).unwrap();
+    stdin.write_all(b"\n").unwrap();
+    stdin.flush().unwrap();
+    drop(p.0.stdin.take());
+}
+
+fn wait_exit(p: &mut Proc) -> std::process::ExitStatus {
+    wait_for("client to finish", Duration::from_secs(60), || p.0.try_wait().ok().flatten())
+}
+
+fn otlp_env(rx: &Receiver) -> Vec<(&'static str, String)> {
+    vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", rx.grpc_endpoint()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_h2c_and_curl_with_prior_knowledge() {
+    let rx = Receiver::start().await;
+    let dir = tmpdir("nginx");
+    let port = free_port();
+    // nginx 1.22: `listen ... http2` (the `http2 on;` directive is 1.25.1+);
+    // without `ssl` that is h2c with prior knowledge.
+    let conf = format!(
+        "daemon off; pid {d}/nginx.pid; error_log stderr error; worker_processes 1;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+           server {{ listen 127.0.0.1:{port} http2; location /ok/ {{ return 200 \"fine\\n\"; }} location /fail/ {{ return 503; }} location / {{ return 404; }} }} }}\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let nginx =
+        Proc(Command::new("/usr/sbin/nginx").args(["-c", dir.join("nginx.conf").to_str().unwrap()]).spawn().unwrap());
+    wait_listening(port);
+    // One curl process, requests on one connection (streams 1, 3, 5, ...:
+    // later header blocks refer to the dynamic table the first ones filled).
+    let mut curl = gated(Command::new("curl").args(["-s", "--http2-prior-knowledge", "-K", "-"]));
+    let agent = Agent::start(&["--open-port", &port.to_string(), "--pid", &curl.pid().to_string()], &otlp_env(&rx));
+    agent.wait_tracked(nginx.pid());
+    agent.wait_tracked(curl.pid());
+    // Distinct ids per run, so that no span of another run can pass for ours.
+    let run = std::process::id();
+    let expected: Vec<(String, i64)> = (0..12)
+        .map(|i| match i % 4 {
+            0 | 1 => (format!("/ok/{run}-{i}"), 200),
+            2 => (format!("/fail/{run}-{i}"), 503),
+            _ => (format!("/missing/{run}-{i}"), 404),
+        })
+        .collect();
+    let mut config = format!("header = \"traceparent: 00-{TRACE_ID}-00f067aa0ba902b7-01\"\n");
+    for (i, (path, _)) in expected.iter().enumerate() {
+        if i > 0 {
+            config += "next\n";
+        }
+        config += &format!("url = \"http://127.0.0.1:{port}{path}?token=secret\"\noutput = \"/dev/null\"\n");
+    }
+    release(&mut curl, &config);
+    assert!(wait_exit(&mut curl).success());
+
+    let spans = rx.wait_for_spans(2 * expected.len(), Duration::from_secs(30)).await;
+    let by_path = |kind: i32, pid: u32| -> HashMap<String, &ReceivedSpan> {
+        let mut m = HashMap::new();
+        for s in spans.iter().filter(|s| s.span.kind == kind && pid_of(s) == Some(pid)) {
+            let path = s
+                .attr_str("url.path")
+                .or_else(|| s.attr_str("url.full").map(|u| u.split_once(&format!(":{port}")).unwrap().1.to_owned()));
+            assert!(m.insert(path.clone().unwrap_or_default(), s).is_none(), "two spans for {path:?}");
+        }
+        m
+    };
+    let server_pid = spans
+        .iter()
+        .find(|s| s.span.kind == SERVER && s.service_name() == Some("nginx"))
+        .and_then(pid_of)
+        .expect("no nginx span");
+    let servers = by_path(SERVER, server_pid);
+    let clients = by_path(CLIENT, curl.pid());
+    assert_eq!(servers.len(), expected.len(), "{:?}", servers.keys());
+    for (i, (path, status)) in expected.iter().enumerate() {
+        let s = servers.get(path).unwrap_or_else(|| panic!("no server span for {path}: {:?}", servers.keys()));
+        assert_eq!(s.attr_int("http.response.status_code"), Some(*status), "{path}");
+        assert_eq!(s.attr_str("http.request.method").as_deref(), Some("GET"));
+        assert_eq!(s.attr_str("network.protocol.version").as_deref(), Some("2"), "{path}");
+        assert!(s.attr_str("http.route").is_some(), "{path}");
+        assert_eq!(status_code(s), if *status >= 500 { STATUS_ERROR } else { 0 }, "{path}");
+        assert!(s.attrs().values().all(|v| !format!("{v:?}").contains("secret")), "query string leaked");
+        let c = clients.get(path).unwrap_or_else(|| panic!("no client span for {path}: {:?}", clients.keys()));
+        assert_eq!(c.attr_int("http.response.status_code"), Some(*status));
+        if i == 0 {
+            // The incoming traceparent names the trace.
+            assert_eq!(hex(&s.span.trace_id), TRACE_ID);
+        } else {
+            // Both ends on this host: the server span is the client span's child.
+            assert_eq!(s.span.parent_span_id, c.span.span_id, "{path}: parent");
+            assert_eq!(s.span.trace_id, c.span.trace_id, "{path}: trace");
+        }
+    }
+    let m = agent.metrics();
+    let unknown: f64 = support::agent::sample_sum(&m, "periscope_unknown_protocol_connections_total", &[]);
+    assert_eq!(unknown, 0.0, "h2c detected");
+}
+
+const GRPC_SCRIPT: &str = r#"
+import sys, time, grpc
+from concurrent import futures
+
+SERVICE = "demo.Items"
+
+def get(request, context):
+    return b"item:" + request
+
+def missing(request, context):
+    context.abort(grpc.StatusCode.NOT_FOUND, "no such item")
+
+def broken(request, context):
+    context.abort(grpc.StatusCode.INTERNAL, "broken")
+
+def listing(request, context):
+    for i in range(3):
+        yield b"part-%d" % i
+
+def serve(port):
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    handlers = {
+        "Get": grpc.unary_unary_rpc_method_handler(get),
+        "Missing": grpc.unary_unary_rpc_method_handler(missing),
+        "Broken": grpc.unary_unary_rpc_method_handler(broken),
+        "List": grpc.unary_stream_rpc_method_handler(listing),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_insecure_port("127.0.0.1:%s" % port)
+    server.start()
+    server.wait_for_termination()
+
+def call(port, plan, before=()):
+    channel = grpc.insecure_channel("127.0.0.1:%s" % port)
+    # Calls made before the agent watches: the connection and its HPACK
+    # tables are older than the agent.
+    run(channel, before)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    run(channel, plan)
+
+def run(channel, plan):
+    for method in plan:
+        path = "/%s/%s" % (SERVICE, method)
+        try:
+            if method == "List":
+                got = list(channel.unary_stream(path)(b"x"))
+                assert len(got) == 3
+            else:
+                channel.unary_unary(path)(b"x")
+            code = 0
+        except grpc.RpcError as e:
+            code = e.code().value[0]
+        print("%s %d" % (method, code), flush=True)
+        time.sleep(0.05)
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve(sys.argv[2])
+    elif sys.argv[1] == "call":
+        call(sys.argv[2], sys.argv[3].split(","))
+    else:
+        call(sys.argv[2], sys.argv[3].split(","), sys.argv[4].split(","))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpc_unary_errors_and_streaming() {
+    let rx = Receiver::start().await;
+    let dir = tmpdir("grpc");
+    let script = dir.join("items.py");
+    std::fs::write(&script, GRPC_SCRIPT).unwrap();
+    let port = free_port();
+    let server = Proc(
+        Command::new("python3")
+            .args([script.to_str().unwrap(), "serve", &port.to_string()])
+            .env("OTEL_SERVICE_NAME", "items-server")
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port);
+    let plan = ["Get", "Missing", "Get", "Broken", "List", "Get", "List", "Missing"];
+    let mut client = gated(
+        Command::new("python3")
+            .args([script.to_str().unwrap(), "call", &port.to_string(), &plan.join(",")])
+            .env("OTEL_SERVICE_NAME", "items-client"),
+    );
+    let agent = Agent::start(&["--open-port", &port.to_string(), "--pid", &client.pid().to_string()], &otlp_env(&rx));
+    agent.wait_tracked(server.pid());
+    agent.wait_tracked(client.pid());
+    release(&mut client, "go");
+    assert!(wait_exit(&mut client).success());
+    // What the client itself saw, call by call.
+    let mut out = String::new();
+    std::io::Read::read_to_string(client.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let seen: Vec<(String, i64)> = out
+        .lines()
+        .filter(|l| *l != "ready")
+        .map(|l| {
+            let (m, c) = l.split_once(' ').unwrap();
+            (m.to_owned(), c.parse().unwrap())
+        })
+        .collect();
+    let want: Vec<(String, i64)> = plan
+        .iter()
+        .map(|m| {
+            let code = match *m {
+                "Missing" => 5,
+                "Broken" => 13,
+                _ => 0,
+            };
+            (m.to_string(), code)
+        })
+        .collect();
+    assert_eq!(seen, want, "the client's own view");
+
+    let spans = rx.wait_for_spans(2 * plan.len(), Duration::from_secs(30)).await;
+    let of = |service: &str, kind: i32| -> Vec<&ReceivedSpan> {
+        let mut v: Vec<&ReceivedSpan> =
+            spans.iter().filter(|s| s.service_name() == Some(service) && s.span.kind == kind).collect();
+        v.sort_by_key(|s| s.span.start_time_unix_nano);
+        v
+    };
+    let servers = of("items-server", SERVER);
+    let clients = of("items-client", CLIENT);
+    let summary = |v: &[&ReceivedSpan]| -> Vec<(String, i64)> {
+        v.iter()
+            .map(|s| {
+                (
+                    s.span.name.trim_start_matches("demo.Items/").to_owned(),
+                    s.attr_int("rpc.grpc.status_code").unwrap_or(-1),
+                )
+            })
+            .collect()
+    };
+    // In the order of the calls, one span per call on each side.
+    assert_eq!(summary(&clients), want, "client spans");
+    assert_eq!(summary(&servers), want, "server spans");
+    for (c, s) in clients.iter().zip(&servers) {
+        let code = c.attr_int("rpc.grpc.status_code").unwrap();
+        assert_eq!(s.attr_str("rpc.system").as_deref(), Some("grpc"));
+        assert_eq!(s.attr_str("rpc.service").as_deref(), Some("demo.Items"));
+        assert_eq!(c.attr_str("rpc.method"), s.attr_str("rpc.method"));
+        // Semantic conventions: a client errs on every code but OK; a server
+        // on its own faults only (INTERNAL here, not NOT_FOUND).
+        let client_error = status_code(c) == STATUS_ERROR;
+        let server_error = status_code(s) == STATUS_ERROR;
+        assert_eq!(client_error, code != 0, "{}", c.span.name);
+        assert_eq!(server_error, code == 13, "{}", s.span.name);
+        // Both ends on this host: one trace, the server span a child of the client's.
+        assert_eq!(s.span.parent_span_id, c.span.span_id, "{}: parent", s.span.name);
+        assert_eq!(s.span.trace_id, c.span.trace_id, "{}: trace", s.span.name);
+        assert!(s.span.start_time_unix_nano >= c.span.start_time_unix_nano);
+        assert!(s.span.end_time_unix_nano <= c.span.end_time_unix_nano + 5_000_000);
+    }
+    // RPC duration metrics, by method and status code.
+    let m = agent.metrics();
+    let count = |metric: &str, parts: &[&str]| support::agent::sample_sum(&m, metric, parts);
+    assert_eq!(
+        count("rpc_server_duration_seconds_count", &["rpc_method=\"Get\"", "rpc_grpc_status_code=\"0\""]),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(count("rpc_server_duration_seconds_count", &["rpc_method=\"Missing\""]), 2.0);
+    assert_eq!(count("rpc_client_duration_seconds_count", &["rpc_method=\"List\""]), 2.0);
+    drop(dir);
+}
+
+/// A connection older than the agent: the client called before the agent
+/// started, so both HPACK tables hold entries the agent never saw. Every
+/// later call still makes one span per side, named when its fields can be
+/// decoded; references to the unknown entries are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connection_older_than_the_agent() {
+    let rx = Receiver::start().await;
+    let dir = tmpdir("grpc-old");
+    let script = dir.join("items.py");
+    std::fs::write(&script, GRPC_SCRIPT).unwrap();
+    let port = free_port();
+    let server = Proc(
+        Command::new("python3")
+            .args([script.to_str().unwrap(), "serve", &port.to_string()])
+            .env("OTEL_SERVICE_NAME", "items-server")
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port);
+    // Get and Missing before the agent; Broken is new afterwards (its :path
+    // is a literal), Get and Missing refer to the table.
+    let plan = ["Get", "Broken", "Missing", "Get"];
+    let mut client = gated(
+        Command::new("python3")
+            .args([script.to_str().unwrap(), "early", &port.to_string(), &plan.join(","), "Get,Missing"])
+            .env("OTEL_SERVICE_NAME", "items-client"),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(client.0.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert!(line.starts_with("Get 0"), "{line}");
+    let agent = Agent::start(&["--open-port", &port.to_string(), "--pid", &client.pid().to_string()], &otlp_env(&rx));
+    agent.wait_tracked(server.pid());
+    agent.wait_tracked(client.pid());
+    release(&mut client, "go");
+    assert!(wait_exit(&mut client).success());
+
+    let spans = rx.wait_for_spans(2 * (plan.len() - 1), Duration::from_secs(30)).await;
+    // Late spans of the first call, if any, have had time too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spans = if rx.spans().len() > spans.len() { rx.spans() } else { spans };
+    for (service, kind) in [("items-server", SERVER), ("items-client", CLIENT)] {
+        let mut mine: Vec<&ReceivedSpan> =
+            spans.iter().filter(|s| s.service_name() == Some(service) && s.span.kind == kind).collect();
+        mine.sort_by_key(|s| s.span.start_time_unix_nano);
+        // The first call may go by before the connection is recognised
+        // (detection needs a HEADERS frame whose first field the static
+        // table names); every later one makes a span.
+        let names: Vec<&String> = mine.iter().map(|s| &s.span.name).collect();
+        assert!(mine.len() >= plan.len() - 1 && mine.len() <= plan.len(), "{service}: {names:?}");
+        // The new method's :path is a literal: named, and gRPC by its path.
+        let broken = mine.iter().find(|s| s.span.name == "demo.Items/Broken").unwrap_or_else(|| panic!("{names:?}"));
+        assert_eq!(broken.attr_str("rpc.system").as_deref(), Some("grpc"));
+        for s in &mine {
+            // Never a wrong name: the right method, or none.
+            let name = &s.span.name;
+            assert!(
+                name.ends_with('/') || plan.iter().any(|m| name.ends_with(m)) || name == "POST",
+                "{service}: {name}"
+            );
+        }
+    }
+    let unknown = support::agent::sample_sum(
+        &agent.metrics(),
+        "periscope_skipped_messages_total",
+        &["protocol=\"http2\"", "reason=\"header not in the dynamic table\""],
+    );
+    assert!(unknown > 0.0, "references to entries never seen are counted");
+    drop(dir);
+}
