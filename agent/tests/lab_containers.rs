@@ -1,0 +1,408 @@
+//! The agent image and the lab overlay in a real container engine (issue 13):
+//! rootful podman, podman-compose, and nothing from a registry.
+//!
+//! Images: a Debian base made by debootstrap from the archive apt uses
+//! (cached in /var/cache/periscope and in podman's storage), the agent from
+//! `deploy/Dockerfile.prebuilt` around the periscope binary cargo built for
+//! this test, and the lab's services from `deploy/compose/lab/Dockerfile`
+//! (postgresql, rabbitmq-server, nodejs, python3-grpcio from Debian).
+//!
+//! Compose: `deploy/compose/lab/docker-compose.lab.yml` stands in for the
+//! lab's own file (mythical-database, mythical-queue, alloy, the three
+//! Mythical services; one container and network namespace each), then the
+//! project's overlays as they are, `docker-compose.periscope.yml` and
+//! `docker-compose.podman.yml`, then `docker-compose.ground-truth.yml` (query
+//! strings and statement literals kept, for the request ids). The requester
+//! sends no traceparent header (`MYTHICAL_TRACEPARENT=0`): each link between
+//! the requester's CLIENT span and the server's SERVER span is periscope's
+//! own, from matching the two ends of a connection across network namespaces.
+//!
+//! Checked: the agent container starts and attaches its programs; the three
+//! services are found and named (`OTEL_SERVICE_NAME` from the overlay), with
+//! the podman container id of each (from the engine); HTTP server and client
+//! spans, SQL spans, AMQP publish and consume spans; each server span under
+//! the client span of the same request id (`?rid=<n>`) in the other container,
+//! each SQL span under the server span of its request (`/* rid=<n> */`);
+//! nearly every request the requester made in the window seen; RED metrics
+//! for the services on the published /metrics port (host 9091).
+//!
+//! Needs root and `cargo xtask deps` (podman, runc, debootstrap,
+//! podman-compose, deploy/mythical's node_modules).
+mod support;
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use support::agent::{http_get, sample_sum};
+use support::otlp_receiver::{attr_map, ReceivedSpan, Val, Via};
+use support::podman::{checked, deb822_entries, one_line_entries, Podman};
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+const PRODUCER: i32 = 4;
+const CONSUMER: i32 = 5;
+
+/// The compose project (container names are `<project>_<service>_1`).
+const PROJECT: &str = "periscope-lab-test";
+/// The overlay publishes the agent's :9090 here.
+const METRICS_PORT: u16 = 9091;
+const AGENT_IMAGE: &str = "localhost/periscope:lab-test";
+const SERVICES: [&str; 3] = ["mythical-server", "mythical-requester", "mythical-recorder"];
+/// How long the requester's traffic is watched once the agent watches all three.
+const WINDOW: Duration = Duration::from_secs(30);
+/// Server spans under their client span (of requests with both spans), and
+/// SQL spans under their server span, in percent: 100 measured.
+const MIN_LINKED_PCT: f64 = 99.0;
+/// Requests the requester made in the window that have a server span, in
+/// percent: 100 measured.
+const MIN_SEEN_PCT: f64 = 95.0;
+/// At least this many requests must have been seen, end to end.
+const MIN_REQUESTS: usize = 100;
+
+fn container(service: &str) -> String {
+    format!("{PROJECT}_{service}_1")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn service(s: &ReceivedSpan) -> String {
+    match s.resource.get("service.name") {
+        Some(Val::Str(n)) => n.clone(),
+        _ => String::new(),
+    }
+}
+
+fn resource_str(s: &ReceivedSpan, key: &str) -> Option<String> {
+    match s.resource.get(key) {
+        Some(Val::Str(v)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+/// The request id of a span: `rid=N` in its query, URL or statement.
+fn rid(s: &ReceivedSpan) -> Option<u64> {
+    let text = s.attr_str("url.query").or_else(|| s.attr_str("url.full")).or_else(|| s.attr_str("db.query.text"))?;
+    let i = text.find("rid=")?;
+    text[i + 4..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+}
+
+fn child_of(c: &ReceivedSpan, p: &ReceivedSpan) -> bool {
+    c.span.parent_span_id == p.span.span_id && c.span.trace_id == p.span.trace_id
+}
+
+fn pct(ok: usize, total: usize) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        100.0 * ok as f64 / total as f64
+    }
+}
+
+/// The receiver's file: records of an 8-byte big-endian length and an
+/// ExportTraceServiceRequest.
+fn read_spans(path: &Path) -> Vec<ReceivedSpan> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let len = u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        at += 8;
+        assert!(at + len <= bytes.len(), "{}: a record cut short", path.display());
+        let req = ExportTraceServiceRequest::decode(&bytes[at..at + len]).expect("an ExportTraceServiceRequest");
+        at += len;
+        for rs in req.resource_spans {
+            let resource = attr_map(&rs.resource.map(|r| r.attributes).unwrap_or_default());
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    out.push(ReceivedSpan {
+                        via: Via::Grpc,
+                        resource: resource.clone(),
+                        scope: ss.scope.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The compose project, taken down when the test ends (with every
+/// container's last lines printed when it failed).
+struct Lab<'a> {
+    podman: &'a Podman,
+    files: Vec<PathBuf>,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Lab<'_> {
+    fn compose(&self, args: &[&str]) -> String {
+        let mut c = self.podman.compose(PROJECT, &self.files, args);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        checked(&mut c)
+    }
+
+    fn all_containers() -> Vec<String> {
+        ["periscope", "mythical-database", "mythical-queue", "alloy"]
+            .into_iter()
+            .chain(SERVICES)
+            .map(container)
+            .collect()
+    }
+}
+
+impl Drop for Lab<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for c in Self::all_containers() {
+                eprintln!("--- {c} ({}):\n{}", self.podman.state(&c), self.podman.logs(&c, 30));
+            }
+        }
+        let mut c = self.podman.compose(PROJECT, &self.files, &["down", "-t", "5"]);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let _ = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
+    }
+}
+
+/// A line of the requester's own counters, read inside its container.
+fn requester_counter(podman: &Podman, name: &str) -> f64 {
+    let script = "require('http').get('http://127.0.0.1:4001/metrics', (r) => r.pipe(process.stdout))";
+    let out = checked(&mut podman.cmd(["exec", &container("mythical-requester"), "node", "-e", script]));
+    sample_sum(&out, name, &[])
+}
+
+#[test]
+fn apt_entries_are_read_in_both_formats() {
+    let deb822 = "Types: deb\n# a comment\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n\
+                  Components: main\n\nTypes: deb-src\nURIs: http://x/debian\nSuites: sid\n";
+    let uri = "http://deb.debian.org/debian".to_owned();
+    assert_eq!(deb822_entries(deb822), [(uri.clone(), "bookworm".into()), (uri, "bookworm-updates".into())]);
+    let one = "deb [signed-by=/k.gpg] https://pkgs.example/apt cloud main\ndeb http://m/debian trixie main # x\n";
+    assert_eq!(
+        one_line_entries(one),
+        [("https://pkgs.example/apt".into(), "cloud".into()), ("http://m/debian".into(), "trixie".into())]
+    );
+}
+
+#[test]
+fn the_lab_overlay_runs_in_podman_and_links_across_containers() {
+    let started = Instant::now();
+    let repo = repo();
+    assert!(
+        repo.join("deploy/mythical/node_modules/express").exists(),
+        "deploy/mythical/node_modules is missing: run `cargo xtask deps`"
+    );
+    let work = std::env::temp_dir().join(format!("periscope-lab-containers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let out = work.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let podman = Podman::new(&work);
+
+    // Images: base (cached), lab services (layers cached), agent (new binary each run).
+    let base = podman.debian_base();
+    let lab_dir = repo.join("deploy/compose/lab");
+    let lab_image = "localhost/periscope-lab:bookworm";
+    podman.build(lab_image, &lab_dir.join("Dockerfile"), &lab_dir, &[("BASE_IMAGE", &base)]);
+    let context = work.join("agent-image");
+    std::fs::create_dir_all(&context).unwrap();
+    checked(
+        std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(env!("CARGO_BIN_EXE_periscope"))
+            .arg(context.join("periscope")),
+    );
+    std::fs::copy("/etc/ssl/certs/ca-certificates.crt", context.join("ca-certificates.crt")).unwrap();
+    // Replaced, not retagged: no untagged agent image is left behind per run.
+    drop(podman.cmd(["rmi", "-f", AGENT_IMAGE]).output());
+    podman.build(AGENT_IMAGE, &repo.join("deploy/Dockerfile.prebuilt"), &context, &[("RUNTIME_IMAGE", &base)]);
+    let images_s = started.elapsed().as_secs_f64();
+
+    let compose = repo.join("deploy/compose");
+    let lab = Lab {
+        podman: &podman,
+        files: vec![
+            lab_dir.join("docker-compose.lab.yml"),
+            compose.join("docker-compose.periscope.yml"),
+            compose.join("docker-compose.podman.yml"),
+            lab_dir.join("docker-compose.ground-truth.yml"),
+        ],
+        env: vec![
+            ("LAB_OUT", out.to_string_lossy().into_owned()),
+            ("LAB_IMAGE", lab_image.to_owned()),
+            ("PERISCOPE_IMAGE", AGENT_IMAGE.to_owned()),
+        ],
+    };
+    // A project left over by an interrupted run would hold the names and the port.
+    drop(podman.compose(PROJECT, &lab.files, &["down", "-t", "1"]).envs(lab.env.clone()).output());
+    lab.compose(&["up", "-d"]);
+    let agent = container("periscope");
+    let all = Lab::all_containers();
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+
+    // The agent: running, its programs attached (/healthz answers only then).
+    podman.wait("the agent's /healthz on the published port", Duration::from_secs(90), &all, || {
+        let state = podman.state(&agent);
+        assert!(
+            state == "running" || state == "created" || state == "configured",
+            "the agent container is {state}:\n{}",
+            podman.logs(&agent, 60)
+        );
+        http_get(METRICS_PORT, "/healthz").filter(|b| !b.is_empty())
+    });
+    let agent_log = podman.logs(&agent, 200);
+    assert!(
+        !agent_log.contains("seccomp filter denies"),
+        "the overlay's seccomp setting did not reach the agent:\n{agent_log}"
+    );
+    podman.wait("the three Mythical services to be watched", Duration::from_secs(120), &all, || {
+        let t = http_get(METRICS_PORT, "/targets")?;
+        SERVICES.iter().all(|s| t.contains(s)).then_some(())
+    });
+    let first_rid = requester_counter(&podman, "mythical_requester_calls_total");
+    std::thread::sleep(WINDOW);
+    let last_rid = requester_counter(&podman, "mythical_requester_calls_total");
+    let metrics = http_get(METRICS_PORT, "/metrics").unwrap_or_default();
+    // SIGTERM: the agent flushes what it holds and exits.
+    checked(&mut podman.cmd(["stop", "-t", "30", &agent]));
+    let ids: HashMap<&str, String> = SERVICES.iter().map(|s| (*s, podman.id(&container(s)))).collect();
+    let agent_log = podman.logs(&agent, 400);
+    std::thread::sleep(Duration::from_secs(1));
+    let spans = read_spans(&out.join("traces.bin"));
+
+    // Services: found, named, in their namespace, with their container's id.
+    let mut wrong: Vec<String> = Vec::new();
+    for s in SERVICES {
+        let of: Vec<&ReceivedSpan> = spans.iter().filter(|x| service(x) == s).collect();
+        if of.is_empty() {
+            wrong.push(format!("no spans of {s}"));
+            continue;
+        }
+        let namespaces: HashSet<Option<String>> = of.iter().map(|x| resource_str(x, "service.namespace")).collect();
+        let containers: HashSet<Option<String>> = of.iter().map(|x| resource_str(x, "container.id")).collect();
+        if namespaces != HashSet::from([Some("mythical".to_owned())]) {
+            wrong.push(format!("{s}: service.namespace {namespaces:?}"));
+        }
+        if containers != HashSet::from([Some(ids[s].clone())]) {
+            wrong.push(format!("{s}: container.id {containers:?}, podman says {}", ids[s]));
+        }
+    }
+
+    // Spans by request id, and by kind.
+    #[derive(Default)]
+    struct Request<'a> {
+        client: Vec<&'a ReceivedSpan>,
+        server: Vec<&'a ReceivedSpan>,
+        sql: Vec<&'a ReceivedSpan>,
+    }
+    let mut by_rid: HashMap<u64, Request<'_>> = HashMap::new();
+    let (mut publish, mut consume, mut sql, mut server, mut client) = (0, 0, 0, 0, 0);
+    for s in &spans {
+        let svc = service(s);
+        let is_sql = s.attr_str("db.system.name").as_deref() == Some("postgresql");
+        let is_amqp = s.attr_str("messaging.system").as_deref() == Some("rabbitmq");
+        match (svc.as_str(), s.span.kind) {
+            ("mythical-requester", PRODUCER) if is_amqp => publish += 1,
+            ("mythical-recorder", CONSUMER) if is_amqp => consume += 1,
+            ("mythical-server", CLIENT) if is_sql => sql += 1,
+            ("mythical-server", SERVER) if s.attr_str("http.request.method").is_some() => server += 1,
+            ("mythical-requester", CLIENT) if s.attr_str("http.request.method").is_some() => client += 1,
+            _ => {}
+        }
+        let Some(id) = rid(s) else { continue };
+        let r = by_rid.entry(id).or_default();
+        match (svc.as_str(), s.span.kind) {
+            ("mythical-requester", CLIENT) => r.client.push(s),
+            ("mythical-server", SERVER) => r.server.push(s),
+            ("mythical-server", CLIENT) if is_sql => r.sql.push(s),
+            _ => {}
+        }
+    }
+    for (what, n) in [
+        ("HTTP SERVER spans of mythical-server", server),
+        ("HTTP CLIENT spans of mythical-requester", client),
+        ("PostgreSQL CLIENT spans of mythical-server", sql),
+        ("RabbitMQ PRODUCER spans of mythical-requester", publish),
+        ("RabbitMQ CONSUMER spans of mythical-recorder", consume),
+    ] {
+        if n == 0 {
+            wrong.push(format!("no {what}"));
+        }
+    }
+
+    // Links: server under the client of its request (another container),
+    // SQL under the server span of its request.
+    let (mut linked, mut servers, mut sql_ok, mut sql_total) = (0, 0, 0, 0);
+    let mut unlinked = Vec::new();
+    for (id, r) in &by_rid {
+        for q in &r.sql {
+            sql_total += 1;
+            sql_ok += usize::from(r.server.iter().any(|s| child_of(q, s)));
+        }
+        // A request made before the agent watched the requester has no client span to be under.
+        if r.client.is_empty() {
+            continue;
+        }
+        for s in &r.server {
+            servers += 1;
+            if r.client.iter().any(|c| child_of(s, c)) {
+                linked += 1;
+            } else if unlinked.len() < 10 {
+                unlinked.push(format!("rid {id}: server span not under its client span"));
+            }
+        }
+    }
+    // Ground truth: the requester's own count of calls; those made in the
+    // window (rids first_rid+1..=last_rid) should all have a server span.
+    let window: Vec<u64> = ((first_rid as u64 + 1)..=(last_rid as u64)).collect();
+    let seen = window.iter().filter(|id| by_rid.get(id).is_some_and(|r| !r.server.is_empty())).count();
+    let red = |metric: &str, svc: &str| sample_sum(&metrics, metric, &[&format!("service_name=\"{svc}\"")]);
+    let red_series = [
+        ("http_server_request_duration_seconds_count", "mythical-server"),
+        ("http_client_request_duration_seconds_count", "mythical-requester"),
+        ("db_client_operation_duration_seconds_count", "mythical-server"),
+        ("messaging_client_operation_duration_seconds_count", "mythical-requester"),
+    ];
+    for (metric, svc) in red_series {
+        if red(metric, svc) <= 0.0 {
+            wrong.push(format!("/metrics on :{METRICS_PORT}: no {metric} for {svc}"));
+        }
+    }
+    let link_counters: Vec<&str> = metrics.lines().filter(|l| l.starts_with("periscope_link")).collect();
+    eprintln!(
+        "images ready after {images_s:.0} s, test {:.0} s; {} spans\n\
+         spans: {server} HTTP server, {client} HTTP client, {sql} SQL, {publish} AMQP publish, {consume} AMQP consume\n\
+         server under its client (across containers; requests with both): {linked}/{servers} ({:.1}%)\n\
+         SQL under its request: {sql_ok}/{sql_total} ({:.1}%)\n\
+         requests in the window (requester's count): {}, with a server span: {seen} ({:.1}%)\n\
+         {link_counters:#?}\nfirst unlinked: {unlinked:#?}",
+        started.elapsed().as_secs_f64(),
+        spans.len(),
+        pct(linked, servers),
+        pct(sql_ok, sql_total),
+        window.len(),
+        pct(seen, window.len()),
+    );
+    if servers < MIN_REQUESTS || window.len() < MIN_REQUESTS {
+        wrong.push(format!("too few requests: {servers} server spans, {} in the window", window.len()));
+    }
+    if pct(linked, servers) < MIN_LINKED_PCT {
+        wrong.push(format!("server spans under their client span: {:.1}%", pct(linked, servers)));
+    }
+    if pct(sql_ok, sql_total) < MIN_LINKED_PCT {
+        wrong.push(format!("SQL spans under their server span: {:.1}%", pct(sql_ok, sql_total)));
+    }
+    if pct(seen, window.len()) < MIN_SEEN_PCT {
+        wrong.push(format!("requests of the window seen by periscope: {:.1}%", pct(seen, window.len())));
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}\nagent log:\n{agent_log}");
+    drop(lab);
+    checked(&mut podman.cmd(["rmi", AGENT_IMAGE]));
+    let _ = std::fs::remove_dir_all(&work);
+}
