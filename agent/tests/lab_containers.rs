@@ -171,6 +171,23 @@ impl Drop for Lab<'_> {
     }
 }
 
+/// The agent image from `deploy/Dockerfile.prebuilt` around this test's
+/// periscope binary (DWARF stripped, as deploy/build-in-image.sh does).
+fn agent_image(podman: &Podman, base: &str, work: &Path) {
+    let context = work.join("agent-image");
+    std::fs::create_dir_all(&context).unwrap();
+    checked(
+        std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(env!("CARGO_BIN_EXE_periscope"))
+            .arg(context.join("periscope")),
+    );
+    std::fs::copy("/etc/ssl/certs/ca-certificates.crt", context.join("ca-certificates.crt")).unwrap();
+    // Replaced, not retagged: no untagged agent image is left behind per run.
+    drop(podman.cmd(["rmi", "-f", AGENT_IMAGE]).output());
+    podman.build(AGENT_IMAGE, &repo().join("deploy/Dockerfile.prebuilt"), &context, &[("RUNTIME_IMAGE", base)]);
+}
+
 /// A line of the requester's own counters, read inside its container.
 fn requester_counter(podman: &Podman, name: &str) -> f64 {
     let script = "require('http').get('http://127.0.0.1:4001/metrics', (r) => r.pipe(process.stdout))";
@@ -210,18 +227,7 @@ fn the_lab_overlay_runs_in_podman_and_links_across_containers() {
     let lab_dir = repo.join("deploy/compose/lab");
     let lab_image = "localhost/periscope-lab:bookworm";
     podman.build(lab_image, &lab_dir.join("Dockerfile"), &lab_dir, &[("BASE_IMAGE", &base)]);
-    let context = work.join("agent-image");
-    std::fs::create_dir_all(&context).unwrap();
-    checked(
-        std::process::Command::new("objcopy")
-            .arg("--strip-debug")
-            .arg(env!("CARGO_BIN_EXE_periscope"))
-            .arg(context.join("periscope")),
-    );
-    std::fs::copy("/etc/ssl/certs/ca-certificates.crt", context.join("ca-certificates.crt")).unwrap();
-    // Replaced, not retagged: no untagged agent image is left behind per run.
-    drop(podman.cmd(["rmi", "-f", AGENT_IMAGE]).output());
-    podman.build(AGENT_IMAGE, &repo.join("deploy/Dockerfile.prebuilt"), &context, &[("RUNTIME_IMAGE", &base)]);
+    agent_image(&podman, &base, &work);
     let images_s = started.elapsed().as_secs_f64();
 
     let compose = repo.join("deploy/compose");
@@ -403,6 +409,102 @@ fn the_lab_overlay_runs_in_podman_and_links_across_containers() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}\nagent log:\n{agent_log}");
     drop(lab);
+    checked(&mut podman.cmd(["rmi", AGENT_IMAGE]));
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The DaemonSet's pod template as a Pod for `podman kube play` (podman 4.3
+/// plays Pods and Deployments, not DaemonSets), after deploy/kubernetes's
+/// ConfigMap. Two changes for podman 4.3, which does not know them:
+/// `NODE_NAME` from `fieldRef: spec.nodeName` becomes the value `node`
+/// ("fieldPath spec.nodeName is either not valid or not supported"), and
+/// `seccompProfile: Unconfined` is also given as the annotation podman reads
+/// (`seccomp.security.alpha.kubernetes.io/pod: unconfined`).
+fn daemonset_as_pod(image: &str, node: &str) -> String {
+    use serde_yaml_ng::Value;
+    let k8s = repo().join("deploy/kubernetes");
+    let read = |f: &str| std::fs::read_to_string(k8s.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    let ds: Value = serde_yaml_ng::from_str(&read("daemonset.yaml")).unwrap();
+    assert_eq!(ds["kind"], "DaemonSet");
+    let template = &ds["spec"]["template"];
+    let mut pod: Value = serde_yaml_ng::from_str("apiVersion: v1\nkind: Pod\nmetadata: {name: periscope}\n").unwrap();
+    pod["metadata"]["labels"] = template["metadata"]["labels"].clone();
+    let mut annotations = template["metadata"]["annotations"].clone();
+    annotations["seccomp.security.alpha.kubernetes.io/pod"] = "unconfined".into();
+    pod["metadata"]["annotations"] = annotations;
+    pod["spec"] = template["spec"].clone();
+    let container = &mut pod["spec"]["containers"][0];
+    container["image"] = image.into();
+    let env = container["env"].as_sequence_mut().expect("the container's env");
+    let node_name = env.iter_mut().find(|e| e["name"] == "NODE_NAME").expect("NODE_NAME in the DaemonSet");
+    assert!(node_name["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName");
+    node_name.as_mapping_mut().unwrap().remove("valueFrom");
+    node_name["value"] = node.into();
+    format!("{}\n---\n{}", read("configmap.yaml"), serde_yaml_ng::to_string(&pod).unwrap())
+}
+
+/// `podman kube down` of the played file when the test ends.
+struct Played<'a> {
+    podman: &'a Podman,
+    file: PathBuf,
+}
+
+impl Drop for Played<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- periscope-periscope:\n{}", self.podman.logs("periscope-periscope", 40));
+        }
+        drop(self.podman.cmd(["kube", "down"]).arg(&self.file).output());
+    }
+}
+
+#[test]
+fn the_daemonset_pod_spec_plays_in_podman_and_attaches() {
+    let work = std::env::temp_dir().join(format!("periscope-kube-play-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let podman = Podman::new(&work);
+    let base = podman.debian_base();
+    agent_image(&podman, &base, &work);
+    let file = work.join("periscope-pod.yaml");
+    std::fs::write(&file, daemonset_as_pod(AGENT_IMAGE, "lab-node")).unwrap();
+    drop(podman.cmd(["kube", "down"]).arg(&file).output());
+    checked(podman.cmd(["kube", "play"]).arg(&file));
+    let played = Played { podman: &podman, file: file.clone() };
+    let agent = "periscope-periscope";
+
+    // Attached, by its log and by /healthz on the pod's address (answered
+    // only once the kernel programs are attached).
+    let log = podman.wait("the pod's agent to attach its programs", Duration::from_secs(90), &[agent], || {
+        let log = podman.logs(agent, 200);
+        assert!(!log.contains("startup check(s) failed"), "the agent stopped at its startup checks:\n{log}");
+        log.contains("kernel programs attached").then_some(log)
+    });
+    let infra = checked(&mut podman.cmd(["pod", "inspect", "periscope", "--format", "{{.InfraContainerID}}"]));
+    let ip = checked(&mut podman.cmd([
+        "inspect",
+        &infra,
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+    ]));
+    let healthz =
+        podman.wait(&format!("/healthz on the pod's address {ip}:9090"), Duration::from_secs(30), &[agent], || {
+            let mut s = std::net::TcpStream::connect((ip.as_str(), 9090)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+            use std::io::{Read, Write};
+            write!(s, "GET /healthz HTTP/1.0\r\n\r\n").ok()?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).ok()?;
+            (body.split_whitespace().nth(1) == Some("200")).then_some(body)
+        });
+    let pid_mode = checked(&mut podman.cmd(["inspect", agent, "--format", "{{.HostConfig.PidMode}}"]));
+    eprintln!(
+        "kube play: {}; /healthz: {:?}; pid namespace: {pid_mode} (hostPID {} by podman 4.3)",
+        log.lines().find(|l| l.contains("kernel programs attached")).unwrap_or_default(),
+        healthz.lines().last().unwrap_or_default(),
+        if pid_mode == "host" { "honoured" } else { "not honoured" },
+    );
+    drop(played);
     checked(&mut podman.cmd(["rmi", AGENT_IMAGE]));
     let _ = std::fs::remove_dir_all(&work);
 }
