@@ -247,6 +247,11 @@ fn the_lab_overlay_runs_in_podman_and_links_across_containers() {
     };
     // A project left over by an interrupted run would hold the names and the port.
     drop(podman.compose(PROJECT, &lab.files, &["down", "-t", "1"]).envs(lab.env.clone()).output());
+    // Otherwise /healthz and /metrics below would be someone else's.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT)).is_err(),
+        "port {METRICS_PORT} (the overlay's published /metrics) is taken before the lab starts"
+    );
     lab.compose(&["up", "-d"]);
     let agent = container("periscope");
     let all = Lab::all_containers();
