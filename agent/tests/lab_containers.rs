@@ -23,7 +23,9 @@
 //! spans, SQL spans, AMQP publish and consume spans; each server span under
 //! the client span of the same request id (`?rid=<n>`) in the other container,
 //! each SQL span under the server span of its request (`/* rid=<n> */`);
-//! nearly every request the requester made in the window seen; RED metrics
+//! each RabbitMQ consume span under the requester's publish span (through
+//! the broker's container); nearly every request the requester made in the
+//! window seen; RED metrics
 //! for the services on the published /metrics port (host 9091).
 //!
 //! Needs root and `cargo xtask deps` (podman, runc, debootstrap,
@@ -55,8 +57,9 @@ const AGENT_IMAGE: &str = "localhost/periscope:lab-test";
 const SERVICES: [&str; 3] = ["mythical-server", "mythical-requester", "mythical-recorder"];
 /// How long the requester's traffic is watched once the agent watches all three.
 const WINDOW: Duration = Duration::from_secs(30);
-/// Server spans under their client span (of requests with both spans), and
-/// SQL spans under their server span, in percent: 100 measured.
+/// Server spans under their client span (of requests with both spans), SQL
+/// spans under their server span, consume spans under a publish span, in
+/// percent: 100 measured.
 const MIN_LINKED_PCT: f64 = 99.0;
 /// Requests the requester made in the window that have a server span, in
 /// percent: 100 measured.
@@ -314,13 +317,22 @@ fn the_lab_overlay_runs_in_podman_and_links_across_containers() {
     }
     let mut by_rid: HashMap<u64, Request<'_>> = HashMap::new();
     let (mut publish, mut consume, mut sql, mut server, mut client) = (0, 0, 0, 0, 0);
+    let producers: HashSet<&[u8]> = spans
+        .iter()
+        .filter(|s| service(s) == "mythical-requester" && s.span.kind == PRODUCER)
+        .map(|s| s.span.span_id.as_slice())
+        .collect();
+    let mut consume_linked = 0;
     for s in &spans {
         let svc = service(s);
         let is_sql = s.attr_str("db.system.name").as_deref() == Some("postgresql");
         let is_amqp = s.attr_str("messaging.system").as_deref() == Some("rabbitmq");
         match (svc.as_str(), s.span.kind) {
             ("mythical-requester", PRODUCER) if is_amqp => publish += 1,
-            ("mythical-recorder", CONSUMER) if is_amqp => consume += 1,
+            ("mythical-recorder", CONSUMER) if is_amqp => {
+                consume += 1;
+                consume_linked += usize::from(producers.contains(s.span.parent_span_id.as_slice()));
+            }
             ("mythical-server", CLIENT) if is_sql => sql += 1,
             ("mythical-server", SERVER) if s.attr_str("http.request.method").is_some() => server += 1,
             ("mythical-requester", CLIENT) if s.attr_str("http.request.method").is_some() => client += 1,
@@ -388,7 +400,8 @@ fn the_lab_overlay_runs_in_podman_and_links_across_containers() {
     let link_counters: Vec<&str> = metrics.lines().filter(|l| l.starts_with("periscope_link")).collect();
     eprintln!(
         "images ready after {images_s:.0} s, test {:.0} s; {} spans\n\
-         spans: {server} HTTP server, {client} HTTP client, {sql} SQL, {publish} AMQP publish, {consume} AMQP consume\n\
+         spans: {server} HTTP server, {client} HTTP client, {sql} SQL, {publish} AMQP publish, {consume} AMQP consume \
+         ({consume_linked} under a publish span)\n\
          server under its client (across containers; requests with both): {linked}/{servers} ({:.1}%)\n\
          SQL under its request: {sql_ok}/{sql_total} ({:.1}%)\n\
          requests in the window (requester's count): {}, with a server span: {seen} ({:.1}%)\n\
@@ -408,6 +421,10 @@ fn the_lab_overlay_runs_in_podman_and_links_across_containers() {
     }
     if pct(sql_ok, sql_total) < MIN_LINKED_PCT {
         wrong.push(format!("SQL spans under their server span: {:.1}%", pct(sql_ok, sql_total)));
+    }
+    // Through the broker, a third container: each delivery under the publish of its message.
+    if pct(consume_linked, consume) < MIN_LINKED_PCT {
+        wrong.push(format!("AMQP consume spans under a publish span: {consume_linked}/{consume}"));
     }
     if pct(seen, window.len()) < MIN_SEEN_PCT {
         wrong.push(format!("requests of the window seen by periscope: {:.1}%", pct(seen, window.len())));
