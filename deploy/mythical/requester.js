@@ -22,7 +22,9 @@
 // REQUEST_INTERVAL_MS (loop: pause between calls, 100), NAMELESS_POST_RATIO
 // (0.1), UNKNOWN_BEAST_RATIO (loop: 0.02), MYTHICAL_TAG_REQUESTS (1: every
 // call carries `?rid=<n>`, a request id tests use as ground truth; the
-// published message names it too).
+// published message names it too), MYTHICAL_TRACEPARENT (0: no `traceparent`
+// header at all, so that a link between the requester's and the server's
+// spans can only come from periscope matching the connection's two ends).
 const http = require('http');
 const crypto = require('crypto');
 const amqp = require('amqplib');
@@ -39,10 +41,16 @@ const interval = env('REQUEST_INTERVAL_MS', 100);
 const namelessRatio = env('NAMELESS_POST_RATIO', 0.1);
 const unknownRatio = env('UNKNOWN_BEAST_RATIO', load === 'lab' ? 0 : 0.02);
 const tagRequests = process.env.MYTHICAL_TAG_REQUESTS === '1';
+const sendTraceparent = process.env.MYTHICAL_TRACEPARENT !== '0';
 const counts = { calls: 0, failures: 0, published: 0, issued: 0, done: 0 };
 // Names inserted and not yet deleted, per beast (bounded).
 const names = new Map(BEASTS.map((b) => [b, []]));
 let nextRid = 1;
+
+// The headers of one call (or of one lab iteration): a fresh traceparent, or none.
+function traceHeaders() {
+  return sendTraceparent ? { traceparent: traceparent() } : {};
+}
 
 function traceparent() {
   return `00-${crypto.randomBytes(16).toString('hex')}-${crypto.randomBytes(8).toString('hex')}-01`;
@@ -107,7 +115,7 @@ async function loopOnce(channel) {
     method = 'DELETE';
     body = { name: known.splice(Math.floor(Math.random() * known.length), 1)[0] };
   }
-  const r = await call(method, beast, body, { traceparent: traceparent() }, loopAgent, 10000);
+  const r = await call(method, beast, body, traceHeaders(), loopAgent, 10000);
   answered(method, beast, r, channel);
 }
 
@@ -129,7 +137,7 @@ async function labIteration(channel) {
   const index = Math.floor(Math.random() * BEASTS.length);
   const beast = Math.random() < unknownRatio ? 'dragon' : BEASTS[index];
   // One header object for the whole iteration, as the lab's requester does.
-  const headers = { traceparent: traceparent() };
+  const headers = traceHeaders();
   if (Math.random() < 0.5) {
     const r = await call('GET', beast, undefined, headers, undefined, 0);
     answered('GET', beast, r, channel);

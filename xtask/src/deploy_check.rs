@@ -45,6 +45,10 @@ pub fn check(with_rust_test: bool) -> anyhow::Result<()> {
 
     eprintln!("deploy-check: Dockerfile");
     cmd::run(tools.cmd("hadolint").arg(deploy.join("Dockerfile")))?;
+    // The container test's images: the agent around a prebuilt binary, the lab's services.
+    let lab = deploy.join("compose/lab");
+    cmd::run(tools.cmd("hadolint").arg(deploy.join("Dockerfile.prebuilt")).arg(lab.join("Dockerfile")))?;
+    cmd::run(tools.cmd("shellcheck").arg(lab.join("mythical-database.sh")))?;
     let script = deploy.join("build-in-image.sh");
     cmd::run(&mut cmd("bash", ["-n".as_ref(), script.as_os_str()]))?;
     cmd::run(tools.cmd("shellcheck").arg(&script))?;
@@ -61,7 +65,8 @@ pub fn check(with_rust_test: bool) -> anyhow::Result<()> {
     ensure!(version.status.success(), "the binary built by build-in-image.sh does not run");
 
     eprintln!("deploy-check: compose files");
-    let compose: Vec<PathBuf> = files(&deploy.join("compose"), "yml")?;
+    let mut compose: Vec<PathBuf> = files(&deploy.join("compose"), "yml")?;
+    compose.extend(files(&lab, "yml")?);
     cmd::run(
         tools.cmd("check-jsonschema").arg("--schemafile").arg(deploy.join("schemas/compose-spec.json")).args(&compose),
     )?;

@@ -37,6 +37,15 @@ pub(crate) const PACKAGES: &[&str] = &[
     // and a font for the comparison's latency chart.
     "rabbitmq-server",
     "fonts-dejavu-core",
+    // The container test (agent/tests/lab_containers.rs): rootful podman with
+    // netavark + aardvark-dns (one network namespace per container, service
+    // names in DNS), runc (crun refuses hybrid cgroup hierarchies), and
+    // debootstrap for the Debian base image (no registry).
+    "podman",
+    "runc",
+    "netavark",
+    "aardvark-dns",
+    "debootstrap",
 ];
 
 /// Node projects (a directory with a committed package-lock.json, and the
@@ -86,6 +95,7 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_rust_components()?;
     ensure_node_modules()?;
     ensure_psycopg()?;
+    ensure_podman_compose()?;
     crate::deploy_check::ensure_tools()?;
     if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
         eprintln!("xtask: mounting tracefs");
@@ -134,6 +144,21 @@ fn ensure_node_modules() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// podman-compose for the container test, from PyPI: Debian 12's 1.0.3
+/// ignores `pid:` (the agent would see only its own pid namespace) and puts
+/// every service in one pod (one network namespace).
+const PODMAN_COMPOSE: &str = "podman-compose==1.5.0";
+
+fn ensure_podman_compose() -> anyhow::Result<()> {
+    let version = cmd::read(&mut cmd("python3", ["-m", "podman_compose", "version"]));
+    let wanted = PODMAN_COMPOSE.trim_start_matches("podman-compose==");
+    if version.contains(&format!("podman-compose version {wanted}")) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {PODMAN_COMPOSE} for python3");
+    cmd::run(&mut cmd("python3", ["-m", "pip", "install", "--quiet", PODMAN_COMPOSE]))
 }
 
 /// psycopg 3, gunicorn (the pre-fork test of kernel_context), aiohttp,

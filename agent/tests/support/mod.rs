@@ -3,4 +3,5 @@ pub mod agent;
 pub mod db;
 pub mod netns;
 pub mod otlp_receiver;
+pub mod podman;
 pub mod rabbitmq;
