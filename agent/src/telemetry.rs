@@ -78,6 +78,8 @@ counters! {
     ServiceGraphExpired => "periscope_service_graph_expired_total", "Service-graph spans whose partner span did not arrive in time (a client span with a known peer still counts as an edge to a virtual node).",
     ServiceGraphDropped => "periscope_service_graph_dropped_total", "Service-graph spans not paired because too many spans were waiting for their partner.",
     KubernetesApiErrors => "periscope_kubernetes_api_errors_total", "Failed Kubernetes API list/watch calls (retried with backoff; the last known metadata is kept).",
+    GoRuntimeProcesses => "periscope_go_runtime_processes_total", "Tracked processes inspected for the Go runtime hooks (goroutine context), by reason: instrumented, not go, unsupported version, unsupported architecture, runtime not understood, unreadable, attach failed, inspector busy. All but instrumented keep per-thread context.",
+    GoroutineEvents => "periscope_goroutine_events_total", "Goroutine creations, wake-ups and exits the Go runtime hooks reported (goroutines that did socket I/O or descend from one).",
     KubernetesObjectsDropped => "periscope_kubernetes_objects_dropped_total", "Pods or ReplicaSets not kept because the Kubernetes metadata store was full.",
 }
 

@@ -30,6 +30,13 @@ pub struct ContextArgs {
     #[arg(long, env = "PERISCOPE_TRACE_MAX_WAIT", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub trace_max_wait: u64,
+
+    /// Go processes: follow goroutines (uprobes on the Go runtime) so that
+    /// the goroutine, not the OS thread, carries the current request. Off:
+    /// per-thread context, wrong under concurrency (goroutines move between
+    /// threads).
+    #[arg(long, env = "PERISCOPE_GO_RUNTIME", default_value_t = true, action = clap::ArgAction::Set)]
+    pub go_runtime: bool,
 }
 
 /// The trace-context group resolved.
@@ -41,6 +48,8 @@ pub struct ContextSettings {
     pub link_wait: Duration,
     /// How long finished child spans are held back for their trace id.
     pub max_wait: Duration,
+    /// Whether Go processes get the runtime uprobes (goroutine context).
+    pub go_runtime: bool,
 }
 
 impl ContextArgs {
@@ -52,6 +61,7 @@ impl ContextArgs {
             sampler,
             link_wait: Duration::from_millis(self.trace_link_wait),
             max_wait: Duration::from_millis(self.trace_max_wait),
+            go_runtime: self.go_runtime,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Loading and attaching the kernel programs, and the agent's handles on
 //! their maps. Everything that needs privileges happens here, and every
 //! failure says in one line what is missing.
+pub mod go;
 pub mod wire;
 
 use std::{fmt, io, path::Path};
@@ -108,6 +109,9 @@ pub struct Probes {
     tracked: HashMap<MapData, u32, periscope_pid_config>,
     conns: HashMap<MapData, periscope_conn_key, periscope_conn_info>,
     counters: PerCpuArray<MapData, u64>,
+    /// The Go runtime uprobes (None: they did not load; Go processes keep
+    /// per-thread context).
+    go: Option<go::GoRuntime>,
 }
 
 /// BPF_EXIST: update an entry only if it is there.
@@ -224,7 +228,10 @@ impl Probes {
             HashMap::try_from(take(&mut ebpf, "conns")?).map_err(|source| ProbeError::Map { map: "conns", source })?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "counters")?)
             .map_err(|source| ProbeError::Map { map: "counters", source })?;
-        Ok((Self { ebpf, tracked, conns, counters }, ring))
+        let go = go::GoRuntime::load(&mut ebpf)
+            .inspect_err(|e| tracing::warn!("continuing without the Go runtime hooks: {e}"))
+            .ok();
+        Ok((Self { ebpf, tracked, conns, counters, go }, ring))
     }
 
     /// Starts producing socket events for `pid` (its children follow in the kernel).
@@ -239,6 +246,7 @@ impl Probes {
         // Already gone when the kernel saw the exit: not an error.
         let _ = self.tracked.remove(&pid);
         self.purge_connections(pid);
+        self.forget_go(pid);
     }
 
     /// Deletes the kernel's cached fd descriptions of `pid` (after exit or exec).
