@@ -188,7 +188,7 @@ struct periscope_proc_event {
 /* How one goroutine caused another (struct periscope_goroutine_event). */
 enum periscope_goroutine_relation {
 	PERISCOPE_GO_CREATED = 0, /* `from` ran the go statement that made `to` */
-	PERISCOPE_GO_READIED = 1, /* `from` woke `to` up (channel, lock, ...) */
+	PERISCOPE_GO_READIED = 1, /* `from` handed work to `to` (net/http: a request to write) */
 	PERISCOPE_GO_EXITED = 2,  /* `to` exited (from = 0) */
 };
 

@@ -260,7 +260,7 @@ impl ProcEvent {
 pub enum GoroutineRelation {
     /// `from` ran the `go` statement that made `to`.
     Created,
-    /// `from` woke `to` up (a channel send, a lock released, ...).
+    /// `from` handed work to `to` (net/http's Transport: a request to write).
     Readied,
     /// `to` exited.
     Exited,

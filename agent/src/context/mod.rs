@@ -639,11 +639,10 @@ impl Tracker {
         }
     }
 
-    /// Go: goroutine `waker` woke `woken` up (a channel send, a lock
-    /// released). A goroutine that serves no requests of its own (a
-    /// connection's writeLoop and readLoop in net/http's Transport) now
-    /// works for the waker's current request: the handler that hands it a
-    /// request to write. A goroutine serving requests keeps its own.
+    /// Go: goroutine `waker` handed work to `woken` (net/http's Transport: a
+    /// request to write, to the connection's writeLoop). A goroutine that
+    /// serves no requests of its own now works for the waker's current
+    /// request; a goroutine serving requests keeps its own.
     pub fn on_goroutine_readied(&mut self, pid: u32, waker: u64, woken: u64, telemetry: &Telemetry) {
         let woken = ThreadKey::goroutine(pid, woken);
         if self.threads.map.get(&(pid, woken.tid)).is_some_and(|c| c.serves) {

@@ -1,7 +1,8 @@
 //! What the Go runtime hooks need from a Go executable: its Go version
 //! (`.go.buildinfo`), the runtime's struct offsets for that version, and
-//! where `runtime.newproc1` returns, `runtime.ready` and `runtime.goexit0`
-//! start, as file offsets. Functions are found by ELF symbol, or through the
+//! where `runtime.newproc1` returns and `runtime.goexit0` starts (and, when
+//! linked in, net/http's `(*persistConn).writeLoop` and `.roundTrip`), as
+//! file offsets. Functions are found by ELF symbol, or through the
 //! function table of `.gopclntab` when the binary is stripped
 //! (`-ldflags='-s -w'` drops the symbol table, never `.gopclntab`). Return
 //! sites are found by decoding the function's x86-64 machine code: a
@@ -69,9 +70,12 @@ pub struct GoBinary {
     pub offsets: periscope_go_offsets,
     /// File offsets of the RET instructions of runtime.newproc1.
     pub newproc1_returns: Vec<u64>,
-    /// File offsets of the first instructions of runtime.ready and runtime.goexit0.
-    pub ready: u64,
+    /// File offset of the first instruction of runtime.goexit0.
     pub goexit0: u64,
+    /// net/http's client, when linked in: the entries of
+    /// (*persistConn).writeLoop and (*persistConn).roundTrip.
+    pub http_write_loop: Option<u64>,
+    pub http_round_trip: Option<u64>,
     /// Functions were found through .gopclntab (no symbol table).
     pub stripped: bool,
 }
@@ -105,8 +109,13 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
     let version = go_version(info).ok_or(InspectError::NoVersion)?;
     let offsets = runtime_offsets(&version).ok_or_else(|| InspectError::UnsupportedVersion(version.clone()))?;
 
-    const NAMES: [&str; 3] = ["runtime.newproc1", "runtime.ready", "runtime.goexit0"];
-    let mut found: [Option<Function>; 3] = [None, None, None];
+    const NAMES: [&str; 4] = [
+        "runtime.newproc1",
+        "runtime.goexit0",
+        "net/http.(*persistConn).writeLoop",
+        "net/http.(*persistConn).roundTrip",
+    ];
+    let mut found: [Option<Function>; 4] = [None, None, None, None];
     for symbol in file.symbols() {
         if symbol.kind() != SymbolKind::Text {
             continue;
@@ -115,7 +124,7 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
             found[i] = Some(Function { address: symbol.address(), size: symbol.size() });
         }
     }
-    let stripped = found.iter().any(Option::is_none);
+    let stripped = found[..2].iter().any(Option::is_none);
     if stripped {
         let pclntab = file.section_by_name(".gopclntab").ok_or(InspectError::FunctionMissing(NAMES[0]))?;
         let table = pclntab.data().map_err(|e| InspectError::Read(e.to_string()))?;
@@ -125,7 +134,7 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
             }
         }
     }
-    let [Some(newproc1), Some(ready), Some(goexit0)] = found else {
+    let [Some(newproc1), Some(goexit0), write_loop, round_trip] = found else {
         let i = found.iter().position(Option::is_none).unwrap_or(0);
         return Err(InspectError::FunctionMissing(NAMES[i]));
     };
@@ -154,8 +163,9 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
         version,
         offsets,
         newproc1_returns,
-        ready: text(&ready, NAMES[1])?.0,
-        goexit0: text(&goexit0, NAMES[2])?.0,
+        goexit0: text(&goexit0, NAMES[1])?.0,
+        http_write_loop: write_loop.and_then(|f| text(&f, NAMES[2]).ok()).map(|(at, _)| at),
+        http_round_trip: round_trip.and_then(|f| text(&f, NAMES[3]).ok()).map(|(at, _)| at),
         stripped,
     })
 }

@@ -2,7 +2,8 @@
 //! current request. Per tracked Go process: its executable is inspected on
 //! the inspector thread ([`spawn_inspector`]: file reads stay out of the
 //! ring-buffer loop), then uprobes go on runtime.newproc1's RET
-//! instructions, runtime.ready and runtime.goexit0 of that process only, and
+//! instructions, runtime.goexit0 and net/http's persistConn writeLoop and
+//! roundTrip (when linked in) of that process only, and
 //! its runtime offsets into `go_procs`, after which the kernel names the
 //! goroutine of every socket event (`ebpf/src/go_runtime.h`). A binary that
 //! cannot be read or understood gets one log line and a count; the process
@@ -28,8 +29,9 @@ pub use elf::{GoBinary, InspectError};
 unsafe impl aya::Pod for periscope_go_offsets {}
 
 const NEWPROC1_RET: &str = "handle_go_newproc1_ret";
-const READY: &str = "handle_go_ready";
 const GOEXIT0: &str = "handle_go_goexit0";
+const HTTP_WRITE_LOOP: &str = "handle_go_http_writeloop";
+const HTTP_ROUND_TRIP: &str = "handle_go_http_roundtrip";
 
 /// Executables remembered by the inspector (by device and inode).
 const MAX_CACHED_BINARIES: usize = 256;
@@ -45,7 +47,7 @@ pub struct GoRuntime {
 impl GoRuntime {
     /// Loads the uprobe programs (attached per process later).
     pub(super) fn load(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        for program in [NEWPROC1_RET, READY, GOEXIT0] {
+        for program in [NEWPROC1_RET, GOEXIT0, HTTP_WRITE_LOOP, HTTP_ROUND_TRIP] {
             let prog: &mut UProbe = ebpf
                 .program_mut(program)
                 .ok_or(ProbeError::MissingProgram { program })?
@@ -78,7 +80,15 @@ impl Probes {
             .newproc1_returns
             .iter()
             .map(|&at| (NEWPROC1_RET, at))
-            .chain([(READY, binary.ready), (GOEXIT0, binary.goexit0)]);
+            .chain([(GOEXIT0, binary.goexit0)])
+            // Both or neither: a writer known to no round trip is no use.
+            .chain(
+                binary
+                    .http_write_loop
+                    .zip(binary.http_round_trip)
+                    .into_iter()
+                    .flat_map(|(w, r)| [(HTTP_WRITE_LOOP, w), (HTTP_ROUND_TRIP, r)]),
+            );
         let mut links = Vec::new();
         let mut failure = None;
         for (program, offset) in sites {
