@@ -86,6 +86,8 @@ counters! {
     TlsCiphertextDropped => "periscope_tls_ciphertext_dropped_total", "Socket syscalls of TLS connections the kernel did not send (ciphertext; their plaintext comes from the TLS uprobes).",
     TlsPlaintextEvents => "periscope_tls_plaintext_events_total", "Data events of TLS plaintext (SSL_read/SSL_write) the kernel sent.",
     TlsPlaintextDropped => "periscope_tls_plaintext_dropped_total", "TLS plaintext the kernel did not send, by reason (socket unknown: no syscall of the SSL object seen yet).",
+    GoRuntimeProcesses => "periscope_go_runtime_processes_total", "Tracked processes inspected for the Go runtime hooks (goroutine context), by reason: instrumented, not go, unsupported version, unsupported architecture, runtime not understood, unreadable, attach failed, inspector busy. All but instrumented keep per-thread context.",
+    GoroutineEvents => "periscope_goroutine_events_total", "Goroutine creations, wake-ups and exits the Go runtime hooks reported (goroutines that did socket I/O or descend from one).",
     KubernetesObjectsDropped => "periscope_kubernetes_objects_dropped_total", "Pods or ReplicaSets not kept because the Kubernetes metadata store was full.",
 }
 

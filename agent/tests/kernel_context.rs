@@ -169,6 +169,49 @@ enum Frontend {
     Asyncio,
     /// FastAPI under uvicorn (this loop: asyncio or uvloop) + asyncpg pool + httpx client.
     FastApi(&'static str),
+    /// Go net/http + database/sql (lib/pq pool) + http.Client
+    /// (fixtures/go/ctx_frontend.go), built with `-s -w` when `stripped`;
+    /// `hooks`: the agent's Go runtime hooks on (PERISCOPE_GO_RUNTIME).
+    Go {
+        stripped: bool,
+        hooks: bool,
+    },
+}
+
+/// Builds fixtures/go/ctx_frontend.go once per test process with Debian's
+/// golang-go and golang-github-lib-pq-dev (GOPATH mode, offline): the path of
+/// the normal and of the stripped (`-ldflags='-s -w'`) executable.
+fn go_frontend(stripped: bool) -> PathBuf {
+    static BUILT: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    let (normal, small) = BUILT.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/go/ctx_frontend.go");
+        let dir = std::env::temp_dir().join(format!("periscope-go-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let build = |out: &Path, flags: &[&str]| {
+            let status = Command::new("go")
+                .arg("build")
+                .args(flags)
+                .arg("-o")
+                .arg(out)
+                .arg(&src)
+                .env("GOPATH", "/usr/share/gocode")
+                .env("GO111MODULE", "off")
+                .env("GOCACHE", dir.join("cache"))
+                .env_remove("GOFLAGS")
+                .status()
+                .expect("go is needed (cargo xtask deps installs golang-go and golang-github-lib-pq-dev)");
+            assert!(status.success(), "go build {flags:?} failed");
+        };
+        let (normal, small) = (dir.join("ctx_frontend"), dir.join("ctx_frontend_stripped"));
+        build(&normal, &[]);
+        build(&small, &["-ldflags=-s -w"]);
+        (normal, small)
+    });
+    if stripped {
+        small.clone()
+    } else {
+        normal.clone()
+    }
 }
 
 /// Runs `total` requests at `concurrency` through caller -> frontend -> (pg, backend).
@@ -187,6 +230,7 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
         Frontend::Gunicorn => "frontend-gunicorn",
         Frontend::Asyncio => "frontend-asyncio",
         Frontend::FastApi(_) => "frontend-fastapi",
+        Frontend::Go { .. } => "frontend-go",
     };
     let _front = match frontend {
         Frontend::Node(mode) => spawn(Command::new("node").arg(fx.join("ctx_frontend.js")).args(&args).arg(mode), name),
@@ -215,6 +259,7 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
                 .env("CTX_BACKEND_PORT", back_port.to_string()),
             name,
         ),
+        Frontend::Go { stripped, .. } => spawn(Command::new(go_frontend(stripped)).args(&args), name),
     };
     wait_listening(front_port);
     let mut caller = spawn(
@@ -235,12 +280,25 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
     if let Ok(l) = std::env::var("CONTEXT_TEST_LOG") {
         env.push(("PERISCOPE_LOG_LEVEL", l));
     }
+    let go_hooks = matches!(frontend, Frontend::Go { hooks: true, .. });
+    if matches!(frontend, Frontend::Go { hooks: false, .. }) {
+        env.push(("PERISCOPE_GO_RUNTIME", "false".into()));
+    }
     let agent = Agent::start(&["--open-port", &ports, "--pid", &caller.pid().to_string()], &env);
     agent.wait_tracked(caller.pid());
     wait_for("the frontend and backend to be watched", Duration::from_secs(20), || {
         let t = agent.targets();
         (t.contains(name) && t.contains("backend")).then_some(())
     });
+    if go_hooks {
+        wait_for("the Go runtime hooks", Duration::from_secs(20), || {
+            agent
+                .metrics()
+                .lines()
+                .any(|l| l.starts_with("periscope_go_runtime_processes_total{") && l.contains("\"instrumented\""))
+                .then_some(())
+        });
+    }
     let stdin = caller.0.stdin.as_mut().unwrap();
     stdin.write_all(b"go\n").unwrap();
     stdin.flush().unwrap();
@@ -276,6 +334,7 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
             l.starts_with("periscope_context")
                 || l.starts_with("periscope_link")
                 || l.starts_with("periscope_spans_linked")
+                || l.starts_with("periscope_go")
         })
         .map(String::from)
         .collect();
@@ -391,6 +450,34 @@ async fn rust_thread_pool_every_span_has_the_right_parent_at_1_10_50_concurrent(
         let (sc, wrong) = run(Frontend::RustPool, concurrency, total).await;
         assert_exact(&sc, &wrong, &format!("rust thread pool, {concurrency} concurrent"));
     }
+}
+
+/// Go: goroutines move between OS threads, so the goroutine carries the
+/// current request (Go runtime uprobes, found by symbol in the normal build
+/// and through .gopclntab in the stripped one).
+#[tokio::test(flavor = "multi_thread")]
+async fn go_goroutines_every_span_has_the_right_parent_at_1_10_50_concurrent() {
+    for stripped in [false, true] {
+        for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
+            let (sc, wrong) = run(Frontend::Go { stripped, hooks: true }, concurrency, total).await;
+            let what = if stripped { "stripped" } else { "normal" };
+            assert_exact(&sc, &wrong, &format!("go ({what} build), {concurrency} concurrent"));
+        }
+    }
+}
+
+/// The same Go frontend with the runtime hooks off: per-thread context
+/// gets goroutines wrong under concurrency (this test can fail).
+#[tokio::test(flavor = "multi_thread")]
+async fn go_without_runtime_hooks_parents_are_wrong_at_50_concurrent() {
+    let (sc, wrong) = run(Frontend::Go { stripped: false, hooks: false }, 50, 200).await;
+    eprintln!("go without hooks, 50 concurrent: {} wrong of {} relations", wrong.len(), 4 * sc.total);
+    assert!(
+        wrong.len() > 8,
+        "per-thread context got {} of {} wrong: the hooks would not be needed",
+        wrong.len(),
+        4 * sc.total
+    );
 }
 
 /// Runs as the Rust frontend when re-executed with PERISCOPE_CTX_RUST_SERVER

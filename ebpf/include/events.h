@@ -55,6 +55,7 @@ enum periscope_event_kind {
 	PERISCOPE_EV_PROC_EXIT = 5,  /* struct periscope_proc_event: tracked pid exited */
 	PERISCOPE_EV_PROC_EXEC = 6,  /* struct periscope_proc_event: any exec */
 	PERISCOPE_EV_ASYNC = 7,      /* struct periscope_async_event: a runtime's async hop */
+	PERISCOPE_EV_GOROUTINE = 8,  /* struct periscope_goroutine_event: Go runtime uprobes */
 };
 
 /* An async hop inside a tracked process, seen by a runtime uprobe: work
@@ -162,7 +163,11 @@ struct periscope_event_header {
 	 * the same value ran in the same callback batch (0 for threads that never
 	 * wait on many fds: thread-per-request servers). */
 	__u32 loop_seq;
-	__u32 _pad;
+	/* Go processes the agent instrumented (`go_procs`): low 32 bits of the
+	 * id of the goroutine that made the syscall, the logical thread whose
+	 * current request counts (goroutines move between OS threads); 0 when
+	 * not a Go process or not known. */
+	__u32 goid;
 };
 
 struct periscope_data_event {
@@ -217,6 +222,33 @@ struct periscope_proc_event {
 	 * /proc/PID/stat shows in clock ticks as its start time; else 0 */
 	__u64 start_boottime_ns;
 	char comm[16];
+};
+
+/* How one goroutine caused another (struct periscope_goroutine_event). */
+enum periscope_goroutine_relation {
+	PERISCOPE_GO_CREATED = 0, /* `from` ran the go statement that made `to` */
+	PERISCOPE_GO_READIED = 1, /* `from` handed work to `to` (net/http: a request to write) */
+	PERISCOPE_GO_EXITED = 2,  /* `to` exited (from = 0) */
+};
+
+/* Sent by the Go runtime uprobes (ebpf/src/go_runtime.h) for goroutines
+ * that did socket I/O or descend from one that did: the only goroutines
+ * whose current request the agent keeps. hdr.goid is 0; ids are full. */
+struct periscope_goroutine_event {
+	struct periscope_event_header hdr;
+	__u64 from;
+	__u64 to;
+	__u32 relation; /* enum periscope_goroutine_relation */
+	__u32 _pad;
+};
+
+/* Value of `go_procs` (key: tgid): where the Go runtime of this process
+ * keeps what the kernel reads, byte offsets of the Go version it runs. */
+struct periscope_go_offsets {
+	__u16 g_goid; /* runtime.g.goid */
+	__u16 g_m;    /* runtime.g.m */
+	__u16 m_curg; /* runtime.m.curg: the user goroutine the thread runs */
+	__u16 _pad;
 };
 
 /* Key of the kernel's `conns` cache; the agent purges a process's keys when it

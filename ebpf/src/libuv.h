@@ -31,7 +31,7 @@ static __always_inline int emit_async(__u64 key, __u32 phase)
 	e->hdr.ts_enter_ns = now;
 	e->hdr.ts_exit_ns = now;
 	e->hdr.loop_seq = loop_seq((__u32)id);
-	e->hdr._pad = 0;
+	e->hdr.goid = 0; /* not a Go process: runtimes with their own hooks */
 	e->key = key;
 	e->phase = phase;
 	e->_pad = 0;

@@ -19,6 +19,8 @@ struct wire_types {
 	struct periscope_conn_info conn_info;
 	struct periscope_segments segments;
 	struct periscope_segment segment;
+	struct periscope_goroutine_event goroutine;
+	struct periscope_go_offsets go_offsets;
 };
 
 struct {

@@ -21,7 +21,7 @@ static __always_inline void emit_proc_event(__u32 kind, __u32 pid, __u32 tid, __
 	e->hdr.ts_enter_ns = bpf_ktime_get_ns();
 	e->hdr.ts_exit_ns = e->hdr.ts_enter_ns;
 	e->hdr.loop_seq = 0;
-	e->hdr._pad = 0;
+	e->hdr.goid = 0;
 	e->ppid = ppid;
 	e->_pad = 0;
 	e->start_boottime_ns = start_boottime_ns;

@@ -6,6 +6,7 @@
 #include "conn.h"
 #include "amqp_capture.h"
 #include "tls_sockets.h"
+#include "go_runtime.h"
 
 /* The programs' contexts are the syscalls:sys_enter_* / sys_exit_* records,
  * vmlinux.h's struct trace_event_raw_sys_enter (args[6]) and
@@ -97,7 +98,7 @@ static __always_inline void fill_header(struct periscope_event_header *h, __u32 
 	h->ts_enter_ns = ts_enter;
 	h->ts_exit_ns = bpf_ktime_get_ns();
 	h->loop_seq = loop_seq((__u32)id);
-	h->_pad = 0;
+	h->goid = go_syscall_goid(id);
 }
 
 static __always_inline void emit_conn_event(__u32 kind, __u64 id, __s32 fd, __u64 ts_enter,

@@ -8,8 +8,9 @@ use thiserror::Error;
 
 use crate::probes::wire::{
     periscope_async_event, periscope_async_phase, periscope_capture_policy, periscope_conn_event, periscope_data_event,
-    periscope_data_layout, periscope_direction, periscope_event_header, periscope_event_kind, periscope_proc_event,
-    periscope_role, periscope_segment, periscope_segments, periscope_syscall, periscope_tuple,
+    periscope_data_layout, periscope_direction, periscope_event_header, periscope_event_kind,
+    periscope_goroutine_event, periscope_goroutine_relation, periscope_proc_event, periscope_role, periscope_segment,
+    periscope_segments, periscope_syscall, periscope_tuple,
 };
 use crate::protocols::{Chunk, Direction};
 
@@ -69,6 +70,9 @@ pub struct Header {
     pub ts_exit: u64,
     /// Event-loop iteration of the thread (see `loop_seq` in events.h).
     pub loop_seq: u32,
+    /// Instrumented Go processes: the goroutine that made the syscall (low
+    /// 32 bits of its id; 0 when none).
+    pub goid: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -279,6 +283,26 @@ pub struct AsyncEvent {
     pub phase: AsyncPhase,
 }
 
+/// How one goroutine caused another (Go runtime uprobes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoroutineRelation {
+    /// `from` ran the `go` statement that made `to`.
+    Created,
+    /// `from` handed work to `to` (net/http's Transport: a request to write).
+    Readied,
+    /// `to` exited.
+    Exited,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct GoroutineEvent {
+    pub header: Header,
+    pub relation: GoroutineRelation,
+    /// Goroutine ids (full 64 bits).
+    pub from: u64,
+    pub to: u64,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub enum Event<'a> {
     Data(DataEvent<'a>),
@@ -288,6 +312,7 @@ pub enum Event<'a> {
     ProcExit(ProcEvent),
     ProcExec(ProcEvent),
     Async(AsyncEvent),
+    Goroutine(GoroutineEvent),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -320,7 +345,15 @@ fn read<T: Copy>(record: &[u8], what: &'static str) -> Result<T, DecodeError> {
 }
 
 fn header(h: &periscope_event_header) -> Header {
-    Header { pid: h.pid, tid: h.tid, fd: h.fd, ts_enter: h.ts_enter_ns, ts_exit: h.ts_exit_ns, loop_seq: h.loop_seq }
+    Header {
+        pid: h.pid,
+        tid: h.tid,
+        fd: h.fd,
+        ts_enter: h.ts_enter_ns,
+        ts_exit: h.ts_exit_ns,
+        loop_seq: h.loop_seq,
+        goid: h.goid,
+    }
 }
 
 fn role(raw: u8) -> Role {
@@ -446,6 +479,16 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 other => return Err(DecodeError::UnknownPhase(other)),
             };
             Ok(Event::Async(AsyncEvent { header: header(&e.hdr), key: e.key, phase }))
+        }
+        k if k == periscope_event_kind::PERISCOPE_EV_GOROUTINE as u32 => {
+            let e: periscope_goroutine_event = read(record, "goroutine event")?;
+            let relation = match e.relation {
+                r if r == periscope_goroutine_relation::PERISCOPE_GO_CREATED as u32 => GoroutineRelation::Created,
+                r if r == periscope_goroutine_relation::PERISCOPE_GO_READIED as u32 => GoroutineRelation::Readied,
+                r if r == periscope_goroutine_relation::PERISCOPE_GO_EXITED as u32 => GoroutineRelation::Exited,
+                _ => return Err(DecodeError::UnknownKind(k)),
+            };
+            Ok(Event::Goroutine(GoroutineEvent { header: header(&e.hdr), relation, from: e.from, to: e.to }))
         }
         other => Err(DecodeError::UnknownKind(other)),
     }

@@ -42,6 +42,13 @@ pub struct ContextArgs {
     #[arg(long, env = "PERISCOPE_ASYNCIO_UPROBES", default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub asyncio_uprobes: bool,
+
+    /// Go processes: follow goroutines (uprobes on the Go runtime) so that
+    /// the goroutine, not the OS thread, carries the current request. Off:
+    /// per-thread context, wrong under concurrency (goroutines move between
+    /// threads).
+    #[arg(long, env = "PERISCOPE_GO_RUNTIME", default_value_t = true, action = clap::ArgAction::Set)]
+    pub go_runtime: bool,
 }
 
 /// The trace-context group resolved.
@@ -57,6 +64,8 @@ pub struct ContextSettings {
     pub libuv_uprobes: bool,
     /// Whether asyncio Tasks are followed with uprobes.
     pub asyncio_uprobes: bool,
+    /// Whether Go processes get the runtime uprobes (goroutine context).
+    pub go_runtime: bool,
 }
 
 impl ContextArgs {
@@ -70,6 +79,7 @@ impl ContextArgs {
             max_wait: Duration::from_millis(self.trace_max_wait),
             libuv_uprobes: self.libuv_uprobes,
             asyncio_uprobes: self.asyncio_uprobes,
+            go_runtime: self.go_runtime,
         })
     }
 }

@@ -150,12 +150,40 @@ impl ConnTrace {
     }
 }
 
-/// A thread of a tracked process, with its event-loop iteration.
+/// A thread of a tracked process, with its event-loop iteration. In an
+/// instrumented Go process the logical thread is the goroutine
+/// ([`ThreadKey::of`]): goroutines move between OS threads, and a goroutine
+/// is sequential code, whose current request holds until it changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThreadKey {
     pub pid: u32,
     pub tid: u32,
     pub loop_seq: u32,
+}
+
+/// Marks a goroutine's `ThreadKey::tid`: Linux tids stay below 2^22, so a
+/// goroutine never takes an OS thread's place (ids are kept modulo 2^31).
+const GOROUTINE_BIT: u32 = 0x8000_0000;
+
+impl ThreadKey {
+    /// The logical thread of an event: the goroutine when the kernel named
+    /// one (`goid` != 0), else the OS thread in its loop iteration.
+    pub fn of(pid: u32, tid: u32, loop_seq: u32, goid: u32) -> Self {
+        if goid != 0 {
+            Self::goroutine(pid, u64::from(goid))
+        } else {
+            Self { pid, tid, loop_seq }
+        }
+    }
+
+    /// Goroutine `goid` of Go process `pid`.
+    pub fn goroutine(pid: u32, goid: u64) -> Self {
+        Self { pid, tid: GOROUTINE_BIT | (goid as u32 & !GOROUTINE_BIT), loop_seq: 0 }
+    }
+
+    pub fn is_goroutine(&self) -> bool {
+        self.tid & GOROUTINE_BIT != 0
+    }
 }
 
 /// Server requests a thread read and has not begun to answer, in the order
@@ -214,6 +242,9 @@ impl WaitQueue {
 #[derive(Debug, Default)]
 struct Current {
     ctx: Option<SpanCtx>,
+    /// The thread has read server requests (a goroutine serving a
+    /// connection): it works for its own requests, never for a waker's.
+    serves: bool,
     loop_seq: u32,
     /// The fd the thread last read from, and in which loop iteration.
     last_read: Option<(i32, u32)>,
@@ -524,7 +555,9 @@ impl Tracker {
                 let started = Started::new(ctx, None, chunk.ts_enter, chunk.ts_exit);
                 self.push(trace, started);
                 trace.server_tid = Some(thread.tid);
-                self.threads.entry(thread.pid, thread.tid, telemetry).waiting.push(started.ctx, telemetry);
+                let current = self.threads.entry(thread.pid, thread.tid, telemetry);
+                current.serves = true;
+                current.waiting.push(started.ctx, telemetry);
                 tracing::trace!(tid = thread.tid, seq = thread.loop_seq, fd, span = ?started.ctx.span_id, "server request");
                 let ctx = trace.pending.back().map(|s| s.ctx);
                 self.threads.set(thread, ctx, telemetry);
@@ -546,7 +579,15 @@ impl Tracker {
             let current = self.threads.current(thread);
             // A request written from a "connected" callback has no read before
             // it in its loop iteration: the connect's request is its parent.
-            let mut parent = if trace.requests == 0 { trace.connect_ctx.or(current) } else { current };
+            // A goroutine's own current request is better than its connect's:
+            // the connection a goroutine dialled may serve another request
+            // first (Go's http.Transport hands a new connection to whoever
+            // waits), and its writer goroutine is woken by that request.
+            let mut parent = match (trace.requests, thread.is_goroutine()) {
+                (0, false) => trace.connect_ctx.or(current),
+                (0, true) => current.or(trace.connect_ctx),
+                _ => current,
+            };
             self.connect_done(trace, thread.pid);
             // Written in the callback that read this connection's previous
             // answer (no other read in between): a queue inside the process
@@ -780,6 +821,33 @@ impl Tracker {
         let group = self.assembly.new_root(ts, telemetry);
         self.assembly.open(group);
         Started::new(SpanCtx { span_id: SpanId::random(), group }, None, ts, ts)
+    }
+
+    /// Go: goroutine `child` was created by `parent` (a `go` statement): it
+    /// starts out working for its creator's current request.
+    pub fn on_goroutine_created(&mut self, pid: u32, parent: u64, child: u64, telemetry: &Telemetry) {
+        if let Some(ctx) = self.threads.current(ThreadKey::goroutine(pid, parent)) {
+            self.threads.set(ThreadKey::goroutine(pid, child), Some(ctx), telemetry);
+        }
+    }
+
+    /// Go: goroutine `waker` handed work to `woken` (net/http's Transport: a
+    /// request to write, to the connection's writeLoop). A goroutine that
+    /// serves no requests of its own now works for the waker's current
+    /// request; a goroutine serving requests keeps its own.
+    pub fn on_goroutine_readied(&mut self, pid: u32, waker: u64, woken: u64, telemetry: &Telemetry) {
+        let woken = ThreadKey::goroutine(pid, woken);
+        if self.threads.map.get(&(pid, woken.tid)).is_some_and(|c| c.serves) {
+            return;
+        }
+        if let Some(ctx) = self.threads.current(ThreadKey::goroutine(pid, waker)) {
+            self.threads.set(woken, Some(ctx), telemetry);
+        }
+    }
+
+    /// Go: goroutine `goid` exited.
+    pub fn on_goroutine_exited(&mut self, pid: u32, goid: u64) {
+        self.threads.map.remove(&(pid, ThreadKey::goroutine(pid, goid).tid));
     }
 
     /// A process exited: forget its threads.

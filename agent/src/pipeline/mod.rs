@@ -37,7 +37,7 @@ use crate::{
     context::{assembly::AssemblyOptions, Assembler, ThreadKey, Tracker},
     discovery::{runtime_hooks::Runtime, tls_libraries::TlsLibrary, ProcessInfo, Scanner},
     kubernetes::KubernetesMetadata,
-    probes::{wire::periscope_counter, Probes},
+    probes::{self, wire::periscope_counter, Probes},
     spans::{
         clock::{monotonic_now, Clock},
         http::HttpSpanOptions,
@@ -83,6 +83,9 @@ pub struct Pipeline {
     kubernetes: Option<KubernetesMetadata>,
     /// Questions to the conntrack thread (set once it runs).
     conntrack: Option<std_mpsc::SyncSender<conntrack::Query>>,
+    /// Pids for the Go executable inspector (set once it runs, when the Go
+    /// runtime hooks are on and loaded).
+    go_inspector: Option<std_mpsc::SyncSender<u32>>,
 }
 
 impl Pipeline {
@@ -117,6 +120,7 @@ impl Pipeline {
             outcomes: Vec::new(),
             requests: None,
             conntrack: None,
+            go_inspector: None,
         }
     }
 
@@ -148,6 +152,14 @@ impl Pipeline {
         let (nat_answers, mut nat_rx) = mpsc::channel(conntrack::MAX_ANSWERS);
         conntrack::spawn(queries_rx, nat_answers)?;
         self.conntrack = Some(queries);
+        let (go_answers, mut go_rx) = mpsc::channel(probes::go::MAX_INSPECTIONS);
+        if self.settings.context.go_runtime && self.probes.go_runtime_available() {
+            self.go_inspector = Some(probes::go::spawn_inspector(go_answers)?);
+            // Processes tracked before the inspector ran.
+            for pid in self.registry.pids() {
+                self.inspect_go(pid);
+            }
+        }
 
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // Data events wake us only when many are waiting; the rest is drained here.
@@ -165,6 +177,7 @@ impl Pipeline {
                     self.on_links(monotonic_now(), false);
                 }
                 Some(answer) = answers_rx.recv() => self.on_answer(answer),
+                Some(found) = go_rx.recv() => self.on_go_inspected(found),
                 Some(answer) = nat_rx.recv() => {
                     let now = monotonic_now();
                     self.linker.on_translation(answer.server, answer.translation, now);
@@ -209,7 +222,8 @@ impl Pipeline {
                     return;
                 }
                 let key = ConnKey { pid: d.header.pid, fd: d.header.fd };
-                let thread = ThreadKey { pid: d.header.pid, tid: d.header.tid, loop_seq: d.header.loop_seq };
+                let h = &d.header;
+                let thread = ThreadKey::of(h.pid, h.tid, h.loop_seq, h.goid);
                 if d.tls {
                     table.tls_plaintext(key);
                 }
@@ -221,7 +235,8 @@ impl Pipeline {
             }
             Event::ConnOpen(c) => {
                 let key = ConnKey { pid: c.header.pid, fd: c.header.fd };
-                let thread = ThreadKey { pid: c.header.pid, tid: c.header.tid, loop_seq: c.header.loop_seq };
+                let h = &c.header;
+                let thread = ThreadKey::of(h.pid, h.tid, h.loop_seq, h.goid);
                 table.open(key, c.tuple, c.role, thread, c.header.ts_exit, tracker, out, t);
             }
             Event::ConnClose(c) => table.close(ConnKey { pid: c.header.pid, fd: c.header.fd }, tracker, out, t),
@@ -230,10 +245,11 @@ impl Pipeline {
             Event::ProcExec(p) => self.on_exec(p.header.pid),
             Event::Async(a) => {
                 if self.registry.contains(a.header.pid) {
-                    let thread = ThreadKey { pid: a.header.pid, tid: a.header.tid, loop_seq: a.header.loop_seq };
-                    tracker.on_async(thread, a.key, a.phase, t);
+                    let h = &a.header;
+                    tracker.on_async(ThreadKey::of(h.pid, h.tid, h.loop_seq, h.goid), a.key, a.phase, t);
                 }
             }
+            Event::Goroutine(g) => self.on_goroutine(g),
         }
         self.flush_outcomes();
     }
@@ -276,6 +292,7 @@ impl Pipeline {
                     // A watched process became another program: its TLS libraries.
                     self.ask(Request::TlsLibraries { pid: info.pid });
                 }
+                self.inspect_go(info.pid);
                 match self.registry.refresh(&info) {
                     Refresh::NotTracked => {}
                     Refresh::Same => self.registry.publish_view(),
@@ -343,6 +360,7 @@ impl Pipeline {
         self.ask(Request::TlsLibraries { pid: info.pid });
         self.telemetry.inc(Counter::ProcessesTracked);
         self.hook_runtimes(info);
+        self.inspect_go(info.pid);
         true
     }
 
@@ -396,6 +414,57 @@ impl Pipeline {
         }
     }
 
+    /// Asks whether a tracked process runs Go (answered in `on_go_inspected`).
+    fn inspect_go(&self, pid: u32) {
+        if let Some(inspector) = &self.go_inspector {
+            if inspector.try_send(pid).is_err() {
+                self.telemetry.add_for(Counter::GoRuntimeProcesses, "go", "inspector busy", 1);
+            }
+        }
+    }
+
+    /// What a tracked process's executable is: a Go program gets the
+    /// runtime hooks; any other answer keeps per-thread context.
+    fn on_go_inspected(&mut self, found: probes::go::Inspected) {
+        if !self.registry.contains(found.pid) {
+            return;
+        }
+        let t = &self.telemetry;
+        match found.result {
+            Ok(binary) => match self.probes.instrument_go(found.pid, &binary) {
+                Ok(uprobes) => {
+                    t.add_for(Counter::GoRuntimeProcesses, "go", "instrumented", 1);
+                    tracing::info!(pid = found.pid, version = %binary.version, stripped = binary.stripped, uprobes,
+                        "Go runtime hooks attached: goroutines carry the current request");
+                }
+                Err(e) => {
+                    t.add_for(Counter::GoRuntimeProcesses, "go", "attach failed", 1);
+                    tracing::warn!(pid = found.pid, "Go runtime hooks not attached, per-thread context: {e}");
+                }
+            },
+            Err(probes::go::InspectError::NotGo) => t.add_for(Counter::GoRuntimeProcesses, "go", "not go", 1),
+            Err(e) => {
+                t.add_for(Counter::GoRuntimeProcesses, "go", e.reason(), 1);
+                tracing::warn!(pid = found.pid, "Go runtime hooks not attached, per-thread context: {e}");
+            }
+        }
+    }
+
+    /// A goroutine created, woken up or gone (Go runtime hooks).
+    fn on_goroutine(&mut self, g: capture::GoroutineEvent) {
+        let pid = g.header.pid;
+        if !self.registry.contains(pid) {
+            return;
+        }
+        self.telemetry.inc(Counter::GoroutineEvents);
+        let t = &*self.telemetry;
+        match g.relation {
+            capture::GoroutineRelation::Created => self.tracker.on_goroutine_created(pid, g.from, g.to, t),
+            capture::GoroutineRelation::Readied => self.tracker.on_goroutine_readied(pid, g.from, g.to, t),
+            capture::GoroutineRelation::Exited => self.tracker.on_goroutine_exited(pid, g.to),
+        }
+    }
+
     /// The kernel tracks a child of a tracked process from its fork: it is
     /// its parent's copy until the discovery thread has read it.
     fn on_fork(&mut self, pid: u32, ppid: u32, start_time_ticks: u64) {
@@ -409,6 +478,8 @@ impl Pipeline {
     fn on_exec(&mut self, pid: u32) {
         let tracked = self.registry.contains(pid);
         if tracked {
+            // A new executable: the Go hooks of the old one are void.
+            self.probes.forget_go(pid);
             // Its fds may have been closed by O_CLOEXEC without close().
             self.table.forget_process(pid, &mut self.tracker, &mut self.outcomes, &self.telemetry);
             self.flush_outcomes();

@@ -1,6 +1,7 @@
 //! Loading and attaching the kernel programs, and the agent's handles on
 //! their maps. Everything that needs privileges happens here, and every
 //! failure says in one line what is missing.
+pub mod go;
 pub mod tls;
 pub mod wire;
 
@@ -127,6 +128,9 @@ pub struct Probes {
     /// processes that are not watched never take the uprobes' traps.
     hooked: Option<std::collections::HashMap<(u32, Runtime), Vec<UprobeLink>>>,
     tls: tls::TlsProbes,
+    /// The Go runtime uprobes (None: they did not load; Go processes keep
+    /// per-thread context).
+    go: Option<go::GoRuntime>,
 }
 
 /// An attached uprobe: its program and link.
@@ -264,8 +268,11 @@ impl Probes {
             HashMap::try_from(take(&mut ebpf, "conns")?).map_err(|source| ProbeError::Map { map: "conns", source })?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "counters")?)
             .map_err(|source| ProbeError::Map { map: "counters", source })?;
+        let go = go::GoRuntime::load(&mut ebpf)
+            .inspect_err(|e| tracing::warn!("continuing without the Go runtime hooks: {e}"))
+            .ok();
         let hooked = uprobes_ok.then(std::collections::HashMap::new);
-        Ok((Self { ebpf, tracked, conns, counters, hooked, tls }, ring))
+        Ok((Self { ebpf, tracked, conns, counters, hooked, tls, go }, ring))
     }
 
     /// Starts producing socket events for `pid` (its children follow in the kernel).
@@ -281,6 +288,7 @@ impl Probes {
         let _ = self.tracked.remove(&pid);
         self.purge_connections(pid);
         self.unhook(pid);
+        self.forget_go(pid);
     }
 
     /// Deletes the kernel's cached fd descriptions of `pid` (after exit or exec).

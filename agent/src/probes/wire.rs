@@ -61,7 +61,9 @@ mod layout_tests {
     #[test]
     fn kernel_and_agent_agree_on_every_shared_struct() {
         let btf = btf_structs();
-        check!(btf, periscope_event_header { kind, pid, tid, fd, ts_enter_ns, ts_exit_ns });
+        check!(btf, periscope_event_header { kind, pid, tid, fd, ts_enter_ns, ts_exit_ns, loop_seq, goid });
+        check!(btf, periscope_goroutine_event { hdr, from, to, relation });
+        check!(btf, periscope_go_offsets { g_goid, g_m, m_curg });
         check!(btf, periscope_tuple { local_addr, remote_addr, local_port, remote_port, family });
         check!(btf, periscope_data_event { hdr, tuple, bytes, captured, direction, role, syscall, layout, data });
         check!(btf, periscope_segments { start, end });

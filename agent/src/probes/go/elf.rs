@@ -1,0 +1,281 @@
+//! What the Go runtime hooks need from a Go executable: its Go version
+//! (`.go.buildinfo`), the runtime's struct offsets for that version, and
+//! where `runtime.newproc1` returns and `runtime.goexit0` starts (and, when
+//! linked in, net/http's `(*persistConn).writeLoop` and `.roundTrip`), as
+//! file offsets. Functions are found by ELF symbol, or through the
+//! function table of `.gopclntab` when the binary is stripped
+//! (`-ldflags='-s -w'` drops the symbol table, never `.gopclntab`). Return
+//! sites are found by decoding the function's x86-64 machine code: a
+//! uretprobe would rewrite the return address on a goroutine stack, which
+//! Go moves, and crash the process.
+use object::{read::ReadCache, Architecture, Object, ObjectSection, ObjectSymbol, ReadRef, SectionKind, SymbolKind};
+use thiserror::Error;
+
+use crate::probes::wire::periscope_go_offsets;
+
+/// Executables larger than this are not inspected.
+const MAX_EXECUTABLE: u64 = 1 << 30;
+/// Functions longer than this are not decoded (newproc1 is ~1 KiB).
+const MAX_FUNCTION: u64 = 64 * 1024;
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum InspectError {
+    #[error("cannot read the executable: {0}")]
+    Read(String),
+    #[error("not a Go executable")]
+    NotGo,
+    #[error("Go executable for {0}, the runtime hooks support amd64 only")]
+    Architecture(String),
+    #[error("no Go version in .go.buildinfo (Go before 1.18?)")]
+    NoVersion,
+    #[error("{0}: no runtime offsets known for this Go version (supported: {SUPPORTED})")]
+    UnsupportedVersion(String),
+    #[error("{0} not found (neither in the symbol table nor in .gopclntab)")]
+    FunctionMissing(&'static str),
+    #[error("{0}: no RET instruction decoded")]
+    NoReturn(&'static str),
+}
+
+impl InspectError {
+    /// The `reason` label of the counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InspectError::Read(_) => "unreadable",
+            InspectError::NotGo => "not go",
+            InspectError::Architecture(_) => "unsupported architecture",
+            InspectError::NoVersion | InspectError::UnsupportedVersion(_) => "unsupported version",
+            InspectError::FunctionMissing(_) | InspectError::NoReturn(_) => "runtime not understood",
+        }
+    }
+}
+
+/// Go versions whose runtime offsets are known (checked against DWARF of a
+/// real build: `agent/tests/kernel_context.rs`).
+pub const SUPPORTED: &str = "go1.19";
+
+/// The runtime's struct offsets on amd64 for a Go version (`go1.19.8`).
+/// go1.19 (runtime/runtime2.go): g.m 48, g.goid 152, m.curg 192.
+pub fn runtime_offsets(version: &str) -> Option<periscope_go_offsets> {
+    let minor: u32 = version.strip_prefix("go1.")?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+    match minor {
+        19 => Some(periscope_go_offsets { g_goid: 152, g_m: 48, m_curg: 192, _pad: 0 }),
+        _ => None,
+    }
+}
+
+/// A Go executable the hooks can be attached to.
+#[derive(Clone, Debug)]
+pub struct GoBinary {
+    pub version: String,
+    pub offsets: periscope_go_offsets,
+    /// File offsets of the RET instructions of runtime.newproc1.
+    pub newproc1_returns: Vec<u64>,
+    /// File offset of the first instruction of runtime.goexit0.
+    pub goexit0: u64,
+    /// net/http's client, when linked in: the entries of
+    /// (*persistConn).writeLoop and (*persistConn).roundTrip.
+    pub http_write_loop: Option<u64>,
+    pub http_round_trip: Option<u64>,
+    /// Functions were found through .gopclntab (no symbol table).
+    pub stripped: bool,
+}
+
+/// Inspects the executable at `path` (only the parts needed are read).
+pub fn inspect_file(path: &std::path::Path) -> Result<GoBinary, InspectError> {
+    let file = std::fs::File::open(path).map_err(|e| InspectError::Read(e.to_string()))?;
+    let len = file.metadata().map_err(|e| InspectError::Read(e.to_string()))?.len();
+    if len > MAX_EXECUTABLE {
+        return Err(InspectError::Read(format!("{len} bytes, more than the {MAX_EXECUTABLE} inspected")));
+    }
+    let cache = ReadCache::new(file);
+    inspect(&cache)
+}
+
+/// A function's address range, where it was found.
+struct Function {
+    address: u64,
+    size: u64,
+}
+
+pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
+    let file = object::File::parse(data).map_err(|e| InspectError::Read(e.to_string()))?;
+    let Some(buildinfo) = file.section_by_name(".go.buildinfo") else {
+        return Err(InspectError::NotGo);
+    };
+    if file.architecture() != Architecture::X86_64 {
+        return Err(InspectError::Architecture(format!("{:?}", file.architecture())));
+    }
+    let info = buildinfo.data().map_err(|e| InspectError::Read(e.to_string()))?;
+    let version = go_version(info).ok_or(InspectError::NoVersion)?;
+    let offsets = runtime_offsets(&version).ok_or_else(|| InspectError::UnsupportedVersion(version.clone()))?;
+
+    const NAMES: [&str; 4] = [
+        "runtime.newproc1",
+        "runtime.goexit0",
+        "net/http.(*persistConn).writeLoop",
+        "net/http.(*persistConn).roundTrip",
+    ];
+    let mut found: [Option<Function>; 4] = [None, None, None, None];
+    for symbol in file.symbols() {
+        if symbol.kind() != SymbolKind::Text {
+            continue;
+        }
+        if let Some(i) = symbol.name().ok().and_then(|n| NAMES.iter().position(|&w| w == n)) {
+            found[i] = Some(Function { address: symbol.address(), size: symbol.size() });
+        }
+    }
+    let stripped = found[..2].iter().any(Option::is_none);
+    if stripped {
+        let pclntab = file.section_by_name(".gopclntab").ok_or(InspectError::FunctionMissing(NAMES[0]))?;
+        let table = pclntab.data().map_err(|e| InspectError::Read(e.to_string()))?;
+        for (i, name) in NAMES.iter().enumerate() {
+            if found[i].is_none() {
+                found[i] = pclntab_function(table, name);
+            }
+        }
+    }
+    let [Some(newproc1), Some(goexit0), write_loop, round_trip] = found else {
+        let i = found.iter().position(Option::is_none).unwrap_or(0);
+        return Err(InspectError::FunctionMissing(NAMES[i]));
+    };
+    let text = |f: &Function, name: &'static str| -> Result<(u64, &'a [u8]), InspectError> {
+        let section = file
+            .sections()
+            .find(|s| s.kind() == SectionKind::Text && s.address() <= f.address && f.address < s.address() + s.size())
+            .ok_or(InspectError::FunctionMissing(name))?;
+        let (section_offset, _) = section.file_range().ok_or(InspectError::FunctionMissing(name))?;
+        let file_offset = f.address - section.address() + section_offset;
+        let size = f.size.min(MAX_FUNCTION);
+        let bytes = section
+            .data_range(f.address, size)
+            .ok()
+            .flatten()
+            .ok_or_else(|| InspectError::Read(format!("the code of {name}")))?;
+        Ok((file_offset, bytes))
+    };
+    let (newproc1_offset, code) = text(&newproc1, NAMES[0])?;
+    let newproc1_returns: Vec<u64> =
+        return_sites(code, newproc1.address).into_iter().map(|at| at - newproc1.address + newproc1_offset).collect();
+    if newproc1_returns.is_empty() {
+        return Err(InspectError::NoReturn(NAMES[0]));
+    }
+    Ok(GoBinary {
+        version,
+        offsets,
+        newproc1_returns,
+        goexit0: text(&goexit0, NAMES[1])?.0,
+        http_write_loop: write_loop.and_then(|f| text(&f, NAMES[2]).ok()).map(|(at, _)| at),
+        http_round_trip: round_trip.and_then(|f| text(&f, NAMES[3]).ok()).map(|(at, _)| at),
+        stripped,
+    })
+}
+
+/// The Go version recorded in `.go.buildinfo` (Go 1.18+: inline strings).
+/// Layout: "\xff Go buildinf:" (14 bytes), pointer size, flags (bit 1:
+/// inline strings), padding to 32, then the version as a varint-prefixed string.
+pub fn go_version(info: &[u8]) -> Option<String> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    if !info.starts_with(MAGIC) || info.len() < 33 || info[15] & 2 == 0 {
+        return None;
+    }
+    let (len, used) = uvarint(&info[32..])?;
+    let start = 32 + used;
+    let bytes = info.get(start..start.checked_add(usize::try_from(len).ok()?)?)?;
+    let version = std::str::from_utf8(bytes).ok()?;
+    version.starts_with("go").then(|| version.to_owned())
+}
+
+fn uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// A function's entry and size from `.gopclntab` (Go 1.18+ layout, magic
+/// 0xfffffff0 or 0xfffffff1): a header of 8 words (nfunc, nfiles,
+/// textStart, then offsets of funcnametab, cutab, filetab, pctab, and the
+/// function table), the function table being nfunc+1 pairs (entry offset
+/// from textStart, offset of the _func record), each _func starting with
+/// its entry offset and the offset of its name in funcnametab. A function
+/// ends where the next one starts.
+fn pclntab_function(table: &[u8], name: &str) -> Option<Function> {
+    let u32_at = |at: usize| -> Option<u32> { Some(u32::from_le_bytes(table.get(at..at + 4)?.try_into().ok()?)) };
+    let word = |at: usize| -> Option<usize> {
+        usize::try_from(u64::from_le_bytes(table.get(at..at + 8)?.try_into().ok()?)).ok()
+    };
+    let magic = u32_at(0)?;
+    if !(magic == 0xffff_fff0 || magic == 0xffff_fff1) || table.get(7) != Some(&8) {
+        return None;
+    }
+    let nfunc = word(8)?;
+    let text_start = word(24)? as u64;
+    let funcnames = word(32)?;
+    let functab = word(64)?;
+    for i in 0..nfunc {
+        let entry = functab + i * 8;
+        let func = functab + u32_at(entry + 4)? as usize;
+        let name_off = u32_at(func + 4)? as usize;
+        let at = funcnames + name_off;
+        let rest = table.get(at..at + name.len() + 1)?;
+        if &rest[..name.len()] == name.as_bytes() && rest[name.len()] == 0 {
+            let start = u64::from(u32_at(entry)?);
+            let end = u64::from(u32_at(entry + 8)?);
+            return Some(Function { address: text_start + start, size: end.checked_sub(start)? });
+        }
+    }
+    None
+}
+
+/// Addresses of the RET instructions of `code` (loaded at `address`),
+/// decoded instruction by instruction: a 0xC3 byte inside another
+/// instruction is no return site, and a uprobe there would corrupt the code.
+pub fn return_sites(code: &[u8], address: u64) -> Vec<u64> {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        if instruction.mnemonic() == Mnemonic::Ret {
+            out.push(instruction.ip());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn returns_are_decoded_not_grepped() {
+        // add rbx, 0x10 (48 83 c3 10: a 0xC3 byte that is no RET); ret; int3; ret imm16
+        let code = [0x48, 0x83, 0xc3, 0x10, 0xc3, 0xcc, 0xc2, 0x08, 0x00];
+        assert_eq!(return_sites(&code, 0x1000), vec![0x1004, 0x1006]);
+    }
+
+    #[test]
+    fn version_from_buildinfo() {
+        let mut info = b"\xff Go buildinf:".to_vec();
+        info.extend([8, 2]);
+        info.resize(32, 0);
+        info.push(8);
+        info.extend(b"go1.19.8");
+        assert_eq!(go_version(&info).as_deref(), Some("go1.19.8"));
+        info[15] = 0; // pre-1.18: pointers, not strings
+        assert_eq!(go_version(&info), None);
+        assert!(runtime_offsets("go1.19.8").is_some());
+        assert!(runtime_offsets("go1.20").is_none());
+        assert!(runtime_offsets("devel").is_none());
+    }
+
+    #[test]
+    fn non_go_executables_are_told_apart() {
+        let me = std::env::current_exe().unwrap();
+        assert_eq!(inspect_file(&me).unwrap_err(), InspectError::NotGo);
+    }
+}
