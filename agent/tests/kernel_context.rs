@@ -61,6 +61,14 @@ fn spawn(cmd: &mut Command, service: &str) -> Proc {
     child
 }
 
+/// utime + stime of a process, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+}
+
 fn service(s: &ReceivedSpan) -> String {
     match s.resource.get("service.name") {
         Some(Val::Str(n)) => n.clone(),
@@ -299,6 +307,7 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
                 .then_some(())
         });
     }
+    let cpu_before = cpu_ticks(agent.pid());
     let stdin = caller.0.stdin.as_mut().unwrap();
     stdin.write_all(b"go\n").unwrap();
     stdin.flush().unwrap();
@@ -326,6 +335,16 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu = cpu_ticks(agent.pid()) - cpu_before;
+    eprintln!("{name} concurrency {concurrency}: agent CPU {} ms for {total} requests", cpu * 10);
+    if std::env::var_os("CONTEXT_TEST_BPF_STATS").is_some() {
+        // With sysctl kernel.bpf_stats_enabled=1: each program's runs and time.
+        let out = Command::new("bpftool").args(["prog", "show"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines().filter(|l| l.contains(" name handle_")) {
+            eprintln!("bpf: {line}");
+        }
+    }
     let spans = rx.spans();
     let counters: Vec<String> = agent
         .metrics()
@@ -532,4 +551,19 @@ fn rust_pool_server_entry() {
     for s in listener.incoming().flatten() {
         tx.send(s).unwrap();
     }
+}
+
+/// Both builds are understood: by symbol, and through .gopclntab when
+/// stripped (the same functions, the same number of return sites).
+#[test]
+fn go_binaries_are_understood_with_and_without_symbols() {
+    use periscope::probes::go::elf::inspect_file;
+    let normal = inspect_file(&go_frontend(false)).expect("the normal build");
+    let stripped = inspect_file(&go_frontend(true)).expect("the stripped build");
+    assert!(!normal.stripped && stripped.stripped);
+    assert_eq!(normal.version, stripped.version);
+    assert!(normal.version.starts_with("go1.19"), "{}", normal.version);
+    assert_eq!(normal.newproc1_returns.len(), stripped.newproc1_returns.len());
+    assert!(normal.http_write_loop.is_some() && stripped.http_write_loop.is_some());
+    assert!(normal.http_round_trip.is_some() && stripped.http_round_trip.is_some());
 }

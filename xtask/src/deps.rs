@@ -33,6 +33,10 @@ pub(crate) const PACKAGES: &[&str] = &[
     // Cross-namespace link tests: namespaces, veths, bridges, NAT rules.
     "iproute2",
     "iptables",
+    // The Go frontend of kernel_context (Go runtime hooks): built offline in
+    // GOPATH mode against Debian's lib/pq.
+    "golang-go",
+    "golang-github-lib-pq-dev",
     // The demo and the comparison: the Mythical services' message broker,
     // and a font for the comparison's latency chart.
     "rabbitmq-server",

@@ -144,7 +144,7 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
             .find(|s| s.kind() == SectionKind::Text && s.address() <= f.address && f.address < s.address() + s.size())
             .ok_or(InspectError::FunctionMissing(name))?;
         let (section_offset, _) = section.file_range().ok_or(InspectError::FunctionMissing(name))?;
-        let file_offset = f.address - section.address() + section_offset;
+        let file_offset = f.address - section.address() + section_offset; // inside the section: no overflow
         let size = f.size.min(MAX_FUNCTION);
         let bytes = section
             .data_range(f.address, size)
@@ -204,9 +204,10 @@ fn uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
 /// its entry offset and the offset of its name in funcnametab. A function
 /// ends where the next one starts.
 fn pclntab_function(table: &[u8], name: &str) -> Option<Function> {
-    let u32_at = |at: usize| -> Option<u32> { Some(u32::from_le_bytes(table.get(at..at + 4)?.try_into().ok()?)) };
+    let u32_at =
+        |at: usize| -> Option<u32> { Some(u32::from_le_bytes(table.get(at..at.checked_add(4)?)?.try_into().ok()?)) };
     let word = |at: usize| -> Option<usize> {
-        usize::try_from(u64::from_le_bytes(table.get(at..at + 8)?.try_into().ok()?)).ok()
+        usize::try_from(u64::from_le_bytes(table.get(at..at.checked_add(8)?)?.try_into().ok()?)).ok()
     };
     let magic = u32_at(0)?;
     if !(magic == 0xffff_fff0 || magic == 0xffff_fff1) || table.get(7) != Some(&8) {
@@ -216,16 +217,17 @@ fn pclntab_function(table: &[u8], name: &str) -> Option<Function> {
     let text_start = word(24)? as u64;
     let funcnames = word(32)?;
     let functab = word(64)?;
+    // Offsets come from the file: checked, so that a damaged table ends the search.
     for i in 0..nfunc {
-        let entry = functab + i * 8;
-        let func = functab + u32_at(entry + 4)? as usize;
-        let name_off = u32_at(func + 4)? as usize;
-        let at = funcnames + name_off;
-        let rest = table.get(at..at + name.len() + 1)?;
+        let entry = functab.checked_add(i.checked_mul(8)?)?;
+        let func = functab.checked_add(u32_at(entry.checked_add(4)?)? as usize)?;
+        let name_off = u32_at(func.checked_add(4)?)? as usize;
+        let at = funcnames.checked_add(name_off)?;
+        let rest = table.get(at..at.checked_add(name.len() + 1)?)?;
         if &rest[..name.len()] == name.as_bytes() && rest[name.len()] == 0 {
             let start = u64::from(u32_at(entry)?);
-            let end = u64::from(u32_at(entry + 8)?);
-            return Some(Function { address: text_start + start, size: end.checked_sub(start)? });
+            let end = u64::from(u32_at(entry.checked_add(8)?)?);
+            return Some(Function { address: text_start.checked_add(start)?, size: end.checked_sub(start)? });
         }
     }
     None
@@ -271,6 +273,19 @@ mod tests {
         assert!(runtime_offsets("go1.19.8").is_some());
         assert!(runtime_offsets("go1.20").is_none());
         assert!(runtime_offsets("devel").is_none());
+    }
+
+    /// A table whose offsets point anywhere ends the search, never panics.
+    #[test]
+    fn a_damaged_pclntab_finds_nothing() {
+        let mut table = vec![0u8; 72];
+        table[..4].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+        table[7] = 8;
+        table[8..16].copy_from_slice(&u64::MAX.to_le_bytes()); // nfunc
+        table[32..40].copy_from_slice(&(u64::MAX - 2).to_le_bytes()); // funcnametab
+        table[64..72].copy_from_slice(&(u64::MAX - 4).to_le_bytes()); // functab
+        assert!(pclntab_function(&table, "runtime.newproc1").is_none());
+        assert!(pclntab_function(&table[..10], "runtime.newproc1").is_none());
     }
 
     #[test]
