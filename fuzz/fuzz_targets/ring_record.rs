@@ -28,6 +28,12 @@ fuzz_target!(|record: &[u8]| {
             Event::ProcFork(p) | Event::ProcExit(p) | Event::ProcExec(p) => {
                 let _ = p.comm().len();
             }
+            Event::Async(a) => {
+                let _ = (a.key, a.phase);
+            }
+            Event::Goroutine(g) => {
+                let _ = (g.from, g.to, g.relation);
+            }
         }
     }
 });
