@@ -538,7 +538,9 @@ impl Http2Session {
                 request_start_exit: s.start_exit,
                 request_end: s.request_end.unwrap_or(s.start_exit),
                 response_start_enter: s.response_start_enter,
-                response_end: ts,
+                // Events of two CPUs may come out of order: a stream never
+                // ends before it began.
+                response_end: ts.max(s.start_enter),
                 request_body_bytes: s.request_bytes,
                 response_body_bytes: s.response_bytes,
             },
