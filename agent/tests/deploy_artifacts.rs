@@ -213,6 +213,8 @@ fn spans_for_every_instrument() -> Vec<Span> {
         span(SpanKind::Client, Signal::Db, full(Instrument::DbClientDuration, &[])),
         span(SpanKind::Producer, Signal::MessagingSend, full(Instrument::MessagingClientDuration, &[])),
         span(SpanKind::Consumer, Signal::MessagingProcess, full(Instrument::MessagingProcessDuration, &[])),
+        span(SpanKind::Server, Signal::RpcServer, full(Instrument::RpcServerDuration, &[])),
+        span(SpanKind::Client, Signal::RpcClient, full(Instrument::RpcClientDuration, &[])),
     ]
 }
 
