@@ -24,13 +24,6 @@ fn main() -> ExitCode {
     for line in periscope::config::unknown_env_vars(env_names.iter().map(String::as_str)) {
         tracing::warn!("{line}");
     }
-    let host = &settings.host;
-    match host.source {
-        periscope::discovery::HostNameSource::Container { .. } => {
-            tracing::warn!("host.name {} is {}", host.name, host.source)
-        }
-        _ => tracing::info!("host.name {} ({})", host.name, host.source),
-    }
     if settings.agent.nice != 0 {
         // Before any thread starts: they all inherit it.
         // SAFETY: setpriority(2) on the calling thread, no pointers.

@@ -76,6 +76,14 @@ async fn shutdown_signal() {
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     crate::preflight::check()?;
+    // After the startup checks: when they fail, their lines are all there is.
+    let host = &settings.host;
+    match host.source {
+        crate::discovery::HostNameSource::Container { .. } => {
+            tracing::warn!("host.name {} is {}", host.name, host.source)
+        }
+        _ => tracing::info!("host.name {} ({})", host.name, host.source),
+    }
     let telemetry = Arc::new(Telemetry::default());
     let metrics = Arc::new(Metrics::new(settings.metrics.clone(), telemetry.clone()));
 
