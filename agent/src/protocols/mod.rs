@@ -19,6 +19,17 @@ pub enum Side {
     Server,
 }
 
+impl Side {
+    /// The side of an end whose requests travel in direction `requests`.
+    pub fn reading_requests_from(requests: Direction) -> Side {
+        if requests == Direction::Ingress {
+            Side::Server
+        } else {
+            Side::Client
+        }
+    }
+}
+
 /// Which way bytes moved, seen from the tracked process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {

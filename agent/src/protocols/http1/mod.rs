@@ -470,11 +470,7 @@ impl super::Session for Http1Session {
     }
 
     fn side(&self) -> super::Side {
-        if self.requests == Direction::Ingress {
-            super::Side::Server
-        } else {
-            super::Side::Client
-        }
+        super::Side::reading_requests_from(self.requests)
     }
 
     fn counts(&self) -> super::Counts {
