@@ -213,6 +213,14 @@ fn score(spans: &[ReceivedSpan]) -> (Score, Vec<String>) {
 /// Runs `total` requests at `concurrency` from the client's namespace to the
 /// server's; the score and the link counters.
 async fn run_shape(shape: Shape, concurrency: usize, total: usize) -> (Score, Vec<String>) {
+    run_shape_with(shape, concurrency, total, false).await
+}
+
+/// `run_shape`; with `pause_agent`, the agent is stopped (SIGSTOP) while the
+/// client runs and continued once it has exited: it reads the kernel's
+/// events only when the client and its process are gone (an agent behind a
+/// burst, on a slow or busy machine).
+async fn run_shape_with(shape: Shape, concurrency: usize, total: usize, pause_agent: bool) -> (Score, Vec<String>) {
     let rx = Receiver::start().await;
     let net = topology(shape);
     let fx = fixtures();
@@ -231,10 +239,20 @@ async fn run_shape(shape: Shape, concurrency: usize, total: usize) -> (Score, Ve
     let agent = Agent::start(&["--pid", &client_pid, "--pid", &server_pid], &env);
     agent.wait_tracked(client.pid());
     agent.wait_tracked(server.pid());
+    // SAFETY: kill(2) on our own child's pid.
+    let signal = |sig| unsafe { libc::kill(agent.pid() as i32, sig) };
+    if pause_agent {
+        // Give the agent time to act on what it learned while tracking.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(signal(libc::SIGSTOP), 0);
+    }
     let stdin = client.0.stdin.as_mut().unwrap();
     stdin.write_all(b"go\n").unwrap();
     stdin.flush().unwrap();
     let status = wait_for("the client to finish", Duration::from_secs(120), || client.0.try_wait().ok().flatten());
+    if pause_agent {
+        assert_eq!(signal(libc::SIGCONT), 0);
+    }
     let mut out = String::new();
     BufReader::new(client.0.stdout.take().unwrap()).read_line(&mut out).unwrap();
     assert!(status.success(), "client failed: {out}");
@@ -293,4 +311,20 @@ async fn through_dnat_on_the_host_every_server_span_is_under_its_client_span() {
 #[tokio::test(flavor = "multi_thread")]
 async fn through_dnat_in_the_client_namespace_every_server_span_is_under_its_client_span() {
     every_server_span_under_its_client_span(Shape::ClientDnat).await;
+}
+
+/// The CI run that found this: the agent was behind, and the client had
+/// exited (with its /proc entry, the agent's way into its namespace) before
+/// the first of its requests was looked up. The namespace is entered when
+/// the client is tracked, not at the first question.
+#[tokio::test(flavor = "multi_thread")]
+async fn through_dnat_in_the_client_namespace_a_client_gone_before_the_agent_reads_is_still_linked() {
+    let (sc, wrong) = run_shape_with(Shape::ClientDnat, 1, 20, true).await;
+    assert!(
+        wrong.is_empty(),
+        "{} of {} server spans not under their client span: {:#?}",
+        wrong.len(),
+        sc.requests,
+        wrong
+    );
 }

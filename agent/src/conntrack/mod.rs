@@ -9,6 +9,10 @@
 //! server's (PREROUTING in its namespace). Each is asked in that order, each
 //! through a socket opened inside it (the thread enters the namespace of a
 //! process living there to open it, once; the socket stays bound to it).
+//! The socket of a tracked process's namespace is opened when the process is
+//! tracked (`Message::Watch`), not at the first question: a short-lived
+//! client is often gone, and its namespace unreachable through it, by the
+//! time its first request is asked about.
 //!
 //! Needs CAP_NET_ADMIN (ctnetlink) and, for namespaces other than the
 //! agent's, CAP_SYS_ADMIN (setns); without them the answers are failures,
@@ -68,11 +72,28 @@ pub struct Answer {
     pub translation: Translation,
 }
 
+/// What the pipeline tells the conntrack thread.
+#[derive(Debug)]
+pub enum Message {
+    /// A question; answered on the answers channel.
+    Query(Query),
+    /// A tracked process lives in this namespace: its socket is opened now,
+    /// while the process can lead to it (no answer).
+    Watch(Namespace),
+}
+
 /// Starts the conntrack thread; it ends when the pipeline drops its sender.
-pub fn spawn(queries: std_mpsc::Receiver<Query>, answers: mpsc::Sender<Answer>) -> io::Result<()> {
+pub fn spawn(messages: std_mpsc::Receiver<Message>, answers: mpsc::Sender<Answer>) -> io::Result<()> {
     std::thread::Builder::new().name("conntrack".into()).spawn(move || {
         let mut resolver = Resolver::new();
-        for query in queries {
+        for message in messages {
+            let query = match message {
+                Message::Query(query) => query,
+                Message::Watch(ns) => {
+                    resolver.watch(ns);
+                    continue;
+                }
+            };
             let translation = resolver.resolve(&query);
             if answers.blocking_send(Answer { server: query.server, translation }).is_err() {
                 return;
@@ -159,10 +180,39 @@ impl Resolver {
         for f in &failures {
             self.warn(f);
         }
-        if answered {
+        // "Not translated" only when every namespace asked said so: one that
+        // could not be asked may be the one that translated.
+        if answered && failures.is_empty() {
             Translation::NotTranslated
         } else {
             Translation::Failed
+        }
+    }
+
+    /// Opens the socket of `ns` (a tracked process's namespace) unless it is
+    /// the agent's own or open already.
+    fn watch(&mut self, ns: Namespace) {
+        if ns.inode != 0
+            && (Some(u64::from(ns.inode)) == self.home_inode || self.sockets.contains(&u64::from(ns.inode)))
+        {
+            return;
+        }
+        let file = match File::open(format!("/proc/{}/ns/net", ns.pid)) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(pid = ns.pid, "conntrack: cannot open the namespace of a tracked process: {e}");
+                return;
+            }
+        };
+        let Ok(inode) = file.metadata().map(|m| m.ino()) else { return };
+        if Some(inode) == self.home_inode || self.sockets.contains(&inode) {
+            return;
+        }
+        match self.open_inside(&file) {
+            Ok(socket) => {
+                self.sockets.put(inode, socket);
+            }
+            Err(e) => self.warn(&format!("namespace {inode} (pid {}): {e}", ns.pid)),
         }
     }
 

@@ -82,7 +82,7 @@ pub struct Pipeline {
     /// For the discovery thread's scanner.
     kubernetes: Option<KubernetesMetadata>,
     /// Questions to the conntrack thread (set once it runs).
-    conntrack: Option<std_mpsc::SyncSender<conntrack::Query>>,
+    conntrack: Option<std_mpsc::SyncSender<conntrack::Message>>,
     /// Pids for the Go executable inspector (set once it runs, when the Go
     /// runtime hooks are on and loaded).
     go_inspector: Option<std_mpsc::SyncSender<u32>>,
@@ -152,6 +152,10 @@ impl Pipeline {
         let (nat_answers, mut nat_rx) = mpsc::channel(conntrack::MAX_ANSWERS);
         conntrack::spawn(queries_rx, nat_answers)?;
         self.conntrack = Some(queries);
+        // Processes tracked before the conntrack thread ran.
+        for pid in self.registry.pids() {
+            self.watch_namespace(pid, None);
+        }
         let (go_answers, mut go_rx) = mpsc::channel(probes::go::MAX_INSPECTIONS);
         if self.settings.context.go_runtime && self.probes.go_runtime_available() {
             self.go_inspector = Some(probes::go::spawn_inspector(go_answers)?);
@@ -271,7 +275,7 @@ impl Pipeline {
         let queries: Vec<conntrack::Query> = self.linker.take_queries().collect();
         for query in queries {
             let server = query.server;
-            let sent = self.conntrack.as_ref().is_some_and(|c| c.try_send(query).is_ok());
+            let sent = self.conntrack.as_ref().is_some_and(|c| c.try_send(conntrack::Message::Query(query)).is_ok());
             if !sent {
                 self.linker.on_translation(server, Translation::Failed, now);
             }
@@ -358,10 +362,21 @@ impl Pipeline {
         let service = self.registry.adopt(info);
         tracing::info!(pid = info.pid, exe = %info.exe_name, service = %service.name, "watching process");
         self.ask(Request::TlsLibraries { pid: info.pid });
+        self.watch_namespace(info.pid, info.netns_inode);
         self.telemetry.inc(Counter::ProcessesTracked);
         self.hook_runtimes(info);
         self.inspect_go(info.pid);
         true
+    }
+
+    /// The conntrack thread opens its socket in a tracked process's network
+    /// namespace while the process lives (a full queue skips it: the first
+    /// question about the namespace opens it then).
+    fn watch_namespace(&self, pid: u32, inode: Option<u64>) {
+        let inode = inode.and_then(|i| u32::try_from(i).ok()).unwrap_or(0);
+        if let Some(c) = &self.conntrack {
+            let _ = c.try_send(conntrack::Message::Watch(conntrack::Namespace { inode, pid }));
+        }
     }
 
     /// Runtime uprobes for a tracked process, once per process and runtime
