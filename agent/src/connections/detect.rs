@@ -46,6 +46,18 @@ impl HeldChunk {
     }
 }
 
+/// Does `data` start with a TLS record header (RFC 8446 5.1: content type
+/// change_cipher_spec, alert, handshake or application_data; legacy version
+/// 3.1-3.4; a length within the record limit)? Ciphertext of a connection whose
+/// plaintext comes (or will come) from the TLS uprobes, or that we cannot
+/// read: no protocol to detect, and no detection attempt spent on it.
+pub(super) fn looks_like_tls_record(data: &[u8]) -> bool {
+    match data {
+        [20..=23, 3, 1..=4, hi, lo, ..] => (1..=(1 << 14) + 2048).contains(&u16::from_be_bytes([*hi, *lo])),
+        _ => false,
+    }
+}
+
 /// The parser for a connection whose first bytes are `chunk`; the side
 /// follows from who sent what.
 pub(super) fn detect(chunk: &Chunk<'_>, conn_role: Role, tuple: &Tuple) -> Option<Parser> {

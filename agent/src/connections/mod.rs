@@ -22,7 +22,7 @@ use crate::protocols::{
 use crate::telemetry::{Counter, Telemetry};
 
 use conclude::{Buffer, Conclude, Cx, Scratch};
-use detect::{detect, HeldChunk, DETECT_ATTEMPTS, HOLD_BYTES, HOLD_CHUNKS};
+use detect::{detect, looks_like_tls_record, HeldChunk, DETECT_ATTEMPTS, HOLD_BYTES, HOLD_CHUNKS};
 use peers::Peers;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -86,6 +86,8 @@ pub struct Connection {
     reported: [u64; MAX_COUNTS],
     /// The identities of its exchanges (trace context).
     pub trace: ConnTrace,
+    /// TLS plaintext came for it (from the TLS uprobes).
+    tls: bool,
 }
 
 /// What a connection produced: a server request whose trace link can now be
@@ -237,6 +239,7 @@ impl ConnectionTable {
             last_activity: now,
             reported: [0; MAX_COUNTS],
             trace: ConnTrace::default(),
+            tls: false,
         };
         // Full: the least recently active connection goes.
         if let Some((old_key, mut gone)) = self.conns.push(key, conn) {
@@ -273,6 +276,12 @@ impl ConnectionTable {
         let Some(conn) = self.conns.get_mut(&key) else { return };
         conn.last_activity = chunk.ts_exit;
         if let Parser::Detecting { attempts, held } = &mut conn.parser {
+            if looks_like_tls_record(chunk.data) {
+                // Ciphertext (its plaintext, if the library is followed,
+                // comes as TLS events): no protocol, no attempt spent.
+                held.clear();
+                return;
+            }
             if held.first().is_some_and(|h| h.direction() != chunk.direction) {
                 held.clear(); // the other side spoke: what was held was not a message start
             }
@@ -321,12 +330,43 @@ impl ConnectionTable {
     }
 
     /// TLS plaintext arrives for `key`: a PostgreSQL session that switched
-    /// to TLS (SSLRequest, `S`) goes on with the decrypted stream.
-    pub fn tls_plaintext(&mut self, key: ConnKey) {
-        if let Some(Connection { parser: Parser::Postgres(session), .. }) = self.conns.peek_mut(&key) {
-            if session.encrypted() {
-                session.decrypted();
+    /// to TLS (SSLRequest, `S`) goes on with the decrypted stream. At the
+    /// first plaintext of any other connection, what its parser made of the
+    /// bytes before was ciphertext (a handshake seen before its SSL object
+    /// was tied to the socket): it starts over from the plaintext, and a
+    /// session built on ciphertext is counted as a desync.
+    /// (`tls_plaintext_seen` after the event's chunks: the connection is
+    /// known to be TLS from then on, whether it existed before or not.)
+    pub fn tls_plaintext(&mut self, key: ConnKey, t: &Telemetry) {
+        let Some(conn) = self.conns.peek_mut(&key) else { return };
+        if std::mem::replace(&mut conn.tls, true) {
+            return;
+        }
+        match &mut conn.parser {
+            Parser::Postgres(session) => {
+                if session.encrypted() {
+                    session.decrypted();
+                }
             }
+            // Its plaintext handshake came before the switch to TLS.
+            Parser::MySql(_) => {}
+            Parser::Detecting { .. } | Parser::Unknown => {
+                conn.parser = Parser::Detecting { attempts: 0, held: Vec::new() };
+            }
+            Parser::Http(_) | Parser::Http2(_) | Parser::Amqp(_) => {
+                report(conn, t);
+                let protocol = with_session!(&conn.parser, s => protocol_of(s), _ => "unknown");
+                t.add_for(Counter::ProtocolDesync, protocol, "ciphertext before plaintext", 1);
+                conn.parser = Parser::Detecting { attempts: 0, held: Vec::new() };
+                conn.reported = [0; MAX_COUNTS];
+            }
+        }
+    }
+
+    /// A TLS plaintext event of `key` was taken in.
+    pub fn tls_plaintext_seen(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.peek_mut(&key) {
+            conn.tls = true;
         }
     }
 
@@ -611,6 +651,62 @@ mod tests {
         let [Outcome::RequestStarted { traceparent: Some(tp), started, .. }] = &out[..] else { panic!("{out:?}") };
         assert_eq!(tp.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(started.ts_enter, 1, "the request started with its first byte");
+    }
+
+    /// Node's TLS, as the kernel showed it: the handshake read and written
+    /// before the SSL object was tied to the socket (ciphertext, one record
+    /// of which reads as HTTP/2 frames), then the plaintext of SSL_read and
+    /// SSL_write. The exchange is the plaintext's.
+    #[test]
+    fn a_tls_handshake_seen_before_its_plaintext_does_not_decide_the_protocol() {
+        let t = Telemetry::default();
+        let (mut table, mut tr) = new_table(16);
+        let mut out = Vec::new();
+        let key = ConnKey { pid: 1, fd: 5 };
+        let mut hello = vec![0x16, 0x03, 0x01, 0x01, 0x58, 0x01, 0x00, 0x01, 0x54, 0x03, 0x03];
+        hello.resize(349, 0x11);
+        let mut server_hello = vec![0x16, 0x03, 0x03, 0x00, 0x7a, 0x02, 0x00, 0x00, 0x76];
+        server_hello.resize(1365, 0x22);
+        let app = [0x17, 0x03, 0x03, 0x00, 0x40, 0x99, 0x98];
+        for (i, (dir, data)) in
+            [(Direction::Ingress, &hello[..]), (Direction::Egress, &server_hello[..]), (Direction::Ingress, &app[..])]
+                .into_iter()
+                .chain(std::iter::repeat_n((Direction::Egress, &app[..]), DETECT_ATTEMPTS as usize))
+                .enumerate()
+        {
+            table.data(key, tuple(1), Role::Server, TH, &chunk(dir, data, i as u64), &mut tr, &mut out, &t);
+        }
+        assert!(matches!(table.conns.peek(&key).unwrap().parser, Parser::Detecting { attempts: 0, .. }));
+        table.tls_plaintext(key, &t);
+        let get = b"GET /ok/501 HTTP/1.1\r\nHost: a\r\n\r\n";
+        table.data(key, tuple(1), Role::Server, TH, &chunk(Direction::Ingress, get, 20), &mut tr, &mut out, &t);
+        table.tls_plaintext_seen(key);
+        table.tls_plaintext(key, &t);
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        table.data(key, tuple(1), Role::Server, TH, &chunk(Direction::Egress, ok, 21), &mut tr, &mut out, &t);
+        assert_eq!(finished(&out).len(), 1, "{out:?}");
+        assert_eq!(t.get_for(Counter::ProtocolDesync, "http"), 0);
+    }
+
+    /// A session built from ciphertext (a plain connection's parser chose
+    /// HTTP/2 from bytes that were a handshake) starts over at the first
+    /// plaintext, counted; later plaintext keeps the session.
+    #[test]
+    fn a_session_built_on_ciphertext_starts_over_at_the_first_plaintext() {
+        let t = Telemetry::default();
+        let (mut table, mut tr) = new_table(16);
+        let mut out = Vec::new();
+        let key = ConnKey { pid: 1, fd: 5 };
+        let h2_looking = [0x00, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00, 0x01, 0x82, 0x86, 0x84];
+        table.data(key, tuple(1), Role::Server, TH, &chunk(Direction::Ingress, &h2_looking, 1), &mut tr, &mut out, &t);
+        assert!(matches!(table.conns.peek(&key).unwrap().parser, Parser::Http2(_)));
+        table.tls_plaintext(key, &t);
+        assert_eq!(t.get_labeled(Counter::ProtocolDesync, "http2", "ciphertext before plaintext"), 1);
+        let get = b"GET / HTTP/1.1\r\n\r\n";
+        table.data(key, tuple(1), Role::Server, TH, &chunk(Direction::Ingress, get, 2), &mut tr, &mut out, &t);
+        table.tls_plaintext_seen(key);
+        table.tls_plaintext(key, &t);
+        assert!(matches!(table.conns.peek(&key).unwrap().parser, Parser::Http(_)), "kept after the first plaintext");
     }
 
     #[test]

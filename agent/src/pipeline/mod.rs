@@ -229,12 +229,15 @@ impl Pipeline {
                 let h = &d.header;
                 let thread = ThreadKey::of(h.pid, h.tid, h.loop_seq, h.goid);
                 if d.tls {
-                    table.tls_plaintext(key);
+                    table.tls_plaintext(key, t);
                 }
                 // A prefix is one chunk; a segmented capture (AMQP frames)
                 // one per segment, with the bytes not captured between them.
                 for chunk in d.chunks() {
                     table.data(key, d.tuple, d.role, thread, &chunk, tracker, out, t);
+                }
+                if d.tls {
+                    table.tls_plaintext_seen(key);
                 }
             }
             Event::ConnOpen(c) => {

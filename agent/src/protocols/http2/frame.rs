@@ -20,6 +20,8 @@ pub const FLAG_END_STREAM: u8 = 0x1;
 pub const FLAG_END_HEADERS: u8 = 0x4;
 pub const FLAG_PADDED: u8 = 0x8;
 pub const FLAG_PRIORITY: u8 = 0x20;
+/// SETTINGS_MAX_FRAME_SIZE until a peer raises it (RFC 9113 6.5.2).
+pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16_384;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -93,6 +95,15 @@ pub fn looks_like_frames(buf: &[u8]) -> Option<bool> {
             return None;
         }
         let h = FrameHeader::parse(head);
+        // Stricter than a receiver must be: a frame no longer than the
+        // default SETTINGS_MAX_FRAME_SIZE, no undefined HEADERS flags (a TLS
+        // ClientHello, 16 03 01 01 58 01 00 01 54, reads as a 1.4 MB HEADERS
+        // frame with flags 0x58 on stream 0x01000154).
+        if h.length > DEFAULT_MAX_FRAME_SIZE
+            || (h.kind == HEADERS && h.flags & !(FLAG_END_STREAM | FLAG_END_HEADERS | FLAG_PADDED | FLAG_PRIORITY) != 0)
+        {
+            return None;
+        }
         let start = at + HEADER_LEN;
         if h.kind == HEADERS {
             let end = (start + h.length as usize).min(buf.len());
@@ -130,6 +141,19 @@ fn first_field_is_request(fragment: &[u8]) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TLS ClientHello (Node's, as captured before its SSL object was
+    /// known) is not an HTTP/2 HEADERS frame.
+    #[test]
+    fn a_tls_client_hello_is_not_frames() {
+        let mut hello = vec![0x16, 0x03, 0x01, 0x01, 0x58, 0x01, 0x00, 0x01, 0x54, 0x03, 0x03];
+        hello.extend([0x11; 338]);
+        assert_eq!(looks_like_frames(&hello), None);
+        // The same bytes with a small length and defined flags would pass:
+        // the length and the flags are what tell.
+        let headers = [0x00, 0x00, 0x03, HEADERS, FLAG_END_HEADERS, 0x00, 0x00, 0x00, 0x01, 0x82, 0x86, 0x84];
+        assert_eq!(looks_like_frames(&headers), Some(true));
+    }
 
     #[test]
     fn headers_and_checks() {
