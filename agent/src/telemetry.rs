@@ -81,7 +81,7 @@ counters! {
     ServiceGraphExpired => "periscope_service_graph_expired_total", "Service-graph spans whose partner span did not arrive in time (a client span with a known peer still counts as an edge to a virtual node).",
     ServiceGraphDropped => "periscope_service_graph_dropped_total", "Service-graph spans not paired because too many spans were waiting for their partner.",
     KubernetesApiErrors => "periscope_kubernetes_api_errors_total", "Failed Kubernetes API list/watch calls (retried with backoff; the last known metadata is kept).",
-    TlsLibrariesAttached => "periscope_tls_libraries_attached_total", "TLS library files (OpenSSL: a shared libssl, or an executable embedding it) whose uprobes attached, by kind (reason: libssl, embedded).",
+    TlsLibrariesAttached => "periscope_tls_libraries_attached_total", "TLS library files (OpenSSL: a shared libssl, or an executable embedding it) whose uprobes attached, by kind (reason: libssl, embedded), and Go processes whose crypto/tls got its uprobes (reason: go crypto/tls).",
     TlsAttachFailed => "periscope_tls_attach_failed_total", "TLS library files whose uprobes did not (all) attach, by kind (reason: libssl, embedded); the log names the file and why.",
     TlsCiphertextDropped => "periscope_tls_ciphertext_dropped_total", "Socket syscalls of TLS connections the kernel did not send (ciphertext; their plaintext comes from the TLS uprobes).",
     TlsPlaintextEvents => "periscope_tls_plaintext_events_total", "Data events of TLS plaintext (SSL_read/SSL_write) the kernel sent.",

@@ -192,28 +192,10 @@ enum Frontend {
 fn go_frontend(stripped: bool) -> PathBuf {
     static BUILT: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
     let (normal, small) = BUILT.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/go/ctx_frontend.go");
-        let dir = std::env::temp_dir().join(format!("periscope-go-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let build = |out: &Path, flags: &[&str]| {
-            let status = Command::new("go")
-                .arg("build")
-                .args(flags)
-                .arg("-o")
-                .arg(out)
-                .arg(&src)
-                .env("GOPATH", "/usr/share/gocode")
-                .env("GO111MODULE", "off")
-                .env("GOCACHE", dir.join("cache"))
-                .env_remove("GOFLAGS")
-                .status()
-                .expect("go is needed (cargo xtask deps installs golang-go and golang-github-lib-pq-dev)");
-            assert!(status.success(), "go build {flags:?} failed");
-        };
-        let (normal, small) = (dir.join("ctx_frontend"), dir.join("ctx_frontend_stripped"));
-        build(&normal, &[]);
-        build(&small, &["-ldflags=-s -w"]);
-        (normal, small)
+        (
+            support::go::build("ctx_frontend", "ctx_frontend", &[]),
+            support::go::build("ctx_frontend", "ctx_frontend_stripped", &["-ldflags=-s -w"]),
+        )
     });
     if stripped {
         small.clone()
@@ -566,4 +548,9 @@ fn go_binaries_are_understood_with_and_without_symbols() {
     assert_eq!(normal.newproc1_returns.len(), stripped.newproc1_returns.len());
     assert!(normal.http_write_loop.is_some() && stripped.http_write_loop.is_some());
     assert!(normal.http_round_trip.is_some() && stripped.http_round_trip.is_some());
+    // net/http links crypto/tls in: its Read, Write and handshake, with the
+    // same return sites whether found by symbol or through .gopclntab.
+    let tls = normal.tls.as_ref().expect("crypto/tls sites in the normal build");
+    assert!(!tls.read_returns.is_empty() && !tls.write_returns.is_empty() && !tls.handshake_returns.is_empty());
+    assert_eq!(stripped.tls.as_ref(), Some(tls), "crypto/tls sites of the stripped build");
 }

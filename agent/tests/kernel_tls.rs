@@ -628,3 +628,82 @@ async fn node_https_gives_the_spans_of_plain_http() {
     assert_linked_where(&spans, tls_client.pid(), on_port(tls_port));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Go's crypto/tls (no OpenSSL: the uprobes go on the Read, Write and
+/// handshakeContext of tls.Conn in the executable, entries and RET
+/// instructions, context keyed by goroutine): a net/http server and
+/// http.Client over TLS give the spans of their plaintext twins
+/// (fixtures/go/tls_pair.go), built normal and stripped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_crypto_tls_gives_the_spans_of_plain_http() {
+    for stripped in [false, true] {
+        go_tls_twins(stripped).await;
+    }
+}
+
+async fn go_tls_twins(stripped: bool) {
+    let (name, flags): (&str, &[&str]) =
+        if stripped { ("tls_pair_stripped", &["-ldflags=-s -w"]) } else { ("tls_pair", &[]) };
+    let exe = support::go::build("tls_pair", name, flags);
+    let rx = Receiver::start().await;
+    let dir = tmpdir(name);
+    let (cert, key) = self_signed(&dir);
+    let server = |port: u16, tls: bool| {
+        let (c, k) = if tls { (cert.to_str().unwrap(), key.to_str().unwrap()) } else { ("-", "-") };
+        Proc(Command::new(&exe).args(["server", &port.to_string(), c, k]).spawn().unwrap())
+    };
+    let (plain_port, tls_port) = (free_port(), free_port());
+    let plain = server(plain_port, false);
+    let tls = server(tls_port, true);
+    wait_listening(plain_port);
+    wait_listening(tls_port);
+    let ports = format!("{plain_port},{tls_port}");
+    let exe_glob = format!("*/{name}");
+    let agent = start_agent(
+        &rx,
+        &["--open-port", &ports, "--exe-path", &exe_glob, "--routes", "/items/{id},/items/{id}/big,/missing/{id}"],
+    );
+    agent.wait_tracked(plain.pid());
+    agent.wait_tracked(tls.pid());
+
+    let client = |port: u16, ca: &str| gated(Command::new(&exe).args(["client", &port.to_string(), ca]));
+    let mut plain_client = client(plain_port, "-");
+    let mut tls_client = client(tls_port, cert.to_str().unwrap());
+    agent.wait_tracked(plain_client.pid());
+    agent.wait_tracked(tls_client.pid());
+    // Servers and clients, each a Go process with crypto/tls linked in.
+    wait_for("the crypto/tls uprobes of 4 Go processes", Duration::from_secs(20), || {
+        (agent.sample_sum("periscope_tls_libraries_attached_total", &["reason=\"go crypto/tls\""]) >= 4.0).then_some(())
+    });
+    let plain_out = run(&mut plain_client);
+    assert_eq!(run(&mut tls_client), plain_out, "both clients got the same answers");
+    let spans = rx.wait_for_spans(24, Duration::from_secs(20)).await;
+    let expected = http_summary(&spans, SERVER, plain.pid());
+    assert_eq!(expected.len(), 6, "plaintext Go server spans ({name}): {expected:?}");
+    assert_eq!(http_summary(&spans, SERVER, tls.pid()), expected, "TLS Go server spans ({name})");
+    let expected_clients = http_summary(&spans, CLIENT, plain_client.pid());
+    assert_eq!(expected_clients.len(), 6, "plaintext Go client spans ({name}): {expected_clients:?}");
+    assert_eq!(http_summary(&spans, CLIENT, tls_client.pid()), expected_clients, "TLS Go client spans ({name})");
+    assert_linked(&spans, plain_client.pid(), plain.pid());
+    assert_linked(&spans, tls_client.pid(), tls.pid());
+    let big =
+        spans.iter().find(|s| s.span.kind == SERVER && pid_of(s) == Some(tls.pid()) && path_of(s).ends_with("/big"));
+    assert_eq!(big.and_then(|s| s.attr_int("http.response.body.size")), Some(3000), "TLS body framed to its end");
+    // The client waits 300 ms before /items/102/big on its kept-alive
+    // connection, while the server's goroutine is parked in tls.Conn.Read:
+    // the span starts when the request arrives, not when Read was entered
+    // (server spans start at the exit of the read that brought the head).
+    for s in spans.iter().filter(|s| s.span.kind == SERVER && pid_of(s) == Some(tls.pid())) {
+        let ms = (s.span.end_time_unix_nano - s.span.start_time_unix_nano) as f64 / 1e6;
+        assert!(ms < 150.0, "TLS server span of {} lasted {ms:.1} ms", path_of(s));
+    }
+
+    let metrics = agent.metrics();
+    assert!(support::agent::sample_sum(&metrics, "periscope_tls_ciphertext_dropped_total", &[]) > 0.0, "{metrics}");
+    assert!(support::agent::sample_sum(&metrics, "periscope_tls_plaintext_events_total", &[]) >= 24.0, "{metrics}");
+    assert_eq!(support::agent::sample_sum(&metrics, "periscope_tls_plaintext_dropped_total", &[]), 0.0, "{metrics}");
+    assert_eq!(support::agent::sample_sum(&metrics, "periscope_requests_unmatched_total", &[]), 0.0, "{metrics}");
+    assert_eq!(support::agent::sample_sum(&metrics, "periscope_unknown_protocol_connections_total", &[]), 0.0);
+    assert_eq!(support::agent::sample_sum(&metrics, "periscope_parse_errors_total", &[]), 0.0, "{metrics}");
+    let _ = std::fs::remove_dir_all(dir);
+}

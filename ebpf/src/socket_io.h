@@ -88,8 +88,9 @@ static __always_inline __u32 copy_iov(__u64 iov_ptr, __u32 iovcnt, __u64 limit)
 	return w.copied;
 }
 
+/* `goid`: go_syscall_goid(id), computed once by the caller. */
 static __always_inline void fill_header(struct periscope_event_header *h, __u32 kind, __u64 id,
-					__s32 fd, __u64 ts_enter)
+					__s32 fd, __u64 ts_enter, __u32 goid)
 {
 	h->kind = kind;
 	h->pid = id >> 32;
@@ -98,7 +99,7 @@ static __always_inline void fill_header(struct periscope_event_header *h, __u32 
 	h->ts_enter_ns = ts_enter;
 	h->ts_exit_ns = bpf_ktime_get_ns();
 	h->loop_seq = loop_seq((__u32)id);
-	h->goid = go_syscall_goid(id);
+	h->goid = goid;
 }
 
 static __always_inline void emit_conn_event(__u32 kind, __u64 id, __s32 fd, __u64 ts_enter,
@@ -109,7 +110,7 @@ static __always_inline void emit_conn_event(__u32 kind, __u64 id, __s32 fd, __u6
 		count(PERISCOPE_CNT_RINGBUF_FULL);
 		return;
 	}
-	fill_header(&e->hdr, kind, id, fd, ts_enter);
+	fill_header(&e->hdr, kind, id, fd, ts_enter, go_syscall_goid(id));
 	e->tuple = info->tuple;
 	e->role = info->role;
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
@@ -139,7 +140,8 @@ static __always_inline int handle_io_exit(struct trace_event_raw_sys_exit *ctx, 
 		}
 	}
 	/* TLS: the plaintext comes from the SSL call's uprobes. */
-	if (tls_ciphertext(id, args.fd, info))
+	__u32 goid = go_syscall_goid(id);
+	if (tls_ciphertext(id, goid, args.fd, info))
 		return 0;
 
 	__u32 zero = 0;
@@ -147,7 +149,7 @@ static __always_inline int handle_io_exit(struct trace_event_raw_sys_exit *ctx, 
 	if (!s)
 		return 0;
 	struct periscope_data_event *e = &s->ev;
-	fill_header(&e->hdr, PERISCOPE_EV_DATA, id, args.fd, args.ts_enter_ns);
+	fill_header(&e->hdr, PERISCOPE_EV_DATA, id, args.fd, args.ts_enter_ns, goid);
 	e->tuple = info->tuple;
 	e->bytes = ret;
 	e->direction = args.direction;

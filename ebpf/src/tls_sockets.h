@@ -14,7 +14,9 @@ enum tls_call_kind {
 	TLS_CALL_HANDSHAKE = 4, /* SSL_do_handshake(ssl): only its socket is learned */
 };
 
-/* The SSL call a thread is inside, from the uprobe to the uretprobe. */
+/* The SSL call a thread is inside, from the uprobe to the uretprobe; in a
+ * Go process the crypto/tls call a goroutine is inside (`ssl` is then the
+ * *tls.Conn), from its entry to one of its RET instructions. */
 struct tls_call {
 	__u64 ssl;
 	__u64 buf;
@@ -22,10 +24,12 @@ struct tls_call {
 	__u64 ts_enter_ns;
 	__s32 fd;  /* -1 until known */
 	__u8 kind; /* enum tls_call_kind */
-	__u8 _pad[3];
+	__u8 sent; /* the plaintext was sent at the entry already (Go Write) */
+	__u8 _pad[2];
 };
 
-/* pid_tgid -> its SSL call in flight. LRU: a thread that dies inside a call
+/* pid_tgid -> its SSL call in flight, or go_tls_call_key(tgid, goid) -> the
+ * crypto/tls call of that goroutine. LRU: a thread that dies inside a call
  * (no uretprobe) ages out. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -33,6 +37,13 @@ struct {
 	__type(key, __u64);
 	__type(value, struct tls_call);
 } tls_calls SEC(".maps");
+
+/* Key of a goroutine's crypto/tls call in `tls_calls`: bit 63 set, so that
+ * it is never a pid_tgid (tgids are below 2^22). */
+static __always_inline __u64 go_tls_call_key(__u32 tgid, __u32 goid)
+{
+	return (1ULL << 63) | ((__u64)tgid << 32) | goid;
+}
 
 struct tls_ssl_key {
 	__u32 tgid;
@@ -49,12 +60,18 @@ struct {
 	__type(value, __s32);
 } tls_sockets SEC(".maps");
 
-/* At the exit of a socket syscall of a tracked thread: true when its bytes
- * are ciphertext (not to be sent). Inside an SSL call, the call's SSL object
- * is tied to this socket and the connection marked TLS. */
-static __always_inline int tls_ciphertext(__u64 id, __s32 fd, struct periscope_conn_info *info)
+/* At the exit of a socket syscall of a tracked thread (of goroutine `goid`
+ * in an instrumented Go process, else 0): true when its bytes are
+ * ciphertext (not to be sent). Inside an SSL call, the call's SSL object is
+ * tied to this socket and the connection marked TLS. */
+static __always_inline int tls_ciphertext(__u64 id, __u32 goid, __s32 fd,
+					  struct periscope_conn_info *info)
 {
 	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
+	if (!call && goid) {
+		__u64 key = go_tls_call_key(id >> 32, goid);
+		call = bpf_map_lookup_elem(&tls_calls, &key);
+	}
 	if (call) {
 		call->fd = fd;
 		struct tls_ssl_key key = { .tgid = id >> 32, .ssl = call->ssl };

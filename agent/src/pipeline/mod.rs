@@ -450,9 +450,12 @@ impl Pipeline {
         let t = &self.telemetry;
         match found.result {
             Ok(binary) => match self.probes.instrument_go(found.pid, &binary) {
-                Ok(uprobes) => {
+                Ok((uprobes, tls)) => {
                     t.add_for(Counter::GoRuntimeProcesses, "go", "instrumented", 1);
-                    tracing::info!(pid = found.pid, version = %binary.version, stripped = binary.stripped, uprobes,
+                    if tls {
+                        t.add_for(Counter::TlsLibrariesAttached, "tls", "go crypto/tls", 1);
+                    }
+                    tracing::info!(pid = found.pid, version = %binary.version, stripped = binary.stripped, uprobes, tls,
                         "Go runtime hooks attached: goroutines carry the current request");
                 }
                 Err(e) => {

@@ -131,6 +131,53 @@ pub struct Probes {
     /// The Go runtime uprobes (None: they did not load; Go processes keep
     /// per-thread context).
     go: Option<go::GoRuntime>,
+    /// Where detached uprobe links are closed: see [`LinkReaper`].
+    reaper: LinkReaper,
+}
+
+/// Closes uprobe links on a thread of its own. Unregistering a uprobe waits
+/// for the kernel's RCU grace periods: ~0.1 s each here, so a Go process
+/// with 37 uprobes (crypto/tls's RET sites among them) held the pipeline
+/// ~4 s when it exited, and its events, spans and counters with it.
+#[derive(Debug)]
+struct LinkReaper(Option<std::sync::mpsc::SyncSender<aya::programs::uprobe::UProbeLink>>);
+
+/// Links waiting for the reaper at most; past that they are closed in place.
+const MAX_LINKS_TO_REAP: usize = 16 * 1024;
+
+impl LinkReaper {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<aya::programs::uprobe::UProbeLink>(MAX_LINKS_TO_REAP);
+        let spawned = std::thread::Builder::new().name("uprobe-reaper".into()).spawn(move || {
+            for link in rx {
+                drop(link);
+            }
+        });
+        match spawned {
+            Ok(_) => Self(Some(tx)),
+            Err(e) => {
+                tracing::warn!("uprobes will be detached on the pipeline thread: {e}");
+                Self(None)
+            }
+        }
+    }
+
+    /// Detaches `link` of `prog`, off this thread when the reaper runs.
+    fn detach(&self, prog: &mut UProbe, link: aya::programs::uprobe::UProbeLinkId) {
+        match (&self.0, prog.take_link(link)) {
+            (Some(tx), Ok(owned)) => {
+                if let Err(
+                    std::sync::mpsc::TrySendError::Full(owned) | std::sync::mpsc::TrySendError::Disconnected(owned),
+                ) = tx.try_send(owned)
+                {
+                    drop(owned);
+                }
+            }
+            // Gone with the process already, or not ours: nothing to undo.
+            (_, Ok(owned)) => drop(owned),
+            (_, Err(_)) => {}
+        }
+    }
 }
 
 /// An attached uprobe: its program and link.
@@ -272,7 +319,7 @@ impl Probes {
             .inspect_err(|e| tracing::warn!("continuing without the Go runtime hooks: {e}"))
             .ok();
         let hooked = uprobes_ok.then(std::collections::HashMap::new);
-        Ok((Self { ebpf, tracked, conns, counters, hooked, tls, go }, ring))
+        Ok((Self { ebpf, tracked, conns, counters, hooked, tls, go, reaper: LinkReaper::start() }, ring))
     }
 
     /// Starts producing socket events for `pid` (its children follow in the kernel).
@@ -372,8 +419,7 @@ impl Probes {
         let links: Vec<_> = keys.iter().filter_map(|k| hooked.remove(k)).flatten().collect();
         for (program, link) in links {
             if let Some(prog) = self.ebpf.program_mut(program).and_then(|p| <&mut UProbe>::try_from(p).ok()) {
-                // Gone with the process already: nothing to undo.
-                let _ = prog.detach(link);
+                self.reaper.detach(prog, link);
             }
         }
     }

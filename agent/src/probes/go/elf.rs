@@ -1,7 +1,9 @@
 //! What the Go runtime hooks need from a Go executable: its Go version
 //! (`.go.buildinfo`), the runtime's struct offsets for that version, and
 //! where `runtime.newproc1` returns and `runtime.goexit0` starts (and, when
-//! linked in, net/http's `(*persistConn).writeLoop` and `.roundTrip`), as
+//! linked in, net/http's `(*persistConn).writeLoop` and `.roundTrip`, and
+//! crypto/tls's `(*Conn).Read`, `.Write`, `.serverHandshake` and
+//! `.clientHandshake`), as
 //! file offsets. Functions are found by ELF symbol, or through the
 //! function table of `.gopclntab` when the binary is stripped
 //! (`-ldflags='-s -w'` drops the symbol table, never `.gopclntab`). Return
@@ -76,8 +78,24 @@ pub struct GoBinary {
     /// (*persistConn).writeLoop and (*persistConn).roundTrip.
     pub http_write_loop: Option<u64>,
     pub http_round_trip: Option<u64>,
+    /// crypto/tls, when linked in: where its plaintext can be read.
+    pub tls: Option<GoTlsSites>,
     /// Functions were found through .gopclntab (no symbol table).
     pub stripped: bool,
+}
+
+/// File offsets of crypto/tls's `(*Conn).Read` and `(*Conn).Write`, and of
+/// the handshakes linked in (`serverHandshake`, `clientHandshake`: called
+/// once per connection, unlike `handshakeContext`, which every Read and
+/// Write call): each entry and every RET of each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GoTlsSites {
+    pub read: u64,
+    pub read_returns: Vec<u64>,
+    pub write: u64,
+    pub write_returns: Vec<u64>,
+    pub handshakes: Vec<u64>,
+    pub handshake_returns: Vec<u64>,
 }
 
 /// Inspects the executable at `path` (only the parts needed are read).
@@ -109,13 +127,17 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
     let version = go_version(info).ok_or(InspectError::NoVersion)?;
     let offsets = runtime_offsets(&version).ok_or_else(|| InspectError::UnsupportedVersion(version.clone()))?;
 
-    const NAMES: [&str; 4] = [
+    const NAMES: [&str; 8] = [
         "runtime.newproc1",
         "runtime.goexit0",
         "net/http.(*persistConn).writeLoop",
         "net/http.(*persistConn).roundTrip",
+        "crypto/tls.(*Conn).Read",
+        "crypto/tls.(*Conn).Write",
+        "crypto/tls.(*Conn).serverHandshake",
+        "crypto/tls.(*Conn).clientHandshake",
     ];
-    let mut found: [Option<Function>; 4] = [None, None, None, None];
+    let mut found: [Option<Function>; 8] = Default::default();
     for symbol in file.symbols() {
         if symbol.kind() != SymbolKind::Text {
             continue;
@@ -134,7 +156,9 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
             }
         }
     }
-    let [Some(newproc1), Some(goexit0), write_loop, round_trip] = found else {
+    let [Some(newproc1), Some(goexit0), write_loop, round_trip, tls_read, tls_write, server_handshake, client_handshake] =
+        found
+    else {
         let i = found.iter().position(Option::is_none).unwrap_or(0);
         return Err(InspectError::FunctionMissing(NAMES[i]));
     };
@@ -153,12 +177,38 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
             .ok_or_else(|| InspectError::Read(format!("the code of {name}")))?;
         Ok((file_offset, bytes))
     };
-    let (newproc1_offset, code) = text(&newproc1, NAMES[0])?;
-    let newproc1_returns: Vec<u64> =
-        return_sites(code, newproc1.address).into_iter().map(|at| at - newproc1.address + newproc1_offset).collect();
-    if newproc1_returns.is_empty() {
-        return Err(InspectError::NoReturn(NAMES[0]));
-    }
+    // (entry, RETs) as file offsets; no RET is an error.
+    let entry_and_returns = |f: &Function, name: &'static str| -> Result<(u64, Vec<u64>), InspectError> {
+        let (offset, code) = text(f, name)?;
+        let returns: Vec<u64> = return_sites(code, f.address).into_iter().map(|at| at - f.address + offset).collect();
+        if returns.is_empty() {
+            return Err(InspectError::NoReturn(name));
+        }
+        Ok((offset, returns))
+    };
+    let (_, newproc1_returns) = entry_and_returns(&newproc1, NAMES[0])?;
+    // Read and Write, or nothing; the handshakes that are linked in (a
+    // handshake not followed would leave the first request of a server
+    // connection, read along with the client's Finished, unseen).
+    let tls = match (tls_read, tls_write) {
+        (Some(r), Some(w)) => {
+            let sites = || -> Result<GoTlsSites, InspectError> {
+                let (read, read_returns) = entry_and_returns(&r, NAMES[4])?;
+                let (write, write_returns) = entry_and_returns(&w, NAMES[5])?;
+                let mut t = GoTlsSites { read, read_returns, write, write_returns, ..Default::default() };
+                for (f, name) in [(server_handshake, NAMES[6]), (client_handshake, NAMES[7])] {
+                    if let Some(f) = f {
+                        let (entry, returns) = entry_and_returns(&f, name)?;
+                        t.handshakes.push(entry);
+                        t.handshake_returns.extend(returns);
+                    }
+                }
+                Ok(t)
+            };
+            sites().ok()
+        }
+        _ => None,
+    };
     Ok(GoBinary {
         version,
         offsets,
@@ -166,6 +216,7 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
         goexit0: text(&goexit0, NAMES[1])?.0,
         http_write_loop: write_loop.and_then(|f| text(&f, NAMES[2]).ok()).map(|(at, _)| at),
         http_round_trip: round_trip.and_then(|f| text(&f, NAMES[3]).ok()).map(|(at, _)| at),
+        tls,
         stripped,
     })
 }

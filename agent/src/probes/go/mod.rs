@@ -5,7 +5,10 @@
 //! instructions, runtime.goexit0 and net/http's persistConn writeLoop and
 //! roundTrip (when linked in) of that process only, and
 //! its runtime offsets into `go_procs`, after which the kernel names the
-//! goroutine of every socket event (`ebpf/src/go_runtime.h`). A binary that
+//! goroutine of every socket event (`ebpf/src/go_runtime.h`). When
+//! crypto/tls is linked in, tls.Conn's Read, Write and handshakes get
+//! uprobes at entry and at every RET too: the TLS plaintext of that
+//! process (`ebpf/src/tls.h`). A binary that
 //! cannot be read or understood gets one log line and a count; the process
 //! keeps per-thread context.
 pub mod elf;
@@ -32,6 +35,13 @@ const NEWPROC1_RET: &str = "handle_go_newproc1_ret";
 const GOEXIT0: &str = "handle_go_goexit0";
 const HTTP_WRITE_LOOP: &str = "handle_go_http_writeloop";
 const HTTP_ROUND_TRIP: &str = "handle_go_http_roundtrip";
+const TLS_READ: &str = "handle_go_tls_read";
+const TLS_READ_RET: &str = "handle_go_tls_read_ret";
+const TLS_WRITE: &str = "handle_go_tls_write";
+const TLS_WRITE_RET: &str = "handle_go_tls_write_ret";
+const TLS_HANDSHAKE: &str = "handle_go_tls_handshake";
+const TLS_HANDSHAKE_RET: &str = "handle_go_tls_handshake_ret";
+const TLS_PROGRAMS: [&str; 6] = [TLS_READ, TLS_READ_RET, TLS_WRITE, TLS_WRITE_RET, TLS_HANDSHAKE, TLS_HANDSHAKE_RET];
 
 /// Executables remembered by the inspector (by device and inode).
 const MAX_CACHED_BINARIES: usize = 256;
@@ -42,6 +52,8 @@ pub const MAX_INSPECTIONS: usize = 1024;
 pub struct GoRuntime {
     procs: HashMap<MapData, u32, periscope_go_offsets>,
     attached: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// The crypto/tls programs loaded (else Go TLS stays opaque).
+    tls: bool,
 }
 
 impl GoRuntime {
@@ -57,7 +69,19 @@ impl GoRuntime {
         }
         let procs =
             HashMap::try_from(take(ebpf, "go_procs")?).map_err(|source| ProbeError::Map { map: "go_procs", source })?;
-        Ok(Self { procs, attached: StdHashMap::new() })
+        // Optional: without them goroutine context works, Go TLS stays opaque.
+        let tls = TLS_PROGRAMS.iter().try_for_each(|&program| {
+            let prog: &mut UProbe = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::MissingProgram { program })?
+                .try_into()
+                .map_err(|source| program_load(program, source))?;
+            prog.load().map_err(|source| program_load(program, source))
+        });
+        if let Err(e) = &tls {
+            tracing::warn!("continuing without Go crypto/tls plaintext capture: {e}");
+        }
+        Ok(Self { procs, attached: StdHashMap::new(), tls: tls.is_ok() })
     }
 }
 
@@ -68,12 +92,14 @@ impl Probes {
     }
 
     /// Attaches the Go runtime hooks to process `pid`, running `binary`
-    /// (inspected from its /proc/PID/exe). Returns the number of uprobes.
-    pub fn instrument_go(&mut self, pid: u32, binary: &GoBinary) -> Result<usize, ProbeError> {
-        let Some(go) = self.go.as_mut() else { return Ok(0) };
+    /// (inspected from its /proc/PID/exe). Returns the number of uprobes,
+    /// and whether its crypto/tls is among them.
+    pub fn instrument_go(&mut self, pid: u32, binary: &GoBinary) -> Result<(usize, bool), ProbeError> {
+        let Some(go) = self.go.as_mut() else { return Ok((0, false)) };
         if go.attached.contains_key(&pid) {
-            return Ok(0);
+            return Ok((0, false));
         }
+        let tls = binary.tls.as_ref().filter(|_| go.tls);
         let target = format!("/proc/{pid}/exe");
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Kernel("pid 0".into()))?);
         let sites = binary
@@ -88,7 +114,16 @@ impl Probes {
                     .zip(binary.http_round_trip)
                     .into_iter()
                     .flat_map(|(w, r)| [(HTTP_WRITE_LOOP, w), (HTTP_ROUND_TRIP, r)]),
-            );
+            )
+            .chain(tls.into_iter().flat_map(|t| {
+                let returns = |program, at: &[u64]| at.iter().map(move |&a| (program, a)).collect::<Vec<_>>();
+                [(TLS_READ, t.read), (TLS_WRITE, t.write)]
+                    .into_iter()
+                    .chain(returns(TLS_HANDSHAKE, &t.handshakes))
+                    .chain(returns(TLS_READ_RET, &t.read_returns))
+                    .chain(returns(TLS_WRITE_RET, &t.write_returns))
+                    .chain(returns(TLS_HANDSHAKE_RET, &t.handshake_returns))
+            }));
         let mut links = Vec::new();
         let mut failure = None;
         for (program, offset) in sites {
@@ -123,7 +158,7 @@ impl Probes {
             self.forget_go(pid);
             return Err(e);
         }
-        Ok(count)
+        Ok((count, tls.is_some()))
     }
 
     /// Detaches the Go runtime hooks of `pid` (exited or exec'd).
@@ -132,8 +167,7 @@ impl Probes {
         let _ = go.procs.remove(&pid);
         for (program, link) in go.attached.remove(&pid).unwrap_or_default() {
             if let Some(Ok(prog)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
-                // Already gone with the process: nothing to undo.
-                let _ = prog.detach(link);
+                self.reaper.detach(prog, link);
             }
         }
     }
