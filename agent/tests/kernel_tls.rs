@@ -707,3 +707,68 @@ async fn go_tls_twins(stripped: bool) {
     assert_eq!(support::agent::sample_sum(&metrics, "periscope_parse_errors_total", &[]), 0.0, "{metrics}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// HTTP/2 over TLS (ALPN h2, Go's http.Client and server over crypto/tls):
+/// the plaintext of the TLS uprobes goes through the HTTP/2 parser; each
+/// stream gives the span its HTTP/1.1-over-TLS twin gives, with
+/// `network.protocol.version` "2", under its client span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_http2_over_tls_gives_the_spans_of_http1() {
+    let exe = support::go::build("tls_pair", "tls_pair", &[]);
+    let rx = Receiver::start().await;
+    let dir = tmpdir("h2");
+    let (cert, key) = self_signed(&dir);
+    let port = free_port();
+    let server = Proc(
+        Command::new(&exe)
+            .args(["server", &port.to_string(), cert.to_str().unwrap(), key.to_str().unwrap()])
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port);
+    let agent = start_agent(
+        &rx,
+        &[
+            "--open-port",
+            &port.to_string(),
+            "--exe-path",
+            "*/tls_pair",
+            "--routes",
+            "/items/{id},/items/{id}/big,/missing/{id}",
+        ],
+    );
+    agent.wait_tracked(server.pid());
+    let client = |mode: &str| gated(Command::new(&exe).args([mode, &port.to_string(), cert.to_str().unwrap()]));
+    let mut h1 = client("client");
+    let mut h2 = client("client-h2");
+    agent.wait_tracked(h1.pid());
+    agent.wait_tracked(h2.pid());
+    wait_for("the crypto/tls uprobes of 3 Go processes", Duration::from_secs(20), || {
+        (agent.sample_sum("periscope_tls_libraries_attached_total", &["reason=\"go crypto/tls\""]) >= 3.0).then_some(())
+    });
+    let h1_out = run(&mut h1);
+    assert_eq!(run(&mut h2), h1_out, "both clients got the same answers");
+
+    let spans = rx.wait_for_spans(24, Duration::from_secs(20)).await;
+    let version = |v: &'static str| {
+        let server = server.pid();
+        move |s: &ReceivedSpan| {
+            s.span.kind == SERVER
+                && pid_of(s) == Some(server)
+                && s.attr_str("network.protocol.version").as_deref() == Some(v)
+        }
+    };
+    let expected = http_summary_where(&spans, version("1.1"));
+    assert_eq!(expected.len(), 6, "HTTP/1.1 server spans: {expected:?}");
+    assert_eq!(http_summary_where(&spans, version("2")), expected, "HTTP/2 server spans");
+    let expected_clients = http_summary(&spans, CLIENT, h1.pid());
+    assert_eq!(expected_clients.len(), 6, "HTTP/1.1 client spans: {expected_clients:?}");
+    assert_eq!(http_summary(&spans, CLIENT, h2.pid()), expected_clients, "HTTP/2 client spans");
+    assert_linked_where(&spans, h1.pid(), version("1.1"));
+    assert_linked_where(&spans, h2.pid(), version("2"));
+    let metrics = agent.metrics();
+    assert_eq!(support::agent::sample_sum(&metrics, "periscope_tls_plaintext_dropped_total", &[]), 0.0, "{metrics}");
+    assert_eq!(support::agent::sample_sum(&metrics, "periscope_requests_unmatched_total", &[]), 0.0, "{metrics}");
+    assert_eq!(support::agent::sample_sum(&metrics, "periscope_unknown_protocol_connections_total", &[]), 0.0);
+    let _ = std::fs::remove_dir_all(dir);
+}
