@@ -772,3 +772,69 @@ async fn go_http2_over_tls_gives_the_spans_of_http1() {
     assert_eq!(support::agent::sample_sum(&metrics, "periscope_unknown_protocol_connections_total", &[]), 0.0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// GnuTLS (wget links libgnutls, not OpenSSL): gnutls_record_send/_recv and
+/// gnutls_handshake get the programs of SSL_write/SSL_read/SSL_do_handshake;
+/// wget over HTTPS gives the client spans of wget over plaintext, under
+/// which the (OpenSSL) server's spans hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wget_over_gnutls_gives_the_client_spans_of_plain_http() {
+    let rx = Receiver::start().await;
+    let dir = tmpdir("gnutls");
+    let (cert, key) = self_signed(&dir);
+    std::fs::write(dir.join("server.py"), PY_SERVER).unwrap();
+    let py = python();
+    let server = |port: u16, tls: bool| {
+        let (c, k) = if tls { (cert.to_str().unwrap(), key.to_str().unwrap()) } else { ("-", "-") };
+        Proc(Command::new(&py).arg(dir.join("server.py")).arg(port.to_string()).args([c, k]).spawn().unwrap())
+    };
+    let (plain_port, tls_port) = (free_port(), free_port());
+    let plain = server(plain_port, false);
+    let tls = server(tls_port, true);
+    wait_listening(plain_port);
+    wait_listening(tls_port);
+    let ports = format!("{plain_port},{tls_port}");
+    let agent = start_agent(&rx, &["--open-port", &ports, "--exe-path", "*/wget", "--routes", "/items/{id}"]);
+    agent.wait_tracked(plain.pid());
+    agent.wait_tracked(tls.pid());
+    // One wget per scheme, reading its URLs from stdin once watched (and
+    // its libgnutls instrumented): keep-alive requests on one connection.
+    let wget = || {
+        Proc(
+            Command::new("wget")
+                .args(["-q", "-O", "/dev/null", "--ca-certificate"])
+                .arg(&cert)
+                .args(["-i", "-"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("wget"),
+        )
+    };
+    let mut plain_client = wget();
+    let mut tls_client = wget();
+    agent.wait_tracked(plain_client.pid());
+    agent.wait_tracked(tls_client.pid());
+    wait_for("the GnuTLS uprobes", Duration::from_secs(20), || {
+        (agent.sample_sum("periscope_tls_libraries_attached_total", &["reason=\"gnutls\""]) >= 1.0).then_some(())
+    });
+    for (p, scheme, port) in [(&mut plain_client, "http", plain_port), (&mut tls_client, "https", tls_port)] {
+        let mut stdin = p.0.stdin.take().unwrap();
+        for id in [701, 702, 703] {
+            writeln!(stdin, "{scheme}://127.0.0.1:{port}/items/{id}").unwrap();
+        }
+        drop(stdin);
+        let status = wait_for("wget to finish", Duration::from_secs(30), || p.0.try_wait().ok().flatten());
+        assert!(status.success(), "wget {scheme}: {status}");
+    }
+    let (plain_client, tls_client) = (plain_client.pid(), tls_client.pid());
+
+    let spans = rx.wait_for_spans(12, Duration::from_secs(20)).await;
+    let expected = http_summary(&spans, CLIENT, plain_client);
+    assert_eq!(expected.len(), 3, "plaintext wget client spans: {expected:?}");
+    assert_eq!(http_summary(&spans, CLIENT, tls_client), expected, "GnuTLS wget client spans");
+    assert_linked(&spans, plain_client, plain.pid());
+    assert_linked(&spans, tls_client, tls.pid());
+    let metrics = agent.metrics();
+    assert_eq!(support::agent::sample_sum(&metrics, "periscope_tls_attach_failed_total", &[]), 0.0, "{metrics}");
+    let _ = std::fs::remove_dir_all(dir);
+}

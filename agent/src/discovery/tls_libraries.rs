@@ -1,5 +1,6 @@
-//! TLS libraries of watched processes: the OpenSSL files mapped by a process
-//! (`/proc/PID/maps`: `libssl.so*`) and executables that embed OpenSSL and
+//! TLS libraries of watched processes: the OpenSSL and GnuTLS files mapped
+//! by a process (`/proc/PID/maps`: `libssl.so*`, `libgnutls.so*`) and
+//! executables that embed OpenSSL and
 //! export its symbols (Debian's `node`), each read once per file (device,
 //! inode), with the file offsets of the functions the uprobes attach to.
 //! Blocking reads: the discovery thread's business.
@@ -13,6 +14,15 @@ use std::{
 /// SSL object to its socket before the first read or write.
 pub const TLS_SYMBOLS: &[&str] = &["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_do_handshake"];
 
+/// GnuTLS's functions of the same shape (session, buffer, length) -> bytes,
+/// and the OpenSSL name whose programs they get: `gnutls_record_recv` ->
+/// SSL_read, `gnutls_record_send` -> SSL_write, `gnutls_handshake` ->
+/// SSL_do_handshake.
+pub const GNUTLS_SYMBOLS: &[(&str, &str)] = &[
+    ("gnutls_record_recv", "SSL_read"),
+    ("gnutls_record_send", "SSL_write"),
+    ("gnutls_handshake", "SSL_do_handshake"),
+];
 /// Files remembered as read (TLS or not): beyond, the oldest verdicts are
 /// forgotten and such a file may be read again.
 pub const MAX_FILES_SEEN: usize = 4096;
@@ -24,6 +34,8 @@ pub enum LibraryKind {
     Shared,
     /// OpenSSL linked into the executable itself.
     Embedded,
+    /// A shared `libgnutls` (wget, GnuTLS builds of curl, exim, ...).
+    GnuTls,
 }
 
 impl LibraryKind {
@@ -31,6 +43,7 @@ impl LibraryKind {
         match self {
             LibraryKind::Shared => "libssl",
             LibraryKind::Embedded => "embedded",
+            LibraryKind::GnuTls => "gnutls",
         }
     }
 }
@@ -66,9 +79,9 @@ impl TlsFinder {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
         let mut candidates: Vec<(PathBuf, LibraryKind)> = Vec::new();
         if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
-            for path in shared_libssl(&maps) {
+            for (path, kind) in shared_tls_libraries(&maps) {
                 if !candidates.iter().any(|(p, _)| p == &path) {
-                    candidates.push((path, LibraryKind::Shared));
+                    candidates.push((path, kind));
                 }
             }
         }
@@ -86,7 +99,7 @@ impl TlsFinder {
             if self.seen.len() >= MAX_FILES_SEEN {
                 self.seen.clear();
             }
-            let (offsets, problem) = match symbol_offsets(&path) {
+            let (offsets, problem) = match symbol_offsets(&path, kind) {
                 Ok(o) => (o, None),
                 Err(e) => (Vec::new(), Some(format!("cannot read it: {e}"))),
             };
@@ -99,6 +112,9 @@ impl TlsFinder {
                 (false, LibraryKind::Embedded) => continue,
                 // A libssl that is not OpenSSL's (or is damaged): reported.
                 (false, LibraryKind::Shared) => problem.or_else(|| Some("it exports no SSL_read/SSL_write".into())),
+                (false, LibraryKind::GnuTls) => {
+                    problem.or_else(|| Some("it exports no gnutls_record_recv/gnutls_record_send".into()))
+                }
             };
             found.push(TlsLibrary { path, mapped_as, dev: key.0, inode: key.1, kind, offsets, problem });
         }
@@ -106,9 +122,9 @@ impl TlsFinder {
     }
 }
 
-/// Paths of the `libssl` files a `/proc/PID/maps` text maps.
-pub fn shared_libssl(maps: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = Vec::new();
+/// Paths of the `libssl` and `libgnutls` files a `/proc/PID/maps` text maps.
+pub fn shared_tls_libraries(maps: &str) -> Vec<(PathBuf, LibraryKind)> {
+    let mut out: Vec<(PathBuf, LibraryKind)> = Vec::new();
     for line in maps.lines() {
         // address perms offset dev inode path
         let Some(path) = line.split_whitespace().nth(5) else { continue };
@@ -116,18 +132,34 @@ pub fn shared_libssl(maps: &str) -> Vec<PathBuf> {
             continue;
         }
         let name = Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("libssl") && name.contains(".so") && !out.iter().any(|p| p == Path::new(path)) {
-            out.push(PathBuf::from(path));
+        let kind = if name.starts_with("libssl") {
+            LibraryKind::Shared
+        } else if name.starts_with("libgnutls.so") {
+            LibraryKind::GnuTls
+        } else {
+            continue;
+        };
+        if name.contains(".so") && !out.iter().any(|(p, _)| p == Path::new(path)) {
+            out.push((PathBuf::from(path), kind));
         }
     }
     out
 }
 
 /// File offsets of the [`TLS_SYMBOLS`] an ELF file defines (symbol table
-/// or dynamic symbols).
-pub fn symbol_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>, String> {
+/// or dynamic symbols); for GnuTLS, of its [`GNUTLS_SYMBOLS`], under their
+/// OpenSSL names.
+pub fn symbol_offsets(path: &Path, kind: LibraryKind) -> Result<Vec<(&'static str, u64)>, String> {
     let map = super::runtime_hooks::Mapped::open(path)?;
-    super::runtime_hooks::symbol_offsets(map.bytes(), TLS_SYMBOLS)
+    if kind != LibraryKind::GnuTls {
+        return super::runtime_hooks::symbol_offsets(map.bytes(), TLS_SYMBOLS);
+    }
+    let names: Vec<&'static str> = GNUTLS_SYMBOLS.iter().map(|(g, _)| *g).collect();
+    let found = super::runtime_hooks::symbol_offsets(map.bytes(), &names)?;
+    Ok(found
+        .into_iter()
+        .filter_map(|(g, at)| GNUTLS_SYMBOLS.iter().find(|(n, _)| *n == g).map(|(_, ssl)| (*ssl, at)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -140,10 +172,16 @@ mod tests {
                     7f1-7f2 r-xp 00001000 08:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3\n\
                     7f2-7f3 r-xp 00000000 08:01 124 /usr/lib/x86_64-linux-gnu/libcrypto.so.3\n\
                     7f3-7f4 rw-p 00000000 00:00 0 [heap]\n\
-                    7f4-7f5 r-xp 00000000 08:01 125 /opt/app/libssl-abc123.so.3 (deleted)\n";
+                    7f4-7f5 r-xp 00000000 08:01 125 /opt/app/libssl-abc123.so.3 (deleted)\n\
+                    7f5-7f6 r-xp 00000000 08:01 126 /usr/lib/x86_64-linux-gnu/libgnutls.so.30.34.3\n\
+                    7f6-7f7 r-xp 00000000 08:01 127 /usr/lib/x86_64-linux-gnu/libgnutls-dane.so.0\n";
         assert_eq!(
-            shared_libssl(maps),
-            vec![PathBuf::from("/usr/lib/x86_64-linux-gnu/libssl.so.3"), PathBuf::from("/opt/app/libssl-abc123.so.3")]
+            shared_tls_libraries(maps),
+            vec![
+                (PathBuf::from("/usr/lib/x86_64-linux-gnu/libssl.so.3"), LibraryKind::Shared),
+                (PathBuf::from("/opt/app/libssl-abc123.so.3"), LibraryKind::Shared),
+                (PathBuf::from("/usr/lib/x86_64-linux-gnu/libgnutls.so.30.34.3"), LibraryKind::GnuTls),
+            ]
         );
     }
 
@@ -157,7 +195,7 @@ mod tests {
         else {
             return;
         };
-        let offsets = symbol_offsets(path).unwrap();
+        let offsets = symbol_offsets(path, LibraryKind::Shared).unwrap();
         assert_eq!(offsets.len(), TLS_SYMBOLS.len(), "{offsets:?}");
         let mut at: Vec<u64> = offsets.iter().map(|(_, o)| *o).collect();
         at.sort_unstable();
@@ -165,11 +203,28 @@ mod tests {
         assert_eq!(at.len(), TLS_SYMBOLS.len());
     }
 
+    /// The host's libgnutls, when it has one: its three functions, under
+    /// the OpenSSL names whose programs they get.
+    #[test]
+    fn the_hosts_libgnutls_exports_the_record_functions() {
+        let Some(path) = ["/usr/lib/x86_64-linux-gnu/libgnutls.so.30", "/usr/lib/aarch64-linux-gnu/libgnutls.so.30"]
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+        else {
+            return;
+        };
+        let mut names: Vec<&str> = symbol_offsets(path, LibraryKind::GnuTls).unwrap().iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["SSL_do_handshake", "SSL_read", "SSL_write"]);
+    }
+
     #[test]
     fn a_file_that_is_not_elf_is_an_error() {
         let path = std::env::temp_dir().join(format!("periscope-not-elf-{}", std::process::id()));
         std::fs::write(&path, b"#!/bin/sh\n").unwrap();
-        assert!(symbol_offsets(&path).is_err());
+        assert!(symbol_offsets(&path, LibraryKind::Shared).is_err());
+        assert!(symbol_offsets(&path, LibraryKind::GnuTls).is_err());
         let _ = std::fs::remove_file(&path);
     }
 }
