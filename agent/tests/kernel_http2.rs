@@ -1,5 +1,6 @@
-//! HTTP/2 cleartext (h2c, prior knowledge) and gRPC end to end against the
-//! real kernel: nginx serving h2c to curl, and a Python grpcio server and
+//! HTTP/2 cleartext (h2c, prior knowledge and `Upgrade: h2c`) and gRPC end
+//! to end against the real kernel: nginx serving h2c to curl, hypercorn
+//! upgrading curl's HTTP/1.1 request to h2c, and a Python grpcio server and
 //! client (unary OK, unary errors, server streaming). Ground truth comes
 //! from outside the agent: request ids in the paths curl asks for, the
 //! status codes the gRPC client itself reports. Needs root.
@@ -148,6 +149,100 @@ async fn nginx_h2c_and_curl_with_prior_knowledge() {
     let m = agent.metrics();
     let unknown: f64 = support::agent::sample_sum(&m, "periscope_unknown_protocol_connections_total", &[]);
     assert_eq!(unknown, 0.0, "h2c detected");
+}
+
+/// An ASGI app for hypercorn: 200 for /items/..., 404 otherwise.
+const ASGI_APP: &str = r#"
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    status = 200 if scope["path"].startswith("/items/") else 404
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"3")]})
+    await send({"type": "http.response.body", "body": b"ok\n"})
+"#;
+
+/// `curl --http2` on http:// asks for `Upgrade: h2c`; hypercorn answers 101
+/// and the connection goes on as HTTP/2: the upgraded request is answered on
+/// stream 1, the next ones are streams 3, 5. Every request gives its server
+/// and client span (version 2, its status), the server's under the client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_request_upgraded_to_h2c_and_the_streams_after_it() {
+    let rx = Receiver::start().await;
+    let dir = tmpdir("upgrade");
+    std::fs::write(dir.join("app.py"), ASGI_APP).unwrap();
+    let port = free_port();
+    let server = Proc(
+        Command::new("python3")
+            .args(["-m", "hypercorn", "--bind", &format!("127.0.0.1:{port}"), "app:app"])
+            .current_dir(&dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("hypercorn (cargo xtask deps installs it)"),
+    );
+    wait_listening(port);
+    let mut curl =
+        gated(Command::new("curl").args(["-s", "--http2", "-w", "%{http_version} %{http_code}\\n", "-K", "-"]));
+    let agent = Agent::start(&["--open-port", &port.to_string(), "--pid", &curl.pid().to_string()], &otlp_env(&rx));
+    agent.wait_tracked(server.pid());
+    agent.wait_tracked(curl.pid());
+    // hypercorn serves from a worker process it spawns: listening once watched.
+    wait_for("hypercorn's worker to be watched", Duration::from_secs(20), || {
+        (agent.sample_sum("periscope_processes_tracked_total", &[]) >= 3.0).then_some(())
+    });
+    let run = std::process::id();
+    let expected: Vec<(String, i64)> =
+        [(format!("/items/{run}-1"), 200), (format!("/items/{run}-2"), 200), (format!("/missing/{run}-3"), 404)].into();
+    let mut config = String::new();
+    for (i, (path, _)) in expected.iter().enumerate() {
+        if i > 0 {
+            config += "next\n";
+        }
+        config += &format!("url = \"http://127.0.0.1:{port}{path}\"\noutput = \"/dev/null\"\nhttp2\n");
+        config += "write-out = \"%{http_version} %{http_code}\\n\"\n";
+    }
+    release(&mut curl, &config);
+    assert!(wait_exit(&mut curl).success());
+    let mut said = String::new();
+    std::io::Read::read_to_string(curl.0.stdout.as_mut().unwrap(), &mut said).unwrap();
+    assert_eq!(said, "2 200\n2 200\n2 404\n", "curl upgraded to HTTP/2 and got its answers");
+    // Whatever came (a missing span is named below, with the agent's counters).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while rx.spans().len() < 2 * expected.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let spans = rx.spans();
+    let m = agent.metrics();
+    let counters: Vec<&str> = m.lines().filter(|l| l.starts_with("periscope_") && !l.ends_with(" 0")).collect();
+    let path_of = |s: &ReceivedSpan| {
+        s.attr_str("url.path")
+            .or_else(|| s.attr_str("url.full").map(|u| u.split_once(&format!(":{port}")).unwrap().1.to_owned()))
+            .unwrap_or_default()
+    };
+    for (path, status) in &expected {
+        // The server spans are hypercorn's worker's (a child process): by port.
+        let find = |kind: i32, keep: &dyn Fn(&ReceivedSpan) -> bool| {
+            spans
+                .iter()
+                .find(|s| s.span.kind == kind && keep(s) && path_of(s) == *path)
+                .unwrap_or_else(|| panic!("no span of kind {kind} for {path}; {} spans; {counters:#?}", spans.len()))
+        };
+        let s = find(SERVER, &|s| s.attr_int("server.port") == Some(i64::from(port)));
+        let c = find(CLIENT, &|s| pid_of(s) == Some(curl.pid()));
+        for span in [s, c] {
+            assert_eq!(span.attr_int("http.response.status_code"), Some(*status), "{path}");
+            assert_eq!(span.attr_str("http.request.method").as_deref(), Some("GET"), "{path}");
+            assert_eq!(span.attr_str("network.protocol.version").as_deref(), Some("2"), "{path}");
+        }
+        assert_eq!(s.span.parent_span_id, c.span.span_id, "{path}: parent");
+        assert_eq!(s.span.trace_id, c.span.trace_id, "{path}: trace");
+    }
+    let m = agent.metrics();
+    for metric in
+        ["periscope_requests_unmatched_total", "periscope_parse_errors_total", "periscope_protocol_desync_total"]
+    {
+        assert_eq!(support::agent::sample_sum(&m, metric, &[]), 0.0, "{metric}: {m}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 const GRPC_SCRIPT: &str = r#"

@@ -207,9 +207,16 @@ int handle_enter_readv(struct trace_event_raw_sys_enter *ctx)
 			ctx->args[2]);
 }
 
+/* MSG_PEEK: the bytes stay in the socket for the next read, which is the
+ * one followed (curl peeks one byte to check a kept-alive connection: taken
+ * as read, that byte shifted HTTP/2's framing by one). */
+#define PERISCOPE_MSG_PEEK 2
+
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
 int handle_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
 {
+	if (ctx->args[3] & PERISCOPE_MSG_PEEK)
+		return 0;
 	return remember(ctx, PENDING_PLAIN, PERISCOPE_SYS_RECVFROM, PERISCOPE_DIR_INGRESS,
 			ctx->args[1], 0);
 }
@@ -217,6 +224,8 @@ int handle_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
 int handle_enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
 {
+	if (ctx->args[2] & PERISCOPE_MSG_PEEK)
+		return 0;
 	return remember(ctx, PENDING_MSG, PERISCOPE_SYS_RECVMSG, PERISCOPE_DIR_INGRESS,
 			ctx->args[1], 0);
 }

@@ -166,8 +166,8 @@ fn ensure_podman_compose() -> anyhow::Result<()> {
 }
 
 /// psycopg 3, gunicorn (the pre-fork test of kernel_context), aiohttp,
-/// asyncpg, FastAPI/uvicorn, httpx and uvloop (its asyncio tests) and grpcio
-/// (kernel_http2's gRPC server and client) for the `python3` on PATH: pip,
+/// asyncpg, FastAPI/uvicorn, httpx and uvloop (its asyncio tests), grpcio
+/// and hypercorn (kernel_http2's gRPC and h2c servers) for the `python3` on PATH: pip,
 /// or Debian's packages when pip refuses an externally managed system Python.
 fn ensure_psycopg() -> anyhow::Result<()> {
     for (import, pip, deb) in [
@@ -180,6 +180,8 @@ fn ensure_psycopg() -> anyhow::Result<()> {
         ("import httpx", "httpx", "python3-httpx"),
         ("import uvloop", "uvloop", "python3-uvloop"),
         ("import grpc", "grpcio", "python3-grpcio"),
+        // kernel_http2's `Upgrade: h2c` server.
+        ("import hypercorn", "hypercorn", "python3-hypercorn"),
     ] {
         let ok = || cmd::succeeds(&mut cmd("python3", ["-c", import]));
         if ok() {

@@ -68,8 +68,13 @@ impl Conclude for Http2Message {
             }
             Http2Message::Finished(done) => {
                 let ex = &done.exchange;
-                let started =
-                    cx.tracker.take_stream(cx.trace, done.stream, ex.request_start_enter, ex.response_end, cx.t);
+                let started = if done.upgraded {
+                    // Announced as the HTTP/1.1 request it was.
+                    let start = if cx.server_side { ex.request_start_exit } else { ex.request_start_enter };
+                    cx.tracker.take_started(cx.trace, cx.server_side, cx.key.pid, start, ex.response_end, cx.t)
+                } else {
+                    cx.tracker.take_stream(cx.trace, done.stream, ex.request_start_enter, ex.response_end, cx.t)
+                };
                 cx.out.push(Outcome::Http {
                     key: cx.key,
                     tuple: cx.tuple,

@@ -484,6 +484,26 @@ fn on_known_chunk(
         }
     }
     report(conn, t);
+    // `Upgrade: h2c` answered 101: HTTP/2 from here, the rest of this chunk
+    // included (a client may read the 101 and the first frames at once).
+    let upgrade = match &mut conn.parser {
+        Parser::Http(session) => session.take_h2c_upgrade().map(|u| (u, session.requests_direction())),
+        _ => None,
+    };
+    if let Some(((upgrade, http1_bytes), requests)) = upgrade {
+        conn.parser = Parser::Http2(http2::Http2Session::upgraded(requests, upgrade));
+        conn.reported = [0; MAX_COUNTS];
+        if http1_bytes < chunk.total {
+            let rest = Chunk {
+                direction: chunk.direction,
+                data: &chunk.data[http1_bytes.min(chunk.data.len())..],
+                total: chunk.total - http1_bytes,
+                ts_enter: chunk.ts_enter,
+                ts_exit: chunk.ts_exit,
+            };
+            on_known_chunk(conn, key, thread, &rest, scratch, tracker, out, t);
+        }
+    }
 }
 
 /// Feeds a chunk to a session; what it produced concludes at once.
@@ -651,6 +671,148 @@ mod tests {
         let [Outcome::RequestStarted { traceparent: Some(tp), started, .. }] = &out[..] else { panic!("{out:?}") };
         assert_eq!(tp.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(started.ts_enter, 1, "the request started with its first byte");
+    }
+
+    /// `Upgrade: h2c` (curl --http2 on http://): the HTTP/1.1 request, the
+    /// server's 101 and its first HTTP/2 frames in one chunk, the client's
+    /// preface; stream 1 answers the request: one exchange, version 2,
+    /// status 200, a second stream after it too.
+    #[test]
+    fn an_h2c_upgrade_goes_on_as_http2_whose_stream_1_answers_the_request() {
+        let t = Telemetry::default();
+        let (mut table, mut tr) = new_table(16);
+        let mut out = Vec::new();
+        let key = ConnKey { pid: 1, fd: 5 };
+        let request = b"GET /items/7 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n";
+        let mut answer = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+        answer.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS
+        answer.extend([0, 0, 1, 1, 4, 0, 0, 0, 1, 0x88]); // HEADERS :status 200, stream 1
+        answer.extend([0, 0, 2, 0, 1, 0, 0, 0, 1, b'o', b'k']); // DATA, END_STREAM
+        let mut preface = crate::protocols::http2::frame::PREFACE.to_vec();
+        preface.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        // Stream 3: GET / (static 2, 4), :status 404 (static 13).
+        let next = [0, 0, 2, 1, 5, 0, 0, 0, 3, 0x82, 0x84];
+        let next_answer = [0, 0, 1, 1, 5, 0, 0, 0, 3, 0x8d];
+        for (i, (dir, data)) in [
+            (Direction::Egress, &request[..]),
+            (Direction::Ingress, &answer[..]),
+            (Direction::Egress, &preface[..]),
+            (Direction::Egress, &next[..]),
+            (Direction::Ingress, &next_answer[..]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            table.data(key, tuple(1), Role::Client, TH, &chunk(dir, data, 10 * i as u64), &mut tr, &mut out, &t);
+        }
+        let done: Vec<(String, String, u16, u8)> = finished(&out)
+            .iter()
+            .map(|o| match o {
+                Outcome::Http { exchange: e, .. } => {
+                    (e.request.method.clone(), e.request.target.clone(), e.response.status, e.response.version)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            done,
+            [("GET".to_owned(), "/items/7".to_owned(), 200, 2), ("GET".to_owned(), "/".to_owned(), 404, 2)],
+            "{out:?}"
+        );
+        assert!(matches!(table.conns.peek(&key).unwrap().parser, Parser::Http2(_)));
+        assert_eq!(t.get_for(Counter::ParseErrors, "http2") + t.get_for(Counter::ProtocolDesync, "http2"), 0);
+        assert_eq!(t.get_for(Counter::RequestsUnmatched, "http1"), 0);
+    }
+
+    /// curl 7.88 `--http2` against hypercorn, its socket I/O as strace saw
+    /// it: the upgraded request, streams 3 and 5; curl stops reading once
+    /// the 3 bytes of the last body are in, before that stream's END_STREAM
+    /// (an empty DATA frame): the stream ends by its content-length.
+    #[test]
+    fn curl_h2c_upgrade_as_traced_gives_three_exchanges() {
+        let t = Telemetry::default();
+        let (mut table, mut tr) = new_table(16);
+        let mut out = Vec::new();
+        let key = ConnKey { pid: 1, fd: 5 };
+        let chunks: &[(Direction, &[u8])] = &[
+            (
+                Direction::Egress,
+                &[
+                    71, 69, 84, 32, 47, 105, 116, 101, 109, 115, 47, 49, 32, 72, 84, 84, 80, 47, 49, 46, 49, 13, 10,
+                    72, 111, 115, 116, 58, 32, 49, 50, 55, 46, 48, 46, 48, 46, 49, 58, 49, 56, 55, 55, 55, 13, 10, 85,
+                    115, 101, 114, 45, 65, 103, 101, 110, 116, 58, 32, 99, 117, 114, 108, 47, 55, 46, 56, 56, 46, 49,
+                    13, 10, 65, 99, 99, 101, 112, 116, 58, 32, 42, 47, 42, 13, 10, 67, 111, 110, 110, 101, 99, 116,
+                    105, 111, 110, 58, 32, 85, 112, 103, 114, 97, 100, 101, 44, 32, 72, 84, 84, 80, 50, 45, 83, 101,
+                    116, 116, 105, 110, 103, 115, 13, 10, 85, 112, 103, 114, 97, 100, 101, 58, 32, 104, 50, 99, 13, 10,
+                    72, 84, 84, 80, 50, 45, 83, 101, 116, 116, 105, 110, 103, 115, 58, 32, 65, 65, 77, 65, 65, 65, 66,
+                    107, 65, 65, 81, 67, 65, 65, 65, 65, 65, 65, 73, 65, 65, 65, 65, 65, 13, 10, 13, 10,
+                ][..],
+            ),
+            (
+                Direction::Ingress,
+                &[
+                    72, 84, 84, 80, 47, 49, 46, 49, 32, 49, 48, 49, 32, 13, 10, 100, 97, 116, 101, 58, 32, 84, 104,
+                    117, 44, 32, 48, 51, 32, 68, 101, 99, 32, 50, 48, 50, 54, 32, 49, 51, 58, 52, 57, 58, 51, 55, 32,
+                    71, 77, 84, 13, 10, 115, 101, 114, 118, 101, 114, 58, 32, 104, 121, 112, 101, 114, 99, 111, 114,
+                    110, 45, 104, 49, 49, 13, 10, 99, 111, 110, 110, 101, 99, 116, 105, 111, 110, 58, 32, 117, 112,
+                    103, 114, 97, 100, 101, 13, 10, 117, 112, 103, 114, 97, 100, 101, 58, 32, 104, 50, 99, 13, 10, 13,
+                    10,
+                ][..],
+            ),
+            (
+                Direction::Egress,
+                &[
+                    80, 82, 73, 32, 42, 32, 72, 84, 84, 80, 47, 50, 46, 48, 13, 10, 13, 10, 83, 77, 13, 10, 13, 10, 0,
+                    0, 18, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100, 0, 4, 2, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 4, 8, 0, 0,
+                    0, 0, 0, 1, 255, 0, 1,
+                ][..],
+            ),
+            (
+                Direction::Ingress,
+                &[
+                    0, 0, 42, 4, 0, 0, 0, 0, 0, 0, 1, 0, 0, 16, 0, 0, 2, 0, 0, 0, 0, 0, 4, 0, 0, 255, 255, 0, 5, 0, 0,
+                    64, 0, 0, 8, 0, 0, 0, 1, 0, 3, 0, 0, 0, 100, 0, 6, 0, 1, 0, 0, 0, 0, 39, 1, 4, 0, 0, 0, 1, 136, 92,
+                    129, 103, 97, 150, 223, 61, 191, 74, 1, 149, 47, 148, 138, 8, 2, 113, 64, 179, 113, 167, 238, 50,
+                    234, 152, 180, 111, 118, 137, 159, 213, 101, 176, 135, 178, 165, 167, 23, 0, 0, 3, 0, 0, 0, 0, 0,
+                    1, 111, 107, 10, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 4, 1, 0, 0, 0, 0,
+                ][..],
+            ),
+            (Direction::Egress, &[0, 0, 0, 4, 1, 0, 0, 0, 0][..]),
+            (
+                Direction::Egress,
+                &[
+                    0, 0, 41, 1, 5, 0, 0, 0, 3, 63, 225, 31, 130, 4, 134, 96, 201, 45, 40, 96, 95, 134, 65, 139, 8,
+                    157, 92, 11, 129, 112, 220, 11, 206, 186, 239, 122, 136, 37, 182, 80, 195, 171, 188, 242, 225, 83,
+                    3, 42, 47, 42,
+                ][..],
+            ),
+            (
+                Direction::Ingress,
+                &[
+                    0, 0, 4, 1, 4, 0, 0, 0, 3, 136, 192, 191, 190, 0, 0, 3, 0, 0, 0, 0, 0, 3, 111, 107, 10, 0, 0, 0, 0,
+                    1, 0, 0, 0, 3,
+                ][..],
+            ),
+            (
+                Direction::Egress,
+                &[0, 0, 14, 1, 5, 0, 0, 0, 5, 130, 4, 135, 98, 147, 33, 6, 170, 102, 25, 134, 192, 191, 190][..],
+            ),
+            (Direction::Ingress, &[0, 0, 4, 1, 4, 0, 0, 0, 5, 141, 192, 191, 190][..]),
+            (Direction::Ingress, &[0, 0, 3, 0, 0, 0, 0, 0, 5, 111, 107, 10][..]),
+        ];
+        for (i, (dir, data)) in chunks.iter().enumerate() {
+            table.data(key, tuple(1), Role::Client, TH, &chunk(*dir, data, 10 * i as u64), &mut tr, &mut out, &t);
+        }
+        table.close(key, &mut tr, &mut out, &t);
+        let done: Vec<(String, u16)> = finished(&out)
+            .iter()
+            .map(|o| match o {
+                Outcome::Http { exchange: e, .. } => (e.request.target.clone(), e.response.status),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(done, [("/items/1".to_owned(), 200), ("/items/2".to_owned(), 200), ("/missing/3".to_owned(), 404)]);
+        assert_eq!(t.get_for(Counter::RequestsUnmatched, "http2"), 0);
     }
 
     /// Node's TLS, as the kernel showed it: the handshake read and written

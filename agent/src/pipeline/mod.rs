@@ -180,7 +180,17 @@ impl Pipeline {
                     reader.drain(|record| self.on_record(record));
                     self.on_links(monotonic_now(), false);
                 }
-                Some(answer) = answers_rx.recv() => self.on_answer(answer),
+                Some(answer) = answers_rx.recv() => {
+                    // What the kernel sent before goes first: a process found
+                    // gone from /proc still has its last events waiting in the
+                    // ring buffer (a data event wakes no one below the
+                    // threshold), and forgetting it first would drop them
+                    // (a short-lived client's last response: no span).
+                    if matches!(answer, Answer::Gone(_)) {
+                        reader.drain(|record| self.on_record(record));
+                    }
+                    self.on_answer(answer);
+                }
                 Some(found) = go_rx.recv() => self.on_go_inspected(found),
                 Some(answer) = nat_rx.recv() => {
                     let now = monotonic_now();

@@ -20,6 +20,8 @@ pub struct Headers {
     pub connection_close: bool,
     pub connection_keep_alive: bool,
     pub upgrade: bool,
+    /// `Upgrade: h2c` (HTTP/2 over cleartext, RFC 7540 section 3.2).
+    pub upgrade_h2c: bool,
     pub user_agent: Option<String>,
 }
 
@@ -108,6 +110,8 @@ fn absorb_header(h: &mut Headers, name: &str, value: &[u8]) {
         h.connection_close |= v.split(',').any(|t| t.trim() == "close");
         h.connection_keep_alive |= v.split(',').any(|t| t.trim() == "keep-alive");
         h.upgrade |= v.split(',').any(|t| t.trim() == "upgrade");
+    } else if name.eq_ignore_ascii_case("upgrade") {
+        h.upgrade_h2c |= header_value(value).split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c"));
     } else if name.eq_ignore_ascii_case("user-agent") {
         h.user_agent = Some(header_value(value));
     }

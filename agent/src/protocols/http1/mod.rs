@@ -117,7 +117,22 @@ pub struct Http1Session {
     /// Request heads parsed since `drain_heads` was last called.
     heads: Vec<HeadSeen>,
     upgraded: bool,
+    /// A request upgraded to HTTP/2 (101 with `Upgrade: h2c`), and where in
+    /// the chunk of the 101 the HTTP/2 bytes begin: the connection goes on as
+    /// HTTP/2, whose stream 1 answers that request.
+    h2c: Option<(H2cUpgrade, usize)>,
     stats: Http1Stats,
+}
+
+/// A request answered on HTTP/2's stream 1 after `101 Switching Protocols`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct H2cUpgrade {
+    pub request: RequestHead,
+    pub start_enter: u64,
+    pub start_exit: u64,
+    /// End of the request (its body) when it was seen.
+    pub end: Option<u64>,
+    pub body_bytes: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -137,6 +152,7 @@ impl Http1Session {
             pending: VecDeque::new(),
             heads: Vec::new(),
             upgraded: false,
+            h2c: None,
             stats: Http1Stats::default(),
         }
     }
@@ -157,6 +173,12 @@ impl Http1Session {
     /// True after a 101 Switching Protocols: the rest is not HTTP/1.
     pub fn upgraded(&self) -> bool {
         self.upgraded
+    }
+
+    /// The request a `101` switched to HTTP/2 (`Upgrade: h2c`), and how
+    /// many bytes of the last chunk were HTTP/1 (the rest is HTTP/2).
+    pub fn take_h2c_upgrade(&mut self) -> Option<(H2cUpgrade, usize)> {
+        self.h2c.take()
     }
 
     pub fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) {
@@ -259,6 +281,12 @@ impl Http1Session {
                         Ok(Some((h, len))) => {
                             data = &data[len - before..];
                             let body = self.begin(msg, h, start_enter, start_exit);
+                            if let Some((_, at)) = &mut self.h2c {
+                                // HTTP/2 from the next byte on.
+                                *at = chunk.data.len() - data.len();
+                                self.side(&msg).state = State::Idle;
+                                return;
+                            }
                             self.side(&msg).state = State::Body { body, bytes: 0 };
                         }
                         Ok(None) if missing > 0 || buf.len() >= MAX_HEAD => {
@@ -390,6 +418,22 @@ impl Http1Session {
                 };
                 if head.status == 101 {
                     self.upgraded = true;
+                    if head.headers.upgrade_h2c && request.as_ref().is_some_and(|p| p.head.headers.upgrade_h2c) {
+                        let i = self.pending.iter().position(|p| p.response.is_none()).expect("found above");
+                        let p = self.pending.remove(i).expect("index checked");
+                        // Requests before it were never answered.
+                        self.stats.unmatched += self.pending.len() as u64;
+                        self.pending.clear();
+                        let upgrade = H2cUpgrade {
+                            request: p.head,
+                            start_enter: p.start_enter,
+                            start_exit: p.start_exit,
+                            end: p.end,
+                            body_bytes: p.body_bytes,
+                        };
+                        self.h2c = Some((upgrade, 0));
+                        return Body::Length(0);
+                    }
                 }
                 match request {
                     Some(p) if !informational || head.status == 101 => {

@@ -1,4 +1,6 @@
-//! HTTP/2 over cleartext TCP (h2c, prior knowledge) and gRPC on top of it:
+//! HTTP/2 over cleartext TCP (h2c: prior knowledge, or an HTTP/1.1 request
+//! upgraded by `101 Switching Protocols`, answered on stream 1), over TLS
+//! once the TLS uprobes give its plaintext, and gRPC on top of it:
 //! frames read out of syscall-sized chunks per direction, header blocks
 //! decoded with each direction's HPACK table, one exchange per stream.
 //! DATA payloads are skipped by length, never kept.
@@ -12,7 +14,7 @@ pub mod huffman;
 
 use rustc_hash::FxHashMap;
 
-use super::http1::{head::Headers, Exchange, RequestHead, ResponseHead};
+use super::http1::{head::Headers, Exchange, H2cUpgrade, RequestHead, ResponseHead};
 use super::{Chunk, Direction};
 use crate::model::TraceParent;
 use frame::FrameHeader;
@@ -56,6 +58,9 @@ pub struct StreamExchange {
     pub stream: u32,
     pub exchange: Exchange,
     pub grpc: Option<GrpcCall>,
+    /// Stream 1 of an upgraded connection: its request was an HTTP/1.1 one,
+    /// announced as such (no `Started` message).
+    pub upgraded: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -348,7 +353,16 @@ pub struct Http2Session {
     streams: FxHashMap<u32, Stream>,
     events: Vec<Event>,
     stats: Http2Stats,
+    /// Stream 1 is an upgraded HTTP/1.1 request.
+    upgraded: bool,
+    /// Streams ended by their response's content-length before their
+    /// END_STREAM (a client that stops reading there: curl), most recent
+    /// last: the END_STREAM frame that may follow is no stray.
+    ended_by_length: Vec<u32>,
 }
+
+/// Streams remembered in `ended_by_length`.
+const MAX_ENDED_BY_LENGTH: usize = 32;
 
 impl Http2Session {
     /// `requests`: the direction requests travel (Ingress for a server);
@@ -366,7 +380,44 @@ impl Http2Session {
             streams: FxHashMap::default(),
             events: Vec::new(),
             stats: Http2Stats::default(),
+            upgraded: false,
+            ended_by_length: Vec::new(),
         }
+    }
+
+    /// The connection of an HTTP/1.1 request answered `101` with `Upgrade:
+    /// h2c`: the client's connection preface comes next, and stream 1, half
+    /// closed by the client, answers `upgrade.request`.
+    pub fn upgraded(requests: Direction, upgrade: H2cUpgrade) -> Self {
+        let mut session = Self::new(requests, true);
+        let h = upgrade.request.headers;
+        let request = Fields {
+            method: Some(upgrade.request.method),
+            path: Some(upgrade.request.target),
+            authority: h.host,
+            content_length: h.content_length,
+            user_agent: h.user_agent,
+            traceparent: h.traceparent,
+            tracestate: h.tracestate,
+            incomplete: upgrade.request.truncated,
+            ..Fields::default()
+        };
+        session.streams.insert(
+            1,
+            Stream {
+                request: Box::new(request),
+                start_enter: upgrade.start_enter,
+                start_exit: upgrade.start_exit,
+                request_end: Some(upgrade.end.unwrap_or(upgrade.start_exit)),
+                request_bytes: upgrade.body_bytes,
+                response: None,
+                response_start_enter: 0,
+                response_bytes: 0,
+                grpc_status: None,
+            },
+        );
+        session.upgraded = true;
+        session
     }
 
     pub fn stats(&self) -> &Http2Stats {
@@ -457,6 +508,13 @@ impl Http2Session {
             Event::Headers { stream, .. } | Event::Data { stream, .. } | Event::Reset { stream } => *stream,
         };
         let Some(s) = self.streams.get_mut(&stream_id) else {
+            if let Some(i) = self.ended_by_length.iter().position(|&id| id == stream_id) {
+                // The END_STREAM after a body that was complete already.
+                if matches!(event, Event::Headers { end_stream: true, .. } | Event::Data { end_stream: true, .. }) {
+                    self.ended_by_length.remove(i);
+                }
+                return;
+            }
             // Its request was not seen (older than the agent, or not followed).
             if let Event::Headers { end_stream: true, .. } | Event::Data { end_stream: true, .. } = event {
                 self.stats.unmatched += 1;
@@ -479,7 +537,18 @@ impl Http2Session {
             }
             Event::Data { len, end_stream, .. } => {
                 s.response_bytes += u64::from(len);
-                end_stream
+                // All the body its content-length announced: a client may
+                // read no further (curl does not wait for the END_STREAM of
+                // an empty DATA frame), so the stream ends here.
+                let complete =
+                    s.response.as_ref().and_then(|r| r.content_length).is_some_and(|n| s.response_bytes >= n);
+                if complete && !end_stream {
+                    if self.ended_by_length.len() >= MAX_ENDED_BY_LENGTH {
+                        self.ended_by_length.remove(0);
+                    }
+                    self.ended_by_length.push(stream_id);
+                }
+                end_stream || complete
             }
             Event::Reset { .. } => true,
         };
@@ -545,6 +614,7 @@ impl Http2Session {
                 response_body_bytes: s.response_bytes,
             },
             grpc,
+            upgraded: self.upgraded && id == 1,
         })));
     }
 }
