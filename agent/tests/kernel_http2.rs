@@ -310,33 +310,18 @@ if __name__ == "__main__":
         call(sys.argv[2], sys.argv[3].split(","), sys.argv[4].split(","))
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_grpc_unary_errors_and_streaming() {
-    let rx = Receiver::start().await;
-    let dir = tmpdir("grpc");
-    let script = dir.join("items.py");
-    std::fs::write(&script, GRPC_SCRIPT).unwrap();
-    let port = free_port();
-    let server = Proc(
-        Command::new("python3")
-            .args([script.to_str().unwrap(), "serve", &port.to_string()])
-            .env("OTEL_SERVICE_NAME", "items-server")
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(port);
-    let plan = ["Get", "Missing", "Get", "Broken", "List", "Get", "List", "Missing"];
-    let mut client = gated(
-        Command::new("python3")
-            .args([script.to_str().unwrap(), "call", &port.to_string(), &plan.join(",")])
-            .env("OTEL_SERVICE_NAME", "items-client"),
-    );
-    let agent = Agent::start(&["--open-port", &port.to_string(), "--pid", &client.pid().to_string()], &otlp_env(&rx));
-    agent.wait_tracked(server.pid());
-    agent.wait_tracked(client.pid());
-    release(&mut client, "go");
-    assert!(wait_exit(&mut client).success());
-    // What the client itself saw, call by call.
+/// What the gRPC client `client` printed ("<Method> <code>" per call)
+/// matches `plan`, and each call gave one client span of `client_service`
+/// and one server span of `server_service`, in order, with their rpc
+/// attributes, statuses, link and the RPC duration metrics.
+async fn check_grpc_calls(
+    rx: &Receiver,
+    agent: &Agent,
+    client: &mut Proc,
+    plan: &[&str],
+    server_service: &str,
+    client_service: &str,
+) {
     let mut out = String::new();
     std::io::Read::read_to_string(client.0.stdout.as_mut().unwrap(), &mut out).unwrap();
     let seen: Vec<(String, i64)> = out
@@ -367,8 +352,8 @@ async fn python_grpc_unary_errors_and_streaming() {
         v.sort_by_key(|s| s.span.start_time_unix_nano);
         v
     };
-    let servers = of("items-server", SERVER);
-    let clients = of("items-client", CLIENT);
+    let servers = of(server_service, SERVER);
+    let clients = of(client_service, CLIENT);
     let summary = |v: &[&ReceivedSpan]| -> Vec<(String, i64)> {
         v.iter()
             .map(|s| {
@@ -402,13 +387,44 @@ async fn python_grpc_unary_errors_and_streaming() {
     // RPC duration metrics, by method and status code.
     let m = agent.metrics();
     let count = |metric: &str, parts: &[&str]| support::agent::sample_sum(&m, metric, parts);
+    let calls = |name: &str| plan.iter().filter(|m| **m == name).count() as f64;
     assert_eq!(
         count("rpc_server_duration_seconds_count", &["rpc_method=\"Get\"", "rpc_grpc_status_code=\"0\""]),
-        3.0,
+        calls("Get"),
         "{m}"
     );
-    assert_eq!(count("rpc_server_duration_seconds_count", &["rpc_method=\"Missing\""]), 2.0);
-    assert_eq!(count("rpc_client_duration_seconds_count", &["rpc_method=\"List\""]), 2.0);
+    assert_eq!(count("rpc_server_duration_seconds_count", &["rpc_method=\"Missing\""]), calls("Missing"));
+    assert_eq!(count("rpc_client_duration_seconds_count", &["rpc_method=\"List\""]), calls("List"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpc_unary_errors_and_streaming() {
+    let rx = Receiver::start().await;
+    let dir = tmpdir("grpc");
+    let script = dir.join("items.py");
+    std::fs::write(&script, GRPC_SCRIPT).unwrap();
+    let port = free_port();
+    let server = Proc(
+        Command::new("python3")
+            .args([script.to_str().unwrap(), "serve", &port.to_string()])
+            .env("OTEL_SERVICE_NAME", "items-server")
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port);
+    let plan = ["Get", "Missing", "Get", "Broken", "List", "Get", "List", "Missing"];
+    let mut client = gated(
+        Command::new("python3")
+            .args([script.to_str().unwrap(), "call", &port.to_string(), &plan.join(",")])
+            .env("OTEL_SERVICE_NAME", "items-client"),
+    );
+    let agent = Agent::start(&["--open-port", &port.to_string(), "--pid", &client.pid().to_string()], &otlp_env(&rx));
+    agent.wait_tracked(server.pid());
+    agent.wait_tracked(client.pid());
+    release(&mut client, "go");
+    assert!(wait_exit(&mut client).success());
+    // What the client itself saw, call by call, and the spans.
+    check_grpc_calls(&rx, &agent, &mut client, &plan, "items-server", "items-client").await;
     drop(dir);
 }
 
@@ -480,4 +496,39 @@ async fn grpc_connection_older_than_the_agent() {
     );
     assert!(unknown > 0.0, "references to entries never seen are counted");
     drop(dir);
+}
+
+/// @grpc/grpc-js (Node's own HTTP/2, no OpenSSL: h2c) server and client:
+/// the same calls give the same rpc spans, statuses and links as grpcio's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_grpc_js_unary_errors_and_streaming() {
+    let rx = Receiver::start().await;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grpc");
+    assert!(
+        dir.join("node_modules/@grpc/grpc-js").exists(),
+        "{}/node_modules is missing: run `cargo xtask deps`",
+        dir.display()
+    );
+    let script = dir.join("items.js");
+    let port = free_port();
+    let server = Proc(
+        Command::new("node")
+            .args([script.to_str().unwrap(), "serve", &port.to_string()])
+            .env("OTEL_SERVICE_NAME", "js-items-server")
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port);
+    let plan = ["Get", "Missing", "Get", "Broken", "List", "Get", "List", "Missing"];
+    let mut client = gated(
+        Command::new("node")
+            .args([script.to_str().unwrap(), "call", &port.to_string(), &plan.join(",")])
+            .env("OTEL_SERVICE_NAME", "js-items-client"),
+    );
+    let agent = Agent::start(&["--open-port", &port.to_string(), "--pid", &client.pid().to_string()], &otlp_env(&rx));
+    agent.wait_tracked(server.pid());
+    agent.wait_tracked(client.pid());
+    release(&mut client, "go");
+    assert!(wait_exit(&mut client).success());
+    check_grpc_calls(&rx, &agent, &mut client, &plan, "js-items-server", "js-items-client").await;
 }

@@ -58,6 +58,7 @@ pub(crate) const PACKAGES: &[&str] = &[
 const NODE_PROJECTS: &[(&str, &[&str])] = &[
     ("agent/tests/fixtures/sql", &["pg", "mysql2"]),
     ("agent/tests/fixtures/amqp", &["amqplib"]),
+    ("agent/tests/fixtures/grpc", &["@grpc/grpc-js"]),
     (
         "deploy/mythical",
         &["express", "pg", "amqplib", "@opentelemetry/sdk-node", "@opentelemetry/auto-instrumentations-node"],
