@@ -4,8 +4,11 @@
 //!
 //! Scenarios: (a) nginx keep-alive + wrk, (b) Node.js `http` + wrk,
 //! (c) PostgreSQL `pgbench -S` with periscope watching pgbench (SQL client),
-//! (d) nginx at a fixed request rate (open-loop generator in `bench/load.rs`).
-//! Scenario (a) has a third arm: B with an OTLP/HTTP endpoint that discards.
+//! (d) nginx at a fixed request rate (open-loop generator in `bench/load.rs`),
+//! (e) a Go net/http server (`bench/go_server.go`) + wrk.
+//! Scenario (a) has a third arm: B with an OTLP/HTTP endpoint that discards;
+//! (e) has B with the Go runtime hooks off (`--go-runtime false`), to price
+//! the hooks.
 //! Each B run also records the eBPF run time of the agent's own programs
 //! (kernel.bpf_stats_enabled), the agent's CPU and peak RSS, and its
 //! /metrics counters (lost events, spans produced).
@@ -34,7 +37,7 @@ use crate::deps;
 use crate::otlp_sink as sink;
 use agent::{Agent, Costs};
 use load::LoadResult;
-use services::{Nginx, Node, Postgres};
+use services::{GoServer, Nginx, Node, Postgres};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -51,8 +54,8 @@ pub struct Options {
     /// Request rate of the fixed-rate scenario (requests/s, all connections).
     #[arg(long, default_value_t = 20000.0)]
     rate: f64,
-    /// Scenarios to run, comma-separated: nginx, node, pgbench, fixed-rate.
-    #[arg(long, value_delimiter = ',', default_value = "nginx,node,pgbench,fixed-rate")]
+    /// Scenarios to run, comma-separated: nginx, node, pgbench, fixed-rate, go.
+    #[arg(long, value_delimiter = ',', default_value = "nginx,node,pgbench,fixed-rate,go")]
     scenarios: Vec<String>,
     /// Leave out the B-with-OTLP arm of the nginx scenario.
     #[arg(long)]
@@ -60,7 +63,7 @@ pub struct Options {
     /// Directory for results.md and results.json [default: bench/, --quick: target/bench-quick/].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// First of the five loopback ports used (nginx, node, postgres, agent /metrics, OTLP sink).
+    /// First of the six loopback ports used (nginx, node, postgres, agent /metrics, OTLP sink, Go server).
     #[arg(long, default_value_t = 18480)]
     base_port: u16,
     /// Use target/release/periscope as it is instead of building it.
@@ -81,6 +84,8 @@ pub enum Arm {
     Without,
     With,
     WithOtlp,
+    /// B with the Go runtime hooks off (per-thread context).
+    WithoutGoHooks,
 }
 
 impl Arm {
@@ -89,6 +94,7 @@ impl Arm {
             Arm::Without => "A (no agent)",
             Arm::With => "B (agent)",
             Arm::WithOtlp => "B+OTLP (agent, OTLP sink)",
+            Arm::WithoutGoHooks => "B−hooks (agent, Go hooks off)",
         }
     }
     pub fn key(self) -> &'static str {
@@ -96,6 +102,7 @@ impl Arm {
             Arm::Without => "A",
             Arm::With => "B",
             Arm::WithOtlp => "B_otlp",
+            Arm::WithoutGoHooks => "B_nohooks",
         }
     }
 }
@@ -106,6 +113,7 @@ pub enum Kind {
     Node,
     Pgbench,
     FixedRate,
+    Go,
 }
 
 pub struct Scenario {
@@ -154,6 +162,7 @@ struct Env {
     nginx: Option<Nginx>,
     node: Option<Node>,
     pg: Option<Postgres>,
+    go: Option<GoServer>,
     agent_runs: usize,
 }
 
@@ -201,12 +210,12 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let out_dir =
         o.out.clone().unwrap_or_else(|| if o.quick { root.join("target/bench-quick") } else { root.join("bench") });
     for s in &o.scenarios {
-        if !["nginx", "node", "pgbench", "fixed-rate"].contains(&s.as_str()) {
-            bail!("unknown scenario {s:?} (nginx, node, pgbench, fixed-rate)");
+        if !["nginx", "node", "pgbench", "fixed-rate", "go"].contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} (nginx, node, pgbench, fixed-rate, go)");
         }
     }
     let p = o.base_port;
-    for port in p..p + 5 {
+    for port in p..p + 6 {
         util::ensure_port_free(port)?;
     }
 
@@ -241,6 +250,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         nginx: None,
         node: None,
         pg: None,
+        go: None,
         agent_runs: 0,
     };
     let mut scenarios = Vec::new();
@@ -267,11 +277,17 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                     format!("(c) PostgreSQL pgbench -S -c{PG_CLIENTS} -j2, agent on pgbench"),
                     vec![Arm::Without, Arm::With],
                 ),
-                _ => (
+                "fixed-rate" => (
                     Kind::FixedRate,
                     "fixed-rate",
                     format!("(d) nginx at a fixed {} req/s, {CONNS} connections", o.rate),
                     vec![Arm::Without, Arm::With],
+                ),
+                _ => (
+                    Kind::Go,
+                    "go",
+                    format!("(e) Go net/http, wrk -t1 -c{CONNS}"),
+                    vec![Arm::Without, Arm::With, Arm::WithoutGoHooks],
                 ),
             };
             let mut sc = Scenario { kind, key, title, arms, runs: Vec::new(), notes: Vec::new() };
@@ -285,6 +301,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     env.nginx = None;
     env.node = None;
     env.pg = None;
+    env.go = None;
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         if scenarios.is_empty() {
@@ -307,6 +324,10 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             (
                 "postgres".into(),
                 cmd::read(&mut cmd("pgbench", ["--version"])).split_whitespace().nth(2).unwrap_or_default().to_owned(),
+            ),
+            (
+                "go".into(),
+                cmd::read(&mut cmd("go", ["version"])).split_whitespace().nth(2).unwrap_or_default().to_owned(),
             ),
             (
                 "wrk".into(),
@@ -351,6 +372,13 @@ fn run_scenario(env: &mut Env, sc: &mut Scenario, pairs: usize) -> anyhow::Resul
             eprintln!("bench:   initdb + pgbench -i -s {scale} (own cluster on 127.0.0.1:{})", port_base + 2);
             env.pg = Some(Postgres::start(&env.dir, port_base + 2, scale)?);
         }
+        Kind::Go => {
+            env.nginx = None;
+            env.node = None;
+            env.pg = None;
+            eprintln!("bench:   go build go_server.go");
+            env.go = Some(GoServer::start(&env.dir, port_base + 5)?);
+        }
     }
     if sc.arms.contains(&Arm::WithOtlp) && env.sink.is_none() {
         env.sink = Some(sink::start(env.sink_port)?);
@@ -376,6 +404,9 @@ fn run_scenario(env: &mut Env, sc: &mut Scenario, pairs: usize) -> anyhow::Resul
     }
     if sc.kind == Kind::Pgbench {
         env.pg = None;
+    }
+    if sc.kind == Kind::Go {
+        env.go = None;
     }
     Ok(())
 }
@@ -421,6 +452,9 @@ fn run_arm(env: &mut Env, sc: &mut Scenario, pair: usize, arm: Arm) -> anyhow::R
         ]
         .map(String::from),
     );
+    if arm == Arm::WithoutGoHooks {
+        args.extend(["--go-runtime", "false"].map(String::from));
+    }
     if arm == Arm::WithOtlp {
         args.extend(
             ["--otlp-endpoint", &format!("http://127.0.0.1:{}", env.sink_port), "--otlp-protocol", "http/protobuf"]
@@ -436,6 +470,10 @@ fn run_arm(env: &mut Env, sc: &mut Scenario, pair: usize, arm: Arm) -> anyhow::R
     }
     run.agent_startup_s = Some(t.elapsed().as_secs_f64());
     run.agent_tracked_after_s = Some(agent.wait_tracked(&prepared.tracked, Duration::from_secs(20))?.as_secs_f64());
+    if sc.kind == Kind::Go && arm == Arm::With {
+        // The hooks are attached after the process is tracked (inspector thread).
+        agent.wait_go_instrumented(Duration::from_secs(20))?;
+    }
     let sink_before = env.sink.as_ref().map(|s| (s.requests.load(Ordering::SeqCst), s.bytes.load(Ordering::SeqCst)));
     let before = agent.snapshot()?;
     run.load = (prepared.go)()?;
@@ -487,6 +525,15 @@ fn prepare(env: &Env, kind: Kind, dur: Duration) -> anyhow::Result<Prepared> {
                 selector: vec!["--open-port".into(), n.port.to_string()],
                 tracked: n.pids(),
                 go: Box::new(move || load::fixed_rate(port, rate, CONNS as usize, dur, stop)),
+            })
+        }
+        Kind::Go => {
+            let g = env.go.as_ref().context("go_server not started")?;
+            let url = format!("http://127.0.0.1:{}/items/1", g.port);
+            Ok(Prepared {
+                selector: vec!["--open-port".into(), g.port.to_string()],
+                tracked: vec![g.pid()],
+                go: Box::new(move || load::wrk(&url, CONNS, dur)),
             })
         }
         Kind::Pgbench => {

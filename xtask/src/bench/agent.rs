@@ -153,6 +153,24 @@ impl Agent {
         }
     }
 
+    /// Waits until /metrics counts a Go process as instrumented (its
+    /// runtime hooks attached).
+    pub fn wait_go_instrumented(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        const NAME: &str = "periscope_go_runtime_processes_total";
+        let start = Instant::now();
+        loop {
+            let metrics = http_get(self.prom_port, "/metrics").unwrap_or_default();
+            let lines: Vec<&str> = metrics.lines().filter(|l| l.starts_with(NAME)).collect();
+            if lines.iter().any(|l| l.contains("reason=\"instrumented\"")) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!("periscope did not attach the Go runtime hooks within {timeout:?} (/metrics: {lines:?})");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
         let at = Instant::now();
         let progs: Value =

@@ -56,13 +56,152 @@ fn med(sc: &Scenario, arm: Arm, f: impl Fn(&Run) -> Option<f64>) -> Option<f64> 
 
 /// Per-pair ratios arm/A of `f`.
 fn ratios(sc: &Scenario, arm: Arm, f: impl Fn(&Run) -> Option<f64>) -> Vec<f64> {
+    ratios_to(sc, arm, Arm::Without, f)
+}
+
+/// Per-pair ratios arm/base of `f`.
+fn ratios_to(sc: &Scenario, arm: Arm, base: Arm, f: impl Fn(&Run) -> Option<f64>) -> Vec<f64> {
     runs(sc, arm)
         .filter_map(|b| {
-            let a = sc.runs.iter().find(|a| a.arm == Arm::Without && a.pair == b.pair)?;
+            let a = sc.runs.iter().find(|a| a.arm == base && a.pair == b.pair)?;
             let (x, y) = (f(b)?, f(a)?);
             (y > 0.0).then_some(x / y)
         })
         .collect()
+}
+
+/// Program name -> (run_time_ns, run_cnt), summed over the runs of `arm`.
+fn programs(sc: &Scenario, arm: Arm) -> BTreeMap<String, (u64, u64)> {
+    let mut per: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for c in runs(sc, arm).filter_map(|r| r.costs.as_ref()) {
+        for (name, t, n) in &c.bpf_per_program {
+            let e = per.entry(name.clone()).or_default();
+            e.0 += t;
+            e.1 += n;
+        }
+    }
+    per
+}
+
+/// The Go runtime hooks' programs (uprobes on the Go runtime, net/http, crypto/tls).
+const GO_PROGRAM_PREFIX: &str = "handle_go_";
+
+/// Per-request agent CPU and eBPF time of B_nohooks -> B.
+fn go_hook_ratios(sc: &Scenario) -> (Vec<f64>, Vec<f64>) {
+    let per_req = |f: fn(&Derived) -> f64| move |r: &Run| derived(r).map(|d| f(&d));
+    (
+        ratios_to(sc, Arm::With, Arm::WithoutGoHooks, per_req(|d| d.cpu_us_per_req)),
+        ratios_to(sc, Arm::With, Arm::WithoutGoHooks, per_req(|d| d.ebpf_ns_per_req)),
+    )
+}
+
+/// One program in one arm, over all its runs.
+struct ProgramCost {
+    runs_per_req: f64,
+    /// None when it never ran.
+    ns_per_run: Option<f64>,
+}
+
+/// One row of the hooks' program table.
+struct ProgramRow {
+    name: String,
+    hooks: ProgramCost,
+    no_hooks: ProgramCost,
+}
+
+/// Rows of the hooks' program table: every handle_go_* program, then the
+/// five programs B spends most time in.
+fn go_program_rows(sc: &Scenario) -> Vec<ProgramRow> {
+    let (b, off) = (programs(sc, Arm::With), programs(sc, Arm::WithoutGoHooks));
+    let mut names: Vec<&String> = b.keys().filter(|n| n.starts_with(GO_PROGRAM_PREFIX)).collect();
+    let mut top: Vec<(&String, u64)> =
+        b.iter().filter(|(n, _)| !n.starts_with(GO_PROGRAM_PREFIX)).map(|(n, v)| (n, v.0)).collect();
+    top.sort_by_key(|e| std::cmp::Reverse(e.1));
+    names.extend(top.into_iter().take(5).map(|e| e.0));
+    let cell = |per: &BTreeMap<String, (u64, u64)>, arm: Arm, name: &str| {
+        let (t, n) = per.get(name).copied().unwrap_or((0, 0));
+        let req = requests_sum(sc, arm).max(1) as f64;
+        ProgramCost { runs_per_req: n as f64 / req, ns_per_run: (n > 0).then(|| t as f64 / n as f64) }
+    };
+    names
+        .into_iter()
+        .map(|n| ProgramRow {
+            name: n.clone(),
+            hooks: cell(&b, Arm::With, n),
+            no_hooks: cell(&off, Arm::WithoutGoHooks, n),
+        })
+        .collect()
+}
+
+fn go_hooks_markdown(m: &mut String, sc: &Scenario) {
+    let (cpu, ebpf) = go_hook_ratios(sc);
+    let d = |arm: Arm, f: fn(&Derived) -> f64| med(sc, arm, |r| derived(r).map(|d| f(&d)));
+    let _ = writeln!(
+        m,
+        "\n## Go runtime hooks ({}): B (hooks on, the default) vs B_nohooks (`--go-runtime false`)\n",
+        sc.key
+    );
+    let _ = writeln!(m, "| | B | B_nohooks | ratio B / B_nohooks |\n|---|---:|---:|---:|");
+    let _ = writeln!(
+        m,
+        "| agent CPU µs / request | {} | {} | {} |",
+        num(d(Arm::With, |d| d.cpu_us_per_req), 2),
+        num(d(Arm::WithoutGoHooks, |d| d.cpu_us_per_req), 2),
+        ratio_cell(&cpu)
+    );
+    let _ = writeln!(
+        m,
+        "| eBPF ns / request | {} | {} | {} |",
+        num(d(Arm::With, |d| d.ebpf_ns_per_req), 0),
+        num(d(Arm::WithoutGoHooks, |d| d.ebpf_ns_per_req), 0),
+        ratio_cell(&ebpf)
+    );
+    let _ = writeln!(
+        m,
+        "| throughput req/s | {} | {} | {} |",
+        num(med(sc, Arm::With, |r| Some(r.load.rate)), 0),
+        num(med(sc, Arm::WithoutGoHooks, |r| Some(r.load.rate)), 0),
+        ratio_cell(&ratios_to(sc, Arm::With, Arm::WithoutGoHooks, |r| Some(r.load.rate)))
+    );
+    if let Some(r) = median(cpu.iter().copied()) {
+        let _ = writeln!(
+            m,
+            "\nThe hooks change the agent's CPU per request by **{:+.1}%** (target: at most +10%).",
+            (r - 1.0) * 100.0
+        );
+    }
+    let _ = writeln!(m, "\nPer program (all runs of each arm summed; handle_go_* are the hooks' uprobes):\n");
+    let _ = writeln!(m, "| program | B runs / request | B ns / run | B_nohooks runs / request | B_nohooks ns / run |");
+    let _ = writeln!(m, "|---|---:|---:|---:|---:|");
+    for r in go_program_rows(sc) {
+        let _ = writeln!(
+            m,
+            "| {} | {:.2} | {} | {:.2} | {} |",
+            r.name,
+            r.hooks.runs_per_req,
+            num(r.hooks.ns_per_run, 0),
+            r.no_hooks.runs_per_req,
+            num(r.no_hooks.ns_per_run, 0)
+        );
+    }
+}
+
+fn go_hooks_json(sc: &Scenario) -> Value {
+    let (cpu, ebpf) = go_hook_ratios(sc);
+    let rows: Vec<Value> = go_program_rows(sc)
+        .into_iter()
+        .map(|r| {
+            json!({"name": r.name, "B_runs_per_request": r.hooks.runs_per_req, "B_ns_per_run": r.hooks.ns_per_run,
+                   "B_nohooks_runs_per_request": r.no_hooks.runs_per_req, "B_nohooks_ns_per_run": r.no_hooks.ns_per_run})
+        })
+        .collect();
+    json!({
+        "agent_cpu_us_per_request_ratio_median": median(cpu.iter().copied()),
+        "ratios_agent_cpu_us_per_request": cpu,
+        "bpf_ns_per_request_ratio_median": median(ebpf.iter().copied()),
+        "ratios_bpf_ns_per_request": ebpf,
+        "programs": rows,
+    })
 }
 
 fn ratio_cell(v: &[f64]) -> String {
@@ -299,18 +438,15 @@ pub fn markdown(meta: &Meta, scs: &[Scenario]) -> String {
         );
     }
 
+    if let Some(sc) = scs.iter().find(|s| s.arms.contains(&Arm::WithoutGoHooks)) {
+        go_hooks_markdown(&mut m, sc);
+    }
+
     let _ = writeln!(m, "\n## Where the eBPF time goes (B runs, all scenarios' runs summed per scenario)\n");
     let _ = writeln!(m, "| scenario | program (name as the kernel truncates it) | runs | ns / run | share |");
     let _ = writeln!(m, "|---|---|---:|---:|---:|");
     for sc in scs {
-        let mut per: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for c in runs(sc, Arm::With).filter_map(|r| r.costs.as_ref()) {
-            for (name, t, n) in &c.bpf_per_program {
-                let e = per.entry(name.clone()).or_default();
-                e.0 += t;
-                e.1 += n;
-            }
-        }
+        let per = programs(sc, Arm::With);
         let total: u64 = per.values().map(|v| v.0).sum();
         let mut v: Vec<_> = per.into_iter().collect();
         v.sort_by_key(|e| std::cmp::Reverse(e.1 .0));
@@ -349,7 +485,7 @@ pub fn markdown(meta: &Meta, scs: &[Scenario]) -> String {
     let _ = writeln!(
         m,
         "* A = the scenario without periscope; B = `target/release/periscope --trace-printer off --prometheus-port P` (no OTLP endpoint: spans feed only the RED metrics) \
-         selecting the server with `--open-port` (a, b, d) or the pgbench client with `--pid` of a `sh -c 'read go; exec pgbench ...'` \
+         selecting the server with `--open-port` (a, b, d, e) or the pgbench client with `--pid` of a `sh -c 'read go; exec pgbench ...'` \
          (plus `--exe-path '*/pgbench'`; c). Load starts only once `/targets` lists the pids; the agent is stopped with SIGTERM after each B run \
          and the bench waits until the process is gone and none of its BPF program ids is loaded any more.\n\
          * eBPF time: `kernel.bpf_stats_enabled=1` for the whole bench (restored after), deltas of `run_time_ns`/`run_cnt` from `bpftool prog show -j`, \
@@ -362,7 +498,10 @@ pub fn markdown(meta: &Meta, scs: &[Scenario]) -> String {
          * (d) uses the bench's own open-loop generator (wrk2 is not packaged in Debian): {} keep-alive connections, one thread each, requests due on a fixed \
          schedule; latency is measured from the due time, so falling behind shows up as latency (as wrk2 corrects coordinated omission); service time is from the actual send.\n\
          * Nothing is pinned: on 2 cores the agent has to run somewhere, and pinning server and load generator to one core each would make it steal from one of them arbitrarily.\n\
-         * The OTLP arm sends traces over OTLP/HTTP protobuf to a discarding endpoint inside the bench process (which itself costs some CPU on the same 2 cores).",
+         * The OTLP arm sends traces over OTLP/HTTP protobuf to a discarding endpoint inside the bench process (which itself costs some CPU on the same 2 cores).\n\
+         * (e) serves GET /items/1 with Go's net/http (`xtask/src/bench/go_server.go`, built with Debian's golang-go in GOPATH mode, GOMAXPROCS unset). \
+         B has the Go runtime hooks (the default; its load starts only once /metrics counts the process as instrumented); B_nohooks is B with \
+         `--go-runtime false` (per-thread context, the Go programs loaded but attached nowhere). The hooks' ratios are per pair, B over the B_nohooks of the same pair.",
         super::CONNS
     );
     m
@@ -439,14 +578,18 @@ pub fn json(meta: &Meta, scs: &[Scenario]) -> Value {
                     (arm.key().to_owned(), v)
                 })
                 .collect();
-            json!({
+            let mut v = json!({
                 "key": sc.key,
                 "title": sc.title,
                 "unit": unit(sc.kind),
                 "arms": arms,
                 "findings": findings(meta, sc),
                 "runs": sc.runs.iter().map(run_json).collect::<Vec<_>>(),
-            })
+            });
+            if sc.arms.contains(&Arm::WithoutGoHooks) {
+                v["go_hooks"] = go_hooks_json(sc);
+            }
+            v
         })
         .collect();
     json!({
@@ -472,7 +615,7 @@ pub fn summary(meta: &Meta, scs: &[Scenario]) -> String {
             let d = |f: fn(&Derived) -> f64| med(sc, arm, |r| derived(r).map(|d| f(&d)));
             let _ = writeln!(
                 s,
-                "  {:<11} {:<6} throughput x{} p99 x{}  | eBPF {} ns/req, agent {} µs/req, RSS {:.0} MB, spans {:.0}/{} req, lost {:.0}",
+                "  {:<11} {:<9} throughput x{} p99 x{}  | eBPF {} ns/req, agent {} µs/req, RSS {:.0} MB, spans {:.0}/{} req, lost {:.0}",
                 sc.key,
                 arm.key(),
                 num(median(ratios(sc, arm, |r| Some(r.load.rate))), 3),
@@ -484,6 +627,16 @@ pub fn summary(meta: &Meta, scs: &[Scenario]) -> String {
                 requests_sum(sc, arm),
                 counter_sum(sc, arm, "periscope_events_lost_ringbuf_total")
                     + counter_sum(sc, arm, "periscope_events_lost_pending_map_total"),
+            );
+        }
+        if sc.arms.contains(&Arm::WithoutGoHooks) {
+            let (cpu, ebpf) = go_hook_ratios(sc);
+            let _ = writeln!(
+                s,
+                "  {:<11} hooks     agent µs/req x{} (target <= 1.10), eBPF ns/req x{} (B / B_nohooks)",
+                sc.key,
+                num(median(cpu.iter().copied()), 3),
+                num(median(ebpf.iter().copied()), 3),
             );
         }
         for f in findings(meta, sc) {

@@ -1,7 +1,8 @@
 //! The measured servers, each in the bench's own temp dir, each stopped when
-//! dropped: nginx (1 worker, `return 200`), a Node.js `http` server, and a
-//! PostgreSQL cluster of its own (initdb + pg_ctl as user postgres; the
-//! system clusters are never touched).
+//! dropped: nginx (1 worker, `return 200`), a Node.js `http` server, a Go
+//! net/http server (`go_server.go`, built here), and a PostgreSQL cluster of
+//! its own (initdb + pg_ctl as user postgres; the system clusters are never
+//! touched).
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -97,6 +98,53 @@ impl Node {
 }
 
 impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct GoServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl GoServer {
+    /// Builds `go_server.go` as agent/tests/support/go.rs builds the test
+    /// fixtures (Debian's golang-go, GOPATH mode, offline), then starts it.
+    pub fn start(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bench/go_server.go");
+        let dir = dir.join("go");
+        std::fs::create_dir_all(&dir)?;
+        let bin = dir.join("go_server");
+        let out = Command::new("go")
+            .arg("build")
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GO111MODULE", "off")
+            .env("GOCACHE", dir.join("cache"))
+            .env_remove("GOFLAGS")
+            .stdin(Stdio::null())
+            .output()
+            .context("running go build (cargo xtask deps installs golang-go)")?;
+        if !out.status.success() {
+            bail!("go build {} failed: {}", src.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        let child =
+            Command::new(&bin).arg(port.to_string()).stdin(Stdio::null()).spawn().context("starting go_server")?;
+        let g = GoServer { child, port };
+        wait_port(port, Duration::from_secs(10))?;
+        Ok(g)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for GoServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
