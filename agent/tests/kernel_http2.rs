@@ -397,26 +397,26 @@ async fn check_grpc_calls(
     assert_eq!(count("rpc_client_duration_seconds_count", &["rpc_method=\"List\""]), calls("List"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_grpc_unary_errors_and_streaming() {
+/// Runs the calls of PLAN through a gRPC server and client, both started as
+/// `program script serve|call ...` with service names `{prefix}-server` and
+/// `{prefix}-client`, the agent watching them, and checks the spans.
+async fn grpc_calls_give_their_spans(program: &str, script: &std::path::Path, prefix: &str) {
     let rx = Receiver::start().await;
-    let dir = tmpdir("grpc");
-    let script = dir.join("items.py");
-    std::fs::write(&script, GRPC_SCRIPT).unwrap();
     let port = free_port();
+    let (server_service, client_service) = (format!("{prefix}-server"), format!("{prefix}-client"));
     let server = Proc(
-        Command::new("python3")
+        Command::new(program)
             .args([script.to_str().unwrap(), "serve", &port.to_string()])
-            .env("OTEL_SERVICE_NAME", "items-server")
+            .env("OTEL_SERVICE_NAME", &server_service)
             .spawn()
             .unwrap(),
     );
     wait_listening(port);
     let plan = ["Get", "Missing", "Get", "Broken", "List", "Get", "List", "Missing"];
     let mut client = gated(
-        Command::new("python3")
+        Command::new(program)
             .args([script.to_str().unwrap(), "call", &port.to_string(), &plan.join(",")])
-            .env("OTEL_SERVICE_NAME", "items-client"),
+            .env("OTEL_SERVICE_NAME", &client_service),
     );
     let agent = Agent::start(&["--open-port", &port.to_string(), "--pid", &client.pid().to_string()], &otlp_env(&rx));
     agent.wait_tracked(server.pid());
@@ -424,7 +424,15 @@ async fn python_grpc_unary_errors_and_streaming() {
     release(&mut client, "go");
     assert!(wait_exit(&mut client).success());
     // What the client itself saw, call by call, and the spans.
-    check_grpc_calls(&rx, &agent, &mut client, &plan, "items-server", "items-client").await;
+    check_grpc_calls(&rx, &agent, &mut client, &plan, &server_service, &client_service).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpc_unary_errors_and_streaming() {
+    let dir = tmpdir("grpc");
+    let script = dir.join("items.py");
+    std::fs::write(&script, GRPC_SCRIPT).unwrap();
+    grpc_calls_give_their_spans("python3", &script, "items").await;
     drop(dir);
 }
 
@@ -502,33 +510,11 @@ async fn grpc_connection_older_than_the_agent() {
 /// the same calls give the same rpc spans, statuses and links as grpcio's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_grpc_js_unary_errors_and_streaming() {
-    let rx = Receiver::start().await;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grpc");
     assert!(
         dir.join("node_modules/@grpc/grpc-js").exists(),
         "{}/node_modules is missing: run `cargo xtask deps`",
         dir.display()
     );
-    let script = dir.join("items.js");
-    let port = free_port();
-    let server = Proc(
-        Command::new("node")
-            .args([script.to_str().unwrap(), "serve", &port.to_string()])
-            .env("OTEL_SERVICE_NAME", "js-items-server")
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(port);
-    let plan = ["Get", "Missing", "Get", "Broken", "List", "Get", "List", "Missing"];
-    let mut client = gated(
-        Command::new("node")
-            .args([script.to_str().unwrap(), "call", &port.to_string(), &plan.join(",")])
-            .env("OTEL_SERVICE_NAME", "js-items-client"),
-    );
-    let agent = Agent::start(&["--open-port", &port.to_string(), "--pid", &client.pid().to_string()], &otlp_env(&rx));
-    agent.wait_tracked(server.pid());
-    agent.wait_tracked(client.pid());
-    release(&mut client, "go");
-    assert!(wait_exit(&mut client).success());
-    check_grpc_calls(&rx, &agent, &mut client, &plan, "js-items-server", "js-items-client").await;
+    grpc_calls_give_their_spans("node", &dir.join("items.js"), "js-items").await;
 }

@@ -203,6 +203,30 @@ for batch in ([("GET", "/items/101"), ("GET", "/items/102/big"), ("POST", "/item
     c.close()
 "#;
 
+/// PY_SERVER twice, listening: over plaintext and over TLS.
+struct PyTwins {
+    plain: Proc,
+    tls: Proc,
+    plain_port: u16,
+    tls_port: u16,
+    /// Both ports, for `--open-port`.
+    ports: String,
+}
+
+fn py_twins(dir: &Path, cert: &Path, key: &Path) -> PyTwins {
+    std::fs::write(dir.join("server.py"), PY_SERVER).unwrap();
+    let py = python();
+    let server = |port: u16, tls: bool| {
+        let (c, k) = if tls { (cert.to_str().unwrap(), key.to_str().unwrap()) } else { ("-", "-") };
+        Proc(Command::new(&py).arg(dir.join("server.py")).arg(port.to_string()).args([c, k]).spawn().unwrap())
+    };
+    let (plain_port, tls_port) = (free_port(), free_port());
+    let (plain, tls) = (server(plain_port, false), server(tls_port, true));
+    wait_listening(plain_port);
+    wait_listening(tls_port);
+    PyTwins { plain, tls, plain_port, tls_port, ports: format!("{plain_port},{tls_port}") }
+}
+
 /// Python `ssl` server and `http.client` client over TLS give the spans of
 /// the same programs over plaintext, request by request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,19 +234,9 @@ async fn python_https_gives_the_spans_of_plain_http() {
     let rx = Receiver::start().await;
     let dir = tmpdir("python");
     let (cert, key) = self_signed(&dir);
-    std::fs::write(dir.join("server.py"), PY_SERVER).unwrap();
     std::fs::write(dir.join("client.py"), PY_CLIENT).unwrap();
     let py = python();
-    let server = |port: u16, tls: bool| {
-        let (c, k) = if tls { (cert.to_str().unwrap(), key.to_str().unwrap()) } else { ("-", "-") };
-        Proc(Command::new(&py).arg(dir.join("server.py")).arg(port.to_string()).args([c, k]).spawn().unwrap())
-    };
-    let (plain_port, tls_port) = (free_port(), free_port());
-    let plain = server(plain_port, false);
-    let tls = server(tls_port, true);
-    wait_listening(plain_port);
-    wait_listening(tls_port);
-    let ports = format!("{plain_port},{tls_port}");
+    let PyTwins { plain, tls, plain_port, tls_port, ports } = py_twins(&dir, &cert, &key);
     let agent = start_agent(
         &rx,
         &["--open-port", &ports, "--exe-path", "*/python3*", "--routes", "/items/{id},/items/{id}/big,/missing/{id}"],
@@ -782,18 +796,7 @@ async fn wget_over_gnutls_gives_the_client_spans_of_plain_http() {
     let rx = Receiver::start().await;
     let dir = tmpdir("gnutls");
     let (cert, key) = self_signed(&dir);
-    std::fs::write(dir.join("server.py"), PY_SERVER).unwrap();
-    let py = python();
-    let server = |port: u16, tls: bool| {
-        let (c, k) = if tls { (cert.to_str().unwrap(), key.to_str().unwrap()) } else { ("-", "-") };
-        Proc(Command::new(&py).arg(dir.join("server.py")).arg(port.to_string()).args([c, k]).spawn().unwrap())
-    };
-    let (plain_port, tls_port) = (free_port(), free_port());
-    let plain = server(plain_port, false);
-    let tls = server(tls_port, true);
-    wait_listening(plain_port);
-    wait_listening(tls_port);
-    let ports = format!("{plain_port},{tls_port}");
+    let PyTwins { plain, tls, plain_port, tls_port, ports } = py_twins(&dir, &cert, &key);
     let agent = start_agent(&rx, &["--open-port", &ports, "--exe-path", "*/wget", "--routes", "/items/{id}"]);
     agent.wait_tracked(plain.pid());
     agent.wait_tracked(tls.pid());
