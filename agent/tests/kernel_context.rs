@@ -546,6 +546,11 @@ fn go_binaries_are_understood_with_and_without_symbols() {
     assert_eq!(normal.version, stripped.version);
     assert!(normal.version.starts_with("go1.19"), "{}", normal.version);
     assert_eq!(normal.newproc1_returns.len(), stripped.newproc1_returns.len());
+    // The creation hook goes on the call the kernel emulates, found in both
+    // builds at the same place (the code is the same, only symbols differ).
+    assert!(normal.newg_call.is_some(), "no runqput call after newproc1 found");
+    assert_eq!(normal.newg_call, stripped.newg_call);
+    assert_eq!(normal.goexit0, stripped.goexit0);
     assert!(normal.http_write_loop.is_some() && stripped.http_write_loop.is_some());
     assert!(normal.http_round_trip.is_some() && stripped.http_round_trip.is_some());
     // net/http links crypto/tls in: its Read, Write and handshake, with the

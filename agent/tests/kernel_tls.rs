@@ -270,9 +270,13 @@ async fn python_https_gives_the_spans_of_plain_http() {
     assert_eq!(big.and_then(|s| s.attr_int("http.response.body.size")), Some(3000), "TLS body framed to its end");
 
     // The ciphertext was dropped in the kernel: no TLS record reached a parser.
-    let metrics = agent.metrics();
+    // The kernel's counters reach /metrics on the agent's 1 s tick, which
+    // may not have run since the last spans came in.
+    let metrics = wait_for("the kernel's TLS counters", Duration::from_secs(5), || {
+        let m = agent.metrics();
+        (support::agent::sample_sum(&m, "periscope_tls_plaintext_events_total", &[]) >= 24.0).then_some(m)
+    });
     assert!(support::agent::sample_sum(&metrics, "periscope_tls_ciphertext_dropped_total", &[]) > 0.0, "{metrics}");
-    assert!(support::agent::sample_sum(&metrics, "periscope_tls_plaintext_events_total", &[]) >= 24.0, "{metrics}");
     assert_eq!(support::agent::sample_sum(&metrics, "periscope_unknown_protocol_connections_total", &[]), 0.0);
     assert_eq!(support::agent::sample_sum(&metrics, "periscope_tls_attach_failed_total", &[]), 0.0);
     assert_eq!(support::agent::sample_sum(&metrics, "periscope_parse_errors_total", &[]), 0.0);
@@ -712,9 +716,13 @@ async fn go_tls_twins(stripped: bool) {
         assert!(ms < 150.0, "TLS server span of {} lasted {ms:.1} ms", path_of(s));
     }
 
-    let metrics = agent.metrics();
+    // The kernel's counters reach /metrics on the agent's 1 s tick, which
+    // may not have run since the last spans came in.
+    let metrics = wait_for("the kernel's TLS counters", Duration::from_secs(5), || {
+        let m = agent.metrics();
+        (support::agent::sample_sum(&m, "periscope_tls_plaintext_events_total", &[]) >= 24.0).then_some(m)
+    });
     assert!(support::agent::sample_sum(&metrics, "periscope_tls_ciphertext_dropped_total", &[]) > 0.0, "{metrics}");
-    assert!(support::agent::sample_sum(&metrics, "periscope_tls_plaintext_events_total", &[]) >= 24.0, "{metrics}");
     assert_eq!(support::agent::sample_sum(&metrics, "periscope_tls_plaintext_dropped_total", &[]), 0.0, "{metrics}");
     assert_eq!(support::agent::sample_sum(&metrics, "periscope_requests_unmatched_total", &[]), 0.0, "{metrics}");
     assert_eq!(support::agent::sample_sum(&metrics, "periscope_unknown_protocol_connections_total", &[]), 0.0);

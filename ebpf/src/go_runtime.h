@@ -5,7 +5,8 @@
  * - every socket event's header names the goroutine that made the syscall,
  *   read from the g register (R14 in Go's ABIInternal, amd64) of the
  *   thread's user registers: no hook on goroutine switches is needed;
- * - runtime.newproc1 (at each RET: the new *g in RAX) and runtime.goexit0
+ * - goroutine creations (the call of runqput after newproc1, or each RET
+ *   of newproc1) and runtime.goexit0
  *   send `struct periscope_goroutine_event`s, so that the agent hands a
  *   creator's current request on to the goroutines it starts;
  * - net/http's Transport: a handler's http.Client call is written by the
@@ -18,7 +19,9 @@
  * one that did (`go_known`): the runtime's own goroutines cost one map
  * lookup. Never a uretprobe: Go moves stacks, and a return address rewritten
  * by the kernel crashes the process; the agent puts uprobes on the RET
- * instructions instead. */
+ * instructions instead. Entry probes sit on the jump of the stack-check
+ * prologue, which the kernel emulates (a probe elsewhere costs a
+ * single-step trap: `agent/src/probes/go/elf.rs`, entry_site). */
 #pragma once
 
 #include "maps.h"
@@ -134,11 +137,10 @@ static __always_inline void emit_goroutine_event(__u64 id, __u32 relation, __u64
 		count(PERISCOPE_CNT_RINGBUF_FULL);
 }
 
-/* At each RET of runtime.newproc1(fn, callergp, callerpc) *g, on the system
- * stack of the creating thread: RAX is the new goroutine (not runnable
- * before newproc1 returns, so this event precedes anything it does). */
-SEC("uprobe")
-int handle_go_newproc1_ret(struct pt_regs *ctx)
+/* Goroutine `newg` was just made by the goroutine the thread runs (on the
+ * system stack: g.m.curg is the creator); it is not runnable yet, so this
+ * event precedes anything it does. */
+static __always_inline int go_created(struct pt_regs *ctx, __u64 newg)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
@@ -148,13 +150,25 @@ int handle_go_newproc1_ret(struct pt_regs *ctx)
 	__u64 parent = go_goid(o, go_curg(o, go_g_register(ctx)));
 	if (!parent || !go_is_known(tgid, parent))
 		return 0;
-	__u64 child = go_goid(o, ctx->ax);
+	__u64 child = go_goid(o, newg);
 	if (!child)
 		return 0;
 	go_mark_known(tgid, child);
 	emit_goroutine_event(id, PERISCOPE_GO_CREATED, parent, child);
 	return 0;
 }
+
+/* At the call of runqput(pp, newg, true) that follows newproc1 in
+ * runtime.newproc.func1: RBX is the new goroutine. The kernel emulates a
+ * probed call; a probed RET it single-steps, at the cost of a second trap
+ * (the agent uses this site when the code has that shape). */
+SEC("uprobe")
+int handle_go_newg_call(struct pt_regs *ctx) { return go_created(ctx, ctx->bx); }
+
+/* At each RET of runtime.newproc1(fn, callergp, callerpc) *g: RAX is the
+ * new goroutine. */
+SEC("uprobe")
+int handle_go_newproc1_ret(struct pt_regs *ctx) { return go_created(ctx, ctx->ax); }
 
 /* Entry of runtime.goexit0(gp): gp (RAX) is done. */
 SEC("uprobe")

@@ -72,9 +72,13 @@ pub struct GoBinary {
     pub offsets: periscope_go_offsets,
     /// File offsets of the RET instructions of runtime.newproc1.
     pub newproc1_returns: Vec<u64>,
-    /// File offset of the first instruction of runtime.goexit0.
+    /// The call of runqput after newproc1 in runtime.newproc.func1, new
+    /// goroutine in RBX ([`newg_call_site`]): when found, the creation
+    /// hook goes there instead of on newproc1's RETs.
+    pub newg_call: Option<u64>,
+    /// File offset of runtime.goexit0's entry probe ([`entry_site`]).
     pub goexit0: u64,
-    /// net/http's client, when linked in: the entries of
+    /// net/http's client, when linked in: the entry probes of
     /// (*persistConn).writeLoop and (*persistConn).roundTrip.
     pub http_write_loop: Option<u64>,
     pub http_round_trip: Option<u64>,
@@ -127,7 +131,7 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
     let version = go_version(info).ok_or(InspectError::NoVersion)?;
     let offsets = runtime_offsets(&version).ok_or_else(|| InspectError::UnsupportedVersion(version.clone()))?;
 
-    const NAMES: [&str; 8] = [
+    const NAMES: [&str; 9] = [
         "runtime.newproc1",
         "runtime.goexit0",
         "net/http.(*persistConn).writeLoop",
@@ -136,8 +140,9 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
         "crypto/tls.(*Conn).Write",
         "crypto/tls.(*Conn).serverHandshake",
         "crypto/tls.(*Conn).clientHandshake",
+        "runtime.newproc.func1",
     ];
-    let mut found: [Option<Function>; 8] = Default::default();
+    let mut found: [Option<Function>; 9] = Default::default();
     for symbol in file.symbols() {
         if symbol.kind() != SymbolKind::Text {
             continue;
@@ -156,7 +161,7 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
             }
         }
     }
-    let [Some(newproc1), Some(goexit0), write_loop, round_trip, tls_read, tls_write, server_handshake, client_handshake] =
+    let [Some(newproc1), Some(goexit0), write_loop, round_trip, tls_read, tls_write, server_handshake, client_handshake, newproc_closure] =
         found
     else {
         let i = found.iter().position(Option::is_none).unwrap_or(0);
@@ -177,6 +182,11 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
             .ok_or_else(|| InspectError::Read(format!("the code of {name}")))?;
         Ok((file_offset, bytes))
     };
+    // Where an entry probe goes, as a file offset.
+    let entry = |f: &Function, name: &'static str| -> Result<u64, InspectError> {
+        let (offset, code) = text(f, name)?;
+        Ok(entry_site(code, f.address) - f.address + offset)
+    };
     // (entry, RETs) as file offsets; no RET is an error.
     let entry_and_returns = |f: &Function, name: &'static str| -> Result<(u64, Vec<u64>), InspectError> {
         let (offset, code) = text(f, name)?;
@@ -184,9 +194,13 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
         if returns.is_empty() {
             return Err(InspectError::NoReturn(name));
         }
-        Ok((offset, returns))
+        Ok((entry_site(code, f.address) - f.address + offset, returns))
     };
     let (_, newproc1_returns) = entry_and_returns(&newproc1, NAMES[0])?;
+    let newg_call = newproc_closure.and_then(|f| {
+        let (offset, code) = text(&f, NAMES[8]).ok()?;
+        newg_call_site(code, f.address, newproc1.address).map(|at| at - f.address + offset)
+    });
     // Read and Write, or nothing; the handshakes that are linked in (a
     // handshake not followed would leave the first request of a server
     // connection, read along with the client's Finished, unseen).
@@ -213,9 +227,10 @@ pub fn inspect<'a, R: ReadRef<'a>>(data: R) -> Result<GoBinary, InspectError> {
         version,
         offsets,
         newproc1_returns,
-        goexit0: text(&goexit0, NAMES[1])?.0,
-        http_write_loop: write_loop.and_then(|f| text(&f, NAMES[2]).ok()).map(|(at, _)| at),
-        http_round_trip: round_trip.and_then(|f| text(&f, NAMES[3]).ok()).map(|(at, _)| at),
+        newg_call,
+        goexit0: entry(&goexit0, NAMES[1])?,
+        http_write_loop: write_loop.and_then(|f| entry(&f, NAMES[2]).ok()),
+        http_round_trip: round_trip.and_then(|f| entry(&f, NAMES[3]).ok()),
         tls,
         stripped,
     })
@@ -284,6 +299,87 @@ fn pclntab_function(table: &[u8], name: &str) -> Option<Function> {
     None
 }
 
+/// Where an entry uprobe of the function at `address` costs least: the
+/// conditional jump of Go's stack-check prologue (`CMPQ 0x10(R14), SP; JBE`,
+/// or `LEAQ -n(SP), R12; CMPQ R12, 0x10(R14); JBE` for large frames) when
+/// the function starts with one, else the entry itself. The kernel emulates
+/// a probed jump or call, but steps any other instruction out of line, and
+/// that single-step trap is what a uprobe costs most (measured: a third of
+/// the box's CPU under load in the Go bench). Nothing before the jump writes
+/// an argument register, the g register (R14) or SP, so the programs read
+/// what they would read at the entry. A stack that must grow makes the
+/// function run its prologue twice: the entry would fire twice as well.
+pub fn entry_site(code: &[u8], address: u64) -> u64 {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    for _ in 0..3 {
+        if !decoder.can_decode() {
+            break;
+        }
+        let i = decoder.decode();
+        if i.is_jcc_short_or_near() {
+            return i.ip();
+        }
+        let scratch = |r: Register| matches!(r.full_register(), Register::R12 | Register::R13);
+        let harmless = match i.mnemonic() {
+            Mnemonic::Cmp | Mnemonic::Test => true,
+            Mnemonic::Lea => i.op0_kind() == OpKind::Register && scratch(i.op0_register()),
+            _ => false,
+        };
+        if !harmless {
+            break;
+        }
+    }
+    address
+}
+
+/// In runtime.newproc.func1 (`code` at `address`, the closure newproc runs
+/// on the system stack: `newg := newproc1(...); runqput(pp, newg, true)`),
+/// the direct call after the call of newproc1 (at `newproc1`), when the new
+/// goroutine is in RBX there (runqput's second argument). A probed call is
+/// emulated by the kernel, a probed RET is single-stepped: this site spares
+/// every goroutine creation a trap. None when the code is not of that shape
+/// (the hooks then stay on newproc1's RETs).
+pub fn newg_call_site(code: &[u8], address: u64, newproc1: u64) -> Option<u64> {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut after_newproc1 = false;
+    // Registers holding the new goroutine (newproc1 returns it in RAX).
+    let mut holding: Vec<Register> = Vec::new();
+    while decoder.can_decode() {
+        let i = decoder.decode();
+        if !after_newproc1 {
+            if i.is_call_near() && i.near_branch_target() == newproc1 {
+                after_newproc1 = true;
+                holding.push(Register::RAX);
+            }
+            continue;
+        }
+        if i.is_call_near() {
+            return holding.contains(&Register::RBX).then(|| i.ip());
+        }
+        match i.mnemonic() {
+            Mnemonic::Nop => {}
+            Mnemonic::Mov if i.op0_kind() == OpKind::Register && i.op1_kind() == OpKind::Register => {
+                let (to, from) = (i.op0_register().full_register(), i.op1_register().full_register());
+                let copies = from == i.op1_register() && holding.contains(&from);
+                holding.retain(|&r| r != to);
+                if copies {
+                    holding.push(to);
+                }
+            }
+            // Anything else that names a register first may write it.
+            _ if i.op_count() > 0 && i.op0_kind() == OpKind::Register => {
+                let to = i.op0_register().full_register();
+                holding.retain(|&r| r != to);
+            }
+            _ if i.op_count() > 0 && i.op0_kind() == OpKind::Memory => {}
+            _ => return None, // a branch, or something not understood
+        }
+    }
+    None
+}
+
 /// Addresses of the RET instructions of `code` (loaded at `address`),
 /// decoded instruction by instruction: a 0xC3 byte inside another
 /// instruction is no return site, and a uprobe there would corrupt the code.
@@ -309,6 +405,45 @@ mod tests {
         // add rbx, 0x10 (48 83 c3 10: a 0xC3 byte that is no RET); ret; int3; ret imm16
         let code = [0x48, 0x83, 0xc3, 0x10, 0xc3, 0xcc, 0xc2, 0x08, 0x00];
         assert_eq!(return_sites(&code, 0x1000), vec![0x1004, 0x1006]);
+    }
+
+    #[test]
+    fn entry_probes_go_on_the_stack_check_jump() {
+        // cmp rsp, [r14+0x10]; jbe; sub rsp, 0x20 (go1.19 runtime.newproc.func1)
+        let small = [0x49, 0x3b, 0x66, 0x10, 0x76, 0x57, 0x48, 0x83, 0xec, 0x20];
+        assert_eq!(entry_site(&small, 0x1000), 0x1004);
+        // lea r12, [rsp-0x88]; cmp r12, [r14+0x10]; jbe rel32 (a large frame)
+        let large = [0x4c, 0x8d, 0xa4, 0x24, 0x78, 0xff, 0xff, 0xff, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0, 1, 0, 0];
+        assert_eq!(entry_site(&large, 0x1000), 0x100c);
+        // lea rax, [rsp-8] first: an argument register changes, stay at the entry
+        let writes_rax = [0x48, 0x8d, 0x44, 0x24, 0xf8, 0x49, 0x3b, 0x66, 0x10, 0x76, 0x57];
+        assert_eq!(entry_site(&writes_rax, 0x1000), 0x1000);
+        // no prologue (a NOSPLIT function): mov rax, [rsp+8]; ret
+        assert_eq!(entry_site(&[0x48, 0x8b, 0x44, 0x24, 0x08, 0xc3], 0x1000), 0x1000);
+    }
+
+    /// go1.19's runtime.newproc.func1 as Debian's go1.19.8 builds it.
+    const NEWPROC_FUNC1: [u8; 69] = [
+        0x49, 0x3b, 0x66, 0x10, 0x76, 0x57, 0x48, 0x83, 0xec, 0x20, 0x48, 0x89, 0x6c, 0x24, 0x18, 0x48, 0x8d, 0x6c,
+        0x24, 0x18, 0x48, 0x8b, 0x5a, 0x10, 0x48, 0x8b, 0x4a, 0x18, 0x48, 0x8b, 0x42, 0x08, 0xe8, 0x5b, 0x00, 0x00,
+        0x00, 0x49, 0x8b, 0x56, 0x30, 0x48, 0x8b, 0x92, 0xd0, 0x00, 0x00, 0x00, 0x48, 0x89, 0xc3, 0xb9, 0x01, 0x00,
+        0x00, 0x00, 0x48, 0x89, 0xd0, 0x0f, 0x1f, 0x44, 0x00, 0x00, 0xe8, 0x3b, 0x41, 0x00, 0x00,
+    ];
+
+    #[test]
+    fn the_new_goroutine_is_found_at_the_call_after_newproc1() {
+        let newproc1 = 0x4417e0; // call at 0x441780, rel32 0x5b
+        assert_eq!(newg_call_site(&NEWPROC_FUNC1, 0x441760, newproc1), Some(0x4417a0));
+        // Another callee than newproc1: no site.
+        assert_eq!(newg_call_site(&NEWPROC_FUNC1, 0x441760, newproc1 + 16), None);
+        // mov rcx, rax instead of mov rbx, rax: RBX is not the new goroutine.
+        let mut other = NEWPROC_FUNC1;
+        other[50] = 0xc1;
+        assert_eq!(newg_call_site(&other, 0x441760, newproc1), None);
+        // mov ebx, eax (32 bits) is no copy of a pointer.
+        let mut narrow = NEWPROC_FUNC1;
+        narrow[48] = 0x90; // nop; 89 c3
+        assert_eq!(newg_call_site(&narrow, 0x441760, newproc1), None);
     }
 
     #[test]

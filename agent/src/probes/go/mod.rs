@@ -1,8 +1,9 @@
 //! Go runtime hooks (issue #12): in a Go process the goroutine carries the
 //! current request. Per tracked Go process: its executable is inspected on
 //! the inspector thread ([`spawn_inspector`]: file reads stay out of the
-//! ring-buffer loop), then uprobes go on runtime.newproc1's RET
-//! instructions, runtime.goexit0 and net/http's persistConn writeLoop and
+//! ring-buffer loop), then uprobes go on the goroutine creations (the call
+//! of runqput after newproc1, or newproc1's RET instructions),
+//! runtime.goexit0 and net/http's persistConn writeLoop and
 //! roundTrip (when linked in) of that process only, and
 //! its runtime offsets into `go_procs`, after which the kernel names the
 //! goroutine of every socket event (`ebpf/src/go_runtime.h`). When
@@ -32,6 +33,7 @@ pub use elf::{GoBinary, InspectError};
 unsafe impl aya::Pod for periscope_go_offsets {}
 
 const NEWPROC1_RET: &str = "handle_go_newproc1_ret";
+const NEWG_CALL: &str = "handle_go_newg_call";
 const GOEXIT0: &str = "handle_go_goexit0";
 const HTTP_WRITE_LOOP: &str = "handle_go_http_writeloop";
 const HTTP_ROUND_TRIP: &str = "handle_go_http_roundtrip";
@@ -59,7 +61,7 @@ pub struct GoRuntime {
 impl GoRuntime {
     /// Loads the uprobe programs (attached per process later).
     pub(super) fn load(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        for program in [NEWPROC1_RET, GOEXIT0, HTTP_WRITE_LOOP, HTTP_ROUND_TRIP] {
+        for program in [NEWPROC1_RET, NEWG_CALL, GOEXIT0, HTTP_WRITE_LOOP, HTTP_ROUND_TRIP] {
             let prog: &mut UProbe = ebpf
                 .program_mut(program)
                 .ok_or(ProbeError::MissingProgram { program })?
@@ -102,10 +104,14 @@ impl Probes {
         let tls = binary.tls.as_ref().filter(|_| go.tls);
         let target = format!("/proc/{pid}/exe");
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Kernel("pid 0".into()))?);
-        let sites = binary
-            .newproc1_returns
-            .iter()
-            .map(|&at| (NEWPROC1_RET, at))
+        // One creation site (emulated by the kernel) when found, else every
+        // RET of newproc1 (each a single-step trap).
+        let creations: Vec<(&'static str, u64)> = match binary.newg_call {
+            Some(at) => vec![(NEWG_CALL, at)],
+            None => binary.newproc1_returns.iter().map(|&at| (NEWPROC1_RET, at)).collect(),
+        };
+        let sites = creations
+            .into_iter()
             .chain([(GOEXIT0, binary.goexit0)])
             // Both or neither: a writer known to no round trip is no use.
             .chain(
