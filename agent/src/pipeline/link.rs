@@ -118,6 +118,8 @@ struct Wait {
     group: GroupId,
     tuple: Tuple,
     request_start: u64,
+    /// HTTP/2: the stream id its caller's stream has.
+    stream: Option<u32>,
     /// The request named its trace itself: only its exact parent is looked for.
     explicit: bool,
     /// The server process (its namespace may be where a translation is known).
@@ -156,6 +158,8 @@ pub struct ServerRequest<'a> {
     pub key: ConnKey,
     pub tuple: Tuple,
     pub started: &'a Started,
+    /// HTTP/2: its stream id, which names its caller's stream.
+    pub stream: Option<u32>,
     pub traceparent: Option<&'a TraceParent>,
     pub tracestate: Option<String>,
 }
@@ -285,6 +289,7 @@ impl Linker {
             group,
             tuple: request.tuple,
             request_start: started.ts_exit,
+            stream: request.stream,
             explicit: explicit_link,
             pid: request.key.pid,
             tried: false,
@@ -362,7 +367,7 @@ impl Linker {
         if let Some((_, peer)) = direct.peek() {
             tried(wait, "same connection");
             let how = if peer.tuple.netns == wait.tuple.netns { "same namespace" } else { "across namespaces" };
-            return choose(direct.map(|(_, c)| c), wait.request_start, how);
+            return choose(direct.map(|(_, c)| c), wait.request_start, wait.stream, how);
         }
         let known = self.nat.get(&wait.tuple).copied().filter(|(nat, at)| {
             let ttl = if matches!(nat, Nat::Asked) { QUESTION_TTL_NS } else { TRANSLATION_TTL_NS };
@@ -380,7 +385,8 @@ impl Linker {
                     return Caller::Untracked;
                 }
                 tried(wait, "translated");
-                match (choose(table.with_ends(&client).map(|(_, c)| c), wait.request_start, "translated"), seen) {
+                let callers = table.with_ends(&client).map(|(_, c)| c);
+                match (choose(callers, wait.request_start, wait.stream, "translated"), seen) {
                     (found @ (Caller::Found(..) | Caller::Missed(_)), _) => found,
                     (_, Some(ctx)) => Caller::Found(ctx, "translated"),
                     (_, None) => Caller::NotYet,
@@ -469,14 +475,14 @@ impl Linker {
     }
 }
 
-/// The client exchange in flight at `ts` on one of `conns` (the other
-/// ends of one connection: almost always one).
-fn choose<'a>(conns: impl Iterator<Item = &'a Connection>, ts: u64, how: &'static str) -> Caller {
+/// The client exchange in flight at `ts` (of HTTP/2 stream `stream`) on
+/// one of `conns` (the other ends of one connection: almost always one).
+fn choose<'a>(conns: impl Iterator<Item = &'a Connection>, ts: u64, stream: Option<u32>, how: &'static str) -> Caller {
     let mut found: Option<SpanCtx> = None;
     let mut any = false;
     for conn in conns {
         any = true;
-        if let Some(ctx) = conn.trace.in_flight_at(ts) {
+        if let Some(ctx) = conn.trace.in_flight_at(ts, stream) {
             if found.is_some_and(|f| f.span_id != ctx.span_id) {
                 // One address in two namespaces, both calling at once.
                 return Caller::Missed("ambiguous");
@@ -503,7 +509,7 @@ fn remember_callers(table: &ConnectionTable, wait: &mut Wait) {
     let callers =
         table.at_endpoint(wait.tuple.remote, wait.tuple.netns).filter(|(_, c)| c.tuple.remote != wait.tuple.local);
     for (_, conn) in callers {
-        let Some(ctx) = conn.trace.in_flight_at(wait.request_start) else { continue };
+        let Some(ctx) = conn.trace.in_flight_at(wait.request_start, wait.stream) else { continue };
         if wait.seen.len() < MAX_SEEN && !wait.seen.iter().any(|(tuple, _)| same_ends(tuple, &conn.tuple)) {
             wait.seen.push((conn.tuple, ctx));
         }
@@ -577,7 +583,7 @@ mod tests {
         );
         let Some(Outcome::RequestStarted { started, .. }) = out.pop() else { panic!("{out:?}") };
         let request =
-            ServerRequest { key: server, tuple: server_tuple, started: &started, traceparent: None, tracestate: None };
+            ServerRequest { key: server, tuple: server_tuple, started: &started, stream: None, traceparent: None, tracestate: None };
         linker.on_request_started(&table, &mut tracker, request, 100, &t);
         assert!(linker.is_waiting(started.ctx.span_id));
         // The server span finished: parked, not lost, not parentless.
@@ -600,7 +606,7 @@ mod tests {
             &mut out,
             &t,
         );
-        let caller = table.peers(&server_tuple).next().unwrap().1.trace.in_flight_at(101).unwrap();
+        let caller = table.peers(&server_tuple).next().unwrap().1.trace.in_flight_at(101, None).unwrap();
         linker.retry(&table, &mut tracker, 200, false, &t);
         let ready: Vec<_> = linker.take_ready().collect();
         assert_eq!(ready.len(), 1);
