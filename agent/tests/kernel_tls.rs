@@ -908,9 +908,28 @@ async fn h2_spans(rx: &Receiver, agent: &Agent, n: usize) -> Vec<ReceivedSpan> {
     let spans = rx.spans();
     if std::env::var("H2_DEBUG").is_ok() {
         for s in &spans {
-            eprintln!("DBG kind {} pid {:?} port {:?} {} {} st {:?} id {} parent {} start {}", s.span.kind, pid_of(s), s.attr_int("server.port"), s.span.name, path_of(s), s.attr_int("http.response.status_code"), hex(&s.span.span_id), hex(&s.span.parent_span_id), s.span.start_time_unix_nano);
+            eprintln!(
+                "DBG kind {} pid {:?} port {:?} {} {} st {:?} id {} parent {} start {}",
+                s.span.kind,
+                pid_of(s),
+                s.attr_int("server.port"),
+                s.span.name,
+                path_of(s),
+                s.attr_int("http.response.status_code"),
+                hex(&s.span.span_id),
+                hex(&s.span.parent_span_id),
+                s.span.start_time_unix_nano
+            );
         }
-        eprintln!("DBG {}", agent.metrics().lines().filter(|l| l.starts_with("periscope_") && !l.ends_with(" 0")).collect::<Vec<_>>().join("\nDBG "));
+        eprintln!(
+            "DBG {}",
+            agent
+                .metrics()
+                .lines()
+                .filter(|l| l.starts_with("periscope_") && !l.ends_with(" 0"))
+                .collect::<Vec<_>>()
+                .join("\nDBG ")
+        );
     }
     if spans.len() < n {
         let m = agent.metrics();

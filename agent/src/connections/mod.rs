@@ -589,7 +589,14 @@ fn announce(
         // Database servers: no context travels in the protocol.
         _ => {
             if let (true, Some(started)) = (server_side, started) {
-                out.push(Outcome::RequestStarted { key, tuple, started, stream: None, traceparent: None, tracestate: None });
+                out.push(Outcome::RequestStarted {
+                    key,
+                    tuple,
+                    started,
+                    stream: None,
+                    traceparent: None,
+                    tracestate: None,
+                });
             }
         }
     }
