@@ -4,7 +4,9 @@
 //! A TLS connection must give exactly the spans of its plaintext twin:
 //! method, route, path (ids in the paths), status, and the client -> server
 //! parent link on this host: Python `ssl`, nginx + curl, Node `https` (its
-//! own OpenSSL), psql against PostgreSQL, and a library loaded late. With the TLS uprobes off, the TLS half gives
+//! own OpenSSL), psql against PostgreSQL, and a library loaded late; HTTP/2
+//! over OpenSSL (ALPN h2: nginx + curl, Node's http2, hypercorn + curl)
+//! against its h2c twin, stream by stream. With the TLS uprobes off, the TLS half gives
 //! nothing and every test here fails. Needs root.
 mod support;
 
@@ -906,31 +908,6 @@ async fn h2_spans(rx: &Receiver, agent: &Agent, n: usize) -> Vec<ReceivedSpan> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let spans = rx.spans();
-    if std::env::var("H2_DEBUG").is_ok() {
-        for s in &spans {
-            eprintln!(
-                "DBG kind {} pid {:?} port {:?} {} {} st {:?} id {} parent {} start {}",
-                s.span.kind,
-                pid_of(s),
-                s.attr_int("server.port"),
-                s.span.name,
-                path_of(s),
-                s.attr_int("http.response.status_code"),
-                hex(&s.span.span_id),
-                hex(&s.span.parent_span_id),
-                s.span.start_time_unix_nano
-            );
-        }
-        eprintln!(
-            "DBG {}",
-            agent
-                .metrics()
-                .lines()
-                .filter(|l| l.starts_with("periscope_") && !l.ends_with(" 0"))
-                .collect::<Vec<_>>()
-                .join("\nDBG ")
-        );
-    }
     if spans.len() < n {
         let m = agent.metrics();
         let counters: Vec<&str> = m.lines().filter(|l| l.starts_with("periscope_") && !l.ends_with(" 0")).collect();
