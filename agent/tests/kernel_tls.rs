@@ -1158,10 +1158,11 @@ async fn node_http2_over_tls_gives_the_spans_of_h2c() {
         let server = server.pid();
         move |s: &ReceivedSpan| pid_of(s) == Some(server) && s.attr_int("server.port") == Some(port as i64)
     };
+    // The counters first: a lost TLS write is named by its reason.
+    assert_h2_counters(&agent);
     let tls = assert_h2_streams(&spans, &plan, on_port(tls_port), tls_client.pid());
     let plain = assert_h2_streams(&spans, &plan, on_port(plain_port), plain_client.pid());
     assert_eq!(tls, plain, "the h2-over-TLS spans equal the h2c ones");
-    assert_h2_counters(&agent);
     // The server's own log: each stream of the plan once per port.
     drop(server.0.stdin.take());
     // SAFETY: kill(2) on the pid of our own child.
