@@ -1079,10 +1079,9 @@ http2.createSecureServer({ key: fs.readFileSync(key), cert: fs.readFileSync(cert
 "#;
 
 /// Node's http2.connect (argv[3]: a CA for https, or - for h2c): one
-/// session, connected once released (see README, TLS: a memory-BIO SSL
-/// object whose handshake the agent did not see is tied to its socket only
-/// by a read just before); the first four streams at once, then the others
-/// one by one. Prints "<method> <path> <status>" per stream, in plan order.
+/// session, connected once released (its handshake seen by the agent); the
+/// first four streams at once, then the others one by one. Prints
+/// "<method> <path> <status>" per stream, in plan order.
 const NODE_H2_CLIENT: &str = r#"
 const http2 = require('http2'), fs = require('fs');
 const [, , port, ca, ...plan] = process.argv;
