@@ -61,6 +61,7 @@ impl Conclude for Http2Message {
                         key: cx.key,
                         tuple: cx.tuple,
                         started,
+                        stream: Some(stream),
                         traceparent,
                         tracestate,
                     });

@@ -101,6 +101,8 @@ pub enum Outcome {
         key: ConnKey,
         tuple: Tuple,
         started: Started,
+        /// HTTP/2: the request's stream id (its caller's, on the same connection).
+        stream: Option<u32>,
         traceparent: Option<TraceParent>,
         tracestate: Option<String>,
     },
@@ -577,6 +579,7 @@ fn announce(
                         key,
                         tuple,
                         started,
+                        stream: None,
                         traceparent: tp,
                         tracestate: head.tracestate,
                     });
@@ -586,7 +589,14 @@ fn announce(
         // Database servers: no context travels in the protocol.
         _ => {
             if let (true, Some(started)) = (server_side, started) {
-                out.push(Outcome::RequestStarted { key, tuple, started, traceparent: None, tracestate: None });
+                out.push(Outcome::RequestStarted {
+                    key,
+                    tuple,
+                    started,
+                    stream: None,
+                    traceparent: None,
+                    tracestate: None,
+                });
             }
         }
     }

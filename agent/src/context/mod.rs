@@ -85,6 +85,8 @@ pub struct Pin {
 pub struct Finished {
     pub started: Started,
     pub end: u64,
+    /// HTTP/2: its stream id (the same at both ends of the connection).
+    pub stream: Option<u32>,
 }
 
 /// Exchanges started on one connection and not completed yet, beyond which
@@ -134,9 +136,16 @@ impl ConnTrace {
     }
 
     /// The client exchange on this connection that was in flight at `ts`
-    /// (CLOCK_MONOTONIC ns), if any.
-    pub fn in_flight_at(&self, ts: u64) -> Option<SpanCtx> {
+    /// (CLOCK_MONOTONIC ns), if any; for a server's HTTP/2 stream, the
+    /// client stream of the same id (concurrent streams all started before
+    /// the server read any of them: time cannot tell them apart).
+    pub fn in_flight_at(&self, ts: u64, stream: Option<u32>) -> Option<SpanCtx> {
         let started_before = |s: &Started| s.ts_enter <= ts;
+        if let Some(id) = stream {
+            let open = self.streams.get(&id).copied();
+            let done = || self.recent.iter().rev().find(|f| f.stream == Some(id)).map(|f| f.started);
+            return open.or_else(done).filter(started_before).map(|s| s.ctx);
+        }
         self.recent
             .iter()
             .rev()
@@ -673,7 +682,7 @@ impl Tracker {
             if trace.recent.len() >= MAX_RECENT {
                 trace.recent.pop_front();
             }
-            trace.recent.push_back(Finished { started, end });
+            trace.recent.push_back(Finished { started, end, stream: None });
             trace.completed = trace.completed.wrapping_add(1);
             // Its parent has one call less in flight.
             if let (Some(p), Some((tid, _))) = (started.parent, trace.last_answer) {
@@ -810,7 +819,7 @@ impl Tracker {
         if trace.recent.len() >= MAX_RECENT {
             trace.recent.pop_front();
         }
-        trace.recent.push_back(Finished { started, end });
+        trace.recent.push_back(Finished { started, end, stream: Some(stream) });
         started
     }
 

@@ -118,6 +118,8 @@ struct Wait {
     group: GroupId,
     tuple: Tuple,
     request_start: u64,
+    /// HTTP/2: the stream id its caller's stream has.
+    stream: Option<u32>,
     /// The request named its trace itself: only its exact parent is looked for.
     explicit: bool,
     /// The server process (its namespace may be where a translation is known).
@@ -156,6 +158,8 @@ pub struct ServerRequest<'a> {
     pub key: ConnKey,
     pub tuple: Tuple,
     pub started: &'a Started,
+    /// HTTP/2: its stream id, which names its caller's stream.
+    pub stream: Option<u32>,
     pub traceparent: Option<&'a TraceParent>,
     pub tracestate: Option<String>,
 }
@@ -285,6 +289,7 @@ impl Linker {
             group,
             tuple: request.tuple,
             request_start: started.ts_exit,
+            stream: request.stream,
             explicit: explicit_link,
             pid: request.key.pid,
             tried: false,
@@ -362,7 +367,7 @@ impl Linker {
         if let Some((_, peer)) = direct.peek() {
             tried(wait, "same connection");
             let how = if peer.tuple.netns == wait.tuple.netns { "same namespace" } else { "across namespaces" };
-            return choose(direct.map(|(_, c)| c), wait.request_start, how);
+            return choose(direct.map(|(_, c)| c), wait.request_start, wait.stream, how);
         }
         let known = self.nat.get(&wait.tuple).copied().filter(|(nat, at)| {
             let ttl = if matches!(nat, Nat::Asked) { QUESTION_TTL_NS } else { TRANSLATION_TTL_NS };
@@ -380,7 +385,8 @@ impl Linker {
                     return Caller::Untracked;
                 }
                 tried(wait, "translated");
-                match (choose(table.with_ends(&client).map(|(_, c)| c), wait.request_start, "translated"), seen) {
+                let callers = table.with_ends(&client).map(|(_, c)| c);
+                match (choose(callers, wait.request_start, wait.stream, "translated"), seen) {
                     (found @ (Caller::Found(..) | Caller::Missed(_)), _) => found,
                     (_, Some(ctx)) => Caller::Found(ctx, "translated"),
                     (_, None) => Caller::NotYet,
@@ -469,14 +475,14 @@ impl Linker {
     }
 }
 
-/// The client exchange in flight at `ts` on one of `conns` (the other
-/// ends of one connection: almost always one).
-fn choose<'a>(conns: impl Iterator<Item = &'a Connection>, ts: u64, how: &'static str) -> Caller {
+/// The client exchange in flight at `ts` (of HTTP/2 stream `stream`) on
+/// one of `conns` (the other ends of one connection: almost always one).
+fn choose<'a>(conns: impl Iterator<Item = &'a Connection>, ts: u64, stream: Option<u32>, how: &'static str) -> Caller {
     let mut found: Option<SpanCtx> = None;
     let mut any = false;
     for conn in conns {
         any = true;
-        if let Some(ctx) = conn.trace.in_flight_at(ts) {
+        if let Some(ctx) = conn.trace.in_flight_at(ts, stream) {
             if found.is_some_and(|f| f.span_id != ctx.span_id) {
                 // One address in two namespaces, both calling at once.
                 return Caller::Missed("ambiguous");
@@ -503,7 +509,7 @@ fn remember_callers(table: &ConnectionTable, wait: &mut Wait) {
     let callers =
         table.at_endpoint(wait.tuple.remote, wait.tuple.netns).filter(|(_, c)| c.tuple.remote != wait.tuple.local);
     for (_, conn) in callers {
-        let Some(ctx) = conn.trace.in_flight_at(wait.request_start) else { continue };
+        let Some(ctx) = conn.trace.in_flight_at(wait.request_start, wait.stream) else { continue };
         if wait.seen.len() < MAX_SEEN && !wait.seen.iter().any(|(tuple, _)| same_ends(tuple, &conn.tuple)) {
             wait.seen.push((conn.tuple, ctx));
         }
@@ -517,7 +523,7 @@ mod tests {
     use crate::connections::{ConnKey, Outcome};
     use crate::context::{assembly::AssemblyOptions, sampler::Sampler, Assembler, ThreadKey};
     use crate::model::{Service, SpanKind};
-    use crate::protocols::{Chunk, Direction};
+    use crate::protocols::{http2::frame, Chunk, Direction};
 
     const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
 
@@ -576,8 +582,14 @@ mod tests {
             &t,
         );
         let Some(Outcome::RequestStarted { started, .. }) = out.pop() else { panic!("{out:?}") };
-        let request =
-            ServerRequest { key: server, tuple: server_tuple, started: &started, traceparent: None, tracestate: None };
+        let request = ServerRequest {
+            key: server,
+            tuple: server_tuple,
+            started: &started,
+            stream: None,
+            traceparent: None,
+            tracestate: None,
+        };
         linker.on_request_started(&table, &mut tracker, request, 100, &t);
         assert!(linker.is_waiting(started.ctx.span_id));
         // The server span finished: parked, not lost, not parentless.
@@ -600,12 +612,96 @@ mod tests {
             &mut out,
             &t,
         );
-        let caller = table.peers(&server_tuple).next().unwrap().1.trace.in_flight_at(101).unwrap();
+        let caller = table.peers(&server_tuple).next().unwrap().1.trace.in_flight_at(101, None).unwrap();
         linker.retry(&table, &mut tracker, 200, false, &t);
         let ready: Vec<_> = linker.take_ready().collect();
         assert_eq!(ready.len(), 1);
         assert_eq!(ready[0].1.parent_span_id, Some(caller.span_id));
         assert!(tracker.is_decided(started.ctx.group), "joined to the caller's (decided) trace");
         assert_eq!(t.get(Counter::SpansLinked), 1);
+    }
+
+    /// An HTTP/2 HEADERS frame of `stream` (GET, http, literal :path).
+    fn h2_request(stream: u32) -> Vec<u8> {
+        let path = format!("/s/{stream}");
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend_from_slice(path.as_bytes());
+        let len = block.len() as u32;
+        let flags = frame::FLAG_END_HEADERS | frame::FLAG_END_STREAM;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, frame::HEADERS, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend(block);
+        f
+    }
+
+    #[test]
+    fn concurrent_http2_streams_link_to_the_client_stream_of_the_same_id() {
+        let t = Telemetry::default();
+        let mut table = ConnectionTable::new(16);
+        let mut tracker = Tracker::new(Assembler::new(AssemblyOptions::default(), Sampler::default()), 16);
+        let mut linker = Linker::new(1_000_000_000);
+        let mut out = Vec::new();
+        let server_tuple =
+            Tuple { local: "127.0.0.1:443".parse().unwrap(), remote: "127.0.0.1:1000".parse().unwrap(), netns: 1 };
+        let (server, client) = (ConnKey { pid: 2, fd: 5 }, ConnKey { pid: 1, fd: 7 });
+        let th = |pid| ThreadKey { pid, tid: pid, loop_seq: 0 };
+        // The client opens streams 1, 3, 5, 7 in one write (Node's
+        // http2.connect with four requests at once, nginx's curl -Z).
+        let mut write = frame::PREFACE.to_vec();
+        write.extend([0, 0, 0, frame::SETTINGS, 0, 0, 0, 0, 0]);
+        for stream in [1, 3, 5, 7] {
+            write.extend(h2_request(stream));
+        }
+        table.open(client, server_tuple.reversed(), Role::Client, th(1), 10, &mut tracker, &mut out, &t);
+        let egress = chunk(Direction::Egress, &write, 90);
+        table.data(client, server_tuple.reversed(), Role::Client, th(1), &egress, &mut tracker, &mut out, &t);
+        // The server reads them all at once: four requests started.
+        out.clear();
+        let ingress = chunk(Direction::Ingress, &write, 100);
+        table.data(server, server_tuple, Role::Server, th(2), &ingress, &mut tracker, &mut out, &t);
+        let mut parents = Vec::new();
+        for o in std::mem::take(&mut out) {
+            let Outcome::RequestStarted { started, stream, .. } = o else { continue };
+            let request = ServerRequest {
+                key: server,
+                tuple: server_tuple,
+                started: &started,
+                stream,
+                traceparent: None,
+                tracestate: None,
+            };
+            linker.on_request_started(&table, &mut tracker, request, 100, &t);
+            parents.push((format!("/s/{}", stream.unwrap()), linker.take_parent(started.ctx.span_id)));
+        }
+        // The client reads the answers: its spans' ids, by path.
+        let mut answers = Vec::new();
+        for stream in [7u32, 5, 3, 1] {
+            answers.extend([0, 0, 1, frame::HEADERS, frame::FLAG_END_HEADERS | frame::FLAG_END_STREAM]);
+            answers.extend(stream.to_be_bytes());
+            answers.push(0x88); // :status 200
+        }
+        let ingress = chunk(Direction::Ingress, &answers, 200);
+        table.data(client, server_tuple.reversed(), Role::Client, th(1), &ingress, &mut tracker, &mut out, &t);
+        let mut clients: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Http { server_side: false, started, exchange, .. } => {
+                    Some((exchange.request.target.clone(), Some(started.ctx.span_id)))
+                }
+                _ => None,
+            })
+            .collect();
+        clients.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(clients.len(), 4, "{out:?}");
+        // Each server stream is the child of its own client stream, not
+        // all of the latest one started.
+        assert_eq!(parents, clients);
+        assert_eq!(t.get(Counter::SpansLinked), 4);
+        // Finished, each stays findable by its id (a server's late read).
+        let peer = &table.peers(&server_tuple).next().unwrap().1.trace;
+        for (path, id) in &clients {
+            let stream = path["/s/".len()..].parse().unwrap();
+            assert_eq!(peer.in_flight_at(101, Some(stream)).map(|c| c.span_id), *id, "finished {path}");
+        }
     }
 }

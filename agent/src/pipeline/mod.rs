@@ -226,7 +226,7 @@ impl Pipeline {
         if matches!(event, Event::ConnClose(_)) {
             // The client end of a waiting link may be closing: its request
             // is in the table now and never again.
-            self.retry_links_before_close();
+            self.retry_waiting_links();
         }
         let (table, tracker, out, t) = (&mut self.table, &mut self.tracker, &mut self.outcomes, &*self.telemetry);
         match event {

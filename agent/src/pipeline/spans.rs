@@ -54,9 +54,9 @@ impl Pipeline {
         let now = monotonic_now();
         for outcome in pending.drain(..) {
             match outcome {
-                Outcome::RequestStarted { key, tuple, started, traceparent, tracestate } => {
-                    let request =
-                        ServerRequest { key, tuple, started: &started, traceparent: traceparent.as_ref(), tracestate };
+                Outcome::RequestStarted { key, tuple, started, stream, traceparent, tracestate } => {
+                    let traceparent = traceparent.as_ref();
+                    let request = ServerRequest { key, tuple, started: &started, stream, traceparent, tracestate };
                     self.linker.on_request_started(&self.table, &mut self.tracker, request, now, &self.telemetry);
                     self.finish_linked();
                 }
@@ -213,6 +213,11 @@ impl Pipeline {
         if !server_side {
             let stamp = identify(&mut span, &started, started.pin);
             self.finish(group, span, stamp);
+            // A server request on this host may be waiting for this
+            // exchange (the server's read came first in the ring buffer: a
+            // TLS write's plaintext is sent at the uretprobe, after its
+            // bytes left); it is findable now, maybe not after the next few.
+            self.retry_waiting_links();
             return;
         }
         span.span_id = started.ctx.span_id;
@@ -221,7 +226,8 @@ impl Pipeline {
             // Its start was never announced (its head was not seen): settle now.
             let (tp, state) = explicit.map_or((None, None), |(tp, s)| (Some(tp), s));
             let (now, t) = (monotonic_now(), &self.telemetry);
-            let request = ServerRequest { key, tuple, started: &started, traceparent: tp.as_ref(), tracestate: state };
+            let traceparent = tp.as_ref();
+            let request = ServerRequest { key, tuple, started: &started, stream: None, traceparent, tracestate: state };
             self.linker.on_request_started(&self.table, &mut self.tracker, request, now, t);
         }
         // The exact client span of a tracked caller wins over the header's
@@ -259,10 +265,12 @@ impl Pipeline {
         self.emit_decided();
     }
 
-    /// Retries the waiting links before a connection closes (a caller's
+    /// Retries the waiting links, before a connection closes (a caller's
     /// exchange is forgotten with its connection; its events came before
-    /// its close). Nothing to do, and nothing done, when no link waits.
-    pub(super) fn retry_links_before_close(&mut self) {
+    /// its close) and once a client exchange finished (only the last few
+    /// finished are kept per connection). Nothing to do, and nothing done,
+    /// when no link waits.
+    pub(super) fn retry_waiting_links(&mut self) {
         if self.linker.has_waits() {
             self.linker.retry(&self.table, &mut self.tracker, monotonic_now(), false, &self.telemetry);
             self.finish_linked();
