@@ -395,11 +395,19 @@ fn tokio_postgres_client_entry() {
         for id in 1..=4i32 {
             client.query(&stmt, &[&id]).await.unwrap();
         }
-        // Pipelined: three queries in flight on one connection.
+        // Pipelined: three queries in flight on one connection. Prepared
+        // first, so that each is one Bind/Execute/Sync: on this
+        // current-thread runtime the join queues all three before the
+        // connection task writes, so all are sent before the first answer
+        // is read (a query by text would prepare first, and its Execute
+        // would wait for that answer, overlapping or not by chance).
+        let count = client.prepare("SELECT count(*) FROM unicorn").await.unwrap();
+        let insert = client.prepare("INSERT INTO unicorn (name) VALUES ($1)").await.unwrap();
+        let select = client.prepare("SELECT id FROM unicorn WHERE name = $1").await.unwrap();
         let (a, b, c) = tokio::join!(
-            client.query("SELECT count(*) FROM unicorn", &[]),
-            client.query("INSERT INTO unicorn (name) VALUES ($1)", &[&"tokio"]),
-            client.query("SELECT id FROM unicorn WHERE name = $1", &[&"tokio"]),
+            client.query(&count, &[]),
+            client.query(&insert, &[&"tokio"]),
+            client.query(&select, &[&"tokio"]),
         );
         a.unwrap();
         b.unwrap();
