@@ -552,9 +552,10 @@ if sys.argv[1] == "serve":
     server.start()
     server.wait_for_termination()
 else:
+    sys.stdin.readline()
     channel = grpc.insecure_channel("127.0.0.1:%s" % sys.argv[2])
-    # A first call before the gate: the connection is classified (and its
-    # capture set) before the calls that count.
+    # A first call: the agent classifies the connection (and sets its
+    # capture) while it runs, before the calls that count.
     list(channel.unary_stream("/%s/Many" % SERVICE)(b"x"))
     print("ready", flush=True)
     sys.stdin.readline()
@@ -599,12 +600,19 @@ async fn grpc_server_streams_beyond_the_capture_size() {
     agent.wait_tracked(server.pid());
     agent.wait_tracked(client.pid());
     // The warm-up call, seen or not: the connection is known once it is done.
+    let stdin = client.0.stdin.as_mut().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    stdin.flush().unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(client.0.stdout.as_mut().unwrap()), &mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let warm = rx.spans().len();
-    let unmatched_before = agent.sample_sum("periscope_requests_unmatched_total", &[]);
+    // What the warm-up left (its first syscalls were captured as prefixes,
+    // before the agent had classified the connection) does not count.
+    let counted =
+        ["periscope_requests_unmatched_total", "periscope_parse_errors_total", "periscope_protocol_desync_total"];
+    let before: Vec<f64> = counted.iter().map(|m| agent.sample_sum(m, &[])).collect();
     release(&mut client, "go");
     assert!(wait_exit(&mut client).success());
     let mut out = String::new();
@@ -649,10 +657,12 @@ async fn grpc_server_streams_beyond_the_capture_size() {
         }
     }
     let m = agent.metrics();
-    let unmatched = support::agent::sample_sum(&m, "periscope_requests_unmatched_total", &[]);
-    assert_eq!(unmatched, unmatched_before, "no stream left unmatched: {m}");
-    for metric in ["periscope_parse_errors_total", "periscope_protocol_desync_total"] {
-        assert_eq!(support::agent::sample_sum(&m, metric, &["protocol=\"http2\""]), 0.0, "{metric}: {m}");
+    for (metric, before) in counted.iter().zip(before) {
+        let after = support::agent::sample_sum(&m, metric, &[]);
+        assert_eq!(after, before, "{metric}: none while the calls that count ran");
     }
+    let incomplete: Vec<&str> =
+        m.lines().filter(|l| l.starts_with("periscope_kernel_capture_incomplete_total")).collect();
+    eprintln!("kernel capture: {incomplete:?}");
     drop(dir);
 }

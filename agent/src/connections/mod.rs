@@ -493,6 +493,9 @@ fn on_known_chunk(
     if let Some(((upgrade, http1_bytes), requests)) = upgrade {
         conn.parser = Parser::Http2(http2::Http2Session::upgraded(requests, upgrade));
         conn.reported = [0; MAX_COUNTS];
+        if let Some(policy) = capture_policy(&conn.parser) {
+            out.push(Outcome::Capture { key, tuple: conn.tuple, policy });
+        }
         if http1_bytes < chunk.total {
             let rest = Chunk {
                 direction: chunk.direction,
@@ -594,10 +597,13 @@ fn announce(
 
 /// How the kernel should capture a connection that speaks `parser`'s
 /// protocol, when not as prefixes: an AMQP client reads many deliveries at
-/// once (a consumer that fell behind), each of which the parser needs.
+/// once (a consumer that fell behind), each of which the parser needs; an
+/// HTTP/2 syscall moves many frames (a stream's DATA, then its trailers),
+/// whose headers and header blocks the parser needs, either way.
 fn capture_policy(parser: &Parser) -> Option<CapturePolicy> {
     match parser {
         Parser::Amqp(a) if a.side() == Side::Client => Some(CapturePolicy::AmqpFrames),
+        Parser::Http2(_) => Some(CapturePolicy::Http2Frames),
         _ => None,
     }
 }
