@@ -661,7 +661,11 @@ mod tests {
 
     /// The finished exchanges of `out` (announcements left out).
     fn finished(out: &[Outcome]) -> Vec<&Outcome> {
-        out.iter().filter(|o| !matches!(o, Outcome::RequestStarted { .. } | Outcome::Delivered { .. })).collect()
+        out.iter()
+            .filter(|o| {
+                !matches!(o, Outcome::RequestStarted { .. } | Outcome::Delivered { .. } | Outcome::Capture { .. })
+            })
+            .collect()
     }
 
     #[test]
@@ -726,6 +730,12 @@ mod tests {
             "{out:?}"
         );
         assert!(matches!(table.conns.peek(&key).unwrap().parser, Parser::Http2(_)));
+        // Once upgraded, the kernel walks its frames.
+        let policies: Vec<CapturePolicy> = out
+            .iter()
+            .filter_map(|o| if let Outcome::Capture { policy, .. } = o { Some(*policy) } else { None })
+            .collect();
+        assert_eq!(policies, [CapturePolicy::Http2Frames]);
         assert_eq!(t.get_for(Counter::ParseErrors, "http2") + t.get_for(Counter::ProtocolDesync, "http2"), 0);
         assert_eq!(t.get_for(Counter::RequestsUnmatched, "http1"), 0);
     }
