@@ -88,6 +88,13 @@ def write_h2():
                                                        split(resp, H2_RESP, [9, 1, 30])))
         write("http2_session", f"{role}-gap", script(flags, step(req, H2_CLIENT[:60], gap=len(H2_CLIENT) - 60),
                                                      step(req, frame(1, 5, 3, b"\x82\x84")), step(resp, frame(1, 5, 3, b"\x88"))))
+    # Flag 4: whole bytes against the kernel walk's segments. A server
+    # stream: several DATA frames and the trailers in one read.
+    stream = (frame(1, 4, 1, b"\x88" + lit(b"content-type", b"application/grpc"))
+              + b"".join(frame(0, 0, 1, b"\x00\x00\x00\x00\x40" + bytes([65 + i]) * 64) for i in range(8))
+              + frame(1, 5, 1, lit(b"grpc-status", b"13")))
+    for role, flags, req, resp in (("server", 6, IN, EG), ("client", 7, EG, IN)):
+        write("http2_session", f"{role}-walked", script(flags, step(req, H2_CLIENT), split(resp, stream, [60, 9, 200, 4])))
     write("http2_session", "midstream", script(0, step(IN, frame(1, 5, 7, b"\x82\xc1\xbe")),
                                                step(EG, frame(1, 5, 7, b"\x88"))))
     # RFC 7541 C.3 and C.4: requests sharing a table, plain and Huffman.

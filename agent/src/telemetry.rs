@@ -41,7 +41,7 @@ counters! {
     KernelConnMapFull => "periscope_kernel_conn_map_full_total", "Connections the kernel could not cache.",
     KernelIovTruncated => "periscope_kernel_iov_truncated_total", "Vectored I/O calls with more iovecs than the kernel walks.",
     KernelReadFailed => "periscope_kernel_read_failed_total", "User buffers the kernel could not read.",
-    KernelCaptureIncomplete => "periscope_kernel_capture_incomplete_total", "Reads on connections with a protocol-aware capture (AMQP frames) that the kernel captured only in part, by protocol and reason: framing not known (sent as a prefix) or limits reached.",
+    KernelCaptureIncomplete => "periscope_kernel_capture_incomplete_total", "Syscalls on connections with a protocol-aware capture (AMQP, HTTP/2 frames) that the kernel captured only in part, by protocol and reason: framing not known (sent as a prefix) or limits reached.",
     CapturePolicyFailed => "periscope_capture_policy_failed_total", "Connections whose protocol-aware capture could not be set in the kernel (captured as prefixes).",
     EventsMalformed => "periscope_events_malformed_total", "Ring buffer records too short or of unknown kind.",
     EventsUntracked => "periscope_events_untracked_total", "Events of processes the agent no longer tracks.",

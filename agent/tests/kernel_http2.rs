@@ -518,3 +518,151 @@ async fn node_grpc_js_unary_errors_and_streaming() {
     );
     grpc_calls_give_their_spans("node", &dir.join("items.js"), "js-items").await;
 }
+
+/// Server streams whose messages total far more than the capture size: the
+/// server writes and the client reads several frames per syscall, the
+/// trailers (HEADERS with grpc-status) after kilobytes of DATA.
+const GRPC_STREAMS_SCRIPT: &str = r#"
+import sys, time, grpc
+from concurrent import futures
+
+SERVICE = "demo.Streams"
+
+def many(request, context):
+    for i in range(20):
+        yield bytes([65 + i]) * 1024
+
+def big(request, context):
+    yield b"b" * 65536
+
+def failing(request, context):
+    for i in range(20):
+        yield b"f" * 1024
+    context.abort(grpc.StatusCode.INTERNAL, "broken after the data")
+
+if sys.argv[1] == "serve":
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    handlers = {
+        "Many": grpc.unary_stream_rpc_method_handler(many),
+        "Big": grpc.unary_stream_rpc_method_handler(big),
+        "Failing": grpc.unary_stream_rpc_method_handler(failing),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_insecure_port("127.0.0.1:%s" % sys.argv[2])
+    server.start()
+    server.wait_for_termination()
+else:
+    sys.stdin.readline()
+    channel = grpc.insecure_channel("127.0.0.1:%s" % sys.argv[2])
+    # A first call: the agent classifies the connection (and sets its
+    # capture) while it runs, before the calls that count.
+    list(channel.unary_stream("/%s/Many" % SERVICE)(b"x"))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for method in sys.argv[3].split(","):
+        try:
+            got = list(channel.unary_stream("/%s/%s" % (SERVICE, method))(b"x"))
+            code = 0
+        except grpc.RpcError as e:
+            got = []
+            code = e.code().value[0]
+        print("%s %d" % (method, code), flush=True)
+        time.sleep(0.05)
+"#;
+
+/// A server stream of 20 messages of 1 KiB, one of 64 KiB, and 20 messages
+/// then INTERNAL: far beyond `--capture-size` per syscall. The kernel's
+/// HTTP/2 frame walk keeps the frame headers and header blocks of every
+/// syscall, so each call's trailers are seen: one rpc span per call on
+/// each side with the status the client itself got, none unmatched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_server_streams_beyond_the_capture_size() {
+    let rx = Receiver::start().await;
+    let dir = tmpdir("grpc-streams");
+    let script = dir.join("streams.py");
+    std::fs::write(&script, GRPC_STREAMS_SCRIPT).unwrap();
+    let port = free_port();
+    let server = Proc(
+        Command::new("python3")
+            .args([script.to_str().unwrap(), "serve", &port.to_string()])
+            .env("OTEL_SERVICE_NAME", "streams-server")
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port);
+    let plan = ["Many", "Big", "Failing", "Many", "Failing", "Big", "Many"];
+    let mut client = gated(
+        Command::new("python3")
+            .args([script.to_str().unwrap(), "call", &port.to_string(), &plan.join(",")])
+            .env("OTEL_SERVICE_NAME", "streams-client"),
+    );
+    let agent = Agent::start(&["--open-port", &port.to_string(), "--pid", &client.pid().to_string()], &otlp_env(&rx));
+    agent.wait_tracked(server.pid());
+    agent.wait_tracked(client.pid());
+    // The warm-up call, seen or not: the connection is known once it is done.
+    let stdin = client.0.stdin.as_mut().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    stdin.flush().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(client.0.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let warm = rx.spans().len();
+    // What the warm-up left (its first syscalls were captured as prefixes,
+    // before the agent had classified the connection) does not count.
+    let counted =
+        ["periscope_requests_unmatched_total", "periscope_parse_errors_total", "periscope_protocol_desync_total"];
+    let before: Vec<f64> = counted.iter().map(|m| agent.sample_sum(m, &[])).collect();
+    release(&mut client, "go");
+    assert!(wait_exit(&mut client).success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(client.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let want: Vec<(String, i64)> = plan.iter().map(|m| (m.to_string(), if *m == "Failing" { 13 } else { 0 })).collect();
+    let seen: Vec<(String, i64)> = out
+        .lines()
+        .map(|l| {
+            let (m, c) = l.split_once(' ').unwrap();
+            (m.to_owned(), c.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(seen, want, "the client's own view");
+
+    // Soft wait: when spans are missing, the comparison below says which.
+    let enough = |r: &Receiver| (r.spans().len() >= warm + 2 * plan.len()).then_some(());
+    let _ =
+        tokio::time::timeout(Duration::from_secs(20), rx.wait_until(Duration::from_secs(30), "spans", enough)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spans = rx.spans();
+    for (service, kind) in [("streams-server", SERVER), ("streams-client", CLIENT)] {
+        let mut mine: Vec<&ReceivedSpan> =
+            spans.iter().filter(|s| s.service_name() == Some(service) && s.span.kind == kind).collect();
+        mine.sort_by_key(|s| s.span.start_time_unix_nano);
+        // The warm-up call's span (the first Many), when it was seen.
+        let calls: Vec<(String, i64)> = mine
+            .iter()
+            .map(|s| {
+                (
+                    s.span.name.trim_start_matches("demo.Streams/").to_owned(),
+                    s.attr_int("rpc.grpc.status_code").unwrap_or(-1),
+                )
+            })
+            .collect();
+        let calls = if calls.len() > plan.len() { &calls[calls.len() - plan.len()..] } else { &calls[..] };
+        assert_eq!(calls, &want[..], "{service}: one span per call, with the status the client got");
+        for s in &mine[mine.len().saturating_sub(plan.len())..] {
+            let code = s.attr_int("rpc.grpc.status_code").unwrap();
+            let error = status_code(s) == STATUS_ERROR;
+            assert_eq!(error, code != 0, "{service} {}", s.span.name);
+            assert_eq!(s.attr_str("rpc.system").as_deref(), Some("grpc"));
+        }
+    }
+    let m = agent.metrics();
+    for (metric, before) in counted.iter().zip(before) {
+        let after = support::agent::sample_sum(&m, metric, &[]);
+        assert_eq!(after, before, "{metric}: none while the calls that count ran");
+    }
+    let incomplete: Vec<&str> =
+        m.lines().filter(|l| l.starts_with("periscope_kernel_capture_incomplete_total")).collect();
+    eprintln!("kernel capture: {incomplete:?}");
+    drop(dir);
+}

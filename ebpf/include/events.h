@@ -42,6 +42,24 @@
 #define PERISCOPE_AMQP_MAX_SEGMENTS 2048
 /* Events sent per read; beyond, the rest of the read is not copied. */
 #define PERISCOPE_AMQP_MAX_EVENTS 64
+/* HTTP/2 frame capture (PERISCOPE_CAPTURE_HTTP2_FRAMES): payload bytes
+ * copied per frame. Every frame header is copied; of the payload, a header
+ * block fragment (HEADERS, CONTINUATION, PUSH_PROMISE) up to the agent's
+ * longest header block, a control frame's (SETTINGS, PING, RST_STREAM,
+ * PRIORITY, WINDOW_UPDATE, GOAWAY) first bytes, nothing of DATA. */
+#define PERISCOPE_H2_HEADERS_KEEP 16384
+#define PERISCOPE_H2_CONTROL_KEEP 64
+/* Steps of one syscall's walk (a frame header, a payload piece, the next
+ * iovec); beyond, the rest of the syscall is not copied and the framing of
+ * that direction is lost until a syscall starts with frames. */
+#define PERISCOPE_H2_MAX_STEPS 8192
+/* iovec entries walked per syscall (UIO_MAXIOV). */
+#define PERISCOPE_H2_MAX_IOV 1024
+/* Segments kept per syscall; beyond, frames are still walked (the framing
+ * is kept) but no longer copied. */
+#define PERISCOPE_H2_MAX_SEGMENTS 1024
+/* Events sent per syscall; beyond, the rest of it is not copied. */
+#define PERISCOPE_H2_MAX_EVENTS 64
 /* Longest segment: a segment always fits in one event of its own. */
 #define PERISCOPE_MAX_SEGMENT                                        \
 	(PERISCOPE_MAX_CAPTURE - sizeof(struct periscope_segments) - \
@@ -123,7 +141,14 @@ enum periscope_counter {
 	PERISCOPE_CNT_TLS_NO_SOCKET = 9,
 	/* SSL_read/SSL_write plaintext events sent */
 	PERISCOPE_CNT_TLS_DATA_EVENTS = 10,
-	PERISCOPE_CNT__MAX = 11,
+	/* HTTP/2 syscalls captured as a prefix only: where the frames stand
+	 * was not known (policy just set, a frame header that did not check
+	 * out, bytes without a user buffer where frames had to be read) */
+	PERISCOPE_CNT_H2_UNALIGNED = 11,
+	/* HTTP/2 syscalls captured in part: more steps, iovecs, segments or
+	 * events than the limits above, or a user buffer that could not be read */
+	PERISCOPE_CNT_H2_TRUNCATED = 12,
+	PERISCOPE_CNT__MAX = 13,
 };
 
 /* How the kernel captures a connection's bytes; set by the agent in `conns`
@@ -131,6 +156,8 @@ enum periscope_counter {
 enum periscope_capture_policy {
 	PERISCOPE_CAPTURE_PREFIX = 0,      /* the first capture_size bytes of each syscall */
 	PERISCOPE_CAPTURE_AMQP_FRAMES = 1, /* reads: bytes of each AMQP frame the agent parses */
+	PERISCOPE_CAPTURE_HTTP2_FRAMES =
+		2, /* both ways: frame headers, header blocks; no DATA payload */
 };
 
 /* How data[] of a data event is laid out. */

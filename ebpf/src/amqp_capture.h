@@ -15,7 +15,7 @@
  * starts with frames that check out. */
 #pragma once
 
-#include "maps.h"
+#include "segments.h"
 
 #define AMQP_FRAME_METHOD 1
 #define AMQP_FRAME_HEADER 2
@@ -268,78 +268,24 @@ static long amqp_walk_frame(__u64 index, void *ctx)
 /* Copying the segments into data events (bpf_loop context). */
 struct amqp_emit {
 	__u64 buf;
-	__u32 len; /* bytes read */
 	__u32 nseg;
-	__u32 used;   /* bytes of data[] used in the event being filled */
-	__u32 start;  /* first byte of the read it covers */
-	__u32 events; /* events sent */
-	__u8 stop;    /* out of events, or the buffer could not be read */
-	__u8 _pad[3];
+	__u32 _pad;
+	struct seg_emit out;
 };
 
-/* Sends the event being filled, covering the read up to `end`. */
-static __always_inline void amqp_flush(struct amqp_emit *m, struct scratch_event *s, __u32 end)
-{
-	struct periscope_segments head = { .start = m->start, .end = end };
-	__builtin_memcpy(s->ev.data, &head, sizeof(head));
-	__u32 used = m->used;
-	if (used > PERISCOPE_MAX_CAPTURE)
-		used = PERISCOPE_MAX_CAPTURE;
-	s->ev.captured = used;
-	send_data(&s->ev, offsetof(struct periscope_data_event, data) + used);
-	m->events++;
-	m->start = end;
-	m->used = sizeof(struct periscope_segments);
-}
-
-/* Appends bytes [off, off + n) of the read as one segment (n fits). */
-static __always_inline void amqp_put(struct amqp_emit *m, struct scratch_event *s, __u32 off,
-				     __u32 n)
-{
-	if (n > PERISCOPE_MAX_SEGMENT)
-		n = PERISCOPE_MAX_SEGMENT;
-	struct periscope_segment rec = { .offset = off, .len = n };
-	__u32 at = m->used & (PERISCOPE_MAX_CAPTURE - 1);
-	__builtin_memcpy(s->ev.data + at, &rec, sizeof(rec));
-	at = (m->used + sizeof(rec)) & (PERISCOPE_MAX_CAPTURE - 1);
-	if (bpf_probe_read_user(s->ev.data + at, n, (void *)(m->buf + off))) {
-		count(PERISCOPE_CNT_READ_FAILED);
-		m->stop = 1;
-		return;
-	}
-	m->used += sizeof(rec) + n;
-}
-
-/* One segment (bpf_loop callback): split over two events when it does not
- * fit in what is left of the current one. */
+/* One segment (bpf_loop callback). */
 static long amqp_emit_segment(__u64 index, void *ctx)
 {
 	struct amqp_emit *m = ctx;
 	__u32 zero = 0;
 	struct amqp_scratch *segs = bpf_map_lookup_elem(&amqp_scratch, &zero);
 	struct scratch_event *s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!segs || !s || index >= m->nseg || m->stop)
+	if (!segs || !s || index >= m->nseg)
 		return 1;
 	__u32 i = index & (PERISCOPE_AMQP_MAX_SEGMENTS - 1);
 	__u32 off = segs->offset[i], len = segs->len[i];
-	/* What a record in this event can still hold. */
-	__u32 room = m->used + sizeof(struct periscope_segment) < PERISCOPE_MAX_CAPTURE
-			     ? PERISCOPE_MAX_CAPTURE - m->used - sizeof(struct periscope_segment)
-			     : 0;
-	__u32 take = len < room ? len : room;
-	if (take > 0)
-		amqp_put(m, s, off, take);
-	if (take == len || m->stop)
-		return m->stop ? 1 : 0;
-	if (m->events + 1 >= PERISCOPE_AMQP_MAX_EVENTS) {
-		/* The last event: the rest of the read goes uncopied. */
-		count(PERISCOPE_CNT_AMQP_TRUNCATED);
-		m->stop = 1;
-		return 1;
-	}
-	amqp_flush(m, s, off + take);
-	amqp_put(m, s, off + take, len - take);
-	return m->stop ? 1 : 0;
+	return seg_emit(&m->out, s, off, m->buf + off, len, PERISCOPE_AMQP_MAX_EVENTS,
+			PERISCOPE_CNT_AMQP_TRUNCATED);
 }
 
 /* The read's user buffer when it is contiguous: read/recvfrom, or
@@ -453,15 +399,10 @@ emit:
 	amqp_close_segment(&w);
 	if (w.segs_full)
 		count(PERISCOPE_CNT_AMQP_TRUNCATED);
-	s->ev.layout = PERISCOPE_LAYOUT_SEGMENTS;
-	struct amqp_emit m = {
-		.buf = buf,
-		.len = len,
-		.nseg = w.nseg,
-		.used = sizeof(struct periscope_segments),
-	};
+	struct amqp_emit m = { .buf = buf, .nseg = w.nseg };
+	seg_begin(&m.out, s);
 	bpf_loop(PERISCOPE_AMQP_MAX_SEGMENTS, amqp_emit_segment, &m, 0);
-	amqp_flush(&m, s, len);
+	seg_flush(&m.out, s, len);
 	return 1;
 bad:
 	st->aligned = 0;

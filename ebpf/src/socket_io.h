@@ -5,6 +5,7 @@
 
 #include "conn.h"
 #include "amqp_capture.h"
+#include "h2_capture.h"
 #include "tls_sockets.h"
 #include "go_runtime.h"
 
@@ -160,6 +161,9 @@ static __always_inline int handle_io_exit(struct trace_event_raw_sys_exit *ctx, 
 	 * connections pay one byte compare. */
 	if (reads && info->policy == PERISCOPE_CAPTURE_AMQP_FRAMES &&
 	    amqp_capture(s, &args, id >> 32, (__u32)ret))
+		return 0;
+	if (info->policy == PERISCOPE_CAPTURE_HTTP2_FRAMES &&
+	    h2_capture_io(s, &args, id >> 32, (__u32)ret))
 		return 0;
 
 	__u64 limit = capture_size;
@@ -340,6 +344,7 @@ static __always_inline int handle_open_exit(struct trace_event_raw_sys_exit *ctx
 		count(PERISCOPE_CNT_CONN_FULL);
 	/* A new connection on this fd: nothing of an earlier one's framing holds. */
 	bpf_map_delete_elem(&amqp_streams, &key);
+	bpf_map_delete_elem(&h2_streams, &key);
 	emit_conn_event(PERISCOPE_EV_CONN_OPEN, id, fd, args.ts_enter_ns, &info);
 	return 0;
 }
@@ -376,6 +381,8 @@ int handle_enter_close(struct trace_event_raw_sys_enter *ctx)
 		emit_conn_event(PERISCOPE_EV_CONN_CLOSE, id, key.fd, bpf_ktime_get_ns(), info);
 	if (info->policy == PERISCOPE_CAPTURE_AMQP_FRAMES)
 		bpf_map_delete_elem(&amqp_streams, &key);
+	if (info->policy == PERISCOPE_CAPTURE_HTTP2_FRAMES)
+		bpf_map_delete_elem(&h2_streams, &key);
 	bpf_map_delete_elem(&conns, &key);
 	return 0;
 }
@@ -389,6 +396,7 @@ static __always_inline int forget_fd(__s32 fd)
 	struct periscope_conn_key key = { .pid = id >> 32, .fd = fd };
 	bpf_map_delete_elem(&conns, &key);
 	bpf_map_delete_elem(&amqp_streams, &key);
+	bpf_map_delete_elem(&h2_streams, &key);
 	return 0;
 }
 

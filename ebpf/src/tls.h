@@ -99,6 +99,12 @@ static __always_inline int tls_send_plaintext(__u64 id, const struct tls_call *c
 	e->role = info->role;
 	e->syscall = reads ? PERISCOPE_SYS_SSL_READ : PERISCOPE_SYS_SSL_WRITE;
 	e->layout = PERISCOPE_LAYOUT_PREFIX;
+	/* h2 over TLS: the plaintext buffer is walked as a socket's would be. */
+	if (info->policy == PERISCOPE_CAPTURE_HTTP2_FRAMES &&
+	    h2_capture(s, id >> 32, call->fd, e->direction, call->buf, 0, 0, (__u32)bytes)) {
+		count(PERISCOPE_CNT_TLS_DATA_EVENTS);
+		return 0;
+	}
 
 	__u64 limit = capture_size;
 	if (limit > PERISCOPE_MAX_CAPTURE)

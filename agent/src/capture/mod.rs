@@ -22,17 +22,24 @@ pub enum CapturePolicy {
     Prefix,
     /// Reads: the bytes of each AMQP 0-9-1 frame the parser needs.
     AmqpFrames,
+    /// Reads and writes: every HTTP/2 frame header and header block, no
+    /// DATA payload (the parser needs only its length and flags).
+    Http2Frames,
 }
 
 // The kernel copies of each body frame the bytes the AMQP parser fingerprints.
 const _: () =
     assert!(crate::probes::wire::PERISCOPE_AMQP_BODY_KEEP as usize == crate::protocols::amqp::FINGERPRINT_BYTES);
+// ... and of each HTTP/2 header block fragment as much as the parser keeps.
+const _: () =
+    assert!(crate::probes::wire::PERISCOPE_H2_HEADERS_KEEP as usize == crate::protocols::http2::MAX_HEADER_BLOCK);
 
 impl CapturePolicy {
     pub fn wire(self) -> u8 {
         (match self {
             CapturePolicy::Prefix => periscope_capture_policy::PERISCOPE_CAPTURE_PREFIX,
             CapturePolicy::AmqpFrames => periscope_capture_policy::PERISCOPE_CAPTURE_AMQP_FRAMES,
+            CapturePolicy::Http2Frames => periscope_capture_policy::PERISCOPE_CAPTURE_HTTP2_FRAMES,
         }) as u8
     }
 }

@@ -495,6 +495,9 @@ fn on_known_chunk(
     if let Some(((upgrade, http1_bytes), requests)) = upgrade {
         conn.parser = Parser::Http2(http2::Http2Session::upgraded(requests, upgrade));
         conn.reported = [0; MAX_COUNTS];
+        if let Some(policy) = capture_policy(&conn.parser) {
+            out.push(Outcome::Capture { key, tuple: conn.tuple, policy });
+        }
         if http1_bytes < chunk.total {
             let rest = Chunk {
                 direction: chunk.direction,
@@ -604,10 +607,13 @@ fn announce(
 
 /// How the kernel should capture a connection that speaks `parser`'s
 /// protocol, when not as prefixes: an AMQP client reads many deliveries at
-/// once (a consumer that fell behind), each of which the parser needs.
+/// once (a consumer that fell behind), each of which the parser needs; an
+/// HTTP/2 syscall moves many frames (a stream's DATA, then its trailers),
+/// whose headers and header blocks the parser needs, either way.
 fn capture_policy(parser: &Parser) -> Option<CapturePolicy> {
     match parser {
         Parser::Amqp(a) if a.side() == Side::Client => Some(CapturePolicy::AmqpFrames),
+        Parser::Http2(_) => Some(CapturePolicy::Http2Frames),
         _ => None,
     }
 }
@@ -665,7 +671,11 @@ mod tests {
 
     /// The finished exchanges of `out` (announcements left out).
     fn finished(out: &[Outcome]) -> Vec<&Outcome> {
-        out.iter().filter(|o| !matches!(o, Outcome::RequestStarted { .. } | Outcome::Delivered { .. })).collect()
+        out.iter()
+            .filter(|o| {
+                !matches!(o, Outcome::RequestStarted { .. } | Outcome::Delivered { .. } | Outcome::Capture { .. })
+            })
+            .collect()
     }
 
     #[test]
@@ -730,6 +740,12 @@ mod tests {
             "{out:?}"
         );
         assert!(matches!(table.conns.peek(&key).unwrap().parser, Parser::Http2(_)));
+        // Once upgraded, the kernel walks its frames.
+        let policies: Vec<CapturePolicy> = out
+            .iter()
+            .filter_map(|o| if let Outcome::Capture { policy, .. } = o { Some(*policy) } else { None })
+            .collect();
+        assert_eq!(policies, [CapturePolicy::Http2Frames]);
         assert_eq!(t.get_for(Counter::ParseErrors, "http2") + t.get_for(Counter::ProtocolDesync, "http2"), 0);
         assert_eq!(t.get_for(Counter::RequestsUnmatched, "http1"), 0);
     }

@@ -577,6 +577,18 @@ impl Pipeline {
             "limits",
             c(periscope_counter::PERISCOPE_CNT_AMQP_TRUNCATED),
         );
+        t.set_for(
+            Counter::KernelCaptureIncomplete,
+            "http2",
+            "framing unknown",
+            c(periscope_counter::PERISCOPE_CNT_H2_UNALIGNED),
+        );
+        t.set_for(
+            Counter::KernelCaptureIncomplete,
+            "http2",
+            "limits",
+            c(periscope_counter::PERISCOPE_CNT_H2_TRUNCATED),
+        );
         t.set(Counter::TlsCiphertextDropped, c(periscope_counter::PERISCOPE_CNT_TLS_CIPHERTEXT));
         t.set_for(
             Counter::TlsPlaintextDropped,

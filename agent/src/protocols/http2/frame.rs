@@ -79,6 +79,48 @@ pub fn headers_fragment(flags: u8, payload: &[u8]) -> Option<&[u8]> {
     p.get(..p.len().checked_sub(pad)?)
 }
 
+/// Payload bytes the kernel's frame walk copies of a header block fragment
+/// (HEADERS, CONTINUATION, PUSH_PROMISE): as much as the parser keeps.
+pub const WALK_BLOCK_KEEP: usize = super::MAX_HEADER_BLOCK;
+/// ... and of a control frame (SETTINGS, PING, RST_STREAM, ...). Of DATA: none.
+pub const WALK_CONTROL_KEEP: usize = 64;
+
+/// What the kernel's frame walk (`ebpf/src/h2_capture.h`) copies of one
+/// direction's bytes, from a frame boundary on: every frame header, the
+/// first [`WALK_BLOCK_KEEP`] bytes of a header block fragment, the first
+/// [`WALK_CONTROL_KEEP`] of a control frame, nothing of DATA. Byte ranges
+/// in order, merged where they touch; None when a header is one the walk
+/// refuses (those [`FrameHeader::plausible`] refuses). The parser must read
+/// the same from these ranges, the rest missing, as from every byte (tests,
+/// fuzz target `http2_session`).
+pub fn walk_copies(buf: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut copy = |r: std::ops::Range<usize>| match out.last_mut() {
+        _ if r.is_empty() => {}
+        Some(last) if last.end == r.start => last.end = r.end,
+        _ => out.push(r),
+    };
+    let mut at = 0usize;
+    while at < buf.len() {
+        let end = (at + HEADER_LEN).min(buf.len());
+        copy(at..end);
+        let Ok(head) = <&[u8; HEADER_LEN]>::try_from(&buf[at..end]) else { break };
+        if !FrameHeader::plausible(head) {
+            return None;
+        }
+        let h = FrameHeader::parse(head);
+        let keep = match h.kind {
+            DATA => 0,
+            HEADERS | CONTINUATION | PUSH_PROMISE => WALK_BLOCK_KEEP,
+            _ => WALK_CONTROL_KEEP,
+        }
+        .min(h.length as usize);
+        copy(end..(end + keep).min(buf.len()));
+        at = end + h.length as usize;
+    }
+    Some(out)
+}
+
 pub fn looks_like_preface(buf: &[u8]) -> bool {
     buf.len() >= 16 && PREFACE.starts_with(&buf[..buf.len().min(PREFACE.len())])
 }

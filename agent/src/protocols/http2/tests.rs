@@ -242,3 +242,181 @@ fn grpc_is_known_by_its_path_when_its_content_type_was_never_seen() {
     let done = finished(&out);
     assert_eq!(done[0].grpc, Some(GrpcCall { service: "shop.Cart".into(), method: "Add".into(), status: None }));
 }
+
+// Frame capture (PERISCOPE_CAPTURE_HTTP2_FRAMES): syscalls arrive as
+// segments (frame headers, header blocks; DATA payloads not copied), as
+// segmented data events that `DataEvent::chunks` turns into chunks.
+
+/// Bytes `syscall` of one direction's `stream` as the kernel walk sends
+/// them (`copies`: frame::walk_copies of the whole stream), through the
+/// agent's own decoding into chunks.
+fn segmented<'a>(
+    stream: &'a [u8],
+    syscall: std::ops::Range<usize>,
+    copies: &[std::ops::Range<usize>],
+    direction: Direction,
+    ts: u64,
+    record: &'a mut Vec<u8>,
+) -> Vec<Chunk<'a>> {
+    use crate::capture::{DataEvent, Header, Layout, Role, Tuple};
+    record.clear();
+    for r in copies {
+        let (from, to) = (r.start.max(syscall.start), r.end.min(syscall.end));
+        if from < to {
+            record.extend_from_slice(&((from - syscall.start) as u32).to_ne_bytes());
+            record.extend_from_slice(&((to - from) as u32).to_ne_bytes());
+            record.extend_from_slice(&stream[from..to]);
+        }
+    }
+    let addr = "127.0.0.1:1".parse().unwrap();
+    let event = DataEvent {
+        header: Header { pid: 1, tid: 1, fd: 3, ts_enter: ts, ts_exit: ts + 1, loop_seq: 0, goid: 0 },
+        tuple: Tuple { local: addr, remote: addr, netns: 0 },
+        role: Role::Client,
+        direction,
+        bytes: syscall.len(),
+        data: &record[..],
+        layout: Layout::Segments { start: 0, end: syscall.len() },
+        tls: false,
+    };
+    event.chunks().collect()
+}
+
+/// A server stream of 20 messages of 1 KiB, then trailers, as frames.
+fn server_stream(stream: u32, status: u32) -> Vec<u8> {
+    let mut w = frame(frame::HEADERS, frame::FLAG_END_HEADERS, stream, &[0x88]);
+    for i in 0..20u8 {
+        let mut msg = vec![0, 0, 0, 4, 0];
+        msg.extend(std::iter::repeat_n(b'A' + i, 1024));
+        w.extend(frame(frame::DATA, 0, stream, &msg));
+    }
+    let mut trailers = Vec::new();
+    lit(&mut trailers, "grpc-status", &status.to_string());
+    lit(&mut trailers, "grpc-message", "fine");
+    w.extend(frame(frame::HEADERS, frame::FLAG_END_HEADERS | frame::FLAG_END_STREAM, stream, &trailers));
+    w
+}
+
+/// A gRPC client's calls, with responses read in syscalls cut at `cuts`
+/// (offsets in the response bytes), each captured whole (`kernel`: false)
+/// or as the kernel walk's segments: what finished.
+fn client_calls(responses: &[u8], cuts: &[usize], kernel: bool) -> Vec<StreamExchange> {
+    let mut s = Http2Session::new(Direction::Egress, false);
+    let mut out = Vec::new();
+    let mut req = frame(frame::HEADERS, frame::FLAG_END_HEADERS, 1, &request_block("/demo.Items/List", true));
+    req.extend(frame(frame::DATA, frame::FLAG_END_STREAM, 1, &[0, 0, 0, 0, 1, b'x']));
+    let mut more = request_block("/demo.Items/List", true);
+    more[2] = 0x04; // the same fields again
+    req.extend(frame(frame::HEADERS, frame::FLAG_END_HEADERS, 3, &more));
+    req.extend(frame(frame::DATA, frame::FLAG_END_STREAM, 3, &[0, 0, 0, 0, 1, b'y']));
+    s.on_chunk(&chunk(Direction::Egress, &req, 1), &mut out);
+    let copies = frame::walk_copies(responses).expect("frames the walk accepts");
+    let mut bounds = vec![0];
+    bounds.extend(cuts.iter().copied().filter(|&c| c > 0 && c < responses.len()));
+    bounds.push(responses.len());
+    let mut record = Vec::new();
+    for (i, w) in bounds.windows(2).enumerate() {
+        let ts = 10 + 10 * i as u64;
+        if kernel {
+            for c in segmented(responses, w[0]..w[1], &copies, Direction::Ingress, ts, &mut record) {
+                s.on_chunk(&c, &mut out);
+            }
+        } else {
+            s.on_chunk(&chunk(Direction::Ingress, &responses[w[0]..w[1]], ts), &mut out);
+        }
+    }
+    assert_eq!(s.stats().desyncs, 0, "{:?}", s.stats());
+    assert_eq!(s.stats().parse_errors, 0, "{:?}", s.stats());
+    finished(&out).into_iter().cloned().collect()
+}
+
+#[test]
+fn segmented_server_streams_read_as_every_byte_would() {
+    let mut responses = server_stream(1, 0);
+    responses.extend(server_stream(3, 13));
+    let total = responses.len();
+    // One read of everything; reads of ~6 KiB; cuts inside a frame header,
+    // inside a DATA payload, inside the trailers' header block.
+    let trailers = server_stream(1, 0).len() - 30;
+    for cuts in [vec![], vec![6000, 12000, 18000, 24000, 30000, 36000], vec![4, 13, 1500, trailers, trailers + 20]] {
+        let whole = client_calls(&responses, &cuts, false);
+        let walked = client_calls(&responses, &cuts, true);
+        assert_eq!(walked, whole, "cuts {cuts:?}");
+        let statuses: Vec<_> = walked.iter().map(|e| e.grpc.as_ref().and_then(|g| g.status)).collect();
+        assert_eq!(statuses, [Some(0), Some(13)]);
+        assert_eq!(walked[0].exchange.response_body_bytes, 20 * 1029);
+    }
+    // What the kernel sends of it: frame headers and header blocks only.
+    let copied: usize = frame::walk_copies(&responses).unwrap().iter().map(|r| r.len()).sum();
+    assert!(copied < total / 40, "{copied} of {total} bytes");
+}
+
+#[test]
+fn a_segmented_body_ends_at_its_content_length() {
+    // curl stops reading at the content-length: no END_STREAM is seen.
+    let mut s = Http2Session::new(Direction::Egress, false);
+    let mut out = Vec::new();
+    let req = frame(frame::HEADERS, frame::FLAG_END_HEADERS | frame::FLAG_END_STREAM, 1, &[0x82, 0x86, 0x84]);
+    s.on_chunk(&chunk(Direction::Egress, &req, 1), &mut out);
+    let mut resp = frame(frame::HEADERS, frame::FLAG_END_HEADERS, 1, &[0x88, 0x5c, 0x04, b'9', b'0', b'0', b'0']);
+    resp.extend(frame(frame::DATA, 0, 1, &[b'x'; 5000]));
+    resp.extend(frame(frame::DATA, 0, 1, &[b'y'; 4000]));
+    let copies = frame::walk_copies(&resp).unwrap();
+    let mut record = Vec::new();
+    for c in segmented(&resp, 0..resp.len(), &copies, Direction::Ingress, 5, &mut record) {
+        s.on_chunk(&c, &mut out);
+    }
+    let done = finished(&out);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].exchange.response_body_bytes, 9000);
+    assert_eq!(done[0].exchange.response.status, 200);
+}
+
+#[test]
+fn the_walk_refuses_what_the_parser_would() {
+    let mut ok = frame(frame::SETTINGS, 0, 0, &[0; 6]);
+    ok.extend(frame(frame::DATA, frame::FLAG_END_STREAM, 1, &[1; 100]));
+    assert_eq!(frame::walk_copies(&ok), Some(std::iter::once(0..15 + 9).collect()));
+    assert_eq!(frame::walk_copies(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), None, "the preface is no frame");
+    assert_eq!(frame::walk_copies(&frame(0x0b, 0, 1, b"")), None, "unknown type");
+    assert_eq!(frame::walk_copies(&frame(frame::DATA, 0, 0, b"")), None, "DATA on stream 0");
+    // A long GOAWAY: its first bytes only.
+    let goaway = frame(frame::GOAWAY, 0, 0, &[0; 200]);
+    assert_eq!(frame::walk_copies(&goaway), Some(std::iter::once(0..9 + frame::WALK_CONTROL_KEEP).collect()));
+}
+
+/// The kernel gave up on a syscall (a header that did not check out, its
+/// limits): it came as a prefix; the parser finds the frames again at the
+/// next syscall that starts with one, as the kernel does.
+#[test]
+fn a_prefix_between_segmented_syscalls_resynchronises() {
+    let mut s = Http2Session::new(Direction::Egress, false);
+    let mut out = Vec::new();
+    let req = frame(frame::HEADERS, frame::FLAG_END_HEADERS, 1, &request_block("/demo.Items/List", true));
+    s.on_chunk(&chunk(Direction::Egress, &req, 1), &mut out);
+    let first = server_stream(1, 0);
+    // The last DATA frame and the trailers come in one syscall.
+    let trailers = 9 + 15 + 19; // grpc-status 0, grpc-message fine
+    let cut = first.len() - trailers - (9 + 1029);
+    let copies = frame::walk_copies(&first[..cut]).unwrap();
+    let mut record = Vec::new();
+    for c in segmented(&first[..cut], 0..cut, &copies, Direction::Ingress, 5, &mut record) {
+        s.on_chunk(&c, &mut out);
+    }
+    // That syscall as a prefix of 8 bytes: its frames, the trailers, are lost.
+    let rest = first.len() - cut;
+    s.on_chunk(&Chunk { data: &first[cut..cut + 8], total: rest, ..chunk(Direction::Ingress, &[], 7) }, &mut out);
+    assert_eq!(s.stats().desyncs, 1);
+    assert!(finished(&out).is_empty());
+    // The next call's frames are read again.
+    let req = frame(frame::HEADERS, frame::FLAG_END_HEADERS, 3, &request_block("/demo.Items/List", true));
+    s.on_chunk(&chunk(Direction::Egress, &req, 9), &mut out);
+    let next = server_stream(3, 5);
+    let copies = frame::walk_copies(&next).unwrap();
+    for c in segmented(&next, 0..next.len(), &copies, Direction::Ingress, 11, &mut record) {
+        s.on_chunk(&c, &mut out);
+    }
+    let done = finished(&out);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].grpc.as_ref().unwrap().status, Some(5));
+}
