@@ -311,6 +311,26 @@ static __always_inline __u64 amqp_read_buffer(struct pending_io *args)
 	return iov.base;
 }
 
+/* "AMQP" 0 0 9 1, the protocol header a client writes first, as a
+ * little-endian u64. */
+#define AMQP_PROTOCOL_HEADER 0x0109000050514d41ULL
+
+/* A write that starts with the AMQP 0-9-1 protocol header makes the
+ * connection an AMQP client's: its reads are walked from the server's first
+ * frame on, without waiting for the agent to classify the connection (an
+ * agent busy attaching uprobes read the first burst of deliveries too late,
+ * as a prefix). The agent's own classification agrees and may change it. */
+static __always_inline void amqp_classify_write(struct periscope_conn_info *info,
+						const struct periscope_data_event *e)
+{
+	if (info->policy != PERISCOPE_CAPTURE_PREFIX || e->captured < 8)
+		return;
+	__u64 head;
+	__builtin_memcpy(&head, e->data, sizeof(head));
+	if (head == AMQP_PROTOCOL_HEADER)
+		info->policy = PERISCOPE_CAPTURE_AMQP_FRAMES;
+}
+
 /* Captures a read of `len` bytes on an AMQP connection as segments; the
  * event header in `s` is filled. Returns 0 when the read is to be captured
  * as a prefix instead. */

@@ -190,6 +190,8 @@ static __always_inline int handle_io_exit(struct trace_event_raw_sys_exit *ctx, 
 	if (captured > PERISCOPE_MAX_CAPTURE)
 		captured = PERISCOPE_MAX_CAPTURE;
 	e->captured = captured;
+	if (!reads)
+		amqp_classify_write(info, e);
 
 	send_data(e, offsetof(struct periscope_data_event, data) + captured);
 	return 0;

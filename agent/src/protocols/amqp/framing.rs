@@ -89,7 +89,7 @@ pub(crate) trait FrameSink {
     fn stopped(&self) -> bool;
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Payload {
     kind: u8,
     channel: u16,
@@ -177,7 +177,8 @@ impl Framer {
         self.expected = None;
     }
 
-    fn desync<S: FrameSink>(&mut self, sink: &mut S) {
+    fn desync<S: FrameSink>(&mut self, why: &'static str, sink: &mut S) {
+        tracing::debug!(why, hdr = ?self.hdr, payload = ?self.payload, "AMQP framing lost");
         self.reset();
         self.aligned = false;
         sink.on_desync();
@@ -234,7 +235,7 @@ impl Framer {
                 i += pay;
                 if p.left == 1 && i < data.len() {
                     if data[i] != FRAME_END {
-                        self.desync(sink);
+                        self.desync("no frame end", sink);
                         return Err(i);
                     }
                     i += 1;
@@ -251,7 +252,7 @@ impl Framer {
             let b = data[i];
             if let Some(exp) = self.expected {
                 if exp[self.hdr.len()] != b {
-                    self.desync(sink);
+                    self.desync("not the predicted header", sink);
                     return Err(i);
                 }
             }
@@ -263,13 +264,13 @@ impl Framer {
             }
             if need == PROTOCOL_HEADER.len() {
                 if &self.hdr[..4] != b"AMQP" {
-                    self.desync(sink);
+                    self.desync("protocol header", sink);
                     return Err(i - 1);
                 }
                 let h = std::mem::take(&mut self.hdr);
                 sink.on_protocol_header(&h, self.first);
             } else if !self.start_payload(false, sink) {
-                self.desync(sink);
+                self.desync("implausible header", sink);
                 return Err(i - 1);
             }
         }
@@ -296,10 +297,10 @@ impl Framer {
             }
             if self.expected.is_none() {
                 if !self.hdr.is_empty() {
-                    return self.desync(sink);
+                    return self.desync("uncaptured bytes inside a header", sink);
                 }
                 let Some((channel, size)) = sink.predict_next() else {
-                    return self.desync(sink);
+                    return self.desync("uncaptured bytes where no frame is predicted", sink);
                 };
                 let mut h = [FRAME_BODY, 0, 0, 0, 0, 0, 0];
                 h[1..3].copy_from_slice(&channel.to_be_bytes());
@@ -313,7 +314,7 @@ impl Framer {
             self.hdr.extend_from_slice(&exp[at..at + t]);
             n -= t;
             if self.hdr.len() == FRAME_HEADER_LEN && !self.start_payload(true, sink) {
-                return self.desync(sink);
+                return self.desync("predicted header implausible", sink);
             }
         }
     }
@@ -381,6 +382,14 @@ impl Framer {
             }
         }
         while let Err(at) = self.run(data, ts, sink) {
+            tracing::debug!(
+                at,
+                chunk = data.len(),
+                missing = chunk.missing(),
+                before = ?&data[at.saturating_sub(24)..at],
+                after = ?&data[at..(at + 16).min(data.len())],
+                "AMQP framing lost inside a chunk"
+            );
             // Framing was lost inside this chunk: a later frame in it may
             // still be found. The rest of the chunk is always shorter.
             let rest = &data[at + 1..];
