@@ -16,7 +16,7 @@ use support::otlp_receiver::Receiver;
 
 const SERVER: &str = r#"
 const http = require('http');
-http.createServer((req, res) => {
+const server = http.createServer((req, res) => {
   req.resume();
   req.on('end', () => {
     if (req.url === '/stream') {
@@ -28,7 +28,11 @@ http.createServer((req, res) => {
     res.writeHead(req.url === '/missing' ? 404 : 200, { 'content-type': 'text/plain', 'content-length': 2 });
     res.end('ok');
   });
-}).listen(Number(process.argv[2]), '127.0.0.1');
+});
+// The restart test's connections idle while one agent stops and the next
+// starts (seconds on a loaded host): Node's default 5 s would close them.
+server.keepAliveTimeout = 120000;
+server.listen(Number(process.argv[2]), '127.0.0.1');
 "#;
 
 fn start_server() -> (Proc, u16) {

@@ -379,6 +379,28 @@ static __always_inline int h2_capture(struct scratch_event *s, __u32 tgid, __s32
 	return 1;
 }
 
+/* The first 16 bytes of the client connection preface
+ * "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", as two little-endian u64. */
+#define H2_PREFACE_0 0x5448202a20495250ULL /* "PRI * HT" */
+#define H2_PREFACE_1 0x0a0d302e322f5054ULL /* "TP/2.0\r\n" */
+
+/* A prefix-captured syscall (or TLS plaintext) that starts with the client
+ * preface, written by the client or read by the server, makes the
+ * connection HTTP/2 at once: the syscalls after it are walked frame by
+ * frame (from the first one whose frames check out) without waiting for
+ * the agent to classify the connection, which a short-lived client (one
+ * curl) may close first. The agent's own classification agrees. */
+static __always_inline void h2_classify(struct periscope_conn_info *info,
+					const struct periscope_data_event *e)
+{
+	if (info->policy != PERISCOPE_CAPTURE_PREFIX || e->captured < 16)
+		return;
+	__u64 head[2];
+	__builtin_memcpy(head, e->data, sizeof(head));
+	if (head[0] == H2_PREFACE_0 && head[1] == H2_PREFACE_1)
+		info->policy = PERISCOPE_CAPTURE_HTTP2_FRAMES;
+}
+
 /* The syscall's bytes as h2_capture takes them (pending_io of socket_io.h). */
 static __always_inline int h2_capture_io(struct scratch_event *s, struct pending_io *args,
 					 __u32 tgid, __u32 total)

@@ -192,6 +192,7 @@ static __always_inline int handle_io_exit(struct trace_event_raw_sys_exit *ctx, 
 	e->captured = captured;
 	if (!reads)
 		amqp_classify_write(info, e);
+	h2_classify(info, e);
 
 	send_data(e, offsetof(struct periscope_data_event, data) + captured);
 	return 0;

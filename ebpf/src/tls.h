@@ -52,14 +52,17 @@ static __always_inline int tls_enter(struct pt_regs *ctx, __u8 kind)
 
 /* An SSL object whose calls made no syscall (its BIO is memory: Node.js
  * feeds it the ciphertext the same thread has just read from the socket):
- * tied to the thread's last TCP read, when that was moments ago. The
- * connection is marked TLS, so its later ciphertext is dropped. -1: none. */
+ * tied to the thread's last TCP read, when that came moments before the
+ * call began (`entered_ns`: the call that completes a handshake verifies
+ * the peer's certificate and derives keys, which can take milliseconds on
+ * a loaded host, so its exit is not the measure). The connection is marked
+ * TLS, so its later ciphertext is dropped. -1: none. */
 #define TLS_TIE_WINDOW_NS (5 * 1000 * 1000ULL)
 
-static __always_inline __s32 tls_tie_to_last_read(__u64 id, __u64 ssl)
+static __always_inline __s32 tls_tie_to_last_read(__u64 id, __u64 ssl, __u64 entered_ns)
 {
 	struct pending_io *p = pending_slot(0);
-	if (!p || p->last_read_fd1 == 0 || bpf_ktime_get_ns() - p->last_read_ns > TLS_TIE_WINDOW_NS)
+	if (!p || p->last_read_fd1 == 0 || p->last_read_ns + TLS_TIE_WINDOW_NS < entered_ns)
 		return -1;
 	__s32 fd = (__s32)(p->last_read_fd1 - 1);
 	struct periscope_conn_info *info = lookup_conn(id >> 32, fd);
@@ -117,6 +120,7 @@ static __always_inline int tls_send_plaintext(__u64 id, const struct tls_call *c
 	else if (limit > 0)
 		count(PERISCOPE_CNT_READ_FAILED);
 	e->captured = captured;
+	h2_classify(info, e);
 	send_data(e, offsetof(struct periscope_data_event, data) + captured);
 	count(PERISCOPE_CNT_TLS_DATA_EVENTS);
 	return 0;
@@ -131,7 +135,7 @@ static __always_inline int tls_exit(struct pt_regs *ctx, __u8 kind)
 	struct tls_call call = *slot;
 	bpf_map_delete_elem(&tls_calls, &id);
 	if (call.fd < 0)
-		call.fd = tls_tie_to_last_read(id, call.ssl);
+		call.fd = tls_tie_to_last_read(id, call.ssl, call.ts_enter_ns);
 	if (kind == TLS_CALL_HANDSHAKE)
 		return 0;
 

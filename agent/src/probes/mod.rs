@@ -361,10 +361,14 @@ impl Probes {
         let key = periscope_conn_key { pid, fd };
         let mut info = match self.conns.get(&key, 0) {
             Ok(info) => info,
-            Err(MapError::KeyNotFound) => return Ok(false),
+            Err(MapError::KeyNotFound) => {
+                tracing::debug!(pid, fd, "capture policy: no conns entry");
+                return Ok(false);
+            }
             Err(source) => return Err(ProbeError::Map { map: "conns", source }),
         };
         if info.is_tcp == 0 || capture::tuple(&info.tuple) != *tuple {
+            tracing::debug!(pid, fd, is_tcp = info.is_tcp, kernel = ?capture::tuple(&info.tuple), agent = ?tuple, "capture policy: another connection");
             return Ok(false);
         }
         info.policy = policy.wire();
