@@ -20,6 +20,8 @@ use std::{
 
 use anyhow::{bail, Context};
 
+mod containers;
+
 use crate::{
     bench::util::http_get,
     cmd::{self, cmd},
@@ -48,6 +50,32 @@ pub struct Options {
     /// The requester's pause between calls, in milliseconds (loop load).
     #[arg(long, default_value_t = 100)]
     request_interval_ms: u64,
+    /// Run the lab under a container engine instead (rootful podman and
+    /// podman-compose, images built offline: deploy/README.md), each service
+    /// in its own container, the agent from the project's overlay files.
+    #[arg(long)]
+    containers: bool,
+}
+
+/// How the services run, from the options.
+fn service_options(o: &Options) -> ServiceOptions {
+    ServiceOptions {
+        preload: None,
+        env: Vec::new(),
+        request_interval_ms: o.request_interval_ms,
+        work_ms: (20, 1500),
+        load: o.load,
+        db_delay_ms: o.db_delay_ms,
+    }
+}
+
+/// One refresh of the screen: redrawn on a terminal, appended otherwise.
+fn show(screen: &str, o: &Options) {
+    if std::io::stderr().is_terminal() && o.duration.is_none() {
+        eprint!("\x1b[H\x1b[2J{screen}");
+    } else {
+        eprintln!("{screen}");
+    }
 }
 
 const METRICS_PORT: u16 = 9464;
@@ -64,10 +92,6 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     // cargo's progress says how far it is.
     eprintln!("demo: building periscope (cargo build -p periscope; the first build takes a few minutes)");
     cmd::run(&mut cmd("cargo", ["build", "-p", "periscope"]))?;
-    let dir = std::env::temp_dir().join("periscope-mythical");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-
     let stop = Arc::new(AtomicBool::new(false));
     {
         // The children run in their own process groups, so Ctrl-C reaches
@@ -75,18 +99,16 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         let stop = stop.clone();
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     }
+    if o.containers {
+        return containers::run(&o, &stop);
+    }
+    let dir = std::env::temp_dir().join("periscope-mythical");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
 
     eprintln!("demo: starting PostgreSQL (:55432) and RabbitMQ (:55672), private instances in {}", dir.display());
     let backends = Backends::start(&dir)?;
-    let opts = ServiceOptions {
-        preload: None,
-        env: Vec::new(),
-        request_interval_ms: o.request_interval_ms,
-        work_ms: (20, 1500),
-        load: o.load,
-        db_delay_ms: o.db_delay_ms,
-    };
-    let mut services = mythical::spawn_services(&dir, &opts)?;
+    let mut services = mythical::spawn_services(&dir, &service_options(&o))?;
     let pids: Vec<u32> = services.iter().map(|s| s.proc.pid()).collect();
 
     let spans_file = dir.join("spans.txt");
@@ -140,11 +162,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             dir.display(),
             table.render(&spans.per_service)
         );
-        if std::io::stderr().is_terminal() && o.duration.is_none() {
-            eprint!("\x1b[H\x1b[2J{screen}");
-        } else {
-            eprintln!("{screen}");
-        }
+        show(&screen, &o);
         if let Some(dead) = services.iter_mut().find_map(|s| (!s.proc.running()).then_some(s)) {
             outcome = Err(anyhow::anyhow!("{} exited; see {}", dead.proc.name, dead.log.display()));
             break;

@@ -8,6 +8,9 @@ mod deps;
 mod fuzz;
 mod mythical;
 mod otlp_sink;
+/// The container test's podman helpers, shared with `demo --containers`.
+#[path = "../../agent/tests/support/podman.rs"]
+mod podman;
 mod soak;
 mod test;
 

@@ -324,7 +324,7 @@ pub struct ServiceOptions {
 
 impl ServiceOptions {
     /// The environment `load` and `db_delay_ms` stand for.
-    fn load_env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn load_env(&self) -> Vec<(&'static str, String)> {
         let mut env = vec![("MYTHICAL_DB_DELAY_MS", self.db_delay_ms.to_string())];
         if self.load == Load::Lab {
             env.extend([
