@@ -173,6 +173,9 @@ enum Frontend {
     /// Node (pg pool of this mode) connecting by host name: PostgreSQL and a
     /// fresh connection to the backend per call, each after a dns.lookup.
     NodeByName(&'static str),
+    /// Node (pg pool of 50) whose handler defers the query and the backend
+    /// call by this (`timeout`: a 2 ms setTimeout; `immediate`: setImmediate).
+    NodeDeferred(&'static str),
     /// aiohttp server + asyncpg pool + aiohttp client on asyncio's default loop.
     Asyncio,
     /// FastAPI under uvicorn (this loop: asyncio or uvloop) + asyncpg pool + httpx client.
@@ -214,7 +217,7 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
     let _backend = spawn(Command::new("node").arg(fx.join("ctx_backend.js")).arg(back_port.to_string()), "backend");
     let args = [front_port.to_string(), pg.port.to_string(), back_port.to_string()];
     let name = match frontend {
-        Frontend::Node(_) | Frontend::NodeByName(_) => "frontend-node",
+        Frontend::Node(_) | Frontend::NodeByName(_) | Frontend::NodeDeferred(_) => "frontend-node",
         Frontend::Python => "frontend-python",
         Frontend::RustPool => "frontend-rust",
         Frontend::Gunicorn => "frontend-gunicorn",
@@ -226,6 +229,10 @@ async fn run(frontend: Frontend, concurrency: usize, total: usize) -> (Score, Ve
         Frontend::Node(mode) => spawn(Command::new("node").arg(fx.join("ctx_frontend.js")).args(&args).arg(mode), name),
         Frontend::NodeByName(mode) => spawn(
             Command::new("node").arg(fx.join("ctx_frontend.js")).args(&args).arg(mode).env("CTX_BY_NAME", "1"),
+            name,
+        ),
+        Frontend::NodeDeferred(how) => spawn(
+            Command::new("node").arg(fx.join("ctx_frontend.js")).args(&args).arg("pool:50").env("CTX_DEFER", how),
             name,
         ),
         Frontend::Python => spawn(Command::new(python()).arg(fx.join("ctx_threaded_frontend.py")).args(&args), name),
@@ -385,6 +392,19 @@ async fn node_calls_by_host_name_every_span_has_the_right_parent_at_1_10_50_conc
     for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
         let (sc, wrong) = run(Frontend::NodeByName("pool:10"), concurrency, total).await;
         assert_exact(&sc, &wrong, &format!("node by host name, pool of 10, {concurrency} concurrent"));
+    }
+}
+
+/// Calls deferred by a timer or setImmediate: they start in a JavaScript
+/// timers or immediates phase, which the node uprobes mark, and go to the
+/// request that has waited longest on nothing visible (docs/trace-context.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn node_calls_after_a_timer_or_set_immediate_every_span_has_the_right_parent_at_1_10_50_concurrent() {
+    for how in ["timeout", "immediate"] {
+        for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
+            let (sc, wrong) = run(Frontend::NodeDeferred(how), concurrency, total).await;
+            assert_exact(&sc, &wrong, &format!("node, calls after {how}, {concurrency} concurrent"));
+        }
     }
 }
 

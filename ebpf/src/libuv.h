@@ -7,6 +7,10 @@
  *   uv__work_submit(loop, struct uv__work *w, kind, work, done): submit, w;
  *   the `done` callbacks (uv__getaddrinfo_done, uv__fs_done, uv__queue_done,
  *   ...; each takes w first), run on the loop thread: resume, w.
+ * Node.js also runs its JavaScript timers and immediates from two libuv
+ * callbacks, node::Environment::RunTimers and ::CheckImmediate: entering one
+ * is reported (deferred), so the agent stops believing the request of the
+ * iteration's last read for what runs there.
  * Entry uprobes only: nothing here needs the return. */
 #pragma once
 
@@ -50,4 +54,10 @@ SEC("uprobe")
 int handle_uv_work_done(struct pt_regs *ctx)
 {
 	return emit_async(PT_REGS_PARM1(ctx), PERISCOPE_ASYNC_RESUME);
+}
+
+SEC("uprobe")
+int handle_node_deferred(struct pt_regs *ctx)
+{
+	return emit_async(0, PERISCOPE_ASYNC_DEFERRED);
 }

@@ -7,8 +7,8 @@
 //! (d) nginx at a fixed request rate (open-loop generator in `bench/load.rs`),
 //! (e) a Go net/http server (`bench/go_server.go`) + wrk.
 //! Scenario (a) has a third arm: B with an OTLP/HTTP endpoint that discards;
-//! (e) has B with the Go runtime hooks off (`--go-runtime false`), to price
-//! the hooks.
+//! (b) and (e) have B with the runtime hooks off (`--libuv-uprobes false`,
+//! `--go-runtime false`), to price the hooks.
 //! Each B run also records the eBPF run time of the agent's own programs
 //! (kernel.bpf_stats_enabled), the agent's CPU and peak RSS, and its
 //! /metrics counters (lost events, spans produced).
@@ -84,8 +84,9 @@ pub enum Arm {
     Without,
     With,
     WithOtlp,
-    /// B with the Go runtime hooks off (per-thread context).
-    WithoutGoHooks,
+    /// B with the runtime hooks off: Go's (per-thread context) or, for
+    /// Node.js, libuv's and the timers' (`--libuv-uprobes false`).
+    WithoutHooks,
 }
 
 impl Arm {
@@ -94,7 +95,7 @@ impl Arm {
             Arm::Without => "A (no agent)",
             Arm::With => "B (agent)",
             Arm::WithOtlp => "B+OTLP (agent, OTLP sink)",
-            Arm::WithoutGoHooks => "B−hooks (agent, Go hooks off)",
+            Arm::WithoutHooks => "B−hooks (agent, runtime hooks off)",
         }
     }
     pub fn key(self) -> &'static str {
@@ -102,7 +103,7 @@ impl Arm {
             Arm::Without => "A",
             Arm::With => "B",
             Arm::WithOtlp => "B_otlp",
-            Arm::WithoutGoHooks => "B_nohooks",
+            Arm::WithoutHooks => "B_nohooks",
         }
     }
 }
@@ -268,9 +269,12 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                         vec![Arm::Without, Arm::With]
                     },
                 ),
-                "node" => {
-                    (Kind::Node, "node", format!("(b) Node.js http, wrk -t1 -c{CONNS}"), vec![Arm::Without, Arm::With])
-                }
+                "node" => (
+                    Kind::Node,
+                    "node",
+                    format!("(b) Node.js http, wrk -t1 -c{CONNS}"),
+                    vec![Arm::Without, Arm::With, Arm::WithoutHooks],
+                ),
                 "pgbench" => (
                     Kind::Pgbench,
                     "pgbench",
@@ -287,7 +291,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                     Kind::Go,
                     "go",
                     format!("(e) Go net/http, wrk -t1 -c{CONNS}"),
-                    vec![Arm::Without, Arm::With, Arm::WithoutGoHooks],
+                    vec![Arm::Without, Arm::With, Arm::WithoutHooks],
                 ),
             };
             let mut sc = Scenario { kind, key, title, arms, runs: Vec::new(), notes: Vec::new() };
@@ -452,8 +456,9 @@ fn run_arm(env: &mut Env, sc: &mut Scenario, pair: usize, arm: Arm) -> anyhow::R
         ]
         .map(String::from),
     );
-    if arm == Arm::WithoutGoHooks {
-        args.extend(["--go-runtime", "false"].map(String::from));
+    if arm == Arm::WithoutHooks {
+        let off = if sc.kind == Kind::Go { "--go-runtime" } else { "--libuv-uprobes" };
+        args.extend([off, "false"].map(String::from));
     }
     if arm == Arm::WithOtlp {
         args.extend(

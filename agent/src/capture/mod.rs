@@ -279,6 +279,9 @@ pub enum AsyncPhase {
     TaskWake,
     /// asyncio: a step of the Task starts (key: the Task).
     TaskStep,
+    /// Node.js: the thread starts running JavaScript timers or immediates
+    /// (key 0): callbacks that no read started.
+    Deferred,
 }
 
 /// An async hop inside a tracked process, seen by a runtime uprobe.
@@ -483,6 +486,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 p if p == periscope_async_phase::PERISCOPE_ASYNC_TASK_SPAWN as u32 => AsyncPhase::TaskSpawn,
                 p if p == periscope_async_phase::PERISCOPE_ASYNC_TASK_WAKE as u32 => AsyncPhase::TaskWake,
                 p if p == periscope_async_phase::PERISCOPE_ASYNC_TASK_STEP as u32 => AsyncPhase::TaskStep,
+                p if p == periscope_async_phase::PERISCOPE_ASYNC_DEFERRED as u32 => AsyncPhase::Deferred,
                 other => return Err(DecodeError::UnknownPhase(other)),
             };
             Ok(Event::Async(AsyncEvent { header: header(&e.hdr), key: e.key, phase }))

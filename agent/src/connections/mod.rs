@@ -229,7 +229,7 @@ impl ConnectionTable {
         self.close(key, tracker, out, t);
         self.insert(key, tuple, role, now, tracker, t);
         if let Some(conn) = self.conns.get_mut(&key) {
-            tracker.on_open(&mut conn.trace, thread, role == Role::Client);
+            tracker.on_open(&mut conn.trace, thread, role == Role::Client, t);
         }
     }
 

@@ -195,14 +195,27 @@ impl ThreadKey {
     }
 }
 
-/// Server requests a thread read and has not begun to answer, in the order
-/// they were read, each with its client requests in flight. A request with
-/// none is waiting on nothing we can see: in an in-process queue.
+/// Server requests a thread read and has not begun to answer, each with its
+/// client requests in flight. A request with none is waiting on nothing we
+/// can see (in an in-process queue, on a timer), since it was read or since
+/// its last call came back: they are kept in that order.
 #[derive(Debug, Default)]
 struct WaitQueue {
-    /// Read order; may still hold ids removed since (skipped, compacted).
-    order: VecDeque<SpanId>,
-    waiting: FxHashMap<SpanId, (SpanCtx, u16)>,
+    /// (request, its mark): the order in which requests began waiting on
+    /// nothing we can see; an entry whose mark is not its request's current
+    /// one is stale (skipped, compacted).
+    order: VecDeque<(SpanId, u32)>,
+    waiting: FxHashMap<SpanId, Waiting>,
+    next_mark: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    ctx: SpanCtx,
+    /// Client requests (and connects, thread-pool hops) in flight.
+    calls: u16,
+    /// Its entry in `order`, given when its calls last reached none.
+    mark: u32,
 }
 
 /// Server requests tracked per thread for queue hand-offs (a backlog of tens
@@ -214,37 +227,75 @@ impl WaitQueue {
     fn push(&mut self, ctx: SpanCtx, telemetry: &Telemetry) {
         if self.waiting.len() >= MAX_WAITING {
             while let Some(old) = self.order.pop_front() {
-                if self.waiting.remove(&old).is_some() {
+                if self.is_current(&old) && self.waiting.remove(&old.0).is_some() {
                     telemetry.inc(Counter::ContextWaitingDropped);
                     break;
                 }
             }
         }
-        self.waiting.insert(ctx.span_id, (ctx, 0));
-        self.order.push_back(ctx.span_id);
+        let mark = self.mark();
+        self.waiting.insert(ctx.span_id, Waiting { ctx, calls: 0, mark });
+        self.order.push_back((ctx.span_id, mark));
     }
 
-    fn calls_mut(&mut self, span: SpanId) -> Option<&mut u16> {
-        self.waiting.get_mut(&span).map(|(_, calls)| calls)
+    fn mark(&mut self) -> u32 {
+        self.next_mark = self.next_mark.wrapping_add(1);
+        self.next_mark
     }
 
-    fn remove(&mut self, span: SpanId) {
-        if self.waiting.remove(&span).is_some() && self.order.len() > 2 * self.waiting.len() + 64 {
-            let waiting = &self.waiting;
-            self.order.retain(|id| waiting.contains_key(id));
+    fn is_current(&self, (id, mark): &(SpanId, u32)) -> bool {
+        self.waiting.get(id).is_some_and(|w| w.mark == *mark)
+    }
+
+    /// A call of `span` started.
+    fn call_started(&mut self, span: SpanId) {
+        if let Some(w) = self.waiting.get_mut(&span) {
+            w.calls = w.calls.saturating_add(1);
         }
     }
 
-    /// The oldest request waiting on nothing we can see, other than `except`.
+    /// A call of `span` is over; with none left it waits on nothing we can
+    /// see again, from now on (the end of the order).
+    fn call_done(&mut self, span: SpanId) {
+        let Some(w) = self.waiting.get_mut(&span) else { return };
+        if w.calls == 0 {
+            return;
+        }
+        w.calls -= 1;
+        if w.calls == 0 {
+            self.next_mark = self.next_mark.wrapping_add(1);
+            w.mark = self.next_mark;
+            self.order.push_back((span, w.mark));
+            self.compact();
+        }
+    }
+
+    fn remove(&mut self, span: SpanId) {
+        if self.waiting.remove(&span).is_some() {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.waiting.len() + 64 {
+            let mut order = std::mem::take(&mut self.order);
+            order.retain(|e| self.is_current(e));
+            self.order = order;
+        }
+    }
+
+    /// The request that has waited longest on nothing we can see, other
+    /// than `except`.
     fn oldest_stalled(&mut self, except: Option<SpanCtx>) -> Option<SpanCtx> {
-        while self.order.front().is_some_and(|id| !self.waiting.contains_key(id)) {
+        while self.order.front().is_some_and(|e| !self.is_current(e)) {
             self.order.pop_front();
         }
         self.order
             .iter()
-            .filter_map(|id| self.waiting.get(id))
-            .find(|(ctx, calls)| *calls == 0 && Some(*ctx) != except)
-            .map(|(ctx, _)| *ctx)
+            .filter(|e| self.is_current(e))
+            .filter_map(|(id, _)| self.waiting.get(id))
+            .find(|w| w.calls == 0 && Some(w.ctx) != except)
+            .map(|w| w.ctx)
     }
 }
 
@@ -261,6 +312,9 @@ struct Current {
     /// thread, until the thread reads a socket (reads run in I/O callbacks,
     /// outside steps).
     in_task_step: Option<u32>,
+    /// Node.js: the loop iteration in which the thread began running
+    /// JavaScript timers or immediates, until it next reads a socket.
+    deferred: Option<u32>,
     waiting: WaitQueue,
 }
 
@@ -295,9 +349,23 @@ impl Threads {
         self.map.get(&(t.pid, t.tid)).and_then(|c| c.last_read)
     }
 
-    /// The calls in flight of a waiting request.
-    fn calls_mut(&mut self, pid: u32, tid: u32, span: SpanId) -> Option<&mut u16> {
-        self.map.get_mut(&(pid, tid))?.waiting.calls_mut(span)
+    /// A call of waiting request `span` started.
+    fn call_started(&mut self, pid: u32, tid: u32, span: SpanId) {
+        if let Some(c) = self.map.get_mut(&(pid, tid)) {
+            c.waiting.call_started(span);
+        }
+    }
+
+    /// A call of waiting request `span` is over.
+    fn call_done(&mut self, pid: u32, tid: u32, span: SpanId) {
+        if let Some(c) = self.map.get_mut(&(pid, tid)) {
+            c.waiting.call_done(span);
+        }
+    }
+
+    /// The thread runs JavaScript timers or immediates in this iteration.
+    fn in_deferred(&self, t: ThreadKey) -> bool {
+        t.loop_seq != 0 && self.map.get(&(t.pid, t.tid)).is_some_and(|c| c.deferred == Some(t.loop_seq))
     }
 
     fn stop_waiting(&mut self, pid: u32, tid: u32, span: SpanId) {
@@ -366,13 +434,9 @@ impl Tracker {
         tracing::trace!(tid = thread.tid, seq = thread.loop_seq, key = format_args!("{key:#x}"), ?phase, current = ?self.threads.current(thread).map(|c| c.span_id), bound = ?self.tasks.peek(&(thread.pid, key)).map(|c| c.map(|c| c.span_id)), "async");
         match phase {
             crate::capture::AsyncPhase::Submit => {
-                let ctx = self.threads.current(thread);
+                let ctx = self.current_or_deferred(thread, telemetry);
                 match ctx {
-                    Some(ctx) => {
-                        if let Some(calls) = self.threads.calls_mut(thread.pid, thread.tid, ctx.span_id) {
-                            *calls = calls.saturating_add(1);
-                        }
-                    }
+                    Some(ctx) => self.threads.call_started(thread.pid, thread.tid, ctx.span_id),
                     None => telemetry.add_for(Counter::ContextAsyncHops, RUNTIME, "no request", 1),
                 }
                 // Given back: the same key's earlier hop (its callback was not
@@ -420,6 +484,14 @@ impl Tracker {
                     None => telemetry.add_for(Counter::ContextAsyncHops, "asyncio", "unmatched", 1),
                 }
             }
+            crate::capture::AsyncPhase::Deferred => {
+                // What runs now was deferred by requests of earlier reads:
+                // the last read's request is not believed any more.
+                let c = self.threads.entry(thread.pid, thread.tid, telemetry);
+                c.deferred = Some(thread.loop_seq);
+                c.ctx = None;
+                c.loop_seq = thread.loop_seq;
+            }
             crate::capture::AsyncPhase::Resume => match self.hops.pop(&(thread.pid, key)) {
                 Some(hop) => {
                     self.hop_done(thread.pid, hop);
@@ -436,10 +508,29 @@ impl Tracker {
 
     /// A hop's work is back: one call fewer in flight for its request.
     fn hop_done(&mut self, pid: u32, hop: Hop) {
-        let Some(ctx) = hop.ctx else { return };
-        if let Some(calls) = self.threads.calls_mut(pid, hop.tid, ctx.span_id) {
-            *calls = calls.saturating_sub(1);
+        if let Some(ctx) = hop.ctx {
+            self.threads.call_done(pid, hop.tid, ctx.span_id);
         }
+    }
+
+    /// The thread's current request. While a Node.js thread runs JavaScript
+    /// timers or immediates with none, a call started there goes to the
+    /// request that has waited longest on nothing we can see: its callback
+    /// is the one due first when requests defer by the same delay, or by
+    /// setImmediate (both FIFO queues). A guess, counted.
+    fn current_or_deferred(&mut self, thread: ThreadKey, telemetry: &Telemetry) -> Option<SpanCtx> {
+        let current = self.threads.current(thread);
+        if current.is_some() || !self.threads.in_deferred(thread) {
+            return current;
+        }
+        let picked = self.threads.oldest_stalled(thread, None);
+        telemetry.add_for(
+            Counter::ContextAsyncHops,
+            "node",
+            if picked.is_some() { "deferred" } else { "no request" },
+            1,
+        );
+        picked
     }
 
     /// An exchange of `group` will never finish.
@@ -509,16 +600,14 @@ impl Tracker {
     }
 
     /// A connection was opened by `thread` (connect or accept).
-    pub fn on_open(&mut self, trace: &mut ConnTrace, thread: ThreadKey, client: bool) {
+    pub fn on_open(&mut self, trace: &mut ConnTrace, thread: ThreadKey, client: bool, telemetry: &Telemetry) {
         if client {
-            trace.connect_ctx = self.threads.current(thread);
+            trace.connect_ctx = self.current_or_deferred(thread, telemetry);
             // A connection being opened is a call in flight: its request
             // is not waiting in a queue.
             if let Some(c) = trace.connect_ctx {
-                if let Some(calls) = self.threads.calls_mut(thread.pid, thread.tid, c.span_id) {
-                    *calls = calls.saturating_add(1);
-                    trace.connect_tid = Some(thread.tid);
-                }
+                self.threads.call_started(thread.pid, thread.tid, c.span_id);
+                trace.connect_tid = Some(thread.tid);
             }
         }
     }
@@ -526,9 +615,7 @@ impl Tracker {
     /// The call a connect stood for is over (its first request or its close).
     fn connect_done(&mut self, trace: &mut ConnTrace, pid: u32) {
         if let (Some(tid), Some(c)) = (trace.connect_tid.take(), trace.connect_ctx) {
-            if let Some(calls) = self.threads.calls_mut(pid, tid, c.span_id) {
-                *calls = calls.saturating_sub(1);
-            }
+            self.threads.call_done(pid, tid, c.span_id);
         }
     }
 
@@ -545,14 +632,18 @@ impl Tracker {
         chunk: &Chunk<'_>,
         telemetry: &Telemetry,
     ) -> Option<Started> {
-        // Checked before this chunk counts as the thread's last read.
+        // Checked before this chunk counts as the thread's last read. A
+        // write from a timer or an immediate is not in a read's callback.
+        let deferred = self.threads.in_deferred(thread);
         let handoff = chunk.direction == Direction::Egress
             && thread.loop_seq != 0
+            && !deferred
             && self.threads.last_read(thread) == Some((fd, thread.loop_seq));
         if chunk.direction == Direction::Ingress {
             let c = self.threads.entry(thread.pid, thread.tid, telemetry);
             c.last_read = Some((fd, thread.loop_seq));
             c.in_task_step = None;
+            c.deferred = None;
         }
         let request_dir = if server_side { Direction::Ingress } else { Direction::Egress };
         let new_request = chunk.direction == request_dir && trace.last_dir != Some(request_dir);
@@ -577,15 +668,17 @@ impl Tracker {
                     self.threads.stop_waiting(thread.pid, thread.tid, s.ctx.span_id);
                 }
             }
-            // Reading a request or writing its response: working for it.
+            // Reading a request or writing its response: working for it
+            // (a response written from a timer says nothing of the next
+            // timer's callback).
             let ctx = trace.pending.back().map(|s| s.ctx);
-            if ctx.is_some() {
+            if ctx.is_some() && !deferred {
                 self.threads.set(thread, ctx, telemetry);
             }
             return None;
         }
         if new_request {
-            let current = self.threads.current(thread);
+            let current = self.current_or_deferred(thread, telemetry);
             // A request written from a "connected" callback has no read before
             // it in its loop iteration: the connect's request is its parent.
             // A goroutine's own current request is better than its connect's:
@@ -609,9 +702,7 @@ impl Tracker {
                 }
             }
             if let Some(p) = parent {
-                if let Some(calls) = self.threads.calls_mut(thread.pid, thread.tid, p.span_id) {
-                    *calls = calls.saturating_add(1);
-                }
+                self.threads.call_started(thread.pid, thread.tid, p.span_id);
             }
             let group = match parent {
                 Some(p) => p.group,
@@ -686,9 +777,7 @@ impl Tracker {
             trace.completed = trace.completed.wrapping_add(1);
             // Its parent has one call less in flight.
             if let (Some(p), Some((tid, _))) = (started.parent, trace.last_answer) {
-                if let Some(calls) = self.threads.calls_mut(pid, tid, p.span_id) {
-                    *calls = calls.saturating_sub(1);
-                }
+                self.threads.call_done(pid, tid, p.span_id);
             }
         }
         started
@@ -713,7 +802,7 @@ impl Tracker {
 
     /// A message was published by `thread`: a child of its current request.
     pub fn started_publish(&mut self, thread: Option<ThreadKey>, ts: u64, telemetry: &Telemetry) -> Started {
-        let parent = thread.and_then(|t| self.threads.current(t));
+        let parent = thread.and_then(|t| self.current_or_deferred(t, telemetry));
         let group = match parent {
             Some(p) => p.group,
             None => self.assembly.new_root(ts, telemetry),
@@ -783,7 +872,7 @@ impl Tracker {
         let (group, parent) = if server_side {
             (self.assembly.new_group(ts_exit, telemetry), None)
         } else {
-            let current = thread.and_then(|t| self.threads.current(t));
+            let current = thread.and_then(|t| self.current_or_deferred(t, telemetry));
             let parent = if trace.requests == 0 { trace.connect_ctx.or(current) } else { current };
             trace.requests = trace.requests.saturating_add(1);
             match parent {

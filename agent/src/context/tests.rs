@@ -357,3 +357,48 @@ fn asyncio_tasks_carry_their_requests_across_iterations() {
     assert_eq!(w.span_of(8, false, 0).1, Some(a));
     assert_eq!(w.span_of(9, false, 0).1, Some(b), "woken by a task, then a timer: still B's");
 }
+
+/// Node.js timers and immediates: a call started in a timers phase goes to
+/// the request that has waited longest on nothing visible, counted from its
+/// read or from its last answer (the order its timer was set in), never to
+/// the request of the iteration's last read.
+#[test]
+fn calls_from_timers_go_to_the_request_that_waited_longest() {
+    use crate::capture::AsyncPhase::Deferred;
+    let mut w = World::new();
+    // Iteration 1: A, then B are read; each sets a timer.
+    w.server_io(1, 1, 5, IN, REQ);
+    w.server_io(1, 1, 6, IN, REQ);
+    // Its timers phase: A's callback queries, then B's.
+    w.hop(1, 1, 0, Deferred);
+    w.client_io(1, 1, 7, OUT, REQ);
+    w.client_io(1, 1, 8, OUT, REQ);
+    // Iteration 2: B's answer first, then A's; each sets its next timer.
+    w.client_io(1, 2, 8, IN, RESP);
+    w.client_io(1, 2, 7, IN, RESP);
+    // Iteration 3: C is read; then the timers phase runs B's callback, then A's.
+    w.server_io(1, 3, 9, IN, REQ);
+    w.hop(1, 3, 0, Deferred);
+    w.client_io(1, 3, 10, OUT, REQ);
+    w.client_io(1, 3, 11, OUT, REQ);
+    // A timers phase with nobody waiting: a root.
+    w.hop(1, 4, 0, Deferred);
+    w.server_io(1, 4, 9, OUT, RESP);
+    w.hop(1, 5, 0, Deferred);
+    w.client_io(1, 5, 12, OUT, REQ);
+    for fd in [10, 11, 12] {
+        w.client_io(1, 6, fd, IN, RESP);
+    }
+    for fd in [5, 6] {
+        w.server_io(1, 6, fd, OUT, RESP);
+    }
+    let (a, _) = w.span_of(5, true, 0);
+    let (b, _) = w.span_of(6, true, 0);
+    assert_eq!(w.span_of(7, false, 0).1, Some(a));
+    assert_eq!(w.span_of(8, false, 0).1, Some(b));
+    assert_eq!(w.span_of(10, false, 0).1, Some(b), "B's answer came first: its timer is due first");
+    assert_eq!(w.span_of(11, false, 0).1, Some(a));
+    assert_eq!(w.span_of(12, false, 0).1, None, "nobody was waiting");
+    let hops = |w: &World, reason| w.t.get_labeled(Counter::ContextAsyncHops, "node", reason);
+    assert_eq!((hops(&w, "deferred"), hops(&w, "no request")), (4, 1));
+}

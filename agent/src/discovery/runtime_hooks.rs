@@ -46,6 +46,10 @@ impl Runtime {
                 ("handle_uv_work_done", "uv__fs_done"),
                 ("handle_uv_work_done", "uv__queue_done"),
                 ("handle_uv_work_done", "uv__random_done"),
+                // Node.js: its JavaScript timers and immediates start here
+                // (libuv callbacks, called through function pointers).
+                ("handle_node_deferred", "_ZN4node11Environment9RunTimersEP10uv_timer_s"),
+                ("handle_node_deferred", "_ZN4node11Environment14CheckImmediateEP10uv_check_s"),
             ],
             Runtime::Asyncio => &[
                 ("handle_asyncio_task_step", "task_step"),

@@ -70,6 +70,7 @@ const RAW_TRACEPOINTS: &[(&str, &str)] = &[("handle_fork", "sched_process_fork")
 const UPROBES: &[&str] = &[
     "handle_uv_work_submit",
     "handle_uv_work_done",
+    "handle_node_deferred",
     "handle_asyncio_task_init",
     "handle_asyncio_future_done",
     "handle_asyncio_task_step",

@@ -83,15 +83,36 @@ fn programs(sc: &Scenario, arm: Arm) -> BTreeMap<String, (u64, u64)> {
     per
 }
 
-/// The Go runtime hooks' programs (uprobes on the Go runtime, net/http, crypto/tls).
-const GO_PROGRAM_PREFIX: &str = "handle_go_";
+/// The runtime hooks' programs of a scenario: uprobes on the Go runtime,
+/// net/http and crypto/tls; on libuv and node's timers (names as the kernel
+/// truncates them, 15 characters).
+fn hook_program(kind: Kind, name: &str) -> bool {
+    match kind {
+        Kind::Go => name.starts_with("handle_go_"),
+        _ => name.starts_with("handle_uv_") || name.starts_with("handle_node_"),
+    }
+}
+
+fn hooks_title(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Go => "Go runtime hooks",
+        _ => "Node.js runtime hooks (libuv's thread pool, JavaScript timers and immediates)",
+    }
+}
+
+fn hooks_switch(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Go => "--go-runtime false",
+        _ => "--libuv-uprobes false",
+    }
+}
 
 /// Per-request agent CPU and eBPF time of B_nohooks -> B.
-fn go_hook_ratios(sc: &Scenario) -> (Vec<f64>, Vec<f64>) {
+fn hook_ratios(sc: &Scenario) -> (Vec<f64>, Vec<f64>) {
     let per_req = |f: fn(&Derived) -> f64| move |r: &Run| derived(r).map(|d| f(&d));
     (
-        ratios_to(sc, Arm::With, Arm::WithoutGoHooks, per_req(|d| d.cpu_us_per_req)),
-        ratios_to(sc, Arm::With, Arm::WithoutGoHooks, per_req(|d| d.ebpf_ns_per_req)),
+        ratios_to(sc, Arm::With, Arm::WithoutHooks, per_req(|d| d.cpu_us_per_req)),
+        ratios_to(sc, Arm::With, Arm::WithoutHooks, per_req(|d| d.ebpf_ns_per_req)),
     )
 }
 
@@ -111,11 +132,11 @@ struct ProgramRow {
 
 /// Rows of the hooks' program table: every handle_go_* program, then the
 /// five programs B spends most time in.
-fn go_program_rows(sc: &Scenario) -> Vec<ProgramRow> {
-    let (b, off) = (programs(sc, Arm::With), programs(sc, Arm::WithoutGoHooks));
-    let mut names: Vec<&String> = b.keys().filter(|n| n.starts_with(GO_PROGRAM_PREFIX)).collect();
+fn hook_program_rows(sc: &Scenario) -> Vec<ProgramRow> {
+    let (b, off) = (programs(sc, Arm::With), programs(sc, Arm::WithoutHooks));
+    let mut names: Vec<&String> = b.keys().filter(|n| hook_program(sc.kind, n)).collect();
     let mut top: Vec<(&String, u64)> =
-        b.iter().filter(|(n, _)| !n.starts_with(GO_PROGRAM_PREFIX)).map(|(n, v)| (n, v.0)).collect();
+        b.iter().filter(|(n, _)| !hook_program(sc.kind, n)).map(|(n, v)| (n, v.0)).collect();
     top.sort_by_key(|e| std::cmp::Reverse(e.1));
     names.extend(top.into_iter().take(5).map(|e| e.0));
     let cell = |per: &BTreeMap<String, (u64, u64)>, arm: Arm, name: &str| {
@@ -128,40 +149,42 @@ fn go_program_rows(sc: &Scenario) -> Vec<ProgramRow> {
         .map(|n| ProgramRow {
             name: n.clone(),
             hooks: cell(&b, Arm::With, n),
-            no_hooks: cell(&off, Arm::WithoutGoHooks, n),
+            no_hooks: cell(&off, Arm::WithoutHooks, n),
         })
         .collect()
 }
 
-fn go_hooks_markdown(m: &mut String, sc: &Scenario) {
-    let (cpu, ebpf) = go_hook_ratios(sc);
+fn hooks_markdown(m: &mut String, sc: &Scenario) {
+    let (cpu, ebpf) = hook_ratios(sc);
     let d = |arm: Arm, f: fn(&Derived) -> f64| med(sc, arm, |r| derived(r).map(|d| f(&d)));
     let _ = writeln!(
         m,
-        "\n## Go runtime hooks ({}): B (hooks on, the default) vs B_nohooks (`--go-runtime false`)\n",
-        sc.key
+        "\n## {} ({}): B (hooks on, the default) vs B_nohooks (`{}`)\n",
+        hooks_title(sc.kind),
+        sc.key,
+        hooks_switch(sc.kind)
     );
     let _ = writeln!(m, "| | B | B_nohooks | ratio B / B_nohooks |\n|---|---:|---:|---:|");
     let _ = writeln!(
         m,
         "| agent CPU µs / request | {} | {} | {} |",
         num(d(Arm::With, |d| d.cpu_us_per_req), 2),
-        num(d(Arm::WithoutGoHooks, |d| d.cpu_us_per_req), 2),
+        num(d(Arm::WithoutHooks, |d| d.cpu_us_per_req), 2),
         ratio_cell(&cpu)
     );
     let _ = writeln!(
         m,
         "| eBPF ns / request | {} | {} | {} |",
         num(d(Arm::With, |d| d.ebpf_ns_per_req), 0),
-        num(d(Arm::WithoutGoHooks, |d| d.ebpf_ns_per_req), 0),
+        num(d(Arm::WithoutHooks, |d| d.ebpf_ns_per_req), 0),
         ratio_cell(&ebpf)
     );
     let _ = writeln!(
         m,
         "| throughput req/s | {} | {} | {} |",
         num(med(sc, Arm::With, |r| Some(r.load.rate)), 0),
-        num(med(sc, Arm::WithoutGoHooks, |r| Some(r.load.rate)), 0),
-        ratio_cell(&ratios_to(sc, Arm::With, Arm::WithoutGoHooks, |r| Some(r.load.rate)))
+        num(med(sc, Arm::WithoutHooks, |r| Some(r.load.rate)), 0),
+        ratio_cell(&ratios_to(sc, Arm::With, Arm::WithoutHooks, |r| Some(r.load.rate)))
     );
     if let Some(r) = median(cpu.iter().copied()) {
         let _ = writeln!(
@@ -170,10 +193,10 @@ fn go_hooks_markdown(m: &mut String, sc: &Scenario) {
             (r - 1.0) * 100.0
         );
     }
-    let _ = writeln!(m, "\nPer program (all runs of each arm summed; handle_go_* are the hooks' uprobes):\n");
+    let _ = writeln!(m, "\nPer program (all runs of each arm summed; the hooks' uprobes first, then the five programs B spent most in):\n");
     let _ = writeln!(m, "| program | B runs / request | B ns / run | B_nohooks runs / request | B_nohooks ns / run |");
     let _ = writeln!(m, "|---|---:|---:|---:|---:|");
-    for r in go_program_rows(sc) {
+    for r in hook_program_rows(sc) {
         let _ = writeln!(
             m,
             "| {} | {:.2} | {} | {:.2} | {} |",
@@ -186,9 +209,9 @@ fn go_hooks_markdown(m: &mut String, sc: &Scenario) {
     }
 }
 
-fn go_hooks_json(sc: &Scenario) -> Value {
-    let (cpu, ebpf) = go_hook_ratios(sc);
-    let rows: Vec<Value> = go_program_rows(sc)
+fn hooks_json(sc: &Scenario) -> Value {
+    let (cpu, ebpf) = hook_ratios(sc);
+    let rows: Vec<Value> = hook_program_rows(sc)
         .into_iter()
         .map(|r| {
             json!({"name": r.name, "B_runs_per_request": r.hooks.runs_per_req, "B_ns_per_run": r.hooks.ns_per_run,
@@ -438,8 +461,8 @@ pub fn markdown(meta: &Meta, scs: &[Scenario]) -> String {
         );
     }
 
-    if let Some(sc) = scs.iter().find(|s| s.arms.contains(&Arm::WithoutGoHooks)) {
-        go_hooks_markdown(&mut m, sc);
+    for sc in scs.iter().filter(|s| s.arms.contains(&Arm::WithoutHooks)) {
+        hooks_markdown(&mut m, sc);
     }
 
     let _ = writeln!(m, "\n## Where the eBPF time goes (B runs, all scenarios' runs summed per scenario)\n");
@@ -586,8 +609,8 @@ pub fn json(meta: &Meta, scs: &[Scenario]) -> Value {
                 "findings": findings(meta, sc),
                 "runs": sc.runs.iter().map(run_json).collect::<Vec<_>>(),
             });
-            if sc.arms.contains(&Arm::WithoutGoHooks) {
-                v["go_hooks"] = go_hooks_json(sc);
+            if sc.arms.contains(&Arm::WithoutHooks) {
+                v["runtime_hooks"] = hooks_json(sc);
             }
             v
         })
@@ -629,8 +652,8 @@ pub fn summary(meta: &Meta, scs: &[Scenario]) -> String {
                     + counter_sum(sc, arm, "periscope_events_lost_pending_map_total"),
             );
         }
-        if sc.arms.contains(&Arm::WithoutGoHooks) {
-            let (cpu, ebpf) = go_hook_ratios(sc);
+        if sc.arms.contains(&Arm::WithoutHooks) {
+            let (cpu, ebpf) = hook_ratios(sc);
             let _ = writeln!(
                 s,
                 "  {:<11} hooks     agent µs/req x{} (target <= 1.10), eBPF ns/req x{} (B / B_nohooks)",
