@@ -57,7 +57,4 @@ int handle_uv_work_done(struct pt_regs *ctx)
 }
 
 SEC("uprobe")
-int handle_node_deferred(struct pt_regs *ctx)
-{
-	return emit_async(0, PERISCOPE_ASYNC_DEFERRED);
-}
+int handle_node_deferred(struct pt_regs *ctx) { return emit_async(0, PERISCOPE_ASYNC_DEFERRED); }
