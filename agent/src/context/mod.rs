@@ -756,8 +756,12 @@ impl Tracker {
             .or_else(|| (!trace.pending.is_empty()).then_some(0));
         let started = match at {
             Some(i) => {
-                for old in trace.pending.drain(..i) {
+                for old in trace.pending.drain(..i).collect::<Vec<_>>() {
                     self.assembly.abandon(old.ctx.group);
+                    if !server_side {
+                        // A handshake is over too: its request waits on it no more.
+                        self.parent_call_done(trace, pid, old.parent);
+                    }
                 }
                 trace.pending.pop_front()
             }
@@ -776,19 +780,25 @@ impl Tracker {
             trace.recent.push_back(Finished { started, end, stream: None });
             trace.completed = trace.completed.wrapping_add(1);
             // Its parent has one call less in flight.
-            if let (Some(p), Some((tid, _))) = (started.parent, trace.last_answer) {
-                self.threads.call_done(pid, tid, p.span_id);
-            }
+            self.parent_call_done(trace, pid, started.parent);
         }
         started
+    }
+
+    /// A client exchange of `parent` on this connection is over.
+    fn parent_call_done(&mut self, trace: &ConnTrace, pid: u32, parent: Option<SpanCtx>) {
+        if let (Some(p), Some((tid, _))) = (parent, trace.last_answer) {
+            self.threads.call_done(pid, tid, p.span_id);
+        }
     }
 
     /// The connection is gone: exchanges that never completed are given up.
     pub fn on_close(&mut self, trace: &mut ConnTrace, pid: u32) {
         self.connect_done(trace, pid);
-        for old in trace.pending.drain(..) {
-            if let Some(tid) = trace.server_tid {
-                self.threads.stop_waiting(pid, tid, old.ctx.span_id);
+        for old in trace.pending.drain(..).collect::<Vec<_>>() {
+            match trace.server_tid {
+                Some(tid) => self.threads.stop_waiting(pid, tid, old.ctx.span_id),
+                None => self.parent_call_done(trace, pid, old.parent),
             }
             self.assembly.abandon(old.ctx.group);
         }
