@@ -395,17 +395,13 @@ async fn node_calls_by_host_name_every_span_has_the_right_parent_at_1_10_50_conc
     }
 }
 
-/// Calls deferred by a timer or setImmediate: they start in a JavaScript
-/// timers or immediates phase, which the node uprobes mark, and go to the
-/// request that has waited longest on nothing visible (docs/trace-context.md).
+/// Calls deferred by a timer: they start in a JavaScript timers phase, which
+/// a node uprobe marks, and go to the request that has waited longest on
+/// nothing visible (docs/trace-context.md). setImmediate is not followed.
 #[tokio::test(flavor = "multi_thread")]
-async fn node_calls_after_a_timer_or_set_immediate_every_span_has_the_right_parent_at_1_10_50_concurrent() {
-    // setImmediate at 50 concurrent is not exact yet: 50 of 800 parents
-    // wrong in one run (docs/trace-context.md, "Where it stops").
-    let rows =
-        [("timeout", 1, 20), ("timeout", 10, 100), ("timeout", 50, 200), ("immediate", 1, 20), ("immediate", 10, 100)];
-    for (how, concurrency, total) in rows {
-        {
+async fn node_calls_after_a_timer_every_span_has_the_right_parent_at_1_10_50_concurrent() {
+    for how in ["timeout"] {
+        for (concurrency, total) in [(1, 20), (10, 100), (50, 200)] {
             let (sc, wrong) = run(Frontend::NodeDeferred(how), concurrency, total).await;
             assert_exact(&sc, &wrong, &format!("node, calls after {how}, {concurrency} concurrent"));
         }

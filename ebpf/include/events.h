@@ -90,8 +90,8 @@ enum periscope_async_phase {
 	PERISCOPE_ASYNC_TASK_WAKE = 3,
 	PERISCOPE_ASYNC_TASK_STEP = 4,
 	/* Node.js (key 0): the loop thread starts running JavaScript timers
-	 * (Environment::RunTimers) or immediates (Environment::CheckImmediate):
-	 * callbacks deferred by requests of earlier reads, started by no read. */
+	 * (Environment::RunTimers): callbacks deferred by requests of earlier
+	 * reads, started by no read. */
 	PERISCOPE_ASYNC_DEFERRED = 5,
 };
 

@@ -7,10 +7,10 @@
  *   uv__work_submit(loop, struct uv__work *w, kind, work, done): submit, w;
  *   the `done` callbacks (uv__getaddrinfo_done, uv__fs_done, uv__queue_done,
  *   ...; each takes w first), run on the loop thread: resume, w.
- * Node.js also runs its JavaScript timers and immediates from two libuv
- * callbacks, node::Environment::RunTimers and ::CheckImmediate: entering one
- * is reported (deferred), so the agent stops believing the request of the
- * iteration's last read for what runs there.
+ * Node.js also runs its JavaScript timers from one libuv timer callback,
+ * node::Environment::RunTimers: entering it is reported (deferred), so the
+ * agent stops believing the request of the iteration's last read for what
+ * runs there.
  * Entry uprobes only: nothing here needs the return. */
 #pragma once
 

@@ -279,8 +279,8 @@ pub enum AsyncPhase {
     TaskWake,
     /// asyncio: a step of the Task starts (key: the Task).
     TaskStep,
-    /// Node.js: the thread starts running JavaScript timers or immediates
-    /// (key 0): callbacks that no read started.
+    /// Node.js: the thread starts running JavaScript timers (key 0):
+    /// callbacks that no read started.
     Deferred,
 }
 

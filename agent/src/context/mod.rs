@@ -313,8 +313,10 @@ struct Current {
     /// outside steps).
     in_task_step: Option<u32>,
     /// Node.js: the loop iteration in which the thread began running
-    /// JavaScript timers or immediates, until it next reads a socket.
+    /// JavaScript timers, until it next reads a socket, and the request
+    /// that was current then.
     deferred: Option<u32>,
+    before_deferred: Option<SpanCtx>,
     waiting: WaitQueue,
 }
 
@@ -363,7 +365,7 @@ impl Threads {
         }
     }
 
-    /// The thread runs JavaScript timers or immediates in this iteration.
+    /// The thread runs JavaScript timers in this iteration.
     fn in_deferred(&self, t: ThreadKey) -> bool {
         t.loop_seq != 0 && self.map.get(&(t.pid, t.tid)).is_some_and(|c| c.deferred == Some(t.loop_seq))
     }
@@ -487,8 +489,10 @@ impl Tracker {
             crate::capture::AsyncPhase::Deferred => {
                 // What runs now was deferred by requests of earlier reads:
                 // the last read's request is not believed any more.
+                let before = self.threads.current(thread);
                 let c = self.threads.entry(thread.pid, thread.tid, telemetry);
                 c.deferred = Some(thread.loop_seq);
+                c.before_deferred = before;
                 c.ctx = None;
                 c.loop_seq = thread.loop_seq;
             }
@@ -514,23 +518,30 @@ impl Tracker {
     }
 
     /// The thread's current request. While a Node.js thread runs JavaScript
-    /// timers or immediates with none, a call started there goes to the
-    /// request that has waited longest on nothing we can see: its callback
-    /// is the one due first when requests defer by the same delay, or by
-    /// setImmediate (both FIFO queues). A guess, counted.
+    /// timers with none, a call started there goes to the request that has
+    /// waited longest on nothing we can see: its callback is the one due
+    /// first when requests defer by the same delay (a FIFO list per delay);
+    /// with nobody waiting, to the request of the iteration's read, if any.
+    /// A guess, counted.
     fn current_or_deferred(&mut self, thread: ThreadKey, telemetry: &Telemetry) -> Option<SpanCtx> {
         let current = self.threads.current(thread);
         if current.is_some() || !self.threads.in_deferred(thread) {
             return current;
         }
-        let picked = self.threads.oldest_stalled(thread, None);
+        if let Some(picked) = self.threads.oldest_stalled(thread, None) {
+            telemetry.add_for(Counter::ContextAsyncHops, "node", "deferred", 1);
+            return Some(picked);
+        }
+        // Nobody waits: a timer of the request the iteration read (a write
+        // flushed by a zero-delay timer after its response), if any.
+        let before = self.threads.map.get(&(thread.pid, thread.tid)).and_then(|c| c.before_deferred);
         telemetry.add_for(
             Counter::ContextAsyncHops,
             "node",
-            if picked.is_some() { "deferred" } else { "no request" },
+            if before.is_some() { "deferred" } else { "no request" },
             1,
         );
-        picked
+        before
     }
 
     /// An exchange of `group` will never finish.

@@ -46,10 +46,12 @@ impl Runtime {
                 ("handle_uv_work_done", "uv__fs_done"),
                 ("handle_uv_work_done", "uv__queue_done"),
                 ("handle_uv_work_done", "uv__random_done"),
-                // Node.js: its JavaScript timers and immediates start here
-                // (libuv callbacks, called through function pointers).
+                // Node.js: its JavaScript timers start here (a libuv timer
+                // callback, called through a function pointer). Not its
+                // immediates (`Environment::CheckImmediate`): libraries flush
+                // writes from setImmediate for the callback that ran before
+                // (amqplib's publishes), which the iteration's read names.
                 ("handle_node_deferred", "_ZN4node11Environment9RunTimersEP10uv_timer_s"),
-                ("handle_node_deferred", "_ZN4node11Environment14CheckImmediateEP10uv_check_s"),
             ],
             Runtime::Asyncio => &[
                 ("handle_asyncio_task_step", "task_step"),
