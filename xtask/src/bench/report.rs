@@ -96,7 +96,7 @@ fn hook_program(kind: Kind, name: &str) -> bool {
 fn hooks_title(kind: Kind) -> &'static str {
     match kind {
         Kind::Go => "Go runtime hooks",
-        _ => "Node.js runtime hooks (libuv's thread pool, JavaScript timers and immediates)",
+        _ => "Node.js runtime hooks (libuv's thread pool, JavaScript timers)",
     }
 }
 
