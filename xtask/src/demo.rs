@@ -323,7 +323,7 @@ impl Table {
         out += &format!("(rates and percentiles over the last {secs:.0} s; total = since periscope started)\n");
         if !spans.is_empty() {
             let list: Vec<String> = spans.iter().map(|(s, n)| format!("{s} {n}")).collect();
-            out += &format!("spans printed per service: {}\n", list.join(", "));
+            out += &format!("spans per service (so far): {}\n", list.join(", "));
         }
         out
     }
