@@ -5,7 +5,8 @@
 //! Scenarios: (a) nginx keep-alive + wrk, (b) Node.js `http` + wrk,
 //! (c) PostgreSQL `pgbench -S` with periscope watching pgbench (SQL client),
 //! (d) nginx at a fixed request rate (open-loop generator in `bench/load.rs`),
-//! (e) a Go net/http server (`bench/go_server.go`) + wrk.
+//! (e) a Go net/http server (`bench/go_server.go`) + wrk,
+//! (f) nginx over HTTPS (TLS 1.3, OpenSSL) + wrk: the TLS uprobes' cost.
 //! Scenario (a) has a third arm: B with an OTLP/HTTP endpoint that discards;
 //! (b) and (e) have B with the runtime hooks off (`--libuv-uprobes false`,
 //! `--go-runtime false`), to price the hooks.
@@ -54,8 +55,8 @@ pub struct Options {
     /// Request rate of the fixed-rate scenario (requests/s, all connections).
     #[arg(long, default_value_t = 20000.0)]
     rate: f64,
-    /// Scenarios to run, comma-separated: nginx, node, pgbench, fixed-rate, go.
-    #[arg(long, value_delimiter = ',', default_value = "nginx,node,pgbench,fixed-rate,go")]
+    /// Scenarios to run, comma-separated: nginx, node, pgbench, fixed-rate, go, nginx-tls.
+    #[arg(long, value_delimiter = ',', default_value = "nginx,node,pgbench,fixed-rate,go,nginx-tls")]
     scenarios: Vec<String>,
     /// Leave out the B-with-OTLP arm of the nginx scenario.
     #[arg(long)]
@@ -111,6 +112,8 @@ impl Arm {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Nginx,
+    /// nginx over HTTPS: the TLS uprobes' cost.
+    NginxTls,
     Node,
     Pgbench,
     FixedRate,
@@ -161,6 +164,7 @@ struct Env {
     sink: Option<Arc<sink::SinkStats>>,
     stop: Arc<AtomicBool>,
     nginx: Option<Nginx>,
+    nginx_tls: Option<Nginx>,
     node: Option<Node>,
     pg: Option<Postgres>,
     go: Option<GoServer>,
@@ -216,7 +220,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         }
     }
     let p = o.base_port;
-    for port in p..p + 6 {
+    for port in p..p + 7 {
         util::ensure_port_free(port)?;
     }
 
@@ -249,6 +253,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         sink: None,
         stop: stop.clone(),
         nginx: None,
+        nginx_tls: None,
         node: None,
         pg: None,
         go: None,
@@ -279,6 +284,12 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                     Kind::Pgbench,
                     "pgbench",
                     format!("(c) PostgreSQL pgbench -S -c{PG_CLIENTS} -j2, agent on pgbench"),
+                    vec![Arm::Without, Arm::With],
+                ),
+                "nginx-tls" => (
+                    Kind::NginxTls,
+                    "nginx-tls",
+                    format!("(f) nginx HTTPS keep-alive (TLS 1.3, OpenSSL), wrk -t1 -c{CONNS}"),
                     vec![Arm::Without, Arm::With],
                 ),
                 "fixed-rate" => (
@@ -369,6 +380,11 @@ fn run_scenario(env: &mut Env, sc: &mut Scenario, pairs: usize) -> anyhow::Resul
             env.nginx = None;
             env.node = Some(Node::start(&env.dir, port_base + 1)?);
         }
+        Kind::NginxTls => {
+            env.nginx = None;
+            env.node = None;
+            env.nginx_tls = Some(Nginx::start_tls(&env.dir, port_base + 6)?);
+        }
         Kind::Pgbench => {
             env.nginx = None;
             env.node = None;
@@ -411,6 +427,9 @@ fn run_scenario(env: &mut Env, sc: &mut Scenario, pairs: usize) -> anyhow::Resul
     }
     if sc.kind == Kind::Go {
         env.go = None;
+    }
+    if sc.kind == Kind::NginxTls {
+        env.nginx_tls = None;
     }
     Ok(())
 }
@@ -508,6 +527,15 @@ fn prepare(env: &Env, kind: Kind, dur: Duration) -> anyhow::Result<Prepared> {
         Kind::Nginx => {
             let n = env.nginx.as_ref().context("nginx not started")?;
             let url = format!("http://127.0.0.1:{}/", n.port);
+            Ok(Prepared {
+                selector: vec!["--open-port".into(), n.port.to_string()],
+                tracked: n.pids(),
+                go: Box::new(move || load::wrk(&url, CONNS, dur)),
+            })
+        }
+        Kind::NginxTls => {
+            let n = env.nginx_tls.as_ref().context("nginx (TLS) not started")?;
+            let url = format!("https://127.0.0.1:{}/", n.port);
             Ok(Prepared {
                 selector: vec!["--open-port".into(), n.port.to_string()],
                 tracked: n.pids(),

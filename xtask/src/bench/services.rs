@@ -20,7 +20,37 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(dir: &Path, port: u16) -> anyhow::Result<Self> {
-        let dir = dir.join("nginx");
+        Self::start_with(dir.join("nginx"), port, "")
+    }
+
+    /// nginx serving HTTPS (TLS 1.3, a self-signed certificate made here
+    /// with the openssl CLI), the plaintext through libssl's SSL_read and
+    /// SSL_write, which periscope's TLS uprobes read.
+    pub fn start_tls(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let dir = dir.join("nginx-tls");
+        std::fs::create_dir_all(&dir)?;
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let ok = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running openssl req")?
+            .success();
+        anyhow::ensure!(ok, "openssl req failed to make a self-signed certificate");
+        let tls = format!(
+            " ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3",
+            cert.display(),
+            key.display()
+        );
+        Self::start_with(dir, port, &tls)
+    }
+
+    /// `listen` takes `listen_extra` after the address (TLS settings).
+    fn start_with(dir: PathBuf, port: u16, listen_extra: &str) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir.join("logs"))?;
         let conf = dir.join("nginx.conf");
         std::fs::write(
@@ -31,7 +61,7 @@ impl Nginx {
                  http {{\n  access_log off;\n  keepalive_requests 100000000;\n  keepalive_timeout 120s;\n\
                  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n\
                  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
-                 server {{\n    listen 127.0.0.1:{port};\n    location / {{ default_type text/plain; return 200 \"hello\\n\"; }}\n  }}\n}}\n",
+                 server {{\n    listen 127.0.0.1:{port}{listen_extra};\n    location / {{ default_type text/plain; return 200 \"hello\\n\"; }}\n  }}\n}}\n",
                 d = dir.display()
             ),
         )?;
