@@ -320,6 +320,7 @@ impl Probes {
             .inspect_err(|e| tracing::warn!("continuing without the Go runtime hooks: {e}"))
             .ok();
         let hooked = uprobes_ok.then(std::collections::HashMap::new);
+        log_verified(&ebpf);
         Ok((Self { ebpf, tracked, conns, counters, hooked, tls, go, reaper: LinkReaper::start() }, ring))
     }
 
@@ -471,6 +472,19 @@ impl Probes {
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+/// What the verifier checked, per loaded program (debug; its state for the
+/// largest programs is most of the agent's memory peak while loading).
+fn log_verified(ebpf: &Ebpf) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let mut counts: Vec<(&str, u32)> =
+        ebpf.programs().filter_map(|(name, p)| Some((name, p.info().ok()?.verified_instruction_count()?))).collect();
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+    let total: u64 = counts.iter().map(|c| u64::from(c.1)).sum();
+    tracing::debug!(programs = counts.len(), total, largest = ?&counts[..counts.len().min(8)], "instructions the verifier checked");
 }
 
 #[cfg(test)]
