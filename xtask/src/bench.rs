@@ -215,8 +215,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let out_dir =
         o.out.clone().unwrap_or_else(|| if o.quick { root.join("target/bench-quick") } else { root.join("bench") });
     for s in &o.scenarios {
-        if !["nginx", "node", "pgbench", "fixed-rate", "go"].contains(&s.as_str()) {
-            bail!("unknown scenario {s:?} (nginx, node, pgbench, fixed-rate, go)");
+        if !["nginx", "node", "pgbench", "fixed-rate", "go", "nginx-tls"].contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} (nginx, node, pgbench, fixed-rate, go, nginx-tls)");
         }
     }
     let p = o.base_port;
